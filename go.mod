@@ -1,0 +1,3 @@
+module github.com/kappa-db/kappa-go
+
+go 1.26
