@@ -1,0 +1,1171 @@
+package kappa
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"sync"
+)
+
+// MaxBlockSize is the largest value a feed accepts, as in hypercore.
+const MaxBlockSize = 8 << 20
+
+// maxTornRecords bounds how far back Open looks for a signature that
+// verifies, so that opening never scans a whole log.
+const maxTornRecords = 64
+
+// Files of a feed, under its prefix in a Storage. The format is described in
+// doc/FORMAT.md.
+const (
+	fileKey        = "key"
+	fileData       = "data"
+	fileTree       = "tree"
+	fileSignatures = "signatures"
+	fileBitfield   = "bitfield"
+
+	headerSize    = 16
+	formatVersion = 1
+	metaSize      = 128
+	nodeSize      = 48 // hash, size, offset
+	sigRecordSize = 80 // length, signature, crc, reserved
+)
+
+var (
+	magicKey  = [8]byte{'K', 'A', 'P', 'P', 'A', 'K', 'E', 'Y'}
+	magicData = [8]byte{'K', 'A', 'P', 'P', 'D', 'A', 'T', 'A'}
+	magicTree = [8]byte{'K', 'A', 'P', 'P', 'T', 'R', 'E', 'E'}
+	magicSigs = [8]byte{'K', 'A', 'P', 'P', 'S', 'I', 'G', 'S'}
+	magicBits = [8]byte{'K', 'A', 'P', 'P', 'B', 'I', 'T', 'S'}
+
+	castagnoli = crc32.MakeTable(crc32.Castagnoli)
+)
+
+// FeedOptions configure OpenFeed. The zero value opens the feed stored
+// under the prefix, or creates a new writable feed with a fresh key pair.
+type FeedOptions struct {
+	// Key is the feed's public key. When set, the stored feed must have
+	// this key (else ErrKeyMismatch); a new feed with only a Key is a
+	// read-only replica that fills by Put.
+	Key []byte
+
+	// SecretKey makes the feed writable: a new feed is created with this
+	// key pair, an existing one must hold its public key.
+	SecretKey []byte
+
+	// NoSync turns off fsync. By default every Append and Put is durable
+	// when it returns (data and tree are synced before the signature that
+	// covers them, the signature before returning). With NoSync a process
+	// crash loses nothing, but a power loss may lose recent writes.
+	NoSync bool
+}
+
+// Feed is one signed append-only log: a writer's values, hashed into a
+// merkle tree whose roots the writer signs after every Append. A replica
+// holds the same log, or any part of it, verified block by block against
+// that signature. A Feed is safe for concurrent use.
+type Feed struct {
+	name   string // prefix in storage, for errors
+	key    ed25519.PublicKey
+	secret ed25519.PrivateKey // nil for a replica
+	dkey   [32]byte
+	noSync bool
+
+	meta, data, tree, sigs, bits File // bits is nil for a writable feed
+
+	// writeMu serializes the writers (Append commits, Put) and Close.
+	writeMu  sync.Mutex
+	queue    []*appendReq // guarded by queueMu
+	queueMu  sync.Mutex
+	sigsEnd  int64     // where the next signature record goes
+	failed   error     // a sync failed: the feed refuses further writes
+	hasher   hash.Hash // for leaf hashes under writeMu
+	writeBuf []byte    // reused data buffer under writeMu
+	treeBuf  []byte    // reused tree buffer under writeMu
+	sigBuf   [sigRecordSize]byte
+
+	// mu guards the published state below. Readers hold it only to check
+	// what is present: blocks below the length never change on disk.
+	mu      sync.RWMutex
+	length  uint64
+	byteLen uint64
+	roots   []storedNode
+	sig     []byte
+	have    bitset // replicas only: the blocks held
+	changed chan struct{}
+	subs    map[int]chan<- struct{}
+	nextSub int
+	closed  bool
+}
+
+// OpenFeed opens the feed stored in s under prefix (for example
+// "feeds/0/"), creating it if there is none. See FeedOptions for how keys
+// are chosen. Opening reads a constant amount of the log (plus, for a
+// replica, its bitfield); if the last writes were torn by a crash, the feed
+// is cut back to the last length whose signature verifies.
+func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
+	var o FeedOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Key != nil && len(o.Key) != PublicKeySize {
+		return nil, fmt.Errorf("kappa: open feed %s: %w: public key is %d bytes", prefix, ErrInvalidKey, len(o.Key))
+	}
+	f := &Feed{name: prefix, noSync: o.NoSync, hasher: sha256.New(), changed: make(chan struct{})}
+	if err := f.open(s, prefix, &o); err != nil {
+		f.closeFiles()
+		return nil, fmt.Errorf("kappa: open feed %s: %w", prefix, err)
+	}
+	return f, nil
+}
+
+func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
+	var err error
+	if f.meta, err = s.Open(prefix+fileKey, true); err != nil {
+		return err
+	}
+	fresh, err := f.loadKeys(s, prefix, o)
+	if err != nil {
+		return err
+	}
+	f.dkey = DiscoveryKey(f.key)
+	files := []struct {
+		f     *File
+		name  string
+		magic [8]byte
+		rec   uint32
+	}{
+		{&f.data, fileData, magicData, 0},
+		{&f.tree, fileTree, magicTree, nodeSize},
+		{&f.sigs, fileSignatures, magicSigs, sigRecordSize},
+		{&f.bits, fileBitfield, magicBits, 0},
+	}
+	if f.secret != nil {
+		files = files[:3] // a writer holds every block below its length
+	}
+	for _, x := range files {
+		if *x.f, err = s.Open(prefix+x.name, true); err != nil {
+			return err
+		}
+		if err := f.checkHeader(*x.f, x.name, x.magic, x.rec, fresh); err != nil {
+			return err
+		}
+	}
+	if fresh && !f.noSync {
+		for _, x := range files {
+			if err := (*x.f).Sync(); err != nil {
+				return err
+			}
+		}
+	}
+	return f.recover()
+}
+
+// loadKeys reads the key file, or writes it for a new feed. It reports
+// whether the feed is new.
+func (f *Feed) loadKeys(s Storage, prefix string, o *FeedOptions) (fresh bool, err error) {
+	size, err := f.meta.Size()
+	if err != nil {
+		return false, err
+	}
+	var buf [metaSize]byte
+	if size >= metaSize {
+		if _, err := f.meta.ReadAt(buf[:], 0); err != nil {
+			return false, err
+		}
+	}
+	if size < metaSize || !bytes.Equal(buf[:8], magicKey[:]) {
+		// A key file that is short or blank is a feed whose creation was
+		// torn, unless data was already written under it.
+		if empty, err := f.isBlank(s, prefix); err != nil {
+			return false, err
+		} else if !empty || (size >= metaSize && !isZero(buf[:])) {
+			return false, &CorruptError{File: prefix + fileKey, Offset: 0, Reason: "key file is missing or damaged but the feed holds data"}
+		}
+		return true, f.createKeys(o)
+	}
+	if crc32.Checksum(buf[:metaSize-4], castagnoli) != binary.BigEndian.Uint32(buf[metaSize-4:]) {
+		return false, &CorruptError{File: prefix + fileKey, Offset: 0, Reason: "checksum mismatch"}
+	}
+	if v := binary.BigEndian.Uint32(buf[8:]); v != formatVersion {
+		return false, &CorruptError{File: prefix + fileKey, Offset: 8, Reason: fmt.Sprintf("unknown format version %d", v)}
+	}
+	f.key = ed25519.PublicKey(bytes.Clone(buf[16:48]))
+	if buf[12]&1 != 0 {
+		kp, err := KeyPairFromSecret(buf[48:112])
+		if err != nil || !bytes.Equal(kp.PublicKey, f.key) {
+			return false, &CorruptError{File: prefix + fileKey, Offset: 48, Reason: "secret key does not match public key"}
+		}
+		f.secret = kp.SecretKey
+	}
+	if o.Key != nil && !bytes.Equal(o.Key, f.key) {
+		return false, fmt.Errorf("%w: feed %x is stored here", ErrKeyMismatch, f.key[:8])
+	}
+	if o.SecretKey != nil {
+		kp, err := KeyPairFromSecret(o.SecretKey)
+		if err != nil {
+			return false, err
+		}
+		if !bytes.Equal(kp.PublicKey, f.key) {
+			return false, fmt.Errorf("%w: feed %x is stored here", ErrKeyMismatch, f.key[:8])
+		}
+		f.secret = kp.SecretKey
+	}
+	return false, nil
+}
+
+func (f *Feed) createKeys(o *FeedOptions) error {
+	switch {
+	case o.SecretKey != nil:
+		kp, err := KeyPairFromSecret(o.SecretKey)
+		if err != nil {
+			return err
+		}
+		if o.Key != nil && !bytes.Equal(o.Key, kp.PublicKey) {
+			return fmt.Errorf("%w: secret key does not match public key", ErrInvalidKey)
+		}
+		f.key, f.secret = kp.PublicKey, kp.SecretKey
+	case o.Key != nil:
+		f.key = ed25519.PublicKey(bytes.Clone(o.Key))
+	default:
+		kp, err := NewKeyPair()
+		if err != nil {
+			return err
+		}
+		f.key, f.secret = kp.PublicKey, kp.SecretKey
+	}
+	var buf [metaSize]byte
+	copy(buf[:8], magicKey[:])
+	binary.BigEndian.PutUint32(buf[8:], formatVersion)
+	copy(buf[16:48], f.key)
+	if f.secret != nil {
+		buf[12] = 1
+		copy(buf[48:112], f.secret)
+	}
+	binary.BigEndian.PutUint32(buf[metaSize-4:], crc32.Checksum(buf[:metaSize-4], castagnoli))
+	if _, err := f.meta.WriteAt(buf[:], 0); err != nil {
+		return err
+	}
+	if !f.noSync {
+		return f.meta.Sync()
+	}
+	return nil
+}
+
+// isBlank reports whether the feed's other files hold nothing past their
+// headers.
+func (f *Feed) isBlank(s Storage, prefix string) (bool, error) {
+	for _, name := range []string{fileData, fileTree, fileSignatures, fileBitfield} {
+		file, err := s.Open(prefix+name, false)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		size, err := file.Size()
+		file.Close()
+		if err != nil {
+			return false, err
+		}
+		if size > headerSize {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func (f *Feed) checkHeader(file File, name string, magic [8]byte, rec uint32, fresh bool) error {
+	var hdr [headerSize]byte
+	copy(hdr[:8], magic[:])
+	binary.BigEndian.PutUint32(hdr[8:], formatVersion)
+	binary.BigEndian.PutUint32(hdr[12:], rec)
+	size, err := file.Size()
+	if err != nil {
+		return err
+	}
+	if size < headerSize {
+		// New, or created by a torn write: nothing past the header can
+		// have been acknowledged.
+		if size > 0 && !fresh {
+			if err := file.Truncate(0); err != nil {
+				return err
+			}
+		}
+		_, err := file.WriteAt(hdr[:], 0)
+		return err
+	}
+	var got [headerSize]byte
+	if _, err := file.ReadAt(got[:], 0); err != nil {
+		return err
+	}
+	if got != hdr {
+		return &CorruptError{File: f.name + name, Offset: 0, Reason: "bad header"}
+	}
+	return nil
+}
+
+// recover finds the newest signature record that verifies against the
+// tree, cuts everything newer, and loads the state it signs.
+func (f *Feed) recover() error {
+	size, err := f.sigs.Size()
+	if err != nil {
+		return err
+	}
+	n := (size - headerSize) / sigRecordSize
+	for k := n - 1; k >= 0 && k >= n-maxTornRecords; k-- {
+		var rec [sigRecordSize]byte
+		off := headerSize + k*sigRecordSize
+		if _, err := f.sigs.ReadAt(rec[:], off); err != nil {
+			return err
+		}
+		if crc32.Checksum(rec[:72], castagnoli) != binary.BigEndian.Uint32(rec[72:]) {
+			continue
+		}
+		length := binary.BigEndian.Uint64(rec[:8])
+		if length == 0 || length > maxTreeLength {
+			continue
+		}
+		roots, err := f.readRoots(length)
+		if err != nil {
+			if errors.Is(err, ErrCorrupt) || errors.Is(err, errNoNode) {
+				continue
+			}
+			return err
+		}
+		nodes := make([]Node, len(roots))
+		for i := range roots {
+			nodes[i] = roots[i].Node
+		}
+		if !verifyRoots(f.key, treeHash(nodes), length, rec[8:72]) {
+			continue
+		}
+		return f.load(length, roots, bytes.Clone(rec[8:72]), off+sigRecordSize)
+	}
+	if n > 1 {
+		// With sync on, a record is written only after the one before it
+		// was durable, so at most the newest can be torn; with none of the
+		// newest intact the feed was damaged, not torn.
+		return &CorruptError{File: f.name + fileSignatures, Offset: headerSize, Reason: "no signature verifies against the tree"}
+	}
+	return f.load(0, nil, nil, headerSize)
+}
+
+// load installs a recovered state and cuts the files back to it.
+func (f *Feed) load(length uint64, roots []storedNode, sig []byte, sigsEnd int64) error {
+	f.length, f.roots, f.sig, f.sigsEnd = length, roots, sig, sigsEnd
+	for _, r := range roots {
+		f.byteLen += r.Size
+	}
+	if err := truncateBeyond(f.sigs, sigsEnd); err != nil {
+		return err
+	}
+	treeEnd := int64(headerSize)
+	if length > 0 {
+		treeEnd += int64(2*length-1) * nodeSize
+	}
+	if err := truncateBeyond(f.tree, treeEnd); err != nil {
+		return err
+	}
+	dataEnd := headerSize + int64(f.byteLen)
+	if err := truncateBeyond(f.data, dataEnd); err != nil {
+		return err
+	}
+	if f.bits == nil {
+		if size, err := f.data.Size(); err != nil {
+			return err
+		} else if size < dataEnd {
+			return &CorruptError{File: f.name + fileData, Offset: size, Reason: fmt.Sprintf("data ends before the %d bytes the signed tree covers", f.byteLen)}
+		}
+		return nil
+	}
+	return f.loadBitfield(length)
+}
+
+func truncateBeyond(file File, end int64) error {
+	size, err := file.Size()
+	if err != nil || size <= end {
+		return err
+	}
+	return file.Truncate(end)
+}
+
+func (f *Feed) loadBitfield(length uint64) error {
+	size, err := f.bits.Size()
+	if err != nil {
+		return err
+	}
+	n := (length + 7) / 8
+	if size-headerSize < int64(n) {
+		n = uint64(size - headerSize)
+	}
+	buf := make([]byte, n)
+	if _, err := f.bits.ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	f.have.fromBytes(buf, length)
+	if err := truncateBeyond(f.bits, headerSize+int64(n)); err != nil {
+		return err
+	}
+	if length%8 != 0 && n == (length+7)/8 && n > 0 {
+		// Clear bits past the length in the last byte.
+		last := buf[n-1] & byte(1<<(length%8)-1)
+		if last != buf[n-1] {
+			if _, err := f.bits.WriteAt([]byte{last}, headerSize+int64(n-1)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+var errNoNode = errors.New("kappa: node not stored")
+
+// readNode reads node i from the tree file. It returns errNoNode if the
+// node is not stored.
+func (f *Feed) readNode(i uint64) (storedNode, error) {
+	var rec [nodeSize]byte
+	off := headerSize + int64(i)*nodeSize
+	if _, err := f.tree.ReadAt(rec[:], off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return storedNode{}, errNoNode
+		}
+		return storedNode{}, err
+	}
+	return decodeNode(i, rec[:], f.name, off)
+}
+
+func decodeNode(i uint64, rec []byte, name string, off int64) (storedNode, error) {
+	var n storedNode
+	n.Index = i
+	copy(n.Hash[:], rec[:32])
+	if n.Hash == ([32]byte{}) {
+		return n, errNoNode
+	}
+	n.Size = binary.BigEndian.Uint64(rec[32:])
+	n.Offset = binary.BigEndian.Uint64(rec[40:])
+	if n.Size > maxTreeBytes || n.Offset > maxTreeBytes {
+		return n, &CorruptError{File: name + fileTree, Offset: off, Reason: "node size out of range"}
+	}
+	return n, nil
+}
+
+func encodeNode(rec []byte, n *storedNode) {
+	copy(rec[:32], n.Hash[:])
+	binary.BigEndian.PutUint64(rec[32:], n.Size)
+	binary.BigEndian.PutUint64(rec[40:], n.Offset)
+}
+
+func (f *Feed) readRoots(length uint64) ([]storedNode, error) {
+	var idx [64]uint64
+	var roots []storedNode
+	for _, i := range fullRoots(idx[:0], length) {
+		n, err := f.readNode(i)
+		if err != nil {
+			return nil, err
+		}
+		roots = append(roots, n)
+	}
+	return roots, nil
+}
+
+// Key returns the feed's public key.
+func (f *Feed) Key() ed25519.PublicKey { return f.key }
+
+// DiscoveryKey returns the feed's discovery key; see DiscoveryKey.
+func (f *Feed) DiscoveryKey() [32]byte { return f.dkey }
+
+// Writable reports whether the feed holds its secret key.
+func (f *Feed) Writable() bool { return f.secret != nil }
+
+// Len returns the feed's length: the number of entries its newest verified
+// signature covers. A replica may hold only some of them; see Has.
+func (f *Feed) Len() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.length
+}
+
+// ByteLen returns the number of bytes of all entries below Len.
+func (f *Feed) ByteLen() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.byteLen
+}
+
+// Has reports whether the entry seq is stored locally.
+func (f *Feed) Has(seq uint64) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.hasLocked(seq)
+}
+
+// HasRange reports whether every entry in [start, end) is stored locally.
+func (f *Feed) HasRange(start, end uint64) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.hasRangeLocked(start, end)
+}
+
+// Downloaded returns how many entries below Len are stored locally.
+func (f *Feed) Downloaded() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.bits == nil {
+		return f.length
+	}
+	return f.have.count()
+}
+
+// NextMissing returns the first entry at or after seq, below Len, that is
+// not stored locally, or Len if there is none.
+func (f *Feed) NextMissing(seq uint64) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.bits == nil || seq >= f.length {
+		return max(seq, f.length)
+	}
+	return f.have.nextClear(seq, f.length)
+}
+
+// NextPresent returns the first entry at or after seq that is stored
+// locally, or Len if there is none.
+func (f *Feed) NextPresent(seq uint64) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if seq >= f.length {
+		return f.length
+	}
+	if f.bits == nil {
+		return seq
+	}
+	return f.have.nextSet(seq, f.length)
+}
+
+func (f *Feed) hasLocked(seq uint64) bool {
+	if seq >= f.length {
+		return false
+	}
+	return f.bits == nil || f.have.get(seq)
+}
+
+func (f *Feed) hasRangeLocked(start, end uint64) bool {
+	if end > f.length || start > end {
+		return false
+	}
+	return f.bits == nil || f.have.nextClear(start, end) == end
+}
+
+// Get returns entry seq. On a replica that lacks it, Get waits until the
+// entry arrives, the context ends or the feed is closed; on a writable feed
+// a seq at or past Len is ErrOutOfRange. Every value read is checked
+// against its leaf hash; a mismatch is ErrCorrupt.
+func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
+	if err := f.wait(ctx, seq, seq+1); err != nil {
+		return nil, err
+	}
+	n, err := f.readNode(2 * seq)
+	if err != nil {
+		return nil, f.readErr(err, seq)
+	}
+	buf := make([]byte, 9+n.Size)
+	if err := f.readData(buf[9:], n.Offset); err != nil {
+		return nil, f.readErr(err, seq)
+	}
+	if err := f.checkLeaf(buf, &n); err != nil {
+		return nil, err
+	}
+	return buf[9:], nil
+}
+
+// GetBatch returns the entries [start, end), waiting for missing ones as Get
+// does. It reads each file once, so it is much faster than a loop of Get.
+func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error) {
+	if start > end || end-start > maxTreeLength {
+		return nil, fmt.Errorf("feed %x: get [%d, %d): %w", f.key[:4], start, end, ErrOutOfRange)
+	}
+	if start == end {
+		return nil, nil
+	}
+	if err := f.wait(ctx, start, end); err != nil {
+		return nil, err
+	}
+	count := end - start
+	recs := make([]byte, (2*count-1)*nodeSize)
+	if _, err := f.tree.ReadAt(recs, headerSize+int64(2*start)*nodeSize); err != nil {
+		return nil, f.readErr(err, start)
+	}
+	nodes := make([]storedNode, count)
+	var total uint64
+	for k := range nodes {
+		off := headerSize + int64(2*(start+uint64(k)))*nodeSize
+		n, err := decodeNode(2*(start+uint64(k)), recs[2*k*nodeSize:], f.name, off)
+		if err != nil {
+			return nil, f.readErr(err, start+uint64(k))
+		}
+		nodes[k] = n
+		total += 9 + n.Size
+	}
+	buf := make([]byte, total)
+	var pos uint64
+	// Entries are contiguous in the data file; read them with one call and
+	// leave 9 bytes before each for the leaf hash prefix.
+	first := nodes[0].Offset
+	last := nodes[count-1].Offset + nodes[count-1].Size
+	if last < first || last-first != total-9*count {
+		return nil, &CorruptError{File: f.name + fileTree, Offset: headerSize + int64(2*start)*nodeSize, Reason: "leaf offsets are not contiguous"}
+	}
+	raw := buf[9*count:]
+	if err := f.readData(raw, first); err != nil {
+		return nil, f.readErr(err, start)
+	}
+	out := make([][]byte, count)
+	for k := range nodes {
+		n := &nodes[k]
+		// Move each value into place after its prefix slot (moving left,
+		// so never over bytes still to be read).
+		dst := buf[pos : pos+9+n.Size]
+		copy(dst[9:], raw[n.Offset-first:n.Offset-first+n.Size])
+		if err := f.checkLeaf(dst, n); err != nil {
+			return nil, err
+		}
+		out[k] = dst[9:len(dst):len(dst)]
+		pos += 9 + n.Size
+	}
+	return out, nil
+}
+
+// Head returns the last entry; ErrEmpty if the feed has none.
+func (f *Feed) Head(ctx context.Context) ([]byte, error) {
+	n := f.Len()
+	if n == 0 {
+		return nil, fmt.Errorf("feed %x: head: %w", f.key[:4], ErrEmpty)
+	}
+	return f.Get(ctx, n-1)
+}
+
+// wait blocks until every entry in [start, end) is present.
+func (f *Feed) wait(ctx context.Context, start, end uint64) error {
+	for {
+		f.mu.RLock()
+		if f.closed {
+			f.mu.RUnlock()
+			return fmt.Errorf("feed %x: %w", f.key[:4], ErrClosed)
+		}
+		if f.hasRangeLocked(start, end) {
+			f.mu.RUnlock()
+			return nil
+		}
+		if f.bits == nil && end > f.length {
+			f.mu.RUnlock()
+			return fmt.Errorf("feed %x: get %d of %d: %w", f.key[:4], end-1, f.length, ErrOutOfRange)
+		}
+		ch := f.changed
+		f.mu.RUnlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("feed %x: waiting for %d: %w", f.key[:4], start, ctx.Err())
+		}
+	}
+}
+
+func (f *Feed) readData(dst []byte, off uint64) error {
+	n, err := f.data.ReadAt(dst, headerSize+int64(off))
+	if n == len(dst) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return &CorruptError{File: f.name + fileData, Offset: headerSize + int64(off) + int64(n), Reason: "data file ends inside a stored entry"}
+	}
+	return err
+}
+
+// checkLeaf checks buf[9:] against the stored leaf n; buf[:9] is scratch.
+func (f *Feed) checkLeaf(buf []byte, n *storedNode) error {
+	buf[0] = leafType
+	binary.BigEndian.PutUint64(buf[1:9], n.Size)
+	if sha256.Sum256(buf) != n.Hash {
+		return &CorruptError{File: f.name + fileData, Offset: headerSize + int64(n.Offset), Reason: fmt.Sprintf("entry %d does not match its hash", n.Index/2)}
+	}
+	return nil
+}
+
+func (f *Feed) readErr(err error, seq uint64) error {
+	if errors.Is(err, errNoNode) {
+		err = &CorruptError{File: f.name + fileTree, Offset: headerSize + int64(2*seq)*nodeSize, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
+	}
+	return fmt.Errorf("feed %x: read %d: %w", f.key[:4], seq, err)
+}
+
+type appendReq struct {
+	values [][]byte
+	seq    uint64
+	err    error
+	done   bool
+}
+
+// Append adds values to the end of a writable feed and returns the sequence
+// number of the first. All values of one call are covered by one signature;
+// concurrent calls may share one. With sync on (the default) the values are
+// durable when Append returns. A nil value is ErrInvalidValue, a value over
+// MaxBlockSize ErrBlockTooLarge; either way nothing is appended.
+func (f *Feed) Append(values ...[]byte) (uint64, error) {
+	for i, v := range values {
+		if v == nil {
+			return 0, fmt.Errorf("feed %x: append value %d: %w: nil", f.key[:4], i, ErrInvalidValue)
+		}
+		if len(v) > MaxBlockSize {
+			return 0, fmt.Errorf("feed %x: append value %d: %w: %d bytes", f.key[:4], i, ErrBlockTooLarge, len(v))
+		}
+	}
+	if f.secret == nil {
+		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrNotWritable)
+	}
+	req := &appendReq{values: values}
+	f.queueMu.Lock()
+	f.queue = append(f.queue, req)
+	f.queueMu.Unlock()
+
+	// Whoever takes writeMu commits everything queued so far, so calls
+	// that arrive while a commit syncs share the next one.
+	f.writeMu.Lock()
+	defer f.writeMu.Unlock()
+	if !req.done {
+		f.queueMu.Lock()
+		batch := f.queue
+		f.queue = nil
+		f.queueMu.Unlock()
+		f.commit(batch)
+	}
+	return req.seq, req.err
+}
+
+func (f *Feed) commit(batch []*appendReq) {
+	seq, err := f.commitValues(batch)
+	for _, r := range batch {
+		r.seq, r.err, r.done = seq, err, true
+		seq += uint64(len(r.values))
+	}
+}
+
+// commitValues writes the values of a batch as one append. It runs under
+// writeMu; it changes the published state only when every write succeeded.
+func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
+	f.mu.RLock()
+	closed, start, roots, byteLen := f.closed, f.length, f.roots, f.byteLen
+	f.mu.RUnlock()
+	if closed {
+		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrClosed)
+	}
+	if f.failed != nil {
+		return 0, fmt.Errorf("feed %x: append after failed sync: %w", f.key[:4], f.failed)
+	}
+	var n, size uint64
+	for _, r := range batch {
+		n += uint64(len(r.values))
+		for _, v := range r.values {
+			size += uint64(len(v))
+		}
+	}
+	if n == 0 {
+		return start, nil
+	}
+	if start+n > maxTreeLength || byteLen+size > maxTreeBytes {
+		return 0, fmt.Errorf("feed %x: append: %w: feed is full", f.key[:4], ErrOutOfRange)
+	}
+
+	// Data: one write of all values.
+	data := f.writeBuf[:0]
+	for _, r := range batch {
+		for _, v := range r.values {
+			data = append(data, v...)
+		}
+	}
+	f.writeBuf = data[:0]
+
+	// Tree: the leaves and the parents they complete. Nodes at index 2·start
+	// and beyond form one contiguous run; parents of older roots lie
+	// before it and are written one by one.
+	newRoots := append(make([]storedNode, 0, len(roots)+1), roots...)
+	runStart := 2 * start
+	run := f.treeBuf[:0]
+	run = append(run, make([]byte, (2*n-1)*nodeSize)...)
+	var early []storedNode
+	off := byteLen
+	seq := start
+	for _, r := range batch {
+		for _, v := range r.values {
+			cur := storedNode{Node{Index: 2 * seq, Hash: leafHash(f.hasher, v), Size: uint64(len(v))}, off}
+			encodeNode(run[(cur.Index-runStart)*nodeSize:], &cur)
+			off += cur.Size
+			seq++
+			for len(newRoots) > 0 {
+				left := &newRoots[len(newRoots)-1]
+				if flatDepth(left.Index) != flatDepth(cur.Index) {
+					break
+				}
+				p := storedNode{Node{Index: flatParent(cur.Index), Hash: parentHash(&left.Node, &cur.Node), Size: left.Size + cur.Size}, left.Offset}
+				if p.Index >= runStart {
+					encodeNode(run[(p.Index-runStart)*nodeSize:], &p)
+				} else {
+					early = append(early, p)
+				}
+				newRoots = newRoots[:len(newRoots)-1]
+				cur = p
+			}
+			newRoots = append(newRoots, cur)
+		}
+	}
+	f.treeBuf = run[:0]
+
+	if _, err := f.data.WriteAt(data, headerSize+int64(byteLen)); err != nil {
+		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
+	}
+	if _, err := f.tree.WriteAt(run, headerSize+int64(runStart)*nodeSize); err != nil {
+		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
+	}
+	for i := range early {
+		var rec [nodeSize]byte
+		encodeNode(rec[:], &early[i])
+		if _, err := f.tree.WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
+			return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
+		}
+	}
+	length := start + n
+	sig := signRoots(f.secret, treeHash(nodesOf(newRoots)), length)
+	if err := f.writeSignature(length, sig, f.data, f.tree); err != nil {
+		return 0, err
+	}
+	f.publish(length, off, newRoots, sig, nil)
+	return start, nil
+}
+
+func nodesOf(s []storedNode) []Node {
+	out := make([]Node, len(s))
+	for i := range s {
+		out[i] = s[i].Node
+	}
+	return out
+}
+
+// writeSignature makes the files durable (when syncing), then appends and
+// syncs the signature record for length.
+func (f *Feed) writeSignature(length uint64, sig []byte, files ...File) error {
+	if !f.noSync {
+		for _, file := range files {
+			if err := file.Sync(); err != nil {
+				f.failed = err
+				return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
+			}
+		}
+	}
+	rec := f.sigBuf[:]
+	binary.BigEndian.PutUint64(rec[:8], length)
+	copy(rec[8:72], sig)
+	binary.BigEndian.PutUint32(rec[72:], crc32.Checksum(rec[:72], castagnoli))
+	if _, err := f.sigs.WriteAt(rec, f.sigsEnd); err != nil {
+		return fmt.Errorf("feed %x: write signature: %w", f.key[:4], err)
+	}
+	if !f.noSync {
+		if err := f.sigs.Sync(); err != nil {
+			f.failed = err
+			return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
+		}
+	}
+	f.sigsEnd += sigRecordSize
+	return nil
+}
+
+// publish makes a new state visible and wakes waiters and subscribers.
+// Length and roots change only if length grew; got marks blocks a replica
+// received.
+func (f *Feed) publish(length, byteLen uint64, roots []storedNode, sig []byte, got func(*bitset)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if length > f.length {
+		f.length, f.byteLen, f.roots, f.sig = length, byteLen, roots, sig
+	}
+	if got != nil {
+		got(&f.have)
+	}
+	close(f.changed)
+	f.changed = make(chan struct{})
+	for _, c := range f.subs {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Subscribe asks for a signal on c whenever entries are appended to the
+// feed or arrive from a peer. Sends never block: if c is full, a signal is
+// already pending. Many feeds may share one channel. The returned function
+// ends the subscription.
+func (f *Feed) Subscribe(c chan<- struct{}) (cancel func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.subs == nil {
+		f.subs = make(map[int]chan<- struct{})
+	}
+	id := f.nextSub
+	f.nextSub++
+	f.subs[id] = c
+	return func() {
+		f.mu.Lock()
+		delete(f.subs, id)
+		f.mu.Unlock()
+	}
+}
+
+// Signature returns the newest signature and the length it covers.
+func (f *Feed) Signature() (length uint64, sig []byte) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.length, bytes.Clone(f.sig)
+}
+
+// Verify checks that sig signs this feed's tree at the given length under
+// its key. It returns ErrVerify if not.
+func (f *Feed) Verify(length uint64, sig []byte) error {
+	if length == 0 || length > f.Len() {
+		return fmt.Errorf("feed %x: verify length %d: %w", f.key[:4], length, ErrOutOfRange)
+	}
+	roots, err := f.readRoots(length)
+	if err != nil {
+		return fmt.Errorf("feed %x: verify: %w", f.key[:4], err)
+	}
+	if !verifyRoots(f.key, treeHash(nodesOf(roots)), length, sig) {
+		return fmt.Errorf("feed %x: signature for length %d: %w", f.key[:4], length, ErrVerify)
+	}
+	return nil
+}
+
+// Proof is what a peer needs to verify entries of a feed it does not hold:
+// the entries, the merkle nodes that link them to the roots of the tree at
+// Length, and the writer's signature of those roots. A Proof with no
+// Signature links the entries to roots the receiver already trusts.
+type Proof struct {
+	Start     uint64   // sequence number of Blocks[0]
+	Blocks    [][]byte // entries Start, Start+1, …; may be empty to prove only Length
+	Nodes     []Node   // the other nodes, in the order proofIndexes lists them
+	Length    uint64   // length of the tree the proof reaches
+	Signature []byte   // signature of the roots at Length, or nil
+}
+
+// Proof returns a proof of entries [start, end). If remoteLength is not
+// zero the caller says that the receiver already holds a verified tree of
+// that length; when it covers [start, end) and this feed holds that tree,
+// the proof is made against it and carries no signature. Otherwise the
+// proof reaches the newest signed length.
+func (f *Feed) Proof(start, end, remoteLength uint64) (*Proof, error) {
+	f.mu.RLock()
+	length, sig, closed := f.length, f.sig, f.closed
+	ok := f.hasRangeLocked(start, end)
+	f.mu.RUnlock()
+	if closed {
+		return nil, fmt.Errorf("feed %x: proof: %w", f.key[:4], ErrClosed)
+	}
+	if !ok || length == 0 {
+		return nil, fmt.Errorf("feed %x: proof of [%d, %d) with length %d: %w", f.key[:4], start, end, length, ErrOutOfRange)
+	}
+	if remoteLength > 0 && end <= remoteLength && remoteLength <= length {
+		if p, err := f.proofAt(start, end, remoteLength); err == nil {
+			return p, nil
+		}
+	}
+	p, err := f.proofAt(start, end, length)
+	if err != nil {
+		return nil, err
+	}
+	p.Signature = bytes.Clone(sig)
+	return p, nil
+}
+
+func (f *Feed) proofAt(start, end, length uint64) (*Proof, error) {
+	p := &Proof{Start: start, Length: length}
+	for _, i := range proofIndexes(nil, start, end, length) {
+		n, err := f.readNode(i)
+		if err != nil {
+			return nil, fmt.Errorf("feed %x: proof node %d: %w", f.key[:4], i, err)
+		}
+		p.Nodes = append(p.Nodes, n.Node)
+	}
+	if start < end {
+		blocks, err := f.GetBatch(context.Background(), start, end)
+		if err != nil {
+			return nil, err
+		}
+		p.Blocks = blocks
+	}
+	return p, nil
+}
+
+// Put verifies a proof from a peer and stores its entries and nodes. Nothing
+// is written unless the proof's hashes lead to roots that its signature
+// signs under this feed's key (or, for a proof without signature, to roots
+// this feed already holds), and no node contradicts one already stored.
+func (f *Feed) Put(p *Proof) error {
+	if p == nil {
+		return fmt.Errorf("feed %x: put: %w: nil proof", f.key[:4], ErrVerify)
+	}
+	if f.secret != nil {
+		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrNotWritable)
+	}
+	t, err := proofTree(p, sha256.New())
+	if err != nil {
+		return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+	}
+	if p.Signature != nil && !verifyRoots(f.key, treeHash(nodesOf(t.roots)), p.Length, p.Signature) {
+		return fmt.Errorf("feed %x: put: %w: bad signature", f.key[:4], ErrVerify)
+	}
+	f.writeMu.Lock()
+	defer f.writeMu.Unlock()
+	f.mu.RLock()
+	closed, curLen := f.closed, f.length
+	f.mu.RUnlock()
+	if closed {
+		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrClosed)
+	}
+	if f.failed != nil {
+		return fmt.Errorf("feed %x: put after failed sync: %w", f.key[:4], f.failed)
+	}
+	if p.Signature == nil && p.Length > curLen {
+		return fmt.Errorf("feed %x: put: %w: unsigned proof past length %d", f.key[:4], ErrVerify, curLen)
+	}
+	// Every node the proof determines must agree with what is stored; an
+	// unsigned proof must meet stored roots.
+	fresh := t.nodes[:0:0]
+	for _, n := range t.nodes {
+		old, err := f.readNode(n.Index)
+		switch {
+		case errors.Is(err, errNoNode):
+			fresh = append(fresh, n)
+		case err != nil:
+			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+		case old.Hash != n.Hash || old.Size != n.Size || old.Offset != n.Offset:
+			return fmt.Errorf("feed %x: put: %w: node %d contradicts the stored tree", f.key[:4], ErrVerify, n.Index)
+		}
+	}
+	if p.Signature == nil {
+		for _, r := range t.roots {
+			if _, err := f.readNode(r.Index); err != nil {
+				return fmt.Errorf("feed %x: put: %w: unsigned proof does not reach a stored root", f.key[:4], ErrVerify)
+			}
+		}
+	}
+	// Data first, then the nodes that vouch for it, then (synced) the
+	// bitfield and signature that make it visible.
+	var files []File
+	if len(p.Blocks) > 0 {
+		var data []byte
+		for _, b := range p.Blocks {
+			data = append(data, b...)
+		}
+		if _, err := f.data.WriteAt(data, headerSize+int64(t.offsetOf(2*p.Start))); err != nil {
+			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+		}
+		files = append(files, f.data)
+	}
+	if len(fresh) > 0 {
+		var rec [nodeSize]byte
+		for i := range fresh {
+			encodeNode(rec[:], &fresh[i])
+			if _, err := f.tree.WriteAt(rec[:], headerSize+int64(fresh[i].Index)*nodeSize); err != nil {
+				return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+			}
+		}
+		files = append(files, f.tree)
+	}
+	end := p.Start + uint64(len(p.Blocks))
+	if len(p.Blocks) > 0 {
+		if err := f.writeBits(p.Start, end); err != nil {
+			return err
+		}
+	}
+	length, byteLen, roots, sig := curLen, uint64(0), []storedNode(nil), []byte(nil)
+	if p.Signature != nil && p.Length > curLen {
+		length, roots, sig = p.Length, t.roots, bytes.Clone(p.Signature)
+		for _, r := range roots {
+			byteLen += r.Size
+		}
+		if err := f.writeSignature(length, sig, append(files, f.bits)...); err != nil {
+			return err
+		}
+	} else if !f.noSync {
+		for _, file := range append(files, f.bits) {
+			if err := file.Sync(); err != nil {
+				f.failed = err
+				return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
+			}
+		}
+	}
+	f.publish(length, byteLen, roots, sig, func(b *bitset) { b.setRange(p.Start, end) })
+	return nil
+}
+
+// writeBits records blocks [start, end) in the bitfield file.
+func (f *Feed) writeBits(start, end uint64) error {
+	f.mu.RLock()
+	buf := f.have.bytesFor(start, end)
+	f.mu.RUnlock()
+	lo := start / 8
+	for i := start; i < end; i++ {
+		buf[i/8-lo] |= 1 << (i % 8)
+	}
+	if _, err := f.bits.WriteAt(buf, headerSize+int64(lo)); err != nil {
+		return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+	}
+	return nil
+}
+
+// Close closes the feed's files. Calls waiting in Get fail with ErrClosed.
+// Close waits for an Append or Put in progress. Closing twice is harmless.
+func (f *Feed) Close() error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil
+	}
+	f.closed = true
+	close(f.changed)
+	f.subs = nil
+	f.mu.Unlock()
+	f.writeMu.Lock()
+	defer f.writeMu.Unlock()
+	return f.closeFiles()
+}
+
+func (f *Feed) closeFiles() error {
+	var first error
+	for _, file := range []File{f.meta, f.data, f.tree, f.sigs, f.bits} {
+		if file == nil {
+			continue
+		}
+		if err := file.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// String returns the feed's public key in hex.
+func (f *Feed) String() string { return hex.EncodeToString(f.key) }
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,261 @@
+package kappa
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"hash"
+	"math/bits"
+)
+
+// The merkle tree of a feed is laid out as a flat tree (hypercore's
+// flat-tree): node indexes are in-order, so block i is the leaf at index 2i,
+// parents are odd, and a node of depth d at offset o has index
+// (2o+1)·2^d − 1. The tree of a feed of length n is the list of perfect
+// subtrees, its full roots, that cover blocks [0, n), largest first.
+
+// maxTreeLength bounds a feed's length so that node indexes (< 2·length) and
+// byte sizes cannot overflow a uint64.
+const maxTreeLength = 1 << 60
+
+// maxTreeBytes bounds the sum of the sizes in a tree, for the same reason.
+const maxTreeBytes = 1 << 62
+
+func flatDepth(i uint64) uint { return uint(bits.TrailingZeros64(^i)) }
+
+func flatOffset(i uint64) uint64 { return i >> (flatDepth(i) + 1) }
+
+func flatIndex(depth uint, offset uint64) uint64 {
+	return offset<<(depth+1) | (1<<depth - 1)
+}
+
+func flatParent(i uint64) uint64 {
+	d := flatDepth(i)
+	return flatIndex(d+1, flatOffset(i)>>1)
+}
+
+func flatSibling(i uint64) uint64 {
+	d := flatDepth(i)
+	return flatIndex(d, flatOffset(i)^1)
+}
+
+// flatChildren returns the two children of a parent node; ok is false for a
+// leaf.
+func flatChildren(i uint64) (left, right uint64, ok bool) {
+	d := flatDepth(i)
+	if d == 0 {
+		return 0, 0, false
+	}
+	o := flatOffset(i) * 2
+	return flatIndex(d-1, o), flatIndex(d-1, o+1), true
+}
+
+// flatBlocks returns the range of blocks [lo, hi) under node i.
+func flatBlocks(i uint64) (lo, hi uint64) {
+	d := flatDepth(i)
+	lo = flatOffset(i) << d
+	return lo, lo + 1<<d
+}
+
+// fullRoots appends to dst the indexes of the roots of a tree of length
+// blocks, left to right.
+func fullRoots(dst []uint64, length uint64) []uint64 {
+	var pos uint64
+	for length > 0 {
+		d := uint(63 - bits.LeadingZeros64(length))
+		size := uint64(1) << d
+		dst = append(dst, flatIndex(d, pos>>d))
+		pos += size
+		length -= size
+	}
+	return dst
+}
+
+// Node is one node of a feed's merkle tree: the hash of the bytes under it
+// and their number.
+type Node struct {
+	Index uint64   // flat-tree index
+	Hash  [32]byte // SHA-256 of the typed node, see leafHash and parentHash
+	Size  uint64   // bytes of data under the node
+}
+
+// Node hashes are typed by their first byte so that a leaf can never pass
+// for a parent, nor a list of roots for either.
+const (
+	leafType   = 0
+	parentType = 1
+	rootType   = 2
+)
+
+// leafHash is SHA-256(0x00 ‖ uint64(len(data)) ‖ data). h is reused.
+func leafHash(h hash.Hash, data []byte) [32]byte {
+	var hdr [9]byte
+	hdr[0] = leafType
+	binary.BigEndian.PutUint64(hdr[1:], uint64(len(data)))
+	h.Reset()
+	h.Write(hdr[:])
+	h.Write(data)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// parentHash is SHA-256(0x01 ‖ uint64(size) ‖ left.Hash ‖ right.Hash).
+func parentHash(left, right *Node) [32]byte {
+	var buf [73]byte
+	buf[0] = parentType
+	binary.BigEndian.PutUint64(buf[1:], left.Size+right.Size)
+	copy(buf[9:], left.Hash[:])
+	copy(buf[41:], right.Hash[:])
+	return sha256.Sum256(buf[:])
+}
+
+// treeHash is SHA-256(0x02 ‖ for each root: hash ‖ uint64(index) ‖
+// uint64(size)); it is what a feed signs, together with its length.
+func treeHash(roots []Node) [32]byte {
+	h := sha256.New()
+	var buf [49]byte
+	buf[0] = rootType
+	h.Write(buf[:1])
+	for i := range roots {
+		copy(buf[:32], roots[i].Hash[:])
+		binary.BigEndian.PutUint64(buf[32:], roots[i].Index)
+		binary.BigEndian.PutUint64(buf[40:], roots[i].Size)
+		h.Write(buf[:48])
+	}
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// proofIndexes appends to dst the indexes of the nodes that, together with
+// the blocks [start, end), determine every root of a tree of length blocks:
+// the largest subtrees that hold none of the blocks, left to right. With
+// start == end these are the roots themselves.
+func proofIndexes(dst []uint64, start, end, length uint64) []uint64 {
+	var roots [64]uint64
+	for _, r := range fullRoots(roots[:0], length) {
+		dst = coverNode(dst, r, start, end)
+	}
+	return dst
+}
+
+func coverNode(dst []uint64, i, start, end uint64) []uint64 {
+	lo, hi := flatBlocks(i)
+	switch {
+	case hi <= start || lo >= end:
+		return append(dst, i)
+	case start <= lo && hi <= end:
+		return dst
+	}
+	l, r, _ := flatChildren(i) // a leaf is always one of the cases above
+	dst = coverNode(dst, l, start, end)
+	return coverNode(dst, r, start, end)
+}
+
+// storedNode is a node together with the byte offset in the feed's data of
+// the first block under it; it is what the tree file holds.
+type storedNode struct {
+	Node
+	Offset uint64
+}
+
+// provenTree is what checking a proof's hashes yields: the roots of the
+// proof's length and every node the proof determines, with byte offsets.
+type provenTree struct {
+	roots []storedNode
+	nodes []storedNode // leaves and parents computed from blocks, then uncles, in index-walk order
+}
+
+// proofTree recomputes the tree of a proof: it hashes the blocks, combines
+// them with the proof's nodes (which must come in the order proofIndexes
+// gives) and returns the roots at p.Length. It checks shape and sizes but not
+// the signature; the caller decides what the roots must match.
+func proofTree(p *Proof, h hash.Hash) (*provenTree, error) {
+	if p.Length == 0 || p.Length > maxTreeLength {
+		return nil, fmt.Errorf("%w: length %d out of range", ErrVerify, p.Length)
+	}
+	end := p.Start + uint64(len(p.Blocks))
+	if p.Start > p.Length || end > p.Length || end < p.Start {
+		return nil, fmt.Errorf("%w: blocks [%d, %d) outside length %d", ErrVerify, p.Start, end, p.Length)
+	}
+	w := proofWalker{p: p, end: end, h: h}
+	var roots [64]uint64
+	t := &provenTree{}
+	var off uint64
+	for _, r := range fullRoots(roots[:0], p.Length) {
+		n, err := w.node(r, off)
+		if err != nil {
+			return nil, err
+		}
+		t.roots = append(t.roots, storedNode{n, off})
+		if off += n.Size; off > maxTreeBytes {
+			return nil, fmt.Errorf("%w: tree larger than %d bytes", ErrVerify, uint64(maxTreeBytes))
+		}
+	}
+	if w.next != len(p.Nodes) {
+		return nil, fmt.Errorf("%w: %d proof nodes left over", ErrVerify, len(p.Nodes)-w.next)
+	}
+	t.nodes = w.out
+	return t, nil
+}
+
+// offsetOf returns the byte offset of node i of the proven tree.
+func (t *provenTree) offsetOf(i uint64) uint64 {
+	for _, n := range t.nodes {
+		if n.Index == i {
+			return n.Offset
+		}
+	}
+	return 0
+}
+
+type proofWalker struct {
+	p    *Proof
+	end  uint64
+	h    hash.Hash
+	next int // next unused proof node
+	out  []storedNode
+}
+
+func (w *proofWalker) node(i, off uint64) (Node, error) {
+	lo, hi := flatBlocks(i)
+	if hi <= w.p.Start || lo >= w.end {
+		if w.next >= len(w.p.Nodes) {
+			return Node{}, fmt.Errorf("%w: proof is missing node %d", ErrVerify, i)
+		}
+		n := w.p.Nodes[w.next]
+		w.next++
+		if n.Index != i {
+			return Node{}, fmt.Errorf("%w: proof has node %d where %d belongs", ErrVerify, n.Index, i)
+		}
+		if n.Size > maxTreeBytes || (flatDepth(i) == 0 && n.Size > MaxBlockSize) {
+			return Node{}, fmt.Errorf("%w: node %d claims %d bytes", ErrVerify, i, n.Size)
+		}
+		w.out = append(w.out, storedNode{n, off})
+		return n, nil
+	}
+	if l, r, ok := flatChildren(i); ok {
+		left, err := w.node(l, off)
+		if err != nil {
+			return Node{}, err
+		}
+		right, err := w.node(r, off+left.Size)
+		if err != nil {
+			return Node{}, err
+		}
+		if left.Size+right.Size > maxTreeBytes {
+			return Node{}, fmt.Errorf("%w: node %d claims too many bytes", ErrVerify, i)
+		}
+		n := Node{Index: i, Hash: parentHash(&left, &right), Size: left.Size + right.Size}
+		w.out = append(w.out, storedNode{n, off})
+		return n, nil
+	}
+	data := w.p.Blocks[lo-w.p.Start]
+	if len(data) > MaxBlockSize {
+		return Node{}, fmt.Errorf("%w: block %d is %d bytes", ErrBlockTooLarge, lo, len(data))
+	}
+	n := Node{Index: i, Hash: leafHash(w.h, data), Size: uint64(len(data))}
+	w.out = append(w.out, storedNode{n, off})
+	return n, nil
+}

@@ -1,0 +1,78 @@
+package kappa
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestFlatTreeMatchesHypercore(t *testing.T) {
+	// Reference values from flat-tree's own tests.
+	cases := []struct {
+		name      string
+		got, want uint64
+	}{
+		{"parent(0)", flatParent(0), 1},
+		{"parent(2)", flatParent(2), 1},
+		{"parent(1)", flatParent(1), 3},
+		{"parent(5)", flatParent(5), 3},
+		{"parent(3)", flatParent(3), 7},
+		{"sibling(0)", flatSibling(0), 2},
+		{"sibling(1)", flatSibling(1), 5},
+		{"sibling(9)", flatSibling(9), 13},
+		{"index(1,1)", flatIndex(1, 1), 5},
+		{"index(3,0)", flatIndex(3, 0), 7},
+		{"depth(7)", uint64(flatDepth(7)), 3},
+		{"offset(11)", flatOffset(11), 1},
+	}
+	for _, c := range cases {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+	if l, r, ok := flatChildren(3); !ok || l != 1 || r != 5 {
+		t.Errorf("children(3) = %d, %d, %v", l, r, ok)
+	}
+	if _, _, ok := flatChildren(4); ok {
+		t.Error("a leaf has children")
+	}
+	if lo, hi := flatBlocks(11); lo != 4 || hi != 8 { // depth 2, offset 1
+		t.Errorf("blocks(11) = [%d, %d), want [4, 8)", lo, hi)
+	}
+	roots := map[uint64][]uint64{
+		0: nil, 1: {0}, 2: {1}, 3: {1, 4}, 4: {3}, 6: {3, 9}, 7: {3, 9, 12}, 8: {7},
+	}
+	for n, want := range roots {
+		if got := fullRoots(nil, n); !slices.Equal(got, want) {
+			t.Errorf("fullRoots(%d) = %v, want %v", n, got, want)
+		}
+	}
+}
+
+func TestProofIndexesCoverTheTree(t *testing.T) {
+	// For every range of every small tree, the proof nodes and the blocks
+	// must cover [0, length) exactly once.
+	for length := uint64(1); length <= 40; length++ {
+		for start := uint64(0); start <= length; start++ {
+			for end := start; end <= length; end++ {
+				covered := make([]int, length)
+				for b := start; b < end; b++ {
+					covered[b]++
+				}
+				for _, i := range proofIndexes(nil, start, end, length) {
+					lo, hi := flatBlocks(i)
+					for b := lo; b < hi; b++ {
+						if b >= length {
+							t.Fatalf("len %d [%d,%d): node %d reaches past the tree", length, start, end, i)
+						}
+						covered[b]++
+					}
+				}
+				for b, c := range covered {
+					if c != 1 {
+						t.Fatalf("len %d [%d,%d): block %d covered %d times", length, start, end, b, c)
+					}
+				}
+			}
+		}
+	}
+}
