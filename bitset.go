@@ -6,6 +6,7 @@ import "math/bits"
 // record of which entries it holds.
 type bitset struct {
 	words []uint64
+	n     uint64 // members
 }
 
 func (b *bitset) get(i uint64) bool {
@@ -29,11 +30,15 @@ func (b *bitset) setRange(start, end uint64) {
 	for i := start; i < end; {
 		w, bit := i/64, i%64
 		if bit == 0 && end-i >= 64 {
+			b.n += 64 - uint64(bits.OnesCount64(b.words[w]))
 			b.words[w] = ^uint64(0)
 			i += 64
 			continue
 		}
-		b.words[w] |= 1 << bit
+		if b.words[w]&(1<<bit) == 0 {
+			b.words[w] |= 1 << bit
+			b.n++
+		}
 		i++
 	}
 }
@@ -70,13 +75,7 @@ func (b *bitset) nextSet(from, limit uint64) uint64 {
 	return limit
 }
 
-func (b *bitset) count() uint64 {
-	var n int
-	for _, w := range b.words {
-		n += bits.OnesCount64(w)
-	}
-	return uint64(n)
-}
+func (b *bitset) count() uint64 { return b.n }
 
 // fromBytes loads the set from its file form (bit i is bit i%8 of byte
 // i/8), keeping only members below length.
@@ -88,6 +87,10 @@ func (b *bitset) fromBytes(buf []byte, length uint64) {
 	if w := length / 64; w < uint64(len(b.words)) {
 		b.words[w] &= 1<<(length%64) - 1
 		clear(b.words[w+1:])
+	}
+	b.n = 0
+	for _, w := range b.words {
+		b.n += uint64(bits.OnesCount64(w))
 	}
 }
 

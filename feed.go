@@ -61,6 +61,11 @@ type FeedOptions struct {
 	// key pair, an existing one must hold its public key.
 	SecretKey []byte
 
+	// ValueEncoding, if "json" or "utf-8", makes Append refuse values
+	// that are not valid JSON or UTF-8 with ErrInvalidValue. "binary" or
+	// "" accepts any bytes. Values from peers are stored as signed.
+	ValueEncoding string
+
 	// NoSync turns off fsync. By default every Append and Put is durable
 	// when it returns (data and tree are synced before the signature that
 	// covers them, the signature before returning). With NoSync a process
@@ -78,6 +83,7 @@ type Feed struct {
 	secret ed25519.PrivateKey // nil for a replica
 	dkey   [32]byte
 	noSync bool
+	check  func([]byte) error // the value encoding's test, or nil
 
 	meta, data, tree, sigs, bits File // bits is nil for a writable feed
 
@@ -119,7 +125,11 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	if o.Key != nil && len(o.Key) != PublicKeySize {
 		return nil, fmt.Errorf("kappa: open feed %s: %w: public key is %d bytes", prefix, ErrInvalidKey, len(o.Key))
 	}
-	f := &Feed{name: prefix, noSync: o.NoSync, hasher: sha256.New(), changed: make(chan struct{})}
+	check, err := valueCheck(o.ValueEncoding)
+	if err != nil {
+		return nil, fmt.Errorf("kappa: open feed %s: %w", prefix, err)
+	}
+	f := &Feed{name: prefix, noSync: o.NoSync, check: check, hasher: sha256.New(), changed: make(chan struct{})}
 	if err := f.open(s, prefix, &o); err != nil {
 		f.closeFiles()
 		return nil, fmt.Errorf("kappa: open feed %s: %w", prefix, err)
@@ -726,6 +736,11 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 		if len(v) > MaxBlockSize {
 			return 0, fmt.Errorf("feed %x: append value %d: %w: %d bytes", f.key[:4], i, ErrBlockTooLarge, len(v))
 		}
+		if f.check != nil {
+			if err := f.check(v); err != nil {
+				return 0, fmt.Errorf("feed %x: append value %d: %w", f.key[:4], i, err)
+			}
+		}
 	}
 	if f.secret == nil {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrNotWritable)
@@ -891,6 +906,9 @@ func (f *Feed) writeSignature(length uint64, sig []byte, files ...File) error {
 func (f *Feed) publish(length, byteLen uint64, roots []storedNode, sig []byte, got func(*bitset)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.closed {
+		return // Close woke every waiter already
+	}
 	if length > f.length {
 		f.length, f.byteLen, f.roots, f.sig = length, byteLen, roots, sig
 	}

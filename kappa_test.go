@@ -1,0 +1,479 @@
+package kappa
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func newCore(t testing.TB, opts *Options) *Core {
+	t.Helper()
+	c, err := New(NewMemStorage(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// sumView adds up JSON numbers, like the seed's example view.
+type sumView struct {
+	mu      sync.Mutex
+	sum     int
+	batches []int
+}
+
+func (v *sumView) Map(entries []Entry) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, e := range entries {
+		var n int
+		if err := e.Decode(&n); err == nil {
+			v.sum += n
+		}
+	}
+	v.batches = append(v.batches, len(entries))
+	return nil
+}
+
+func (v *sumView) Sum() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.sum
+}
+
+func appendJSON(t testing.TB, f *Feed, values ...int) {
+	t.Helper()
+	for _, n := range values {
+		if _, err := f.Append([]byte(fmt.Sprint(n))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Seed test/basic.js: "simple view".
+func TestSimpleView(t *testing.T) {
+	c := newCore(t, &Options{ValueEncoding: "json"})
+	v := &sumView{}
+	if _, err := c.Use("sum", 1, v); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Writer("default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendJSON(t, w, 1)
+	if err := c.Ready(ctxT(t), "sum"); err != nil {
+		t.Fatal(err)
+	}
+	if v.Sum() != 1 {
+		t.Fatalf("sum %d, want 1", v.Sum())
+	}
+}
+
+// Seed test/basic.js: "REGRESSION: views still work while indexing is
+// paused".
+func TestViewsStillWorkWhilePaused(t *testing.T) {
+	c := newCore(t, &Options{ValueEncoding: "json"})
+	v := &sumView{}
+	c.Use("sum", 1, v)
+	w, _ := c.Writer("default")
+	appendJSON(t, w, 1)
+	c.Ready(ctxT(t))
+	if err := c.Pause(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ready(ctxT(t), "sum"); err != nil {
+		t.Fatalf("ready while paused: %v", err)
+	}
+	if v.Sum() != 1 {
+		t.Fatalf("sum %d, want 1", v.Sum())
+	}
+}
+
+// kvView maps {"key","value"} JSON entries into a map, like kappa-view's
+// mapper test.
+type kvView struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (v *kvView) Map(entries []Entry) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, e := range entries {
+		var kv struct{ Key, Value string }
+		if err := e.Decode(&kv); err != nil {
+			return err
+		}
+		v.m[kv.Key] = kv.Value
+	}
+	return nil
+}
+
+func (v *kvView) ClearIndex() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.m = map[string]string{}
+	return nil
+}
+
+func (v *kvView) Get(k string) (string, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s, ok := v.m[k]
+	return s, ok
+}
+
+// kappa-view test/test.js: "mapper".
+func TestMapperView(t *testing.T) {
+	c := newCore(t, &Options{ValueEncoding: "json"})
+	v := &kvView{}
+	c.Use("mapper", 1, v)
+	w, _ := c.Writer("default")
+	w.Append([]byte(`{"key":"foo","value":"bar"}`))
+	w.Append([]byte(`{"key":"bax","value":"baz"}`))
+	if err := c.Ready(ctxT(t), "mapper"); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{"foo": "bar", "bax": "baz"} {
+		if got, ok := v.Get(k); !ok || got != want {
+			t.Errorf("get %q = %q, %v", k, got, ok)
+		}
+	}
+	if _, ok := v.Get("nix"); ok {
+		t.Error("nix found")
+	}
+}
+
+// multifeed test/basic.js: "no feeds".
+func TestNoFeeds(t *testing.T) {
+	c := newCore(t, nil)
+	if len(c.Feeds()) != 0 {
+		t.Fatalf("new database has %d feeds", len(c.Feeds()))
+	}
+}
+
+// multifeed: "create writer", "get feed by key", "get localfeed by name".
+func TestWriterAndFeedLookup(t *testing.T) {
+	c := newCore(t, nil)
+	w, err := c.Writer("bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Append([]byte("foo")); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, w, 0); got != "foo" {
+		t.Fatalf("get 0 = %q", got)
+	}
+	if fs := c.Feeds(); len(fs) != 1 || fs[0] != w {
+		t.Fatalf("feeds = %v", fs)
+	}
+	if c.Feed(w.Key()) != w || c.FeedHex(hex.EncodeToString(w.Key())) != w {
+		t.Fatal("feed by key or by hex key is not the writer")
+	}
+	if c.Feed(make([]byte, 32)) != nil || c.FeedHex("zz") != nil {
+		t.Fatal("unknown key found a feed")
+	}
+	again, err := c.Writer("bob")
+	if err != nil || again != w {
+		t.Fatalf("writer by name twice: %v %v", again, err)
+	}
+	if _, err := c.Writer(""); !errors.Is(err, ErrInvalidValue) {
+		t.Fatalf("empty name: %v", err)
+	}
+	if _, err := c.Writer(strings.Repeat("x", 89)); !errors.Is(err, ErrInvalidValue) {
+		t.Fatalf("long name: %v", err)
+	}
+}
+
+// multifeed: "get localfeed by name across disk loads", and feed order and
+// numeric-looking names across restarts.
+func TestWritersAndOrderSurviveReopen(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys [][]byte
+	for _, name := range []string{"minuette", "5", "0", "1"} {
+		w, err := c.Writer(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, w.Key())
+	}
+	other, _ := NewKeyPair()
+	if _, err := c.AddFeed(other.PublicKey); err != nil {
+		t.Fatal(err)
+	}
+	keys = append(keys, other.PublicKey)
+	shared := c.SharedKey()
+	c.Close()
+
+	c, err = Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i, f := range c.Feeds() {
+		if !bytes.Equal(f.Key(), keys[i]) {
+			t.Fatalf("feed %d after reopen is %x, want %x", i, f.Key()[:4], keys[i][:4])
+		}
+	}
+	for i, name := range []string{"minuette", "5", "0", "1"} {
+		w, err := c.Writer(name)
+		if err != nil || !bytes.Equal(w.Key(), keys[i]) || !w.Writable() {
+			t.Fatalf("writer %q after reopen: %v", name, err)
+		}
+	}
+	if c.Feed(other.PublicKey).Writable() {
+		t.Fatal("a replica became writable")
+	}
+	if len(c.Feeds()) != 5 || !bytes.Equal(c.SharedKey(), shared) {
+		t.Fatalf("%d feeds, shared key kept %v", len(c.Feeds()), bytes.Equal(c.SharedKey(), shared))
+	}
+}
+
+func TestSharedKey(t *testing.T) {
+	dir := t.TempDir()
+	key := bytes.Repeat([]byte{7}, 32)
+	c, err := Open(dir, &Options{SharedKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(c.SharedKey(), key) {
+		t.Fatal("database did not join the given key")
+	}
+	c.Close()
+	if _, err := Open(dir, &Options{SharedKey: bytes.Repeat([]byte{8}, 32)}); !errors.Is(err, ErrKeyMismatch) {
+		t.Fatalf("open with another shared key: %v", err)
+	}
+	if _, err := Open(t.TempDir(), &Options{SharedKey: []byte("short")}); !errors.Is(err, ErrInvalidKey) {
+		t.Fatalf("short shared key: %v", err)
+	}
+	c, err = Open(dir, nil)
+	if err != nil || !bytes.Equal(c.SharedKey(), key) {
+		t.Fatalf("reopen without a key: %v", err)
+	}
+	c.Close()
+	a, b := newCore(t, nil), newCore(t, nil)
+	if bytes.Equal(a.SharedKey(), b.SharedKey()) || len(a.SharedKey()) != 32 {
+		t.Fatal("two new databases share a generated key")
+	}
+}
+
+// multifeed: "close", "close after double-open", "calling close while
+// closing should not throw errors".
+func TestClose(t *testing.T) {
+	dir := t.TempDir()
+	for range 2 {
+		c, err := Open(dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, _ := c.Writer("w")
+		w.Append([]byte("x"))
+		var wg sync.WaitGroup
+		errs := make([]error, 3)
+		for i := range errs {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = c.Close() }()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(c.Feeds()) != 0 {
+			t.Fatal("feeds after close")
+		}
+		if _, err := c.Writer("w"); !errors.Is(err, ErrClosed) {
+			t.Fatalf("writer after close: %v", err)
+		}
+		if err := c.Ready(context.Background()); !errors.Is(err, ErrClosed) {
+			t.Fatalf("ready after close: %v", err)
+		}
+	}
+}
+
+func TestOpenTwiceIsLocked(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := Open(dir, nil); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+}
+
+// multifeed: "can create writer with custom keypair".
+func TestWriterWithKeyPair(t *testing.T) {
+	c := newCore(t, nil)
+	kp, _ := NewKeyPair()
+	w, err := c.WriterWithKeyPair("moose", kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(w.Key(), kp.PublicKey) || !w.Writable() {
+		t.Fatal("writer does not have the given key pair")
+	}
+	w.Append([]byte("hi"))
+	if mustGet(t, w, 0) != "hi" {
+		t.Fatal("get")
+	}
+	other, _ := NewKeyPair()
+	if _, err := c.WriterWithKeyPair("moose", other); !errors.Is(err, ErrKeyMismatch) {
+		t.Fatalf("same name, other key pair: %v", err)
+	}
+}
+
+// multifeed test/regression.js: "concurrency of writer creation".
+func TestConcurrentWriterCreation(t *testing.T) {
+	c := newCore(t, nil)
+	var wg sync.WaitGroup
+	got := make([]*Feed, 10)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], _ = c.Writer("minuette")
+		}()
+	}
+	if err := c.Ready(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	for _, f := range got {
+		if f == nil || f != got[0] {
+			t.Fatal("concurrent Writer calls made different feeds")
+		}
+	}
+	if len(c.Feeds()) != 1 {
+		t.Fatalf("%d feeds", len(c.Feeds()))
+	}
+}
+
+func TestDamagedFeedDoesNotHideLaterFeeds(t *testing.T) {
+	s := NewMemStorage()
+	c, err := New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys [][]byte
+	for _, n := range []string{"a", "b", "c"} {
+		w, _ := c.Writer(n)
+		w.Append([]byte(n))
+		keys = append(keys, w.Key())
+	}
+	c.Close()
+	b, _ := s.FileBytes("feeds/1/key")
+	b[20] ^= 0xff
+	s.SetFileBytes("feeds/1/key", b)
+	var reported []error
+	c, err = New(s, &Options{OnError: func(err error) { reported = append(reported, err) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if len(reported) != 1 || !errors.Is(reported[0], ErrCorrupt) {
+		t.Fatalf("reported %v", reported)
+	}
+	fs := c.Feeds()
+	if len(fs) != 2 || !bytes.Equal(fs[0].Key(), keys[0]) || !bytes.Equal(fs[1].Key(), keys[2]) {
+		t.Fatalf("loaded %d feeds", len(fs))
+	}
+	// A new feed does not reuse the damaged one's place.
+	d, err := c.Writer("d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.name != "feeds/3/" {
+		t.Fatalf("new writer stored at %s", d.name)
+	}
+}
+
+func TestFeedsChangedSignalsNewFeeds(t *testing.T) {
+	c := newCore(t, nil)
+	ch := c.FeedsChanged()
+	select {
+	case <-ch:
+		t.Fatal("signalled before any feed")
+	default:
+	}
+	c.Writer("x")
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no signal for a new feed")
+	}
+}
+
+func TestValueEncodings(t *testing.T) {
+	cases := []struct {
+		enc      string
+		good     string
+		bad      []byte
+		decodeTo func(Entry) (any, error)
+		want     any
+	}{
+		{"json", `{"a":1}`, []byte(`{"a":`), func(e Entry) (any, error) {
+			var v map[string]int
+			err := e.Decode(&v)
+			return v["a"], err
+		}, 1},
+		{"utf-8", "héllo", []byte{0xff, 0xfe}, func(e Entry) (any, error) {
+			var s string
+			err := e.Decode(&s)
+			return s, err
+		}, "héllo"},
+		{"binary", "\x00\x01", nil, func(e Entry) (any, error) {
+			var b []byte
+			err := e.Decode(&b)
+			return string(b), err
+		}, "\x00\x01"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.enc, func(t *testing.T) {
+			c := newCore(t, &Options{ValueEncoding: tc.enc})
+			got := make(chan Entry, 1)
+			c.Use("v", 1, viewFunc(func(es []Entry) error { got <- es[0]; return nil }))
+			w, _ := c.Writer("w")
+			if tc.bad != nil {
+				if _, err := w.Append(tc.bad); !errors.Is(err, ErrInvalidValue) {
+					t.Fatalf("bad value: %v", err)
+				}
+			}
+			if _, err := w.Append([]byte(tc.good)); err != nil {
+				t.Fatal(err)
+			}
+			v, err := tc.decodeTo(<-got)
+			if err != nil || v != tc.want {
+				t.Fatalf("decoded %v, %v; want %v", v, err, tc.want)
+			}
+		})
+	}
+	if _, err := New(NewMemStorage(), &Options{ValueEncoding: "ebcdic"}); !errors.Is(err, ErrInvalidValue) {
+		t.Fatalf("unknown encoding: %v", err)
+	}
+}
+
+type viewFunc func([]Entry) error
+
+func (f viewFunc) Map(es []Entry) error { return f(es) }

@@ -1,0 +1,43 @@
+//go:build !unix || solaris || aix
+
+package kappa
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+)
+
+// canSyncDir reports whether directories can be fsynced here.
+const canSyncDir = runtime.GOOS == "solaris" || runtime.GOOS == "illumos" || runtime.GOOS == "aix"
+
+// dirLock is a directory's LOCK file, created exclusively and removed on
+// unlock. A LOCK file left by a process that died must be removed by hand.
+type dirLock struct {
+	f    *os.File
+	path string
+}
+
+// lockDir locks dir, or fails with an error wrapping ErrLocked.
+func lockDir(dir string) (*dirLock, error) {
+	path := filepath.Join(dir, storageLockName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		return nil, ErrLocked
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &dirLock{f: f, path: path}, nil
+}
+
+// unlock releases the lock.
+func (l *dirLock) unlock() error {
+	err := l.f.Close()
+	if rerr := os.Remove(l.path); err == nil {
+		err = rerr
+	}
+	return err
+}
