@@ -27,6 +27,10 @@ func TestMain(m *testing.M) {
 		crashWriter(dir)
 		return
 	}
+	if spec := os.Getenv("KAPPA_INDEX_CRASH"); spec != "" {
+		runIndexCrashChild(spec)
+		return
+	}
 	os.Exit(m.Run())
 }
 
