@@ -113,6 +113,7 @@ type Index struct {
 	next    int               // where the next search for work starts
 	paused  int
 	busy    bool
+	waiters []*readyWaiter
 	err     error
 	changed chan struct{} // closed and replaced on every change of state
 	indexed uint64
@@ -269,7 +270,21 @@ func (x *Index) changedLocked() {
 // Ready waits until the view has indexed every entry present when Ready
 // was called; see Core.Ready.
 func (x *Index) Ready(ctx context.Context) error {
-	target := presentNow(x.core.Feeds())
+	w := &readyWaiter{pending: map[string][]span{}, done: make(chan struct{})}
+	for _, t := range presentNow(x.core.Feeds()) {
+		w.pending[t.key] = t.spans
+	}
+	x.mu.Lock()
+	x.waiters = append(x.waiters, w)
+	if x.loaded {
+		x.checkWaiterLocked(w, "")
+	}
+	x.mu.Unlock()
+	defer func() {
+		x.mu.Lock()
+		x.waiters = slices.DeleteFunc(x.waiters, func(v *readyWaiter) bool { return v == w })
+		x.mu.Unlock()
+	}()
 	for {
 		x.mu.Lock()
 		switch {
@@ -280,19 +295,66 @@ func (x *Index) Ready(ctx context.Context) error {
 		case x.paused > 0 && !x.busy:
 			x.mu.Unlock()
 			return nil
-		case x.loaded && x.coversLocked(target):
-			x.mu.Unlock()
-			return nil
 		}
 		ch := x.changed
 		x.mu.Unlock()
 		select {
+		case <-w.done:
+			return nil
 		case <-ch:
 		case <-ctx.Done():
 			return fmt.Errorf("kappa: view %q: ready: %w", x.name, ctx.Err())
 		case <-x.core.done:
 			return fmt.Errorf("kappa: view %q: ready: %w", x.name, ErrClosed)
 		}
+	}
+}
+
+// readyWaiter is a Ready call: the ranges, per feed, still to be indexed.
+type readyWaiter struct {
+	pending  map[string][]span
+	done     chan struct{} // closed when pending is empty
+	released bool
+}
+
+// checkWaiterLocked drops from w what is now indexed, for one feed key or,
+// with "", for all; a waiter with nothing left is released.
+func (x *Index) checkWaiterLocked(w *readyWaiter, key string) {
+	if w.released {
+		return
+	}
+	check := func(k string, spans []span) {
+		p := x.byKey[k]
+		if p == nil {
+			return
+		}
+		if !p.broken {
+			for _, s := range spans {
+				if !p.covers(s) {
+					return
+				}
+			}
+		}
+		delete(w.pending, k)
+	}
+	if key != "" {
+		if spans, ok := w.pending[key]; ok {
+			check(key, spans)
+		}
+	} else {
+		for k, spans := range w.pending {
+			check(k, spans)
+		}
+	}
+	if len(w.pending) == 0 {
+		w.released = true
+		close(w.done)
+	}
+}
+
+func (x *Index) checkWaitersLocked(key string) {
+	for _, w := range x.waiters {
+		x.checkWaiterLocked(w, key)
 	}
 }
 
@@ -317,24 +379,6 @@ func presentNow(feeds []*Feed) []feedTarget {
 		}
 	}
 	return out
-}
-
-func (x *Index) coversLocked(target []feedTarget) bool {
-	for _, t := range target {
-		p := x.byKey[t.key]
-		if p == nil {
-			return false
-		}
-		if p.broken {
-			continue
-		}
-		for _, s := range t.spans {
-			if !p.covers(s) {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // Pause stops the view after the batch it is mapping; see Core.Pause.
@@ -515,7 +559,8 @@ func (x *Index) drain() {
 		x.syncFeedsLocked(feeds)
 		p, start, end := x.pickLocked()
 		if p == nil {
-			x.changedLocked() // idle: let Ready check
+			x.checkWaitersLocked("") // idle
+			x.changedLocked()
 			x.mu.Unlock()
 			return
 		}
@@ -526,7 +571,9 @@ func (x *Index) drain() {
 
 		x.mu.Lock()
 		x.busy = false
-		x.changedLocked()
+		if x.paused > 0 {
+			x.changedLocked() // Pause waits for the batch to end
+		}
 		x.mu.Unlock()
 		if err != nil {
 			if errors.Is(err, ErrClosed) {
@@ -594,6 +641,7 @@ func (x *Index) mapBatch(p *feedProgress, start, end uint64) error {
 	x.mu.Lock()
 	p.add(span{start, end})
 	x.indexed += end - start
+	x.checkWaitersLocked(p.key)
 	x.mu.Unlock()
 	if n, ok := x.view.(IndexedNotifier); ok {
 		n.Indexed(entries)

@@ -1,0 +1,70 @@
+// Package kappa is a minimal peer-to-peer database, based on append-only
+// logs and materialized views: a Go re-implementation of kappa-core 7 and
+// the modules under it (hypercore 9, multifeed, multifeed-index), in one
+// package that imports only the standard library.
+//
+// # Getting started
+//
+// Open a database in a directory, install a view, get a writer and append:
+//
+//	core, err := kappa.Open("./log", &kappa.Options{ValueEncoding: "json"})
+//	if err != nil { ... }
+//	defer core.Close()
+//
+//	sum := &sumView{}                     // any type with Map([]kappa.Entry) error
+//	core.Use("sum", 1, sum)               // name, version, view
+//
+//	w, err := core.Writer("default")      // a local feed, created once, kept by name
+//	seq, err := w.Append([]byte(`1`))     // one signature per call
+//
+//	err = core.Ready(ctx, "sum")          // wait until the view caught up
+//
+// See the package example for the whole program.
+//
+// # Feeds
+//
+// A Feed is one writer's append-only log. Every entry is a leaf of a merkle
+// tree laid out as a flat tree (hypercore's layout); after each Append the
+// writer signs the hash of the tree's roots and its length with ed25519. A
+// peer that holds only the public key verifies any entry it is given
+// through a Proof: the entries, the tree nodes linking them to the roots,
+// and the signature. Put stores nothing that does not verify. Hashes are
+// SHA-256 with a type byte for leaves, parents and roots, so the format is
+// hypercore's in structure, not byte for byte.
+//
+// # Views
+//
+// A View's Map is called with batches of entries from all feeds; see View
+// for the contract (batch shape, fairness, holes, delivery guarantee).
+// Views are versioned: when the version passed to Use differs from the one
+// the view's stored progress was made with, the view is wiped (ClearIndex)
+// together with its progress and rebuilt from the first entry.
+//
+// # Storage and durability
+//
+// Feeds live in a Storage: a directory (OpenDir; locked against a second
+// process, with a bounded number of open file descriptors) or memory
+// (NewMemStorage, which can also simulate crashes for tests). The on-disk
+// format is described in doc/FORMAT.md. By default every Append is durable
+// when it returns: data and tree are fsynced before the signature record
+// that covers them, and that record before Append returns. Options.NoSync
+// turns fsync off: a process crash still loses nothing, a power loss may
+// lose the newest appends.
+//
+// Recovery rule: on open, a feed's length is that of the newest signature
+// record whose checksum holds and whose signature verifies over the roots
+// stored in the tree file. Newer records, and data and tree past that
+// length, are a torn tail and are cut. Opening reads a constant amount of
+// each feed (plus a replica's bitfield), never the whole log. Damage that a
+// torn write cannot explain, such as a bad header or no verifying signature
+// among the newest records, is an error matching ErrCorrupt: a
+// *CorruptError naming the file and offset. Entries are checked against
+// their leaf hash on every read, so damage inside the log is reported the
+// same way, never returned as data.
+//
+// # Errors
+//
+// Errors wrap the package's sentinel errors (ErrClosed, ErrCorrupt,
+// ErrKeyMismatch, …); test them with errors.Is. Bad input to any function
+// returns an error; nothing panics on input.
+package kappa
