@@ -604,3 +604,137 @@ func TestReadyUnderSteadyAppends(t *testing.T) {
 		}
 	}
 }
+
+// headsView is multifeed-index's kv test view: each entry names a key and
+// the entries it replaces; the heads of a key are the entries nothing
+// replaced yet.
+type headsView struct {
+	mu    sync.Mutex
+	heads map[string]map[string]bool
+	gone  map[string]bool
+}
+
+func (v *headsView) Map(es []Entry) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, e := range es {
+		var m struct {
+			Key   string
+			Links []string
+		}
+		if err := e.Decode(&m); err != nil {
+			return err
+		}
+		id := fmt.Sprintf("%x@%d", e.Key[:4], e.Seq)
+		if v.heads[m.Key] == nil {
+			v.heads[m.Key] = map[string]bool{}
+		}
+		for _, l := range m.Links {
+			v.gone[l] = true
+			delete(v.heads[m.Key], l)
+		}
+		if !v.gone[id] {
+			v.heads[m.Key][id] = true
+		}
+	}
+	return nil
+}
+
+func (v *headsView) get(k string) []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var out []string
+	for id := range v.heads[k] {
+		out = append(out, id)
+	}
+	return out
+}
+
+// multifeed-index test/basic.js: "kv: create index then data".
+func TestKVCreateIndexThenData(t *testing.T) {
+	c := newCore(t, &Options{ValueEncoding: "json"})
+	v := &headsView{heads: map[string]map[string]bool{}, gone: map[string]bool{}}
+	c.Use("kv", 1, v)
+	ready(t, c)
+	if h := v.get("foo"); len(h) != 0 {
+		t.Fatalf("heads before any data: %v", h)
+	}
+	w, _ := c.Writer("w")
+	w.Append([]byte(`{"key":"foo","links":[]}`))
+	first := fmt.Sprintf("%x@0", w.Key()[:4])
+	w.Append([]byte(`{"key":"foo","links":["` + first + `"]}`))
+	ready(t, c)
+	if h := v.get("foo"); len(h) != 1 || h[0] != fmt.Sprintf("%x@1", w.Key()[:4]) {
+		t.Fatalf("heads %v, want only entry 1", h)
+	}
+}
+
+// multifeed-index test/states.js: "pausing when nothing is indexing".
+func TestPauseWhenIdle(t *testing.T) {
+	c := newCore(t, nil)
+	x, _ := c.Use("a", 1, &adder{})
+	ready(t, c)
+	if err := x.Pause(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if st := x.Status().State; st != "paused" {
+		t.Fatalf("state %q after pause", st)
+	}
+	x.Resume()
+	if st := x.Status().State; st != "idle" {
+		t.Fatalf("state %q after resume", st)
+	}
+}
+
+// copyFeeds gives dst every entry of every feed of src, through proofs, as
+// replication will.
+func copyFeeds(t *testing.T, src, dst *Core) {
+	t.Helper()
+	for _, f := range src.Feeds() {
+		if f.Len() == 0 {
+			continue
+		}
+		r, err := dst.AddFeed(f.Key())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Writable() {
+			continue
+		}
+		p, err := f.Proof(0, f.Len(), r.Len())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Put(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// multifeed-index test/sync.js "multiple feeds" and test/adder.js "adder +
+// sync": feeds arriving from a peer are indexed with the local ones.
+func TestIndexFeedsFromAPeer(t *testing.T) {
+	a := newCore(t, &Options{ValueEncoding: "json"})
+	b := newCore(t, &Options{ValueEncoding: "json"})
+	sa, sb := &adder{max: 50}, &adder{max: 50}
+	a.Use("sum", 1, sa)
+	b.Use("sum", 1, sb)
+	for i, n := range []int{17, 12, 1} {
+		w, _ := a.Writer(fmt.Sprint("a", i))
+		appendJSON(t, w, n)
+	}
+	for i, n := range []int{11, 3} {
+		w, _ := b.Writer(fmt.Sprint("b", i))
+		appendJSON(t, w, n)
+	}
+	copyFeeds(t, a, b)
+	copyFeeds(t, b, a)
+	ready(t, a)
+	ready(t, b)
+	if sa.Sum() != 44 || sb.Sum() != 44 {
+		t.Fatalf("sums %d and %d, want 44", sa.Sum(), sb.Sum())
+	}
+	if pa, pb := sa.progress(t), sb.progress(t); len(pa) != 5 || len(pb) != 5 {
+		t.Fatalf("progress over %d and %d feeds", len(pa), len(pb))
+	}
+}
