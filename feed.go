@@ -2,6 +2,7 @@ package kappa
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -13,6 +14,7 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"slices"
 	"sync"
 )
 
@@ -453,6 +455,37 @@ func (f *Feed) readNode(i uint64) (storedNode, error) {
 	return decodeNode(i, rec[:], f.name, off)
 }
 
+// nodeSpan holds the tree records of nodes [lo, lo+n) as read by
+// readNodeSpan; n counts only the records read whole.
+type nodeSpan struct {
+	lo, n uint64
+	buf   []byte
+}
+
+// readNodeSpan reads the tree records of nodes [lo, hi) with one call.
+func (f *Feed) readNodeSpan(lo, hi uint64) (*nodeSpan, error) {
+	buf := make([]byte, (hi-lo)*nodeSize)
+	n, err := f.tree.ReadAt(buf, headerSize+int64(lo)*nodeSize)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return &nodeSpan{lo: lo, n: uint64(n) / nodeSize, buf: buf}, nil
+}
+
+// node returns node i as readNode does, from the span if it covers i. A
+// node of the span past the end of the file is not stored; a nil span
+// covers nothing.
+func (s *nodeSpan) node(f *Feed, i uint64) (storedNode, error) {
+	if s == nil || i < s.lo || i >= s.lo+uint64(len(s.buf))/nodeSize {
+		return f.readNode(i)
+	}
+	if i >= s.lo+s.n {
+		return storedNode{}, errNoNode
+	}
+	off := (i - s.lo) * nodeSize
+	return decodeNode(i, s.buf[off:off+nodeSize], f.name, headerSize+int64(i)*nodeSize)
+}
+
 func decodeNode(i uint64, rec []byte, name string, off int64) (storedNode, error) {
 	var n storedNode
 	n.Index = i
@@ -462,7 +495,9 @@ func decodeNode(i uint64, rec []byte, name string, off int64) (storedNode, error
 	}
 	n.Size = binary.BigEndian.Uint64(rec[32:])
 	n.Offset = binary.BigEndian.Uint64(rec[40:])
-	if n.Size > maxTreeBytes || n.Offset > maxTreeBytes {
+	// A leaf's size bounds what Get allocates: no leaf can be larger than
+	// a block.
+	if n.Size > maxTreeBytes || n.Offset > maxTreeBytes || (i%2 == 0 && n.Size > MaxBlockSize) {
 		return n, &CorruptError{File: name + fileTree, Offset: off, Reason: "node size out of range"}
 	}
 	return n, nil
@@ -611,6 +646,9 @@ func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error
 	count := end - start
 	recs := make([]byte, (2*count-1)*nodeSize)
 	if _, err := f.tree.ReadAt(recs, headerSize+int64(2*start)*nodeSize); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = errNoNode // the tree ends before a leaf of the range
+		}
 		return nil, f.readErr(err, start)
 	}
 	nodes := make([]storedNode, count)
@@ -620,6 +658,10 @@ func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error
 		n, err := decodeNode(2*(start+uint64(k)), recs[2*k*nodeSize:], f.name, off)
 		if err != nil {
 			return nil, f.readErr(err, start+uint64(k))
+		}
+		if k > 0 && n.Offset != nodes[k-1].Offset+nodes[k-1].Size {
+			// Each value is sliced out of one read by its offset.
+			return nil, &CorruptError{File: f.name + fileTree, Offset: off, Reason: "leaf offsets are not contiguous"}
 		}
 		nodes[k] = n
 		total += 9 + n.Size
@@ -808,12 +850,17 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	f.writeBuf = data[:0]
 
 	// Tree: the leaves and the parents they complete. Nodes at index 2·start
-	// and beyond form one contiguous run; parents of older roots lie
-	// before it and are written one by one.
+	// and beyond form one contiguous run (none of them was complete
+	// before). When start is odd the first leaf completes the parent at
+	// 2·start−1, which then begins the run. Other parents of older roots
+	// lie before it and are written one by one.
 	newRoots := append(make([]storedNode, 0, len(roots)+1), roots...)
-	runStart := 2 * start
+	runStart, runLen := 2*start, 2*n-1
+	if start%2 == 1 {
+		runStart, runLen = runStart-1, runLen+1
+	}
 	run := f.treeBuf[:0]
-	run = append(run, make([]byte, (2*n-1)*nodeSize)...)
+	run = append(run, make([]byte, runLen*nodeSize)...)
 	var early []storedNode
 	off := byteLen
 	seq := start
@@ -1062,9 +1109,17 @@ func (f *Feed) Put(p *Proof) error {
 	}
 	// Every node the proof determines must agree with what is stored; an
 	// unsigned proof must meet stored roots.
+	// The nodes under the blocks fill one span of the tree file, read in
+	// one call; the few others (uncles and ancestors) one by one.
+	var span *nodeSpan
+	if len(p.Blocks) > 0 {
+		if span, err = f.readNodeSpan(2*p.Start, 2*(p.Start+uint64(len(p.Blocks)))-1); err != nil {
+			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+		}
+	}
 	fresh := t.nodes[:0:0]
 	for _, n := range t.nodes {
-		old, err := f.readNode(n.Index)
+		old, err := span.node(f, n.Index)
 		switch {
 		case errors.Is(err, errNoNode):
 			fresh = append(fresh, n)
@@ -1095,12 +1150,22 @@ func (f *Feed) Put(p *Proof) error {
 		files = append(files, f.data)
 	}
 	if len(fresh) > 0 {
-		var rec [nodeSize]byte
-		for i := range fresh {
-			encodeNode(rec[:], &fresh[i])
-			if _, err := f.tree.WriteAt(rec[:], headerSize+int64(fresh[i].Index)*nodeSize); err != nil {
+		// One write per run of consecutive new nodes.
+		slices.SortFunc(fresh, func(a, b storedNode) int { return cmp.Compare(a.Index, b.Index) })
+		buf := make([]byte, len(fresh)*nodeSize)
+		for i := 0; i < len(fresh); {
+			j := i + 1
+			for j < len(fresh) && fresh[j].Index == fresh[j-1].Index+1 {
+				j++
+			}
+			run := buf[:(j-i)*nodeSize]
+			for k := i; k < j; k++ {
+				encodeNode(run[(k-i)*nodeSize:], &fresh[k])
+			}
+			if _, err := f.tree.WriteAt(run, headerSize+int64(fresh[i].Index)*nodeSize); err != nil {
 				return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 			}
+			i = j
 		}
 		files = append(files, f.tree)
 	}

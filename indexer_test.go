@@ -567,7 +567,7 @@ func TestIndexerDoesNotStallOnAHole(t *testing.T) {
 
 func TestIndexStateEncodingRoundTrips(t *testing.T) {
 	st := &indexState{version: 7, feeds: map[string][]span{
-		string(make([]byte, 32)):             {{0, 10}, {20, 30}},
+		string(make([]byte, 32)):            {{0, 10}, {20, 30}},
 		string(append(make([]byte, 31), 1)): {{5, 6}},
 	}}
 	got, err := decodeIndexState(st.encode())

@@ -143,7 +143,10 @@ func proofIndexes(dst []uint64, start, end, length uint64) []uint64 {
 func coverNode(dst []uint64, i, start, end uint64) []uint64 {
 	lo, hi := flatBlocks(i)
 	switch {
-	case hi <= start || lo >= end:
+	case hi <= start || lo >= end || start == end:
+		// With no blocks, only whole roots: a hash commits to the sum of
+		// its children's sizes, so two sibling nodes sent side by side
+		// could trade bytes unnoticed.
 		return append(dst, i)
 	case start <= lo && hi <= end:
 		return dst
@@ -220,7 +223,7 @@ type proofWalker struct {
 
 func (w *proofWalker) node(i, off uint64) (Node, error) {
 	lo, hi := flatBlocks(i)
-	if hi <= w.p.Start || lo >= w.end {
+	if hi <= w.p.Start || lo >= w.end || w.p.Start == w.end { // as coverNode
 		if w.next >= len(w.p.Nodes) {
 			return Node{}, fmt.Errorf("%w: proof is missing node %d", ErrVerify, i)
 		}

@@ -1,0 +1,444 @@
+package kappa
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Benchmarks of feeds on directory storage. Every benchmark reports its
+// throughput as entries/s (and MB/s where entries have a size), so that one
+// run can be read against the reference limits of the same machine:
+// BenchmarkRefEd25519Sign (a single Append can go no faster than one
+// signature) and BenchmarkRefSHA256Block100 (every entry is hashed once on
+// write and once on read).
+//
+// All use FeedOptions{NoSync: true} except those whose name ends in Sync.
+// Large feeds that are only read are built once per process, outside any
+// timer, in a fixture directory under os.TempDir (see benchFixtures).
+
+const (
+	benchValueSize = 100
+	benchBatch     = 1000
+)
+
+// benchValues returns n distinct values of size bytes, sharing one buffer.
+func benchValues(n, size int) [][]byte {
+	rng := rand.New(rand.NewPCG(uint64(n), uint64(size)))
+	buf := make([]byte, n*size)
+	for i := range buf {
+		buf[i] = byte(rng.Uint32())
+	}
+	vals := make([][]byte, n)
+	for i := range vals {
+		vals[i] = buf[i*size : (i+1)*size : (i+1)*size]
+	}
+	return vals
+}
+
+// reportRate reports entries/s and, if bytes > 0, MB/s (10^6 bytes) over the
+// benchmark's timed duration. Call it after the b.Loop loop.
+func reportRate(b *testing.B, entries, bytes int64) {
+	sec := b.Elapsed().Seconds()
+	if sec <= 0 {
+		return
+	}
+	b.ReportMetric(float64(entries)/sec, "entries/s")
+	if bytes > 0 {
+		b.ReportMetric(float64(bytes)/1e6/sec, "MB/s")
+	}
+}
+
+// benchFeed opens a feed under a fresh temporary directory, closed when the
+// benchmark ends.
+func benchFeed(b *testing.B, opts *FeedOptions) *Feed {
+	b.Helper()
+	s, err := OpenDir(b.TempDir(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := OpenFeed(s, "f/", opts)
+	if err != nil {
+		s.Close()
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
+		if err := s.Close(); err != nil {
+			b.Error(err)
+		}
+	})
+	return f
+}
+
+// benchFixtures holds the feeds that benchmarks only read, built on first
+// use and kept for the rest of the process in one DirStorage under
+// os.TempDir, since a benchmark's TempDir is removed when it ends. The
+// storage stays open (and so locked) until the process exits; directories
+// left by earlier processes are removed once their lock is free (see
+// sweepBenchDirs).
+var benchFixtures struct {
+	once sync.Once
+	s    *DirStorage
+	err  error
+
+	mu    sync.Mutex
+	built map[string]bool // prefixes of complete fixture feeds
+}
+
+const benchDirPattern = "kappa-go-bench-*"
+
+func benchFixtureStorage(b *testing.B) *DirStorage {
+	b.Helper()
+	fx := &benchFixtures
+	fx.once.Do(func() {
+		sweepBenchDirs()
+		dir, err := os.MkdirTemp("", benchDirPattern)
+		if err != nil {
+			fx.err = err
+			return
+		}
+		fx.s, fx.err = OpenDir(dir, nil)
+		fx.built = make(map[string]bool)
+	})
+	if fx.err != nil {
+		b.Fatalf("benchmark fixtures: %v", fx.err)
+	}
+	return fx.s
+}
+
+// sweepBenchDirs removes fixture directories of earlier benchmark
+// processes: those whose lock can be taken, so no process holds them. A
+// directory younger than a minute is left alone, since its process may
+// not have locked it yet.
+func sweepBenchDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), benchDirPattern))
+	for _, dir := range dirs {
+		fi, err := os.Stat(dir)
+		if err != nil || !fi.IsDir() || time.Since(fi.ModTime()) < time.Minute {
+			continue
+		}
+		s, err := OpenDir(dir, nil)
+		if err != nil {
+			continue // locked: in use
+		}
+		s.Close()
+		os.RemoveAll(dir)
+	}
+}
+
+// benchWriterFixture returns the prefix of a writable fixture feed of n
+// entries of benchValueSize bytes, building it with batched appends if this
+// process has not yet. The feed is closed; open it with OpenFeed.
+func benchWriterFixture(b *testing.B, n int) (*DirStorage, string) {
+	b.Helper()
+	s := benchFixtureStorage(b)
+	prefix := fmt.Sprintf("writer-%d/", n)
+	fx := &benchFixtures
+	fx.mu.Lock()
+	defer fx.mu.Unlock()
+	if fx.built[prefix] {
+		return s, prefix
+	}
+	f, err := OpenFeed(s, prefix, &FeedOptions{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	vals := benchValues(benchBatch, benchValueSize)
+	for done := int(f.Len()); done < n; {
+		k := min(benchBatch, n-done)
+		if _, err := f.Append(vals[:k]...); err != nil {
+			b.Fatal(err)
+		}
+		done += k
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	fx.built[prefix] = true
+	return s, prefix
+}
+
+// benchReplicaFixture returns the prefix of a read-only replica holding all
+// n entries of the writer fixture of n, built by Proof and Put in chunks.
+func benchReplicaFixture(b *testing.B, n int) (*DirStorage, string) {
+	b.Helper()
+	s, wprefix := benchWriterFixture(b, n)
+	prefix := fmt.Sprintf("replica-%d/", n)
+	fx := &benchFixtures
+	fx.mu.Lock()
+	defer fx.mu.Unlock()
+	if fx.built[prefix] {
+		return s, prefix
+	}
+	src, err := OpenFeed(s, wprefix, &FeedOptions{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := OpenFeed(s, prefix, &FeedOptions{Key: src.Key(), NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := replicate(src, dst, benchBatch); err != nil {
+		b.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		b.Fatal(err)
+	}
+	fx.built[prefix] = true
+	return s, prefix
+}
+
+// replicate copies every entry of src into dst with Proof and Put of chunk
+// entries at a time, as a peer would: a proof carries a signature only
+// while dst does not yet trust src's length.
+func replicate(src, dst *Feed, chunk uint64) error {
+	n := src.Len()
+	for start := uint64(0); start < n; start += chunk {
+		end := min(start+chunk, n)
+		p, err := src.Proof(start, end, dst.Len())
+		if err != nil {
+			return err
+		}
+		if err := dst.Put(p); err != nil {
+			return err
+		}
+	}
+	if got := dst.Downloaded(); got != n {
+		return fmt.Errorf("replica holds %d of %d entries", got, n)
+	}
+	return nil
+}
+
+// openFixture opens a fixture feed for the benchmark and checks its length.
+func openFixture(b *testing.B, s Storage, prefix string, n int) *Feed {
+	b.Helper()
+	f, err := OpenFeed(s, prefix, &FeedOptions{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if f.Len() != uint64(n) {
+		f.Close()
+		b.Fatalf("fixture %s has %d entries, want %d", prefix, f.Len(), n)
+	}
+	return f
+}
+
+// Reference limits.
+
+func BenchmarkRefEd25519Sign(b *testing.B) {
+	_, sec, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var msg [40]byte // what a feed signs: tree hash and length
+	for b.Loop() {
+		ed25519.Sign(sec, msg[:])
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "signs/s")
+}
+
+func BenchmarkRefSHA256Block100(b *testing.B) {
+	block := benchValues(1, benchValueSize)[0]
+	for b.Loop() {
+		sha256.Sum256(block)
+	}
+	sec := b.Elapsed().Seconds()
+	b.ReportMetric(float64(b.N)/sec, "hashes/s")
+	b.ReportMetric(float64(b.N*benchValueSize)/1e6/sec, "MB/s")
+}
+
+// Writing.
+
+func BenchmarkAppendBatch1000x100B(b *testing.B) {
+	f := benchFeed(b, &FeedOptions{NoSync: true})
+	vals := benchValues(benchBatch, benchValueSize)
+	for b.Loop() {
+		if _, err := f.Append(vals...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportRate(b, int64(b.N)*benchBatch, int64(b.N)*benchBatch*benchValueSize)
+}
+
+func BenchmarkAppendSingle100B(b *testing.B) {
+	benchmarkAppendSingle(b, &FeedOptions{NoSync: true})
+}
+
+func BenchmarkAppendSingle100BSync(b *testing.B) {
+	benchmarkAppendSingle(b, nil)
+}
+
+func benchmarkAppendSingle(b *testing.B, opts *FeedOptions) {
+	f := benchFeed(b, opts)
+	vals := benchValues(benchBatch, benchValueSize)
+	for i := 0; b.Loop(); i++ {
+		if _, err := f.Append(vals[i%benchBatch]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportRate(b, int64(b.N), int64(b.N)*benchValueSize)
+}
+
+// Reading.
+
+const benchReadLength = 200_000
+
+func BenchmarkGetSequential200k(b *testing.B) {
+	s, prefix := benchWriterFixture(b, benchReadLength)
+	f := openFixture(b, s, prefix, benchReadLength)
+	defer f.Close()
+	ctx := context.Background()
+	for b.Loop() {
+		for seq := range uint64(benchReadLength) {
+			v, err := f.Get(ctx, seq)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(v) != benchValueSize {
+				b.Fatalf("entry %d is %d bytes", seq, len(v))
+			}
+		}
+	}
+	reportRate(b, int64(b.N)*benchReadLength, int64(b.N)*benchReadLength*benchValueSize)
+}
+
+func BenchmarkGetBatchSequential200k(b *testing.B) {
+	s, prefix := benchWriterFixture(b, benchReadLength)
+	f := openFixture(b, s, prefix, benchReadLength)
+	defer f.Close()
+	ctx := context.Background()
+	for b.Loop() {
+		for start := uint64(0); start < benchReadLength; start += benchBatch {
+			vs, err := f.GetBatch(ctx, start, start+benchBatch)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(vs) != benchBatch {
+				b.Fatalf("batch at %d has %d entries", start, len(vs))
+			}
+		}
+	}
+	reportRate(b, int64(b.N)*benchReadLength, int64(b.N)*benchReadLength*benchValueSize)
+}
+
+// Opening.
+
+func BenchmarkOpenFeed10k(b *testing.B) { benchmarkOpenFeed(b, 10_000) }
+
+func BenchmarkOpenFeed1M(b *testing.B) { benchmarkOpenFeed(b, 1_000_000) }
+
+// benchmarkOpenFeed measures OpenFeed and Close of an n-entry writer on an
+// open DirStorage.
+func benchmarkOpenFeed(b *testing.B, n int) {
+	s, prefix := benchWriterFixture(b, n)
+	openFixture(b, s, prefix, n).Close()
+	opts := &FeedOptions{NoSync: true}
+	for b.Loop() {
+		f, err := OpenFeed(s, prefix, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(b.Elapsed().Seconds()*1e3/float64(b.N), "ms/open")
+}
+
+// BenchmarkFeedMemory1M reports the heap an open feed of a million entries
+// holds: for the writer its roots and constant state, for a replica that
+// holds every entry also its bitfield, a bit per entry. Each iteration opens
+// the feed and measures HeapAlloc after a GC against the value just before;
+// the mean is reported, and ns/op (mostly GC) is suppressed.
+func BenchmarkFeedMemory1M(b *testing.B) {
+	const n = 1_000_000
+	b.Run("writer", func(b *testing.B) {
+		s, prefix := benchWriterFixture(b, n)
+		benchmarkFeedMemory(b, s, prefix, n)
+	})
+	b.Run("replica", func(b *testing.B) {
+		s, prefix := benchReplicaFixture(b, n)
+		benchmarkFeedMemory(b, s, prefix, n)
+	})
+}
+
+func benchmarkFeedMemory(b *testing.B, s Storage, prefix string, n int) {
+	openFixture(b, s, prefix, n).Close()
+	opts := &FeedOptions{NoSync: true}
+	var ms runtime.MemStats
+	var total float64
+	for b.Loop() {
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		before := ms.HeapAlloc
+		f, err := OpenFeed(s, prefix, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		total += float64(ms.HeapAlloc) - float64(before)
+		runtime.KeepAlive(f)
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(total/float64(b.N), "heap-bytes/feed")
+	b.ReportMetric(0, "ns/op")
+}
+
+// Replication.
+
+// BenchmarkReplicateProofPut measures copying a 10,000-entry feed into a
+// fresh replica (on a fresh DirStorage, made outside the timer) with Proof
+// and Put of 256 entries at a time.
+func BenchmarkReplicateProofPut(b *testing.B) {
+	const n, chunk = 10_000, 256
+	s, prefix := benchWriterFixture(b, n)
+	src := openFixture(b, s, prefix, n)
+	defer src.Close()
+	tmp := b.TempDir()
+	opts := &FeedOptions{Key: src.Key(), NoSync: true}
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		dir := filepath.Join(tmp, fmt.Sprint(i))
+		ds, err := OpenDir(dir, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dst, err := OpenFeed(ds, "r/", opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+
+		if err := replicate(src, dst, chunk); err != nil {
+			b.Fatal(err)
+		}
+
+		b.StopTimer()
+		if err := dst.Close(); err != nil {
+			b.Fatal(err)
+		}
+		if err := ds.Close(); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	reportRate(b, int64(b.N)*n, int64(b.N)*n*benchValueSize)
+}
