@@ -37,8 +37,12 @@ const (
 	headerSize    = 16
 	formatVersion = 1
 	metaSize      = 128
-	nodeSize      = 48 // hash, size, offset
-	sigRecordSize = 80 // length, signature, crc, reserved
+	nodeSize      = 56 // hash, size, offset, crc, reserved
+	sigRecordSize = 80 // length, signature, crc, flags
+
+	// sigSynced marks a signature record written after the data and tree
+	// it covers were synced: if it is intact, they must verify.
+	sigSynced = 1
 )
 
 var (
@@ -339,28 +343,27 @@ func (f *Feed) recover() error {
 		if _, err := f.sigs.ReadAt(rec[:], off); err != nil {
 			return err
 		}
-		if crc32.Checksum(rec[:72], castagnoli) != binary.BigEndian.Uint32(rec[72:]) {
-			continue
+		if sigRecordChecksum(rec[:]) != binary.BigEndian.Uint32(rec[72:]) {
+			continue // torn while being written
 		}
 		length := binary.BigEndian.Uint64(rec[:8])
-		if length == 0 || length > maxTreeLength {
-			continue
-		}
+		synced := binary.BigEndian.Uint32(rec[76:])&sigSynced != 0
 		roots, err := f.readRoots(length)
-		if err != nil {
-			if errors.Is(err, ErrCorrupt) || errors.Is(err, errNoNode) {
-				continue
-			}
+		switch {
+		case err == nil && verifyRoots(f.key, treeHash(nodesOf(roots)), length, rec[8:72]):
+			return f.load(length, roots, bytes.Clone(rec[8:72]), off+sigRecordSize)
+		case err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, errNoNode):
 			return err
+		case synced && errors.Is(err, errNoNode):
+			return &CorruptError{File: f.name + fileTree, Offset: headerSize, Reason: fmt.Sprintf("a root of the signed length %d is missing", length)}
+		case synced && err != nil:
+			return err // a damaged root, named by file and offset
+		case synced:
+			// What this record covers was durable before it was
+			// written: a mismatch is damage, not a torn write.
+			return &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: fmt.Sprintf("signature for length %d does not verify against the tree", length)}
 		}
-		nodes := make([]Node, len(roots))
-		for i := range roots {
-			nodes[i] = roots[i].Node
-		}
-		if !verifyRoots(f.key, treeHash(nodes), length, rec[8:72]) {
-			continue
-		}
-		return f.load(length, roots, bytes.Clone(rec[8:72]), off+sigRecordSize)
+		// Written without sync: the tree it covers may not have landed.
 	}
 	if n > 1 {
 		// With sync on, a record is written only after the one before it
@@ -490,8 +493,11 @@ func decodeNode(i uint64, rec []byte, name string, off int64) (storedNode, error
 	var n storedNode
 	n.Index = i
 	copy(n.Hash[:], rec[:32])
-	if n.Hash == ([32]byte{}) {
+	if n.Hash == ([32]byte{}) && isZero(rec[32:nodeSize]) {
 		return n, errNoNode
+	}
+	if nodeChecksum(i, rec) != binary.BigEndian.Uint32(rec[48:]) {
+		return n, &CorruptError{File: name + fileTree, Offset: off, Reason: fmt.Sprintf("node %d checksum mismatch", i)}
 	}
 	n.Size = binary.BigEndian.Uint64(rec[32:])
 	n.Offset = binary.BigEndian.Uint64(rec[40:])
@@ -507,9 +513,26 @@ func encodeNode(rec []byte, n *storedNode) {
 	copy(rec[:32], n.Hash[:])
 	binary.BigEndian.PutUint64(rec[32:], n.Size)
 	binary.BigEndian.PutUint64(rec[40:], n.Offset)
+	binary.BigEndian.PutUint32(rec[48:], nodeChecksum(n.Index, rec))
+	binary.BigEndian.PutUint32(rec[52:], 0)
+}
+
+// nodeChecksum is the CRC of a tree record, seeded with the node's index so
+// that a record copied to another place does not pass.
+func nodeChecksum(i uint64, rec []byte) uint32 {
+	var idx [8]byte
+	binary.BigEndian.PutUint64(idx[:], i)
+	return crc32.Update(crc32.Checksum(idx[:], castagnoli), castagnoli, rec[:48])
+}
+
+func sigRecordChecksum(rec []byte) uint32 {
+	return crc32.Update(crc32.Checksum(rec[:72], castagnoli), castagnoli, rec[76:80])
 }
 
 func (f *Feed) readRoots(length uint64) ([]storedNode, error) {
+	if length == 0 || length > maxTreeLength {
+		return nil, errNoNode
+	}
 	var idx [64]uint64
 	var roots []storedNode
 	for _, i := range fullRoots(idx[:0], length) {
@@ -933,7 +956,12 @@ func (f *Feed) writeSignature(length uint64, sig []byte, files ...File) error {
 	rec := f.sigBuf[:]
 	binary.BigEndian.PutUint64(rec[:8], length)
 	copy(rec[8:72], sig)
-	binary.BigEndian.PutUint32(rec[72:], crc32.Checksum(rec[:72], castagnoli))
+	var flags uint32
+	if !f.noSync {
+		flags = sigSynced
+	}
+	binary.BigEndian.PutUint32(rec[76:], flags)
+	binary.BigEndian.PutUint32(rec[72:], sigRecordChecksum(rec))
 	if _, err := f.sigs.WriteAt(rec, f.sigsEnd); err != nil {
 		return fmt.Errorf("feed %x: write signature: %w", f.key[:4], err)
 	}
@@ -1060,8 +1088,15 @@ func (f *Feed) proofAt(start, end, length uint64) (*Proof, error) {
 	p := &Proof{Start: start, Length: length}
 	for _, i := range proofIndexes(nil, start, end, length) {
 		n, err := f.readNode(i)
+		if errors.Is(err, errNoNode) {
+			if f.secret != nil {
+				err = &CorruptError{File: f.name + fileTree, Offset: headerSize + int64(i)*nodeSize, Reason: fmt.Sprintf("node %d of a writer's tree is missing", i)}
+			} else {
+				err = fmt.Errorf("%w: this replica does not hold node %d", ErrOutOfRange, i)
+			}
+		}
 		if err != nil {
-			return nil, fmt.Errorf("feed %x: proof node %d: %w", f.key[:4], i, err)
+			return nil, fmt.Errorf("feed %x: proof of [%d, %d) at length %d: %w", f.key[:4], start, end, length, err)
 		}
 		p.Nodes = append(p.Nodes, n.Node)
 	}

@@ -527,3 +527,37 @@ func TestConcurrentAppendsAreCoalescedAndOrdered(t *testing.T) {
 		t.Fatalf("len %d", f.Len())
 	}
 }
+
+func TestDamageUnderASyncedSignatureIsReportedNotCut(t *testing.T) {
+	s := NewMemStorage()
+	f, err := OpenFeed(s, "f/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, f, "a", "b", "c", "d")
+	f.Close()
+	tree, _ := s.FileBytes("f/tree")
+	tree[headerSize+3*nodeSize+5] ^= 1 // inside the root, node 3
+	s.SetFileBytes("f/tree", tree)
+	_, err = OpenFeed(s, "f/", nil)
+	var ce *CorruptError
+	if !errors.As(err, &ce) || ce.File != "f/tree" {
+		t.Fatalf("open over a damaged root: %v, want a *CorruptError for f/tree", err)
+	}
+	if b, _ := s.FileBytes("f/data"); len(b) != headerSize+4 {
+		t.Fatalf("the data was cut to %d bytes", len(b))
+	}
+}
+
+func TestTreeRecordCopiedElsewhereIsDetected(t *testing.T) {
+	s := NewMemStorage()
+	f := newFeed(t, s, nil)
+	mustAppend(t, f, "first", "second")
+	tree, _ := s.FileBytes("f/tree")
+	// Put leaf 1's record (entry "second") in leaf 0's place.
+	copy(tree[headerSize:headerSize+nodeSize], tree[headerSize+2*nodeSize:headerSize+3*nodeSize])
+	s.SetFileBytes("f/tree", tree)
+	if v, err := f.Get(context.Background(), 0); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("get of entry 0 returned %q, %v; want ErrCorrupt", v, err)
+	}
+}
