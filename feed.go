@@ -14,6 +14,7 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"math"
 	"slices"
 	"sync"
 )
@@ -116,6 +117,8 @@ type Feed struct {
 	subs    map[int]chan<- struct{}
 	nextSub int
 	closed  bool
+
+	ahead readAhead
 }
 
 // OpenFeed opens the feed stored in s under prefix (for example
@@ -640,18 +643,53 @@ func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	if err := f.wait(ctx, seq, seq+1); err != nil {
 		return nil, err
 	}
-	n, err := f.readNode(2 * seq)
+	// A reader going through the feed in order is served from a window of
+	// the entries ahead, read (and verified) with one call per file.
+	ra := &f.ahead
+	ra.mu.Lock()
+	if seq >= ra.start && seq-ra.start < uint64(len(ra.values)) {
+		v := bytes.Clone(ra.values[seq-ra.start])
+		if seq-ra.start == uint64(len(ra.values))-1 {
+			ra.values = nil // used up: an idle feed keeps no window
+		}
+		ra.next = seq + 1
+		ra.mu.Unlock()
+		return v, nil
+	}
+	sequential := seq > 0 && seq == ra.next
+	ra.next = seq + 1
+	ra.mu.Unlock()
+	end := seq + 1
+	if sequential {
+		end = min(seq+readAheadEntries, f.NextMissing(seq))
+	}
+	values, err := f.readRange(seq, end, readAheadBytes)
 	if err != nil {
-		return nil, f.readErr(err, seq)
-	}
-	buf := make([]byte, 9+n.Size)
-	if err := f.readData(buf[9:], n.Offset); err != nil {
-		return nil, f.readErr(err, seq)
-	}
-	if err := f.checkLeaf(buf, &n); err != nil {
 		return nil, err
 	}
-	return buf[9:], nil
+	if len(values) > 1 {
+		ra.mu.Lock()
+		ra.start, ra.values = seq, values
+		ra.mu.Unlock()
+		return bytes.Clone(values[0]), nil
+	}
+	return values[0], nil
+}
+
+// Read-ahead bounds for sequential Get: a window is at most this many
+// entries and bytes (but always at least one entry).
+const (
+	readAheadEntries = 256
+	readAheadBytes   = 32 << 10
+)
+
+// readAhead is the window of entries a sequential reader will ask for
+// next. Entries in it are present, so they never change.
+type readAhead struct {
+	mu     sync.Mutex
+	start  uint64
+	values [][]byte
+	next   uint64 // the entry a sequential reader asks for next
 }
 
 // GetBatch returns the entries [start, end), waiting for missing ones as Get
@@ -666,6 +704,13 @@ func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error
 	if err := f.wait(ctx, start, end); err != nil {
 		return nil, err
 	}
+	return f.readRange(start, end, math.MaxUint64)
+}
+
+// readRange reads present entries from start on, up to end or until they
+// add up to more than maxBytes (but at least one), checking each against
+// its leaf.
+func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 	count := end - start
 	recs := make([]byte, (2*count-1)*nodeSize)
 	if _, err := f.tree.ReadAt(recs, headerSize+int64(2*start)*nodeSize); err != nil {
@@ -674,35 +719,35 @@ func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error
 		}
 		return nil, f.readErr(err, start)
 	}
-	nodes := make([]storedNode, count)
+	nodes := make([]storedNode, 0, count)
 	var total uint64
-	for k := range nodes {
-		off := headerSize + int64(2*(start+uint64(k)))*nodeSize
-		n, err := decodeNode(2*(start+uint64(k)), recs[2*k*nodeSize:], f.name, off)
+	for k := range count {
+		off := headerSize + int64(2*(start+k))*nodeSize
+		n, err := decodeNode(2*(start+k), recs[2*k*nodeSize:], f.name, off)
 		if err != nil {
-			return nil, f.readErr(err, start+uint64(k))
+			return nil, f.readErr(err, start+k)
 		}
 		if k > 0 && n.Offset != nodes[k-1].Offset+nodes[k-1].Size {
 			// Each value is sliced out of one read by its offset.
 			return nil, &CorruptError{File: f.name + fileTree, Offset: off, Reason: "leaf offsets are not contiguous"}
 		}
-		nodes[k] = n
-		total += 9 + n.Size
+		if k > 0 && total+n.Size > maxBytes {
+			break
+		}
+		nodes = append(nodes, n)
+		total += n.Size
 	}
-	buf := make([]byte, total)
-	var pos uint64
-	// Entries are contiguous in the data file; read them with one call and
-	// leave 9 bytes before each for the leaf hash prefix.
+	count = uint64(len(nodes))
+	// Entries are contiguous in the data file: read them with one call,
+	// leaving 9 bytes before each for the leaf hash prefix.
+	buf := make([]byte, total+9*count)
 	first := nodes[0].Offset
-	last := nodes[count-1].Offset + nodes[count-1].Size
-	if last < first || last-first != total-9*count {
-		return nil, &CorruptError{File: f.name + fileTree, Offset: headerSize + int64(2*start)*nodeSize, Reason: "leaf offsets are not contiguous"}
-	}
 	raw := buf[9*count:]
 	if err := f.readData(raw, first); err != nil {
 		return nil, f.readErr(err, start)
 	}
 	out := make([][]byte, count)
+	var pos uint64
 	for k := range nodes {
 		n := &nodes[k]
 		// Move each value into place after its prefix slot (moving left,

@@ -472,6 +472,14 @@ func TestFeedModel(t *testing.T) {
 			if got := mustGet(t, f, uint64(i)); got != model[i] {
 				t.Fatalf("seed %d op %d: get %d wrong", seed, op, i)
 			}
+		case k == 7 && len(model) > 0:
+			// A sequential scan, which Get serves from its read-ahead.
+			a := rng.IntN(len(model))
+			for i := a; i < len(model) && i < a+600; i++ {
+				if got := mustGet(t, f, uint64(i)); got != model[i] {
+					t.Fatalf("seed %d op %d: scan at %d wrong", seed, op, i)
+				}
+			}
 		case k < 9 && len(model) > 0:
 			a := rng.IntN(len(model))
 			b := a + rng.IntN(len(model)-a+1)
