@@ -120,8 +120,8 @@ func TestKilledWriterLosesNoAcknowledgedAppend(t *testing.T) {
 	}
 }
 
-// checkCrashedFeed reopens the feed in dir, checks every acknowledged entry
-// is there and verifies, and appends one more; it returns the new length.
+// checkCrashedFeed reopens the feed in dir and checks it; see
+// checkRecoveredFeed.
 func checkCrashedFeed(t *testing.T, dir string, acked uint64, where string) uint64 {
 	t.Helper()
 	s, err := OpenDir(dir, nil)
@@ -129,7 +129,15 @@ func checkCrashedFeed(t *testing.T, dir string, acked uint64, where string) uint
 		t.Fatalf("%s: %v", where, err)
 	}
 	defer s.Close()
-	f, err := OpenFeed(s, "feed/", nil)
+	return checkRecoveredFeed(t, s, "feed/", acked, where)
+}
+
+// checkRecoveredFeed opens the feed after a crash, checks every
+// acknowledged entry is there and verifies, and appends one more; it
+// returns the new length.
+func checkRecoveredFeed(t *testing.T, s Storage, prefix string, acked uint64, where string) uint64 {
+	t.Helper()
+	f, err := OpenFeed(s, prefix, nil)
 	if err != nil {
 		t.Fatalf("%s: reopen: %v", where, err)
 	}
@@ -252,28 +260,7 @@ func TestSimulatedCrashesLoseNoAcknowledgedAppend(t *testing.T) {
 		} else {
 			disk = disk.CrashClone(rng)
 		}
-		f, err := OpenFeed(disk, "f/", nil)
-		if err != nil {
-			t.Fatalf("%s: reopen: %v", where, err)
-		}
-		n := f.Len()
-		if n < acked {
-			t.Fatalf("%s: length %d, %d acknowledged", where, n, acked)
-		}
-		vals, err := f.GetBatch(context.Background(), 0, n)
-		if err != nil {
-			t.Fatalf("%s: %v", where, err)
-		}
-		for i, v := range vals {
-			if string(v) != string(crashValue(uint64(i))) {
-				t.Fatalf("%s: entry %d is %q", where, i, v)
-			}
-		}
-		if _, err := f.Append(crashValue(n)); err != nil {
-			t.Fatalf("%s: append after crash: %v", where, err)
-		}
-		acked = n + 1
-		f.Close()
+		acked = checkRecoveredFeed(t, disk, "f/", acked, where)
 	}
 	t.Logf("%d crashes", runs)
 }

@@ -529,8 +529,17 @@ func (x *Index) load() error {
 	return nil
 }
 
+func (x *Index) knownFeeds() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.feeds)
+}
+
 // syncFeedsLocked picks up feeds added to the database since last time.
 func (x *Index) syncFeedsLocked(feeds []*Feed) {
+	if len(feeds) <= len(x.feeds) {
+		return
+	}
 	for _, f := range feeds[len(x.feeds):] {
 		p := &feedProgress{feed: f, key: string(f.Key())}
 		if spans, ok := x.stored[p.key]; ok {
@@ -550,13 +559,20 @@ func (x *Index) syncFeedsLocked(feeds []*Feed) {
 // drain maps batches until there is no work or the view is stopped.
 func (x *Index) drain() {
 	for {
-		feeds := x.core.Feeds()
+		var feeds []*Feed
+		if n, closed := x.core.feedCount(); closed {
+			return
+		} else if n > x.knownFeeds() {
+			feeds = x.core.Feeds()
+		}
 		x.mu.Lock()
-		if x.paused > 0 || x.err != nil || len(feeds) < len(x.feeds) {
+		if x.paused > 0 || x.err != nil {
 			x.mu.Unlock()
 			return
 		}
-		x.syncFeedsLocked(feeds)
+		if feeds != nil {
+			x.syncFeedsLocked(feeds)
+		}
 		p, start, end := x.pickLocked()
 		if p == nil {
 			x.checkWaitersLocked("") // idle

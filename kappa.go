@@ -427,6 +427,14 @@ func (c *Core) Feeds() []*Feed {
 	return append([]*Feed(nil), c.feeds...)
 }
 
+// feedCount returns how many feeds the database holds, and whether it is
+// closed.
+func (c *Core) feedCount() (int, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.feeds), c.closed
+}
+
 // FeedsChanged returns a channel that is closed when the next feed is
 // added. To follow the set of feeds: take the channel, read Feeds, wait.
 func (c *Core) FeedsChanged() <-chan struct{} {
