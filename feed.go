@@ -17,6 +17,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // MaxBlockSize is the largest value a feed accepts, as in hypercore.
@@ -112,8 +113,9 @@ type Feed struct {
 	byteLen uint64
 	roots   []storedNode
 	sig     []byte
-	have    bitset // replicas only: the blocks held
-	changed chan struct{}
+	have    bitset        // replicas only: the blocks held
+	changed chan struct{} // closed on a change if waiting > 0
+	waiting atomic.Int32  // calls blocked in wait
 	subs    map[int]chan<- struct{}
 	nextSub int
 	closed  bool
@@ -788,11 +790,14 @@ func (f *Feed) wait(ctx context.Context, start, end uint64) error {
 			f.mu.RUnlock()
 			return fmt.Errorf("feed %x: get %d of %d: %w", f.key[:4], end-1, f.length, ErrOutOfRange)
 		}
+		f.waiting.Add(1)
 		ch := f.changed
 		f.mu.RUnlock()
 		select {
 		case <-ch:
+			f.waiting.Add(-1)
 		case <-ctx.Done():
+			f.waiting.Add(-1)
 			return fmt.Errorf("feed %x: waiting for %d: %w", f.key[:4], start, ctx.Err())
 		}
 	}
@@ -1035,8 +1040,12 @@ func (f *Feed) publish(length, byteLen uint64, roots []storedNode, sig []byte, g
 	if got != nil {
 		got(&f.have)
 	}
-	close(f.changed)
-	f.changed = make(chan struct{})
+	// Waiters announce themselves under the read lock, so one that missed
+	// this change is counted.
+	if f.waiting.Load() > 0 {
+		close(f.changed)
+		f.changed = make(chan struct{})
+	}
 	for _, c := range f.subs {
 		select {
 		case c <- struct{}{}:

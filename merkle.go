@@ -113,19 +113,17 @@ func parentHash(left, right *Node) [32]byte {
 // treeHash is SHA-256(0x02 ‖ for each root: hash ‖ uint64(index) ‖
 // uint64(size)); it is what a feed signs, together with its length.
 func treeHash(roots []Node) [32]byte {
-	h := sha256.New()
-	var buf [49]byte
+	// A tree has at most 64 roots: hash them from one buffer on the stack.
+	var buf [1 + 64*48]byte
 	buf[0] = rootType
-	h.Write(buf[:1])
+	n := 1
 	for i := range roots {
-		copy(buf[:32], roots[i].Hash[:])
-		binary.BigEndian.PutUint64(buf[32:], roots[i].Index)
-		binary.BigEndian.PutUint64(buf[40:], roots[i].Size)
-		h.Write(buf[:48])
+		copy(buf[n:], roots[i].Hash[:])
+		binary.BigEndian.PutUint64(buf[n+32:], roots[i].Index)
+		binary.BigEndian.PutUint64(buf[n+40:], roots[i].Size)
+		n += 48
 	}
-	var out [32]byte
-	h.Sum(out[:0])
-	return out
+	return sha256.Sum256(buf[:n])
 }
 
 // proofIndexes appends to dst the indexes of the nodes that, together with
