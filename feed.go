@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"hash/crc32"
 	"io"
 	"io/fs"
@@ -99,11 +98,13 @@ type Feed struct {
 	writeMu  sync.Mutex
 	queue    []*appendReq // guarded by queueMu
 	queueMu  sync.Mutex
-	sigsEnd  int64     // where the next signature record goes
-	failed   error     // a sync failed: the feed refuses further writes
-	hasher   hash.Hash // for leaf hashes under writeMu
-	writeBuf []byte    // reused data buffer under writeMu
-	treeBuf  []byte    // reused tree buffer under writeMu
+	sigsEnd  int64       // where the next signature record goes
+	failed   error       // a sync failed: the feed refuses further writes
+	hasher   *leafHasher // for leaf hashes under writeMu
+	writeBuf []byte      // reused data buffer under writeMu
+	treeBuf  []byte      // reused tree buffer under writeMu
+	extBuf   []byte      // reused tree buffer under writeMu
+	recent   recentNodes // the writer's latest tree records, under writeMu
 	sigBuf   [sigRecordSize]byte
 
 	// mu guards the published state below. Readers hold it only to check
@@ -140,7 +141,7 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kappa: open feed %s: %w", prefix, err)
 	}
-	f := &Feed{name: prefix, noSync: o.NoSync, check: check, hasher: sha256.New(), changed: make(chan struct{})}
+	f := &Feed{name: prefix, noSync: o.NoSync, check: check, hasher: newLeafHasher(), changed: make(chan struct{})}
 	if err := f.open(s, prefix, &o); err != nil {
 		f.closeFiles()
 		return nil, fmt.Errorf("kappa: open feed %s: %w", prefix, err)
@@ -355,7 +356,7 @@ func (f *Feed) recover() error {
 		synced := binary.BigEndian.Uint32(rec[76:])&sigSynced != 0
 		roots, err := f.readRoots(length)
 		switch {
-		case err == nil && verifyRoots(f.key, treeHash(nodesOf(roots)), length, rec[8:72]):
+		case err == nil && verifyRoots(f.key, treeHash(roots), length, rec[8:72]):
 			return f.load(length, roots, bytes.Clone(rec[8:72]), off+sigRecordSize)
 		case err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, errNoNode):
 			return err
@@ -525,9 +526,8 @@ func encodeNode(rec []byte, n *storedNode) {
 // nodeChecksum is the CRC of a tree record, seeded with the node's index so
 // that a record copied to another place does not pass.
 func nodeChecksum(i uint64, rec []byte) uint32 {
-	var idx [8]byte
-	binary.BigEndian.PutUint64(idx[:], i)
-	return crc32.Update(crc32.Checksum(idx[:], castagnoli), castagnoli, rec[:48])
+	seed := uint32(i) ^ uint32(i>>32)*0x9e3779b9
+	return crc32.Update(seed, castagnoli, rec[:48])
 }
 
 func sigRecordChecksum(rec []byte) uint32 {
@@ -889,6 +889,70 @@ func (f *Feed) commit(batch []*appendReq) {
 
 // commitValues writes the values of a batch as one append. It runs under
 // writeMu; it changes the published state only when every write succeeded.
+// recentNodes holds the tree records a writer wrote last, by index, so that
+// an append can rewrite the nodes between a new parent of an older root and
+// its run of new nodes in the same write. It is empty after open and after a
+// failed write; it is only a cache of what the tree file holds.
+type recentNodes struct {
+	recs *[recentSize]recentRecord
+}
+
+const recentSize = 64
+
+type recentRecord struct {
+	index uint64
+	ok    bool
+	rec   [nodeSize]byte
+}
+
+func (r *recentNodes) forget() {
+	if r.recs != nil {
+		*r.recs = [recentSize]recentRecord{}
+	}
+}
+
+// remember records the records in buf, the first at index first. Only the
+// highest indexes matter: a slot keeps the larger of two indexes.
+func (r *recentNodes) remember(first uint64, buf []byte) {
+	if r.recs == nil {
+		r.recs = new([recentSize]recentRecord)
+	}
+	n := uint64(len(buf) / nodeSize)
+	for k := n - min(n, recentSize); k < n; k++ {
+		i := first + k
+		slot := &r.recs[i%recentSize]
+		if !slot.ok || slot.index <= i {
+			slot.index, slot.ok = i, true
+			copy(slot.rec[:], buf[k*nodeSize:(k+1)*nodeSize])
+		}
+	}
+}
+
+// extend returns, in dst, the records from the lowest of the early parents
+// up to runStart followed by run, if every record in between is known.
+func (r *recentNodes) extend(dst []byte, early []storedNode, runStart uint64, run []byte) ([]byte, bool) {
+	lowest := early[len(early)-1].Index
+	if r.recs == nil || runStart-lowest > recentSize {
+		return nil, false
+	}
+	dst = append(dst, make([]byte, (runStart-lowest)*nodeSize)...)
+	next := 0 // early is in decreasing index order
+	for i := lowest; i < runStart; i++ {
+		rec := dst[(i-lowest)*nodeSize:]
+		if e := len(early) - 1 - next; e >= 0 && early[e].Index == i {
+			encodeNode(rec, &early[e])
+			next++
+			continue
+		}
+		slot := &r.recs[i%recentSize]
+		if !slot.ok || slot.index != i {
+			return nil, false
+		}
+		copy(rec, slot.rec[:])
+	}
+	return append(dst, run...), true
+}
+
 func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	f.mu.RLock()
 	closed, start, roots, byteLen := f.closed, f.length, f.roots, f.byteLen
@@ -939,7 +1003,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	seq := start
 	for _, r := range batch {
 		for _, v := range r.values {
-			cur := storedNode{Node{Index: 2 * seq, Hash: leafHash(f.hasher, v), Size: uint64(len(v))}, off}
+			cur := storedNode{Node{Index: 2 * seq, Hash: f.hasher.sum(v), Size: uint64(len(v))}, off}
 			encodeNode(run[(cur.Index-runStart)*nodeSize:], &cur)
 			off += cur.Size
 			seq++
@@ -961,35 +1025,44 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 		}
 	}
 	f.treeBuf = run[:0]
+	// The parents of older roots lie before the run. If the nodes between
+	// the lowest of them and the run were written lately, they are known,
+	// and the run grows down to that parent: one write instead of several.
+	treeStart := runStart
+	if len(early) > 0 {
+		if ext, ok := f.recent.extend(f.extBuf[:0], early, runStart, run); ok {
+			f.extBuf = ext[:0]
+			run, treeStart, early = ext, early[len(early)-1].Index, nil
+		}
+	}
 
 	if _, err := f.data.WriteAt(data, headerSize+int64(byteLen)); err != nil {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 	}
-	if _, err := f.tree.WriteAt(run, headerSize+int64(runStart)*nodeSize); err != nil {
+	if _, err := f.tree.WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
+		f.recent.forget() // the file may hold part of the write
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 	}
+	var rec [nodeSize]byte
 	for i := range early {
-		var rec [nodeSize]byte
 		encodeNode(rec[:], &early[i])
 		if _, err := f.tree.WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
+			f.recent.forget()
 			return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 		}
 	}
+	f.recent.remember(treeStart, run)
+	for i := range early {
+		encodeNode(rec[:], &early[i])
+		f.recent.remember(early[i].Index, rec[:])
+	}
 	length := start + n
-	sig := signRoots(f.secret, treeHash(nodesOf(newRoots)), length)
+	sig := signRoots(f.secret, treeHash(newRoots), length)
 	if err := f.writeSignature(length, sig, f.data, f.tree); err != nil {
 		return 0, err
 	}
 	f.publish(length, off, newRoots, sig, nil)
 	return start, nil
-}
-
-func nodesOf(s []storedNode) []Node {
-	out := make([]Node, len(s))
-	for i := range s {
-		out[i] = s[i].Node
-	}
-	return out
 }
 
 // writeSignature makes the files durable (when syncing), then appends and
@@ -1091,7 +1164,7 @@ func (f *Feed) Verify(length uint64, sig []byte) error {
 	if err != nil {
 		return fmt.Errorf("feed %x: verify: %w", f.key[:4], err)
 	}
-	if !verifyRoots(f.key, treeHash(nodesOf(roots)), length, sig) {
+	if !verifyRoots(f.key, treeHash(roots), length, sig) {
 		return fmt.Errorf("feed %x: signature for length %d: %w", f.key[:4], length, ErrVerify)
 	}
 	return nil
@@ -1175,11 +1248,11 @@ func (f *Feed) Put(p *Proof) error {
 	if f.secret != nil {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrNotWritable)
 	}
-	t, err := proofTree(p, sha256.New())
+	t, err := proofTree(p, newLeafHasher())
 	if err != nil {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 	}
-	if p.Signature != nil && !verifyRoots(f.key, treeHash(nodesOf(t.roots)), p.Length, p.Signature) {
+	if p.Signature != nil && !verifyRoots(f.key, treeHash(t.roots), p.Length, p.Signature) {
 		return fmt.Errorf("feed %x: put: %w: bad signature", f.key[:4], ErrVerify)
 	}
 	f.writeMu.Lock()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 )
@@ -500,7 +501,83 @@ func TestFeedModel(t *testing.T) {
 			if f.Len() != uint64(len(model)) {
 				t.Fatalf("seed %d op %d: reopened len %d, want %d", seed, op, f.Len(), len(model))
 			}
+			// Proofs of random ranges read stored parents: a replica
+			// accepts them only if every stored node is right.
+			for range 3 {
+				if len(model) == 0 {
+					break
+				}
+				a := rng.IntN(len(model))
+				b := a + 1 + rng.IntN(len(model)-a)
+				p, err := f.Proof(uint64(a), uint64(b), 0)
+				if err != nil {
+					t.Fatalf("seed %d op %d: proof [%d,%d): %v", seed, op, a, b, err)
+				}
+				r, _ := OpenFeed(NewMemStorage(), "r/", &FeedOptions{Key: f.Key()})
+				if err := r.Put(p); err != nil {
+					t.Fatalf("seed %d op %d: replica refused proof [%d,%d): %v", seed, op, a, b, err)
+				}
+				r.Close()
+			}
 		}
+	}
+}
+
+// countingStorage counts writes per file name.
+type countingStorage struct {
+	*MemStorage
+	mu     sync.Mutex
+	writes map[string]int
+}
+
+func (c *countingStorage) Open(name string, create bool) (File, error) {
+	f, err := c.MemStorage.Open(name, create)
+	if err != nil {
+		return nil, err
+	}
+	return &countingFile{File: f, name: name, c: c}, nil
+}
+
+type countingFile struct {
+	File
+	name string
+	c    *countingStorage
+}
+
+func (f *countingFile) WriteAt(p []byte, off int64) (int, error) {
+	f.c.mu.Lock()
+	f.c.writes[f.name]++
+	f.c.mu.Unlock()
+	return f.File.WriteAt(p, off)
+}
+
+func TestSingleAppendWritesEachFileOnce(t *testing.T) {
+	s := &countingStorage{MemStorage: NewMemStorage(), writes: map[string]int{}}
+	f := newFeed(t, s, &FeedOptions{NoSync: true})
+	mustAppend(t, f, "warm up")
+	const n = 1000
+	clear(s.writes)
+	for i := range n {
+		mustAppend(t, f, fmt.Sprint(i))
+	}
+	// Now and then an append completes a parent too far left to join its
+	// run (about one in 64); every other append writes data, tree and
+	// signature once each.
+	if s.writes["f/data"] != n || s.writes["f/signatures"] != n || s.writes["f/tree"] > n+n/16 {
+		t.Fatalf("%d appends wrote %v", n, s.writes)
+	}
+	for i := range uint64(n) {
+		if a, b := mustGet(t, f, 1+i), fmt.Sprint(i); a != b {
+			t.Fatalf("entry %d = %q", 1+i, a)
+		}
+	}
+	p, err := f.Proof(3, 4, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newFeed(t, NewMemStorage(), &FeedOptions{Key: f.Key()})
+	if err := r.Put(p); err != nil {
+		t.Fatalf("proof over parents written by extended runs: %v", err)
 	}
 }
 

@@ -75,7 +75,7 @@ func fullRoots(dst []uint64, length uint64) []uint64 {
 // and their number.
 type Node struct {
 	Index uint64   // flat-tree index
-	Hash  [32]byte // SHA-256 of the typed node, see leafHash and parentHash
+	Hash  [32]byte // SHA-256 of the typed node, see leafHasher and parentHash
 	Size  uint64   // bytes of data under the node
 }
 
@@ -87,17 +87,22 @@ const (
 	rootType   = 2
 )
 
-// leafHash is SHA-256(0x00 ‖ uint64(len(data)) ‖ data). h is reused.
-func leafHash(h hash.Hash, data []byte) [32]byte {
-	var hdr [9]byte
-	hdr[0] = leafType
-	binary.BigEndian.PutUint64(hdr[1:], uint64(len(data)))
-	h.Reset()
-	h.Write(hdr[:])
-	h.Write(data)
-	var out [32]byte
-	h.Sum(out[:0])
-	return out
+// leafHasher computes leaf hashes, SHA-256(0x00 ‖ uint64(len(data)) ‖
+// data), reusing its digest and scratch space, so it does not allocate.
+type leafHasher struct {
+	h   hash.Hash
+	buf [9 + sha256.Size]byte
+}
+
+func newLeafHasher() *leafHasher { return &leafHasher{h: sha256.New()} }
+
+func (l *leafHasher) sum(data []byte) [32]byte {
+	l.buf[0] = leafType
+	binary.BigEndian.PutUint64(l.buf[1:9], uint64(len(data)))
+	l.h.Reset()
+	l.h.Write(l.buf[:9])
+	l.h.Write(data)
+	return [32]byte(l.h.Sum(l.buf[9:9]))
 }
 
 // parentHash is SHA-256(0x01 ‖ uint64(size) ‖ left.Hash ‖ right.Hash).
@@ -112,7 +117,7 @@ func parentHash(left, right *Node) [32]byte {
 
 // treeHash is SHA-256(0x02 ‖ for each root: hash ‖ uint64(index) ‖
 // uint64(size)); it is what a feed signs, together with its length.
-func treeHash(roots []Node) [32]byte {
+func treeHash(roots []storedNode) [32]byte {
 	// A tree has at most 64 roots: hash them from one buffer on the stack.
 	var buf [1 + 64*48]byte
 	buf[0] = rootType
@@ -172,7 +177,7 @@ type provenTree struct {
 // them with the proof's nodes (which must come in the order proofIndexes
 // gives) and returns the roots at p.Length. It checks shape and sizes but not
 // the signature; the caller decides what the roots must match.
-func proofTree(p *Proof, h hash.Hash) (*provenTree, error) {
+func proofTree(p *Proof, h *leafHasher) (*provenTree, error) {
 	if p.Length == 0 || p.Length > maxTreeLength {
 		return nil, fmt.Errorf("%w: length %d out of range", ErrVerify, p.Length)
 	}
@@ -214,7 +219,7 @@ func (t *provenTree) offsetOf(i uint64) uint64 {
 type proofWalker struct {
 	p    *Proof
 	end  uint64
-	h    hash.Hash
+	h    *leafHasher
 	next int // next unused proof node
 	out  []storedNode
 }
@@ -256,7 +261,7 @@ func (w *proofWalker) node(i, off uint64) (Node, error) {
 	if len(data) > MaxBlockSize {
 		return Node{}, fmt.Errorf("%w: block %d is %d bytes", ErrBlockTooLarge, lo, len(data))
 	}
-	n := Node{Index: i, Hash: leafHash(w.h, data), Size: uint64(len(data))}
+	n := Node{Index: i, Hash: w.h.sum(data), Size: uint64(len(data))}
 	w.out = append(w.out, storedNode{n, off})
 	return n, nil
 }
