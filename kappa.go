@@ -94,11 +94,11 @@ var (
 // Open opens the database in directory dir, creating it if needed. The
 // directory is locked: a second Open of it fails with ErrLocked until Close.
 func Open(dir string, opts *Options) (*Core, error) {
-	var max int
+	var do DirOptions
 	if opts != nil {
-		max = opts.MaxOpenFiles
+		do = DirOptions{MaxOpenFiles: opts.MaxOpenFiles, NoSync: opts.NoSync}
 	}
-	s, err := OpenDir(dir, &DirOptions{MaxOpenFiles: max})
+	s, err := OpenDir(dir, &do)
 	if err != nil {
 		return nil, err
 	}

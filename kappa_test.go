@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -477,3 +479,64 @@ func TestValueEncodings(t *testing.T) {
 type viewFunc func([]Entry) error
 
 func (f viewFunc) Map(es []Entry) error { return f(es) }
+
+// A database of thousands of feeds keeps its file descriptors bounded (the
+// JS stack ran out of them at about 2,500 feeds).
+func TestManyFeedsKeepDescriptorsBounded(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("counts descriptors in /proc/self/fd")
+	}
+	feeds := 10_000
+	if testing.Short() || raceEnabled {
+		feeds = 2_000
+	}
+	const maxOpen = 64
+	openFDs := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	base := openFDs()
+	dir := t.TempDir()
+	c, err := Open(dir, &Options{NoSync: true, MaxOpenFiles: maxOpen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peak := 0
+	for i := range feeds {
+		w, err := c.Writer(fmt.Sprint("w", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Append([]byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+		if i%500 == 0 {
+			peak = max(peak, openFDs()-base)
+		}
+	}
+	c.Close()
+	c, err = Open(dir, &Options{NoSync: true, MaxOpenFiles: maxOpen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fs := c.Feeds()
+	if len(fs) != feeds {
+		t.Fatalf("%d feeds after reopen", len(fs))
+	}
+	for i, f := range fs {
+		if got := mustGet(t, f, 0); got != fmt.Sprint(i) {
+			t.Fatalf("feed %d holds %q", i, got)
+		}
+		if i%500 == 0 {
+			peak = max(peak, openFDs()-base)
+		}
+	}
+	if peak > maxOpen+8 {
+		t.Fatalf("%d descriptors open at the peak, limit %d", peak, maxOpen)
+	}
+	t.Logf("%d feeds, at most %d descriptors", feeds, peak)
+}

@@ -106,6 +106,12 @@ type DirOptions struct {
 	// an error. The bound can be passed briefly while more files than it
 	// are in the middle of a read, write or sync.
 	MaxOpenFiles int
+
+	// NoSync stops the storage from fsyncing on its own: a file with
+	// unsynced writes is closed without fsync when it leaves the handle
+	// cache or the storage closes. Sync still fsyncs. Use it with feeds
+	// opened with NoSync, which never call Sync: then nothing fsyncs.
+	NoSync bool
 }
 
 // DirStorage is a Storage of real files under one directory, which it holds
@@ -118,9 +124,10 @@ type DirOptions struct {
 // A created file and any directories created for it become durable on the
 // file's first Sync, so callers that never sync pay no directory fsyncs.
 type DirStorage struct {
-	dir  string // absolute
-	max  int
-	lock *dirLock
+	dir    string // absolute
+	max    int
+	noSync bool
+	lock   *dirLock
 
 	mu     sync.Mutex
 	cond   sync.Cond // on mu; signalled when a node's flushing drops
@@ -183,8 +190,9 @@ type dirHandle struct {
 // Elsewhere it is the LOCK file's existence: if a process dies with the
 // storage open, LOCK must be removed by hand.
 func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
-	max := DefaultMaxOpenFiles
+	max, noSync := DefaultMaxOpenFiles, false
 	if opts != nil {
+		noSync = opts.NoSync
 		if opts.MaxOpenFiles < 0 {
 			return nil, fmt.Errorf("storage %s: MaxOpenFiles %d is negative: %w", dir, opts.MaxOpenFiles, fs.ErrInvalid)
 		}
@@ -223,6 +231,7 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 	s := &DirStorage{
 		dir:      abs,
 		max:      max,
+		noSync:   noSync,
 		lock:     lock,
 		nodes:    make(map[string]*dirNode),
 		dirSync:  make(map[string]*dirPendingSync),
@@ -439,7 +448,7 @@ func (s *DirStorage) detachLocked(h *dirHandle, victims []*dirHandle) []*dirHand
 	s.unlink(h)
 	n := h.n
 	n.h = nil
-	if n.dirty.Swap(false) && !n.removed {
+	if !s.noSync && n.dirty.Swap(false) && !n.removed {
 		h.needSync = true
 		n.flushing++
 		s.flushing++

@@ -1,0 +1,5 @@
+//go:build race
+
+package kappa
+
+const raceEnabled = true
