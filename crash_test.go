@@ -230,7 +230,7 @@ func TestSimulatedCrashesLoseNoAcknowledgedAppend(t *testing.T) {
 	if testing.Short() {
 		runs = 500
 	}
-	seed := time.Now().UnixNano()
+	seed := testSeed() // replay with -kappa.seed
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 5))
 	disk := NewMemStorage()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -437,10 +438,21 @@ func TestDamagedDataIsReportedWithFileAndOffset(t *testing.T) {
 	}
 }
 
+var seedFlag = flag.Int64("kappa.seed", 0, "random seed for the model and simulated crash tests (0: from the clock)")
+
+// testSeed returns the -kappa.seed flag, or a seed from the clock.
+func testSeed() int64 {
+	if *seedFlag != 0 {
+		return *seedFlag
+	}
+	return time.Now().UnixNano()
+}
+
 // TestFeedModel runs random appends, reads, batch reads and reopens against
-// a plain slice. Set -seed to replay a failure.
+// a plain slice. To replay a failure: go test -run TestFeedModel
+// -kappa.seed=N, with the seed it logged.
 func TestFeedModel(t *testing.T) {
-	seed := time.Now().UnixNano()
+	seed := testSeed()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 7))
 	s := NewMemStorage()
