@@ -86,8 +86,8 @@ func benchFeed(b *testing.B, opts *FeedOptions) *Feed {
 // benchFixtures holds the feeds that benchmarks only read, built on first
 // use and kept for the rest of the process in one DirStorage under
 // os.TempDir, since a benchmark's TempDir is removed when it ends. The
-// storage stays open (and so locked) until the process exits; directories
-// left by earlier processes are removed once their lock is free (see
+// storage stays open (and so locked) until TestMain removes it; directories
+// left by killed processes are removed once their lock is free (see
 // sweepBenchDirs).
 var benchFixtures struct {
 	once sync.Once
@@ -117,6 +117,15 @@ func benchFixtureStorage(b *testing.B) *DirStorage {
 		b.Fatalf("benchmark fixtures: %v", fx.err)
 	}
 	return fx.s
+}
+
+// removeBenchFixtures deletes this process's fixture directory; TestMain
+// calls it after the tests and benchmarks.
+func removeBenchFixtures() {
+	if fx := &benchFixtures; fx.s != nil {
+		fx.s.Close()
+		os.RemoveAll(fx.s.Dir())
+	}
 }
 
 // sweepBenchDirs removes fixture directories of earlier benchmark

@@ -31,7 +31,9 @@ func TestMain(m *testing.M) {
 		runIndexCrashChild(spec)
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	removeBenchFixtures()
+	os.Exit(code)
 }
 
 // crashWriter appends to the feed in dir until killed, printing each
