@@ -654,14 +654,16 @@ func (x *Index) mapBatch(p *feedProgress, start, end uint64) error {
 			return fmt.Errorf("store state: %w", err)
 		}
 	}
+	// Indexed runs before Ready waiters see the batch, as the seed's
+	// 'indexed' event fired before 'ready'.
+	if n, ok := x.view.(IndexedNotifier); ok {
+		n.Indexed(entries)
+	}
 	x.mu.Lock()
 	p.add(span{start, end})
 	x.indexed += end - start
 	x.checkWaitersLocked(p.key)
 	x.mu.Unlock()
-	if n, ok := x.view.(IndexedNotifier); ok {
-		n.Indexed(entries)
-	}
 	return nil
 }
 

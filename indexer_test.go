@@ -88,8 +88,11 @@ func TestIndexedEvent(t *testing.T) {
 	appendJSON(t, w, 1, 2, 3, 4, 5, 6)
 	appendJSON(t, w, 10)
 	ready(t, c)
-	if a.indexed != 7 || a.Sum() != 31 {
-		t.Fatalf("indexed %d entries, sum %d", a.indexed, a.Sum())
+	a.mu.Lock()
+	indexed := a.indexed
+	a.mu.Unlock()
+	if indexed != 7 || a.Sum() != 31 {
+		t.Fatalf("Indexed saw %d entries by Ready, sum %d", indexed, a.Sum())
 	}
 }
 
