@@ -5,25 +5,32 @@ import (
 	"fmt"
 )
 
-// Errors that callers must be able to tell apart. Check them with errors.Is;
-// functions wrap them with context about the feed, file or view involved.
+// Errors that callers must be able to tell apart. Check them with errors.Is.
+// Only these carry the "kappa:" prefix; the functions that return them wrap
+// them with what they were doing (the feed, file or view involved), so a
+// message names its origin once.
 var (
 	// ErrClosed is returned by operations on a closed feed, storage or
 	// database, and by calls that were waiting when it was closed.
 	ErrClosed = errors.New("kappa: closed")
 
-	// ErrLocked is returned when a directory is already opened by another
-	// process (or another Storage in this process).
-	ErrLocked = errors.New("kappa: storage is locked by another process")
+	// ErrLocked is returned when a directory is already opened, by another
+	// process or by another OpenDir in this process.
+	ErrLocked = errors.New("kappa: database is locked")
 
 	// ErrCorrupt is returned when stored data fails a check that a torn
 	// write cannot explain. The error is a *CorruptError naming the file and
-	// offset.
+	// offset. Damage found when a database opens is also listed by
+	// Core.Damaged.
 	ErrCorrupt = errors.New("kappa: corrupt data")
 
 	// ErrKeyMismatch is returned when a feed is opened with a key other than
 	// the one stored in its place, or a database with another shared key.
 	ErrKeyMismatch = errors.New("kappa: another key is stored here")
+
+	// ErrEncodingMismatch is returned when a database is opened with a
+	// value encoding other than the one it was created with.
+	ErrEncodingMismatch = errors.New("kappa: the database has another value encoding")
 
 	// ErrInvalidKey is returned for a key or signature of the wrong length
 	// or form.
@@ -33,9 +40,18 @@ var (
 	// and by Put on a writable feed.
 	ErrNotWritable = errors.New("kappa: feed is not writable")
 
-	// ErrOutOfRange is returned for a sequence number or range that a
-	// writable feed does not hold.
+	// ErrOutOfRange is returned for a sequence number or range that a feed
+	// does not hold: past its length, or a range whose start is past its
+	// end.
 	ErrOutOfRange = errors.New("kappa: sequence out of range")
+
+	// ErrFull is returned by Append when the feed would exceed the largest
+	// length or byte size the format can address.
+	ErrFull = errors.New("kappa: feed is full")
+
+	// ErrNotAvailable is returned by Proof when a replica holds the entries
+	// but not every tree node the proof needs at the length asked for.
+	ErrNotAvailable = errors.New("kappa: not available from this replica")
 
 	// ErrEmpty is returned by Head on a feed with no entries.
 	ErrEmpty = errors.New("kappa: feed is empty")
@@ -43,14 +59,37 @@ var (
 	// ErrBlockTooLarge is returned by Append for a value over MaxBlockSize.
 	ErrBlockTooLarge = errors.New("kappa: block too large")
 
-	// ErrInvalidValue is returned by Append for a nil value, or a value that
-	// does not match the database's value encoding.
+	// ErrInvalidValue is returned for an argument that is not acceptable:
+	// a nil value, a value that does not match the database's value
+	// encoding, a bad writer name or view version.
 	ErrInvalidValue = errors.New("kappa: invalid value")
 
-	// ErrVerify is returned by Put when a proof or signature does not verify,
-	// or contradicts what the feed already holds.
-	ErrVerify = errors.New("kappa: proof does not verify")
+	// ErrVerify is returned by Put when a proof does not verify. The error
+	// also matches ErrBadProof or ErrBadSignature, saying which check
+	// failed.
+	ErrVerify = errors.New("kappa: does not verify")
+
+	// ErrBadProof is returned by Put when a proof's hashes do not lead to
+	// the roots it claims, or contradict what the feed holds. It matches
+	// ErrVerify.
+	ErrBadProof error = &verifyError{"kappa: proof does not verify"}
+
+	// ErrBadSignature is returned by Put when a proof's signature does not
+	// sign its roots under the feed's key. It matches ErrVerify.
+	ErrBadSignature error = &verifyError{"kappa: signature does not verify"}
+
+	// ErrNoView is returned for a view name that was never passed to Use.
+	ErrNoView = errors.New("kappa: no such view")
+
+	// ErrViewExists is returned by Use for a name already in use.
+	ErrViewExists = errors.New("kappa: view already in use")
 )
+
+// verifyError is a kind of ErrVerify.
+type verifyError struct{ msg string }
+
+func (e *verifyError) Error() string        { return e.msg }
+func (e *verifyError) Is(target error) bool { return target == ErrVerify }
 
 // CorruptError reports damage found in a stored file: which file, at which
 // byte offset, and what was wrong. It matches ErrCorrupt with errors.Is.

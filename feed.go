@@ -68,10 +68,10 @@ type FeedOptions struct {
 	// key pair, an existing one must hold its public key.
 	SecretKey []byte
 
-	// ValueEncoding, if "json" or "utf-8", makes Append refuse values
-	// that are not valid JSON or UTF-8 with ErrInvalidValue. "binary" or
-	// "" accepts any bytes. Values from peers are stored as signed.
-	ValueEncoding string
+	// ValueEncoding, if JSON or UTF8, makes Append refuse values that
+	// are not valid JSON or UTF-8 with ErrInvalidValue. Binary or ""
+	// accepts any bytes. Values from peers are stored as signed.
+	ValueEncoding Encoding
 
 	// NoSync turns off fsync. By default every Append and Put is durable
 	// when it returns (data and tree are synced before the signature that
@@ -90,7 +90,7 @@ type Feed struct {
 	secret ed25519.PrivateKey // nil for a replica
 	dkey   [32]byte
 	noSync bool
-	check  func([]byte) error // the value encoding's test, or nil
+	enc    Encoding // normalized
 
 	meta, data, tree, sigs, bits File // bits is nil for a writable feed
 
@@ -118,6 +118,7 @@ type Feed struct {
 	changed chan struct{} // closed on a change if waiting > 0
 	waiting atomic.Int32  // calls blocked in wait
 	subs    map[int]chan<- struct{}
+	funcs   map[int]func() // internal subscribers, called under mu
 	nextSub int
 	closed  bool
 
@@ -137,11 +138,11 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	if o.Key != nil && len(o.Key) != PublicKeySize {
 		return nil, fmt.Errorf("kappa: open feed %s: %w: public key is %d bytes", prefix, ErrInvalidKey, len(o.Key))
 	}
-	check, err := valueCheck(o.ValueEncoding)
+	enc, err := o.ValueEncoding.normalize()
 	if err != nil {
-		return nil, fmt.Errorf("kappa: open feed %s: %w", prefix, err)
+		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
-	f := &Feed{name: prefix, noSync: o.NoSync, check: check, hasher: newLeafHasher(), changed: make(chan struct{})}
+	f := &Feed{name: prefix, noSync: o.NoSync, enc: enc, hasher: newLeafHasher(), changed: make(chan struct{})}
 	if err := f.open(s, prefix, &o); err != nil {
 		f.closeFiles()
 		return nil, fmt.Errorf("kappa: open feed %s: %w", prefix, err)
@@ -851,10 +852,8 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 		if len(v) > MaxBlockSize {
 			return 0, fmt.Errorf("feed %x: append value %d: %w: %d bytes", f.key[:4], i, ErrBlockTooLarge, len(v))
 		}
-		if f.check != nil {
-			if err := f.check(v); err != nil {
-				return 0, fmt.Errorf("feed %x: append value %d: %w", f.key[:4], i, err)
-			}
+		if err := f.enc.check(v); err != nil {
+			return 0, fmt.Errorf("feed %x: append value %d: %w", f.key[:4], i, err)
 		}
 	}
 	if f.secret == nil {
@@ -1125,6 +1124,27 @@ func (f *Feed) publish(length, byteLen uint64, roots []storedNode, sig []byte, g
 		default:
 		}
 	}
+	for _, fn := range f.funcs {
+		fn()
+	}
+}
+
+// subscribeFunc calls fn whenever Subscribe would signal. fn runs with the
+// feed's lock held: it must not call the feed and must not block.
+func (f *Feed) subscribeFunc(fn func()) (cancel func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.funcs == nil {
+		f.funcs = make(map[int]func())
+	}
+	id := f.nextSub
+	f.nextSub++
+	f.funcs[id] = fn
+	return func() {
+		f.mu.Lock()
+		delete(f.funcs, id)
+		f.mu.Unlock()
+	}
 }
 
 // Subscribe asks for a signal on c whenever entries are appended to the
@@ -1383,7 +1403,7 @@ func (f *Feed) Close() error {
 	}
 	f.closed = true
 	close(f.changed)
-	f.subs = nil
+	f.subs, f.funcs = nil, nil
 	f.mu.Unlock()
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()

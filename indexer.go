@@ -73,15 +73,14 @@ type Entry struct {
 	Key   ed25519.PublicKey // the feed's public key
 	Seq   uint64            // the entry's sequence number in its feed
 	Value []byte            // the entry's value
-	enc   string
+	enc   Encoding
 }
 
 // Decode decodes the value into v according to the database's value
 // encoding: JSON into any v for "json"; into a *string for "utf-8"; into a
 // *[]byte (a copy) for "binary".
 func (e Entry) Decode(v any) error {
-	switch e.enc {
-	case EncodingJSON:
+	if e.enc == JSON {
 		return json.Unmarshal(e.Value, v)
 	}
 	switch p := v.(type) {
@@ -90,7 +89,11 @@ func (e Entry) Decode(v any) error {
 	case *[]byte:
 		*p = append([]byte(nil), e.Value...)
 	default:
-		return fmt.Errorf("kappa: decode %s value into %T: want *string or *[]byte", e.enc, v)
+		enc := e.enc
+		if enc == "" {
+			enc = Binary
+		}
+		return fmt.Errorf("decode %s value into %T: %w: want *string or *[]byte", enc, v, ErrInvalidValue)
 	}
 	return nil
 }
@@ -635,7 +638,7 @@ func (x *Index) mapBatch(p *feedProgress, start, end uint64) error {
 	key := p.feed.Key()
 	entries := make([]Entry, len(values))
 	for i, v := range values {
-		entries[i] = Entry{Key: key, Seq: start + uint64(i), Value: v, enc: x.core.opts.ValueEncoding}
+		entries[i] = Entry{Key: key, Seq: start + uint64(i), Value: v, enc: x.core.enc}
 	}
 	if err := x.view.Map(entries); err != nil {
 		return fmt.Errorf("map %d entries of feed %x from %d: %w", len(entries), key[:4], start, err)

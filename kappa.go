@@ -14,10 +14,12 @@ import (
 // Options configure a database. The zero value is ready to use: binary
 // values, a fresh shared key for a new database, every write synced.
 type Options struct {
-	// ValueEncoding is "binary" (the default), "json" or "utf-8". Appends
-	// through writers refuse values that do not match it, and views can
-	// decode entries with Entry.Decode.
-	ValueEncoding string
+	// ValueEncoding is Binary, JSON or UTF8. A new database stores it
+	// (Binary if empty); an existing one is opened with the stored
+	// encoding when this is empty, and fails with ErrEncodingMismatch
+	// when it names another. Appends through writers refuse values that
+	// do not match it, and views can decode entries with Entry.Decode.
+	ValueEncoding Encoding
 
 	// SharedKey is the database's 32-byte shared secret (multifeed's
 	// encryption key): only peers that know it may replicate. A new
@@ -47,6 +49,7 @@ type Core struct {
 	ownStore bool
 	opts     Options
 	key      []byte
+	enc      Encoding // the stored value encoding
 	meta     File
 	manifest File
 
@@ -84,13 +87,6 @@ var (
 	magicManifest = [8]byte{'K', 'A', 'P', 'P', 'F', 'E', 'D', 'S'}
 )
 
-// ErrNoView is returned for a view name that was never passed to Use, and
-// ErrViewExists for a name passed to Use twice.
-var (
-	ErrNoView     = errors.New("kappa: no such view")
-	ErrViewExists = errors.New("kappa: view already in use")
-)
-
 // Open opens the database in directory dir, creating it if needed. The
 // directory is locked: a second Open of it fails with ErrLocked until Close.
 func Open(dir string, opts *Options) (*Core, error) {
@@ -125,8 +121,12 @@ func New(s Storage, opts *Options) (*Core, error) {
 	if opts != nil {
 		c.opts = *opts
 	}
-	if _, err := valueCheck(c.opts.ValueEncoding); err != nil {
-		return nil, err
+	if c.opts.ValueEncoding != "" {
+		enc, err := c.opts.ValueEncoding.normalize()
+		if err != nil {
+			return nil, err
+		}
+		c.opts.ValueEncoding = enc
 	}
 	if c.opts.SharedKey != nil && len(c.opts.SharedKey) != 32 {
 		return nil, fmt.Errorf("kappa: %w: shared key is %d bytes, want 32", ErrInvalidKey, len(c.opts.SharedKey))
@@ -200,7 +200,7 @@ func (c *Core) load() error {
 		}
 		key := rec[8:40]
 		name := string(rec[40 : 40+nameLen])
-		f, err := OpenFeed(c.store, feedPrefix(i), &FeedOptions{Key: key, ValueEncoding: c.opts.ValueEncoding, NoSync: c.opts.NoSync})
+		f, err := OpenFeed(c.store, feedPrefix(i), &FeedOptions{Key: key, ValueEncoding: c.enc, NoSync: c.opts.NoSync})
 		if err != nil {
 			c.report(fmt.Errorf("kappa: feed %d (%x) not loaded: %w", i, key[:4], err))
 			continue
@@ -236,8 +236,13 @@ func (c *Core) loadKey(hasFeeds bool) error {
 			rand.Read(key)
 		}
 		c.key = bytes.Clone(key)
+		c.enc = c.opts.ValueEncoding
+		if c.enc == "" {
+			c.enc = Binary
+		}
 		copy(buf[:8], magicDB[:])
 		binary.BigEndian.PutUint32(buf[8:], formatVersion)
+		buf[12] = c.enc.code()
 		copy(buf[16:48], key)
 		binary.BigEndian.PutUint32(buf[48:], crc32.Checksum(buf[:48], castagnoli))
 		if _, err := c.meta.WriteAt(buf[:], 0); err != nil {
@@ -248,9 +253,17 @@ func (c *Core) loadKey(hasFeeds bool) error {
 	if v := binary.BigEndian.Uint32(buf[8:]); v != formatVersion {
 		return &CorruptError{File: fileDB, Offset: 8, Reason: fmt.Sprintf("unknown format version %d", v)}
 	}
+	enc, ok := encodingFromCode(buf[12])
+	if !ok {
+		return &CorruptError{File: fileDB, Offset: 12, Reason: fmt.Sprintf("unknown value encoding %d", buf[12])}
+	}
+	c.enc = enc
 	c.key = bytes.Clone(buf[16:48])
 	if c.opts.SharedKey != nil && !bytes.Equal(c.opts.SharedKey, c.key) {
 		return fmt.Errorf("%w: the database has another shared key", ErrKeyMismatch)
+	}
+	if c.opts.ValueEncoding != "" && c.opts.ValueEncoding != c.enc {
+		return fmt.Errorf("%w: opened as %s, created as %s", ErrEncodingMismatch, c.opts.ValueEncoding, c.enc)
 	}
 	return nil
 }
@@ -352,7 +365,7 @@ func (c *Core) add(name string, local bool, kp *KeyPair, key []byte) (*Feed, err
 	if f != nil {
 		return f, nil
 	}
-	opts := &FeedOptions{ValueEncoding: c.opts.ValueEncoding, NoSync: c.opts.NoSync}
+	opts := &FeedOptions{ValueEncoding: c.enc, NoSync: c.opts.NoSync}
 	if local {
 		if kp == nil {
 			k, err := NewKeyPair()

@@ -453,7 +453,7 @@ func TestValueEncodings(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.enc, func(t *testing.T) {
-			c := newCore(t, &Options{ValueEncoding: tc.enc})
+			c := newCore(t, &Options{ValueEncoding: Encoding(tc.enc)})
 			got := make(chan Entry, 1)
 			c.Use("v", 1, viewFunc(func(es []Entry) error { got <- es[0]; return nil }))
 			w, _ := c.Writer("w")
