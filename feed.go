@@ -136,7 +136,7 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 		o = *opts
 	}
 	if o.Key != nil && len(o.Key) != PublicKeySize {
-		return nil, fmt.Errorf("kappa: open feed %s: %w: public key is %d bytes", prefix, ErrInvalidKey, len(o.Key))
+		return nil, fmt.Errorf("open feed %s: %w: public key is %d bytes", prefix, ErrInvalidKey, len(o.Key))
 	}
 	enc, err := o.ValueEncoding.normalize()
 	if err != nil {
@@ -145,7 +145,7 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	f := &Feed{name: prefix, noSync: o.NoSync, enc: enc, hasher: newLeafHasher(), changed: make(chan struct{})}
 	if err := f.open(s, prefix, &o); err != nil {
 		f.closeFiles()
-		return nil, fmt.Errorf("kappa: open feed %s: %w", prefix, err)
+		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
 	return f, nil
 }
@@ -449,7 +449,7 @@ func (f *Feed) loadBitfield(length uint64) error {
 	return nil
 }
 
-var errNoNode = errors.New("kappa: node not stored")
+var errNoNode = errors.New("node not stored")
 
 // readNode reads node i from the tree file. It returns errNoNode if the
 // node is not stored.
@@ -643,6 +643,9 @@ func (f *Feed) hasRangeLocked(start, end uint64) bool {
 // a seq at or past Len is ErrOutOfRange. Every value read is checked
 // against its leaf hash; a mismatch is ErrCorrupt.
 func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
+	if seq >= maxTreeLength {
+		return nil, fmt.Errorf("feed %x: get %d: %w", f.key[:4], seq, ErrOutOfRange)
+	}
 	if err := f.wait(ctx, seq, seq+1); err != nil {
 		return nil, err
 	}
@@ -973,7 +976,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 		return start, nil
 	}
 	if start+n > maxTreeLength || byteLen+size > maxTreeBytes {
-		return 0, fmt.Errorf("feed %x: append: %w: feed is full", f.key[:4], ErrOutOfRange)
+		return 0, fmt.Errorf("feed %x: append %d entries at %d: %w", f.key[:4], n, start, ErrFull)
 	}
 
 	// Data: one write of all values.
@@ -1185,7 +1188,7 @@ func (f *Feed) Verify(length uint64, sig []byte) error {
 		return fmt.Errorf("feed %x: verify: %w", f.key[:4], err)
 	}
 	if !verifyRoots(f.key, treeHash(roots), length, sig) {
-		return fmt.Errorf("feed %x: signature for length %d: %w", f.key[:4], length, ErrVerify)
+		return fmt.Errorf("feed %x: signature for length %d: %w", f.key[:4], length, ErrBadSignature)
 	}
 	return nil
 }
@@ -1239,7 +1242,7 @@ func (f *Feed) proofAt(start, end, length uint64) (*Proof, error) {
 			if f.secret != nil {
 				err = &CorruptError{File: f.name + fileTree, Offset: headerSize + int64(i)*nodeSize, Reason: fmt.Sprintf("node %d of a writer's tree is missing", i)}
 			} else {
-				err = fmt.Errorf("%w: this replica does not hold node %d", ErrOutOfRange, i)
+				err = fmt.Errorf("%w: this replica does not hold node %d", ErrNotAvailable, i)
 			}
 		}
 		if err != nil {
@@ -1263,7 +1266,7 @@ func (f *Feed) proofAt(start, end, length uint64) (*Proof, error) {
 // this feed already holds), and no node contradicts one already stored.
 func (f *Feed) Put(p *Proof) error {
 	if p == nil {
-		return fmt.Errorf("feed %x: put: %w: nil proof", f.key[:4], ErrVerify)
+		return fmt.Errorf("feed %x: put: %w: nil proof", f.key[:4], ErrBadProof)
 	}
 	if f.secret != nil {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrNotWritable)
@@ -1273,7 +1276,7 @@ func (f *Feed) Put(p *Proof) error {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 	}
 	if p.Signature != nil && !verifyRoots(f.key, treeHash(t.roots), p.Length, p.Signature) {
-		return fmt.Errorf("feed %x: put: %w: bad signature", f.key[:4], ErrVerify)
+		return fmt.Errorf("feed %x: put at length %d: %w", f.key[:4], p.Length, ErrBadSignature)
 	}
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()
@@ -1287,7 +1290,7 @@ func (f *Feed) Put(p *Proof) error {
 		return fmt.Errorf("feed %x: put after failed sync: %w", f.key[:4], f.failed)
 	}
 	if p.Signature == nil && p.Length > curLen {
-		return fmt.Errorf("feed %x: put: %w: unsigned proof past length %d", f.key[:4], ErrVerify, curLen)
+		return fmt.Errorf("feed %x: put: %w: unsigned proof past length %d", f.key[:4], ErrBadProof, curLen)
 	}
 	// Every node the proof determines must agree with what is stored; an
 	// unsigned proof must meet stored roots.
@@ -1308,13 +1311,13 @@ func (f *Feed) Put(p *Proof) error {
 		case err != nil:
 			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 		case old.Hash != n.Hash || old.Size != n.Size || old.Offset != n.Offset:
-			return fmt.Errorf("feed %x: put: %w: node %d contradicts the stored tree", f.key[:4], ErrVerify, n.Index)
+			return fmt.Errorf("feed %x: put: %w: node %d contradicts the stored tree", f.key[:4], ErrBadProof, n.Index)
 		}
 	}
 	if p.Signature == nil {
 		for _, r := range t.roots {
 			if _, err := f.readNode(r.Index); err != nil {
-				return fmt.Errorf("feed %x: put: %w: unsigned proof does not reach a stored root", f.key[:4], ErrVerify)
+				return fmt.Errorf("feed %x: put: %w: unsigned proof does not reach a stored root", f.key[:4], ErrBadProof)
 			}
 		}
 	}

@@ -129,7 +129,7 @@ func New(s Storage, opts *Options) (*Core, error) {
 		c.opts.ValueEncoding = enc
 	}
 	if c.opts.SharedKey != nil && len(c.opts.SharedKey) != 32 {
-		return nil, fmt.Errorf("kappa: %w: shared key is %d bytes, want 32", ErrInvalidKey, len(c.opts.SharedKey))
+		return nil, fmt.Errorf("%w: shared key is %d bytes, want 32", ErrInvalidKey, len(c.opts.SharedKey))
 	}
 	if err := c.load(); err != nil {
 		for _, f := range c.feeds {
@@ -140,7 +140,7 @@ func New(s Storage, opts *Options) (*Core, error) {
 				f.Close()
 			}
 		}
-		return nil, fmt.Errorf("kappa: open: %w", err)
+		return nil, err
 	}
 	return c, nil
 }
@@ -316,21 +316,21 @@ func (c *Core) Writer(name string) (*Feed, error) {
 // pair. If the writer exists already, it must have that key.
 func (c *Core) WriterWithKeyPair(name string, kp KeyPair) (*Feed, error) {
 	if len(kp.SecretKey) != SecretKeySize {
-		return nil, fmt.Errorf("kappa: writer %q: %w: secret key is %d bytes", name, ErrInvalidKey, len(kp.SecretKey))
+		return nil, fmt.Errorf("writer %q: %w: secret key is %d bytes", name, ErrInvalidKey, len(kp.SecretKey))
 	}
 	return c.writer(name, &kp)
 }
 
 func (c *Core) writer(name string, kp *KeyPair) (*Feed, error) {
 	if name == "" || len(name) > maxNameLen {
-		return nil, fmt.Errorf("kappa: writer %q: %w: a name is 1 to %d bytes", name, ErrInvalidValue, maxNameLen)
+		return nil, fmt.Errorf("writer %q: %w: a name is 1 to %d bytes", name, ErrInvalidValue, maxNameLen)
 	}
 	f, err := c.add(name, true, kp, nil)
 	if err != nil {
-		return nil, fmt.Errorf("kappa: writer %q: %w", name, err)
+		return nil, fmt.Errorf("writer %q: %w", name, err)
 	}
 	if kp != nil && !bytes.Equal(f.Key(), kp.PublicKey) {
-		return nil, fmt.Errorf("kappa: writer %q: %w: it has key %x", name, ErrKeyMismatch, f.Key()[:8])
+		return nil, fmt.Errorf("writer %q: %w: it has key %x", name, ErrKeyMismatch, f.Key()[:8])
 	}
 	return f, nil
 }
@@ -340,11 +340,11 @@ func (c *Core) writer(name string, kp *KeyPair) (*Feed, error) {
 // feeds this way.
 func (c *Core) AddFeed(key []byte) (*Feed, error) {
 	if len(key) != PublicKeySize {
-		return nil, fmt.Errorf("kappa: add feed: %w: key is %d bytes", ErrInvalidKey, len(key))
+		return nil, fmt.Errorf("add feed: %w: key is %d bytes", ErrInvalidKey, len(key))
 	}
 	f, err := c.add("", false, nil, key)
 	if err != nil {
-		return nil, fmt.Errorf("kappa: add feed %x: %w", key[:4], err)
+		return nil, fmt.Errorf("add feed %x: %w", key[:4], err)
 	}
 	return f, nil
 }

@@ -179,11 +179,11 @@ type provenTree struct {
 // the signature; the caller decides what the roots must match.
 func proofTree(p *Proof, h *leafHasher) (*provenTree, error) {
 	if p.Length == 0 || p.Length > maxTreeLength {
-		return nil, fmt.Errorf("%w: length %d out of range", ErrVerify, p.Length)
+		return nil, fmt.Errorf("%w: length %d out of range", ErrBadProof, p.Length)
 	}
 	end := p.Start + uint64(len(p.Blocks))
 	if p.Start > p.Length || end > p.Length || end < p.Start {
-		return nil, fmt.Errorf("%w: blocks [%d, %d) outside length %d", ErrVerify, p.Start, end, p.Length)
+		return nil, fmt.Errorf("%w: blocks [%d, %d) outside length %d", ErrBadProof, p.Start, end, p.Length)
 	}
 	w := proofWalker{p: p, end: end, h: h}
 	var roots [64]uint64
@@ -196,11 +196,11 @@ func proofTree(p *Proof, h *leafHasher) (*provenTree, error) {
 		}
 		t.roots = append(t.roots, storedNode{n, off})
 		if off += n.Size; off > maxTreeBytes {
-			return nil, fmt.Errorf("%w: tree larger than %d bytes", ErrVerify, uint64(maxTreeBytes))
+			return nil, fmt.Errorf("%w: tree larger than %d bytes", ErrBadProof, uint64(maxTreeBytes))
 		}
 	}
 	if w.next != len(p.Nodes) {
-		return nil, fmt.Errorf("%w: %d proof nodes left over", ErrVerify, len(p.Nodes)-w.next)
+		return nil, fmt.Errorf("%w: %d proof nodes left over", ErrBadProof, len(p.Nodes)-w.next)
 	}
 	t.nodes = w.out
 	return t, nil
@@ -228,15 +228,15 @@ func (w *proofWalker) node(i, off uint64) (Node, error) {
 	lo, hi := flatBlocks(i)
 	if hi <= w.p.Start || lo >= w.end || w.p.Start == w.end { // as coverNode
 		if w.next >= len(w.p.Nodes) {
-			return Node{}, fmt.Errorf("%w: proof is missing node %d", ErrVerify, i)
+			return Node{}, fmt.Errorf("%w: proof is missing node %d", ErrBadProof, i)
 		}
 		n := w.p.Nodes[w.next]
 		w.next++
 		if n.Index != i {
-			return Node{}, fmt.Errorf("%w: proof has node %d where %d belongs", ErrVerify, n.Index, i)
+			return Node{}, fmt.Errorf("%w: proof has node %d where %d belongs", ErrBadProof, n.Index, i)
 		}
 		if n.Size > maxTreeBytes || (flatDepth(i) == 0 && n.Size > MaxBlockSize) {
-			return Node{}, fmt.Errorf("%w: node %d claims %d bytes", ErrVerify, i, n.Size)
+			return Node{}, fmt.Errorf("%w: node %d claims %d bytes", ErrBadProof, i, n.Size)
 		}
 		w.out = append(w.out, storedNode{n, off})
 		return n, nil
@@ -251,7 +251,7 @@ func (w *proofWalker) node(i, off uint64) (Node, error) {
 			return Node{}, err
 		}
 		if left.Size+right.Size > maxTreeBytes {
-			return Node{}, fmt.Errorf("%w: node %d claims too many bytes", ErrVerify, i)
+			return Node{}, fmt.Errorf("%w: node %d claims too many bytes", ErrBadProof, i)
 		}
 		n := Node{Index: i, Hash: parentHash(&left, &right), Size: left.Size + right.Size}
 		w.out = append(w.out, storedNode{n, off})

@@ -27,7 +27,7 @@ type KeyPair struct {
 func NewKeyPair() (KeyPair, error) {
 	pub, sec, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return KeyPair{}, fmt.Errorf("kappa: generate key pair: %w", err)
+		return KeyPair{}, fmt.Errorf("generate key pair: %w", err)
 	}
 	return KeyPair{PublicKey: pub, SecretKey: sec}, nil
 }
