@@ -67,7 +67,7 @@ func TestAppendBatchWritesOneSignature(t *testing.T) {
 	f := newFeed(t, s, nil)
 	mustAppend(t, f, "a", "b", "c")
 	mustAppend(t, f, "d")
-	sigs, _ := s.FileBytes("f/signatures")
+	sigs, _ := s.fileBytes("f/signatures")
 	if n := (len(sigs) - headerSize) / sigRecordSize; n != 2 {
 		t.Fatalf("two appends wrote %d signature records", n)
 	}
@@ -341,17 +341,17 @@ func TestPutRejectsBadProofs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			before := s.Names()
+			before := s.names()
 			sizes := map[string]int{}
 			for _, n := range before {
-				b, _ := s.FileBytes(n)
+				b, _ := s.fileBytes(n)
 				sizes[n] = len(b)
 			}
 			if err := r.Put(c.mangle(p)); !errors.Is(err, ErrVerify) && !errors.Is(err, ErrBlockTooLarge) {
 				t.Fatalf("put: %v, want ErrVerify", err)
 			}
 			for _, n := range before {
-				if b, _ := s.FileBytes(n); len(b) != sizes[n] {
+				if b, _ := s.fileBytes(n); len(b) != sizes[n] {
 					t.Errorf("rejected put changed %s", n)
 				}
 			}
@@ -419,9 +419,9 @@ func TestDamagedDataIsReportedWithFileAndOffset(t *testing.T) {
 	s := NewMemStorage()
 	f := newFeed(t, s, nil)
 	mustAppend(t, f, "first", "second", "third")
-	b, _ := s.FileBytes("f/data")
+	b, _ := s.fileBytes("f/data")
 	b[headerSize+len("first")+2] ^= 0xff // inside "second"
-	s.SetFileBytes("f/data", b)
+	s.setFileBytes("f/data", b)
 	_, err := f.Get(context.Background(), 1)
 	var ce *CorruptError
 	if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) {
@@ -633,15 +633,15 @@ func TestDamageUnderASyncedSignatureIsReportedNotCut(t *testing.T) {
 	}
 	mustAppend(t, f, "a", "b", "c", "d")
 	f.Close()
-	tree, _ := s.FileBytes("f/tree")
+	tree, _ := s.fileBytes("f/tree")
 	tree[headerSize+3*nodeSize+5] ^= 1 // inside the root, node 3
-	s.SetFileBytes("f/tree", tree)
+	s.setFileBytes("f/tree", tree)
 	_, err = OpenFeed(s, "f/", nil)
 	var ce *CorruptError
 	if !errors.As(err, &ce) || ce.File != "f/tree" {
 		t.Fatalf("open over a damaged root: %v, want a *CorruptError for f/tree", err)
 	}
-	if b, _ := s.FileBytes("f/data"); len(b) != headerSize+4 {
+	if b, _ := s.fileBytes("f/data"); len(b) != headerSize+4 {
 		t.Fatalf("the data was cut to %d bytes", len(b))
 	}
 }
@@ -650,10 +650,10 @@ func TestTreeRecordCopiedElsewhereIsDetected(t *testing.T) {
 	s := NewMemStorage()
 	f := newFeed(t, s, nil)
 	mustAppend(t, f, "first", "second")
-	tree, _ := s.FileBytes("f/tree")
+	tree, _ := s.fileBytes("f/tree")
 	// Put leaf 1's record (entry "second") in leaf 0's place.
 	copy(tree[headerSize:headerSize+nodeSize], tree[headerSize+2*nodeSize:headerSize+3*nodeSize])
-	s.SetFileBytes("f/tree", tree)
+	s.setFileBytes("f/tree", tree)
 	if v, err := f.Get(context.Background(), 0); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("get of entry 0 returned %q, %v; want ErrCorrupt", v, err)
 	}

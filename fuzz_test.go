@@ -191,8 +191,8 @@ type fuzzFeedState struct {
 
 func fuzzSnapshot(f *Feed, s *MemStorage) fuzzFeedState {
 	st := fuzzFeedState{length: f.Len(), files: map[string][]byte{}}
-	for _, name := range s.Names() {
-		st.files[name], _ = s.FileBytes(name)
+	for _, name := range s.names() {
+		st.files[name], _ = s.fileBytes(name)
 	}
 	return st
 }
@@ -202,7 +202,7 @@ func fuzzSnapshot(f *Feed, s *MemStorage) fuzzFeedState {
 // valid proof could have given it.
 func checkReplicaNodes(t *testing.T, w *fuzzWriter, r *Feed, s *MemStorage, where string) {
 	t.Helper()
-	tree, _ := s.FileBytes("r/" + fileTree)
+	tree, _ := s.fileBytes("r/" + fileTree)
 	for i := uint64(0); headerSize+int64(i+1)*nodeSize <= int64(len(tree)); i++ {
 		got, err := r.readNode(i)
 		if errors.Is(err, errNoNode) {
@@ -423,8 +423,8 @@ func buildFuzzScenarios(w *fuzzWriter) ([]*fuzzScenario, error) {
 	var out []*fuzzScenario
 	snapshot := func(name string, s *MemStorage, opts *FeedOptions, signed []uint64) {
 		sc := &fuzzScenario{name: name, opts: opts, files: map[string][]byte{}, signed: signed}
-		for _, n := range s.Names() {
-			sc.files[n], _ = s.FileBytes(n)
+		for _, n := range s.names() {
+			sc.files[n], _ = s.fileBytes(n)
 			sc.names = append(sc.names, n)
 		}
 		out = append(out, sc)
@@ -502,19 +502,19 @@ func buildFuzzScenarios(w *fuzzWriter) ([]*fuzzScenario, error) {
 func (sc *fuzzScenario) restore() *MemStorage {
 	s := NewMemStorage()
 	for _, n := range sc.names {
-		s.SetFileBytes(n, sc.files[n])
+		s.setFileBytes(n, sc.files[n])
 	}
 	return s
 }
 
 // intact reports whether s holds exactly the scenario's files.
 func (sc *fuzzScenario) intact(s *MemStorage) bool {
-	names := s.Names()
+	names := s.names()
 	if len(names) != len(sc.names) {
 		return false
 	}
 	for _, n := range names {
-		b, _ := s.FileBytes(n)
+		b, _ := s.fileBytes(n)
 		if want, ok := sc.files[n]; !ok || !bytes.Equal(b, want) {
 			return false
 		}
@@ -727,7 +727,7 @@ func FuzzOpenFeed(f *testing.F) {
 		sc := scs[int(scenario)%len(scs)]
 		s := sc.restore()
 		name := sc.names[int(file)%len(sc.names)]
-		b, _ := s.FileBytes(name)
+		b, _ := s.fileBytes(name)
 		if truncate {
 			n := int(size % uint32(len(b)+2*nodeSize+1))
 			if n <= len(b) {
@@ -743,7 +743,7 @@ func FuzzOpenFeed(f *testing.F) {
 			}
 			copy(b[o:], patch)
 		}
-		s.SetFileBytes(name, b)
+		s.setFileBytes(name, b)
 		checkDamagedOpen(t, w, sc, s)
 	})
 }
@@ -775,7 +775,7 @@ func FuzzOpenFeedFile(f *testing.F) {
 				t.Fatal(err)
 			}
 		} else {
-			s.SetFileBytes(name, content)
+			s.setFileBytes(name, content)
 		}
 		checkDamagedOpen(t, w, sc, s)
 	})

@@ -385,9 +385,9 @@ func TestDamagedFeedDoesNotHideLaterFeeds(t *testing.T) {
 		keys = append(keys, w.Key())
 	}
 	c.Close()
-	b, _ := s.FileBytes("feeds/1/key")
+	b, _ := s.fileBytes("feeds/1/key")
 	b[20] ^= 0xff
-	s.SetFileBytes("feeds/1/key", b)
+	s.setFileBytes("feeds/1/key", b)
 	var reported []error
 	c, err = New(s, &Options{OnError: func(err error) { reported = append(reported, err) }})
 	if err != nil {

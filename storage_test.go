@@ -763,7 +763,7 @@ func TestDirStorageConcurrentUseUnderEviction(t *testing.T) {
 
 // memStorageContent returns the content of name in m, and whether it exists.
 func memStorageContent(m *MemStorage, name string) (string, bool) {
-	b, ok := m.FileBytes(name)
+	b, ok := m.fileBytes(name)
 	return string(b), ok
 }
 
@@ -798,7 +798,7 @@ func TestMemStorageCrashCloneWithoutRandKeepsExactlySyncedData(t *testing.T) {
 	if _, ok := memStorageContent(c, "never/synced"); ok {
 		t.Error("a file never synced survived CrashClone(nil)")
 	}
-	if got := c.Names(); !slices.Equal(got, []string{"shrunk", "synced"}) {
+	if got := c.names(); !slices.Equal(got, []string{"shrunk", "synced"}) {
 		t.Errorf("clone names %q", got)
 	}
 	// The original is unchanged.
@@ -1097,35 +1097,35 @@ func TestMemStorageExposesAndReplacesFileBytes(t *testing.T) {
 	f := storageMustOpen(t, m, "b/f", true)
 	storageMustOpen(t, m, "a", true)
 	storageMustWriteAt(t, f, "hello", 0)
-	if got := m.Names(); !slices.Equal(got, []string{"a", "b/f"}) {
-		t.Errorf("Names() = %q", got)
+	if got := m.names(); !slices.Equal(got, []string{"a", "b/f"}) {
+		t.Errorf("names() = %q", got)
 	}
-	b, ok := m.FileBytes("b/f")
+	b, ok := m.fileBytes("b/f")
 	if !ok || string(b) != "hello" {
-		t.Fatalf("FileBytes = %q, %v", b, ok)
+		t.Fatalf("fileBytes = %q, %v", b, ok)
 	}
 	b[0] = 'J' // a copy
 	if got := storageReadAll(t, f); got != "hello" {
-		t.Fatalf("changing FileBytes' result changed the file: %q", got)
+		t.Fatalf("changing fileBytes' result changed the file: %q", got)
 	}
-	if _, ok := m.FileBytes("missing"); ok {
-		t.Error("FileBytes of a missing file reported it exists")
+	if _, ok := m.fileBytes("missing"); ok {
+		t.Error("fileBytes of a missing file reported it exists")
 	}
-	m.SetFileBytes("b/f", []byte("jello"))
+	m.setFileBytes("b/f", []byte("jello"))
 	if got := storageReadAll(t, f); got != "jello" {
-		t.Errorf("open File reads %q after SetFileBytes, want %q", got, "jello")
+		t.Errorf("open File reads %q after setFileBytes, want %q", got, "jello")
 	}
 	if got, _ := memStorageContent(m.CrashClone(nil), "b/f"); got != "jello" {
-		t.Errorf("SetFileBytes content is not durable: %q", got)
+		t.Errorf("setFileBytes content is not durable: %q", got)
 	}
-	m.SetFileBytes("c", []byte("new"))
+	m.setFileBytes("c", []byte("new"))
 	if got, ok := memStorageContent(m.CrashClone(nil), "c"); got != "new" {
-		t.Errorf("SetFileBytes of a new file: %q (exists %v)", got, ok)
+		t.Errorf("setFileBytes of a new file: %q (exists %v)", got, ok)
 	}
-	m.SetFileBytes("../bad", []byte("x"))
-	m.SetFileBytes("a/under-a-file", []byte("x"))
-	if got := m.Names(); !slices.Equal(got, []string{"a", "b/f", "c"}) {
-		t.Errorf("Names() after SetFileBytes = %q", got)
+	m.setFileBytes("../bad", []byte("x"))
+	m.setFileBytes("a/under-a-file", []byte("x"))
+	if got := m.names(); !slices.Equal(got, []string{"a", "b/f", "c"}) {
+		t.Errorf("names() after setFileBytes = %q", got)
 	}
 }
 
