@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"math"
@@ -34,26 +33,6 @@ const (
 	fileTree       = "tree"
 	fileSignatures = "signatures"
 	fileBitfield   = "bitfield"
-
-	headerSize    = 16
-	formatVersion = 1
-	metaSize      = 128
-	nodeSize      = 56 // hash, size, offset, crc, reserved
-	sigRecordSize = 80 // length, signature, crc, flags
-
-	// sigSynced marks a signature record written after the data and tree
-	// it covers were synced: if it is intact, they must verify.
-	sigSynced = 1
-)
-
-var (
-	magicKey  = [8]byte{'K', 'A', 'P', 'P', 'A', 'K', 'E', 'Y'}
-	magicData = [8]byte{'K', 'A', 'P', 'P', 'D', 'A', 'T', 'A'}
-	magicTree = [8]byte{'K', 'A', 'P', 'P', 'T', 'R', 'E', 'E'}
-	magicSigs = [8]byte{'K', 'A', 'P', 'P', 'S', 'I', 'G', 'S'}
-	magicBits = [8]byte{'K', 'A', 'P', 'P', 'B', 'I', 'T', 'S'}
-
-	castagnoli = crc32.MakeTable(crc32.Castagnoli)
 )
 
 // FeedOptions configure OpenFeed. The zero value opens the feed stored
@@ -78,6 +57,10 @@ type FeedOptions struct {
 	// covers them, the signature before returning). With NoSync a process
 	// crash loses nothing, but a power loss may lose recent writes.
 	NoSync bool
+
+	// OnRepair, if set, receives each change opening makes to recover
+	// from a crash: a torn tail cut back, a bitfield page rebuilt.
+	OnRepair func(Repair)
 }
 
 // Feed is one signed append-only log: a writer's values, hashed into a
@@ -85,12 +68,13 @@ type FeedOptions struct {
 // holds the same log, or any part of it, verified block by block against
 // that signature. A Feed is safe for concurrent use.
 type Feed struct {
-	name   string // prefix in storage, for errors
-	key    ed25519.PublicKey
-	secret ed25519.PrivateKey // nil for a replica
-	dkey   [32]byte
-	noSync bool
-	enc    Encoding // normalized
+	name     string // prefix in storage, for errors
+	key      ed25519.PublicKey
+	secret   ed25519.PrivateKey // nil for a replica
+	dkey     [32]byte
+	noSync   bool
+	enc      Encoding // normalized
+	onRepair func(Repair)
 
 	meta, data, tree, sigs, bits File // bits is nil for a writable feed
 
@@ -109,18 +93,19 @@ type Feed struct {
 
 	// mu guards the published state below. Readers hold it only to check
 	// what is present: blocks below the length never change on disk.
-	mu      sync.RWMutex
-	length  uint64
-	byteLen uint64
-	roots   []storedNode
-	sig     []byte
-	have    bitset        // replicas only: the blocks held
-	changed chan struct{} // closed on a change if waiting > 0
-	waiting atomic.Int32  // calls blocked in wait
-	subs    map[int]chan<- struct{}
-	funcs   map[int]func() // internal subscribers, called under mu
-	nextSub int
-	closed  bool
+	mu       sync.RWMutex
+	length   uint64
+	byteLen  uint64
+	roots    []storedNode
+	sig      []byte
+	have     bitset        // replicas only: the blocks held
+	bitPages uint64        // pages in the bitfield file; under writeMu
+	changed  chan struct{} // closed on a change if waiting > 0
+	waiting  atomic.Int32  // calls blocked in wait
+	subs     map[int]chan<- struct{}
+	funcs    map[int]func() // internal subscribers, called under mu
+	nextSub  int
+	closed   bool
 
 	ahead readAhead
 }
@@ -142,7 +127,7 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
-	f := &Feed{name: prefix, noSync: o.NoSync, enc: enc, hasher: newLeafHasher(), changed: make(chan struct{})}
+	f := &Feed{name: prefix, noSync: o.NoSync, enc: enc, onRepair: o.OnRepair, hasher: newLeafHasher(), changed: make(chan struct{})}
 	if err := f.open(s, prefix, &o); err != nil {
 		f.closeFiles()
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
@@ -155,7 +140,11 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 	if f.meta, err = s.Open(prefix+fileKey, true); err != nil {
 		return err
 	}
-	fresh, err := f.loadKeys(s, prefix, o)
+	blank, err := isBlank(s, prefix)
+	if err != nil {
+		return err
+	}
+	fresh, err := f.loadKeys(o, blank)
 	if err != nil {
 		return err
 	}
@@ -169,7 +158,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 		{&f.data, fileData, magicData, 0},
 		{&f.tree, fileTree, magicTree, nodeSize},
 		{&f.sigs, fileSignatures, magicSigs, sigRecordSize},
-		{&f.bits, fileBitfield, magicBits, 0},
+		{&f.bits, fileBitfield, magicBits, bitPageSize},
 	}
 	if f.secret != nil {
 		files = files[:3] // a writer holds every block below its length
@@ -178,7 +167,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 		if *x.f, err = s.Open(prefix+x.name, true); err != nil {
 			return err
 		}
-		if err := f.checkHeader(*x.f, x.name, x.magic, x.rec, fresh); err != nil {
+		if err := f.checkHeader(*x.f, x.name, x.magic, x.rec, blank); err != nil {
 			return err
 		}
 	}
@@ -193,8 +182,9 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 }
 
 // loadKeys reads the key file, or writes it for a new feed. It reports
-// whether the feed is new.
-func (f *Feed) loadKeys(s Storage, prefix string, o *FeedOptions) (fresh bool, err error) {
+// whether the feed is new. blank says whether the feed's other files hold
+// nothing past their headers.
+func (f *Feed) loadKeys(o *FeedOptions, blank bool) (fresh bool, err error) {
 	size, err := f.meta.Size()
 	if err != nil {
 		return false, err
@@ -205,27 +195,26 @@ func (f *Feed) loadKeys(s Storage, prefix string, o *FeedOptions) (fresh bool, e
 			return false, err
 		}
 	}
-	if size < metaSize || !bytes.Equal(buf[:8], magicKey[:]) {
+	if size < metaSize || [8]byte(buf[:8]) != magicKey {
 		// A key file that is short or blank is a feed whose creation was
 		// torn, unless data was already written under it.
-		if empty, err := f.isBlank(s, prefix); err != nil {
-			return false, err
-		} else if !empty || (size >= metaSize && !isZero(buf[:])) {
-			return false, &CorruptError{File: prefix + fileKey, Offset: 0, Reason: "key file is missing or damaged but the feed holds data"}
+		if !blank || (size >= metaSize && !isZero(buf[:])) {
+			return false, &CorruptError{File: f.name + fileKey, Offset: 0, Reason: "key file is missing or damaged but the feed holds data"}
 		}
 		return true, f.createKeys(o)
 	}
-	if crc32.Checksum(buf[:metaSize-4], castagnoli) != binary.BigEndian.Uint32(buf[metaSize-4:]) {
-		return false, &CorruptError{File: prefix + fileKey, Offset: 0, Reason: "checksum mismatch"}
+	version, pub, secret, ok := decodeKeyRecord(buf[:])
+	if !ok {
+		return false, &CorruptError{File: f.name + fileKey, Offset: 0, Reason: "checksum mismatch"}
 	}
-	if v := binary.BigEndian.Uint32(buf[8:]); v != formatVersion {
-		return false, &CorruptError{File: prefix + fileKey, Offset: 8, Reason: fmt.Sprintf("unknown format version %d", v)}
+	if version != formatVersion {
+		return false, &CorruptError{File: f.name + fileKey, Offset: 8, Reason: fmt.Sprintf("unknown format version %d", version)}
 	}
-	f.key = ed25519.PublicKey(bytes.Clone(buf[16:48]))
-	if buf[12]&1 != 0 {
-		kp, err := KeyPairFromSecret(buf[48:112])
+	f.key = ed25519.PublicKey(bytes.Clone(pub))
+	if secret != nil {
+		kp, err := KeyPairFromSecret(secret)
 		if err != nil || !bytes.Equal(kp.PublicKey, f.key) {
-			return false, &CorruptError{File: prefix + fileKey, Offset: 48, Reason: "secret key does not match public key"}
+			return false, &CorruptError{File: f.name + fileKey, Offset: keySecretOff, Reason: "secret key does not match public key"}
 		}
 		f.secret = kp.SecretKey
 	}
@@ -265,15 +254,7 @@ func (f *Feed) createKeys(o *FeedOptions) error {
 		}
 		f.key, f.secret = kp.PublicKey, kp.SecretKey
 	}
-	var buf [metaSize]byte
-	copy(buf[:8], magicKey[:])
-	binary.BigEndian.PutUint32(buf[8:], formatVersion)
-	copy(buf[16:48], f.key)
-	if f.secret != nil {
-		buf[12] = 1
-		copy(buf[48:112], f.secret)
-	}
-	binary.BigEndian.PutUint32(buf[metaSize-4:], crc32.Checksum(buf[:metaSize-4], castagnoli))
+	buf := encodeKeyRecord(f.key, f.secret)
 	if _, err := f.meta.WriteAt(buf[:], 0); err != nil {
 		return err
 	}
@@ -283,9 +264,9 @@ func (f *Feed) createKeys(o *FeedOptions) error {
 	return nil
 }
 
-// isBlank reports whether the feed's other files hold nothing past their
-// headers.
-func (f *Feed) isBlank(s Storage, prefix string) (bool, error) {
+// isBlank reports whether the feed's files other than its key hold nothing
+// past their headers.
+func isBlank(s Storage, prefix string) (bool, error) {
 	for _, name := range []string{fileData, fileTree, fileSignatures, fileBitfield} {
 		file, err := s.Open(prefix+name, false)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -306,20 +287,22 @@ func (f *Feed) isBlank(s Storage, prefix string) (bool, error) {
 	return true, nil
 }
 
-func (f *Feed) checkHeader(file File, name string, magic [8]byte, rec uint32, fresh bool) error {
-	var hdr [headerSize]byte
-	copy(hdr[:8], magic[:])
-	binary.BigEndian.PutUint32(hdr[8:], formatVersion)
-	binary.BigEndian.PutUint32(hdr[12:], rec)
+// checkHeader checks a file's header, or writes it to a new file. A file
+// too short to hold its header is new, or was created by a torn write, and
+// can have held nothing that was acknowledged; but if the feed's files hold
+// data, the header was damaged, not torn.
+func (f *Feed) checkHeader(file File, name string, magic [8]byte, rec uint32, blank bool) error {
+	hdr := encodeHeader(magic, rec)
 	size, err := file.Size()
 	if err != nil {
 		return err
 	}
 	if size < headerSize {
-		// New, or created by a torn write: nothing past the header can
-		// have been acknowledged.
-		if size > 0 && !fresh {
-			if err := file.Truncate(0); err != nil {
+		if !blank {
+			return &CorruptError{File: f.name + name, Offset: size, Reason: "file is missing or shorter than its header, but the feed holds data"}
+		}
+		if size > 0 {
+			if err := f.truncate(file, name, 0, "torn header of a new feed"); err != nil {
 				return err
 			}
 		}
@@ -336,8 +319,33 @@ func (f *Feed) checkHeader(file File, name string, magic [8]byte, rec uint32, fr
 	return nil
 }
 
+// truncate cuts file name to size if it is longer, and reports the repair.
+func (f *Feed) truncate(file File, name string, size int64, why string) error {
+	old, err := file.Size()
+	if err != nil || old <= size {
+		return err
+	}
+	if err := file.Truncate(size); err != nil {
+		return err
+	}
+	f.repaired(Repair{File: f.name + name, From: old, To: size, Reason: why})
+	return nil
+}
+
+func (f *Feed) repaired(r Repair) {
+	if f.onRepair != nil {
+		f.onRepair(r)
+	}
+}
+
 // recover finds the newest signature record that verifies against the
 // tree, cuts everything newer, and loads the state it signs.
+//
+// With sync on, a signature record is written only after the one before it
+// was durable, and an append's data and tree only after the record before
+// it: so at most the newest record can be torn, and the tree past the
+// signed length holds the leaves of one append at most. Anything else is
+// damage, reported as ErrCorrupt and left as it is.
 func (f *Feed) recover() error {
 	size, err := f.sigs.Size()
 	if err != nil {
@@ -350,15 +358,21 @@ func (f *Feed) recover() error {
 		if _, err := f.sigs.ReadAt(rec[:], off); err != nil {
 			return err
 		}
-		if sigRecordChecksum(rec[:]) != binary.BigEndian.Uint32(rec[72:]) {
+		length, sig, flags, ok := decodeSigRecord(rec[:])
+		if !ok {
+			if !f.noSync && k < n-1 {
+				return &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: "a signature record before the newest is damaged"}
+			}
 			continue // torn while being written
 		}
-		length := binary.BigEndian.Uint64(rec[:8])
-		synced := binary.BigEndian.Uint32(rec[76:])&sigSynced != 0
+		synced := flags&sigSynced != 0
 		roots, err := f.readRoots(length)
 		switch {
-		case err == nil && verifyRoots(f.key, treeHash(roots), length, rec[8:72]):
-			return f.load(length, roots, bytes.Clone(rec[8:72]), off+sigRecordSize)
+		case err == nil && verifyRoots(f.key, treeHash(roots), length, sig):
+			if err := f.checkTail(uint64(k+1), length, synced && !f.noSync); err != nil {
+				return err
+			}
+			return f.load(length, roots, bytes.Clone(sig), off+sigRecordSize)
 		case err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, errNoNode):
 			return err
 		case synced && errors.Is(err, errNoNode):
@@ -373,12 +387,52 @@ func (f *Feed) recover() error {
 		// Written without sync: the tree it covers may not have landed.
 	}
 	if n > 1 {
-		// With sync on, a record is written only after the one before it
-		// was durable, so at most the newest can be torn; with none of the
-		// newest intact the feed was damaged, not torn.
+		// With none of the newest intact the feed was damaged, not torn.
 		return &CorruptError{File: f.name + fileSignatures, Offset: headerSize, Reason: "no signature verifies against the tree"}
 	}
+	if err := f.checkTail(0, 0, !f.noSync); err != nil {
+		return err
+	}
 	return f.load(0, nil, nil, headerSize)
+}
+
+// checkTail checks, for a writer, that the tree past the signed length
+// holds the leaves of one append at most: the one after signature record
+// number records. Each leaf of a writer's tree records the number of the
+// signature record that covers it. Only with strict (the record was
+// synced, and the feed is opened with sync on) is more than one append
+// past the record damage; without sync a power loss may lose several.
+func (f *Feed) checkTail(records, length uint64, strict bool) error {
+	if f.secret == nil || !strict {
+		return nil
+	}
+	size, err := f.tree.Size()
+	if err != nil {
+		return err
+	}
+	nodes := uint64(max(size-headerSize, 0)) / nodeSize
+	if 2*length >= nodes {
+		return nil
+	}
+	last := nodes - 1
+	if last%2 == 1 {
+		last--
+	}
+	for _, i := range []uint64{2 * length, last} {
+		var rec [nodeSize]byte
+		off := headerSize + int64(i)*nodeSize
+		if _, err := f.tree.ReadAt(rec[:], off); err != nil {
+			return err
+		}
+		if present, valid := nodeRecordState(i, rec[:]); !present || !valid {
+			continue // part of the torn append
+		}
+		if ord := nodeOrdinal(rec[:]); ord != 0 && uint64(ord) != records+1 {
+			return &CorruptError{File: f.name + fileSignatures, Offset: headerSize + int64(records)*sigRecordSize,
+				Reason: fmt.Sprintf("signature records are missing: the tree holds entry %d of append %d, the newest record is number %d", i/2, ord, records)}
+		}
+	}
+	return nil
 }
 
 // load installs a recovered state and cuts the files back to it.
@@ -387,18 +441,19 @@ func (f *Feed) load(length uint64, roots []storedNode, sig []byte, sigsEnd int64
 	for _, r := range roots {
 		f.byteLen += r.Size
 	}
-	if err := truncateBeyond(f.sigs, sigsEnd); err != nil {
+	why := fmt.Sprintf("torn tail past length %d, the newest that verifies", length)
+	if err := f.truncate(f.sigs, fileSignatures, sigsEnd, why); err != nil {
 		return err
 	}
 	treeEnd := int64(headerSize)
 	if length > 0 {
 		treeEnd += int64(2*length-1) * nodeSize
 	}
-	if err := truncateBeyond(f.tree, treeEnd); err != nil {
+	if err := f.truncate(f.tree, fileTree, treeEnd, why); err != nil {
 		return err
 	}
 	dataEnd := headerSize + int64(f.byteLen)
-	if err := truncateBeyond(f.data, dataEnd); err != nil {
+	if err := f.truncate(f.data, fileData, dataEnd, why); err != nil {
 		return err
 	}
 	if f.bits == nil {
@@ -420,31 +475,89 @@ func truncateBeyond(file File, end int64) error {
 	return file.Truncate(end)
 }
 
+// loadBitfield reads a replica's bitfield pages below length. A page whose
+// checksum fails, or that is missing, is rebuilt from the tree and the data
+// (each entry whose leaf is stored and whose bytes match it is held), and
+// written back: the repair is reported.
 func (f *Feed) loadBitfield(length uint64) error {
 	size, err := f.bits.Size()
 	if err != nil {
 		return err
 	}
-	n := (length + 7) / 8
-	if size-headerSize < int64(n) {
-		n = uint64(size - headerSize)
-	}
-	buf := make([]byte, n)
+	pages := bitPages(length)
+	inFile := uint64(max(size-headerSize, 0)) / bitPageSize
+	buf := make([]byte, pages*bitPageSize)
 	if _, err := f.bits.ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
-	f.have.fromBytes(buf, length)
-	if err := truncateBeyond(f.bits, headerSize+int64(n)); err != nil {
+	bits := make([]byte, pages*bitPageBytes)
+	var rebuilt []uint64
+	for p := range pages {
+		rec := buf[p*bitPageSize : (p+1)*bitPageSize]
+		if p < inFile && bitPageValid(p, rec) {
+			copy(bits[p*bitPageBytes:], rec[:bitPageBytes])
+			continue
+		}
+		if err := f.rebuildBitPage(p, length, bits[p*bitPageBytes:(p+1)*bitPageBytes]); err != nil {
+			return err
+		}
+		rebuilt = append(rebuilt, p)
+	}
+	f.have.fromBytes(bits, length)
+	f.bitPages = pages
+	why := fmt.Sprintf("bitfield pages past length %d", length)
+	if err := f.truncate(f.bits, fileBitfield, headerSize+int64(pages)*bitPageSize, why); err != nil {
 		return err
 	}
-	if length%8 != 0 && n == (length+7)/8 && n > 0 {
-		// Clear bits past the length in the last byte.
-		last := buf[n-1] & byte(1<<(length%8)-1)
-		if last != buf[n-1] {
-			if _, err := f.bits.WriteAt([]byte{last}, headerSize+int64(n-1)); err != nil {
-				return err
-			}
+	for _, p := range rebuilt {
+		rec := f.bitPage(p)
+		off := headerSize + int64(p)*bitPageSize
+		if _, err := f.bits.WriteAt(rec, off); err != nil {
+			return err
 		}
+		reason := "page failed its checksum; rebuilt from the tree and data"
+		if p >= inFile {
+			reason = "page missing; rebuilt from the tree and data"
+		}
+		f.repaired(Repair{File: f.name + fileBitfield, From: size, To: max(size, off+bitPageSize), Reason: reason})
+	}
+	if len(rebuilt) > 0 && !f.noSync {
+		return f.bits.Sync()
+	}
+	return nil
+}
+
+// bitPages returns how many bitfield pages cover length entries.
+func bitPages(length uint64) uint64 { return (length + bitPageEntries - 1) / bitPageEntries }
+
+// bitPage encodes bitfield page p from the set of held entries.
+func (f *Feed) bitPage(p uint64) []byte {
+	rec := make([]byte, bitPageSize)
+	copy(rec, f.have.bytesFor(p*bitPageEntries, (p+1)*bitPageEntries))
+	encodeBitPage(rec, p)
+	return rec
+}
+
+// rebuildBitPage sets in dst the bits of page p's entries below length that
+// the feed holds: those whose leaf is stored and whose data matches it.
+func (f *Feed) rebuildBitPage(p, length uint64, dst []byte) error {
+	clear(dst)
+	lo := p * bitPageEntries
+	hi := min(lo+bitPageEntries, length)
+	span, err := f.readNodeSpan(2*lo, 2*hi-1)
+	if err != nil {
+		return err
+	}
+	for seq := lo; seq < hi; seq++ {
+		n, err := span.node(f, 2*seq)
+		if err != nil {
+			continue // not stored, or damaged: not held
+		}
+		buf := make([]byte, 9+n.Size)
+		if f.readData(buf[9:], n.Offset) != nil || f.checkLeaf(buf, &n) != nil {
+			continue
+		}
+		dst[(seq-lo)/8] |= 1 << (seq % 8)
 	}
 	return nil
 }
@@ -494,45 +607,6 @@ func (s *nodeSpan) node(f *Feed, i uint64) (storedNode, error) {
 	}
 	off := (i - s.lo) * nodeSize
 	return decodeNode(i, s.buf[off:off+nodeSize], f.name, headerSize+int64(i)*nodeSize)
-}
-
-func decodeNode(i uint64, rec []byte, name string, off int64) (storedNode, error) {
-	var n storedNode
-	n.Index = i
-	copy(n.Hash[:], rec[:32])
-	if n.Hash == ([32]byte{}) && isZero(rec[32:nodeSize]) {
-		return n, errNoNode
-	}
-	if nodeChecksum(i, rec) != binary.BigEndian.Uint32(rec[48:]) {
-		return n, &CorruptError{File: name + fileTree, Offset: off, Reason: fmt.Sprintf("node %d checksum mismatch", i)}
-	}
-	n.Size = binary.BigEndian.Uint64(rec[32:])
-	n.Offset = binary.BigEndian.Uint64(rec[40:])
-	// A leaf's size bounds what Get allocates: no leaf can be larger than
-	// a block.
-	if n.Size > maxTreeBytes || n.Offset > maxTreeBytes || (i%2 == 0 && n.Size > MaxBlockSize) {
-		return n, &CorruptError{File: name + fileTree, Offset: off, Reason: "node size out of range"}
-	}
-	return n, nil
-}
-
-func encodeNode(rec []byte, n *storedNode) {
-	copy(rec[:32], n.Hash[:])
-	binary.BigEndian.PutUint64(rec[32:], n.Size)
-	binary.BigEndian.PutUint64(rec[40:], n.Offset)
-	binary.BigEndian.PutUint32(rec[48:], nodeChecksum(n.Index, rec))
-	binary.BigEndian.PutUint32(rec[52:], 0)
-}
-
-// nodeChecksum is the CRC of a tree record, seeded with the node's index so
-// that a record copied to another place does not pass.
-func nodeChecksum(i uint64, rec []byte) uint32 {
-	seed := uint32(i) ^ uint32(i>>32)*0x9e3779b9
-	return crc32.Update(seed, castagnoli, rec[:48])
-}
-
-func sigRecordChecksum(rec []byte) uint32 {
-	return crc32.Update(crc32.Checksum(rec[:72], castagnoli), castagnoli, rec[76:80])
 }
 
 func (f *Feed) readRoots(length uint64) ([]storedNode, error) {
@@ -1003,10 +1077,13 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	var early []storedNode
 	off := byteLen
 	seq := start
+	// Each leaf records the number of the signature record that will
+	// cover it; see checkTail.
+	ord := uint32((f.sigsEnd-headerSize)/sigRecordSize + 1)
 	for _, r := range batch {
 		for _, v := range r.values {
 			cur := storedNode{Node{Index: 2 * seq, Hash: f.hasher.sum(v), Size: uint64(len(v))}, off}
-			encodeNode(run[(cur.Index-runStart)*nodeSize:], &cur)
+			encodeNodeOrd(run[(cur.Index-runStart)*nodeSize:], &cur, ord)
 			off += cur.Size
 			seq++
 			for len(newRoots) > 0 {
@@ -1079,14 +1156,11 @@ func (f *Feed) writeSignature(length uint64, sig []byte, files ...File) error {
 		}
 	}
 	rec := f.sigBuf[:]
-	binary.BigEndian.PutUint64(rec[:8], length)
-	copy(rec[8:72], sig)
 	var flags uint32
 	if !f.noSync {
 		flags = sigSynced
 	}
-	binary.BigEndian.PutUint32(rec[76:], flags)
-	binary.BigEndian.PutUint32(rec[72:], sigRecordChecksum(rec))
+	encodeSigRecord(rec, length, sig, flags)
 	if _, err := f.sigs.WriteAt(rec, f.sigsEnd); err != nil {
 		return fmt.Errorf("feed %x: write signature: %w", f.key[:4], err)
 	}
@@ -1355,8 +1429,12 @@ func (f *Feed) Put(p *Proof) error {
 		files = append(files, f.tree)
 	}
 	end := p.Start + uint64(len(p.Blocks))
-	if len(p.Blocks) > 0 {
-		if err := f.writeBits(p.Start, end); err != nil {
+	newLen := curLen
+	if p.Signature != nil {
+		newLen = max(curLen, p.Length)
+	}
+	if len(p.Blocks) > 0 || bitPages(newLen) > f.bitPages {
+		if err := f.writeBits(p.Start, end, newLen); err != nil {
 			return err
 		}
 	}
@@ -1381,18 +1459,33 @@ func (f *Feed) Put(p *Proof) error {
 	return nil
 }
 
-// writeBits records blocks [start, end) in the bitfield file.
-func (f *Feed) writeBits(start, end uint64) error {
-	f.mu.RLock()
-	buf := f.have.bytesFor(start, end)
-	f.mu.RUnlock()
-	lo := start / 8
-	for i := start; i < end; i++ {
-		buf[i/8-lo] |= 1 << (i % 8)
+// writeBits records blocks [start, end) in the bitfield file, and makes the
+// file cover every page below length, so that a page missing from it is
+// damage. It rewrites whole pages, each with its checksum.
+func (f *Feed) writeBits(start, end, length uint64) error {
+	lo, hi := f.bitPages, bitPages(length)
+	if start < end {
+		lo, hi = min(lo, start/bitPageEntries), max(hi, (end-1)/bitPageEntries+1)
 	}
-	if _, err := f.bits.WriteAt(buf, headerSize+int64(lo)); err != nil {
+	if lo >= hi {
+		return nil
+	}
+	f.mu.RLock()
+	buf := f.have.bytesFor(lo*bitPageEntries, hi*bitPageEntries)
+	f.mu.RUnlock()
+	for i := start; i < end; i++ {
+		buf[i/8-lo*bitPageBytes] |= 1 << (i % 8)
+	}
+	out := make([]byte, (hi-lo)*bitPageSize)
+	for p := lo; p < hi; p++ {
+		rec := out[(p-lo)*bitPageSize : (p-lo+1)*bitPageSize]
+		copy(rec, buf[(p-lo)*bitPageBytes:(p-lo+1)*bitPageBytes])
+		encodeBitPage(rec, p)
+	}
+	if _, err := f.bits.WriteAt(out, headerSize+int64(lo)*bitPageSize); err != nil {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 	}
+	f.bitPages = max(f.bitPages, hi)
 	return nil
 }
 

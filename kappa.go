@@ -7,8 +7,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/crc32"
+	"io"
+	"io/fs"
+	"slices"
 	"sync"
+	"unicode/utf8"
 )
 
 // Options configure a database. The zero value is ready to use: binary
@@ -33,8 +36,14 @@ type Options struct {
 
 	// OnError receives errors that no call returns: a view's Map or state
 	// failing, a feed that could not be loaded. It is called from
-	// background goroutines and must not block for long.
+	// background goroutines and must not block for long. Damage found
+	// while opening is also listed by Core.Damaged.
 	OnError func(error)
+
+	// OnRepair receives each change that opening made to stored files to
+	// recover from a crash (a torn tail cut back); see Repair. Core.Repairs
+	// lists them too.
+	OnRepair func(Repair)
 
 	// MaxOpenFiles bounds the file descriptors Open's directory storage
 	// keeps open; zero means the default of DirOptions.
@@ -60,6 +69,11 @@ type Core struct {
 	feeds        []*Feed
 	byKey        map[string]*Feed
 	byName       map[string]*Feed
+	names        map[string]string // local writer names by feed key
+	lost         map[string]error  // writer names whose feed did not load
+	damaged      []Damage
+	repairs      []Repair
+	reserveTo    int // manifest slots below this hold unlisted feed files; guarded by addMu
 	feedsChanged chan struct{}
 	views        map[string]*Index
 	viewList     []*Index
@@ -76,16 +90,51 @@ const (
 	fileDB       = "kappa"
 	fileManifest = "manifest"
 
-	dbMetaSize     = 52
-	manifestRecord = 128
-	maxNameLen     = manifestRecord - 40
-	flagLocal      = 1
+	flagLocal = 1
+	// flagReserved marks a record written for a slot whose feed files were
+	// found without a manifest record: the slot is never reused.
+	flagReserved = 2
 )
 
-var (
-	magicDB       = [8]byte{'K', 'A', 'P', 'P', 'A', 'D', 'B', 0}
-	magicManifest = [8]byte{'K', 'A', 'P', 'P', 'F', 'E', 'D', 'S'}
-)
+// Damage is a feed the database found damaged and did not load, or lost
+// track of. Its files are kept as they are; nothing is cut or reused.
+type Damage struct {
+	Slot int    // the feed's place in the manifest: its files are under "feeds/<Slot>/"
+	Key  []byte // the feed's public key, nil if unknown
+	Name string // the local writer's name, "" for a replica or if unknown
+	Err  error  // what is wrong; matches ErrCorrupt when stored data is damaged
+}
+
+// Error describes the damage; a Damage is reported to Options.OnError as an
+// error that wraps Err.
+func (d Damage) Error() string {
+	who := fmt.Sprintf("feed %d", d.Slot)
+	if d.Key != nil {
+		who += fmt.Sprintf(" (%x)", d.Key[:4])
+	}
+	if d.Name != "" {
+		who += fmt.Sprintf(" writer %q", d.Name)
+	}
+	return who + ": " + d.Err.Error()
+}
+
+// Unwrap returns Err.
+func (d Damage) Unwrap() error { return d.Err }
+
+// Repair is a change that opening made to a stored file: a tail that a
+// crash left torn, cut back to the last state that verifies. Repairs are
+// expected after a crash; they never remove anything that an Append or Put
+// had acknowledged as durable.
+type Repair struct {
+	File   string // the file's name in its Storage
+	From   int64  // its size before
+	To     int64  // its size after
+	Reason string
+}
+
+func (r Repair) String() string {
+	return fmt.Sprintf("%s cut from %d to %d bytes: %s", r.File, r.From, r.To, r.Reason)
+}
 
 // Open opens the database in directory dir, creating it if needed. The
 // directory is locked: a second Open of it fails with ErrLocked until Close.
@@ -98,10 +147,10 @@ func Open(dir string, opts *Options) (*Core, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := New(s, opts)
+	c, err := openCore(s, opts)
 	if err != nil {
 		s.Close()
-		return nil, err
+		return nil, fmt.Errorf("open %s: %w", dir, err)
 	}
 	c.ownStore = true
 	return c, nil
@@ -110,10 +159,23 @@ func Open(dir string, opts *Options) (*Core, error) {
 // New opens the database held in s, creating it if s is empty. Close does
 // not close s.
 func New(s Storage, opts *Options) (*Core, error) {
+	c, err := openCore(s, opts)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	return c, nil
+}
+
+func openCore(s Storage, opts *Options) (*Core, error) {
+	if s == nil {
+		return nil, fmt.Errorf("%w: nil storage", ErrInvalidValue)
+	}
 	c := &Core{
 		store:        s,
 		byKey:        make(map[string]*Feed),
 		byName:       make(map[string]*Feed),
+		names:        make(map[string]string),
+		lost:         make(map[string]error),
 		views:        make(map[string]*Index),
 		feedsChanged: make(chan struct{}),
 		done:         make(chan struct{}),
@@ -145,6 +207,72 @@ func New(s Storage, opts *Options) (*Core, error) {
 	return c, nil
 }
 
+// feedOptions are the options every feed of the database is opened with.
+func (c *Core) feedOptions() *FeedOptions {
+	return &FeedOptions{ValueEncoding: c.enc, NoSync: c.opts.NoSync, OnRepair: c.repaired}
+}
+
+func (c *Core) repaired(r Repair) {
+	c.mu.Lock()
+	c.repairs = append(c.repairs, r)
+	c.mu.Unlock()
+	if c.opts.OnRepair != nil {
+		c.opts.OnRepair(r)
+	}
+}
+
+// damage records a feed that is damaged and reports it.
+func (c *Core) damage(d Damage) {
+	c.mu.Lock()
+	c.damaged = append(c.damaged, d)
+	c.mu.Unlock()
+	c.report(d)
+}
+
+// Damaged lists the feeds the database found damaged and did not load (or
+// whose manifest record was lost), each with the reason. Their files are
+// kept untouched; a local writer's name whose feed is listed here makes
+// Writer fail rather than create a new feed. Views do not index these
+// feeds, and Ready does not wait for them.
+func (c *Core) Damaged() []Damage {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return slices.Clone(c.damaged)
+}
+
+// Repairs lists the torn tails that opening the database cut back; see
+// Repair.
+func (c *Core) Repairs() []Repair {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return slices.Clone(c.repairs)
+}
+
+// slotState reports whether the feed slot holds any files, and whether any
+// of them holds data past its header: signed entries, or part of them.
+func slotState(s Storage, slot int) (exists, hasData bool, err error) {
+	prefix := feedPrefix(slot)
+	for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield} {
+		file, err := s.Open(prefix+name, false)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return false, false, err
+		}
+		size, err := file.Size()
+		file.Close()
+		if err != nil {
+			return false, false, err
+		}
+		exists = true
+		if name != fileKey && size > headerSize {
+			hasData = true
+		}
+	}
+	return exists, hasData, nil
+}
+
 func (c *Core) load() error {
 	var err error
 	if c.meta, err = c.store.Open(fileDB, true); err != nil {
@@ -160,10 +288,7 @@ func (c *Core) load() error {
 	if err := c.loadKey(msize > headerSize); err != nil {
 		return err
 	}
-	var hdr [headerSize]byte
-	copy(hdr[:8], magicManifest[:])
-	binary.BigEndian.PutUint32(hdr[8:], formatVersion)
-	binary.BigEndian.PutUint32(hdr[12:], manifestRecord)
+	hdr := encodeHeader(magicManifest, manifestRecord)
 	if msize < headerSize {
 		if _, err := c.manifest.WriteAt(hdr[:], 0); err != nil {
 			return err
@@ -178,37 +303,90 @@ func (c *Core) load() error {
 		return &CorruptError{File: fileManifest, Offset: 0, Reason: "bad header"}
 	}
 	n := int((msize - headerSize) / manifestRecord)
+	if (msize-headerSize)%manifestRecord != 0 {
+		n++ // a partial record: a torn append, unless its slot holds data
+	}
 	buf := make([]byte, n*manifestRecord)
-	if _, err := c.manifest.ReadAt(buf, headerSize); err != nil {
+	if _, err := c.manifest.ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
 	for i := range n {
 		rec := buf[i*manifestRecord : (i+1)*manifestRecord]
 		off := int64(headerSize + i*manifestRecord)
-		if crc32.Checksum(rec[4:], castagnoli) != binary.BigEndian.Uint32(rec) {
-			if i == n-1 {
-				n-- // a torn last record: its feed was never handed out
+		flags, key, name, ok := decodeManifestRec(rec)
+		if !ok {
+			_, hasData, err := slotState(c.store, i)
+			if err != nil {
+				return err
+			}
+			if i == n-1 && !hasData {
+				// A torn last record: its feed was never handed out.
+				n--
 				break
 			}
-			c.report(&CorruptError{File: fileManifest, Offset: off, Reason: "record checksum mismatch; feed skipped"})
+			// A torn record cannot explain a slot that holds data, nor
+			// a bad record before the last: damage, kept as it is.
+			c.damage(Damage{Slot: i, Err: &CorruptError{File: fileManifest, Offset: off, Reason: "record is damaged; the feed is kept but not loaded"}})
 			continue
 		}
-		flags, nameLen := rec[4], int(rec[5])
-		if nameLen > maxNameLen {
-			c.report(&CorruptError{File: fileManifest, Offset: off, Reason: "name too long; feed skipped"})
+		if flags&flagReserved != 0 {
+			if _, hasData, err := slotState(c.store, i); err != nil {
+				return err
+			} else if hasData {
+				c.damage(Damage{Slot: i, Err: &CorruptError{File: feedPrefix(i), Offset: 0, Reason: "feed files whose manifest record was lost; kept but not loaded"}})
+			}
 			continue
 		}
-		key := rec[8:40]
-		name := string(rec[40 : 40+nameLen])
-		f, err := OpenFeed(c.store, feedPrefix(i), &FeedOptions{Key: key, ValueEncoding: c.enc, NoSync: c.opts.NoSync})
+		key = bytes.Clone(key)
+		local := flags&flagLocal != 0
+		o := c.feedOptions()
+		o.Key = key
+		f, err := OpenFeed(c.store, feedPrefix(i), o)
 		if err != nil {
-			c.report(fmt.Errorf("kappa: feed %d (%x) not loaded: %w", i, key[:4], err))
+			d := Damage{Slot: i, Key: key, Err: err}
+			if local {
+				d.Name = name
+				c.lost[name] = err
+			}
+			c.damage(d)
 			continue
 		}
-		c.addLocked(f, flags&flagLocal != 0, name)
+		c.addLocked(f, local, name)
 	}
 	c.slots = n
-	return truncateBeyond(c.manifest, int64(headerSize+n*manifestRecord))
+	// Slots past the manifest that hold feed data were cut from it: they
+	// are reported, and reserved when the next feed is added.
+	c.reserveTo = n
+	for slot := n; ; slot++ {
+		exists, hasData, err := slotState(c.store, slot)
+		if err != nil {
+			return err
+		}
+		if !exists {
+			break
+		}
+		if hasData {
+			c.reserveTo = slot + 1
+			c.damage(Damage{Slot: slot, Err: &CorruptError{File: fileManifest, Offset: int64(headerSize + slot*manifestRecord), Reason: "no record for a feed that holds data; kept but not loaded"}})
+		}
+	}
+	if c.reserveTo > n {
+		return nil // keep whatever partial record is there
+	}
+	return c.truncate(c.manifest, fileManifest, int64(headerSize+n*manifestRecord), "torn record of a feed that holds no data")
+}
+
+// truncate cuts file name to size if it is longer, and reports the repair.
+func (c *Core) truncate(file File, name string, size int64, why string) error {
+	old, err := file.Size()
+	if err != nil || old <= size {
+		return err
+	}
+	if err := file.Truncate(size); err != nil {
+		return err
+	}
+	c.repaired(Repair{File: name, From: old, To: size, Reason: why})
+	return nil
 }
 
 // loadKey reads the shared key, or creates it for a new database.
@@ -223,9 +401,7 @@ func (c *Core) loadKey(hasFeeds bool) error {
 			return err
 		}
 	}
-	valid := size >= dbMetaSize && bytes.Equal(buf[:8], magicDB[:]) &&
-		crc32.Checksum(buf[:dbMetaSize-4], castagnoli) == binary.BigEndian.Uint32(buf[dbMetaSize-4:])
-	if !valid {
+	if !dbMetaValid(buf[:]) {
 		if hasFeeds || (size >= dbMetaSize && !isZero(buf[:])) {
 			return &CorruptError{File: fileDB, Offset: 0, Reason: "database key file is damaged"}
 		}
@@ -240,25 +416,21 @@ func (c *Core) loadKey(hasFeeds bool) error {
 		if c.enc == "" {
 			c.enc = Binary
 		}
-		copy(buf[:8], magicDB[:])
-		binary.BigEndian.PutUint32(buf[8:], formatVersion)
-		buf[12] = c.enc.code()
-		copy(buf[16:48], key)
-		binary.BigEndian.PutUint32(buf[48:], crc32.Checksum(buf[:48], castagnoli))
+		buf = encodeDBMeta(key, c.enc)
 		if _, err := c.meta.WriteAt(buf[:], 0); err != nil {
 			return err
 		}
 		return c.sync(c.meta)
 	}
-	if v := binary.BigEndian.Uint32(buf[8:]); v != formatVersion {
-		return &CorruptError{File: fileDB, Offset: 8, Reason: fmt.Sprintf("unknown format version %d", v)}
+	if v := binary.BigEndian.Uint32(buf[dbVersionAt:]); v != formatVersion {
+		return &CorruptError{File: fileDB, Offset: dbVersionAt, Reason: fmt.Sprintf("unknown format version %d", v)}
 	}
-	enc, ok := encodingFromCode(buf[12])
+	enc, ok := encodingFromCode(buf[dbEncOff])
 	if !ok {
-		return &CorruptError{File: fileDB, Offset: 12, Reason: fmt.Sprintf("unknown value encoding %d", buf[12])}
+		return &CorruptError{File: fileDB, Offset: dbEncOff, Reason: fmt.Sprintf("unknown value encoding %d", buf[dbEncOff])}
 	}
 	c.enc = enc
-	c.key = bytes.Clone(buf[16:48])
+	c.key = bytes.Clone(buf[dbKeyOff : dbKeyOff+32])
 	if c.opts.SharedKey != nil && !bytes.Equal(c.opts.SharedKey, c.key) {
 		return fmt.Errorf("%w: the database has another shared key", ErrKeyMismatch)
 	}
@@ -284,6 +456,7 @@ func (c *Core) addLocked(f *Feed, local bool, name string) {
 	c.byKey[string(f.Key())] = f
 	if local {
 		c.byName[name] = f
+		c.names[string(f.Key())] = name
 	}
 	close(c.feedsChanged)
 	c.feedsChanged = make(chan struct{})
@@ -321,9 +494,38 @@ func (c *Core) WriterWithKeyPair(name string, kp KeyPair) (*Feed, error) {
 	return c.writer(name, &kp)
 }
 
+// checkName reports whether name can name a writer: 1 to 88 bytes of
+// UTF-8 without control characters or slashes, and not "." or "..", so that
+// a name is also safe to show and to use in a path.
+func checkName(name string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("writer %q: %w: %s", name, ErrInvalidValue, why)
+	}
+	switch {
+	case name == "" || len(name) > maxNameLen:
+		return bad(fmt.Sprintf("a name is 1 to %d bytes", maxNameLen))
+	case !utf8.ValidString(name):
+		return bad("a name is UTF-8")
+	case name == "." || name == "..":
+		return bad("a name is not . or ..")
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f || r == '/' || r == '\\' {
+			return bad("a name has no control characters or slashes")
+		}
+	}
+	return nil
+}
+
 func (c *Core) writer(name string, kp *KeyPair) (*Feed, error) {
-	if name == "" || len(name) > maxNameLen {
-		return nil, fmt.Errorf("writer %q: %w: a name is 1 to %d bytes", name, ErrInvalidValue, maxNameLen)
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	c.mu.RLock()
+	lost := c.lost[name]
+	c.mu.RUnlock()
+	if lost != nil {
+		return nil, fmt.Errorf("writer %q: its feed did not load (see Damaged): %w", name, lost)
 	}
 	f, err := c.add(name, true, kp, nil)
 	if err != nil {
@@ -365,7 +567,7 @@ func (c *Core) add(name string, local bool, kp *KeyPair, key []byte) (*Feed, err
 	if f != nil {
 		return f, nil
 	}
-	opts := &FeedOptions{ValueEncoding: c.enc, NoSync: c.opts.NoSync}
+	opts := c.feedOptions()
 	if local {
 		if kp == nil {
 			k, err := NewKeyPair()
@@ -382,9 +584,20 @@ func (c *Core) add(name string, local bool, kp *KeyPair, key []byte) (*Feed, err
 	if c.Feed(key) != nil {
 		return nil, fmt.Errorf("%w: feed %x is already in the database as a replica", ErrKeyMismatch, key[:4])
 	}
-	// A slot past the manifest's end may hold a feed whose record was torn
-	// away by a crash: clear it first.
-	slot := c.slots
+	// Slots whose feed files lost their manifest record get a reserved
+	// record, so they are never reused.
+	var recs []byte
+	for c.slots+len(recs)/manifestRecord < c.reserveTo {
+		recs = append(recs, manifestRec(flagReserved, nil, "")...)
+	}
+	slot := c.slots + len(recs)/manifestRecord
+	// The slot past the manifest's end may hold a feed whose record was
+	// torn away by a crash before it held data: clear it first.
+	if _, hasData, err := slotState(c.store, slot); err != nil {
+		return nil, err
+	} else if hasData {
+		return nil, &CorruptError{File: feedPrefix(slot), Offset: 0, Reason: "a feed without a manifest record appeared in the next free slot"}
+	}
 	prefix := feedPrefix(slot)
 	for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield} {
 		if err := c.store.Remove(prefix + name); err != nil {
@@ -395,15 +608,12 @@ func (c *Core) add(name string, local bool, kp *KeyPair, key []byte) (*Feed, err
 	if err != nil {
 		return nil, err
 	}
-	var rec [manifestRecord]byte
+	var flags byte
 	if local {
-		rec[4] = flagLocal
+		flags = flagLocal
 	}
-	rec[5] = byte(len(name))
-	copy(rec[8:40], key)
-	copy(rec[40:], name)
-	binary.BigEndian.PutUint32(rec[:4], crc32.Checksum(rec[4:], castagnoli))
-	if _, err := c.manifest.WriteAt(rec[:], int64(headerSize+slot*manifestRecord)); err != nil {
+	recs = append(recs, manifestRec(flags, key, name)...)
+	if _, err := c.manifest.WriteAt(recs, int64(headerSize+c.slots*manifestRecord)); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -411,9 +621,37 @@ func (c *Core) add(name string, local bool, kp *KeyPair, key []byte) (*Feed, err
 		f.Close()
 		return nil, err
 	}
-	c.slots++
+	c.slots = slot + 1
+	c.reserveTo = 0
 	c.addLocked(f, local, name)
 	return f, nil
+}
+
+// FindWriter returns the local writer called name, or nil if there is
+// none. Unlike Writer it never creates one.
+func (c *Core) FindWriter(name string) *Feed {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.byName[name]
+}
+
+// WriterName returns the name of the local writer whose feed has the given
+// public key, and false if that feed is not a local writer.
+func (c *Core) WriterName(key []byte) (string, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	name, ok := c.names[string(key)]
+	return name, ok
+}
+
+// Dir returns the directory of a database opened with Open, and "" for one
+// made with New on another Storage. The database never uses names under
+// "views/" in it: a view may keep its own files there, under its name.
+func (c *Core) Dir() string {
+	if d, ok := c.store.(*DirStorage); ok {
+		return d.Dir()
+	}
+	return ""
 }
 
 // Feed returns the feed with the given public key, or nil.

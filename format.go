@@ -1,0 +1,254 @@
+package kappa
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+)
+
+// The on-disk records, each as a paired encode and decode, in the order of
+// doc/FORMAT.md. All integers are big-endian; CRC is CRC-32C.
+
+const formatVersion = 2
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// File header: magic (8) ‖ version u32 ‖ record size u32. Every file but a
+// feed's key file and the database file starts with one.
+const headerSize = 16
+
+var (
+	magicManifest = [8]byte{'K', 'A', 'P', 'P', 'F', 'E', 'D', 'S'}
+	magicData     = [8]byte{'K', 'A', 'P', 'P', 'D', 'A', 'T', 'A'}
+	magicTree     = [8]byte{'K', 'A', 'P', 'P', 'T', 'R', 'E', 'E'}
+	magicSigs     = [8]byte{'K', 'A', 'P', 'P', 'S', 'I', 'G', 'S'}
+	magicBits     = [8]byte{'K', 'A', 'P', 'P', 'B', 'I', 'T', 'S'}
+)
+
+func encodeHeader(magic [8]byte, recSize uint32) [headerSize]byte {
+	var h [headerSize]byte
+	copy(h[:8], magic[:])
+	binary.BigEndian.PutUint32(h[8:], formatVersion)
+	binary.BigEndian.PutUint32(h[12:], recSize)
+	return h
+}
+
+// Database file "kappa": magic (8) ‖ version u32 ‖ value encoding u8 ‖
+// reserved (3) ‖ shared key (32) ‖ CRC u32 of the 48 bytes before.
+const (
+	dbMetaSize  = 52
+	dbEncOff    = 12
+	dbKeyOff    = 16
+	dbCRCOff    = 48
+	dbVersionAt = 8
+)
+
+var magicDB = [8]byte{'K', 'A', 'P', 'P', 'A', 'D', 'B', 0}
+
+func encodeDBMeta(key []byte, enc Encoding) [dbMetaSize]byte {
+	var b [dbMetaSize]byte
+	copy(b[:8], magicDB[:])
+	binary.BigEndian.PutUint32(b[dbVersionAt:], formatVersion)
+	b[dbEncOff] = enc.code()
+	copy(b[dbKeyOff:dbKeyOff+32], key)
+	binary.BigEndian.PutUint32(b[dbCRCOff:], crc32.Checksum(b[:dbCRCOff], castagnoli))
+	return b
+}
+
+// dbMetaValid reports whether b holds a database file record whose magic and
+// CRC hold; its version and encoding are checked by the caller.
+func dbMetaValid(b []byte) bool {
+	return len(b) >= dbMetaSize && [8]byte(b[:8]) == magicDB &&
+		crc32.Checksum(b[:dbCRCOff], castagnoli) == binary.BigEndian.Uint32(b[dbCRCOff:])
+}
+
+// Manifest record (128 bytes, after the manifest's header): CRC u32 of bytes
+// 4–127 ‖ flags u8 ‖ name length u8 ‖ reserved u16 ‖ public key (32) ‖ name
+// (up to 88 bytes, zero padded).
+const (
+	manifestRecord = 128
+	mfFlagsOff     = 4
+	mfNameLenOff   = 5
+	mfKeyOff       = 8
+	mfNameOff      = 40
+	maxNameLen     = manifestRecord - mfNameOff
+)
+
+func manifestRec(flags byte, key []byte, name string) []byte {
+	rec := make([]byte, manifestRecord)
+	rec[mfFlagsOff] = flags
+	rec[mfNameLenOff] = byte(len(name))
+	copy(rec[mfKeyOff:mfNameOff], key)
+	copy(rec[mfNameOff:], name)
+	binary.BigEndian.PutUint32(rec[:4], crc32.Checksum(rec[4:], castagnoli))
+	return rec
+}
+
+// decodeManifestRec returns a record's fields; ok is false if its CRC fails
+// or its name length is out of range.
+func decodeManifestRec(rec []byte) (flags byte, key []byte, name string, ok bool) {
+	if crc32.Checksum(rec[4:manifestRecord], castagnoli) != binary.BigEndian.Uint32(rec) {
+		return 0, nil, "", false
+	}
+	n := int(rec[mfNameLenOff])
+	if n > maxNameLen {
+		return 0, nil, "", false
+	}
+	return rec[mfFlagsOff], rec[mfKeyOff:mfNameOff], string(rec[mfNameOff : mfNameOff+n]), true
+}
+
+// Feed key file: one 128-byte record, no header: magic (8) ‖ version u32 ‖
+// flags u32 (bit 0: secret key present) ‖ public key (32) ‖ secret key (64)
+// ‖ reserved (12) ‖ CRC u32 of the 124 bytes before.
+const (
+	metaSize     = 128
+	keyFlagsOff  = 12
+	keyPubOff    = 16
+	keySecretOff = 48
+	keyCRCOff    = metaSize - 4
+)
+
+var magicKey = [8]byte{'K', 'A', 'P', 'P', 'A', 'K', 'E', 'Y'}
+
+func encodeKeyRecord(pub, secret []byte) [metaSize]byte {
+	var b [metaSize]byte
+	copy(b[:8], magicKey[:])
+	binary.BigEndian.PutUint32(b[8:], formatVersion)
+	copy(b[keyPubOff:keySecretOff], pub)
+	if secret != nil {
+		b[keyFlagsOff+3] = 1
+		copy(b[keySecretOff:keySecretOff+64], secret)
+	}
+	binary.BigEndian.PutUint32(b[keyCRCOff:], crc32.Checksum(b[:keyCRCOff], castagnoli))
+	return b
+}
+
+// decodeKeyRecord checks a key record's CRC and returns its version, public
+// key and secret key (nil if absent).
+func decodeKeyRecord(b []byte) (version uint32, pub, secret []byte, ok bool) {
+	if crc32.Checksum(b[:keyCRCOff], castagnoli) != binary.BigEndian.Uint32(b[keyCRCOff:]) {
+		return 0, nil, nil, false
+	}
+	pub = b[keyPubOff:keySecretOff]
+	if binary.BigEndian.Uint32(b[keyFlagsOff:])&1 != 0 {
+		secret = b[keySecretOff : keySecretOff+64]
+	}
+	return binary.BigEndian.Uint32(b[8:]), pub, secret, true
+}
+
+// Tree record (56 bytes at 16 + 56·index): hash (32) ‖ size u64 ‖ byte
+// offset u64 ‖ CRC u32 ‖ append ordinal u32. The CRC covers the 48 bytes
+// before it and the ordinal, starting from a value derived from the index.
+// The ordinal of a writer's leaf is the number of the signature record that
+// covers it (1 for the first); it is 0 in parents and in a replica's nodes.
+const (
+	nodeSize    = 56
+	nodeSizeOff = 32
+	nodeOffOff  = 40
+	nodeCRCOff  = 48
+	nodeOrdOff  = 52
+)
+
+func encodeNode(rec []byte, n *storedNode) { encodeNodeOrd(rec, n, 0) }
+
+func encodeNodeOrd(rec []byte, n *storedNode, ord uint32) {
+	copy(rec[:32], n.Hash[:])
+	binary.BigEndian.PutUint64(rec[nodeSizeOff:], n.Size)
+	binary.BigEndian.PutUint64(rec[nodeOffOff:], n.Offset)
+	binary.BigEndian.PutUint32(rec[nodeOrdOff:], ord)
+	binary.BigEndian.PutUint32(rec[nodeCRCOff:], nodeChecksum(n.Index, rec))
+}
+
+// nodeChecksum is the CRC of a tree record, seeded with the node's index so
+// that a record copied to another place does not pass.
+func nodeChecksum(i uint64, rec []byte) uint32 {
+	seed := uint32(i) ^ uint32(i>>32)*0x9e3779b9
+	return crc32.Update(crc32.Update(seed, castagnoli, rec[:nodeCRCOff]), castagnoli, rec[nodeOrdOff:nodeSize])
+}
+
+// nodeRecordState tells an absent (all-zero) record from one whose CRC holds.
+func nodeRecordState(i uint64, rec []byte) (present, valid bool) {
+	if isZero(rec[:nodeSize]) {
+		return false, false
+	}
+	return true, nodeChecksum(i, rec) == binary.BigEndian.Uint32(rec[nodeCRCOff:])
+}
+
+// decodeNode decodes tree record rec of node i, found in file name at off.
+// It returns errNoNode for an absent record.
+func decodeNode(i uint64, rec []byte, name string, off int64) (storedNode, error) {
+	var n storedNode
+	n.Index = i
+	present, valid := nodeRecordState(i, rec)
+	if !present {
+		return n, errNoNode
+	}
+	if !valid {
+		return n, &CorruptError{File: name + fileTree, Offset: off, Reason: fmt.Sprintf("node %d checksum mismatch", i)}
+	}
+	copy(n.Hash[:], rec[:32])
+	n.Size = binary.BigEndian.Uint64(rec[nodeSizeOff:])
+	n.Offset = binary.BigEndian.Uint64(rec[nodeOffOff:])
+	// A leaf's size bounds what Get allocates: no leaf can be larger than
+	// a block.
+	if n.Size > maxTreeBytes || n.Offset > maxTreeBytes || (i%2 == 0 && n.Size > MaxBlockSize) {
+		return n, &CorruptError{File: name + fileTree, Offset: off, Reason: "node size out of range"}
+	}
+	return n, nil
+}
+
+func nodeOrdinal(rec []byte) uint32 { return binary.BigEndian.Uint32(rec[nodeOrdOff:]) }
+
+// Signature record (80 bytes, appended): length u64 ‖ ed25519 signature (64)
+// ‖ CRC u32 of (the 72 bytes before ‖ flags) ‖ flags u32.
+const (
+	sigRecordSize = 80
+	sigSigOff     = 8
+	sigCRCOff     = 72
+	sigFlagsOff   = 76
+
+	// sigSynced marks a signature record written after the data and tree
+	// it covers were synced: if it is intact, they must verify.
+	sigSynced = 1
+)
+
+func encodeSigRecord(rec []byte, length uint64, sig []byte, flags uint32) {
+	binary.BigEndian.PutUint64(rec[:sigSigOff], length)
+	copy(rec[sigSigOff:sigCRCOff], sig)
+	binary.BigEndian.PutUint32(rec[sigFlagsOff:], flags)
+	binary.BigEndian.PutUint32(rec[sigCRCOff:], sigRecordChecksum(rec))
+}
+
+// decodeSigRecord returns a record's fields; ok is false if its CRC fails.
+func decodeSigRecord(rec []byte) (length uint64, sig []byte, flags uint32, ok bool) {
+	if sigRecordChecksum(rec) != binary.BigEndian.Uint32(rec[sigCRCOff:]) {
+		return 0, nil, 0, false
+	}
+	return binary.BigEndian.Uint64(rec), rec[sigSigOff:sigCRCOff], binary.BigEndian.Uint32(rec[sigFlagsOff:]), true
+}
+
+func sigRecordChecksum(rec []byte) uint32 {
+	return crc32.Update(crc32.Checksum(rec[:sigCRCOff], castagnoli), castagnoli, rec[sigFlagsOff:sigRecordSize])
+}
+
+// Bitfield page (1028 bytes at 16 + 1028·page): 1024 bytes of bits, bit i%8
+// of byte i/8 for entry page·8192 + i ‖ CRC u32 of them, starting from the
+// page number. An all-zero page fails its CRC.
+const (
+	bitPageBytes   = 1024
+	bitPageEntries = 8 * bitPageBytes
+	bitPageSize    = bitPageBytes + 4
+)
+
+func encodeBitPage(rec []byte, page uint64) {
+	binary.BigEndian.PutUint32(rec[bitPageBytes:], bitPageChecksum(page, rec))
+}
+
+func bitPageValid(page uint64, rec []byte) bool {
+	return !isZero(rec[:bitPageSize]) && bitPageChecksum(page, rec) == binary.BigEndian.Uint32(rec[bitPageBytes:])
+}
+
+func bitPageChecksum(page uint64, rec []byte) uint32 {
+	seed := uint32(page) ^ uint32(page>>32)*0x9e3779b9 ^ 0xb175
+	return crc32.Update(seed, castagnoli, rec[:bitPageBytes])
+}
