@@ -4,6 +4,7 @@ package kappa
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -20,12 +21,13 @@ type dirLock struct {
 	path string
 }
 
-// lockDir locks dir, or fails with an error wrapping ErrLocked.
+// lockDir locks dir, or fails with an error wrapping ErrLocked. It takes a
+// lock held by this process for another's: OpenDir finds those first.
 func lockDir(dir string) (*dirLock, error) {
 	path := filepath.Join(dir, storageLockName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if errors.Is(err, fs.ErrExist) {
-		return nil, ErrLocked
+		return nil, fmt.Errorf("%w: held by another process, or left by one that died (if no process has it open, remove %s)", ErrLocked, path)
 	}
 	if err != nil {
 		return nil, err

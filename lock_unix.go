@@ -4,6 +4,7 @@ package kappa
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -17,7 +18,8 @@ const canSyncDir = true
 // conflicts too, and the kernel drops the lock when the process ends.
 type dirLock struct{ f *os.File }
 
-// lockDir locks dir, or fails with an error wrapping ErrLocked.
+// lockDir locks dir, or fails with an error wrapping ErrLocked. It takes a
+// lock held by this process for another's: OpenDir finds those first.
 func lockDir(dir string) (*dirLock, error) {
 	f, err := os.OpenFile(filepath.Join(dir, storageLockName), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -38,7 +40,7 @@ func lockDir(dir string) (*dirLock, error) {
 	if ferr != nil {
 		f.Close()
 		if errors.Is(ferr, syscall.EWOULDBLOCK) {
-			return nil, ErrLocked
+			return nil, fmt.Errorf("%w: held by another process", ErrLocked)
 		}
 		return nil, &os.PathError{Op: "flock", Path: f.Name(), Err: ferr}
 	}

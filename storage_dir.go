@@ -99,10 +99,19 @@ type dirHandle struct {
 	prev, next *dirHandle // guarded by mu
 }
 
+// heldDirs are the directories that this process's DirStorages hold locked,
+// so that OpenDir can tell a lock held here from one held by another
+// process: the lock itself (see lockDir) cannot. Directories are compared
+// with os.SameFile, so another path to the same directory is found too.
+var heldDirs = struct {
+	sync.Mutex
+	m map[*DirStorage]os.FileInfo
+}{m: make(map[*DirStorage]os.FileInfo)}
+
 // OpenDir opens a DirStorage on dir, creating the directory if it is
 // missing, and locks it: a second OpenDir on the same directory, from this
-// process or another, fails with an error wrapping ErrLocked until Close.
-// opts may be nil.
+// process or another, fails with an error wrapping ErrLocked until Close;
+// its message says which of the two holds the lock. opts may be nil.
 //
 // On Unix systems other than Solaris and AIX the lock is a flock(2) on the
 // file LOCK in dir, which the kernel releases when the process ends.
@@ -113,18 +122,18 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 	if opts != nil {
 		noSync = opts.NoSync
 		if opts.MaxOpenFiles < 0 {
-			return nil, fmt.Errorf("storage %s: MaxOpenFiles %d is negative: %w", dir, opts.MaxOpenFiles, fs.ErrInvalid)
+			return nil, fmt.Errorf("open storage %s: MaxOpenFiles %d is negative: %w", dir, opts.MaxOpenFiles, fs.ErrInvalid)
 		}
 		if opts.MaxOpenFiles > 0 {
 			max = opts.MaxOpenFiles
 		}
 	}
 	if dir == "" {
-		return nil, fmt.Errorf("storage: empty directory name: %w", fs.ErrInvalid)
+		return nil, fmt.Errorf("open storage: empty directory name: %w", fs.ErrInvalid)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, fmt.Errorf("storage %s: %w", dir, err)
+		return nil, fmt.Errorf("open storage %s: %w", dir, err)
 	}
 	// Find the directories MkdirAll will create: their parents' entries
 	// must be fsynced before any file in them can be durable.
@@ -141,11 +150,22 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 		p = parent
 	}
 	if err := os.MkdirAll(abs, 0o755); err != nil {
-		return nil, fmt.Errorf("storage %s: create directory: %w", abs, unwrapPathError(err))
+		return nil, fmt.Errorf("open storage %s: create directory: %w", abs, unwrapPathError(err))
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open storage %s: %w", abs, unwrapPathError(err))
+	}
+	heldDirs.Lock()
+	defer heldDirs.Unlock()
+	for _, held := range heldDirs.m {
+		if os.SameFile(fi, held) {
+			return nil, fmt.Errorf("open storage %s: %w: held by another OpenDir in this process", abs, ErrLocked)
+		}
 	}
 	lock, err := lockDir(abs)
 	if err != nil {
-		return nil, fmt.Errorf("storage %s: %w", abs, unwrapPathError(err))
+		return nil, fmt.Errorf("open storage %s: %w", abs, unwrapPathError(err))
 	}
 	s := &DirStorage{
 		dir:      abs,
@@ -157,6 +177,7 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 		rootSync: rootSync,
 	}
 	s.cond.L = &s.mu
+	heldDirs.m[s] = fi
 	return s, nil
 }
 
@@ -328,6 +349,11 @@ func (s *DirStorage) Close() error {
 	if err := s.lock.unlock(); err != nil {
 		errs = append(errs, fmt.Errorf("storage %s: unlock: %w", s.dir, unwrapPathError(err)))
 	}
+	// Forget s only once unlocked, so that an OpenDir in between says the
+	// lock is held in this process, not by another.
+	heldDirs.Lock()
+	delete(heldDirs.m, s)
+	heldDirs.Unlock()
 	return errors.Join(errs...)
 }
 

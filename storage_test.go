@@ -434,8 +434,9 @@ func TestOpenDirSecondOpenIsLockedUntilClose(t *testing.T) {
 	if !errors.Is(err, ErrLocked) {
 		t.Fatalf("second OpenDir = %v, %v; want ErrLocked", s2, err)
 	}
-	if !strings.Contains(err.Error(), dir) {
-		t.Errorf("error %q does not name the directory %s", err, dir)
+	want := "open storage " + dir + ": kappa: database is locked: held by another OpenDir in this process"
+	if err.Error() != want {
+		t.Errorf("second OpenDir: %q\nwant %q", err, want)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -457,7 +458,7 @@ func TestLockHelperProcess(t *testing.T) {
 	s, err := OpenDir(dir, nil)
 	switch {
 	case errors.Is(err, ErrLocked):
-		fmt.Println("RESULT locked")
+		fmt.Println("RESULT locked:", err)
 	case err != nil:
 		fmt.Println("RESULT error", err)
 	default:
@@ -491,14 +492,32 @@ func TestOpenDirIsLockedAgainstOtherProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := child(); got != "locked" {
-		t.Errorf("child OpenDir while we hold the lock: %s, want locked", got)
+	want := "locked: open storage " + dir + ": kappa: database is locked: held by another process"
+	if got := child(); !strings.HasPrefix(got, want) {
+		t.Errorf("child OpenDir while we hold the lock: %s\nwant %s", got, want)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if got := child(); got != "opened" {
 		t.Errorf("child OpenDir after Close: %s, want opened", got)
+	}
+}
+
+func TestOpenDirSeesItsOwnLockThroughAnotherPath(t *testing.T) {
+	dir := t.TempDir()
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Skipf("no symbolic links here: %v", err)
+	}
+	s, err := OpenDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = OpenDir(link, nil)
+	if !errors.Is(err, ErrLocked) || !strings.HasSuffix(err.Error(), ": held by another OpenDir in this process") {
+		t.Fatalf("OpenDir through a symbolic link: %v; want ErrLocked held in this process", err)
 	}
 }
 
