@@ -120,6 +120,9 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	if opts != nil {
 		o = *opts
 	}
+	if s == nil {
+		return nil, fmt.Errorf("open feed %s: %w: nil storage", prefix, ErrInvalidValue)
+	}
 	if o.Key != nil && len(o.Key) != PublicKeySize {
 		return nil, fmt.Errorf("open feed %s: %w: public key is %d bytes", prefix, ErrInvalidKey, len(o.Key))
 	}
