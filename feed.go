@@ -18,9 +18,6 @@ import (
 	"sync/atomic"
 )
 
-// MaxBlockSize is the largest value a feed accepts, as in hypercore.
-const MaxBlockSize = 8 << 20
-
 // maxTornRecords bounds how far back Open looks for a signature that
 // verifies, so that opening never scans a whole log.
 const maxTornRecords = 64
@@ -1268,18 +1265,6 @@ func (f *Feed) Verify(length uint64, sig []byte) error {
 		return fmt.Errorf("feed %x: signature for length %d: %w", f.key[:4], length, ErrBadSignature)
 	}
 	return nil
-}
-
-// Proof is what a peer needs to verify entries of a feed it does not hold:
-// the entries, the merkle nodes that link them to the roots of the tree at
-// Length, and the writer's signature of those roots. A Proof with no
-// Signature links the entries to roots the receiver already trusts.
-type Proof struct {
-	Start     uint64   // sequence number of Blocks[0]
-	Blocks    [][]byte // entries Start, Start+1, …; may be empty to prove only Length
-	Nodes     []Node   // the other nodes, in the order proofIndexes lists them
-	Length    uint64   // length of the tree the proof reaches
-	Signature []byte   // signature of the roots at Length, or nil
 }
 
 // Proof returns a proof of entries [start, end). If remoteLength is not

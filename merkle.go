@@ -75,7 +75,7 @@ func fullRoots(dst []uint64, length uint64) []uint64 {
 // and their number.
 type Node struct {
 	Index uint64   // flat-tree index
-	Hash  [32]byte // SHA-256 of the typed node, see leafHasher and parentHash
+	Hash  [32]byte // SHA-256 of the typed node; see doc/FORMAT.md
 	Size  uint64   // bytes of data under the node
 }
 
@@ -129,6 +129,21 @@ func treeHash(roots []storedNode) [32]byte {
 		n += 48
 	}
 	return sha256.Sum256(buf[:n])
+}
+
+// MaxBlockSize is the largest value a feed accepts, as in hypercore.
+const MaxBlockSize = 8 << 20
+
+// Proof is what a peer needs to verify entries of a feed it does not hold:
+// the entries, the merkle nodes that link them to the roots of the tree at
+// Length, and the writer's signature of those roots. A Proof with no
+// Signature links the entries to roots the receiver already trusts.
+type Proof struct {
+	Start     uint64   // sequence number of Blocks[0]
+	Blocks    [][]byte // entries Start, Start+1, …; may be empty to prove only Length
+	Nodes     []Node   // the other nodes: the largest subtrees holding none of the blocks, left to right
+	Length    uint64   // length of the tree the proof reaches
+	Signature []byte   // signature of the roots at Length, or nil
 }
 
 // proofIndexes appends to dst the indexes of the nodes that, together with
