@@ -58,6 +58,14 @@ type FeedOptions struct {
 	// OnRepair, if set, receives each change opening makes to recover
 	// from a crash: a torn tail cut back, a bitfield page rebuilt.
 	OnRepair func(Repair)
+
+	// lazy creates a replica without syncing its new files: its key file
+	// is synced with its first Put. For a Core, whose manifest holds the
+	// key to write the file again.
+	lazy bool
+	// rewriteKey lets a replica whose files hold no data rewrite a
+	// damaged key file from Key.
+	rewriteKey bool
 }
 
 // Feed is one signed append-only log: a writer's values, hashed into a
@@ -72,6 +80,7 @@ type Feed struct {
 	noSync   bool
 	enc      Encoding // normalized
 	onRepair func(Repair)
+	keyDirty bool // the key file is not synced yet; under writeMu
 
 	meta, data, tree, sigs, bits File // bits is nil for a writable feed
 
@@ -171,7 +180,9 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 			return err
 		}
 	}
-	if fresh && !f.noSync {
+	if fresh && !f.noSync && o.lazy {
+		f.keyDirty = true
+	} else if fresh && !f.noSync {
 		for _, x := range files {
 			if err := (*x.f).Sync(); err != nil {
 				return err
@@ -198,12 +209,20 @@ func (f *Feed) loadKeys(o *FeedOptions, blank bool) (fresh bool, err error) {
 	if size < metaSize || [8]byte(buf[:8]) != magicKey {
 		// A key file that is short or blank is a feed whose creation was
 		// torn, unless data was already written under it.
-		if !blank || (size >= metaSize && !isZero(buf[:])) {
+		if !blank || (size >= metaSize && !isZero(buf[:]) && !o.rewriteKey) {
 			return false, &CorruptError{File: f.name + fileKey, Offset: 0, Reason: "key file is missing or damaged but the feed holds data"}
+		}
+		if size > 0 {
+			f.repaired(Repair{File: f.name + fileKey, From: size, To: metaSize, Reason: "torn key file of an empty feed written again"})
 		}
 		return true, f.createKeys(o)
 	}
 	version, pub, secret, ok := decodeKeyRecord(buf[:])
+	if !ok && blank && o.rewriteKey && o.Key != nil && o.SecretKey == nil {
+		// A replica created without sync whose key file was torn.
+		f.repaired(Repair{File: f.name + fileKey, From: size, To: size, Reason: "torn key file of an empty replica written again"})
+		return true, f.createKeys(o)
+	}
 	if !ok {
 		return false, &CorruptError{File: f.name + fileKey, Offset: 0, Reason: "checksum mismatch"}
 	}
@@ -258,7 +277,7 @@ func (f *Feed) createKeys(o *FeedOptions) error {
 	if _, err := f.meta.WriteAt(buf[:], 0); err != nil {
 		return err
 	}
-	if !f.noSync {
+	if !f.noSync && !o.lazy {
 		return f.meta.Sync()
 	}
 	return nil
@@ -1426,6 +1445,9 @@ func (f *Feed) Put(p *Proof) error {
 			return err
 		}
 	}
+	if f.keyDirty {
+		files = append(files, f.meta)
+	}
 	length, byteLen, roots, sig := curLen, uint64(0), []storedNode(nil), []byte(nil)
 	if p.Signature != nil && p.Length > curLen {
 		length, roots, sig = p.Length, t.roots, bytes.Clone(p.Signature)
@@ -1443,6 +1465,7 @@ func (f *Feed) Put(p *Proof) error {
 			}
 		}
 	}
+	f.keyDirty = false
 	f.publish(length, byteLen, roots, sig, func(b *bitset) { b.setRange(p.Start, end) })
 	return nil
 }

@@ -341,6 +341,7 @@ func (c *Core) load() error {
 		local := flags&flagLocal != 0
 		o := c.feedOptions()
 		o.Key = key
+		o.rewriteKey = !local
 		f, err := OpenFeed(c.store, feedPrefix(i), o)
 		if err != nil {
 			d := Damage{Slot: i, Key: key, Err: err}
@@ -527,10 +528,11 @@ func (c *Core) writer(name string, kp *KeyPair) (*Feed, error) {
 	if lost != nil {
 		return nil, fmt.Errorf("writer %q: its feed did not load (see Damaged): %w", name, lost)
 	}
-	f, err := c.add(name, true, kp, nil)
+	fs, err := c.add([]feedReq{{name: name, local: true, kp: kp}})
 	if err != nil {
 		return nil, fmt.Errorf("writer %q: %w", name, err)
 	}
+	f := fs[0]
 	if kp != nil && !bytes.Equal(f.Key(), kp.PublicKey) {
 		return nil, fmt.Errorf("writer %q: %w: it has key %x", name, ErrKeyMismatch, f.Key()[:8])
 	}
@@ -541,49 +543,53 @@ func (c *Core) writer(name string, kp *KeyPair) (*Feed, error) {
 // replica of it if the database does not hold it yet. Replication adds
 // feeds this way.
 func (c *Core) AddFeed(key []byte) (*Feed, error) {
-	if len(key) != PublicKeySize {
-		return nil, fmt.Errorf("add feed: %w: key is %d bytes", ErrInvalidKey, len(key))
-	}
-	f, err := c.add("", false, nil, key)
+	fs, err := c.AddFeeds(key)
 	if err != nil {
-		return nil, fmt.Errorf("add feed %x: %w", key[:4], err)
+		return nil, err
 	}
-	return f, nil
+	return fs[0], nil
 }
 
-func (c *Core) add(name string, local bool, kp *KeyPair, key []byte) (*Feed, error) {
+// AddFeeds is AddFeed for many keys at once: the feeds, in the order of
+// keys. New replicas cost one manifest write and one sync for the whole
+// call, so adding hundreds of feeds is cheap. Either every new feed is
+// added or, on error, none is.
+func (c *Core) AddFeeds(keys ...[]byte) ([]*Feed, error) {
+	reqs := make([]feedReq, len(keys))
+	for i, key := range keys {
+		if len(key) != PublicKeySize {
+			return nil, fmt.Errorf("add feed: %w: key %d is %d bytes", ErrInvalidKey, i, len(key))
+		}
+		reqs[i] = feedReq{key: key}
+	}
+	fs, err := c.add(reqs)
+	if err != nil {
+		return nil, fmt.Errorf("add feeds: %w", err)
+	}
+	return fs, nil
+}
+
+// feedReq asks add for a local writer (name, and kp or a fresh key pair)
+// or a replica (key).
+type feedReq struct {
+	name  string
+	local bool
+	kp    *KeyPair
+	key   []byte
+}
+
+// add returns the feeds asked for, creating those the database does not
+// hold, with one manifest write for all of them.
+func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 	c.addMu.Lock()
 	defer c.addMu.Unlock()
 	c.mu.RLock()
 	closed := c.closed
-	f := c.byName[name]
-	if !local {
-		f = c.byKey[string(key)]
-	}
 	c.mu.RUnlock()
 	if closed {
 		return nil, ErrClosed
 	}
-	if f != nil {
-		return f, nil
-	}
-	opts := c.feedOptions()
-	if local {
-		if kp == nil {
-			k, err := NewKeyPair()
-			if err != nil {
-				return nil, err
-			}
-			kp = &k
-		}
-		key = kp.PublicKey
-		opts.SecretKey = kp.SecretKey
-	} else {
-		opts.Key = key
-	}
-	if c.Feed(key) != nil {
-		return nil, fmt.Errorf("%w: feed %x is already in the database as a replica", ErrKeyMismatch, key[:4])
-	}
+	out := make([]*Feed, len(reqs))
 	// Slots whose feed files lost their manifest record get a reserved
 	// record, so they are never reused.
 	var recs []byte
@@ -591,40 +597,99 @@ func (c *Core) add(name string, local bool, kp *KeyPair, key []byte) (*Feed, err
 		recs = append(recs, manifestRec(flagReserved, nil, "")...)
 	}
 	slot := c.slots + len(recs)/manifestRecord
-	// The slot past the manifest's end may hold a feed whose record was
-	// torn away by a crash before it held data: clear it first.
-	if _, hasData, err := slotState(c.store, slot); err != nil {
-		return nil, err
-	} else if hasData {
-		return nil, &CorruptError{File: feedPrefix(slot), Offset: 0, Reason: "a feed without a manifest record appeared in the next free slot"}
-	}
-	prefix := feedPrefix(slot)
-	for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield} {
-		if err := c.store.Remove(prefix + name); err != nil {
-			return nil, err
+	var created []*Feed
+	var names []string
+	fail := func(err error) ([]*Feed, error) {
+		for _, f := range created {
+			f.Close()
 		}
-	}
-	f, err := OpenFeed(c.store, prefix, opts)
-	if err != nil {
 		return nil, err
 	}
-	var flags byte
-	if local {
-		flags = flagLocal
+	batch := map[string]*Feed{} // feeds created by this call, by name or key
+	for i, r := range reqs {
+		id := "k" + string(r.key)
+		if r.local {
+			id = "n" + r.name
+		}
+		c.mu.RLock()
+		f := c.byKey[string(r.key)]
+		if r.local {
+			f = c.byName[r.name]
+		}
+		c.mu.RUnlock()
+		if f == nil {
+			f = batch[id]
+		}
+		if f != nil {
+			out[i] = f
+			continue
+		}
+		opts := c.feedOptions()
+		key := r.key
+		if r.local {
+			kp := r.kp
+			if kp == nil {
+				k, err := NewKeyPair()
+				if err != nil {
+					return fail(err)
+				}
+				kp = &k
+			}
+			key = kp.PublicKey
+			opts.SecretKey = kp.SecretKey
+			if c.Feed(key) != nil || batch["k"+string(key)] != nil {
+				return fail(fmt.Errorf("%w: feed %x is already in the database as a replica", ErrKeyMismatch, key[:4]))
+			}
+		} else {
+			// A replica's key file can be written again from its
+			// manifest record, so it need not be synced before it.
+			opts.Key = key
+			opts.lazy = true
+		}
+		// The slot past the manifest's end may hold a feed whose record
+		// was torn away by a crash before it held data: clear it first.
+		if _, hasData, err := slotState(c.store, slot); err != nil {
+			return fail(err)
+		} else if hasData {
+			return fail(&CorruptError{File: feedPrefix(slot), Offset: 0, Reason: "a feed without a manifest record appeared in the next free slot"})
+		}
+		prefix := feedPrefix(slot)
+		for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield} {
+			if err := c.store.Remove(prefix + name); err != nil {
+				return fail(err)
+			}
+		}
+		f, err := OpenFeed(c.store, prefix, opts)
+		if err != nil {
+			return fail(err)
+		}
+		var flags byte
+		if r.local {
+			flags = flagLocal
+		}
+		recs = append(recs, manifestRec(flags, key, r.name)...)
+		created = append(created, f)
+		names = append(names, r.name)
+		batch[id] = f
+		batch["k"+string(key)] = f
+		out[i] = f
+		slot++
 	}
-	recs = append(recs, manifestRec(flags, key, name)...)
+	if len(created) == 0 {
+		return out, nil
+	}
 	if _, err := c.manifest.WriteAt(recs, int64(headerSize+c.slots*manifestRecord)); err != nil {
-		f.Close()
-		return nil, err
+		return fail(err)
 	}
 	if err := c.sync(c.manifest); err != nil {
-		f.Close()
-		return nil, err
+		return fail(err)
 	}
-	c.slots = slot + 1
+	c.slots = slot
 	c.reserveTo = 0
-	c.addLocked(f, local, name)
-	return f, nil
+	for i, f := range created {
+		c.addLocked(f, f.Writable(), names[i])
+	}
+	return out, nil
 }
 
 // FindWriter returns the local writer called name, or nil if there is

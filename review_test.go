@@ -445,3 +445,59 @@ func TestErrorsNameTheirOriginOnce(t *testing.T) {
 		}
 	}
 }
+
+func TestAddFeedsInOneCall(t *testing.T) {
+	s := NewMemStorage()
+	c, err := New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys [][]byte
+	for i := range 100 {
+		kp, err := NewKeyPair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, kp.PublicKey)
+		if i == 50 {
+			keys = append(keys, kp.PublicKey) // asked twice: one feed
+		}
+	}
+	fs, err := c.AddFeeds(keys...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fs) != len(keys) || fs[50] != fs[51] || len(c.Feeds()) != 100 {
+		t.Fatalf("%d feeds for %d keys, %d in the database", len(fs), len(keys), len(c.Feeds()))
+	}
+	if _, err := c.AddFeeds(keys[0], []byte("short")); !errors.Is(err, ErrInvalidKey) {
+		t.Fatalf("a bad key: %v, want ErrInvalidKey", err)
+	}
+	c.Close()
+	// A crash that loses the replicas' unsynced files loses no feed: the
+	// manifest holds their keys.
+	crashed := s.CrashClone(nil)
+	for _, n := range crashed.names() {
+		if strings.HasPrefix(n, "feeds/7/") {
+			crashed.setFileBytes(n, nil)
+		}
+	}
+	c, err = New(crashed, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := c.Feeds()
+	if len(got) != 100 || len(c.Damaged()) != 0 {
+		t.Fatalf("%d feeds after reopen, damaged %v", len(got), c.Damaged())
+	}
+	for i, f := range got {
+		want := keys[i]
+		if i > 50 {
+			want = keys[i+1]
+		}
+		if !bytes.Equal(f.Key(), want) {
+			t.Fatalf("feed %d has another key", i)
+		}
+	}
+}
