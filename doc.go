@@ -7,7 +7,7 @@
 //
 // Open a database in a directory, install a view, get a writer and append:
 //
-//	core, err := kappa.Open("./log", &kappa.Options{ValueEncoding: "json"})
+//	core, err := kappa.Open("./log", &kappa.Options{ValueEncoding: kappa.JSON})
 //	if err != nil { ... }
 //	defer core.Close()
 //
@@ -62,9 +62,28 @@
 // their leaf hash on every read, so damage inside the log is reported the
 // same way, never returned as data.
 //
+// # Damage
+//
+// Damage is reported and kept, never repaired by throwing data away. A feed
+// that fails to load (a damaged header, tree root or manifest record, whole
+// signature records missing while sync was on) is listed by Core.Damaged
+// with the reason, sent to Options.OnError, and left untouched on disk: it
+// is not indexed, Ready does not wait for it, its slot is never reused, and
+// Writer for its name returns the error instead of a new feed. What opening
+// does change, a torn tail cut back after a crash or a replica's bitfield
+// page rebuilt from the tree, is listed by Core.Repairs and sent to
+// Options.OnRepair.
+//
+// # Where a view keeps its files
+//
+// A database made by Open owns its directory (Core.Dir) except for
+// "views/": a view may keep its files under views/<name>/ there, or
+// anywhere else of its choosing.
+//
 // # Errors
 //
 // Errors wrap the package's sentinel errors (ErrClosed, ErrCorrupt,
-// ErrKeyMismatch, …); test them with errors.Is. Bad input to any function
-// returns an error; nothing panics on input.
+// ErrKeyMismatch, …), which are the only messages that start with
+// "kappa:"; test them with errors.Is. Bad input to any function returns an
+// error; nothing panics on input.
 package kappa

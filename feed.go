@@ -939,7 +939,8 @@ type appendReq struct {
 // number of the first. All values of one call are covered by one signature;
 // concurrent calls may share one. With sync on (the default) the values are
 // durable when Append returns. A nil value is ErrInvalidValue, a value over
-// MaxBlockSize ErrBlockTooLarge; either way nothing is appended.
+// MaxBlockSize ErrBlockTooLarge; either way nothing is appended. Append with
+// no values appends nothing, writes no signature and returns Len.
 func (f *Feed) Append(values ...[]byte) (uint64, error) {
 	for i, v := range values {
 		if v == nil {
