@@ -196,7 +196,7 @@ func TestMissingSignatureRecordsAreDamageWithSync(t *testing.T) {
 
 	// One record missing: the newest append is indistinguishable from one
 	// torn by a crash, so it is cut, and the cut is reported.
-	one := cloneMem(s)
+	one := copyMem(s)
 	one.setFileBytes(fileSignatures, sigs[:len(sigs)-sigRecordSize])
 	var repairs []Repair
 	f, err = OpenFeed(one, "", &FeedOptions{OnRepair: func(r Repair) { repairs = append(repairs, r) }})
@@ -209,7 +209,7 @@ func TestMissingSignatureRecordsAreDamageWithSync(t *testing.T) {
 	f.Close()
 
 	// Two missing: with sync on that is damage, and nothing is cut.
-	two := cloneMem(s)
+	two := copyMem(s)
 	two.setFileBytes(fileSignatures, sigs[:len(sigs)-2*sigRecordSize])
 	if _, err := OpenFeed(two, "", nil); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("two records missing: %v, want ErrCorrupt", err)
@@ -219,7 +219,7 @@ func TestMissingSignatureRecordsAreDamageWithSync(t *testing.T) {
 	}
 
 	// A damaged record before the newest is damage too.
-	mid := cloneMem(s)
+	mid := copyMem(s)
 	b := bytes.Clone(sigs)
 	b[headerSize+3*sigRecordSize+20] ^= 1 // the record before the newest
 	b[len(b)-5] ^= 1
@@ -229,7 +229,7 @@ func TestMissingSignatureRecordsAreDamageWithSync(t *testing.T) {
 	}
 }
 
-func cloneMem(s *MemStorage) *MemStorage {
+func copyMem(s *MemStorage) *MemStorage {
 	out := NewMemStorage()
 	for _, n := range s.names() {
 		b, _ := s.fileBytes(n)
@@ -501,3 +501,88 @@ func TestAddFeedsInOneCall(t *testing.T) {
 		}
 	}
 }
+
+// TestNilZeroAndClosedInputs calls the public API with nil, zero and closed
+// objects: each must return an error (or a harmless zero), never panic.
+func TestNilZeroAndClosedInputs(t *testing.T) {
+	ctx := context.Background()
+	c, err := New(NewMemStorage(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Writer("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Append([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.AddFeed(bytes.Repeat([]byte{3}, PublicKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"Put(nil)", r.Put(nil), ErrVerify},
+		{"Put(empty proof)", r.Put(&Proof{}), ErrVerify},
+		{"Put(proof with nil block)", r.Put(&Proof{Blocks: [][]byte{nil}, Length: 1}), ErrVerify},
+		{"Verify(1, nil)", w.Verify(1, nil), ErrVerify},
+		{"AddFeed(nil)", second(c.AddFeed(nil)), ErrInvalidKey},
+		{"AddFeeds(nil)", second(c.AddFeeds(nil)), ErrInvalidKey},
+		{"WriterWithKeyPair(zero)", second(c.WriterWithKeyPair("k", KeyPair{})), ErrInvalidKey},
+		{"KeyPairFromSecret(nil)", second(KeyPairFromSecret(nil)), ErrInvalidKey},
+		{"Use(nil view)", second(c.Use("v", 1, nil)), ErrInvalidValue},
+		{"Use(version -1)", second(c.Use("v", -1, &sumView{})), ErrInvalidValue},
+		{"Ready(unknown)", c.Ready(ctx, "nope"), ErrNoView},
+		{"Pause(unknown)", c.Pause(ctx, "nope"), ErrNoView},
+		{"Resume(unknown)", c.Resume("nope"), ErrNoView},
+		{"New(short shared key)", second(New(NewMemStorage(), &Options{SharedKey: []byte{1}})), ErrInvalidKey},
+		{"New(bad encoding)", second(New(NewMemStorage(), &Options{ValueEncoding: "ebcdic"})), ErrInvalidValue},
+	}
+	if _, err := r.Proof(0, 0, 0); err == nil {
+		t.Error("Proof of an empty replica succeeded")
+	}
+	if _, err := w.Proof(1, 0, 0); !errors.Is(err, ErrOutOfRange) {
+		t.Errorf("Proof(1, 0) = %v, want ErrOutOfRange", err)
+	}
+	cancel := w.Subscribe(nil) // a nil channel is never signalled
+	cancel()
+	_ = c.FeedHex("zz")
+	_ = c.Feed(nil)
+	_, _ = c.WriterName(nil)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checks = append(checks, []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"Writer after Close", second(c.Writer("x")), ErrClosed},
+		{"AddFeed after Close", second(c.AddFeed(bytes.Repeat([]byte{4}, PublicKeySize))), ErrClosed},
+		{"Use after Close", second(c.Use("v", 1, &sumView{})), ErrClosed},
+		{"Ready after Close", c.Ready(ctx), ErrClosed},
+		{"Pause after Close", c.Pause(ctx), ErrClosed},
+		{"Append after Close", second(w.Append([]byte("b"))), ErrClosed},
+		{"GetBatch after Close", second(w.GetBatch(ctx, 0, 1)), ErrClosed},
+		{"Head after Close", second(w.Head(ctx)), ErrClosed},
+		{"Put after Close", r.Put(&Proof{Length: 1, Signature: make([]byte, 64)}), ErrVerify},
+	}...)
+	for _, ch := range checks {
+		if !errors.Is(ch.err, ch.want) {
+			t.Errorf("%s = %v, want %v", ch.name, ch.err, ch.want)
+		}
+	}
+	_ = w.Len()
+	_, _ = w.Signature()
+	_ = c.Feeds()
+	_ = c.Damaged()
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
