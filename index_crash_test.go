@@ -7,14 +7,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
+	"strings"
 	"testing"
-	"time"
 )
 
 // fileView records every sequence number it maps, in files, so a test can
@@ -132,8 +132,24 @@ func countDeliveries(t *testing.T, dir string, atomic bool) map[uint64]int {
 	return counts
 }
 
+// TestKilledIndexerDeliversAtLeastOnceAndExactlyOnceWithAtomicState kills
+// an indexing child process again and again, then lets one finish, and
+// counts what the view recorded. Kills follow the child's progress, never
+// the clock: the child reports each Map and each StoreState and waits for
+// the parent's go-ahead, and the parent kills it at an event it picked at
+// random (or just after letting it go on, so the kill lands inside the next
+// step). The first kill always lands between a Map and its StoreState, so
+// the at-least-once view must see that batch again.
 func TestKilledIndexerDeliversAtLeastOnceAndExactlyOnceWithAtomicState(t *testing.T) {
-	const entries = 1500
+	if testing.Short() {
+		t.Skip("kills child processes; skipped with -short")
+	}
+	const (
+		entries  = 1500
+		maxBatch = 7
+		batches  = (entries + maxBatch - 1) / maxBatch
+		kills    = 10
+	)
 	for _, atomic := range []bool{false, true} {
 		t.Run(fmt.Sprintf("atomic=%v", atomic), func(t *testing.T) {
 			dir := t.TempDir()
@@ -141,53 +157,51 @@ func TestKilledIndexerDeliversAtLeastOnceAndExactlyOnceWithAtomicState(t *testin
 			if err != nil {
 				t.Fatal(err)
 			}
-			w, _ := c.Writer("w")
+			w := mustWriter(t, c, "w")
 			vals := make([][]byte, entries)
 			for i := range vals {
 				vals[i] = []byte(fmt.Sprint(i))
 			}
-			w.Append(vals...)
-			c.Close()
+			if _, err := w.Append(vals...); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
 
-			seed := time.Now().UnixNano()
+			mode := "log"
+			if atomic {
+				mode = "atomic"
+			}
+			seed := testSeed() // replay the kill points with -kappa.seed
 			rng := rand.New(rand.NewPCG(uint64(seed), 9))
-			kills := 0
+			stored, killed, mappedKills := 0, 0, 0
 			for run := 0; ; run++ {
-				if run > 500 {
-					t.Fatalf("seed %d: indexing never finished", seed)
-				}
-				cmd := exec.Command(os.Args[0], "-test.run=^$")
-				mode := "log"
-				if atomic {
-					mode = "atomic"
-				}
-				cmd.Env = append(os.Environ(), "KAPPA_INDEX_CRASH="+mode+":"+dir)
-				out, _ := cmd.StdoutPipe()
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				done := make(chan bool, 1)
-				go func() {
-					sc := bufio.NewScanner(out)
-					ok := false
-					for sc.Scan() {
-						if sc.Text() == "done" {
-							ok = true
-						}
+				where := fmt.Sprintf("seed %d run %d", seed, run)
+				// Plan this run's kill: after a random number of events,
+				// spread over what is left to index.
+				var plan *indexKill
+				if left := batches - stored; killed < kills && left > 1 {
+					plan = &indexKill{after: 1 + rng.IntN(max(1, 4*left/(kills-killed+1)))}
+					switch {
+					case killed == 0:
+						plan.at = "mapped"
+					default:
+						plan.at = []string{"mapped", "stored", ""}[rng.IntN(3)]
+						plan.letGo = rng.IntN(2) == 0
 					}
-					done <- ok
-				}()
-				var finished bool
-				select {
-				case finished = <-done:
-				case <-time.After(time.Duration(5+rng.IntN(60)) * time.Millisecond):
-					cmd.Process.Signal(syscall.SIGKILL)
-					kills++
-					finished = <-done
 				}
-				cmd.Wait()
-				if finished {
+				res := runIndexCrashChildProcess(t, mode+":"+dir, plan, where)
+				stored += res.stored
+				if res.finished {
 					break
+				}
+				if plan == nil {
+					t.Fatalf("%s: the child ended without finishing or being killed", where)
+				}
+				killed++
+				if res.killedAt == "mapped" && !plan.letGo {
+					mappedKills++
 				}
 			}
 			counts := countDeliveries(t, dir, atomic)
@@ -202,25 +216,116 @@ func TestKilledIndexerDeliversAtLeastOnceAndExactlyOnceWithAtomicState(t *testin
 					dups += n - 1
 				}
 			}
-			t.Logf("%d kills; %d entries delivered again", kills, dups)
-			if kills == 0 {
-				t.Fatal("the indexer finished before any kill: the test crashed nothing")
+			t.Logf("seed %d: %d kills (%d between Map and StoreState); %d entries delivered again", seed, killed, mappedKills, dups)
+			if killed == 0 || mappedKills == 0 {
+				t.Fatalf("seed %d: %d kills, %d between Map and StoreState: the test did not crash the indexer where it must", seed, killed, mappedKills)
+			}
+			if !atomic && dups == 0 {
+				t.Fatalf("seed %d: killed between Map and StoreState, yet no entry was delivered again: progress was stored before Map returned", seed)
 			}
 		})
 	}
 }
 
+// indexKill is where the parent kills an indexing child: at the first
+// event named at (any event if at is "") once after events were reported.
+// With letGo it first lets the child go on, so the kill lands somewhere in
+// the step after the event.
+type indexKill struct {
+	after int
+	at    string
+	letGo bool
+}
+
+type indexChildResult struct {
+	finished bool   // the child said done
+	killedAt string // the event the child was killed at, if killed
+	stored   int    // StoreState calls the child reported
+}
+
+// runIndexCrashChildProcess runs one indexing child to its end: until it
+// finishes, or until the parent kills it as plan says (nil: never). It
+// waits on the child's reports only; a child that hangs is caught by the
+// test binary's -timeout.
+func runIndexCrashChildProcess(t *testing.T, spec string, plan *indexKill, where string) indexChildResult {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = childEnv("KAPPA_INDEX_CRASH=" + spec)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var res indexChildResult
+	events, killed := 0, false
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		switch line := sc.Text(); line {
+		case "mapped", "stored":
+			events++
+			if line == "stored" {
+				res.stored++
+			}
+			if killed {
+				continue
+			}
+			if plan != nil && events >= plan.after && (plan.at == "" || plan.at == line) {
+				if plan.letGo {
+					io.WriteString(stdin, "go\n")
+				}
+				cmd.Process.Kill()
+				killed, res.killedAt = true, line
+				continue
+			}
+			// A write error means the child died; its output says why.
+			io.WriteString(stdin, "go\n")
+		case "done":
+			res.finished = true
+		default:
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("%s: child said %q\n%s", where, line, stderr.Bytes())
+		}
+	}
+	err = cmd.Wait()
+	if !res.finished && !killed {
+		t.Fatalf("%s: child ended on its own without finishing: %v\n%s", where, err, stderr.Bytes())
+	}
+	if res.finished {
+		res.killedAt = ""
+	}
+	return res
+}
+
 // runIndexCrashChild is the child side of the test above; TestMain calls
-// it when KAPPA_INDEX_CRASH is set.
+// it when KAPPA_INDEX_CRASH is set. It indexes the database with a
+// fileView, and after each Map and each StoreState it says so on stdout
+// and waits for a line on stdin: the parent either lets it go on or kills
+// it there.
 func runIndexCrashChild(spec string) {
-	mode, dir, _ := bytes.Cut([]byte(spec), []byte(":"))
-	c, err := Open(filepath.Join(string(dir), "db"), nil)
+	mode, dir, _ := strings.Cut(spec, ":")
+	in := bufio.NewReader(os.Stdin)
+	step := func(event string) {
+		fmt.Println(event)
+		if line, err := in.ReadString('\n'); err != nil || line != "go\n" {
+			os.Exit(3) // the parent is gone
+		}
+	}
+	c, err := Open(filepath.Join(dir, "db"), nil)
 	if err != nil {
 		fmt.Println("error", err)
 		os.Exit(2)
 	}
-	v := &fileView{dir: string(dir), atomic: string(mode) == "atomic"}
-	if _, err := c.Use("v", 1, &statefulBatcher{fileView: v, max: 7}); err != nil {
+	v := &fileView{dir: dir, atomic: mode == "atomic"}
+	if _, err := c.Use("v", 1, &steppedView{fileView: v, max: 7, step: step}); err != nil {
 		fmt.Println("error", err)
 		os.Exit(2)
 	}
@@ -228,14 +333,36 @@ func runIndexCrashChild(spec string) {
 		fmt.Println("error", err)
 		os.Exit(2)
 	}
-	c.Close()
+	if err := c.Close(); err != nil {
+		fmt.Println("error", err)
+		os.Exit(2)
+	}
 	fmt.Println("done")
 	os.Exit(0)
 }
 
-type statefulBatcher struct {
+// steppedView is a fileView that reports each Map and StoreState that
+// succeeded through step.
+type steppedView struct {
 	*fileView
-	max int
+	max  int
+	step func(event string)
 }
 
-func (b *statefulBatcher) MaxBatch() int { return b.max }
+func (v *steppedView) MaxBatch() int { return v.max }
+
+func (v *steppedView) Map(es []Entry) error {
+	if err := v.fileView.Map(es); err != nil {
+		return err
+	}
+	v.step("mapped")
+	return nil
+}
+
+func (v *steppedView) StoreState(state []byte) error {
+	if err := v.fileView.StoreState(state); err != nil {
+		return err
+	}
+	v.step("stored")
+	return nil
+}

@@ -24,10 +24,55 @@ func newCore(t testing.TB, opts *Options) *Core {
 	return c
 }
 
+// mustWriter returns the writer feed called name, failing the test at once
+// if there is none.
+func mustWriter(t testing.TB, c *Core, name string) *Feed {
+	t.Helper()
+	w, err := c.Writer(name)
+	if err != nil {
+		t.Fatalf("writer %q: %v", name, err)
+	}
+	return w
+}
+
+// mustUse installs a view, failing the test at once if Use fails.
+func mustUse(t testing.TB, c *Core, name string, version int, view View) *Index {
+	t.Helper()
+	x, err := c.Use(name, version, view)
+	if err != nil {
+		t.Fatalf("use %q: %v", name, err)
+	}
+	return x
+}
+
+// ctxT returns a context for a test's waiting calls. It ends when the test
+// does and, as a hang detector only, a little before the test binary's
+// -timeout would stop everything: a call that is still waiting then fails
+// with its own error instead of a dump of every goroutine. It never ends
+// earlier than that, whatever the speed of the machine.
 func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if deadline, ok := d.Deadline(); ok {
+			ctx, cancel = context.WithDeadline(context.Background(), deadline.Add(-time.Until(deadline)/20))
+		}
+	}
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// waitUntil waits until cond holds, checking now and then. It fails the
+// test only if ctxT's hang detector ends first.
+func waitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	ctx := ctxT(t)
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("still waiting for %s: %v", what, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 // sumView adds up JSON numbers, like the seed's example view.
