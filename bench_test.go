@@ -528,3 +528,122 @@ func BenchmarkIndex200kOneFeed(b *testing.B) { benchmarkIndex(b, 1, 200_000) }
 
 // BenchmarkIndex100Feedsx2000: 100 feeds of 2,000 entries. Same target.
 func BenchmarkIndex100Feedsx2000(b *testing.B) { benchmarkIndex(b, 100, 2_000) }
+
+// Many feeds. A database of 10,000 writers of 10 entries of 100 bytes, on
+// directory storage, built once per process (benchIndexDB). The indexer's
+// work must follow the feeds that changed, not all feeds.
+
+const (
+	benchManyFeeds   = 10_000
+	benchManyPerFeed = 10
+	benchBusyEntries = 200_000
+)
+
+// BenchmarkIndex10kFeedsNewView: a new view indexes the 100,000 entries of
+// the 10,000 feeds, from Use until Ready returns; opening the database is
+// not timed. Reports entries/s (target: at least 1,000,000), the peak heap
+// in use while opening and indexing (peak-heap-MB; target: under 100), the
+// heap an open, idle feed holds (idle-feed-B: heap after opening and a GC,
+// over the feeds; target: a few hundred bytes) and what the caught-up view
+// adds per feed (view-B/feed).
+func BenchmarkIndex10kFeedsNewView(b *testing.B) {
+	dir := benchIndexDB(b, "new", benchManyFeeds, benchManyPerFeed)
+	const total = benchManyFeeds * benchManyPerFeed
+	ctx := context.Background()
+	var idle, view, peak float64
+	for b.Loop() {
+		b.StopTimer()
+		base := heapAfterGC()
+		h := sampleHeap(5 * time.Millisecond)
+		c, err := Open(dir, &Options{NoSync: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		opened := heapAfterGC()
+		v := &countView{}
+		b.StartTimer()
+		if _, err := c.Use("count", 1, v); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Ready(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if v.n.Load() != total {
+			b.Fatalf("indexed %d of %d", v.n.Load(), total)
+		}
+		indexed := heapAfterGC()
+		peak = max(peak, float64(h.Stop()))
+		idle = (float64(opened) - float64(base)) / benchManyFeeds
+		view = (float64(indexed) - float64(opened)) / benchManyFeeds
+		if err := c.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	reportRate(b, int64(b.N)*total, 0)
+	b.ReportMetric(peak/1e6, "peak-heap-MB")
+	b.ReportMetric(idle, "idle-feed-B")
+	b.ReportMetric(view, "view-B/feed")
+}
+
+// BenchmarkIndex10kFeedsOneBusy: 200,000 entries appended (while the view
+// is paused, not timed) to one of the 10,000 feeds are indexed, from Resume
+// until Ready returns. Reports entries/s (target: at least 1,000,000) and
+// the peak heap in use while indexing (target: under 100 MB). So that every
+// run starts from the same database, the busy feed's files are copied to a
+// scratch directory and the database is opened with New over both (see
+// overlayStorage); every file is still on directory storage.
+func BenchmarkIndex10kFeedsOneBusy(b *testing.B) {
+	dir := benchIndexDB(b, "new", benchManyFeeds, benchManyPerFeed)
+	ctx := context.Background()
+	vals := benchValues(benchBatch, benchValueSize)
+	var peak float64
+	for b.Loop() {
+		b.StopTimer()
+		s := openBusyOverlay(b, dir, feedPrefix(0))
+		c, err := New(s, &Options{NoSync: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		v := &countView{}
+		if _, err := c.Use("count", 1, v); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Ready(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Pause(ctx); err != nil {
+			b.Fatal(err)
+		}
+		w := c.FindWriter("w0")
+		for range benchBusyEntries / benchBatch {
+			if _, err := w.Append(vals...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		before := v.n.Load()
+		h := sampleHeap(5 * time.Millisecond)
+		b.StartTimer()
+		if err := c.Resume(); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Ready(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		peak = max(peak, float64(h.Stop()))
+		if got := v.n.Load() - before; got != benchBusyEntries {
+			b.Fatalf("indexed %d of %d new entries", got, benchBusyEntries)
+		}
+		if err := c.Close(); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	reportRate(b, int64(b.N)*benchBusyEntries, int64(b.N)*benchBusyEntries*benchValueSize)
+	b.ReportMetric(peak/1e6, "peak-heap-MB")
+}

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -16,14 +18,22 @@ import (
 // batches, and builds whatever the view answers queries from.
 //
 // The contract:
-//   - A batch holds up to MaxBatch entries of one feed with consecutive
-//     sequence numbers, ascending. Across feeds there is no order; the
-//     indexer takes turns between feeds, so no feed waits for another to
-//     drain.
+//   - A batch holds up to MaxBatch entries of one feed, ascending by
+//     sequence number, and never empty. Entries are consecutive except
+//     where an entry was left out because its value does not decode with
+//     the database's value encoding (a peer's feed can hold such an entry:
+//     feeds are signed, not checked): the indexer counts it as indexed,
+//     leaves it out of the batch and reports it, naming view, feed and
+//     sequence number, to Options.OnError. Across feeds there is no order;
+//     the indexer takes turns between feeds, so no feed waits for another
+//     to drain.
 //   - Entries are indexed as they become present: a replica with a hole
 //     is indexed up to the hole and past it, and the hole when it is filled.
 //   - Batches of one view never overlap in time. Map's error stops the
-//     view (see Index.Resume); the batch is not counted as indexed.
+//     view (see Index.Retry); the batch is not counted as indexed.
+//   - Map may keep the entries' Values after it returns: each batch is
+//     read into memory of its own. Entry.Key is shared and must not be
+//     modified.
 //   - Delivery is at-least-once across crashes: progress is stored (with
 //     StoreState) after Map returns, so a crash between the two repeats a
 //     batch. A view that makes Map's changes durable only inside
@@ -39,7 +49,13 @@ type View interface {
 // StateStorer is implemented by views that keep their indexing progress
 // durably, next to their data. Without it progress lives in memory and the
 // view is rebuilt from the first entry each time the database opens.
-// FetchState returns what StoreState last stored, or nil if nothing.
+//
+// FetchState runs once when the view starts (and again when Retry restarts
+// a view whose FetchState failed), before the first batch; it returns what
+// StoreState last stored, or nil if nothing. StoreState runs after each
+// batch's Map returns, and after ClearIndex with the progress reset. The
+// state names every feed the view has indexed, so it grows with the number
+// of feeds.
 type StateStorer interface {
 	FetchState() ([]byte, error)
 	StoreState(state []byte) error
@@ -47,7 +63,9 @@ type StateStorer interface {
 
 // IndexClearer is implemented by views that can wipe their data. ClearIndex
 // is called before the first batch whenever there is no stored progress,
-// and when the view's version changed; progress is reset with it.
+// when the view's version changed, and when stored progress claims entries
+// a feed does not hold (the feed was cut back by a crash); progress is
+// reset with it.
 type IndexClearer interface {
 	ClearIndex() error
 }
@@ -98,161 +116,132 @@ func (e Entry) Decode(v any) error {
 	return nil
 }
 
+// ViewState is what a view is doing, as IndexStatus reports it.
+type ViewState string
+
+// The states of a view.
+const (
+	// ViewStarting: the view has not loaded its stored progress yet.
+	ViewStarting ViewState = "starting"
+	// ViewIdle: every entry present is indexed.
+	ViewIdle ViewState = "idle"
+	// ViewIndexing: a batch is being mapped, or entries wait for one.
+	ViewIndexing ViewState = "indexing"
+	// ViewPaused: Pause stopped the view and no batch is in flight.
+	ViewPaused ViewState = "paused"
+	// ViewFailed: the view stopped on an error (IndexStatus.Err) until
+	// Retry.
+	ViewFailed ViewState = "error"
+)
+
+// IndexStatus is a view's progress, for progress bars.
+type IndexStatus struct {
+	State   ViewState // what the view is doing
+	Indexed uint64    // entries indexed (counting those left out as undecodable)
+	Total   uint64    // entries present in all feeds
+	Err     error     // why the view stopped, in state ViewFailed
+}
+
+// indexHost is what an Index needs from the database that holds it: the
+// feeds, a signal for new ones, the end of the database, a place for errors
+// that no call returns, and the value encoding. Core implements it.
+type indexHost interface {
+	// Feeds returns every feed; the list only grows, at its end (it may
+	// be empty once the host is closing).
+	Feeds() []*Feed
+	// FeedsChanged returns a channel closed when the next feed is added.
+	FeedsChanged() <-chan struct{}
+	// closing returns a channel closed when the host closes: indexes
+	// stop, and calls waiting on them fail with ErrClosed.
+	closing() <-chan struct{}
+	// report receives errors that no call returns.
+	report(err error)
+	// valueEncoding is the encoding every value was checked against
+	// when it was appended here; views decode entries with it.
+	valueEncoding() Encoding
+}
+
 // Index drives one view over every feed of a database. Use creates it.
 type Index struct {
-	core     *Core
+	host     indexHost
 	name     string
 	version  uint64
 	view     View
 	states   StateStorer
 	maxBatch int
-	wake     chan struct{}
+	enc      Encoding
+	wake     chan struct{} // a signal that work may wait; capacity 1
+	stopped  chan struct{} // closed when the index's goroutine returned
 
-	mu      sync.Mutex
-	loaded  bool
-	feeds   []*feedProgress // in the core's feed order
-	byKey   map[string]*feedProgress
-	stored  map[string][]span // progress loaded for feeds not seen yet
-	next    int               // where the next search for work starts
-	paused  int
-	busy    bool
-	waiters []*readyWaiter
-	err     error
-	changed chan struct{} // closed and replaced on every change of state
-	indexed uint64
+	// dirty holds the feeds that may have entries to index, in the
+	// order they get their next batch: a feed that got one goes to the
+	// back, a feed found with nothing to do is dropped until it changes.
+	// Feeds add to it from their callbacks, under their own lock, so dmu
+	// is always taken last: never call a feed or take mu while holding it.
+	dmu       sync.Mutex
+	dirty     []*feedProgress
+	dirtyHead int
+
+	mu       sync.Mutex
+	loaded   bool
+	rebuild  bool            // stored progress is past a feed's end: clear and start over
+	feeds    []*feedProgress // in the host's feed order
+	byKey    map[string]*feedProgress
+	stored   map[string]*feedProgress // stored progress of feeds not seen yet
+	segs     []*feedProgress          // with states: every feed known, sorted by key
+	segCount int                      // feeds in segs with spans
+	segBytes int                      // their encoded size
+	paused   int
+	busy     bool
+	waiters  []*readyWaiter
+	err      error
+	changed  chan struct{} // closed and replaced on every change of state
+	indexed  uint64
 }
 
 // feedProgress is what one view has indexed of one feed: sorted, disjoint
 // ranges of sequence numbers.
 type feedProgress struct {
-	feed   *Feed
+	feed   *Feed // nil for stored progress of a feed not seen yet
 	key    string
 	spans  []span
 	n      uint64 // entries in spans
+	seg    []byte // with states: key and spans encoded as in indexState, nil without spans
 	broken bool   // reading the feed failed; skipped until reopen
+	queued bool   // in Index.dirty; guarded by Index.dmu
 	cancel func()
 }
 
 type span struct{ start, end uint64 }
 
-// IndexStatus is a view's progress, for progress bars.
-type IndexStatus struct {
-	State   string // "starting", "idle", "indexing", "paused" or "error"
-	Indexed uint64 // entries indexed
-	Total   uint64 // entries present in all feeds
-	Err     error  // why the view stopped, in state "error"
-}
-
-// Use installs a view called name at a version. If the view's stored
-// progress was made by another version, the view is wiped (ClearIndex) and
-// rebuilt from the first entry. The view starts indexing at once, in its own
-// goroutine; Ready waits for it.
-func (c *Core) Use(name string, version int, view View) (*Index, error) {
-	if view == nil || version < 0 {
-		return nil, fmt.Errorf("kappa: use %q: %w: need a view and a version >= 0", name, ErrInvalidValue)
-	}
+// newIndex makes the index of a view; start runs it.
+func newIndex(host indexHost, name string, version uint64, view View) *Index {
 	x := &Index{
-		core:     c,
+		host:     host,
 		name:     name,
-		version:  uint64(version),
+		version:  version,
 		view:     view,
 		maxBatch: DefaultMaxBatch,
+		enc:      host.valueEncoding(),
 		wake:     make(chan struct{}, 1),
+		stopped:  make(chan struct{}),
 		byKey:    make(map[string]*feedProgress),
+		stored:   make(map[string]*feedProgress),
 		changed:  make(chan struct{}),
 	}
 	x.states, _ = view.(StateStorer)
 	if mb, ok := view.(MaxBatcher); ok && mb.MaxBatch() > 0 {
 		x.maxBatch = mb.MaxBatch()
 	}
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil, fmt.Errorf("kappa: use %q: %w", name, ErrClosed)
-	}
-	if c.views[name] != nil {
-		c.mu.Unlock()
-		return nil, fmt.Errorf("kappa: use %q: %w", name, ErrViewExists)
-	}
-	c.views[name] = x
-	c.viewList = append(c.viewList, x)
-	c.wg.Add(1)
-	c.mu.Unlock()
-	go x.run()
-	return x, nil
+	return x
 }
 
-// Index returns the index of the view called name, or nil.
-func (c *Core) Index(name string) *Index {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.views[name]
-}
+// start runs the index's goroutine; it returns when the host closes, and
+// wait waits for that.
+func (x *Index) start() { go x.run() }
 
-func (c *Core) indexes(names []string) ([]*Index, error) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.closed {
-		return nil, ErrClosed
-	}
-	if len(names) == 0 {
-		return append([]*Index(nil), c.viewList...), nil
-	}
-	out := make([]*Index, len(names))
-	for i, n := range names {
-		if out[i] = c.views[n]; out[i] == nil {
-			return nil, fmt.Errorf("kappa: %w: %q", ErrNoView, n)
-		}
-	}
-	return out, nil
-}
-
-// Ready waits until the named views (all if none) have indexed every entry
-// that was present when Ready was called. It returns at once for a paused
-// view, and a view's error if it stopped on one.
-func (c *Core) Ready(ctx context.Context, names ...string) error {
-	xs, err := c.indexes(names)
-	if err != nil {
-		return err
-	}
-	for _, x := range xs {
-		if err := x.Ready(ctx); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// Pause pauses the named views (all if none) and waits until the batch each
-// is mapping is done. Pauses are counted: a view runs again when Resume was
-// called as often as Pause.
-func (c *Core) Pause(ctx context.Context, names ...string) error {
-	xs, err := c.indexes(names)
-	if err != nil {
-		return err
-	}
-	for i, x := range xs {
-		if err := x.Pause(ctx); err != nil {
-			for _, y := range xs[:i] {
-				y.Resume()
-			}
-			return err
-		}
-	}
-	return nil
-}
-
-// Resume undoes one Pause of the named views (all if none).
-func (c *Core) Resume(names ...string) error {
-	xs, err := c.indexes(names)
-	if err != nil {
-		return err
-	}
-	for _, x := range xs {
-		x.Resume()
-	}
-	return nil
-}
+// wait returns once the index's goroutine has returned.
+func (x *Index) wait() { <-x.stopped }
 
 // Name returns the view's name.
 func (x *Index) Name() string { return x.name }
@@ -264,6 +253,17 @@ func (x *Index) wakeUp() {
 	}
 }
 
+// closedErr returns an error wrapping ErrClosed for operation op if the
+// host is closing, else nil.
+func (x *Index) closedErr(op string) error {
+	select {
+	case <-x.host.closing():
+		return fmt.Errorf("view %q: %s: %w", x.name, op, ErrClosed)
+	default:
+		return nil
+	}
+}
+
 // changedLocked wakes everyone waiting on the index's state.
 func (x *Index) changedLocked() {
 	close(x.changed)
@@ -271,10 +271,14 @@ func (x *Index) changedLocked() {
 }
 
 // Ready waits until the view has indexed every entry present when Ready
-// was called; see Core.Ready.
+// was called; see Core.Ready. After the database closed it fails with
+// ErrClosed.
 func (x *Index) Ready(ctx context.Context) error {
+	if err := x.closedErr("ready"); err != nil {
+		return err
+	}
 	w := &readyWaiter{pending: map[string][]span{}, done: make(chan struct{})}
-	for _, t := range presentNow(x.core.Feeds()) {
+	for _, t := range presentNow(x.host.Feeds()) {
 		w.pending[t.key] = t.spans
 	}
 	x.mu.Lock()
@@ -294,7 +298,7 @@ func (x *Index) Ready(ctx context.Context) error {
 		case x.err != nil:
 			err := x.err
 			x.mu.Unlock()
-			return fmt.Errorf("kappa: view %q: %w", x.name, err)
+			return err
 		case x.paused > 0 && !x.busy:
 			x.mu.Unlock()
 			return nil
@@ -306,9 +310,9 @@ func (x *Index) Ready(ctx context.Context) error {
 			return nil
 		case <-ch:
 		case <-ctx.Done():
-			return fmt.Errorf("kappa: view %q: ready: %w", x.name, ctx.Err())
-		case <-x.core.done:
-			return fmt.Errorf("kappa: view %q: ready: %w", x.name, ErrClosed)
+			return fmt.Errorf("view %q: ready: %w", x.name, ctx.Err())
+		case <-x.host.closing():
+			return fmt.Errorf("view %q: ready: %w", x.name, ErrClosed)
 		}
 	}
 }
@@ -384,8 +388,14 @@ func presentNow(feeds []*Feed) []feedTarget {
 	return out
 }
 
-// Pause stops the view after the batch it is mapping; see Core.Pause.
+// Pause stops the view after the batch it is mapping; see Core.Pause. If
+// ctx ends first, or the database closes, the pause is undone and Pause
+// returns the reason (wrapping ErrClosed for a closed database, also when
+// it was closed before); a view's error is left as it is.
 func (x *Index) Pause(ctx context.Context) error {
+	if err := x.closedErr("pause"); err != nil {
+		return err
+	}
 	x.mu.Lock()
 	x.paused++
 	x.changedLocked()
@@ -396,10 +406,10 @@ func (x *Index) Pause(ctx context.Context) error {
 		case <-ch:
 		case <-ctx.Done():
 			x.Resume()
-			return fmt.Errorf("kappa: view %q: pause: %w", x.name, ctx.Err())
-		case <-x.core.done:
+			return fmt.Errorf("view %q: pause: %w", x.name, ctx.Err())
+		case <-x.host.closing():
 			x.Resume()
-			return fmt.Errorf("kappa: view %q: pause: %w", x.name, ErrClosed)
+			return fmt.Errorf("view %q: pause: %w", x.name, ErrClosed)
 		}
 		x.mu.Lock()
 	}
@@ -407,22 +417,43 @@ func (x *Index) Pause(ctx context.Context) error {
 	return nil
 }
 
-// Resume undoes one Pause. It also restarts a view that stopped on an
-// error, retrying the batch that failed.
+// Resume undoes one Pause; without a Pause to undo it does nothing. A
+// view that stopped on an error stays stopped: see Retry.
 func (x *Index) Resume() {
 	x.mu.Lock()
-	if x.paused > 0 {
-		x.paused--
+	if x.paused == 0 {
+		x.mu.Unlock()
+		return
 	}
-	x.err = nil
+	x.paused--
 	x.changedLocked()
 	x.mu.Unlock()
 	x.wakeUp()
 }
 
+// Retry restarts a view that stopped on an error (of Map, StoreState,
+// FetchState or ClearIndex), retrying what failed: for Map, the same batch.
+// It does nothing to a view without an error, and a paused view stays
+// paused. After the database closed it fails with ErrClosed.
+func (x *Index) Retry() error {
+	if err := x.closedErr("retry"); err != nil {
+		return err
+	}
+	x.mu.Lock()
+	if x.err == nil {
+		x.mu.Unlock()
+		return nil
+	}
+	x.err = nil
+	x.changedLocked()
+	x.mu.Unlock()
+	x.wakeUp()
+	return nil
+}
+
 // Status returns the view's progress.
 func (x *Index) Status() IndexStatus {
-	feeds := x.core.Feeds()
+	feeds := x.host.Feeds()
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	st := IndexStatus{Indexed: x.indexed, Err: x.err}
@@ -431,82 +462,94 @@ func (x *Index) Status() IndexStatus {
 	}
 	switch {
 	case x.err != nil:
-		st.State = "error"
+		st.State = ViewFailed
 	case x.paused > 0 && !x.busy:
-		st.State = "paused"
+		st.State = ViewPaused
 	case !x.loaded:
-		st.State = "starting"
+		st.State = ViewStarting
 	case x.busy || st.Indexed < st.Total:
-		st.State = "indexing"
+		st.State = ViewIndexing
 	default:
-		st.State = "idle"
+		st.State = ViewIdle
 	}
 	return st
 }
 
-func (x *Index) report(err error) {
+// fail stops the view on err, which no call returned.
+func (x *Index) fail(err error) {
+	err = fmt.Errorf("view %q: %w", x.name, err)
 	x.mu.Lock()
 	x.err = err
 	x.changedLocked()
 	x.mu.Unlock()
-	x.core.report(fmt.Errorf("kappa: view %q: %w", x.name, err))
+	x.host.report(err)
 }
 
-// run is the view's goroutine: load progress, then map batches until there
-// is no work, and sleep until a feed changes.
+// run is the view's goroutine: load progress, follow the host's feeds, map
+// batches until there is no work, and sleep until a feed changes.
 func (x *Index) run() {
-	defer x.core.wg.Done()
+	defer close(x.stopped)
 	defer func() {
 		x.mu.Lock()
 		for _, p := range x.feeds {
-			if p.cancel != nil {
-				p.cancel()
-			}
+			p.cancel()
 		}
 		x.mu.Unlock()
 	}()
+	done := x.host.closing()
+	var feedsChanged <-chan struct{} // nil: take the host's feeds again
 	for {
-		if x.ready() {
-			x.drain()
+		if x.prepare() {
+			if feedsChanged == nil {
+				feedsChanged = x.host.FeedsChanged()
+				x.addFeeds(x.host.Feeds())
+			}
+			if x.prepare() { // a new feed may have asked for a rebuild
+				x.drain(done)
+			}
 		}
 		select {
 		case <-x.wake:
-		case <-x.core.done:
+		case <-feedsChanged:
+			feedsChanged = nil
+		case <-done:
 			return
 		}
 	}
 }
 
-// ready reports whether the view may index: loaded, not paused, no error.
-func (x *Index) ready() bool {
+// prepare reports whether the view may index: not paused, no error, and
+// its progress loaded (or rebuilt, if that was asked for).
+func (x *Index) prepare() bool {
 	x.mu.Lock()
-	loaded, stopped := x.loaded, x.paused > 0 || x.err != nil
+	stopped := x.paused > 0 || x.err != nil
+	load, rebuild := !x.loaded, x.rebuild
 	x.mu.Unlock()
 	if stopped {
 		return false
 	}
-	if loaded {
+	if !load && !rebuild {
 		return true
 	}
-	if err := x.load(); err != nil {
-		x.report(err)
+	if err := x.load(rebuild); err != nil {
+		x.fail(err)
 		return false
 	}
 	return true
 }
 
-// load reads stored progress; with none, or from another version, it wipes
-// the view.
-func (x *Index) load() error {
+// load reads stored progress; with none, from another version, or to
+// rebuild, it wipes the view and stores fresh progress.
+func (x *Index) load(rebuild bool) error {
 	var st *indexState
-	if x.states != nil {
+	if x.states != nil && !rebuild {
 		b, err := x.states.FetchState()
 		if err != nil {
 			return fmt.Errorf("fetch state: %w", err)
 		}
 		if len(b) > 0 {
 			if st, err = decodeIndexState(b); err != nil {
-				x.core.report(fmt.Errorf("kappa: view %q: stored state unreadable, rebuilding: %w", x.name, err))
+				x.host.report(fmt.Errorf("view %q: stored state unreadable, rebuilding: %w", x.name, err))
 				st = nil
 			}
 		}
@@ -525,56 +568,114 @@ func (x *Index) load() error {
 		}
 	}
 	x.mu.Lock()
-	x.stored = st.feeds
+	defer x.mu.Unlock()
+	x.stored = make(map[string]*feedProgress, len(st.feeds))
+	for k, spans := range st.feeds {
+		p := &feedProgress{key: k}
+		p.setSpans(spans, x.states != nil)
+		x.stored[k] = p
+	}
+	if x.rebuild {
+		x.rebuild = false
+		x.indexed = 0
+		for _, p := range x.feeds {
+			p.setSpans(nil, false)
+			x.queue(p, false)
+		}
+		x.wakeUp()
+	}
+	x.sortSegsLocked(nil)
 	x.loaded = true
 	x.changedLocked()
-	x.mu.Unlock()
 	return nil
 }
 
-func (x *Index) knownFeeds() int {
+// addFeeds follows feeds added to the host since last time: it matches
+// them with stored progress, subscribes to their changes, and queues those
+// with entries to index.
+func (x *Index) addFeeds(feeds []*Feed) {
+	var reports []error
 	x.mu.Lock()
-	defer x.mu.Unlock()
-	return len(x.feeds)
-}
-
-// syncFeedsLocked picks up feeds added to the database since last time.
-func (x *Index) syncFeedsLocked(feeds []*Feed) {
-	if len(feeds) <= len(x.feeds) {
-		return
-	}
-	for _, f := range feeds[len(x.feeds):] {
-		p := &feedProgress{feed: f, key: string(f.Key())}
-		if spans, ok := x.stored[p.key]; ok {
-			p.spans = spans
-			for _, s := range spans {
-				p.n += s.end - s.start
+	var added []*feedProgress
+	for _, f := range feeds[min(len(x.feeds), len(feeds)):] {
+		key := string(f.Key())
+		p := x.stored[key]
+		if p != nil {
+			delete(x.stored, key)
+			if end := p.spans[len(p.spans)-1].end; end > f.Len() && !x.rebuild {
+				x.rebuild = true
+				reports = append(reports, fmt.Errorf("view %q: stored progress says entries up to %d of feed %x are indexed, but the feed holds %d (cut back by a crash?); rebuilding the view from the first entry", x.name, end-1, f.Key()[:4], f.Len()))
 			}
 			x.indexed += p.n
-			delete(x.stored, p.key)
+		} else {
+			p = &feedProgress{key: key}
+			added = append(added, p)
 		}
-		p.cancel = f.Subscribe(x.wake)
+		p.feed = f
+		// Subscribe before looking for work, so no change is missed.
+		p.cancel = f.subscribeFunc(func() { x.queue(p, true) })
 		x.feeds = append(x.feeds, p)
-		x.byKey[p.key] = p
+		x.byKey[key] = p
+		if p.n < f.Downloaded() {
+			x.queue(p, true)
+		}
 	}
+	if x.states != nil && len(added) > 0 {
+		x.sortSegsLocked(added)
+	}
+	x.mu.Unlock()
+	for _, err := range reports {
+		x.host.report(err)
+	}
+}
+
+// queue puts p at the back of the feeds with work, unless it is there
+// already, and wakes the goroutine if wake. Feeds call it from their
+// callbacks, under their lock.
+func (x *Index) queue(p *feedProgress, wake bool) {
+	x.dmu.Lock()
+	if !p.queued {
+		p.queued = true
+		x.dirty = append(x.dirty, p)
+	}
+	x.dmu.Unlock()
+	if wake {
+		x.wakeUp()
+	}
+}
+
+// next takes the feed at the front of the feeds with work, or nil.
+func (x *Index) next() *feedProgress {
+	x.dmu.Lock()
+	defer x.dmu.Unlock()
+	if x.dirtyHead == len(x.dirty) {
+		x.dirty, x.dirtyHead = x.dirty[:0], 0
+		return nil
+	}
+	p := x.dirty[x.dirtyHead]
+	x.dirty[x.dirtyHead] = nil
+	x.dirtyHead++
+	if x.dirtyHead >= 1024 && x.dirtyHead*2 >= len(x.dirty) {
+		n := copy(x.dirty, x.dirty[x.dirtyHead:])
+		clear(x.dirty[n:])
+		x.dirty, x.dirtyHead = x.dirty[:n], 0
+	}
+	p.queued = false
+	return p
 }
 
 // drain maps batches until there is no work or the view is stopped.
-func (x *Index) drain() {
+func (x *Index) drain(done <-chan struct{}) {
 	for {
-		var feeds []*Feed
-		if n, closed := x.core.feedCount(); closed {
+		select {
+		case <-done:
 			return
-		} else if n > x.knownFeeds() {
-			feeds = x.core.Feeds()
+		default:
 		}
 		x.mu.Lock()
-		if x.paused > 0 || x.err != nil {
+		if x.paused > 0 || x.err != nil || x.rebuild {
 			x.mu.Unlock()
 			return
-		}
-		if feeds != nil {
-			x.syncFeedsLocked(feeds)
 		}
 		p, start, end := x.pickLocked()
 		if p == nil {
@@ -594,36 +695,40 @@ func (x *Index) drain() {
 			x.changedLocked() // Pause waits for the batch to end
 		}
 		x.mu.Unlock()
+		// The feed may have more: its turn comes again after the others'.
+		// After an error this is the batch that Retry retries.
+		x.queue(p, false)
 		if err != nil {
-			if errors.Is(err, ErrClosed) {
-				return
+			if !errors.Is(err, ErrClosed) {
+				x.fail(err)
 			}
-			x.report(err)
 			return
 		}
 	}
 }
 
-// pickLocked chooses the next batch, taking turns between feeds.
+// pickLocked chooses the next batch: the first run of entries to index of
+// the first feed in the queue that has one. Feeds without are dropped from
+// the queue until they change.
 func (x *Index) pickLocked() (*feedProgress, uint64, uint64) {
-	n := len(x.feeds)
-	for k := range n {
-		i := (x.next + k) % n
-		p := x.feeds[i]
+	for {
+		p := x.next()
+		if p == nil {
+			return nil, 0, 0
+		}
 		if p.broken || p.n >= p.feed.Downloaded() {
 			continue
 		}
 		if start, end := p.nextRun(x.maxBatch); start < end {
-			x.next = (i + 1) % n
 			return p, start, end
 		}
 	}
-	return nil, 0, 0
 }
 
 // mapBatch reads entries [start, end) of p's feed, maps them and stores the
 // progress.
 func (x *Index) mapBatch(p *feedProgress, start, end uint64) error {
+	key := p.feed.Key()
 	values, err := p.feed.GetBatch(context.Background(), start, end)
 	if err != nil {
 		if errors.Is(err, ErrClosed) {
@@ -631,56 +736,146 @@ func (x *Index) mapBatch(p *feedProgress, start, end uint64) error {
 		}
 		x.mu.Lock()
 		p.broken = true
+		x.checkWaitersLocked(p.key)
 		x.mu.Unlock()
-		x.core.report(fmt.Errorf("kappa: view %q: feed %x skipped: %w", x.name, p.feed.Key()[:4], err))
+		x.host.report(fmt.Errorf("view %q: feed %x skipped: %w", x.name, key[:4], err))
 		return nil
 	}
-	key := p.feed.Key()
-	entries := make([]Entry, len(values))
+	entries := make([]Entry, 0, len(values))
+	var bad []error
 	for i, v := range values {
-		entries[i] = Entry{Key: key, Seq: start + uint64(i), Value: v, enc: x.core.enc}
+		seq := start + uint64(i)
+		if x.enc != Binary {
+			if err := x.enc.check(v); err != nil {
+				bad = append(bad, fmt.Errorf("view %q: feed %x entry %d left out: %w", x.name, key[:4], seq, err))
+				continue
+			}
+		}
+		entries = append(entries, Entry{Key: key, Seq: seq, Value: v, enc: x.enc})
 	}
-	if err := x.view.Map(entries); err != nil {
-		return fmt.Errorf("map %d entries of feed %x from %d: %w", len(entries), key[:4], start, err)
+	if len(entries) > 0 {
+		if err := x.view.Map(entries); err != nil {
+			return fmt.Errorf("map %d entries of feed %x from %d: %w", len(entries), key[:4], start, err)
+		}
 	}
 	// Progress counts once it is stored: the state written includes the
 	// batch, and only then does the batch count for Ready.
+	spans := p.with(span{start, end})
+	var seg []byte
 	if x.states != nil {
+		seg = appendFeedState(nil, p.key, spans)
 		x.mu.Lock()
-		st := x.stateLocked()
-		next := &feedProgress{spans: slices.Clone(p.spans)}
-		next.add(span{start, end})
-		st.feeds[p.key] = next.spans
-		state := st.encode()
+		state := x.encodeStateLocked(p, seg)
 		x.mu.Unlock()
 		if err := x.states.StoreState(state); err != nil {
 			return fmt.Errorf("store state: %w", err)
 		}
 	}
-	// Indexed runs before Ready waiters see the batch, as the seed's
-	// 'indexed' event fired before 'ready'.
-	if n, ok := x.view.(IndexedNotifier); ok {
+	// Indexed runs, and entries left out are reported, before Ready
+	// waiters see the batch, as the seed's 'indexed' event fired before
+	// 'ready'.
+	if n, ok := x.view.(IndexedNotifier); ok && len(entries) > 0 {
 		n.Indexed(entries)
 	}
+	for _, err := range bad {
+		x.host.report(err)
+	}
 	x.mu.Lock()
-	p.add(span{start, end})
+	x.setSegLocked(p, seg)
+	p.spans = spans
+	p.n += end - start
 	x.indexed += end - start
+	x.busy = false // done: who sees the batch counted sees no batch in flight
 	x.checkWaitersLocked(p.key)
 	x.mu.Unlock()
 	return nil
 }
 
-func (x *Index) stateLocked() *indexState {
-	st := &indexState{version: x.version, feeds: make(map[string][]span, len(x.feeds)+len(x.stored))}
-	for k, s := range x.stored {
-		st.feeds[k] = s
+// sortSegsLocked adds feeds to segs, the feeds in the stored state in key
+// order; with nil it rebuilds segs from every feed known.
+func (x *Index) sortSegsLocked(added []*feedProgress) {
+	if x.states == nil {
+		return
 	}
-	for _, p := range x.feeds {
-		if len(p.spans) > 0 {
-			st.feeds[p.key] = p.spans
+	byKey := func(a, b *feedProgress) int { return strings.Compare(a.key, b.key) }
+	if added == nil {
+		x.segs = x.segs[:0]
+		x.segCount, x.segBytes = 0, 0
+		for _, ps := range [][]*feedProgress{x.feeds, slices.Collect(maps.Values(x.stored))} {
+			for _, p := range ps {
+				x.segs = append(x.segs, p)
+				if p.seg != nil {
+					x.segCount++
+					x.segBytes += len(p.seg)
+				}
+			}
+		}
+		slices.SortFunc(x.segs, byKey)
+		return
+	}
+	// Merge: feeds join one at a time as peers bring them, so keep this
+	// linear in the feeds known.
+	slices.SortFunc(added, byKey)
+	merged := make([]*feedProgress, 0, len(x.segs)+len(added))
+	i := 0
+	for _, p := range added {
+		for i < len(x.segs) && x.segs[i].key < p.key {
+			merged = append(merged, x.segs[i])
+			i++
+		}
+		merged = append(merged, p)
+	}
+	x.segs = append(merged, x.segs[i:]...)
+}
+
+// setSegLocked replaces p's encoded part of the state.
+func (x *Index) setSegLocked(p *feedProgress, seg []byte) {
+	if x.states == nil {
+		return
+	}
+	if p.seg != nil {
+		x.segCount--
+		x.segBytes -= len(p.seg)
+	}
+	if seg != nil {
+		x.segCount++
+		x.segBytes += len(seg)
+	}
+	p.seg = seg
+}
+
+// encodeStateLocked encodes the view's progress as indexState.encode
+// would, with seg in place of p's part, from the parts kept per feed.
+func (x *Index) encodeStateLocked(p *feedProgress, seg []byte) []byte {
+	count, size := x.segCount, x.segBytes+len(seg)
+	if p.seg == nil {
+		count++
+	} else {
+		size -= len(p.seg)
+	}
+	b := make([]byte, 0, len(magicIndexState)+2*binary.MaxVarintLen64+size+4)
+	b = append(b, magicIndexState...)
+	b = binary.AppendUvarint(b, x.version)
+	b = binary.AppendUvarint(b, uint64(count))
+	for _, q := range x.segs {
+		if q == p {
+			b = append(b, seg...)
+		} else {
+			b = append(b, q.seg...)
 		}
 	}
-	return st
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+// setSpans sets the progress to spans; with states it also encodes them.
+func (p *feedProgress) setSpans(spans []span, states bool) {
+	p.spans, p.n, p.seg = spans, 0, nil
+	for _, s := range spans {
+		p.n += s.end - s.start
+	}
+	if states && len(spans) > 0 {
+		p.seg = appendFeedState(nil, p.key, spans)
+	}
 }
 
 // nextRun returns the first run of entries that are present and not
@@ -732,21 +927,23 @@ func (p *feedProgress) covers(s span) bool {
 	return false
 }
 
-// add merges a newly indexed span.
-func (p *feedProgress) add(s span) {
-	p.n += s.end - s.start
+// with returns p's spans with s merged in, leaving p's as they are.
+func (p *feedProgress) with(s span) []span {
 	i, _ := slices.BinarySearchFunc(p.spans, s.start, func(a span, v uint64) int { return cmpU64(a.start, v) })
-	p.spans = slices.Insert(p.spans, i, s)
+	out := make([]span, 0, len(p.spans)+1)
+	out = append(out, p.spans[:i]...)
+	out = append(out, s)
+	out = append(out, p.spans[i:]...)
 	// Merge with neighbours that touch.
-	out := p.spans[:0]
-	for _, a := range p.spans {
-		if len(out) > 0 && out[len(out)-1].end >= a.start {
-			out[len(out)-1].end = max(out[len(out)-1].end, a.end)
+	merged := out[:0]
+	for _, a := range out {
+		if len(merged) > 0 && merged[len(merged)-1].end >= a.start {
+			merged[len(merged)-1].end = max(merged[len(merged)-1].end, a.end)
 			continue
 		}
-		out = append(out, a)
+		merged = append(merged, a)
 	}
-	p.spans = out
+	return slices.Clip(merged)
 }
 
 func cmpU64(a, b uint64) int {
@@ -783,20 +980,25 @@ func (st *indexState) encode() []byte {
 	b = binary.AppendUvarint(b, st.version)
 	b = binary.AppendUvarint(b, uint64(len(keys)))
 	for _, k := range keys {
-		b = append(b, k...)
-		spans := st.feeds[k]
-		b = binary.AppendUvarint(b, uint64(len(spans)))
-		var prev uint64
-		for _, s := range spans {
-			b = binary.AppendUvarint(b, s.start-prev)
-			b = binary.AppendUvarint(b, s.end-s.start)
-			prev = s.end
-		}
+		b = appendFeedState(b, k, st.feeds[k])
 	}
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
-var errBadState = errors.New("kappa: bad index state")
+// appendFeedState appends one feed's part of an encoded indexState.
+func appendFeedState(b []byte, key string, spans []span) []byte {
+	b = append(b, key...)
+	b = binary.AppendUvarint(b, uint64(len(spans)))
+	var prev uint64
+	for _, s := range spans {
+		b = binary.AppendUvarint(b, s.start-prev)
+		b = binary.AppendUvarint(b, s.end-s.start)
+		prev = s.end
+	}
+	return b
+}
+
+var errBadState = errors.New("bad index state")
 
 func decodeIndexState(b []byte) (*indexState, error) {
 	if len(b) < len(magicIndexState)+4 || string(b[:4]) != string(magicIndexState) {

@@ -354,7 +354,7 @@ func TestIndexStates(t *testing.T) {
 	}
 }
 
-func waitState(t *testing.T, x *Index, state string) {
+func waitState(t *testing.T, x *Index, state ViewState) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for x.Status().State != state {
@@ -411,7 +411,7 @@ func TestMapErrorSurfacesAndLosesNoProgress(t *testing.T) {
 	if err := c.Ready(ctxT(t)); !errors.Is(err, boom) {
 		t.Fatalf("ready after a failed map: %v", err)
 	}
-	c.Resume()
+	c.Retry()
 	ready(t, c)
 	mu.Lock()
 	defer mu.Unlock()

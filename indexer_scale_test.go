@@ -1,0 +1,689 @@
+package kappa
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Databases of many feeds for the indexer benchmarks, built once per
+// process under the fixture directory (see benchFixtures): creating 10,000
+// writers takes seconds.
+var benchIndexDBs struct {
+	mu    sync.Mutex
+	built map[string]string
+}
+
+// benchIndexDB returns the directory of a database (on directory storage,
+// NoSync) of feeds writers named "w0", "w1"… of perFeed entries of
+// benchValueSize bytes each. Benchmarks that change the database use their
+// own name.
+func benchIndexDB(b *testing.B, name string, feeds, perFeed int) string {
+	b.Helper()
+	fx := &benchIndexDBs
+	fx.mu.Lock()
+	defer fx.mu.Unlock()
+	key := fmt.Sprintf("index-%s-%dx%d", name, feeds, perFeed)
+	if dir, ok := fx.built[key]; ok {
+		return dir
+	}
+	dir := filepath.Join(benchFixtureStorage(b).Dir(), key)
+	c, err := Open(dir, &Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	vals := benchValues(perFeed, benchValueSize)
+	for i := range feeds {
+		w, err := c.Writer(fmt.Sprint("w", i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := w.Append(vals...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if fx.built == nil {
+		fx.built = make(map[string]string)
+	}
+	fx.built[key] = dir
+	return dir
+}
+
+// heapSampler records the largest HeapInuse seen while it runs.
+type heapSampler struct {
+	stop chan struct{}
+	done chan struct{}
+	peak uint64
+}
+
+// sampleHeap starts sampling HeapInuse every interval.
+func sampleHeap(interval time.Duration) *heapSampler {
+	h := &heapSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			h.peak = max(h.peak, ms.HeapInuse)
+			select {
+			case <-h.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return h
+}
+
+// Stop ends the sampling and returns the peak in bytes.
+func (h *heapSampler) Stop() uint64 {
+	close(h.stop)
+	<-h.done
+	return h.peak
+}
+
+// heapAfterGC returns HeapAlloc after a collection.
+func heapAfterGC() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// overlayStorage serves the files under prefix from top and all others
+// from base: a database that a benchmark changes in one feed only, while
+// the rest stays a shared fixture.
+type overlayStorage struct {
+	base, top Storage
+	prefix    string
+}
+
+func (o *overlayStorage) pick(name string) Storage {
+	if strings.HasPrefix(name, o.prefix) {
+		return o.top
+	}
+	return o.base
+}
+
+func (o *overlayStorage) Open(name string, create bool) (File, error) {
+	return o.pick(name).Open(name, create)
+}
+
+func (o *overlayStorage) Remove(name string) error { return o.pick(name).Remove(name) }
+
+func (o *overlayStorage) Close() error { return errors.Join(o.top.Close(), o.base.Close()) }
+
+// openBusyOverlay opens the database directory dir with the files under
+// prefix copied to a fresh scratch directory, both NoSync.
+func openBusyOverlay(b *testing.B, dir, prefix string) *overlayStorage {
+	b.Helper()
+	opts := &DirOptions{NoSync: true}
+	base, err := OpenDir(dir, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	top, err := OpenDir(b.TempDir(), opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	o := &overlayStorage{base: base, top: top, prefix: prefix}
+	names, err := filepath.Glob(filepath.Join(dir, filepath.FromSlash(prefix), "*"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, path := range names {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		f, err := top.Open(prefix+filepath.Base(path), true)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := f.WriteAt(data, 0); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return o
+}
+
+// Tests of the indexer on its own (over a host that is not a Core), of
+// views over many feeds, and of progress and entries that do not fit.
+
+// fakeHost is an indexHost without a Core: a list of feeds and the
+// signals an index needs.
+type fakeHost struct {
+	mu      sync.Mutex
+	feeds   []*Feed
+	changed chan struct{}
+	done    chan struct{}
+	errs    []error
+	enc     Encoding
+}
+
+func newFakeHost(enc Encoding, feeds ...*Feed) *fakeHost {
+	return &fakeHost{feeds: feeds, changed: make(chan struct{}), done: make(chan struct{}), enc: enc}
+}
+
+func (h *fakeHost) Feeds() []*Feed {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.feeds)
+}
+
+func (h *fakeHost) FeedsChanged() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.changed
+}
+
+func (h *fakeHost) add(f *Feed) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.feeds = append(h.feeds, f)
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+func (h *fakeHost) closing() <-chan struct{} { return h.done }
+
+func (h *fakeHost) report(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.errs = append(h.errs, err)
+}
+
+func (h *fakeHost) reported() []error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.errs)
+}
+
+func (h *fakeHost) valueEncoding() Encoding { return h.enc }
+
+// memFeed is a writable feed on its own MemStorage, closed with the test.
+func memFeed(t *testing.T, values ...string) *Feed {
+	t.Helper()
+	f, err := OpenFeed(NewMemStorage(), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	appendStrings(t, f, values...)
+	return f
+}
+
+func appendStrings(t *testing.T, f *Feed, values ...string) {
+	t.Helper()
+	for _, v := range values {
+		if _, err := f.Append([]byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func scaleCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// recorder is a view that records what Map got, keyed "feed@seq", and
+// may keep its progress (state) and fail on demand.
+type recorder struct {
+	mu      sync.Mutex
+	seen    map[string]string // "xxxxxxxx@seq" → value
+	batches int
+	clears  int
+	state   []byte
+	fail    func([]Entry) error
+}
+
+func newRecorder() *recorder { return &recorder{seen: map[string]string{}} }
+
+func (r *recorder) Map(es []Entry) error {
+	r.mu.Lock()
+	fail := r.fail
+	r.mu.Unlock()
+	if fail != nil {
+		if err := fail(es); err != nil {
+			return err
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.batches++
+	for _, e := range es {
+		r.seen[fmt.Sprintf("%x@%d", e.Key[:4], e.Seq)] = string(e.Value)
+	}
+	return nil
+}
+
+func (r *recorder) saw(f *Feed, seq uint64) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	v, ok := r.seen[fmt.Sprintf("%x@%d", f.Key()[:4], seq)]
+	return v, ok
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seen)
+}
+
+// statefulRecorder is a recorder that keeps its progress and can be wiped.
+type statefulRecorder struct{ *recorder }
+
+func (r statefulRecorder) FetchState() ([]byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state, nil
+}
+
+func (r statefulRecorder) StoreState(b []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.state = slices.Clone(b)
+	return nil
+}
+
+func (r statefulRecorder) ClearIndex() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.clears++
+	clear(r.seen)
+	return nil
+}
+
+func TestIndexRunsOverAHostWithoutACore(t *testing.T) {
+	a, b := memFeed(t, "a0", "a1", "a2"), memFeed(t, "b0")
+	h := newFakeHost(Binary, a, b)
+	v := newRecorder()
+	x := newIndex(h, "v", 1, v)
+	x.start()
+	defer func() {
+		close(h.done)
+		x.wait()
+	}()
+	ctx := scaleCtx(t)
+	if err := x.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v.count() != 4 {
+		t.Fatalf("indexed %d entries, want 4", v.count())
+	}
+	// A feed that grows, and a feed added to the host, both reach the view.
+	c := memFeed(t, "c0", "c1")
+	h.add(c)
+	appendStrings(t, b, "b1")
+	if err := x.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := v.saw(c, 1); got != "c1" {
+		t.Fatalf("new feed's entry 1: %q", got)
+	}
+	if got, _ := v.saw(b, 1); got != "b1" {
+		t.Fatalf("grown feed's entry 1: %q", got)
+	}
+	if st := x.Status(); st.State != ViewIdle || st.Indexed != 7 || st.Total != 7 {
+		t.Fatalf("status %+v", st)
+	}
+	if errs := h.reported(); len(errs) != 0 {
+		t.Fatalf("errors reported: %v", errs)
+	}
+}
+
+func TestIndexStopsWhenItsHostCloses(t *testing.T) {
+	h := newFakeHost(Binary, memFeed(t, "x"))
+	x := newIndex(h, "v", 1, newRecorder())
+	x.start()
+	close(h.done)
+	x.wait()
+	for name, err := range map[string]error{
+		"ready": x.Ready(context.Background()),
+		"pause": x.Pause(context.Background()),
+		"retry": x.Retry(),
+	} {
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after close: %v, want ErrClosed", name, err)
+		}
+	}
+}
+
+func TestPauseReadyRetryAfterCloseReturnErrClosed(t *testing.T) {
+	c, err := New(NewMemStorage(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := c.Use("v", 1, newRecorder())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	ctx := scaleCtx(t)
+	for name, err := range map[string]error{
+		"Index.Pause": x.Pause(ctx),
+		"Index.Ready": x.Ready(ctx),
+		"Index.Retry": x.Retry(),
+		"Core.Pause":  c.Pause(ctx),
+		"Core.Ready":  c.Ready(ctx),
+		"Core.Retry":  c.Retry(),
+		"Core.Resume": c.Resume(),
+	} {
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after close: %v, want ErrClosed", name, err)
+		}
+	}
+}
+
+// Resume undoes a Pause and nothing else: a view stopped by an error stays
+// stopped, also when a Pause of it is rolled back, until Retry.
+func TestResumeDoesNotRestartAFailedViewRetryDoes(t *testing.T) {
+	var errs []error
+	var emu sync.Mutex
+	c, err := New(NewMemStorage(), &Options{OnError: func(err error) {
+		emu.Lock()
+		errs = append(errs, err)
+		emu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	boom := errors.New("boom")
+	bad := newRecorder()
+	bad.fail = func([]Entry) error { return boom }
+	x, _ := c.Use("bad", 1, bad)
+	// A view whose Map blocks, so that a Pause of it waits, and times out.
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	slow := newRecorder()
+	slow.fail = func([]Entry) error {
+		entered <- struct{}{}
+		<-release
+		return nil
+	}
+	c.Use("slow", 1, slow)
+	w, _ := c.Writer("w")
+	appendStrings(t, w, "1")
+	ctx := scaleCtx(t)
+	if err := c.Ready(ctx, "bad"); !errors.Is(err, boom) {
+		t.Fatalf("ready of the failing view: %v", err)
+	}
+	<-entered
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if err := c.Pause(short, "bad", "slow"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("pause while a batch hangs: %v", err)
+	}
+	if st := x.Status(); st.State != ViewFailed || !errors.Is(st.Err, boom) {
+		t.Fatalf("a rolled back Pause changed the failed view: %+v", st)
+	}
+	c.Pause(ctx, "bad")
+	c.Resume("bad")
+	if st := x.Status(); st.State != ViewFailed {
+		t.Fatalf("Resume restarted a failed view: %+v", st)
+	}
+	if err := c.Ready(ctx, "bad"); !errors.Is(err, boom) {
+		t.Fatalf("ready after resume: %v", err)
+	}
+	bad.mu.Lock()
+	bad.fail = nil
+	bad.mu.Unlock()
+	if err := c.Retry("bad"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ready(ctx, "bad"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := bad.saw(w, 0); got != "1" || x.Status().State != ViewIdle {
+		t.Fatalf("after retry: saw %q, %+v", got, x.Status())
+	}
+	close(release)
+	if err := c.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	emu.Lock()
+	defer emu.Unlock()
+	if len(errs) == 0 || !errors.Is(errs[0], boom) || !strings.Contains(errs[0].Error(), `view "bad"`) {
+		t.Fatalf("OnError got %v", errs)
+	}
+}
+
+// A view whose stored progress claims entries past a feed's end (the feed
+// was cut back by a power loss) is rebuilt, and then sees the entries
+// appended after the cut.
+func TestStoredProgressPastAFeedsEndRebuildsTheView(t *testing.T) {
+	s := NewMemStorage()
+	var emu sync.Mutex
+	open := func(s Storage, noSync bool, errs *[]error) *Core {
+		t.Helper()
+		c, err := New(s, &Options{NoSync: noSync, OnError: func(err error) {
+			emu.Lock()
+			*errs = append(*errs, err)
+			emu.Unlock()
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ctx := scaleCtx(t)
+	var errs []error
+	// Five entries synced, then five more that a power loss takes away.
+	c := open(s, false, &errs)
+	w, _ := c.Writer("w")
+	appendStrings(t, w, "0", "1", "2", "3", "4")
+	other, _ := c.Writer("other")
+	appendStrings(t, other, "o0")
+	c.Close()
+	c = open(s, true, &errs)
+	v := statefulRecorder{newRecorder()}
+	c.Use("v", 1, v)
+	w, _ = c.Writer("w")
+	appendStrings(t, w, "5", "6", "7", "8", "9")
+	if err := c.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	crashed := s.CrashClone(nil)
+	c = open(crashed, false, &errs)
+	defer c.Close()
+	w, _ = c.Writer("w")
+	if w.Len() != 5 {
+		t.Fatalf("after the crash the feed holds %d entries, want 5", w.Len())
+	}
+	after := statefulRecorder{newRecorder()}
+	after.state = v.state // progress that remembers 10 entries of w
+	x, _ := c.Use("v", 1, after)
+	// The view finds the cut when it first sees the feed: before the feed
+	// grows past the stored progress again.
+	if err := c.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	appendStrings(t, w, "new5", "new6", "new7", "new8", "new9")
+	if err := c.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for seq, want := range []string{"0", "1", "2", "3", "4", "new5", "new6", "new7", "new8", "new9"} {
+		if got, _ := after.saw(w, uint64(seq)); got != want {
+			t.Fatalf("entry %d: Map got %q, want %q", seq, got, want)
+		}
+	}
+	if got, _ := after.saw(other, 0); got != "o0" {
+		t.Fatalf("the other feed was not indexed again: %q", got)
+	}
+	if st := x.Status(); st.State != ViewIdle || st.Indexed != 11 || st.Total != 11 {
+		t.Fatalf("status %+v", st)
+	}
+	if after.clears != 1 {
+		t.Fatalf("ClearIndex called %d times, want 1", after.clears)
+	}
+	st, err := decodeIndexState(after.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(st.feeds[string(w.Key())]); got != "[{0 10}]" {
+		t.Fatalf("stored progress of the cut feed: %s", got)
+	}
+	var found bool
+	emu.Lock()
+	defer emu.Unlock()
+	for _, err := range errs {
+		msg := err.Error()
+		found = found || strings.Contains(msg, `view "v"`) && strings.Contains(msg, fmt.Sprintf("%x", w.Key()[:4])) && strings.Contains(msg, "rebuilding")
+	}
+	if !found {
+		t.Fatalf("no report of the rebuild naming view and feed: %v", errs)
+	}
+}
+
+// An entry a peer signed that does not decode in the database's encoding
+// is left out of its batch, counted, and reported.
+func TestUndecodableEntryIsLeftOutAndReported(t *testing.T) {
+	src := memFeed(t, "1", "{bad", "3") // a Binary feed takes any bytes
+	var errs []error
+	var emu sync.Mutex
+	c, err := New(NewMemStorage(), &Options{ValueEncoding: JSON, OnError: func(err error) {
+		emu.Lock()
+		errs = append(errs, err)
+		emu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	v := newRecorder()
+	x, _ := c.Use("v", 1, v)
+	r, err := c.AddFeed(src.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := src.Proof(0, 3, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Put(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ready(scaleCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := v.saw(src, 1); ok || v.count() != 2 {
+		t.Fatalf("Map got %v", v.seen)
+	}
+	if st := x.Status(); st.State != ViewIdle || st.Indexed != 3 || st.Total != 3 {
+		t.Fatalf("status %+v", st)
+	}
+	emu.Lock()
+	defer emu.Unlock()
+	want := fmt.Sprintf(`view "v": feed %x entry 1`, src.Key()[:4])
+	if len(errs) != 1 || !errors.Is(errs[0], ErrInvalidValue) || !strings.Contains(errs[0].Error(), want) {
+		t.Fatalf("OnError got %v, want one error containing %q", errs, want)
+	}
+}
+
+// The state kept in parts per feed encodes as indexState does, including
+// progress of feeds the database does not hold (yet).
+func TestStoredStateKeepsFeedsNotSeen(t *testing.T) {
+	ctx := scaleCtx(t)
+	c1, _ := New(NewMemStorage(), nil)
+	v := statefulRecorder{newRecorder()}
+	c1.Use("v", 1, v)
+	var keys []string
+	for i := range 5 {
+		w, _ := c1.Writer(fmt.Sprint("w", i))
+		appendStrings(t, w, "a", "b")
+		keys = append(keys, string(w.Key()))
+	}
+	if err := c1.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c1.Close()
+
+	c2, _ := New(NewMemStorage(), nil)
+	defer c2.Close()
+	v2 := statefulRecorder{newRecorder()}
+	v2.state = v.state
+	c2.Use("v", 1, v2)
+	w, _ := c2.Writer("new")
+	appendStrings(t, w, "x", "y", "z")
+	if err := c2.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := decodeIndexState(v2.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &indexState{version: 1, feeds: map[string][]span{string(w.Key()): {{0, 3}}}}
+	for _, k := range keys {
+		want.feeds[k] = []span{{0, 2}}
+	}
+	if !bytes.Equal(v2.state, want.encode()) {
+		t.Fatalf("stored state %v, want %v", st.feeds, want.feeds)
+	}
+}
+
+// A feed that grows all the time does not keep the others waiting.
+func TestBusyFeedDoesNotStarveOthers(t *testing.T) {
+	c, err := New(NewMemStorage(), &Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	v := newRecorder()
+	c.Use("v", 1, &maxBatchView{v, 1})
+	busy, _ := c.Writer("busy")
+	quiet, _ := c.Writer("quiet")
+	ctx, cancel := context.WithCancel(scaleCtx(t))
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			busy.Append([]byte("b"), []byte("b"))
+		}
+	}()
+	defer wg.Wait()
+	for busy.Len() < 100 {
+		time.Sleep(time.Millisecond)
+	}
+	appendStrings(t, quiet, "q0", "q1", "q2")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, ok := v.saw(quiet, 2); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the quiet feed was not indexed while the busy one grew")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+}
+
+type maxBatchView struct {
+	*recorder
+	max int
+}
+
+func (v *maxBatchView) MaxBatch() int { return v.max }
