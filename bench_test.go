@@ -545,12 +545,13 @@ const (
 // in use while opening and indexing (peak-heap-MB; target: under 100), the
 // heap an open, idle feed holds (idle-feed-B: heap after opening and a GC,
 // over the feeds; target: a few hundred bytes) and what the caught-up view
-// adds per feed (view-B/feed).
+// adds per feed (view-B/feed), and the heap in use after a GC once the view
+// caught up (live-heap-MB).
 func BenchmarkIndex10kFeedsNewView(b *testing.B) {
 	dir := benchIndexDB(b, "new", benchManyFeeds, benchManyPerFeed)
 	const total = benchManyFeeds * benchManyPerFeed
 	ctx := context.Background()
-	var idle, view, peak float64
+	var idle, view, peak, live float64
 	for b.Loop() {
 		b.StopTimer()
 		base := heapAfterGC()
@@ -576,6 +577,7 @@ func BenchmarkIndex10kFeedsNewView(b *testing.B) {
 		peak = max(peak, float64(h.Stop()))
 		idle = (float64(opened) - float64(base)) / benchManyFeeds
 		view = (float64(indexed) - float64(opened)) / benchManyFeeds
+		live = float64(indexed)
 		if err := c.Close(); err != nil {
 			b.Fatal(err)
 		}
@@ -585,12 +587,14 @@ func BenchmarkIndex10kFeedsNewView(b *testing.B) {
 	b.ReportMetric(peak/1e6, "peak-heap-MB")
 	b.ReportMetric(idle, "idle-feed-B")
 	b.ReportMetric(view, "view-B/feed")
+	b.ReportMetric(live/1e6, "live-heap-MB")
 }
 
 // BenchmarkIndex10kFeedsOneBusy: 200,000 entries appended (while the view
 // is paused, not timed) to one of the 10,000 feeds are indexed, from Resume
 // until Ready returns. Reports entries/s (target: at least 1,000,000) and
-// the peak heap in use while indexing (target: under 100 MB). So that every
+// the peak heap in use while indexing (target: under 100 MB; live-heap-MB is
+// the heap after a GC once the view caught up). So that every
 // run starts from the same database, the busy feed's files are copied to a
 // scratch directory and the database is opened with New over both (see
 // overlayStorage); every file is still on directory storage.
@@ -598,7 +602,7 @@ func BenchmarkIndex10kFeedsOneBusy(b *testing.B) {
 	dir := benchIndexDB(b, "new", benchManyFeeds, benchManyPerFeed)
 	ctx := context.Background()
 	vals := benchValues(benchBatch, benchValueSize)
-	var peak float64
+	var peak, live float64
 	for b.Loop() {
 		b.StopTimer()
 		s := openBusyOverlay(b, dir, feedPrefix(0))
@@ -636,6 +640,7 @@ func BenchmarkIndex10kFeedsOneBusy(b *testing.B) {
 		if got := v.n.Load() - before; got != benchBusyEntries {
 			b.Fatalf("indexed %d of %d new entries", got, benchBusyEntries)
 		}
+		live = float64(heapAfterGC())
 		if err := c.Close(); err != nil {
 			b.Fatal(err)
 		}
@@ -646,4 +651,5 @@ func BenchmarkIndex10kFeedsOneBusy(b *testing.B) {
 	}
 	reportRate(b, int64(b.N)*benchBusyEntries, int64(b.N)*benchBusyEntries*benchValueSize)
 	b.ReportMetric(peak/1e6, "peak-heap-MB")
+	b.ReportMetric(live/1e6, "live-heap-MB")
 }
