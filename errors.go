@@ -78,6 +78,27 @@ var (
 	// sign its roots under the feed's key. It matches ErrVerify.
 	ErrBadSignature error = &verifyError{"kappa: signature does not verify"}
 
+	// ErrUnauthorized ends a replication session whose peer could not
+	// prove that it knows the database's shared key (or that refused this
+	// side's proof).
+	ErrUnauthorized = errors.New("kappa: peer does not know the shared key")
+
+	// ErrVersion ends a replication session with a peer whose protocol
+	// major version differs.
+	ErrVersion = errors.New("kappa: incompatible protocol version")
+
+	// ErrProtocol ends a replication session whose peer sent something
+	// malformed, oversized or out of protocol; the error says what.
+	ErrProtocol = errors.New("kappa: protocol error")
+
+	// ErrTimeout ends a replication session whose peer sent nothing, or
+	// read nothing, for ReplicateOptions.Timeout.
+	ErrTimeout = errors.New("kappa: peer timed out")
+
+	// ErrPeerClosed ends a replication session whose connection closed
+	// before the session was complete.
+	ErrPeerClosed = errors.New("kappa: connection closed before the session ended")
+
 	// ErrNoView is returned for a view name that was never passed to Use.
 	ErrNoView = errors.New("kappa: no such view")
 

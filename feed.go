@@ -511,6 +511,7 @@ func (f *Feed) loadBitfield(length uint64) error {
 	}
 	bits := make([]byte, pages*bitPageBytes)
 	var rebuilt []uint64
+	reasons := map[uint64]string{}
 	for p := range pages {
 		rec := buf[p*bitPageSize : (p+1)*bitPageSize]
 		if p < inFile && bitPageValid(p, rec) {
@@ -521,6 +522,50 @@ func (f *Feed) loadBitfield(length uint64) error {
 			return err
 		}
 		rebuilt = append(rebuilt, p)
+		reasons[p] = "page failed its checksum; rebuilt from the tree and data"
+		if p >= inFile {
+			reasons[p] = "page missing; rebuilt from the tree and data"
+		}
+	}
+	// Bits at or past length in the last page were set by a Put whose
+	// signature record was torn away (or cut as damage), and the tree and
+	// data under them were cut: cleared, so that a later, longer length
+	// does not find them present.
+	if k := length % bitPageEntries; k != 0 && reasons[pages-1] == "" {
+		last := bits[(pages-1)*bitPageBytes : pages*bitPageBytes]
+		if last[k/8]>>(k%8) != 0 || !isZero(last[k/8+1:]) {
+			rebuilt = append(rebuilt, pages-1)
+			reasons[pages-1] = fmt.Sprintf("entries past length %d marked present; cleared", length)
+		}
+	}
+	// The newest held entry must have its leaf and its bytes, else the
+	// bits claim entries that a torn Put never stored or whose tree or data
+	// was cut: the page is rebuilt, and the check repeats on the newest
+	// entry left (a rebuilt page holds only entries that check).
+	dataSize, err := f.data.Size()
+	if err != nil {
+		return err
+	}
+	for {
+		h, ok := lastHeld(bits, length)
+		if !ok {
+			break
+		}
+		n, err := f.readNode(2 * h)
+		if err == nil && (n.Size == 0 || headerSize+int64(n.Offset+n.Size) <= dataSize) {
+			break // (an empty entry is whole in its leaf, as rebuildBitPage finds)
+		}
+		if err != nil && !errors.Is(err, errNoNode) && !errors.Is(err, ErrCorrupt) {
+			return err
+		}
+		p := h / bitPageEntries
+		if err := f.rebuildBitPage(p, length, bits[p*bitPageBytes:(p+1)*bitPageBytes]); err != nil {
+			return err
+		}
+		if reasons[p] == "" {
+			rebuilt = append(rebuilt, p)
+		}
+		reasons[p] = fmt.Sprintf("entry %d is marked present but its leaf or bytes are missing; rebuilt from the tree and data", h)
 	}
 	f.have.fromBytes(bits, length)
 	f.bitPages = pages
@@ -534,16 +579,24 @@ func (f *Feed) loadBitfield(length uint64) error {
 		if _, err := f.bits.WriteAt(rec, off); err != nil {
 			return err
 		}
-		reason := "page failed its checksum; rebuilt from the tree and data"
-		if p >= inFile {
-			reason = "page missing; rebuilt from the tree and data"
-		}
-		f.repaired(Repair{File: f.name + fileBitfield, From: size, To: max(size, off+bitPageSize), Reason: reason})
+		f.repaired(Repair{File: f.name + fileBitfield, From: size, To: max(size, off+bitPageSize), Reason: reasons[p]})
 	}
 	if len(rebuilt) > 0 && !f.noSync {
 		return f.bits.Sync()
 	}
 	return nil
+}
+
+// lastHeld returns the highest entry below length whose bit is set in bits.
+func lastHeld(bits []byte, length uint64) (uint64, bool) {
+	for i := min(uint64(len(bits)), (length+7)/8); i > 0; i-- {
+		for k := uint64(7); k < 8; k-- {
+			if seq := (i-1)*8 + k; seq < length && bits[i-1]&(1<<k) != 0 {
+				return seq, true
+			}
+		}
+	}
+	return 0, false
 }
 
 // bitPages returns how many bitfield pages cover length entries.
@@ -1309,11 +1362,56 @@ func (f *Feed) Proof(start, end, remoteLength uint64) (*Proof, error) {
 		}
 	}
 	p, err := f.proofAt(start, end, length)
+	if err == nil {
+		p.Signature = bytes.Clone(sig)
+		return p, nil
+	}
+	if !errors.Is(err, ErrNotAvailable) {
+		return nil, err
+	}
+	// A replica that does not hold the whole tree at its newest length may
+	// hold it at an older length whose signature it kept.
+	if q, err := f.olderProof(start, end, length); err == nil {
+		return q, nil
+	}
+	return nil, err
+}
+
+// maxOlderProofs bounds how many older signed lengths Proof tries.
+const maxOlderProofs = 64
+
+// olderProof looks back through the signature records below length, newest
+// first, for a signed length that covers [start, end) and whose tree nodes
+// this feed holds.
+func (f *Feed) olderProof(start, end, length uint64) (*Proof, error) {
+	size, err := f.sigs.Size()
 	if err != nil {
 		return nil, err
 	}
-	p.Signature = bytes.Clone(sig)
-	return p, nil
+	n := (size - headerSize) / sigRecordSize
+	err = ErrNotAvailable
+	for k, tries := n-1, 0; k >= 0 && tries < maxOlderProofs; k-- {
+		var rec [sigRecordSize]byte
+		if _, err := f.sigs.ReadAt(rec[:], headerSize+k*sigRecordSize); err != nil {
+			return nil, err
+		}
+		l, sig, _, ok := decodeSigRecord(rec[:])
+		if !ok || l >= length {
+			continue
+		}
+		if l < end {
+			break
+		}
+		tries++
+		p, perr := f.proofAt(start, end, l)
+		if perr != nil {
+			err = perr
+			continue
+		}
+		p.Signature = bytes.Clone(sig)
+		return p, nil
+	}
+	return nil, fmt.Errorf("feed %x: proof of [%d, %d): %w", f.key[:4], start, end, err)
 }
 
 func (f *Feed) proofAt(start, end, length uint64) (*Proof, error) {

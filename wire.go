@@ -1,0 +1,1165 @@
+package kappa
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The replication protocol: see doc/PROTOCOL.md.
+
+const (
+	protoMajor = 1
+	protoMinor = 0
+
+	// maxMessage is the largest message either side accepts: one block of
+	// MaxBlockSize with its proof fits.
+	maxMessage = MaxBlockSize + 1<<20
+
+	// A request asks for at most maxRequestBlocks blocks; the answer holds
+	// a prefix of them of at most maxAnswerBytes (but at least one block).
+	maxRequestBlocks = 1024
+	maxAnswerBytes   = 4 << 20
+
+	// maxOutstanding bounds the requests a side may have in flight, and so
+	// the bytes in flight: the peer's are checked against it.
+	maxOutstanding = 16
+
+	exporterLabel = "EXPORTER-kappa-replicate-v1"
+)
+
+// Message types.
+const (
+	msgHello        = 0 // "KAPPA" ‖ major u8 ‖ minor u8 ‖ HMAC (32)
+	msgFeed         = 1 // id ‖ public key (32)
+	msgHave         = 2 // id ‖ length ‖ ranges: count, then (gap, len) pairs
+	msgSynced       = 3 // every feed and range of the sender's snapshot was sent
+	msgRequest      = 4 // id (the receiver's) ‖ start ‖ end ‖ length the requester holds
+	msgData         = 5 // id ‖ start ‖ blocks ‖ nodes ‖ length ‖ signature
+	msgNotAvailable = 6 // id ‖ start ‖ end
+	msgDone         = 7 // the sender wants nothing more
+	msgPing         = 8
+)
+
+var helloMagic = []byte("KAPPA")
+
+// ReplicateOptions configure a replication session. The zero value (and
+// nil) means non-live, accepting every feed the peer offers.
+type ReplicateOptions struct {
+	// Live keeps the session open after the first exchange: new entries
+	// and new feeds, on either side, are sent as they appear, until the
+	// context ends.
+	Live bool
+
+	// Accept, if set, decides whether to take a feed the peer offers (by
+	// its public key). A declined feed is neither added nor fetched.
+	Accept func(key []byte) bool
+
+	// Progress, if set, is called from the session's goroutine whenever
+	// its progress changes. It must not block.
+	Progress func(ReplicateProgress)
+
+	// KeepAlive is how often a quiet session sends a ping (default 5 s).
+	// Timeout ends the session with ErrTimeout when nothing arrives from
+	// the peer for that long, or a write to it blocks that long (default
+	// 30 s).
+	KeepAlive, Timeout time.Duration
+}
+
+// ReplicateProgress is a session's progress, for progress bars.
+type ReplicateProgress struct {
+	Phase          string // "handshake", "exchange", "live" or "done"
+	Feeds          int    // feeds the peer offered that this side took
+	FeedsToGo      int    // of those, feeds with blocks still to fetch
+	BlocksToGo     uint64 // blocks wanted and not yet received
+	BlocksReceived uint64 // blocks received and stored
+	BlocksSent     uint64
+	BytesReceived  uint64 // bytes read from the connection
+	BytesSent      uint64
+}
+
+// Replicate runs one replication session with a peer over conn (a net.Conn
+// or any io.ReadWriteCloser: a pipe, stdin/stdout) and returns why it
+// ended. Exactly one side passes initiator true.
+//
+// The session runs TLS 1.3 over conn, then each side proves it knows the
+// database's shared key; a peer that cannot is cut off with ErrUnauthorized
+// before it learns anything. Then the sides exchange their feeds and what
+// they hold, and each fetches what it lacks; every block is verified before
+// it is stored. A non-live session ends, returning nil, once both sides hold
+// what the other had when they met. A live one goes on until ctx ends. conn
+// is closed when Replicate returns.
+func (c *Core) Replicate(ctx context.Context, conn io.ReadWriteCloser, initiator bool, opts *ReplicateOptions) error {
+	if conn == nil {
+		return fmt.Errorf("replicate: %w: nil connection", ErrInvalidValue)
+	}
+	s := &session{core: c, raw: conn, initiator: initiator}
+	if opts != nil {
+		s.opts = *opts
+	}
+	if s.opts.KeepAlive <= 0 {
+		s.opts.KeepAlive = 5 * time.Second
+	}
+	if s.opts.Timeout <= 0 {
+		s.opts.Timeout = 30 * time.Second
+	}
+	c.mu.RLock()
+	closed := c.closed
+	c.mu.RUnlock()
+	if closed {
+		conn.Close()
+		return fmt.Errorf("replicate: %w", ErrClosed)
+	}
+	err := s.run(ctx)
+	if err != nil {
+		return fmt.Errorf("replicate: %w", err)
+	}
+	return nil
+}
+
+// session is one replication session.
+type session struct {
+	core      *Core
+	raw       io.ReadWriteCloser
+	initiator bool
+	opts      ReplicateOptions
+
+	tls *tls.Conn
+	br  *bufio.Reader
+
+	// The writer goroutine sends what send queues; the queue is unbounded,
+	// so the session's loop never blocks on the peer, and bounded in
+	// practice by the protocol: answers only to requests, of which the
+	// peer may have maxOutstanding.
+	outMu    sync.Mutex
+	out      [][]byte
+	outWake  chan struct{}
+	outEnd   bool
+	outIdle  chan struct{} // signalled when the queue is drained and flushed
+	writing  atomic.Int64  // unix nanos a write began, 0 when none
+	lastRead atomic.Int64
+
+	bytesIn, bytesOut atomic.Uint64
+
+	// Feeds this side announced (ids are indexes) and the peer's.
+	mine     []*Feed
+	mineID   map[*Feed]uint64
+	sentHave map[*Feed]haveState
+	peers    []*peerFeed
+
+	wants       []*peerFeed // peer feeds with ranges still wanted, in turn
+	next        int
+	outstanding []request // in the order sent: answers come in that order
+	pendingNew  []pendingFeed
+
+	peerSynced, sentDone, peerDone bool
+	progress                       ReplicateProgress
+}
+
+type haveState struct{ length, held uint64 }
+
+// peerFeed is a feed the peer announced.
+type peerFeed struct {
+	id     uint64
+	key    []byte
+	local  *Feed // nil until added, or if declined
+	length uint64
+	want   []span // ranges the peer holds that this side wants
+}
+
+type pendingFeed struct {
+	pf *peerFeed
+}
+
+type request struct {
+	pf         *peerFeed
+	start, end uint64
+}
+
+func (s *session) run(ctx context.Context) (err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Anything that blocks on the connection is released by closing it.
+	var closeOnce sync.Once
+	closeRaw := func() { closeOnce.Do(func() { s.raw.Close() }) }
+	defer closeRaw()
+	stopWatch := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			closeRaw()
+		case <-stopWatch:
+		}
+	}()
+	defer close(stopWatch)
+
+	s.setPhase("handshake")
+	var timedOut atomic.Bool
+	hsTimer := time.AfterFunc(s.opts.Timeout, func() {
+		timedOut.Store(true)
+		closeRaw()
+	})
+	err = s.handshake(ctx)
+	hsTimer.Stop()
+	if err != nil {
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case timedOut.Load():
+			return fmt.Errorf("%w: the handshake took longer than %v", ErrTimeout, s.opts.Timeout)
+		}
+		return err
+	}
+
+	s.outWake = make(chan struct{}, 1)
+	s.outIdle = make(chan struct{}, 1)
+	in := make(chan frame, 64)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.readLoop(in) }()
+	go func() { defer wg.Done(); s.writeLoop() }()
+	defer wg.Wait()
+	defer s.stopWriter()
+	defer closeRaw()
+	s.lastRead.Store(time.Now().UnixNano())
+
+	err = s.loop(ctx, in)
+	if err == nil {
+		// Both sides said done: flush, say goodbye, wait for theirs.
+		s.stopWriter()
+		s.waitIdle(ctx)
+		s.tls.CloseWrite()
+		timer := time.NewTimer(s.opts.Timeout)
+		defer timer.Stop()
+		for {
+			select {
+			case f, ok := <-in:
+				if !ok || f.err != nil {
+					s.setPhase("done")
+					return nil
+				}
+			case <-timer.C:
+				return nil
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
+	if ctx.Err() != nil && !errors.Is(err, ErrTimeout) {
+		return ctx.Err()
+	}
+	return err
+}
+
+func (s *session) setPhase(p string) {
+	s.progress.Phase = p
+	s.report()
+}
+
+func (s *session) report() {
+	if s.opts.Progress == nil {
+		return
+	}
+	p := s.progress
+	p.BytesReceived, p.BytesSent = s.bytesIn.Load(), s.bytesOut.Load()
+	p.FeedsToGo, p.BlocksToGo = 0, 0
+	for _, pf := range s.peers {
+		if pf.local == nil {
+			continue
+		}
+		var n uint64
+		for _, w := range pf.want {
+			n += w.end - w.start
+		}
+		for _, r := range s.outstanding {
+			if r.pf == pf {
+				n += r.end - r.start
+			}
+		}
+		if n > 0 {
+			p.FeedsToGo++
+			p.BlocksToGo += n
+		}
+	}
+	s.opts.Progress(p)
+}
+
+// rwcConn lets crypto/tls run over any io.ReadWriteCloser.
+type rwcConn struct{ io.ReadWriteCloser }
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe" }
+
+func (rwcConn) LocalAddr() net.Addr                { return pipeAddr{} }
+func (rwcConn) RemoteAddr() net.Addr               { return pipeAddr{} }
+func (rwcConn) SetDeadline(t time.Time) error      { return nil }
+func (rwcConn) SetReadDeadline(t time.Time) error  { return nil }
+func (rwcConn) SetWriteDeadline(t time.Time) error { return nil }
+
+// tlsConfig makes a TLS 1.3 configuration with an ephemeral self-signed
+// ed25519 certificate. Peers do not check certificates: they authenticate
+// each other with the shared key, bound to this TLS session.
+func tlsConfig() (*tls.Config, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, priv)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		Certificates:       []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: priv}},
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true,
+	}, nil
+}
+
+// handshake runs TLS, then exchanges hellos: version and proof of the
+// shared key. Nothing else is sent before the peer's proof checked out.
+func (s *session) handshake(ctx context.Context) (err error) {
+	cfg, err := tlsConfig()
+	if err != nil {
+		return err
+	}
+	nc, ok := s.raw.(net.Conn)
+	if !ok {
+		nc = rwcConn{s.raw}
+	}
+	if s.initiator {
+		s.tls = tls.Client(nc, cfg)
+	} else {
+		s.tls = tls.Server(nc, cfg)
+	}
+	if err := s.tls.HandshakeContext(ctx); err != nil {
+		return handshakeErr(err)
+	}
+	s.br = bufio.NewReaderSize(s.tls, 64<<10)
+	cs := s.tls.ConnectionState()
+	ekm, err := cs.ExportKeyingMaterial(exporterLabel, nil, 32)
+	if err != nil {
+		return err
+	}
+	hello := append([]byte{msgHello}, helloMagic...)
+	hello = append(hello, protoMajor, protoMinor)
+	hello = append(hello, helloMAC(s.core.key, ekm, s.initiator)...)
+	// Send and receive at once: over a synchronous pipe, a write waits for
+	// the peer's read.
+	werr := make(chan error, 1)
+	defer func() {
+		if err != nil {
+			s.raw.Close() // releases the write below if it blocks
+			<-werr
+		}
+	}()
+	go func() {
+		b := binary.AppendUvarint(nil, uint64(len(hello)))
+		_, err := s.tls.Write(append(b, hello...))
+		werr <- err
+	}()
+	msg, err := readFrame(s.br, 64)
+	if err != nil {
+		return handshakeErr(err)
+	}
+	if len(msg) != 1+len(helloMagic)+2+32 || msg[0] != msgHello || !bytes.Equal(msg[1:1+len(helloMagic)], helloMagic) {
+		return fmt.Errorf("%w: not a kappa hello", ErrProtocol)
+	}
+	if major := msg[1+len(helloMagic)]; major != protoMajor {
+		return fmt.Errorf("%w: peer speaks %d.%d, this side %d.%d", ErrVersion, major, msg[2+len(helloMagic)], protoMajor, protoMinor)
+	}
+	if !hmac.Equal(msg[3+len(helloMagic):], helloMAC(s.core.key, ekm, !s.initiator)) {
+		// Say nothing more; let the peer read our hello (closing with
+		// its bytes unread could reset the connection before it does),
+		// and wait for it to hang up too.
+		if err := <-werr; err == nil {
+			done := make(chan struct{})
+			go func() { s.tls.CloseWrite(); close(done) }()
+			io.Copy(io.Discard, io.LimitReader(s.br, 1<<20))
+			s.raw.Close()
+			<-done
+		}
+		werr <- nil
+		return ErrUnauthorized
+	}
+	werr2 := <-werr
+	werr <- nil // for the deferred wait
+	if werr2 != nil {
+		return handshakeErr(werr2)
+	}
+	return nil
+}
+
+// helloMAC proves knowledge of the shared key, bound to this TLS session
+// and to the sender's role.
+func helloMAC(key, ekm []byte, initiator bool) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(exporterLabel))
+	m.Write(ekm)
+	if initiator {
+		m.Write([]byte{'I'})
+	} else {
+		m.Write([]byte{'R'})
+	}
+	return m.Sum(nil)
+}
+
+func handshakeErr(err error) error {
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrClosedPipe):
+		return fmt.Errorf("%w: during the handshake: %v", ErrPeerClosed, err)
+	case errors.Is(err, ErrProtocol):
+		return err
+	}
+	return fmt.Errorf("%w: handshake: %v", ErrProtocol, err)
+}
+
+// readFrame reads one message: uvarint length, then that many bytes (type
+// and body). The length is checked against max before anything is
+// allocated.
+func readFrame(r *bufio.Reader, max int) ([]byte, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w: message cut off in its length", ErrPeerClosed)
+		}
+		if !isConnErr(err) {
+			return nil, fmt.Errorf("%w: bad length prefix: %v", ErrProtocol, err)
+		}
+		return nil, err
+	}
+	if n == 0 || n > uint64(max) {
+		return nil, fmt.Errorf("%w: message of %d bytes (limit %d)", ErrProtocol, n, max)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w: message cut off after %d of %d bytes", ErrPeerClosed, 0, n)
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+func isConnErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
+}
+
+type frame struct {
+	msg []byte
+	err error
+}
+
+func (s *session) readLoop(in chan<- frame) {
+	defer close(in)
+	for {
+		msg, err := readFrame(s.br, maxMessage)
+		if err != nil {
+			in <- frame{err: err}
+			return
+		}
+		s.bytesIn.Add(uint64(len(msg)))
+		s.lastRead.Store(time.Now().UnixNano())
+		in <- frame{msg: msg}
+	}
+}
+
+// send queues a message; it never blocks.
+func (s *session) send(msg []byte) {
+	s.outMu.Lock()
+	s.out = append(s.out, msg)
+	s.outMu.Unlock()
+	select {
+	case s.outWake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *session) stopWriter() {
+	s.outMu.Lock()
+	s.outEnd = true
+	s.outMu.Unlock()
+	select {
+	case s.outWake <- struct{}{}:
+	default:
+	}
+}
+
+// waitIdle waits until the writer has flushed everything queued.
+func (s *session) waitIdle(ctx context.Context) {
+	for {
+		s.outMu.Lock()
+		empty := len(s.out) == 0
+		s.outMu.Unlock()
+		if empty && s.writing.Load() == 0 {
+			return
+		}
+		select {
+		case <-s.outIdle:
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (s *session) writeLoop() {
+	w := bufio.NewWriterSize(s.tls, 64<<10)
+	var lenBuf [binary.MaxVarintLen64]byte
+	for {
+		s.outMu.Lock()
+		batch, end := s.out, s.outEnd
+		s.out = nil
+		s.outMu.Unlock()
+		if len(batch) == 0 {
+			select {
+			case s.outIdle <- struct{}{}:
+			default:
+			}
+			if end {
+				return
+			}
+			<-s.outWake
+			continue
+		}
+		s.writing.Store(time.Now().UnixNano())
+		for _, msg := range batch {
+			n := binary.PutUvarint(lenBuf[:], uint64(len(msg)))
+			if _, err := w.Write(lenBuf[:n]); err != nil {
+				s.writing.Store(0)
+				return
+			}
+			if _, err := w.Write(msg); err != nil {
+				s.writing.Store(0)
+				return
+			}
+			s.bytesOut.Add(uint64(len(msg)))
+		}
+		err := w.Flush()
+		s.writing.Store(0)
+		if err != nil {
+			return
+		}
+	}
+}
+
+// loop is the session's state machine. It returns nil when a non-live
+// session is complete.
+func (s *session) loop(ctx context.Context, in <-chan frame) error {
+	s.mineID = map[*Feed]uint64{}
+	s.sentHave = map[*Feed]haveState{}
+	s.setPhase("exchange")
+	changed := s.core.FeedsChanged()
+	s.announce()
+	s.send([]byte{msgSynced})
+
+	var local chan struct{}
+	var cancels []func()
+	defer func() {
+		for _, c := range cancels {
+			c()
+		}
+	}()
+	if s.opts.Live {
+		local = make(chan struct{}, 1)
+		for _, f := range s.mine {
+			cancels = append(cancels, f.Subscribe(local))
+		}
+	}
+	tick := time.NewTicker(s.opts.KeepAlive / 2)
+	defer tick.Stop()
+	lastSent := s.bytesOut.Load()
+	for {
+		if err := s.fetch(); err != nil {
+			return err
+		}
+		if !s.opts.Live && s.sentDone && s.peerDone {
+			return nil
+		}
+		var feedsChanged <-chan struct{}
+		if s.opts.Live {
+			feedsChanged = changed
+		}
+		select {
+		case f, ok := <-in:
+			if !ok {
+				return fmt.Errorf("%w", ErrPeerClosed)
+			}
+			if f.err != nil {
+				return s.readErr(ctx, f.err)
+			}
+			if err := s.handle(f.msg); err != nil {
+				return err
+			}
+			// Take whatever else arrived before acting on it.
+			for more := true; more; {
+				select {
+				case f, ok := <-in:
+					if !ok {
+						return fmt.Errorf("%w", ErrPeerClosed)
+					}
+					if f.err != nil {
+						return s.readErr(ctx, f.err)
+					}
+					if err := s.handle(f.msg); err != nil {
+						return err
+					}
+				default:
+					more = false
+				}
+			}
+			if err := s.addPending(); err != nil {
+				return err
+			}
+		case <-feedsChanged:
+			changed = s.core.FeedsChanged()
+			n := len(s.mine)
+			s.announce()
+			for _, f := range s.mine[n:] {
+				cancels = append(cancels, f.Subscribe(local))
+			}
+		case <-local:
+			s.sendHaves()
+		case <-tick.C:
+			now := time.Now().UnixNano()
+			if w := s.writing.Load(); w != 0 && time.Duration(now-w) > s.opts.Timeout {
+				return fmt.Errorf("%w: a write has been blocked for %v", ErrTimeout, s.opts.Timeout)
+			}
+			if time.Duration(now-s.lastRead.Load()) > s.opts.Timeout {
+				return fmt.Errorf("%w: nothing received for %v", ErrTimeout, s.opts.Timeout)
+			}
+			if out := s.bytesOut.Load(); out == lastSent {
+				s.send([]byte{msgPing})
+			} else {
+				lastSent = out
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *session) readErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if !s.opts.Live && s.sentDone && s.peerDone && errors.Is(err, io.EOF) {
+		return nil // the peer finished first and hung up
+	}
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w", ErrPeerClosed)
+	}
+	if errors.Is(err, ErrProtocol) || errors.Is(err, ErrPeerClosed) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", ErrPeerClosed, err)
+}
+
+// announce sends the local feeds not announced yet, with what they hold.
+func (s *session) announce() {
+	for _, f := range s.core.Feeds() {
+		if _, ok := s.mineID[f]; ok {
+			continue
+		}
+		id := uint64(len(s.mine))
+		s.mine = append(s.mine, f)
+		s.mineID[f] = id
+		msg := binary.AppendUvarint([]byte{msgFeed}, id)
+		s.send(append(msg, f.Key()...))
+		s.sendHave(f)
+	}
+}
+
+// sendHaves sends the ranges of every announced feed that changed.
+func (s *session) sendHaves() {
+	for _, f := range s.mine {
+		s.sendHave(f)
+	}
+}
+
+func (s *session) sendHave(f *Feed) {
+	st := haveState{f.Len(), f.Downloaded()}
+	if old, ok := s.sentHave[f]; ok && old == st {
+		return
+	}
+	s.sentHave[f] = st
+	msg := binary.AppendUvarint([]byte{msgHave}, s.mineID[f])
+	msg = binary.AppendUvarint(msg, st.length)
+	var ranges []span
+	for a := f.NextPresent(0); a < st.length; {
+		b := f.NextMissing(a)
+		ranges = append(ranges, span{a, b})
+		a = f.NextPresent(b)
+	}
+	msg = binary.AppendUvarint(msg, uint64(len(ranges)))
+	var prev uint64
+	for _, r := range ranges {
+		msg = binary.AppendUvarint(msg, r.start-prev)
+		msg = binary.AppendUvarint(msg, r.end-r.start)
+		prev = r.end
+	}
+	s.send(msg)
+}
+
+// decoder reads the fields of one message.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = fmt.Errorf("%w: bad varint", ErrProtocol)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes(n uint64) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.err = fmt.Errorf("%w: message too short", ErrProtocol)
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) end() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%w: %d trailing bytes", ErrProtocol, len(d.b))
+	}
+	return d.err
+}
+
+func protoErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
+}
+
+// handle acts on one message from the peer.
+func (s *session) handle(msg []byte) error {
+	d := &decoder{b: msg[1:]}
+	switch msg[0] {
+	case msgFeed:
+		id := d.uvarint()
+		key := d.bytes(PublicKeySize)
+		if err := d.end(); err != nil {
+			return err
+		}
+		if id != uint64(len(s.peers)) {
+			return protoErr("feed announced as %d, expected %d", id, len(s.peers))
+		}
+		pf := &peerFeed{id: id, key: bytes.Clone(key)}
+		s.peers = append(s.peers, pf)
+		if s.opts.Accept != nil && !s.opts.Accept(pf.key) {
+			return nil
+		}
+		s.pendingNew = append(s.pendingNew, pendingFeed{pf})
+	case msgHave:
+		id := d.uvarint()
+		length := d.uvarint()
+		n := d.uvarint()
+		if d.err == nil && n > uint64(len(d.b))/2 {
+			return protoErr("have of %d ranges in %d bytes", n, len(d.b))
+		}
+		ranges := make([]span, 0, n)
+		var prev uint64
+		for i := uint64(0); i < n && d.err == nil; i++ {
+			gap, l := d.uvarint(), d.uvarint()
+			if l == 0 || gap > length || l > length || prev+gap+l > length || (i > 0 && gap == 0) {
+				return protoErr("bad range in have of feed %d", id)
+			}
+			ranges = append(ranges, span{prev + gap, prev + gap + l})
+			prev += gap + l
+		}
+		if err := d.end(); err != nil {
+			return err
+		}
+		pf, err := s.peerFeed(id)
+		if err != nil {
+			return err
+		}
+		if length > maxTreeLength {
+			return protoErr("feed %d claims length %d", id, length)
+		}
+		if s.peerSynced && !s.opts.Live {
+			return nil // wants come from the snapshot taken when the sides met
+		}
+		pf.length = max(pf.length, length)
+		s.setWants(pf, ranges)
+	case msgSynced:
+		if err := d.end(); err != nil {
+			return err
+		}
+		if s.peerSynced {
+			return protoErr("synced twice")
+		}
+		s.peerSynced = true
+	case msgRequest:
+		return s.serve(d)
+	case msgData:
+		return s.receive(d)
+	case msgNotAvailable:
+		id := d.uvarint()
+		start, end := d.uvarint(), d.uvarint()
+		if err := d.end(); err != nil {
+			return err
+		}
+		r, err := s.answer(id, start)
+		if err != nil {
+			return err
+		}
+		if end != r.end {
+			return protoErr("not-available for [%d, %d) answers a request for [%d, %d)", start, end, r.start, r.end)
+		}
+		// Refused: not wanted from this peer any more.
+	case msgDone:
+		if err := d.end(); err != nil {
+			return err
+		}
+		if s.opts.Live {
+			return protoErr("done in a live session")
+		}
+		s.peerDone = true
+	case msgPing:
+		return d.end()
+	default:
+		return protoErr("unknown message type %d", msg[0])
+	}
+	return nil
+}
+
+func (s *session) peerFeed(id uint64) (*peerFeed, error) {
+	if id >= uint64(len(s.peers)) {
+		return nil, protoErr("feed %d was never announced", id)
+	}
+	return s.peers[id], nil
+}
+
+// setWants records which of the peer's ranges this side lacks.
+func (s *session) setWants(pf *peerFeed, ranges []span) {
+	pf.want = pf.want[:0]
+	for _, r := range ranges {
+		pf.want = append(pf.want, r)
+	}
+	s.trimWants(pf)
+}
+
+// trimWants drops from pf's wants what the local feed holds or what is
+// already requested.
+func (s *session) trimWants(pf *peerFeed) {
+	if pf.local == nil {
+		return
+	}
+	if pf.local.Writable() {
+		pf.want = nil // this side wrote it: it holds all there is
+		return
+	}
+	var out []span
+	for _, w := range pf.want {
+		for a := pf.local.NextMissing(w.start); a < w.end; {
+			b := min(pf.local.NextPresent(a), w.end)
+			if a >= pf.local.Len() {
+				b = w.end
+			}
+			out = append(out, span{a, b})
+			if b >= w.end {
+				break
+			}
+			a = pf.local.NextMissing(b)
+		}
+	}
+	// Ranges in flight are not wanted twice.
+	for _, r := range s.outstanding {
+		if r.pf == pf {
+			out = subtractSpan(out, span{r.start, r.end})
+		}
+	}
+	pf.want = out
+	if len(out) > 0 && !s.isWanting(pf) {
+		s.wants = append(s.wants, pf)
+	}
+}
+
+func (s *session) isWanting(pf *peerFeed) bool {
+	for _, w := range s.wants {
+		if w == pf {
+			return true
+		}
+	}
+	return false
+}
+
+func subtractSpan(in []span, x span) []span {
+	var out []span
+	for _, a := range in {
+		if a.end <= x.start || a.start >= x.end {
+			out = append(out, a)
+			continue
+		}
+		if a.start < x.start {
+			out = append(out, span{a.start, x.start})
+		}
+		if a.end > x.end {
+			out = append(out, span{x.end, a.end})
+		}
+	}
+	return out
+}
+
+// addPending adds the feeds the peer offered that this side lacks, all at
+// once.
+func (s *session) addPending() error {
+	if len(s.pendingNew) == 0 {
+		return nil
+	}
+	keys := make([][]byte, len(s.pendingNew))
+	for i, p := range s.pendingNew {
+		keys[i] = p.pf.key
+	}
+	fs, err := s.core.AddFeeds(keys...)
+	if err != nil {
+		return err
+	}
+	for i, p := range s.pendingNew {
+		p.pf.local = fs[i]
+		s.progress.Feeds++
+		s.trimWants(p.pf)
+	}
+	s.pendingNew = s.pendingNew[:0]
+	s.report()
+	return nil
+}
+
+// fetch sends requests for wanted ranges, taking turns between feeds, and
+// says done when nothing is wanted or in flight.
+func (s *session) fetch() error {
+	if err := s.addPending(); err != nil {
+		return err
+	}
+	for len(s.outstanding) < maxOutstanding && len(s.wants) > 0 {
+		if s.next >= len(s.wants) {
+			s.next = 0
+		}
+		pf := s.wants[s.next]
+		if len(pf.want) == 0 || pf.local == nil {
+			s.wants = append(s.wants[:s.next], s.wants[s.next+1:]...)
+			continue
+		}
+		w := &pf.want[0]
+		end := min(w.end, w.start+maxRequestBlocks)
+		r := request{pf: pf, start: w.start, end: end}
+		if w.start = end; w.start >= w.end {
+			pf.want = pf.want[1:]
+		}
+		s.outstanding = append(s.outstanding, r)
+		msg := binary.AppendUvarint([]byte{msgRequest}, pf.id)
+		msg = binary.AppendUvarint(msg, r.start)
+		msg = binary.AppendUvarint(msg, r.end)
+		msg = binary.AppendUvarint(msg, pf.local.Len())
+		s.send(msg)
+		s.next++
+	}
+	if !s.opts.Live && !s.sentDone && s.peerSynced && len(s.pendingNew) == 0 && len(s.outstanding) == 0 && len(s.wants) == 0 {
+		s.sentDone = true
+		s.send([]byte{msgDone})
+		s.report()
+	}
+	return nil
+}
+
+// answer matches an answer from the peer to the oldest request in flight.
+func (s *session) answer(id, start uint64) (request, error) {
+	if len(s.outstanding) == 0 {
+		return request{}, protoErr("an answer for feed %d at %d that nobody requested", id, start)
+	}
+	r := s.outstanding[0]
+	if r.pf.id != id || r.start != start {
+		return request{}, protoErr("an answer for feed %d at %d; requested was feed %d at %d", id, start, r.pf.id, r.start)
+	}
+	s.outstanding = s.outstanding[1:]
+	return r, nil
+}
+
+// serve answers a request from the peer.
+func (s *session) serve(d *decoder) error {
+	id := d.uvarint()
+	start, end, known := d.uvarint(), d.uvarint(), d.uvarint()
+	if err := d.end(); err != nil {
+		return err
+	}
+	if id >= uint64(len(s.mine)) {
+		return protoErr("request for feed %d, which was never announced", id)
+	}
+	if start >= end || end-start > maxRequestBlocks {
+		return protoErr("request for [%d, %d)", start, end)
+	}
+	f := s.mine[id]
+	notAvailable := func() error {
+		msg := binary.AppendUvarint([]byte{msgNotAvailable}, id)
+		msg = binary.AppendUvarint(msg, start)
+		s.send(binary.AppendUvarint(msg, end))
+		return nil
+	}
+	e := min(end, f.NextMissing(start))
+	if e <= start {
+		return notAvailable()
+	}
+	p, err := f.Proof(start, e, known)
+	if err != nil {
+		if errors.Is(err, ErrNotAvailable) || errors.Is(err, ErrOutOfRange) {
+			return notAvailable()
+		}
+		return fmt.Errorf("serve feed %x: %w", f.Key()[:4], err)
+	}
+	if k := answerPrefix(p.Blocks); k < len(p.Blocks) {
+		if p, err = f.Proof(start, start+uint64(k), known); err != nil {
+			return notAvailable()
+		}
+	}
+	s.send(encodeData(id, p))
+	s.progress.BlocksSent += uint64(len(p.Blocks))
+	return nil
+}
+
+// answerPrefix returns how many blocks fit in one answer.
+func answerPrefix(blocks [][]byte) int {
+	var n int
+	for i, b := range blocks {
+		n += len(b)
+		if i > 0 && n > maxAnswerBytes {
+			return i
+		}
+	}
+	return len(blocks)
+}
+
+func encodeData(id uint64, p *Proof) []byte {
+	size := 64 + 64 + len(p.Nodes)*48
+	for _, b := range p.Blocks {
+		size += len(b) + 4
+	}
+	msg := make([]byte, 0, size)
+	msg = append(msg, msgData)
+	msg = binary.AppendUvarint(msg, id)
+	msg = binary.AppendUvarint(msg, p.Start)
+	msg = binary.AppendUvarint(msg, uint64(len(p.Blocks)))
+	for _, b := range p.Blocks {
+		msg = binary.AppendUvarint(msg, uint64(len(b)))
+		msg = append(msg, b...)
+	}
+	msg = binary.AppendUvarint(msg, uint64(len(p.Nodes)))
+	for _, n := range p.Nodes {
+		msg = binary.AppendUvarint(msg, n.Index)
+		msg = binary.AppendUvarint(msg, n.Size)
+		msg = append(msg, n.Hash[:]...)
+	}
+	msg = binary.AppendUvarint(msg, p.Length)
+	if p.Signature != nil {
+		msg = append(msg, 1)
+		msg = append(msg, p.Signature...)
+	} else {
+		msg = append(msg, 0)
+	}
+	return msg
+}
+
+// decodeData decodes a data message's body after its feed id.
+func decodeData(d *decoder) (*Proof, error) {
+	p := &Proof{Start: d.uvarint()}
+	nb := d.uvarint()
+	if d.err == nil && (nb == 0 || nb > maxRequestBlocks) {
+		return nil, protoErr("data of %d blocks", nb)
+	}
+	p.Blocks = make([][]byte, 0, min(nb, uint64(len(d.b))))
+	for range nb {
+		p.Blocks = append(p.Blocks, d.bytes(d.uvarint()))
+	}
+	nn := d.uvarint()
+	if d.err == nil && nn > uint64(len(d.b))/34 {
+		return nil, protoErr("%d nodes in %d bytes", nn, len(d.b))
+	}
+	p.Nodes = make([]Node, 0, nn)
+	for range nn {
+		var n Node
+		n.Index = d.uvarint()
+		n.Size = d.uvarint()
+		copy(n.Hash[:], d.bytes(32))
+		p.Nodes = append(p.Nodes, n)
+	}
+	p.Length = d.uvarint()
+	switch flag := d.bytes(1); {
+	case d.err != nil:
+	case flag[0] == 1:
+		p.Signature = d.bytes(64)
+	case flag[0] != 0:
+		return nil, protoErr("bad signature flag %d", flag[0])
+	}
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// receive verifies and stores an answer from the peer.
+func (s *session) receive(d *decoder) error {
+	id := d.uvarint()
+	if d.err != nil {
+		return d.err
+	}
+	p, err := decodeData(d)
+	if err != nil {
+		return err
+	}
+	r, err := s.answer(id, p.Start)
+	if err != nil {
+		return err
+	}
+	n := uint64(len(p.Blocks))
+	if n > r.end-r.start {
+		return protoErr("data of %d blocks for a request of %d", n, r.end-r.start)
+	}
+	if err := r.pf.local.Put(p); err != nil {
+		return fmt.Errorf("feed %x from the peer: %w", r.pf.key[:4], err)
+	}
+	s.progress.BlocksReceived += n
+	if r.start+n < r.end {
+		// A prefix: the rest is wanted again.
+		r.pf.want = append([]span{{r.start + n, r.end}}, r.pf.want...)
+		if !s.isWanting(r.pf) {
+			s.wants = append(s.wants, r.pf)
+		}
+	}
+	s.report()
+	return nil
+}
