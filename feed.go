@@ -114,6 +114,10 @@ type Feed struct {
 	closed   bool
 
 	ahead readAhead
+
+	wantMu   sync.Mutex
+	wanted   map[uint64]span // ranges calls wait for, by registration
+	nextWant uint64
 }
 
 // OpenFeed opens the feed stored in s under prefix (for example
@@ -926,6 +930,7 @@ func (f *Feed) Head(ctx context.Context) ([]byte, error) {
 
 // wait blocks until every entry in [start, end) is present.
 func (f *Feed) wait(ctx context.Context, start, end uint64) error {
+	registered := false
 	for {
 		f.mu.RLock()
 		if f.closed {
@@ -943,6 +948,12 @@ func (f *Feed) wait(ctx context.Context, start, end uint64) error {
 		f.waiting.Add(1)
 		ch := f.changed
 		f.mu.RUnlock()
+		if !registered && f.bits != nil {
+			// A replica records what it waits for, so that replication
+			// sessions of a sparse database fetch it.
+			registered = true
+			defer f.want(start, end)()
+		}
 		select {
 		case <-ch:
 			f.waiting.Add(-1)
@@ -1279,6 +1290,73 @@ func (f *Feed) publish(length, byteLen uint64, roots []storedNode, sig []byte, g
 	}
 }
 
+// want records that [start, end) is wanted until the returned function is
+// called, and signals the subscribers.
+func (f *Feed) want(start, end uint64) (done func()) {
+	f.wantMu.Lock()
+	id := f.nextWant
+	f.nextWant++
+	if f.wanted == nil {
+		f.wanted = make(map[uint64]span)
+	}
+	f.wanted[id] = span{start, end}
+	f.wantMu.Unlock()
+	f.signal()
+	return func() {
+		f.wantMu.Lock()
+		delete(f.wanted, id)
+		f.wantMu.Unlock()
+	}
+}
+
+// wantedRanges returns the ranges that calls are waiting for, sorted and
+// merged.
+func (f *Feed) wantedRanges() []span {
+	f.wantMu.Lock()
+	out := make([]span, 0, len(f.wanted))
+	for _, w := range f.wanted {
+		out = append(out, w)
+	}
+	f.wantMu.Unlock()
+	slices.SortFunc(out, func(a, b span) int { return cmp.Compare(a.start, b.start) })
+	merged := out[:0]
+	for _, w := range out {
+		if n := len(merged); n > 0 && merged[n-1].end >= w.start {
+			merged[n-1].end = max(merged[n-1].end, w.end)
+			continue
+		}
+		merged = append(merged, w)
+	}
+	return merged
+}
+
+// signal wakes the subscribers without a change of state.
+func (f *Feed) signal() {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, c := range f.subs {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Download fetches entries [start, end) of a replica from the peers it
+// replicates with, and returns once they are all held locally, the context
+// ends or the feed is closed. In a sparse database (Options.Sparse) this is
+// how entries are asked for; in others every entry is fetched anyway. On a
+// writable feed it returns at once, or ErrOutOfRange past its length.
+func (f *Feed) Download(ctx context.Context, start, end uint64) error {
+	if start > end || end > maxTreeLength {
+		return fmt.Errorf("feed %x: download [%d, %d): %w", f.key[:4], start, end, ErrOutOfRange)
+	}
+	if start == end {
+		return nil
+	}
+	return f.wait(ctx, start, end)
+}
+
 // subscribeFunc calls fn whenever Subscribe would signal. fn runs with the
 // feed's lock held: it must not call the feed and must not block.
 func (f *Feed) subscribeFunc(fn func()) (cancel func()) {
@@ -1298,7 +1376,8 @@ func (f *Feed) subscribeFunc(fn func()) (cancel func()) {
 }
 
 // Subscribe asks for a signal on c whenever entries are appended to the
-// feed or arrive from a peer. Sends never block: if c is full, a signal is
+// feed or arrive from a peer, or a call starts waiting for entries a
+// replica lacks. Sends never block: if c is full, a signal is
 // already pending. Many feeds may share one channel. The returned function
 // ends the subscription.
 func (f *Feed) Subscribe(c chan<- struct{}) (cancel func()) {

@@ -31,6 +31,11 @@ type Options struct {
 	// must have this key, else Open fails with ErrKeyMismatch.
 	SharedKey []byte
 
+	// Sparse makes replicas fetch only what is asked for: entries a Get
+	// or GetBatch waits for, and ranges passed to Feed.Download. Without
+	// it, replication fetches every entry of every feed.
+	Sparse bool
+
 	// NoSync turns off fsync for every feed and for the database's own
 	// files; see FeedOptions.NoSync.
 	NoSync bool
@@ -273,6 +278,32 @@ func slotState(s Storage, slot int) (exists, hasData bool, err error) {
 	return exists, hasData, nil
 }
 
+// checkWriterKey reports, as ErrCorrupt, a local writer's key file that is
+// missing or holds no secret key for key. A writer's key file is durable
+// before its manifest record is written, so this is damage: opening the feed
+// would make it a replica, or a new feed, in place of the writer.
+func checkWriterKey(s Storage, prefix string, key []byte) error {
+	bad := &CorruptError{File: prefix + fileKey, Offset: 0, Reason: "the writer's key file is missing or holds no secret key"}
+	file, err := s.Open(prefix+fileKey, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return bad
+	}
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	var buf [metaSize]byte
+	if _, err := file.ReadAt(buf[:], 0); errors.Is(err, io.EOF) {
+		return bad
+	} else if err != nil {
+		return err
+	}
+	if _, pub, secret, ok := decodeKeyRecord(buf[:]); ok && (secret == nil || !bytes.Equal(pub, key)) {
+		return bad
+	}
+	return nil // a damaged record is OpenFeed's to report
+}
+
 func (c *Core) load() error {
 	var err error
 	if c.meta, err = c.store.Open(fileDB, true); err != nil {
@@ -289,11 +320,18 @@ func (c *Core) load() error {
 		return err
 	}
 	hdr := encodeHeader(magicManifest, manifestRecord)
-	if msize < headerSize {
+	headerCut := msize < headerSize
+	recordLost := false // a damaged record (not a torn last one)
+	if headerCut {
+		// New, or its header was cut: it holds no record, and slots that
+		// hold feed files are reported below.
 		if _, err := c.manifest.WriteAt(hdr[:], 0); err != nil {
 			return err
 		}
-		return c.sync(c.manifest)
+		if err := c.sync(c.manifest); err != nil {
+			return err
+		}
+		msize = headerSize
 	}
 	var got [headerSize]byte
 	if _, err := c.manifest.ReadAt(got[:], 0); err != nil {
@@ -303,7 +341,8 @@ func (c *Core) load() error {
 		return &CorruptError{File: fileManifest, Offset: 0, Reason: "bad header"}
 	}
 	n := int((msize - headerSize) / manifestRecord)
-	if (msize-headerSize)%manifestRecord != 0 {
+	partial := (msize-headerSize)%manifestRecord != 0
+	if partial {
 		n++ // a partial record: a torn append, unless its slot holds data
 	}
 	buf := make([]byte, n*manifestRecord)
@@ -322,17 +361,19 @@ func (c *Core) load() error {
 			if i == n-1 && !hasData {
 				// A torn last record: its feed was never handed out.
 				n--
+				partial = false
 				break
 			}
 			// A torn record cannot explain a slot that holds data, nor
 			// a bad record before the last: damage, kept as it is.
 			c.damage(Damage{Slot: i, Err: &CorruptError{File: fileManifest, Offset: off, Reason: "record is damaged; the feed is kept but not loaded"}})
+			recordLost = true
 			continue
 		}
 		if flags&flagReserved != 0 {
-			if _, hasData, err := slotState(c.store, i); err != nil {
+			if exists, _, err := slotState(c.store, i); err != nil {
 				return err
-			} else if hasData {
+			} else if exists {
 				c.damage(Damage{Slot: i, Err: &CorruptError{File: feedPrefix(i), Offset: 0, Reason: "feed files whose manifest record was lost; kept but not loaded"}})
 			}
 			continue
@@ -342,7 +383,16 @@ func (c *Core) load() error {
 		o := c.feedOptions()
 		o.Key = key
 		o.rewriteKey = !local
-		f, err := OpenFeed(c.store, feedPrefix(i), o)
+		var f *Feed
+		switch {
+		case c.byKey[string(key)] != nil || (local && c.byName[name] != nil):
+			err = &CorruptError{File: fileManifest, Offset: off, Reason: "record names a feed or writer that an earlier record holds"}
+		case local:
+			err = checkWriterKey(c.store, feedPrefix(i), key)
+		}
+		if err == nil {
+			f, err = OpenFeed(c.store, feedPrefix(i), o)
+		}
 		if err != nil {
 			d := Damage{Slot: i, Key: key, Err: err}
 			if local {
@@ -355,9 +405,18 @@ func (c *Core) load() error {
 		c.addLocked(f, local, name)
 	}
 	c.slots = n
-	// Slots past the manifest that hold feed data were cut from it: they
-	// are reported, and reserved when the next feed is added.
+	// Slots past the manifest hold feeds whose records were cut from it:
+	// they are reported, and reserved when the next feed is added. The
+	// exception is a creation torn by a crash (a feed's files are written
+	// before its record; AddFeeds writes several): slots past the end that
+	// hold no data, behind a manifest that shows no other damage. The next
+	// feed added clears them. Where records were lost, an empty slot is no
+	// proof of a torn creation, and may hold a writer's key: it is kept.
 	c.reserveTo = n
+	var past []int
+	// A partial last record that holds (its lost bytes were zeros) ends the
+	// manifest as well: no feed was added after it.
+	lost := headerCut || recordLost || partial
 	for slot := n; ; slot++ {
 		exists, hasData, err := slotState(c.store, slot)
 		if err != nil {
@@ -366,12 +425,14 @@ func (c *Core) load() error {
 		if !exists {
 			break
 		}
-		if hasData {
-			c.reserveTo = slot + 1
-			c.damage(Damage{Slot: slot, Err: &CorruptError{File: fileManifest, Offset: int64(headerSize + slot*manifestRecord), Reason: "no record for a feed that holds data; kept but not loaded"}})
-		}
+		past = append(past, slot)
+		lost = lost || hasData
 	}
-	if c.reserveTo > n {
+	if lost {
+		for _, slot := range past {
+			c.reserveTo = slot + 1
+			c.damage(Damage{Slot: slot, Err: &CorruptError{File: fileManifest, Offset: int64(headerSize + slot*manifestRecord), Reason: "no record for the feed files in this slot; kept but not loaded"}})
+		}
 		return nil // keep whatever partial record is there
 	}
 	return c.truncate(c.manifest, fileManifest, int64(headerSize+n*manifestRecord), "torn record of a feed that holds no data")

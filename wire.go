@@ -177,9 +177,11 @@ type haveState struct{ length, held uint64 }
 type peerFeed struct {
 	id     uint64
 	key    []byte
-	local  *Feed // nil until added, or if declined
-	length uint64
-	want   []span // ranges the peer holds that this side wants
+	local   *Feed // nil until added, or if declined
+	length  uint64
+	have    []span // ranges the peer holds
+	refused []span // ranges the peer answered "not available" for
+	want    []span // ranges to request: have, less held, refused and in flight
 }
 
 type pendingFeed struct {
@@ -642,6 +644,11 @@ func (s *session) loop(ctx context.Context, in <-chan frame) error {
 			}
 		case <-local:
 			s.sendHaves()
+			if s.core.opts.Sparse {
+				for _, pf := range s.peers {
+					s.trimWants(pf)
+				}
+			}
 		case <-tick.C:
 			now := time.Now().UnixNano()
 			if w := s.writing.Load(); w != 0 && time.Duration(now-w) > s.opts.Timeout {
@@ -816,7 +823,9 @@ func (s *session) handle(msg []byte) error {
 			return nil // wants come from the snapshot taken when the sides met
 		}
 		pf.length = max(pf.length, length)
-		s.setWants(pf, ranges)
+		pf.have = ranges
+		pf.refused = nil
+		s.trimWants(pf)
 	case msgSynced:
 		if err := d.end(); err != nil {
 			return err
@@ -842,7 +851,8 @@ func (s *session) handle(msg []byte) error {
 		if end != r.end {
 			return protoErr("not-available for [%d, %d) answers a request for [%d, %d)", start, end, r.start, r.end)
 		}
-		// Refused: not wanted from this peer any more.
+		// Refused: not wanted from this peer until it says it has more.
+		r.pf.refused = append(r.pf.refused, span{start, end})
 	case msgDone:
 		if err := d.end(); err != nil {
 			return err
@@ -866,49 +876,59 @@ func (s *session) peerFeed(id uint64) (*peerFeed, error) {
 	return s.peers[id], nil
 }
 
-// setWants records which of the peer's ranges this side lacks.
-func (s *session) setWants(pf *peerFeed, ranges []span) {
-	pf.want = pf.want[:0]
-	for _, r := range ranges {
-		pf.want = append(pf.want, r)
-	}
-	s.trimWants(pf)
-}
-
-// trimWants drops from pf's wants what the local feed holds or what is
-// already requested.
+// trimWants works out what to request of pf: what the peer holds, less
+// what this side holds, what the peer refused and what is in flight; in a
+// sparse database, only what a local call waits for.
 func (s *session) trimWants(pf *peerFeed) {
-	if pf.local == nil {
-		return
+	pf.want = pf.want[:0]
+	if pf.local == nil || pf.local.Writable() {
+		return // declined, or written here: nothing to fetch
 	}
-	if pf.local.Writable() {
-		pf.want = nil // this side wrote it: it holds all there is
-		return
+	want := pf.have
+	if s.core.opts.Sparse {
+		want = intersectSpans(want, pf.local.wantedRanges())
 	}
-	var out []span
-	for _, w := range pf.want {
+	for _, w := range want {
 		for a := pf.local.NextMissing(w.start); a < w.end; {
-			b := min(pf.local.NextPresent(a), w.end)
-			if a >= pf.local.Len() {
-				b = w.end
+			b := w.end
+			if a < pf.local.Len() {
+				b = min(pf.local.NextPresent(a), w.end)
 			}
-			out = append(out, span{a, b})
+			pf.want = append(pf.want, span{a, b})
 			if b >= w.end {
 				break
 			}
 			a = pf.local.NextMissing(b)
 		}
 	}
-	// Ranges in flight are not wanted twice.
+	for _, r := range pf.refused {
+		pf.want = subtractSpan(pf.want, r)
+	}
 	for _, r := range s.outstanding {
 		if r.pf == pf {
-			out = subtractSpan(out, span{r.start, r.end})
+			pf.want = subtractSpan(pf.want, span{r.start, r.end})
 		}
 	}
-	pf.want = out
-	if len(out) > 0 && !s.isWanting(pf) {
+	if len(pf.want) > 0 && !s.isWanting(pf) {
 		s.wants = append(s.wants, pf)
 	}
+}
+
+// intersectSpans returns the parts of a that lie in b; both sorted.
+func intersectSpans(a, b []span) []span {
+	var out []span
+	for i, j := 0, 0; i < len(a) && j < len(b); {
+		lo, hi := max(a[i].start, b[j].start), min(a[i].end, b[j].end)
+		if lo < hi {
+			out = append(out, span{lo, hi})
+		}
+		if a[i].end < b[j].end {
+			i++
+		} else {
+			j++
+		}
+	}
+	return out
 }
 
 func (s *session) isWanting(pf *peerFeed) bool {
@@ -1154,11 +1174,7 @@ func (s *session) receive(d *decoder) error {
 	}
 	s.progress.BlocksReceived += n
 	if r.start+n < r.end {
-		// A prefix: the rest is wanted again.
-		r.pf.want = append([]span{{r.start + n, r.end}}, r.pf.want...)
-		if !s.isWanting(r.pf) {
-			s.wants = append(s.wants, r.pf)
-		}
+		s.trimWants(r.pf) // a prefix: the rest is wanted again
 	}
 	s.report()
 	return nil
