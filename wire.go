@@ -146,12 +146,13 @@ type session struct {
 	// so the session's loop never blocks on the peer, and bounded in
 	// practice by the protocol: answers only to requests, of which the
 	// peer may have maxOutstanding.
-	outMu    sync.Mutex
-	out      [][]byte
-	outWake  chan struct{}
-	outEnd   bool
-	outIdle  chan struct{} // signalled when the queue is drained and flushed
-	writing  atomic.Int64  // unix nanos a write began, 0 when none
+	outMu      sync.Mutex
+	out        [][]byte
+	outWake    chan struct{}
+	outEnd     bool          // the writer stops once the queue is drained
+	outGoodbye bool          // and then sends TLS close_notify
+	outDone    chan struct{} // closed when the writer has stopped
+	writing    atomic.Int64  // unix nanos a write began, 0 when none
 	lastRead atomic.Int64
 
 	bytesIn, bytesOut atomic.Uint64
@@ -229,23 +230,21 @@ func (s *session) run(ctx context.Context) (err error) {
 	}
 
 	s.outWake = make(chan struct{}, 1)
-	s.outIdle = make(chan struct{}, 1)
+	s.outDone = make(chan struct{})
 	in := make(chan frame, 64)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); s.readLoop(in) }()
 	go func() { defer wg.Done(); s.writeLoop() }()
 	defer wg.Wait()
-	defer s.stopWriter()
+	defer s.stopWriter(false)
 	defer closeRaw()
 	s.lastRead.Store(time.Now().UnixNano())
 
 	err = s.loop(ctx, in)
 	if err == nil {
 		// Both sides said done: flush, say goodbye, wait for theirs.
-		s.stopWriter()
-		s.waitIdle(ctx)
-		s.tls.CloseWrite()
+		s.stopWriter(true)
 		timer := time.NewTimer(s.opts.Timeout)
 		defer timer.Stop()
 		for {
@@ -499,9 +498,12 @@ func (s *session) send(msg []byte) {
 	}
 }
 
-func (s *session) stopWriter() {
+// stopWriter makes the writer stop once it has sent what is queued, and
+// with goodbye then close the TLS stream for writing.
+func (s *session) stopWriter(goodbye bool) {
 	s.outMu.Lock()
 	s.outEnd = true
+	s.outGoodbye = s.outGoodbye || goodbye
 	s.outMu.Unlock()
 	select {
 	case s.outWake <- struct{}{}:
@@ -509,44 +511,28 @@ func (s *session) stopWriter() {
 	}
 }
 
-// waitIdle waits until the writer has flushed everything queued.
-func (s *session) waitIdle(ctx context.Context) {
-	for {
-		s.outMu.Lock()
-		empty := len(s.out) == 0
-		s.outMu.Unlock()
-		if empty && s.writing.Load() == 0 {
-			return
-		}
-		select {
-		case <-s.outIdle:
-		case <-ctx.Done():
-			return
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
 func (s *session) writeLoop() {
 	w := bufio.NewWriterSize(s.tls, 64<<10)
 	var lenBuf [binary.MaxVarintLen64]byte
+	defer close(s.outDone)
 	for {
 		s.outMu.Lock()
-		batch, end := s.out, s.outEnd
+		batch, end, goodbye := s.out, s.outEnd, s.outGoodbye
 		s.out = nil
+		if len(batch) > 0 {
+			s.writing.Store(time.Now().UnixNano())
+		}
 		s.outMu.Unlock()
 		if len(batch) == 0 {
-			select {
-			case s.outIdle <- struct{}{}:
-			default:
-			}
 			if end {
+				if goodbye {
+					s.tls.CloseWrite()
+				}
 				return
 			}
 			<-s.outWake
 			continue
 		}
-		s.writing.Store(time.Now().UnixNano())
 		for _, msg := range batch {
 			n := binary.PutUvarint(lenBuf[:], uint64(len(msg)))
 			if _, err := w.Write(lenBuf[:n]); err != nil {
@@ -676,7 +662,7 @@ func (s *session) readErr(ctx context.Context, err error) error {
 		return nil // the peer finished first and hung up
 	}
 	if errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w", ErrPeerClosed)
+		return fmt.Errorf("%w ", ErrPeerClosed)
 	}
 	if errors.Is(err, ErrProtocol) || errors.Is(err, ErrPeerClosed) {
 		return err
