@@ -108,8 +108,7 @@ type Feed struct {
 	bitPages uint64        // pages in the bitfield file; under writeMu
 	changed  chan struct{} // closed on a change if waiting > 0
 	waiting  atomic.Int32  // calls blocked in wait
-	subs     map[int]chan<- struct{}
-	funcs    map[int]func() // internal subscribers, called under mu
+	subs     []subscriber  // in a slice, not a map: an idle feed stays small
 	nextSub  int
 	closed   bool
 
@@ -140,7 +139,7 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
-	f := &Feed{name: prefix, noSync: o.NoSync, enc: enc, onRepair: o.OnRepair, hasher: newLeafHasher(), changed: make(chan struct{})}
+	f := &Feed{name: prefix, noSync: o.NoSync, enc: enc, onRepair: o.OnRepair, changed: make(chan struct{})}
 	if err := f.open(s, prefix, &o); err != nil {
 		f.closeFiles()
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
@@ -1166,7 +1165,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	ord := uint32((f.sigsEnd-headerSize)/sigRecordSize + 1)
 	for _, r := range batch {
 		for _, v := range r.values {
-			cur := storedNode{Node{Index: 2 * seq, Hash: f.hasher.sum(v), Size: uint64(len(v))}, off}
+			cur := storedNode{Node{Index: 2 * seq, Hash: f.leafHasher().sum(v), Size: uint64(len(v))}, off}
 			encodeNodeOrd(run[(cur.Index-runStart)*nodeSize:], &cur, ord)
 			off += cur.Size
 			seq++
@@ -1279,14 +1278,41 @@ func (f *Feed) publish(length, byteLen uint64, roots []storedNode, sig []byte, g
 		close(f.changed)
 		f.changed = make(chan struct{})
 	}
-	for _, c := range f.subs {
+	f.notifyLocked()
+}
+
+// subscriber is a Subscribe channel or an internal function.
+type subscriber struct {
+	id int
+	c  chan<- struct{}
+	fn func()
+}
+
+// notifyLocked signals every subscriber; f.mu is held.
+func (f *Feed) notifyLocked() {
+	for _, s := range f.subs {
+		if s.fn != nil {
+			s.fn()
+			continue
+		}
 		select {
-		case c <- struct{}{}:
+		case s.c <- struct{}{}:
 		default:
 		}
 	}
-	for _, fn := range f.funcs {
-		fn()
+}
+
+// subscribe adds a subscriber and returns the function that removes it.
+func (f *Feed) subscribe(sub subscriber) (cancel func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	sub.id = f.nextSub
+	f.nextSub++
+	f.subs = append(f.subs, sub)
+	return func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.subs = slices.DeleteFunc(f.subs, func(s subscriber) bool { return s.id == sub.id })
 	}
 }
 
@@ -1334,12 +1360,7 @@ func (f *Feed) wantedRanges() []span {
 func (f *Feed) signal() {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	for _, c := range f.subs {
-		select {
-		case c <- struct{}{}:
-		default:
-		}
-	}
+	f.notifyLocked()
 }
 
 // Download fetches entries [start, end) of a replica from the peers it
@@ -1359,20 +1380,17 @@ func (f *Feed) Download(ctx context.Context, start, end uint64) error {
 
 // subscribeFunc calls fn whenever Subscribe would signal. fn runs with the
 // feed's lock held: it must not call the feed and must not block.
+// leafHasher returns the writer's leaf hasher, made on first use so that
+// a feed that never appends does not carry one. Called under writeMu.
+func (f *Feed) leafHasher() *leafHasher {
+	if f.hasher == nil {
+		f.hasher = newLeafHasher()
+	}
+	return f.hasher
+}
+
 func (f *Feed) subscribeFunc(fn func()) (cancel func()) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.funcs == nil {
-		f.funcs = make(map[int]func())
-	}
-	id := f.nextSub
-	f.nextSub++
-	f.funcs[id] = fn
-	return func() {
-		f.mu.Lock()
-		delete(f.funcs, id)
-		f.mu.Unlock()
-	}
+	return f.subscribe(subscriber{fn: fn})
 }
 
 // Subscribe asks for a signal on c whenever entries are appended to the
@@ -1381,19 +1399,7 @@ func (f *Feed) subscribeFunc(fn func()) (cancel func()) {
 // already pending. Many feeds may share one channel. The returned function
 // ends the subscription.
 func (f *Feed) Subscribe(c chan<- struct{}) (cancel func()) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.subs == nil {
-		f.subs = make(map[int]chan<- struct{})
-	}
-	id := f.nextSub
-	f.nextSub++
-	f.subs[id] = c
-	return func() {
-		f.mu.Lock()
-		delete(f.subs, id)
-		f.mu.Unlock()
-	}
+	return f.subscribe(subscriber{c: c})
 }
 
 // Signature returns the newest signature and the length it covers.
@@ -1688,7 +1694,7 @@ func (f *Feed) Close() error {
 	}
 	f.closed = true
 	close(f.changed)
-	f.subs, f.funcs = nil, nil
+	f.subs = nil
 	f.mu.Unlock()
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()

@@ -146,7 +146,6 @@ func TestReplicateOneEmpty(t *testing.T) {
 	}
 }
 
-
 func TestReplicateTwoFeedsBothWays(t *testing.T) {
 	for _, kind := range connKinds {
 		t.Run(kind, func(t *testing.T) {

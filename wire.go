@@ -153,7 +153,7 @@ type session struct {
 	outGoodbye bool          // and then sends TLS close_notify
 	outDone    chan struct{} // closed when the writer has stopped
 	writing    atomic.Int64  // unix nanos a write began, 0 when none
-	lastRead atomic.Int64
+	lastRead   atomic.Int64
 
 	bytesIn, bytesOut atomic.Uint64
 
@@ -176,8 +176,8 @@ type haveState struct{ length, held uint64 }
 
 // peerFeed is a feed the peer announced.
 type peerFeed struct {
-	id     uint64
-	key    []byte
+	id      uint64
+	key     []byte
 	local   *Feed // nil until added, or if declined
 	length  uint64
 	have    []span // ranges the peer holds
