@@ -608,3 +608,141 @@ func TestReplicateSeveralSessionsAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// slowStorage delays every open and write, to replicate with storage of
+// very different speeds (multifeed's random-access-latency tests).
+type slowStorage struct {
+	Storage
+	delay time.Duration
+}
+
+func (s slowStorage) Open(name string, create bool) (File, error) {
+	time.Sleep(s.delay)
+	f, err := s.Storage.Open(name, create)
+	if err != nil {
+		return nil, err
+	}
+	return slowFile{f, s.delay}, nil
+}
+
+type slowFile struct {
+	File
+	delay time.Duration
+}
+
+func (f slowFile) WriteAt(p []byte, off int64) (int, error) {
+	time.Sleep(f.delay)
+	return f.File.WriteAt(p, off)
+}
+
+func TestReplicateSlowStorage(t *testing.T) {
+	fast := newCore(t, nil)
+	slow, err := New(slowStorage{NewMemStorage(), 2 * time.Millisecond}, &Options{SharedKey: fast.SharedKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	appendN(t, mustWriter(t, fast, "f"), 300, "f")
+	appendN(t, mustWriter(t, slow, "s"), 10, "s")
+	mustReplicate(t, "tcp", slow, fast)
+	checkHas(t, fast, slow)
+	checkHas(t, slow, fast)
+}
+
+// multifeed "can replicate with custom keypairs", and no writer to one
+// writer with 1,000 and 10 entries, both ways.
+func TestReplicateCustomKeyPairsAndSizes(t *testing.T) {
+	for _, n := range []int{1000, 10} {
+		a, b := sharedPair(t, nil)
+		kp, err := NewKeyPair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := a.WriterWithKeyPair("local", kp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		appendN(t, w, n, "k")
+		mustReplicate(t, "pipe", b, a) // the empty side initiates
+		checkHas(t, a, b)
+		if f := b.Feed(kp.PublicKey); f == nil || f.Writable() {
+			t.Fatal("the custom key pair's feed did not arrive as a replica")
+		}
+	}
+}
+
+// No fixed cap on feeds per session (the JS stack once stopped at 128).
+func TestReplicateManyFeeds(t *testing.T) {
+	a, b := sharedPair(t, &Options{})
+	for i := range 300 {
+		appendN(t, mustWriter(t, a, fmt.Sprint("w", i)), 2, "x")
+	}
+	mustReplicate(t, "tcp", a, b)
+	if len(b.Feeds()) != 300 {
+		t.Fatalf("%d feeds arrived, want 300", len(b.Feeds()))
+	}
+	checkHas(t, a, b)
+}
+
+// Replicating right after Open, and with a database closed meanwhile.
+func TestReplicateRightAfterOpenAndAfterClose(t *testing.T) {
+	dir := t.TempDir()
+	a, err := Open(dir+"/a", &Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	appendN(t, mustWriter(t, a, "w"), 5, "a")
+	a.Close()
+	a, err = Open(dir+"/a", &Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
+	mustReplicate(t, "tcp", a, b)
+	checkHas(t, a, b)
+	b.Close()
+	ca, cb := net.Pipe()
+	defer ca.Close()
+	if err := b.Replicate(ctxT(t), cb, false, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("replicate a closed database: %v, want ErrClosed", err)
+	}
+}
+
+func TestCloseEndsALiveSession(t *testing.T) {
+	a, b := sharedPair(t, nil)
+	ca, cb := connPair(t, "pipe")
+	ctx := ctxT(t)
+	errs := make(chan error, 2)
+	live := &ReplicateOptions{Live: true}
+	go func() { errs <- a.Replicate(ctx, ca, true, live) }()
+	go func() { errs <- b.Replicate(ctx, cb, false, live) }()
+	w := mustWriter(t, a, "w")
+	appendN(t, w, 1, "x")
+	if _, err := waitFeedGet(ctx, b, w.Key(), 0); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if err := <-errs; !errors.Is(err, ErrClosed) && !errors.Is(err, ErrPeerClosed) {
+		t.Fatalf("first session ended with %v", err)
+	}
+	if err := <-errs; !errors.Is(err, ErrClosed) && !errors.Is(err, ErrPeerClosed) {
+		t.Fatalf("second session ended with %v", err)
+	}
+}
+
+// waitFeedGet waits until c holds the feed with key and entry seq of it.
+func waitFeedGet(ctx context.Context, c *Core, key []byte, seq uint64) ([]byte, error) {
+	for {
+		ch := c.FeedsChanged()
+		if f := c.Feed(key); f != nil {
+			return f.Get(ctx, seq)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}

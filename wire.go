@@ -650,6 +650,8 @@ func (s *session) loop(ctx context.Context, in <-chan frame) error {
 			}
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-s.core.done:
+			return fmt.Errorf("the database was closed: %w", ErrClosed)
 		}
 	}
 }
