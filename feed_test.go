@@ -35,6 +35,17 @@ func mustAppend(t testing.TB, f *Feed, values ...string) uint64 {
 	return seq
 }
 
+// mustFileBytes returns the content of a file in a MemStorage, failing the
+// test at once if there is no such file.
+func mustFileBytes(t testing.TB, s *MemStorage, name string) []byte {
+	t.Helper()
+	b, ok := s.fileBytes(name)
+	if !ok {
+		t.Fatalf("no file %s", name)
+	}
+	return b
+}
+
 func mustGet(t testing.TB, f *Feed, seq uint64) string {
 	t.Helper()
 	v, err := f.Get(context.Background(), seq)
@@ -67,7 +78,7 @@ func TestAppendBatchWritesOneSignature(t *testing.T) {
 	f := newFeed(t, s, nil)
 	mustAppend(t, f, "a", "b", "c")
 	mustAppend(t, f, "d")
-	sigs, _ := s.fileBytes("f/signatures")
+	sigs := mustFileBytes(t, s, "f/signatures")
 	if n := (len(sigs) - headerSize) / sigRecordSize; n != 2 {
 		t.Fatalf("two appends wrote %d signature records", n)
 	}
@@ -85,7 +96,7 @@ func TestHeadOfEmptyFeedErrors(t *testing.T) {
 }
 
 func TestSignatureVerifiesAndEvilFeedDoesNot(t *testing.T) {
-	kp, _ := NewKeyPair()
+	kp := mustKeyPair(t)
 	good := newFeed(t, NewMemStorage(), &FeedOptions{SecretKey: kp.SecretKey})
 	evil := newFeed(t, NewMemStorage(), &FeedOptions{SecretKey: kp.SecretKey})
 	mustAppend(t, good, "hello", "world")
@@ -110,8 +121,10 @@ func TestOpenWithAnotherKeyFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	other, _ := NewKeyPair()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	other := mustKeyPair(t)
 	for _, o := range []*FeedOptions{{Key: other.PublicKey}, {SecretKey: other.SecretKey}} {
 		if _, err := OpenFeed(s, "f/", o); !errors.Is(err, ErrKeyMismatch) {
 			t.Fatalf("open with another key: %v, want ErrKeyMismatch", err)
@@ -121,7 +134,7 @@ func TestOpenWithAnotherKeyFails(t *testing.T) {
 
 func TestFeedFromKeyPairKeepsItAcrossReopen(t *testing.T) {
 	dir := t.TempDir()
-	kp, _ := NewKeyPair()
+	kp := mustKeyPair(t)
 	s, err := OpenDir(dir, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -131,8 +144,12 @@ func TestFeedFromKeyPairKeepsItAcrossReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustAppend(t, f, "one")
-	f.Close()
-	s.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	s, err = OpenDir(dir, nil)
 	if err != nil {
@@ -162,8 +179,10 @@ func TestCloseFailsPendingGets(t *testing.T) {
 			errc <- err
 		}()
 	}
-	time.Sleep(10 * time.Millisecond)
-	r.Close()
+	waitUntil(t, "two Gets waiting", func() bool { return r.waiting.Load() == 2 })
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
 	for range 2 {
 		if err := <-errc; !errors.Is(err, ErrClosed) {
 			t.Fatalf("pending get after close: %v, want ErrClosed", err)
@@ -172,7 +191,9 @@ func TestCloseFailsPendingGets(t *testing.T) {
 	if _, err := r.Get(context.Background(), 0); !errors.Is(err, ErrClosed) {
 		t.Fatalf("get after close: %v", err)
 	}
-	w.Close()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := w.Append([]byte("x")); !errors.Is(err, ErrClosed) {
 		t.Fatalf("append after close: %v", err)
 	}
@@ -184,10 +205,22 @@ func TestCloseFailsPendingGets(t *testing.T) {
 func TestContextCancelsWaitingGet(t *testing.T) {
 	w := newFeed(t, NewMemStorage(), nil)
 	r := newFeed(t, NewMemStorage(), &FeedOptions{Key: w.Key()})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := r.Get(ctx, 3); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("get with expired context: %v", err)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.Get(ctx, 3)
+		errc <- err
+	}()
+	waitUntil(t, "the Get waiting", func() bool { return r.waiting.Load() == 1 })
+	cancel()
+	if err := await(t, errc, "the Get"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("waiting get, context cancelled: %v", err)
+	}
+	ended, cancel := context.WithTimeout(context.Background(), 0)
+	defer cancel()
+	if _, err := r.Get(ended, 3); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("get with an expired context: %v", err)
 	}
 }
 
@@ -195,7 +228,7 @@ func TestGetWaitsForPut(t *testing.T) {
 	w := newFeed(t, NewMemStorage(), nil)
 	r := newFeed(t, NewMemStorage(), &FeedOptions{Key: w.Key()})
 	mustAppend(t, w, "a", "b", "c")
-	got := make(chan string)
+	got := make(chan string, 1)
 	go func() {
 		v, err := r.Get(context.Background(), 2)
 		if err != nil {
@@ -204,6 +237,7 @@ func TestGetWaitsForPut(t *testing.T) {
 		}
 		got <- string(v)
 	}()
+	waitUntil(t, "the Get waiting", func() bool { return r.waiting.Load() == 1 })
 	p, err := w.Proof(2, 3, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +245,7 @@ func TestGetWaitsForPut(t *testing.T) {
 	if err := r.Put(p); err != nil {
 		t.Fatal(err)
 	}
-	if v := <-got; v != "c" {
+	if v := await(t, got, "the Get"); v != "c" {
 		t.Fatalf("waiting get returned %q", v)
 	}
 	if r.Has(0) || !r.Has(2) || r.Len() != 3 || r.Downloaded() != 1 {
@@ -312,26 +346,33 @@ func TestPutRejectsBadProofs(t *testing.T) {
 	}
 	other := newFeed(t, NewMemStorage(), nil)
 	mustAppend(t, other, "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9")
-	otherProof, _ := other.Proof(2, 5, 0)
+	otherProof, err := other.Proof(2, 5, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 
+	// A proof whose hashes still lead to roots fails on the signature over
+	// those roots; one that is malformed or contradicts itself fails as a
+	// bad proof.
 	cases := []struct {
 		name   string
 		mangle func(p *Proof) *Proof
+		want   error
 	}{
-		{"changed block", func(p *Proof) *Proof { p.Blocks[0] = []byte("evil"); return p }},
-		{"changed node", func(p *Proof) *Proof { p.Nodes[0].Hash[3] ^= 1; return p }},
-		{"changed size", func(p *Proof) *Proof { p.Nodes[0].Size++; return p }},
-		{"bad signature", func(p *Proof) *Proof { p.Signature[5] ^= 1; return p }},
-		{"short signature", func(p *Proof) *Proof { p.Signature = p.Signature[:10]; return p }},
-		{"no signature", func(p *Proof) *Proof { p.Signature = nil; return p }},
-		{"missing node", func(p *Proof) *Proof { p.Nodes = p.Nodes[1:]; return p }},
-		{"extra node", func(p *Proof) *Proof { p.Nodes = append(p.Nodes, p.Nodes[0]); return p }},
-		{"wrong start", func(p *Proof) *Proof { p.Start++; return p }},
-		{"length too small", func(p *Proof) *Proof { p.Length = 4; return p }},
-		{"length zero", func(p *Proof) *Proof { p.Length = 0; return p }},
-		{"huge length", func(p *Proof) *Proof { p.Length = 1 << 63; return p }},
-		{"another writer's proof", func(*Proof) *Proof { return otherProof }},
-		{"nil", func(*Proof) *Proof { return nil }},
+		{"changed block", func(p *Proof) *Proof { p.Blocks[0] = []byte("evil"); return p }, ErrBadSignature},
+		{"changed node", func(p *Proof) *Proof { p.Nodes[0].Hash[3] ^= 1; return p }, ErrBadSignature},
+		{"changed size", func(p *Proof) *Proof { p.Nodes[0].Size++; return p }, ErrBadSignature},
+		{"bad signature", func(p *Proof) *Proof { p.Signature[5] ^= 1; return p }, ErrBadSignature},
+		{"short signature", func(p *Proof) *Proof { p.Signature = p.Signature[:10]; return p }, ErrBadSignature},
+		{"no signature", func(p *Proof) *Proof { p.Signature = nil; return p }, ErrBadProof},
+		{"missing node", func(p *Proof) *Proof { p.Nodes = p.Nodes[1:]; return p }, ErrBadProof},
+		{"extra node", func(p *Proof) *Proof { p.Nodes = append(p.Nodes, p.Nodes[0]); return p }, ErrBadProof},
+		{"wrong start", func(p *Proof) *Proof { p.Start++; return p }, ErrBadProof},
+		{"length too small", func(p *Proof) *Proof { p.Length = 4; return p }, ErrBadProof},
+		{"length zero", func(p *Proof) *Proof { p.Length = 0; return p }, ErrBadProof},
+		{"huge length", func(p *Proof) *Proof { p.Length = 1 << 63; return p }, ErrBadProof},
+		{"another writer's proof", func(*Proof) *Proof { return otherProof }, ErrBadSignature},
+		{"nil", func(*Proof) *Proof { return nil }, ErrBadProof},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -344,14 +385,13 @@ func TestPutRejectsBadProofs(t *testing.T) {
 			before := s.names()
 			sizes := map[string]int{}
 			for _, n := range before {
-				b, _ := s.fileBytes(n)
-				sizes[n] = len(b)
+				sizes[n] = len(mustFileBytes(t, s, n))
 			}
-			if err := r.Put(c.mangle(p)); !errors.Is(err, ErrVerify) && !errors.Is(err, ErrBlockTooLarge) {
-				t.Fatalf("put: %v, want ErrVerify", err)
+			if err := r.Put(c.mangle(p)); !errors.Is(err, c.want) || !errors.Is(err, ErrVerify) {
+				t.Fatalf("put: %v, want %v (an ErrVerify)", err, c.want)
 			}
 			for _, n := range before {
-				if b, _ := s.fileBytes(n); len(b) != sizes[n] {
+				if b := mustFileBytes(t, s, n); len(b) != sizes[n] {
 					t.Errorf("rejected put changed %s", n)
 				}
 			}
@@ -393,8 +433,8 @@ func TestBadInputReturnsErrors(t *testing.T) {
 	if _, err := f.Proof(0, 2, 0); !errors.Is(err, ErrOutOfRange) {
 		t.Errorf("proof past the end: %v", err)
 	}
-	if err := f.Verify(0, nil); err == nil {
-		t.Error("verify of length 0 succeeded")
+	if err := f.Verify(0, nil); !errors.Is(err, ErrOutOfRange) {
+		t.Errorf("verify of length 0: %v, want ErrOutOfRange", err)
 	}
 	if err := f.Put(&Proof{Length: 1}); !errors.Is(err, ErrNotWritable) {
 		t.Errorf("put into a writer: %v", err)
@@ -406,7 +446,9 @@ func TestBadInputReturnsErrors(t *testing.T) {
 	if _, err := r.Head(context.Background()); !errors.Is(err, ErrEmpty) {
 		t.Errorf("head of empty replica: %v", err)
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := f.Get(context.Background(), 0); !errors.Is(err, ErrClosed) {
 		t.Errorf("get after close: %v", err)
 	}
@@ -419,7 +461,7 @@ func TestDamagedDataIsReportedWithFileAndOffset(t *testing.T) {
 	s := NewMemStorage()
 	f := newFeed(t, s, nil)
 	mustAppend(t, f, "first", "second", "third")
-	b, _ := s.fileBytes("f/data")
+	b := mustFileBytes(t, s, "f/data")
 	b[headerSize+len("first")+2] ^= 0xff // inside "second"
 	s.setFileBytes("f/data", b)
 	_, err := f.Get(context.Background(), 1)
@@ -462,7 +504,11 @@ func TestFeedModel(t *testing.T) {
 	}
 	defer func() { f.Close() }()
 	var model []string
-	for op := range 2000 {
+	ops := 2000
+	if testing.Short() {
+		ops = 500
+	}
+	for op := range ops {
 		switch k := rng.IntN(10); {
 		case k < 4:
 			n := rng.IntN(5)
@@ -506,7 +552,9 @@ func TestFeedModel(t *testing.T) {
 				}
 			}
 		default:
-			f.Close()
+			if err := f.Close(); err != nil {
+				t.Fatalf("seed %d op %d: close: %v", seed, op, err)
+			}
 			if f, err = OpenFeed(s, "m/", nil); err != nil {
 				t.Fatalf("seed %d op %d: reopen: %v", seed, op, err)
 			}
@@ -525,11 +573,16 @@ func TestFeedModel(t *testing.T) {
 				if err != nil {
 					t.Fatalf("seed %d op %d: proof [%d,%d): %v", seed, op, a, b, err)
 				}
-				r, _ := OpenFeed(NewMemStorage(), "r/", &FeedOptions{Key: f.Key()})
+				r, err := OpenFeed(NewMemStorage(), "r/", &FeedOptions{Key: f.Key()})
+				if err != nil {
+					t.Fatal(err)
+				}
 				if err := r.Put(p); err != nil {
 					t.Fatalf("seed %d op %d: replica refused proof [%d,%d): %v", seed, op, a, b, err)
 				}
-				r.Close()
+				if err := r.Close(); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 	}
@@ -632,8 +685,10 @@ func TestDamageUnderASyncedSignatureIsReportedNotCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustAppend(t, f, "a", "b", "c", "d")
-	f.Close()
-	tree, _ := s.fileBytes("f/tree")
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tree := mustFileBytes(t, s, "f/tree")
 	tree[headerSize+3*nodeSize+5] ^= 1 // inside the root, node 3
 	s.setFileBytes("f/tree", tree)
 	_, err = OpenFeed(s, "f/", nil)
@@ -641,7 +696,7 @@ func TestDamageUnderASyncedSignatureIsReportedNotCut(t *testing.T) {
 	if !errors.As(err, &ce) || ce.File != "f/tree" {
 		t.Fatalf("open over a damaged root: %v, want a *CorruptError for f/tree", err)
 	}
-	if b, _ := s.fileBytes("f/data"); len(b) != headerSize+4 {
+	if b := mustFileBytes(t, s, "f/data"); len(b) != headerSize+4 {
 		t.Fatalf("the data was cut to %d bytes", len(b))
 	}
 }
@@ -650,7 +705,7 @@ func TestTreeRecordCopiedElsewhereIsDetected(t *testing.T) {
 	s := NewMemStorage()
 	f := newFeed(t, s, nil)
 	mustAppend(t, f, "first", "second")
-	tree, _ := s.fileBytes("f/tree")
+	tree := mustFileBytes(t, s, "f/tree")
 	// Put leaf 1's record (entry "second") in leaf 0's place.
 	copy(tree[headerSize:headerSize+nodeSize], tree[headerSize+2*nodeSize:headerSize+3*nodeSize])
 	s.setFileBytes("f/tree", tree)

@@ -83,8 +83,8 @@ func ready(t *testing.T, c *Core, names ...string) {
 func TestIndexedEvent(t *testing.T) {
 	c := newCore(t, &Options{ValueEncoding: "json"})
 	a := &adder{}
-	c.Use("a", 1, a)
-	w, _ := c.Writer("w")
+	mustUse(t, c, "a", 1, a)
+	w := mustWriter(t, c, "w")
 	appendJSON(t, w, 1, 2, 3, 4, 5, 6)
 	appendJSON(t, w, 10)
 	ready(t, c)
@@ -99,10 +99,10 @@ func TestIndexedEvent(t *testing.T) {
 // multifeed-index test/batch.js: "batch size".
 func TestBatchSize(t *testing.T) {
 	c := newCore(t, &Options{ValueEncoding: "json"})
-	w, _ := c.Writer("w")
-	w.Append([]byte("10"), []byte("10"), []byte("10"))
+	w := mustWriter(t, c, "w")
+	mustAppend(t, w, "10", "10", "10")
 	a := &adder{max: 10}
-	c.Use("a", 1, a)
+	mustUse(t, c, "a", 1, a)
 	ready(t, c)
 	if len(a.batches) != 1 || a.batches[0] != 3 || a.Sum() != 30 {
 		t.Fatalf("batches %v sum %d", a.batches, a.Sum())
@@ -112,7 +112,7 @@ func TestBatchSize(t *testing.T) {
 // multifeed-index test/adder.js: "empty + ready called".
 func TestEmptyReady(t *testing.T) {
 	c := newCore(t, nil)
-	c.Use("a", 1, &adder{})
+	mustUse(t, c, "a", 1, &adder{})
 	ready(t, c)
 }
 
@@ -131,8 +131,8 @@ func TestAdder(t *testing.T) {
 			if tc.async {
 				v = &slowMap{a}
 			}
-			c.Use("a", 1, v)
-			w, _ := c.Writer("w")
+			mustUse(t, c, "a", 1, v)
+			w := mustWriter(t, c, "w")
 			appendJSON(t, w, 10, 10, 10)
 			ready(t, c)
 			if a.Sum() != 30 {
@@ -156,19 +156,27 @@ func (s *slowMap) Map(es []Entry) error {
 // multifeed-index test/adder.js: "adder: picks up where it left off".
 func TestAdderPicksUpWhereItLeftOff(t *testing.T) {
 	s := NewMemStorage()
-	c, _ := New(s, &Options{ValueEncoding: "json"})
+	c, err := New(s, &Options{ValueEncoding: "json"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	a := &adder{}
-	c.Use("a", 1, a)
-	w, _ := c.Writer("w")
+	mustUse(t, c, "a", 1, a)
+	w := mustWriter(t, c, "w")
 	appendJSON(t, w, 10, 10, 10)
 	ready(t, c)
-	c.Close()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
 
-	c, _ = New(s, &Options{ValueEncoding: "json"})
+	c, err = New(s, &Options{ValueEncoding: "json"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer c.Close()
 	b := &adder{state: a.state}
-	c.Use("a", 1, b)
-	w, _ = c.Writer("w")
+	mustUse(t, c, "a", 1, b)
+	w = mustWriter(t, c, "w")
 	appendJSON(t, w, 7)
 	ready(t, c)
 	if b.Sum() != 7 || b.clears != 0 {
@@ -184,9 +192,9 @@ func TestAdderManyAppends(t *testing.T) {
 			c := newCore(t, &Options{ValueEncoding: "json"})
 			a := &adder{max: 1}
 			if !after {
-				c.Use("a", 1, a)
+				mustUse(t, c, "a", 1, a)
 			}
-			w, _ := c.Writer("w")
+			w := mustWriter(t, c, "w")
 			var wg sync.WaitGroup
 			want := 0
 			for i := range 200 {
@@ -196,7 +204,7 @@ func TestAdderManyAppends(t *testing.T) {
 			}
 			wg.Wait()
 			if after {
-				c.Use("a", 1, a)
+				mustUse(t, c, "a", 1, a)
 			}
 			ready(t, c)
 			if a.Sum() != want || a.progress(t)[string(w.Key())] != 200 {
@@ -214,8 +222,8 @@ func TestAdderOnDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := &adder{delay: time.Millisecond}
-	c.Use("a", 1, a)
-	w, _ := c.Writer("w")
+	mustUse(t, c, "a", 1, a)
+	w := mustWriter(t, c, "w")
 	want := 0
 	for i := range 50 {
 		appendJSON(t, w, i)
@@ -234,19 +242,24 @@ func TestAdderOnDisk(t *testing.T) {
 func TestPauseWhileReady(t *testing.T) {
 	c := newCore(t, &Options{ValueEncoding: "json"})
 	a := &adder{}
-	c.Use("a", 1, a)
-	w, _ := c.Writer("w")
+	x := mustUse(t, c, "a", 1, a)
+	w := mustWriter(t, c, "w")
 	appendJSON(t, w, 1, 2, 3, 4, 5, 6)
 	ready(t, c)
 	if err := c.Pause(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
 	appendJSON(t, w, 10)
-	time.Sleep(20 * time.Millisecond)
+	viewHasLooked(t, x)
 	if a.Sum() != 21 {
 		t.Fatalf("a paused view indexed: sum %d", a.Sum())
 	}
-	c.Resume()
+	if st := x.Status(); st.State != "paused" || st.Indexed != 6 || st.Total != 7 {
+		t.Fatalf("paused view with a new entry: %+v", st)
+	}
+	if err := c.Resume(); err != nil {
+		t.Fatal(err)
+	}
 	ready(t, c)
 	if a.Sum() != 31 {
 		t.Fatalf("sum %d, want 31", a.Sum())
@@ -258,31 +271,48 @@ func TestPauseWhileIndexing(t *testing.T) {
 	c := newCore(t, &Options{ValueEncoding: "json"})
 	started, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
+	releaseMap := sync.OnceFunc(func() { close(release) })
+	defer releaseMap() // if the test fails: Close would wait for Map
 	a := &adder{}
-	c.Use("a", 1, viewFunc(func(es []Entry) error {
+	x := mustUse(t, c, "a", 1, viewFunc(func(es []Entry) error {
 		once.Do(func() { close(started); <-release })
 		return a.Map(es)
 	}))
-	w, _ := c.Writer("w")
+	w := mustWriter(t, c, "w")
 	appendJSON(t, w, 1, 2, 3, 4, 5, 6)
-	<-started
-	paused := make(chan error)
-	go func() { paused <- c.Pause(ctxT(t)) }()
-	select {
-	case <-paused:
-		t.Fatal("Pause returned while a batch was being mapped")
-	case <-time.After(20 * time.Millisecond):
+	await(t, started, "the first batch")
+	// Pause must wait for the batch held in Map. Given a context that has
+	// already ended it cannot, so it fails with the context's error and
+	// undoes itself; a Pause that did not wait would return nil.
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := x.Pause(ended); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Pause with an ended context while a batch was being mapped: %v, want context.Canceled", err)
 	}
-	close(release)
-	if err := <-paused; err != nil {
+	if st := x.Status(); st.State != "indexing" {
+		t.Fatalf("a Pause that failed left the view %q", st.State)
+	}
+	paused := make(chan error, 1)
+	go func() { paused <- c.Pause(ctxT(t)) }()
+	releaseMap()
+	if err := await(t, paused, "Pause"); err != nil {
 		t.Fatal(err)
+	}
+	// The batch held in Map was entry 0, 1; more entries were appended
+	// meanwhile, and may or may not have been mapped before the pause.
+	atPause := a.Sum()
+	if atPause == 0 {
+		t.Fatal("Pause returned before the batch it waited for was mapped")
 	}
 	appendJSON(t, w, 10)
 	ready(t, c) // at once, for a paused view
-	if s := a.Sum(); s > 21 {
-		t.Fatalf("paused view indexed the new entry: sum %d", s)
+	viewHasLooked(t, x)
+	if s := a.Sum(); s != atPause {
+		t.Fatalf("paused view went on mapping: sum %d, %d when Pause returned", s, atPause)
 	}
-	c.Resume()
+	if err := c.Resume(); err != nil {
+		t.Fatal(err)
+	}
 	ready(t, c)
 	if a.Sum() != 31 {
 		t.Fatalf("sum %d, want 31", a.Sum())
@@ -292,17 +322,25 @@ func TestPauseWhileIndexing(t *testing.T) {
 func TestPauseIsCounted(t *testing.T) {
 	c := newCore(t, &Options{ValueEncoding: "json"})
 	a := &adder{}
-	x, _ := c.Use("a", 1, a)
-	w, _ := c.Writer("w")
-	c.Pause(ctxT(t))
-	c.Pause(ctxT(t), "a")
+	x := mustUse(t, c, "a", 1, a)
+	w := mustWriter(t, c, "w")
+	if err := c.Pause(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Pause(ctxT(t), "a"); err != nil {
+		t.Fatal(err)
+	}
 	appendJSON(t, w, 5)
-	c.Resume()
-	time.Sleep(20 * time.Millisecond)
+	if err := c.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	viewHasLooked(t, x)
 	if a.Sum() != 0 || x.Status().State != "paused" {
 		t.Fatalf("one Resume of two Pauses let the view run: sum %d, %s", a.Sum(), x.Status().State)
 	}
-	c.Resume("a")
+	if err := c.Resume("a"); err != nil {
+		t.Fatal(err)
+	}
 	ready(t, c)
 	if a.Sum() != 5 {
 		t.Fatalf("sum %d", a.Sum())
@@ -313,9 +351,11 @@ func TestPauseIsCounted(t *testing.T) {
 func TestIndexStates(t *testing.T) {
 	c := newCore(t, &Options{ValueEncoding: "json"})
 	entered, release := make(chan struct{}, 1), make(chan struct{})
+	releaseMap := sync.OnceFunc(func() { close(release) })
+	defer releaseMap() // if the test fails: Close would wait for Map
 	gate := true
 	var gmu sync.Mutex
-	x, _ := c.Use("a", 1, viewFunc(func(es []Entry) error {
+	x := mustUse(t, c, "a", 1, viewFunc(func(es []Entry) error {
 		gmu.Lock()
 		g := gate
 		gmu.Unlock()
@@ -329,20 +369,21 @@ func TestIndexStates(t *testing.T) {
 	if st := x.Status(); st.State != "idle" || st.Indexed != 0 || st.Total != 0 {
 		t.Fatalf("new view: %+v", st)
 	}
-	w, _ := c.Writer("w")
+	w := mustWriter(t, c, "w")
 	appendJSON(t, w, 1)
-	<-entered
-	waitState(t, x, "indexing")
-	if st := x.Status(); st.Total != 1 || st.Indexed != 0 {
+	await(t, entered, "the batch")
+	if st := x.Status(); st.State != "indexing" || st.Total != 1 || st.Indexed != 0 {
 		t.Fatalf("while indexing: %+v", st)
 	}
-	paused := make(chan error)
+	paused := make(chan error, 1)
 	go func() { paused <- x.Pause(ctxT(t)) }()
 	gmu.Lock()
 	gate = false
 	gmu.Unlock()
-	close(release)
-	<-paused
+	releaseMap()
+	if err := await(t, paused, "Pause"); err != nil {
+		t.Fatal(err)
+	}
 	if st := x.Status(); st.State != "paused" || st.Indexed != 1 || st.Total != 1 {
 		t.Fatalf("paused: %+v", st)
 	}
@@ -354,15 +395,37 @@ func TestIndexStates(t *testing.T) {
 	}
 }
 
-func waitState(t *testing.T, x *Index, state ViewState) {
+// viewHasLooked returns once x's goroutine has finished a pass over its
+// work that began after the call: whatever the view would do with what is
+// present now, it has done (a paused view: nothing). The goroutine takes
+// the token in x.wake, a channel of one slot, only between passes; so a
+// send completes only once the token before it was taken, and after three
+// sends the goroutine has taken the second token, which it does only after
+// the pass that taking the first one began.
+func viewHasLooked(t testing.TB, x *Index) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for x.Status().State != state {
-		if time.Now().After(deadline) {
-			t.Fatalf("state %q, want %q", x.Status().State, state)
+	ctx := ctxT(t)
+	for range 3 {
+		select {
+		case x.wake <- struct{}{}:
+		case <-ctx.Done():
+			t.Fatalf("view %q took no wake-up: %v", x.Name(), ctx.Err())
 		}
-		time.Sleep(time.Millisecond)
 	}
+}
+
+// await receives from ch. It fails the test only if ctxT's hang detector
+// ends first.
+func await[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-ctxT(t).Done():
+	}
+	t.Fatalf("still waiting for %s", what)
+	var zero T
+	return zero
 }
 
 // multifeed-index test/states.js: "error state".
@@ -371,7 +434,7 @@ func TestFetchStateErrorIsErrorState(t *testing.T) {
 	var mu sync.Mutex
 	c := newCore(t, &Options{OnError: func(err error) { mu.Lock(); reported = append(reported, err); mu.Unlock() }})
 	boom := errors.New("boom")
-	x, _ := c.Use("a", 1, &adder{fetchErr: boom})
+	x := mustUse(t, c, "a", 1, &adder{fetchErr: boom})
 	if err := c.Ready(ctxT(t), "a"); !errors.Is(err, boom) {
 		t.Fatalf("ready: %v", err)
 	}
@@ -392,7 +455,7 @@ func TestMapErrorSurfacesAndLosesNoProgress(t *testing.T) {
 	failed := false
 	var seen []uint64
 	var mu sync.Mutex
-	c.Use("a", 1, viewFunc(func(es []Entry) error {
+	mustUse(t, c, "a", 1, viewFunc(func(es []Entry) error {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, e := range es {
@@ -406,12 +469,14 @@ func TestMapErrorSurfacesAndLosesNoProgress(t *testing.T) {
 		}
 		return a.Map(es)
 	}))
-	w, _ := c.Writer("w")
+	w := mustWriter(t, c, "w")
 	appendJSON(t, w, 1, 1, 1, 1, 1, 1, 1, 1)
 	if err := c.Ready(ctxT(t)); !errors.Is(err, boom) {
 		t.Fatalf("ready after a failed map: %v", err)
 	}
-	c.Retry()
+	if err := c.Retry(); err != nil {
+		t.Fatal(err)
+	}
 	ready(t, c)
 	mu.Lock()
 	defer mu.Unlock()
@@ -423,27 +488,31 @@ func TestMapErrorSurfacesAndLosesNoProgress(t *testing.T) {
 // multifeed-index test/version.js.
 func TestVersionBumpRebuildsOnce(t *testing.T) {
 	s := NewMemStorage()
-	open := func(version int, a *adder) *Core {
+	// open runs the view at a version until it is ready, and closes.
+	open := func(version int, a *adder) {
+		t.Helper()
 		c, err := New(s, &Options{ValueEncoding: "json"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.Use("a", version, a)
-		w, _ := c.Writer("w")
+		mustUse(t, c, "a", version, a)
+		w := mustWriter(t, c, "w")
 		if w.Len() == 0 {
 			appendJSON(t, w, 10, 10, 10)
 		}
 		ready(t, c)
-		return c
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	a := &adder{}
-	open(1, a).Close()
+	open(1, a)
 	if a.Sum() != 30 || a.clears != 1 {
 		t.Fatalf("v1: sum %d clears %d", a.Sum(), a.clears)
 	}
 	// Same version: nothing to do.
 	b := &adder{state: a.state}
-	open(1, b).Close()
+	open(1, b)
 	if len(b.batches) != 0 || b.clears != 0 {
 		t.Fatalf("same version re-indexed: %v, %d clears", b.batches, b.clears)
 	}
@@ -451,12 +520,12 @@ func TestVersionBumpRebuildsOnce(t *testing.T) {
 	// progress here and lost these rows).
 	c2 := &adder{state: a.state}
 	c2.sum = 999 // the old version's data
-	open(2, c2).Close()
+	open(2, c2)
 	if c2.clears != 1 || c2.Sum() != 30 || len(c2.batches) != 1 {
 		t.Fatalf("v2: clears %d sum %d batches %v", c2.clears, c2.Sum(), c2.batches)
 	}
 	d := &adder{state: c2.state}
-	open(2, d).Close()
+	open(2, d)
 	if len(d.batches) != 0 || d.clears != 0 {
 		t.Fatalf("reopened v2 re-indexed: %v, %d clears", d.batches, d.clears)
 	}
@@ -464,7 +533,7 @@ func TestVersionBumpRebuildsOnce(t *testing.T) {
 
 func TestUseAndReadyErrors(t *testing.T) {
 	c := newCore(t, nil)
-	c.Use("a", 1, &adder{})
+	mustUse(t, c, "a", 1, &adder{})
 	if _, err := c.Use("a", 1, &adder{}); !errors.Is(err, ErrViewExists) {
 		t.Fatalf("use twice: %v", err)
 	}
@@ -474,8 +543,8 @@ func TestUseAndReadyErrors(t *testing.T) {
 	if err := c.Pause(ctxT(t), "nope"); !errors.Is(err, ErrNoView) {
 		t.Fatalf("pause of unknown view: %v", err)
 	}
-	if _, err := c.Use("b", -1, &adder{}); err == nil {
-		t.Fatal("negative version accepted")
+	if _, err := c.Use("b", -1, &adder{}); !errors.Is(err, ErrInvalidValue) {
+		t.Fatalf("negative version: %v, want ErrInvalidValue", err)
 	}
 }
 
@@ -484,16 +553,18 @@ func TestUseAndReadyErrors(t *testing.T) {
 func TestIndexerIsFairAcrossFeeds(t *testing.T) {
 	c := newCore(t, &Options{NoSync: true})
 	for i := range 100 {
-		w, _ := c.Writer(fmt.Sprint("w", i))
+		w := mustWriter(t, c, fmt.Sprint("w", i))
 		vals := make([][]byte, 50)
 		for j := range vals {
 			vals[j] = []byte("x")
 		}
-		w.Append(vals...)
+		if _, err := w.Append(vals...); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var mu sync.Mutex
 	var order []string
-	c.Use("v", 1, &batcher{max: 10, fn: func(es []Entry) error {
+	mustUse(t, c, "v", 1, &batcher{max: 10, fn: func(es []Entry) error {
 		mu.Lock()
 		order = append(order, string(es[0].Key))
 		mu.Unlock()
@@ -534,7 +605,7 @@ func TestIndexerDoesNotStallOnAHole(t *testing.T) {
 	}
 	var mu sync.Mutex
 	seen := map[uint64]int{}
-	c.Use("v", 1, viewFunc(func(es []Entry) error {
+	mustUse(t, c, "v", 1, viewFunc(func(es []Entry) error {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, e := range es {
@@ -543,7 +614,10 @@ func TestIndexerDoesNotStallOnAHole(t *testing.T) {
 		return nil
 	}))
 	for _, rg := range [][2]uint64{{0, 10}, {20, 30}} {
-		p, _ := src.Proof(rg[0], rg[1], 0)
+		p, err := src.Proof(rg[0], rg[1], 0)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := r.Put(p); err != nil {
 			t.Fatal(err)
 		}
@@ -554,7 +628,10 @@ func TestIndexerDoesNotStallOnAHole(t *testing.T) {
 		t.Fatalf("with a hole, indexed %d entries", len(seen))
 	}
 	mu.Unlock()
-	p, _ := src.Proof(10, 20, 0)
+	p, err := src.Proof(10, 20, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := r.Put(p); err != nil {
 		t.Fatal(err)
 	}
@@ -582,21 +659,35 @@ func TestIndexStateEncodingRoundTrips(t *testing.T) {
 	}
 	b := st.encode()
 	b[6] ^= 1
-	if _, err := decodeIndexState(b); err == nil {
-		t.Fatal("damaged state decoded")
+	if _, err := decodeIndexState(b); !errors.Is(err, errBadState) {
+		t.Fatalf("damaged state: %v, want errBadState", err)
 	}
 }
 
 // Ready waits only for what was present when it was called.
 func TestReadyUnderSteadyAppends(t *testing.T) {
 	c := newCore(t, &Options{NoSync: true})
-	x, _ := c.Use("v", 1, viewFunc(func([]Entry) error { return nil }))
-	w, _ := c.Writer("w")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	x := mustUse(t, c, "v", 1, viewFunc(func([]Entry) error { return nil }))
+	w := mustWriter(t, c, "w")
+	stop, appendErr := make(chan struct{}), make(chan error, 1)
 	go func() {
-		for ctx.Err() == nil {
-			w.Append([]byte("x"))
+		for {
+			select {
+			case <-stop:
+				appendErr <- nil
+				return
+			default:
+			}
+			if _, err := w.Append([]byte("x")); err != nil {
+				appendErr <- err
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		if err := <-appendErr; err != nil {
+			t.Errorf("append: %v", err)
 		}
 	}()
 	for range 20 {
@@ -657,15 +748,15 @@ func (v *headsView) get(k string) []string {
 func TestKVCreateIndexThenData(t *testing.T) {
 	c := newCore(t, &Options{ValueEncoding: "json"})
 	v := &headsView{heads: map[string]map[string]bool{}, gone: map[string]bool{}}
-	c.Use("kv", 1, v)
+	mustUse(t, c, "kv", 1, v)
 	ready(t, c)
 	if h := v.get("foo"); len(h) != 0 {
 		t.Fatalf("heads before any data: %v", h)
 	}
-	w, _ := c.Writer("w")
-	w.Append([]byte(`{"key":"foo","links":[]}`))
+	w := mustWriter(t, c, "w")
+	mustAppend(t, w, `{"key":"foo","links":[]}`)
 	first := fmt.Sprintf("%x@0", w.Key()[:4])
-	w.Append([]byte(`{"key":"foo","links":["` + first + `"]}`))
+	mustAppend(t, w, `{"key":"foo","links":["`+first+`"]}`)
 	ready(t, c)
 	if h := v.get("foo"); len(h) != 1 || h[0] != fmt.Sprintf("%x@1", w.Key()[:4]) {
 		t.Fatalf("heads %v, want only entry 1", h)
@@ -675,7 +766,7 @@ func TestKVCreateIndexThenData(t *testing.T) {
 // multifeed-index test/states.js: "pausing when nothing is indexing".
 func TestPauseWhenIdle(t *testing.T) {
 	c := newCore(t, nil)
-	x, _ := c.Use("a", 1, &adder{})
+	x := mustUse(t, c, "a", 1, &adder{})
 	ready(t, c)
 	if err := x.Pause(ctxT(t)); err != nil {
 		t.Fatal(err)
@@ -720,14 +811,14 @@ func TestIndexFeedsFromAPeer(t *testing.T) {
 	a := newCore(t, &Options{ValueEncoding: "json"})
 	b := newCore(t, &Options{ValueEncoding: "json"})
 	sa, sb := &adder{max: 50}, &adder{max: 50}
-	a.Use("sum", 1, sa)
-	b.Use("sum", 1, sb)
+	mustUse(t, a, "sum", 1, sa)
+	mustUse(t, b, "sum", 1, sb)
 	for i, n := range []int{17, 12, 1} {
-		w, _ := a.Writer(fmt.Sprint("a", i))
+		w := mustWriter(t, a, fmt.Sprint("a", i))
 		appendJSON(t, w, n)
 	}
 	for i, n := range []int{11, 3} {
-		w, _ := b.Writer(fmt.Sprint("b", i))
+		w := mustWriter(t, b, fmt.Sprint("b", i))
 		appendJSON(t, w, n)
 	}
 	copyFeeds(t, a, b)

@@ -61,6 +61,16 @@ func ctxT(t testing.TB) context.Context {
 	return ctx
 }
 
+// mustKeyPair returns a new key pair.
+func mustKeyPair(t testing.TB) KeyPair {
+	t.Helper()
+	kp, err := NewKeyPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kp
+}
+
 // waitUntil waits until cond holds, checking now and then. It fails the
 // test only if ctxT's hang detector ends first.
 func waitUntil(t testing.TB, what string, cond func() bool) {
@@ -135,10 +145,10 @@ func TestSimpleView(t *testing.T) {
 func TestViewsStillWorkWhilePaused(t *testing.T) {
 	c := newCore(t, &Options{ValueEncoding: "json"})
 	v := &sumView{}
-	c.Use("sum", 1, v)
-	w, _ := c.Writer("default")
+	mustUse(t, c, "sum", 1, v)
+	w := mustWriter(t, c, "default")
 	appendJSON(t, w, 1)
-	c.Ready(ctxT(t))
+	ready(t, c)
 	if err := c.Pause(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -188,10 +198,10 @@ func (v *kvView) Get(k string) (string, bool) {
 func TestMapperView(t *testing.T) {
 	c := newCore(t, &Options{ValueEncoding: "json"})
 	v := &kvView{}
-	c.Use("mapper", 1, v)
-	w, _ := c.Writer("default")
-	w.Append([]byte(`{"key":"foo","value":"bar"}`))
-	w.Append([]byte(`{"key":"bax","value":"baz"}`))
+	mustUse(t, c, "mapper", 1, v)
+	w := mustWriter(t, c, "default")
+	mustAppend(t, w, `{"key":"foo","value":"bar"}`)
+	mustAppend(t, w, `{"key":"bax","value":"baz"}`)
 	if err := c.Ready(ctxT(t), "mapper"); err != nil {
 		t.Fatal(err)
 	}
@@ -263,13 +273,15 @@ func TestWritersAndOrderSurviveReopen(t *testing.T) {
 		}
 		keys = append(keys, w.Key())
 	}
-	other, _ := NewKeyPair()
+	other := mustKeyPair(t)
 	if _, err := c.AddFeed(other.PublicKey); err != nil {
 		t.Fatal(err)
 	}
 	keys = append(keys, other.PublicKey)
 	shared := c.SharedKey()
-	c.Close()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	c, err = Open(dir, nil)
 	if err != nil {
@@ -305,7 +317,9 @@ func TestSharedKey(t *testing.T) {
 	if !bytes.Equal(c.SharedKey(), key) {
 		t.Fatal("database did not join the given key")
 	}
-	c.Close()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Open(dir, &Options{SharedKey: bytes.Repeat([]byte{8}, 32)}); !errors.Is(err, ErrKeyMismatch) {
 		t.Fatalf("open with another shared key: %v", err)
 	}
@@ -313,10 +327,15 @@ func TestSharedKey(t *testing.T) {
 		t.Fatalf("short shared key: %v", err)
 	}
 	c, err = Open(dir, nil)
-	if err != nil || !bytes.Equal(c.SharedKey(), key) {
+	if err != nil {
 		t.Fatalf("reopen without a key: %v", err)
 	}
-	c.Close()
+	if !bytes.Equal(c.SharedKey(), key) {
+		t.Fatal("reopened without a key, the database has another shared key")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
 	a, b := newCore(t, nil), newCore(t, nil)
 	if bytes.Equal(a.SharedKey(), b.SharedKey()) || len(a.SharedKey()) != 32 {
 		t.Fatal("two new databases share a generated key")
@@ -332,8 +351,7 @@ func TestClose(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w, _ := c.Writer("w")
-		w.Append([]byte("x"))
+		mustAppend(t, mustWriter(t, c, "w"), "x")
 		var wg sync.WaitGroup
 		errs := make([]error, 3)
 		for i := range errs {
@@ -373,7 +391,7 @@ func TestOpenTwiceIsLocked(t *testing.T) {
 // multifeed: "can create writer with custom keypair".
 func TestWriterWithKeyPair(t *testing.T) {
 	c := newCore(t, nil)
-	kp, _ := NewKeyPair()
+	kp := mustKeyPair(t)
 	w, err := c.WriterWithKeyPair("moose", kp)
 	if err != nil {
 		t.Fatal(err)
@@ -381,11 +399,11 @@ func TestWriterWithKeyPair(t *testing.T) {
 	if !bytes.Equal(w.Key(), kp.PublicKey) || !w.Writable() {
 		t.Fatal("writer does not have the given key pair")
 	}
-	w.Append([]byte("hi"))
+	mustAppend(t, w, "hi")
 	if mustGet(t, w, 0) != "hi" {
 		t.Fatal("get")
 	}
-	other, _ := NewKeyPair()
+	other := mustKeyPair(t)
 	if _, err := c.WriterWithKeyPair("moose", other); !errors.Is(err, ErrKeyMismatch) {
 		t.Fatalf("same name, other key pair: %v", err)
 	}
@@ -396,19 +414,19 @@ func TestConcurrentWriterCreation(t *testing.T) {
 	c := newCore(t, nil)
 	var wg sync.WaitGroup
 	got := make([]*Feed, 10)
+	errs := make([]error, len(got))
 	for i := range got {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			got[i], _ = c.Writer("minuette")
-		}()
+		wg.Go(func() { got[i], errs[i] = c.Writer("minuette") })
 	}
 	if err := c.Ready(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
 	wg.Wait()
-	for _, f := range got {
-		if f == nil || f != got[0] {
+	for i, f := range got {
+		if errs[i] != nil {
+			t.Fatalf("concurrent Writer call %d: %v", i, errs[i])
+		}
+		if f != got[0] {
 			t.Fatal("concurrent Writer calls made different feeds")
 		}
 	}
@@ -425,12 +443,17 @@ func TestDamagedFeedDoesNotHideLaterFeeds(t *testing.T) {
 	}
 	var keys [][]byte
 	for _, n := range []string{"a", "b", "c"} {
-		w, _ := c.Writer(n)
-		w.Append([]byte(n))
+		w := mustWriter(t, c, n)
+		mustAppend(t, w, n)
 		keys = append(keys, w.Key())
 	}
-	c.Close()
-	b, _ := s.fileBytes("feeds/1/key")
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, ok := s.fileBytes("feeds/1/key")
+	if !ok || len(b) <= 20 {
+		t.Fatalf("feeds/1/key holds %d bytes (exists %v)", len(b), ok)
+	}
 	b[20] ^= 0xff
 	s.setFileBytes("feeds/1/key", b)
 	var reported []error
@@ -464,10 +487,11 @@ func TestFeedsChangedSignalsNewFeeds(t *testing.T) {
 		t.Fatal("signalled before any feed")
 	default:
 	}
-	c.Writer("x")
+	mustWriter(t, c, "x")
+	// The channel is closed by the time Writer returns.
 	select {
 	case <-ch:
-	case <-time.After(5 * time.Second):
+	default:
 		t.Fatal("no signal for a new feed")
 	}
 }
@@ -500,8 +524,8 @@ func TestValueEncodings(t *testing.T) {
 		t.Run(tc.enc, func(t *testing.T) {
 			c := newCore(t, &Options{ValueEncoding: Encoding(tc.enc)})
 			got := make(chan Entry, 1)
-			c.Use("v", 1, viewFunc(func(es []Entry) error { got <- es[0]; return nil }))
-			w, _ := c.Writer("w")
+			mustUse(t, c, "v", 1, viewFunc(func(es []Entry) error { got <- es[0]; return nil }))
+			w := mustWriter(t, c, "w")
 			if tc.bad != nil {
 				if _, err := w.Append(tc.bad); !errors.Is(err, ErrInvalidValue) {
 					t.Fatalf("bad value: %v", err)
@@ -510,7 +534,14 @@ func TestValueEncodings(t *testing.T) {
 			if _, err := w.Append([]byte(tc.good)); err != nil {
 				t.Fatal(err)
 			}
-			v, err := tc.decodeTo(<-got)
+			ready(t, c)
+			var e Entry
+			select {
+			case e = <-got:
+			default:
+				t.Fatal("Ready returned before the view saw the entry")
+			}
+			v, err := tc.decodeTo(e)
 			if err != nil || v != tc.want {
 				t.Fatalf("decoded %v, %v; want %v", v, err, tc.want)
 			}
@@ -531,8 +562,11 @@ func TestManyFeedsKeepDescriptorsBounded(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("counts descriptors in /proc/self/fd")
 	}
+	if testing.Short() {
+		t.Skip("thousands of feeds; skipped with -short")
+	}
 	feeds := 10_000
-	if testing.Short() || raceEnabled {
+	if raceEnabled {
 		feeds = 2_000
 	}
 	const maxOpen = 64
@@ -562,7 +596,9 @@ func TestManyFeedsKeepDescriptorsBounded(t *testing.T) {
 			peak = max(peak, openFDs()-base)
 		}
 	}
-	c.Close()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
 	c, err = Open(dir, &Options{NoSync: true, MaxOpenFiles: maxOpen})
 	if err != nil {
 		t.Fatal(err)
