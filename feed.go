@@ -30,6 +30,7 @@ const (
 	fileTree       = "tree"
 	fileSignatures = "signatures"
 	fileBitfield   = "bitfield"
+	fileOlderSigs  = "oldsigs"
 )
 
 // FeedOptions configure OpenFeed. The zero value opens the feed stored
@@ -83,6 +84,8 @@ type Feed struct {
 	keyDirty bool // the key file is not synced yet; under writeMu
 
 	meta, data, tree, sigs, bits File // bits is nil for a writable feed
+	store                        Storage
+	older                        File // older signatures, opened on first use; under writeMu
 
 	// writeMu serializes the writers (Append commits, Put) and Close.
 	writeMu  sync.Mutex
@@ -139,7 +142,7 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
-	f := &Feed{name: prefix, noSync: o.NoSync, enc: enc, onRepair: o.OnRepair, changed: make(chan struct{})}
+	f := &Feed{store: s, name: prefix, noSync: o.NoSync, enc: enc, onRepair: o.OnRepair, changed: make(chan struct{})}
 	if err := f.open(s, prefix, &o); err != nil {
 		f.closeFiles()
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
@@ -1469,31 +1472,58 @@ const maxOlderProofs = 64
 // first, for a signed length that covers [start, end) and whose tree nodes
 // this feed holds.
 func (f *Feed) olderProof(start, end, length uint64) (*Proof, error) {
-	size, err := f.sigs.Size()
-	if err != nil {
-		return nil, err
+	err := error(ErrNotAvailable)
+	tries := 0
+	try := func(file File, ascending bool) *Proof {
+		if file == nil {
+			return nil
+		}
+		size, serr := file.Size()
+		if serr != nil {
+			return nil
+		}
+		n := max(size-headerSize, 0) / sigRecordSize
+		for k := n - 1; k >= 0 && tries < maxOlderProofs; k-- {
+			var rec [sigRecordSize]byte
+			if _, rerr := file.ReadAt(rec[:], headerSize+k*sigRecordSize); rerr != nil {
+				return nil
+			}
+			l, sig, _, ok := decodeSigRecord(rec[:])
+			if !ok || l >= length {
+				continue
+			}
+			if l < end {
+				if ascending {
+					break
+				}
+				continue
+			}
+			tries++
+			p, perr := f.proofAt(start, end, l)
+			if perr != nil {
+				err = perr
+				continue
+			}
+			p.Signature = bytes.Clone(sig)
+			return p
+		}
+		return nil
 	}
-	n := (size - headerSize) / sigRecordSize
-	err = ErrNotAvailable
-	for k, tries := n-1, 0; k >= 0 && tries < maxOlderProofs; k-- {
-		var rec [sigRecordSize]byte
-		if _, err := f.sigs.ReadAt(rec[:], headerSize+k*sigRecordSize); err != nil {
-			return nil, err
+	// The signatures file holds ascending lengths; the file of older ones
+	// holds them in the order they arrived.
+	if p := try(f.sigs, true); p != nil {
+		return p, nil
+	}
+	f.writeMu.Lock()
+	older := f.older
+	f.writeMu.Unlock()
+	if older == nil {
+		if file, oerr := f.store.Open(f.name+fileOlderSigs, false); oerr == nil {
+			defer file.Close()
+			older = file
 		}
-		l, sig, _, ok := decodeSigRecord(rec[:])
-		if !ok || l >= length {
-			continue
-		}
-		if l < end {
-			break
-		}
-		tries++
-		p, perr := f.proofAt(start, end, l)
-		if perr != nil {
-			err = perr
-			continue
-		}
-		p.Signature = bytes.Clone(sig)
+	}
+	if p := try(older, false); p != nil {
 		return p, nil
 	}
 	return nil, fmt.Errorf("feed %x: proof of [%d, %d): %w", f.key[:4], start, end, err)
@@ -1651,7 +1681,41 @@ func (f *Feed) Put(p *Proof) error {
 	}
 	f.keyDirty = false
 	f.publish(length, byteLen, roots, sig, func(b *bitset) { b.setRange(p.Start, end) })
+	if p.Signature != nil && p.Length < curLen {
+		f.keepOlderSignature(p.Length, p.Signature)
+	}
 	return nil
+}
+
+// keepOlderSignature records a verified signature of a length below the
+// feed's, so that the feed can later prove entries at that length (a
+// replica may lack the nodes to prove them at its newest). The file of
+// older signatures is a cache: it is never synced, never part of recovery,
+// and its records are checked again by whoever receives a proof made with
+// one. Called under writeMu; a failure only loses the cache.
+func (f *Feed) keepOlderSignature(length uint64, sig []byte) {
+	if f.older == nil {
+		file, err := f.store.Open(f.name+fileOlderSigs, true)
+		if err != nil {
+			return
+		}
+		f.older = file
+	}
+	size, err := f.older.Size()
+	if err != nil {
+		return
+	}
+	end := headerSize + max(size-headerSize, 0)/sigRecordSize*sigRecordSize
+	if size < headerSize {
+		hdr := encodeHeader(magicOlderSigs, sigRecordSize)
+		if _, err := f.older.WriteAt(hdr[:], 0); err != nil {
+			return
+		}
+		end = headerSize
+	}
+	var rec [sigRecordSize]byte
+	encodeSigRecord(rec[:], length, sig, 0)
+	f.older.WriteAt(rec[:], end)
 }
 
 // writeBits records blocks [start, end) in the bitfield file, and makes the
@@ -1703,7 +1767,7 @@ func (f *Feed) Close() error {
 
 func (f *Feed) closeFiles() error {
 	var first error
-	for _, file := range []File{f.meta, f.data, f.tree, f.sigs, f.bits} {
+	for _, file := range []File{f.meta, f.data, f.tree, f.sigs, f.bits, f.older} {
 		if file == nil {
 			continue
 		}

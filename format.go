@@ -18,11 +18,12 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 const headerSize = 16
 
 var (
-	magicManifest = [8]byte{'K', 'A', 'P', 'P', 'F', 'E', 'D', 'S'}
-	magicData     = [8]byte{'K', 'A', 'P', 'P', 'D', 'A', 'T', 'A'}
-	magicTree     = [8]byte{'K', 'A', 'P', 'P', 'T', 'R', 'E', 'E'}
-	magicSigs     = [8]byte{'K', 'A', 'P', 'P', 'S', 'I', 'G', 'S'}
-	magicBits     = [8]byte{'K', 'A', 'P', 'P', 'B', 'I', 'T', 'S'}
+	magicManifest  = [8]byte{'K', 'A', 'P', 'P', 'F', 'E', 'D', 'S'}
+	magicData      = [8]byte{'K', 'A', 'P', 'P', 'D', 'A', 'T', 'A'}
+	magicTree      = [8]byte{'K', 'A', 'P', 'P', 'T', 'R', 'E', 'E'}
+	magicSigs      = [8]byte{'K', 'A', 'P', 'P', 'S', 'I', 'G', 'S'}
+	magicBits      = [8]byte{'K', 'A', 'P', 'P', 'B', 'I', 'T', 'S'}
+	magicOlderSigs = [8]byte{'K', 'A', 'P', 'P', 'O', 'L', 'D', 'S'}
 )
 
 func encodeHeader(magic [8]byte, recSize uint32) [headerSize]byte {

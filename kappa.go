@@ -316,7 +316,15 @@ func (c *Core) load() error {
 	if err != nil {
 		return err
 	}
-	if err := c.loadKey(msize > headerSize); err != nil {
+	hasFeeds := msize > headerSize
+	if !hasFeeds {
+		// A manifest cut back to its header or shorter may hide feeds:
+		// with a feed in slot 0, the database is not new.
+		if hasFeeds, _, err = slotState(c.store, 0); err != nil {
+			return err
+		}
+	}
+	if err := c.loadKey(hasFeeds); err != nil {
 		return err
 	}
 	hdr := encodeHeader(magicManifest, manifestRecord)
@@ -397,10 +405,15 @@ func (c *Core) load() error {
 			d := Damage{Slot: i, Key: key, Err: err}
 			if local {
 				d.Name = name
-				c.lost[name] = err
+				if c.byName[name] == nil {
+					c.lost[name] = err
+				}
 			}
 			c.damage(d)
 			continue
+		}
+		if local {
+			delete(c.lost, name) // an earlier record of the name was damaged
 		}
 		c.addLocked(f, local, name)
 	}
@@ -711,7 +724,7 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 			return fail(&CorruptError{File: feedPrefix(slot), Offset: 0, Reason: "a feed without a manifest record appeared in the next free slot"})
 		}
 		prefix := feedPrefix(slot)
-		for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield} {
+		for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs} {
 			if err := c.store.Remove(prefix + name); err != nil {
 				return fail(err)
 			}

@@ -746,3 +746,47 @@ func waitFeedGet(ctx context.Context, c *Core, key []byte, seq uint64) ([]byte, 
 		}
 	}
 }
+
+// A replica keeps the verified signatures of lengths below its own, so it
+// can prove entries it received at such a length even when it lacks the
+// nodes to prove them at its newest.
+func TestReplicaKeepsOlderSignatures(t *testing.T) {
+	w := newFeed(t, NewMemStorage(), nil)
+	appendN(t, w, 10, "x")
+	// old: a replica of w at length 10.
+	old := newFeed(t, NewMemStorage(), &FeedOptions{Key: w.Key()})
+	p, err := w.Proof(0, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Put(p); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, w, 10, "y")
+	// b learns length 20 through block 15, then [0, 10) signed at 10.
+	b := newFeed(t, NewMemStorage(), &FeedOptions{Key: w.Key()})
+	if p, err = w.Proof(15, 16, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(p); err != nil {
+		t.Fatal(err)
+	}
+	if p, err = old.Proof(0, 10, 0); err != nil || p.Length != 10 || p.Signature == nil {
+		t.Fatalf("proof at 10: %v, %v", p, err)
+	}
+	if err := b.Put(p); err != nil {
+		t.Fatal(err)
+	}
+	// b proves [0, 10) to a fresh replica, at length 10.
+	q, err := b.Proof(0, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newFeed(t, NewMemStorage(), &FeedOptions{Key: w.Key()})
+	if err := c.Put(q); err != nil {
+		t.Fatal(err)
+	}
+	if !c.HasRange(0, 10) {
+		t.Fatal("c does not hold [0, 10)")
+	}
+}
