@@ -91,7 +91,8 @@ func TestKilledWriterLosesNoAcknowledgedAppend(t *testing.T) {
 	var acked, writerAcks uint64
 	for run := range runs {
 		where := fmt.Sprintf("seed %d run %d", seed, run)
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		ctx := ctxT(t) // a hang detector only: it kills a writer that stopped
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 		cmd.Env = childEnv("KAPPA_CRASH_WRITER=" + dir)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
@@ -128,6 +129,9 @@ func TestKilledWriterLosesNoAcknowledgedAppend(t *testing.T) {
 		}
 		// Acknowledgments read after the kill were printed before it.
 		err = cmd.Wait()
+		if ctx.Err() != nil {
+			t.Fatalf("%s: writer hung after %d acknowledgments: %v\n%s", where, acks, ctx.Err(), stderr.Bytes())
+		}
 		if !killed {
 			t.Fatalf("%s: writer ended on its own: %v\n%s", where, err, stderr.Bytes())
 		}

@@ -249,7 +249,8 @@ type indexChildResult struct {
 // test binary's -timeout.
 func runIndexCrashChildProcess(t *testing.T, spec string, plan *indexKill, where string) indexChildResult {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	ctx := ctxT(t) // a hang detector only: it kills a child that stopped reporting
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 	cmd.Env = childEnv("KAPPA_INDEX_CRASH=" + spec)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -296,6 +297,9 @@ func runIndexCrashChildProcess(t *testing.T, spec string, plan *indexKill, where
 		}
 	}
 	err = cmd.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("%s: child hung after %d events: %v\n%s", where, events, ctx.Err(), stderr.Bytes())
+	}
 	if !res.finished && !killed {
 		t.Fatalf("%s: child ended on its own without finishing: %v\n%s", where, err, stderr.Bytes())
 	}

@@ -45,18 +45,23 @@ func mustUse(t testing.TB, c *Core, name string, version int, view View) *Index 
 	return x
 }
 
+// hangAfter is how long a test waits for one event before it calls the
+// wait a hang: far beyond any honest wait in these tests, on any machine.
+const hangAfter = 2 * time.Minute
+
 // ctxT returns a context for a test's waiting calls. It ends when the test
-// does and, as a hang detector only, a little before the test binary's
-// -timeout would stop everything: a call that is still waiting then fails
-// with its own error instead of a dump of every goroutine. It never ends
-// earlier than that, whatever the speed of the machine.
+// does and, as a hang detector only, after hangAfter or a little before the
+// test binary's -timeout would stop everything, whichever comes first: a
+// call still waiting then fails with its own error, and the other tests
+// still run.
 func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
+	deadline := time.Now().Add(hangAfter)
 	if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
-		if deadline, ok := d.Deadline(); ok {
-			ctx, cancel = context.WithDeadline(context.Background(), deadline.Add(-time.Until(deadline)/20))
+		if end, ok := d.Deadline(); ok && end.Add(-time.Until(end)/20).Before(deadline) {
+			deadline = end.Add(-time.Until(end) / 20)
 		}
 	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	t.Cleanup(cancel)
 	return ctx
 }

@@ -494,7 +494,7 @@ func TestOpenDirIsLockedAgainstOtherProcesses(t *testing.T) {
 	}
 	dir := t.TempDir()
 	child := func() string {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestLockHelperProcess$", "-test.v")
+		cmd := exec.CommandContext(ctxT(t), os.Args[0], "-test.run=^TestLockHelperProcess$", "-test.v")
 		cmd.Env = childEnv("KAPPA_TEST_LOCK_DIR=" + dir)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
