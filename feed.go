@@ -1555,6 +1555,36 @@ func (f *Feed) proofAt(start, end, length uint64) (*Proof, error) {
 	return p, nil
 }
 
+// putScratch is what one Put works in: the proof's computed nodes, the
+// data to write and the span of tree records under the blocks.
+type putScratch struct {
+	h     *leafHasher
+	nodes []storedNode
+	fresh []storedNode
+	data  []byte
+	tree  []byte
+	isNew []bool // by position in tree
+}
+
+var putScratchPool = sync.Pool{New: func() any { return new(putScratch) }}
+
+func (sc *putScratch) hasher() *leafHasher {
+	if sc.h == nil {
+		sc.h = newLeafHasher()
+	}
+	return sc.h
+}
+
+// maxPooledPut bounds the buffers a putScratch keeps in the pool.
+const maxPooledPut = 16 << 20
+
+func (sc *putScratch) release() {
+	if cap(sc.data) > maxPooledPut || cap(sc.tree) > maxPooledPut {
+		return
+	}
+	putScratchPool.Put(sc)
+}
+
 // Put verifies a proof from a peer and stores its entries and nodes. Nothing
 // is written unless the proof's hashes lead to roots that its signature
 // signs under this feed's key (or, for a proof without signature, to roots
@@ -1566,10 +1596,15 @@ func (f *Feed) Put(p *Proof) error {
 	if f.secret != nil {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrNotWritable)
 	}
-	t, err := proofTree(p, newLeafHasher())
+	// Scratch buffers come from a pool shared by all feeds: an idle
+	// replica keeps none.
+	sc := putScratchPool.Get().(*putScratch)
+	defer sc.release()
+	t, err := proofTree(p, sc.hasher(), sc.nodes[:0])
 	if err != nil {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 	}
+	sc.nodes = t.nodes
 	if p.Signature != nil && !verifyRoots(f.key, treeHash(t.roots), p.Length, p.Signature) {
 		return fmt.Errorf("feed %x: put at length %d: %w", f.key[:4], p.Length, ErrBadSignature)
 	}
@@ -1590,25 +1625,43 @@ func (f *Feed) Put(p *Proof) error {
 	// Every node the proof determines must agree with what is stored; an
 	// unsigned proof must meet stored roots.
 	// The nodes under the blocks fill one span of the tree file, read in
-	// one call; the few others (uncles and ancestors) one by one.
+	// one call; a new node of the span is encoded in place in it, and each
+	// run of new ones written from there. The few others (uncles and
+	// ancestors) are read one by one.
+	end := p.Start + uint64(len(p.Blocks))
 	var span *nodeSpan
+	sc.isNew = sc.isNew[:0]
 	if len(p.Blocks) > 0 {
-		if span, err = f.readNodeSpan(2*p.Start, 2*(p.Start+uint64(len(p.Blocks)))-1); err != nil {
+		lo, hi := 2*p.Start, 2*end-1
+		sc.tree = slices.Grow(sc.tree[:0], int((hi-lo)*nodeSize))[:(hi-lo)*nodeSize]
+		n, err := f.tree.ReadAt(sc.tree, headerSize+int64(lo)*nodeSize)
+		if err != nil && !errors.Is(err, io.EOF) {
 			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 		}
+		span = &nodeSpan{lo: lo, n: uint64(n) / nodeSize, buf: sc.tree}
+		sc.isNew = slices.Grow(sc.isNew[:0], int(hi-lo))[:hi-lo]
+		clear(sc.isNew)
 	}
-	fresh := t.nodes[:0:0]
-	for _, n := range t.nodes {
+	fresh := sc.fresh[:0]
+	for i := range t.nodes {
+		n := &t.nodes[i]
 		old, err := span.node(f, n.Index)
 		switch {
 		case errors.Is(err, errNoNode):
-			fresh = append(fresh, n)
+			if span != nil && n.Index >= span.lo && n.Index-span.lo < uint64(len(sc.isNew)) {
+				k := n.Index - span.lo
+				encodeNode(span.buf[k*nodeSize:], n)
+				sc.isNew[k] = true
+				continue
+			}
+			fresh = append(fresh, *n)
 		case err != nil:
 			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 		case old.Hash != n.Hash || old.Size != n.Size || old.Offset != n.Offset:
 			return fmt.Errorf("feed %x: put: %w: node %d contradicts the stored tree", f.key[:4], ErrBadProof, n.Index)
 		}
 	}
+	sc.fresh = fresh
 	if p.Signature == nil {
 		for _, r := range t.roots {
 			if _, err := f.readNode(r.Index); err != nil {
@@ -1620,25 +1673,44 @@ func (f *Feed) Put(p *Proof) error {
 	// bitfield and signature that make it visible.
 	var files []File
 	if len(p.Blocks) > 0 {
-		var data []byte
+		data := sc.data[:0]
 		for _, b := range p.Blocks {
 			data = append(data, b...)
 		}
+		sc.data = data
 		if _, err := f.data.WriteAt(data, headerSize+int64(t.offsetOf(2*p.Start))); err != nil {
 			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 		}
 		files = append(files, f.data)
 	}
+	wroteTree := false
+	// One write per run of consecutive new nodes: in the span, from its
+	// buffer; the others encoded one run at a time.
+	for i := 0; i < len(sc.isNew); {
+		if !sc.isNew[i] {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(sc.isNew) && sc.isNew[j] {
+			j++
+		}
+		if _, err := f.tree.WriteAt(span.buf[i*nodeSize:j*nodeSize], headerSize+int64(span.lo+uint64(i))*nodeSize); err != nil {
+			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+		}
+		wroteTree = true
+		i = j
+	}
 	if len(fresh) > 0 {
-		// One write per run of consecutive new nodes.
 		slices.SortFunc(fresh, func(a, b storedNode) int { return cmp.Compare(a.Index, b.Index) })
-		buf := make([]byte, len(fresh)*nodeSize)
+		var rec [nodeSize]byte
+		buf := rec[:0]
 		for i := 0; i < len(fresh); {
 			j := i + 1
 			for j < len(fresh) && fresh[j].Index == fresh[j-1].Index+1 {
 				j++
 			}
-			run := buf[:(j-i)*nodeSize]
+			run := slices.Grow(buf[:0], (j-i)*nodeSize)[:(j-i)*nodeSize]
 			for k := i; k < j; k++ {
 				encodeNode(run[(k-i)*nodeSize:], &fresh[k])
 			}
@@ -1647,9 +1719,11 @@ func (f *Feed) Put(p *Proof) error {
 			}
 			i = j
 		}
+		wroteTree = true
+	}
+	if wroteTree {
 		files = append(files, f.tree)
 	}
-	end := p.Start + uint64(len(p.Blocks))
 	newLen := curLen
 	if p.Signature != nil {
 		newLen = max(curLen, p.Length)

@@ -191,8 +191,9 @@ type provenTree struct {
 // proofTree recomputes the tree of a proof: it hashes the blocks, combines
 // them with the proof's nodes (which must come in the order proofIndexes
 // gives) and returns the roots at p.Length. It checks shape and sizes but not
-// the signature; the caller decides what the roots must match.
-func proofTree(p *Proof, h *leafHasher) (*provenTree, error) {
+// the signature; the caller decides what the roots must match. The nodes
+// are appended to buf.
+func proofTree(p *Proof, h *leafHasher, buf []storedNode) (*provenTree, error) {
 	if p.Length == 0 || p.Length > maxTreeLength {
 		return nil, fmt.Errorf("%w: length %d out of range", ErrBadProof, p.Length)
 	}
@@ -200,7 +201,7 @@ func proofTree(p *Proof, h *leafHasher) (*provenTree, error) {
 	if p.Start > p.Length || end > p.Length || end < p.Start {
 		return nil, fmt.Errorf("%w: blocks [%d, %d) outside length %d", ErrBadProof, p.Start, end, p.Length)
 	}
-	w := proofWalker{p: p, end: end, h: h}
+	w := proofWalker{p: p, end: end, h: h, out: buf}
 	var roots [64]uint64
 	t := &provenTree{}
 	var off uint64
