@@ -223,7 +223,9 @@ func (s *session) run(ctx context.Context) (err error) {
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
-		case timedOut.Load():
+		case timedOut.Load() && !errors.Is(err, ErrUnauthorized) && !errors.Is(err, ErrVersion):
+			// (A refused peer that does not hang up is cut off by the
+			// timer: the refusal is the news.)
 			return fmt.Errorf("%w: the handshake took longer than %v", ErrTimeout, s.opts.Timeout)
 		}
 		return err
@@ -237,6 +239,12 @@ func (s *session) run(ctx context.Context) (err error) {
 	go func() { defer wg.Done(); s.readLoop(in) }()
 	go func() { defer wg.Done(); s.writeLoop() }()
 	defer wg.Wait()
+	// The reader may be sending a frame when the loop has returned: take
+	// what it sends until it stops (closing the connection stops it).
+	defer func() {
+		for range in {
+		}
+	}()
 	defer s.stopWriter(false)
 	defer closeRaw()
 	s.lastRead.Store(time.Now().UnixNano())
@@ -384,13 +392,17 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	if len(msg) != 1+len(helloMagic)+2+32 || msg[0] != msgHello || !bytes.Equal(msg[1:1+len(helloMagic)], helloMagic) {
 		return fmt.Errorf("%w: not a kappa hello", ErrProtocol)
 	}
+	var refusal error
 	if major := msg[1+len(helloMagic)]; major != protoMajor {
-		return fmt.Errorf("%w: peer speaks %d.%d, this side %d.%d", ErrVersion, major, msg[2+len(helloMagic)], protoMajor, protoMinor)
+		refusal = fmt.Errorf("%w: peer speaks %d.%d, this side %d.%d", ErrVersion, major, msg[2+len(helloMagic)], protoMajor, protoMinor)
+	} else if !hmac.Equal(msg[3+len(helloMagic):], helloMAC(s.core.key, ekm, !s.initiator)) {
+		refusal = ErrUnauthorized
 	}
-	if !hmac.Equal(msg[3+len(helloMagic):], helloMAC(s.core.key, ekm, !s.initiator)) {
-		// Say nothing more; let the peer read our hello (closing with
-		// its bytes unread could reset the connection before it does),
-		// and wait for it to hang up too.
+	if refusal != nil {
+		// Say nothing more; let the peer read our hello, so that it
+		// learns why too (closing with its bytes unread could reset the
+		// connection before it does, and a pipe would lose them), and
+		// wait for it to hang up too.
 		if err := <-werr; err == nil {
 			done := make(chan struct{})
 			go func() { s.tls.CloseWrite(); close(done) }()
@@ -399,7 +411,7 @@ func (s *session) handshake(ctx context.Context) (err error) {
 			<-done
 		}
 		werr <- nil
-		return ErrUnauthorized
+		return refusal
 	}
 	werr2 := <-werr
 	werr <- nil // for the deferred wait
@@ -427,7 +439,7 @@ func handshakeErr(err error) error {
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrClosedPipe):
 		return fmt.Errorf("%w: during the handshake: %v", ErrPeerClosed, err)
-	case errors.Is(err, ErrProtocol):
+	case errors.Is(err, ErrProtocol), errors.Is(err, ErrPeerClosed):
 		return err
 	}
 	return fmt.Errorf("%w: handshake: %v", ErrProtocol, err)
@@ -454,9 +466,9 @@ func readFrame(r *bufio.Reader, max int) ([]byte, error) {
 		return nil, fmt.Errorf("%w: message of %d bytes (limit %d)", ErrProtocol, n, max)
 	}
 	buf := make([]byte, n)
-	if _, err := io.ReadFull(r, buf); err != nil {
+	if k, err := io.ReadFull(r, buf); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("%w: message cut off after %d of %d bytes", ErrPeerClosed, 0, n)
+			return nil, fmt.Errorf("%w: message cut off after %d of %d bytes", ErrPeerClosed, k, n)
 		}
 		return nil, err
 	}
@@ -763,6 +775,9 @@ func protoErr(format string, args ...any) error {
 
 // handle acts on one message from the peer.
 func (s *session) handle(msg []byte) error {
+	if len(msg) == 0 {
+		return protoErr("empty message") // readFrame returns none
+	}
 	d := &decoder{b: msg[1:]}
 	switch msg[0] {
 	case msgFeed:
@@ -1031,6 +1046,23 @@ func (s *session) serve(d *decoder) error {
 	}
 	if start >= end || end-start > maxRequestBlocks {
 		return protoErr("request for [%d, %d)", start, end)
+	}
+	// The peer may have maxOutstanding requests in flight, and one is in
+	// flight until the peer has read its answer, which it cannot do before
+	// the writer has written it. So while the peer keeps to that, fewer
+	// answers than maxOutstanding wait in the queue for the writer; more
+	// is a peer asking without reading, which would grow the queue
+	// without bound.
+	s.outMu.Lock()
+	queued := 0
+	for _, m := range s.out {
+		if m[0] == msgData || m[0] == msgNotAvailable {
+			queued++
+		}
+	}
+	s.outMu.Unlock()
+	if queued >= maxOutstanding {
+		return protoErr("a request with %d answers unread: more than %d requests in flight", queued, maxOutstanding)
 	}
 	f := s.mine[id]
 	notAvailable := func() error {
