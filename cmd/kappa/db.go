@@ -1,0 +1,509 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"unicode/utf8"
+
+	kappa "github.com/kappa-db/kappa-go"
+)
+
+// dbFile is the file that makes a directory a database (doc/FORMAT.md).
+const dbFile = "kappa"
+
+// checkDB returns an error unless dir holds a database. Commands other than
+// init check this first, because kappa.Open creates a database where there
+// is none. A database's file "kappa" starts with a magic (doc/FORMAT.md);
+// a "kappa" file without it, next to no manifest, is some other file (the
+// binary itself, say), and the directory no database.
+func checkDB(dir string) error {
+	if dir == "" {
+		return usagef("-db is empty")
+	}
+	none := fmt.Errorf("no database in %s (kappa init -db %s creates one)", dir, dir)
+	f, err := os.Open(filepath.Join(dir, dbFile))
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		return none
+	case err != nil:
+		return err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return err
+	} else if !fi.Mode().IsRegular() {
+		return none
+	}
+	magic := make([]byte, len(dbMagic))
+	if _, err := io.ReadFull(f, magic); err == nil && string(magic) == dbMagic {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, "manifest")); err != nil {
+		return none
+	}
+	return nil // a damaged database: Open says what is wrong
+}
+
+// dbMagic starts the database file.
+const dbMagic = "KAPPADB\x00"
+
+// openDB opens the database in e.db, which must exist. With warn, feeds
+// that did not load are reported with one warning line on standard error
+// (verify lists them).
+func (e *env) openDB(warn bool) (*kappa.Core, error) {
+	if err := checkDB(e.db); err != nil {
+		return nil, err
+	}
+	core, err := kappa.Open(e.db, nil)
+	if err != nil {
+		return nil, err
+	}
+	if d := core.Damaged(); warn && len(d) > 0 {
+		fmt.Fprintf(e.stderr, "kappa: warning: %d damaged feed(s) were not loaded (kappa verify lists them)\n", len(d))
+	}
+	return core, nil
+}
+
+// storedEncoding returns the value encoding the database in dir was created
+// with. The package has no accessor for it, so it is read from the database
+// file, whose layout doc/FORMAT.md gives: magic "KAPPADB\0", version, then
+// the encoding's code at byte 12 (0 or 1 binary, 2 json, 3 utf-8). Call it
+// after kappa.Open succeeded, which checked the file.
+func storedEncoding(dir string) (kappa.Encoding, error) {
+	f, err := os.Open(filepath.Join(dir, dbFile))
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var b [16]byte
+	if _, err := io.ReadFull(f, b[:]); err != nil {
+		return "", fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	if string(b[:8]) != dbMagic {
+		return "", fmt.Errorf("%s: not a database file", f.Name())
+	}
+	switch b[12] {
+	case 0, 1:
+		return kappa.Binary, nil
+	case 2:
+		return kappa.JSON, nil
+	case 3:
+		return kappa.UTF8, nil
+	}
+	return "", fmt.Errorf("%s: unknown value encoding %d", f.Name(), b[12])
+}
+
+// parseEncoding checks a value encoding given on the command line.
+func parseEncoding(s string) (kappa.Encoding, error) {
+	switch strings.ToLower(s) {
+	case "binary":
+		return kappa.Binary, nil
+	case "json":
+		return kappa.JSON, nil
+	case "utf-8", "utf8":
+		return kappa.UTF8, nil
+	}
+	return "", usagef("unknown encoding %q: want json, utf-8 or binary", s)
+}
+
+// shortKey is how the tool names a feed in lines meant for people: the
+// first 4 bytes of its key in hex, as the package's errors do.
+func shortKey(key []byte) string {
+	if len(key) < 4 {
+		return hex.EncodeToString(key)
+	}
+	return hex.EncodeToString(key[:4])
+}
+
+// parseNoArgs is parse for a command that takes flags only.
+func (e *env) parseNoArgs(c *command, fl *flag.FlagSet, args []string) error {
+	args, err := e.parse(c, fl, args)
+	if err == nil && len(args) > 0 {
+		err = usagef("unexpected argument %q", args[0])
+	}
+	return err
+}
+
+// init
+
+var initCommand = &command{
+	name:    "init",
+	args:    "[-db DIR] [-key HEX] [-encoding json|utf-8|binary]",
+	summary: "create a database, or join one with -key",
+	help: `
+Init creates a database in DIR, which must be new or empty. With -key it
+joins an existing database instead: the new one has the same shared key
+(printed by "kappa key" on a peer's database), so the two can replicate.
+The value encoding is fixed at creation: every appended value must be JSON,
+UTF-8 text, or any bytes (binary, the default).`,
+	run: func(e *env, c *command, args []string) error {
+		fl := e.flags(c, true)
+		keyHex := fl.String("key", "", "join the database with this shared `HEX` key (64 hex digits)")
+		encName := fl.String("encoding", "binary", "the value `ENCODING`: json, utf-8 or binary")
+		if err := e.parseNoArgs(c, fl, args); err != nil {
+			return err
+		}
+		enc, err := parseEncoding(*encName)
+		if err != nil {
+			return err
+		}
+		var key []byte
+		if *keyHex != "" {
+			key, err = hex.DecodeString(*keyHex)
+			if err != nil || len(key) != 32 {
+				return usagef("-key wants the 32-byte shared key as 64 hex digits")
+			}
+		}
+		if e.db == "" {
+			return usagef("-db is empty")
+		}
+		if checkDB(e.db) == nil {
+			return fmt.Errorf("%s already holds a database", e.db)
+		}
+		created := false
+		switch entries, err := os.ReadDir(e.db); {
+		case errors.Is(err, fs.ErrNotExist):
+			created = true
+		case err != nil:
+			return err
+		case len(entries) > 0:
+			return fmt.Errorf("%s is not empty: init wants a new or empty directory", e.db)
+		}
+		core, err := kappa.Open(e.db, &kappa.Options{ValueEncoding: enc, SharedKey: key})
+		if err != nil {
+			if created {
+				os.RemoveAll(e.db)
+			}
+			return err
+		}
+		verb := "created"
+		if key != nil {
+			verb = "joined"
+		}
+		fmt.Fprintf(e.stdout, "%s database %s (encoding %s)\nshared key: %x\n", verb, e.db, enc, core.SharedKey())
+		return core.Close()
+	},
+}
+
+// key
+
+var keyCommand = &command{
+	name:    "key",
+	args:    "[-db DIR]",
+	summary: "print the shared key to hand to a peer",
+	help: `
+Key prints the database's shared key in hex. A peer joins the database with
+"kappa init -key HEX"; only databases with the same key replicate. Keep it
+secret: whoever has it can read and add feeds.`,
+	run: func(e *env, c *command, args []string) error {
+		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
+			return err
+		}
+		core, err := e.openDB(true)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "%x\n", core.SharedKey())
+		return core.Close()
+	},
+}
+
+// append
+
+var appendCommand = &command{
+	name:    "append",
+	args:    "[-db DIR] [-writer NAME] [VALUE...]",
+	summary: "append values (arguments, or lines of standard input)",
+	help: `
+Append appends each VALUE as one entry of the local writer NAME, creating
+the writer the first time. Without VALUEs it appends each line of standard
+input (without its line ending). Values must match the database's encoding;
+in a json database, for one:
+
+  kappa append 1 '"two"' '{"n": 3}'
+
+Put "--" before a value that starts with "-".`,
+	run: func(e *env, c *command, args []string) error {
+		fl := e.flags(c, true)
+		writer := fl.String("writer", "default", "the local writer's `NAME`")
+		args, err := e.parse(c, fl, args)
+		if err != nil {
+			return err
+		}
+		name := *writer
+		core, err := e.openDB(true)
+		if err != nil {
+			return err
+		}
+		defer core.Close()
+		enc, err := storedEncoding(e.db)
+		if err != nil {
+			return err
+		}
+		var w *kappa.Feed
+		first, n := uint64(0), 0
+		add := func(values [][]byte) error {
+			// Check first, so that a bad value creates no writer.
+			for i, v := range values {
+				if err := checkValue(enc, v); err != nil {
+					return fmt.Errorf("value %d: %w", i+1, err)
+				}
+			}
+			if w == nil {
+				if w, err = core.Writer(name); err != nil {
+					return err
+				}
+			}
+			seq, err := w.Append(values...)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				first = seq
+			}
+			n += len(values)
+			return nil
+		}
+		if len(args) > 0 {
+			values := make([][]byte, len(args))
+			for i, a := range args {
+				values[i] = []byte(a)
+			}
+			err = add(values)
+		} else {
+			err = appendLines(e.stdin, add)
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			fmt.Fprintln(e.stdout, "nothing to append")
+			return core.Close()
+		}
+		fmt.Fprintf(e.stdout, "appended %d %s to writer %q (feed %s, seq %d to %d)\n",
+			n, plural(n, "entry", "entries"), name, shortKey(w.Key()), first, first+uint64(n)-1)
+		return core.Close()
+	},
+}
+
+// checkValue checks v against the database's encoding as Append does, so
+// that a bad value is found before anything is written.
+func checkValue(enc kappa.Encoding, v []byte) error {
+	switch {
+	case enc == kappa.JSON && !json.Valid(v):
+		return fmt.Errorf("%w: not JSON", kappa.ErrInvalidValue)
+	case enc == kappa.UTF8 && !utf8.Valid(v):
+		return fmt.Errorf("%w: not UTF-8", kappa.ErrInvalidValue)
+	}
+	return nil
+}
+
+// appendLines passes the lines of r to add in batches: whatever has
+// arrived, up to a bound, so that a pipe costs few signatures and a person
+// typing sees each line appended as it is entered.
+func appendLines(r io.Reader, add func([][]byte) error) error {
+	const maxBatch, maxBatchBytes = 4096, 4 << 20
+	br := bufio.NewReaderSize(r, 64<<10)
+	var batch [][]byte
+	size, line := 0, 0
+	for {
+		b, err := br.ReadBytes('\n')
+		if len(b) > 0 {
+			line++
+			b = bytes.TrimSuffix(b, []byte("\n"))
+			b = bytes.TrimSuffix(b, []byte("\r"))
+			batch = append(batch, b)
+			size += len(b)
+		}
+		end := err != nil
+		if len(batch) > 0 && (end || br.Buffered() == 0 || len(batch) >= maxBatch || size >= maxBatchBytes) {
+			if aerr := add(batch); aerr != nil {
+				return fmt.Errorf("standard input, lines %d to %d: %w", line-len(batch)+1, line, aerr)
+			}
+			batch, size = batch[:0], 0
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("standard input: %w", err)
+		}
+	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// feeds
+
+var feedsCommand = &command{
+	name:    "feeds",
+	args:    "[-db DIR]",
+	summary: "list the feeds",
+	help: `
+Feeds lists every feed: its public key, the local writer's name (or "-" for
+a feed replicated from a peer), its length, the entries held here (a replica
+may lack some), the bytes of its entries, and whether it is writable here.`,
+	run: func(e *env, c *command, args []string) error {
+		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
+			return err
+		}
+		core, err := e.openDB(true)
+		if err != nil {
+			return err
+		}
+		defer core.Close()
+		tw := tabwriter.NewWriter(e.stdout, 0, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "KEY\tWRITER\tLENGTH\tHELD\tBYTES\tWRITABLE")
+		for _, f := range core.Feeds() {
+			name, ok := core.WriterName(f.Key())
+			if !ok {
+				name = "-"
+			}
+			writable := "no"
+			if f.Writable() {
+				writable = "yes"
+			}
+			fmt.Fprintf(tw, "%x\t%s\t%d\t%d\t%d\t%s\n", f.Key(), name, f.Len(), f.Downloaded(), f.ByteLen(), writable)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		return core.Close()
+	},
+}
+
+// stat
+
+var statCommand = &command{
+	name:    "stat",
+	args:    "[-db DIR]",
+	summary: "count feeds, entries and bytes on disk",
+	help: `
+Stat prints the database's encoding, its feeds (local writers and
+replicas), their entries and the bytes of their values, and the bytes its
+files take on disk.`,
+	run: func(e *env, c *command, args []string) error {
+		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
+			return err
+		}
+		core, err := e.openDB(true)
+		if err != nil {
+			return err
+		}
+		defer core.Close()
+		enc, err := storedEncoding(e.db)
+		if err != nil {
+			return err
+		}
+		var writers, replicas int
+		var length, held, values uint64
+		for _, f := range core.Feeds() {
+			if f.Writable() {
+				writers++
+			} else {
+				replicas++
+			}
+			length += f.Len()
+			held += f.Downloaded()
+			values += f.ByteLen()
+		}
+		files, disk, err := diskUsage(e.db)
+		if err != nil {
+			return err
+		}
+		abs, _ := filepath.Abs(e.db)
+		tw := tabwriter.NewWriter(e.stdout, 0, 8, 2, ' ', 0)
+		fmt.Fprintf(tw, "database\t%s\n", abs)
+		fmt.Fprintf(tw, "encoding\t%s\n", enc)
+		fmt.Fprintf(tw, "feeds\t%d (%d local %s, %d %s)\n", writers+replicas,
+			writers, plural(writers, "writer", "writers"), replicas, plural(replicas, "replica", "replicas"))
+		fmt.Fprintf(tw, "entries\t%d (%d held here)\n", length, held)
+		fmt.Fprintf(tw, "values\t%d bytes\n", values)
+		fmt.Fprintf(tw, "on disk\t%d bytes in %d files\n", disk, files)
+		if d := len(core.Damaged()); d > 0 {
+			fmt.Fprintf(tw, "damaged\t%d %s not loaded (see kappa verify)\n", d, plural(d, "feed", "feeds"))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		return core.Close()
+	},
+}
+
+// diskUsage walks dir and adds up its regular files.
+func diskUsage(dir string) (files int, size int64, err error) {
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		files++
+		size += fi.Size()
+		return nil
+	})
+	return files, size, err
+}
+
+// readEntries calls fn with every entry of f in [start, end) that is held
+// here, in order, reading them in chunks with GetBatch (which checks each
+// entry against its leaf hash). It never waits for an entry a replica lacks.
+func readEntries(ctx context.Context, f *kappa.Feed, start, end uint64, fn func(seq uint64, value []byte) error) error {
+	chunk := chunkEntries(f)
+	for s := f.NextPresent(start); s < end; {
+		stop := min(f.NextMissing(s), end)
+		for c := s; c < stop; {
+			n := min(stop-c, chunk)
+			values, err := f.GetBatch(ctx, c, c+n)
+			if err != nil {
+				return err
+			}
+			for i, v := range values {
+				if err := fn(c+uint64(i), v); err != nil {
+					return err
+				}
+			}
+			c += n
+		}
+		if stop >= end {
+			break
+		}
+		s = f.NextPresent(stop)
+	}
+	return nil
+}
+
+// chunkEntries is how many entries of f to read at once: about 4 MiB of
+// them, going by their mean size.
+func chunkEntries(f *kappa.Feed) uint64 {
+	const target, most = 4 << 20, 4096
+	n := f.Len()
+	if n == 0 {
+		return most
+	}
+	mean := max(f.ByteLen()/n, 1)
+	return min(max(target/mean, 1), most)
+}

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode"
+	"unicode/utf8"
+
+	kappa "github.com/kappa-db/kappa-go"
+)
+
+var logCommand = &command{
+	name:    "log",
+	args:    "[-db DIR] [-json] [-follow [-peer ADDR]]",
+	summary: "print the entries of every feed (-json, -follow)",
+	help: `
+Log prints every entry held here, feed by feed in the order the feeds were
+added: the feed (the first 8 hex digits of its key), the local writer's name
+("-" for a feed from a peer), the sequence number and the value. Values that
+are not plain text are printed Go-quoted.
+
+-json prints one JSON object per line instead:
+  {"feed": HEX KEY, "writer": NAME (local writers only), "seq": N, "value": V}
+where V is the value itself in a json database, and a string otherwise; a
+binary value that is not UTF-8 comes as "value_base64" instead of "value".
+
+-follow goes on printing entries as they arrive until interrupted. The
+database is locked while log runs, so new entries come from replication:
+-peer ADDR keeps a live session with "kappa serve" at ADDR meanwhile. A
+replica's entries are printed in order: an entry waits for the ones before it.`,
+	run: func(e *env, c *command, args []string) error {
+		fl := e.flags(c, true)
+		asJSON := fl.Bool("json", false, "print one JSON object per line")
+		follow := fl.Bool("follow", false, "keep printing new entries until interrupted")
+		peer := fl.String("peer", "", "with -follow, replicate live with the peer at `ADDR` (host:port)")
+		if err := e.parseNoArgs(c, fl, args); err != nil {
+			return err
+		}
+		if *peer != "" && !*follow {
+			return usagef("-peer goes with -follow")
+		}
+		core, err := e.openDB(true)
+		if err != nil {
+			return err
+		}
+		defer core.Close()
+		enc, err := storedEncoding(e.db)
+		if err != nil {
+			return err
+		}
+		p := &logPrinter{w: bufio.NewWriter(e.stdout), json: *asJSON, enc: enc, core: core}
+		if *follow {
+			ctx, stop := e.untilInterrupted()
+			err = p.follow(ctx, *peer)
+			stop()
+		} else {
+			for _, f := range core.Feeds() {
+				if err = readEntries(e.ctx, f, 0, f.Len(), p.printer(f)); err != nil {
+					err = readError(core, f, err)
+					break
+				}
+			}
+		}
+		if ferr := p.w.Flush(); err == nil {
+			err = ferr
+		}
+		if err != nil {
+			return err
+		}
+		return core.Close()
+	},
+}
+
+// logPrinter prints entries for log.
+type logPrinter struct {
+	w    *bufio.Writer
+	json bool
+	enc  kappa.Encoding
+	core *kappa.Core
+}
+
+// jsonEntry is a line of "log -json".
+type jsonEntry struct {
+	Feed        string          `json:"feed"`
+	Writer      string          `json:"writer,omitempty"`
+	Seq         uint64          `json:"seq"`
+	Value       json.RawMessage `json:"value,omitempty"`
+	ValueBase64 []byte          `json:"value_base64,omitempty"`
+}
+
+// printer returns a function that prints entries of f.
+func (p *logPrinter) printer(f *kappa.Feed) func(seq uint64, value []byte) error {
+	name, local := p.core.WriterName(f.Key())
+	short := shortKey(f.Key())
+	full := hex.EncodeToString(f.Key())
+	return func(seq uint64, value []byte) error {
+		if !p.json {
+			who := name
+			if !local {
+				who = "-"
+			}
+			_, err := fmt.Fprintf(p.w, "%s  %-10s %5d  %s\n", short, who, seq, p.text(value))
+			return err
+		}
+		line := jsonEntry{Feed: full, Writer: name, Seq: seq}
+		switch {
+		case p.enc == kappa.JSON && json.Valid(value):
+			var b bytes.Buffer
+			json.Compact(&b, value)
+			line.Value = b.Bytes()
+		case utf8.Valid(value):
+			line.Value, _ = json.Marshal(string(value))
+		default:
+			line.ValueBase64 = value
+		}
+		b, err := json.Marshal(line)
+		if err != nil {
+			return err
+		}
+		_, err = p.w.Write(append(b, '\n'))
+		return err
+	}
+}
+
+// text formats a value for a person: compact JSON in a json database, the
+// text itself if it is printable, else Go-quoted.
+func (p *logPrinter) text(value []byte) string {
+	if p.enc == kappa.JSON {
+		var b bytes.Buffer
+		if json.Compact(&b, value) == nil {
+			return b.String()
+		}
+	}
+	if len(value) > 0 && utf8.Valid(value) && value[0] != '"' {
+		printable := true
+		for _, r := range string(value) {
+			if !unicode.IsPrint(r) && r != ' ' {
+				printable = false
+				break
+			}
+		}
+		if printable {
+			return string(value)
+		}
+	}
+	return strconv.Quote(string(value))
+}
+
+// follow prints the entries of every feed, then new ones as they arrive,
+// until ctx ends. With peer set it also replicates live with peer; an end
+// of that session ends follow.
+func (p *logPrinter) follow(ctx context.Context, peer string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	session := make(chan error, 1)
+	if peer != "" {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			session <- dialReplicate(ctx, p.core, peer, true, nil)
+		}()
+		defer func() { cancel(); <-done }()
+	}
+	wake := make(chan struct{}, 1)
+	next := map[*kappa.Feed]uint64{} // the first entry of each feed not printed
+	var cancels []func()
+	defer func() {
+		for _, c := range cancels {
+			c()
+		}
+	}()
+	for {
+		changed := p.core.FeedsChanged()
+		for _, f := range p.core.Feeds() {
+			if _, ok := next[f]; !ok {
+				next[f] = 0
+				cancels = append(cancels, f.Subscribe(wake))
+			}
+			start := next[f]
+			end := f.NextMissing(start)
+			if err := readEntries(ctx, f, start, end, p.printer(f)); err != nil {
+				return readError(p.core, f, err)
+			}
+			next[f] = end
+		}
+		if err := p.w.Flush(); err != nil {
+			return err
+		}
+		select {
+		case <-wake:
+		case <-changed:
+		case err := <-session:
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err == nil {
+				err = errors.New("the session ended")
+			}
+			return fmt.Errorf("peer %s: %w", peer, err)
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// readError describes an error reading f, naming the damaged file's path
+// if that is what it is.
+func readError(core *kappa.Core, f *kappa.Feed, err error) error {
+	var ce *kappa.CorruptError
+	if errors.As(err, &ce) {
+		return fmt.Errorf("%s: %s (kappa verify lists every damaged entry)", feedName(core, f), where(core, err))
+	}
+	return fmt.Errorf("%s: %w", feedName(core, f), err)
+}

@@ -1,0 +1,218 @@
+// Command kappa works with kappa databases from the shell: create one or
+// join one, append values, print the log, replicate with peers over TCP,
+// and check that nothing stored was damaged.
+//
+// Usage:
+//
+//	kappa [-db DIR] COMMAND [flags] [arguments]
+//
+// The commands:
+//
+//	demo     two databases, two writers, replication over TCP, verification
+//	init     create a database, or join one with -key
+//	key      print the shared key to hand to a peer
+//	append   append values (arguments, or lines of standard input)
+//	log      print the entries of every feed (-json, -follow)
+//	feeds    list the feeds
+//	serve    accept peers and replicate with them until interrupted
+//	sync     replicate once with a peer
+//	verify   re-hash every entry and check every signature
+//	stat     count feeds, entries and bytes on disk
+//
+// Every command but demo works on the database in ./kappa.db, or the one
+// named by -db (before the command or after it). Only init creates one.
+// "kappa COMMAND -h" describes a command.
+//
+// A database is locked while a command has it open: while "kappa serve"
+// runs, other commands on the same directory fail with "database is
+// locked". Peers replicate over TCP; each session is authenticated with the
+// database's shared key (see Core.Replicate). The side that dials sends one
+// byte before the session, saying whether it wants a live session or a
+// single one; serve runs each session as its peer asks.
+//
+// Errors are printed as one line on standard error, and the exit status is
+// 1 (2 for a bad command line).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// defaultDB is the database directory when -db is not given.
+const defaultDB = "kappa.db"
+
+// env is what a command runs with: a context, the standard files and the
+// -db given before the command.
+type env struct {
+	ctx    context.Context
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	db     string
+}
+
+// A command is one verb of the tool. Its run function defines its flags
+// with e.flags and parses them with e.parse, which handles -h.
+type command struct {
+	name    string
+	args    string // the synopsis after the name
+	summary string
+	help    string // what -h prints after the synopsis
+	run     func(e *env, c *command, args []string) error
+}
+
+// commands lists the verbs in the order "kappa -h" shows them.
+var commands = []*command{
+	demoCommand, initCommand, keyCommand, appendCommand, logCommand,
+	feedsCommand, serveCommand, syncCommand, verifyCommand, statCommand,
+}
+
+// untilInterrupted returns e.ctx, ended by SIGINT or SIGTERM, for commands
+// that run until interrupted and then shut down in order (serve, sync,
+// log -follow, demo). The first signal ends the context; a second one
+// kills the process as usual. Other commands leave the signals alone: what
+// they write is durable or not, whenever they are stopped.
+func (e *env) untilInterrupted() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(e.ctx, os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(ctx, stop)
+	return ctx, stop
+}
+
+// usageError is a bad command line: it exits with status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+// run runs the command line args and returns the exit status.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr, db: defaultDB}
+	err := e.dispatch(args)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	}
+	fmt.Fprintln(stderr, errorLine(err))
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+func (e *env) dispatch(args []string) error {
+	top := flag.NewFlagSet("kappa", flag.ContinueOnError)
+	top.SetOutput(io.Discard)
+	top.StringVar(&e.db, "db", defaultDB, "")
+	if err := top.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			e.usage()
+			return err
+		}
+		return usagef("%v (see kappa -h)", err)
+	}
+	if top.NArg() == 0 {
+		return usagef("no command given (see kappa -h)")
+	}
+	name, args := top.Arg(0), top.Args()[1:]
+	if name == "help" {
+		if len(args) == 0 {
+			e.usage()
+			return nil
+		}
+		name, args = args[0], []string{"-h"} // kappa help COMMAND
+	}
+	for _, c := range commands {
+		if c.name == name {
+			return e.runCommand(c, args)
+		}
+	}
+	return usagef("unknown command %q (see kappa -h)", name)
+}
+
+func (e *env) runCommand(c *command, args []string) error {
+	err := c.run(e, c, args)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return usagef("%s: %s (see kappa %s -h)", c.name, ue.msg, c.name)
+	}
+	return fmt.Errorf("%s: %w", c.name, err)
+}
+
+// flags returns an empty flag set for c; withDB adds -db, which defaults to
+// the -db given before the command.
+func (e *env) flags(c *command, withDB bool) *flag.FlagSet {
+	fl := flag.NewFlagSet(c.name, flag.ContinueOnError)
+	fl.SetOutput(io.Discard)
+	if withDB {
+		fl.StringVar(&e.db, "db", e.db, "the database `DIR`ectory")
+	}
+	return fl
+}
+
+// parse parses c's flags and returns the arguments after them. For -h it
+// prints c's usage and returns flag.ErrHelp.
+func (e *env) parse(c *command, fl *flag.FlagSet, args []string) ([]string, error) {
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			e.commandUsage(c, fl)
+			return nil, err
+		}
+		return nil, usagef("%v", err)
+	}
+	return fl.Args(), nil
+}
+
+func (e *env) usage() {
+	fmt.Fprintf(e.stdout, "Usage: kappa [-db DIR] COMMAND [flags] [arguments]\n\nCommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(e.stdout, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(e.stdout, "\nThe database is %s unless -db DIR says otherwise.\n", defaultDB)
+	fmt.Fprintf(e.stdout, "Run \"kappa COMMAND -h\" for a command's flags.\n")
+}
+
+func (e *env) commandUsage(c *command, fl *flag.FlagSet) {
+	fmt.Fprintf(e.stdout, "Usage: kappa %s %s\n\n%s\n", c.name, c.args, strings.TrimSpace(c.help))
+	n := 0
+	fl.VisitAll(func(*flag.Flag) { n++ })
+	if n == 0 {
+		return
+	}
+	fmt.Fprintf(e.stdout, "\nFlags:\n")
+	fl.SetOutput(e.stdout)
+	fl.PrintDefaults()
+	fl.SetOutput(io.Discard)
+}
+
+// errorLine formats err as the one line the tool prints for it.
+func errorLine(err error) string { return "kappa: " + cleanMsg(err) }
+
+// cleanMsg returns err's message on one line, without the "kappa: " that
+// the package's errors start with wherever they are wrapped: the tool
+// prefixes its lines with it once.
+func cleanMsg(err error) string {
+	msg := strings.NewReplacer("\r\n", "; ", "\n", "; ", "\r", " ").Replace(err.Error())
+	msg = strings.NewReplacer(": kappa: ", ": ", "; kappa: ", "; ").Replace(msg)
+	return strings.TrimSpace(strings.TrimPrefix(msg, "kappa: "))
+}

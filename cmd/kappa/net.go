@@ -1,0 +1,353 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	kappa "github.com/kappa-db/kappa-go"
+)
+
+// Sessions between the tool's peers run over TCP. Before its session the
+// side that dials sends one byte naming the session's kind: modeOnce for a
+// non-live session (sync) or modeLive (log -follow -peer). Both sides of a
+// session must agree, because a live side takes the "done" that a non-live
+// side sends at its end for a protocol error; so serve runs each session
+// the way its peer asks. A peer that sends no such byte (a program calling
+// Core.Replicate on the connection right away; a TLS handshake starts with
+// 0x16) gets a live session.
+const (
+	modeOnce = 'o'
+	modeLive = 'l'
+)
+
+// handshakeTimeout bounds how long serve waits for a peer's first byte.
+const handshakeTimeout = 30 * time.Second
+
+// dialReplicate runs one session with the serve at addr.
+func dialReplicate(ctx context.Context, core *kappa.Core, addr string, live bool, progress func(kappa.ReplicateProgress)) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	mode := byte(modeOnce)
+	if live {
+		mode = modeLive
+	}
+	if _, err := conn.Write([]byte{mode}); err != nil {
+		conn.Close()
+		return err
+	}
+	return core.Replicate(ctx, conn, true, &kappa.ReplicateOptions{Live: live, Progress: progress})
+}
+
+// serve
+
+var serveCommand = &command{
+	name:    "serve",
+	args:    "[-db DIR] [-listen ADDR]",
+	summary: "accept peers and replicate with them until interrupted",
+	help: `
+Serve listens on ADDR (host:port; port 0 picks a free one) and replicates
+with every peer that connects: a "kappa sync" gets one session that ends
+when both sides hold what the other had, a "kappa log -follow -peer" (or a
+program calling Core.Replicate) a live session that goes on, passing new
+entries both ways as they arrive. Only peers that know the database's
+shared key get in.
+
+The first line printed is "listening on ADDR", then one line as each peer
+connects and one as its session ends. Serve stops on SIGINT or SIGTERM.
+The database is locked meanwhile: other commands on it fail.`,
+	run: func(e *env, c *command, args []string) error {
+		fl := e.flags(c, true)
+		listen := fl.String("listen", "127.0.0.1:7654", "listen on `ADDR` (host:port)")
+		if err := e.parseNoArgs(c, fl, args); err != nil {
+			return err
+		}
+		ctx, stop := e.untilInterrupted()
+		defer stop()
+		core, err := e.openDB(true)
+		if err != nil {
+			return err
+		}
+		defer core.Close()
+		var lc net.ListenConfig
+		l, err := lc.Listen(ctx, "tcp", *listen)
+		if err != nil {
+			return err
+		}
+		stopListening := context.AfterFunc(ctx, func() { l.Close() })
+		defer stopListening()
+		out := &lineWriter{w: e.stdout}
+		out.printf("listening on %s", l.Addr())
+
+		var wg sync.WaitGroup
+		for delay := time.Duration(0); ; {
+			conn, err := l.Accept()
+			if err != nil {
+				if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+					break
+				}
+				// Out of file descriptors or the like: pause and retry,
+				// as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				select {
+				case <-ctx.Done():
+				case <-time.After(delay):
+				}
+				continue
+			}
+			delay = 0
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				servePeer(ctx, core, conn, out)
+			}()
+		}
+		wg.Wait()
+		out.printf("stopped")
+		return core.Close()
+	},
+}
+
+// lineWriter writes whole lines from many goroutines.
+type lineWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (lw *lineWriter) printf(format string, args ...any) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	fmt.Fprintf(lw.w, format+"\n", args...)
+}
+
+// servePeer runs a session with a peer that connected to serve and prints
+// a line when it starts and one when it ends.
+func servePeer(ctx context.Context, core *kappa.Core, conn net.Conn, out *lineWriter) {
+	who := conn.RemoteAddr().String()
+	out.printf("peer %s connected", who)
+	br := bufio.NewReader(conn)
+	conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	first, err := br.Peek(1)
+	conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		conn.Close()
+		out.printf("peer %s ended: %s", who, cleanMsg(fmt.Errorf("before the session began: %w", err)))
+		return
+	}
+	live := true
+	switch first[0] {
+	case modeOnce:
+		live = false
+		br.Discard(1)
+	case modeLive:
+		br.Discard(1)
+	}
+	var mu sync.Mutex
+	var last kappa.ReplicateProgress
+	opts := &kappa.ReplicateOptions{Live: live, Progress: func(p kappa.ReplicateProgress) {
+		mu.Lock()
+		last = p
+		mu.Unlock()
+	}}
+	err = core.Replicate(ctx, &bufferedConn{Conn: conn, r: br}, false, opts)
+	switch {
+	case err == nil:
+		// A session reports its progress once more as it ends: the counts
+		// are final.
+		mu.Lock()
+		p := last
+		mu.Unlock()
+		out.printf("peer %s ended: synced (received %d %s, sent %d)",
+			who, p.BlocksReceived, plural(int(p.BlocksReceived), "block", "blocks"), p.BlocksSent)
+	case ctx.Err() != nil:
+		out.printf("peer %s ended: serve is stopping", who)
+	default:
+		out.printf("peer %s ended: %s", who, cleanMsg(err))
+	}
+}
+
+// bufferedConn reads a connection through the reader that peeked at it.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// sync
+
+var syncCommand = &command{
+	name:    "sync",
+	args:    "[-db DIR] ADDR",
+	summary: "replicate once with a peer",
+	help: `
+Sync connects to "kappa serve" at ADDR (host:port) and replicates once: both
+databases end holding every entry the other held when they met, each entry
+verified against its feed's signature before it is stored. The peer must
+have the same shared key (see kappa key and kappa init -key).
+
+Progress goes to standard error: a bar on a terminal, otherwise a line now
+and then once the peers have met. A summary goes to standard output.`,
+	run: func(e *env, c *command, args []string) error {
+		fl := e.flags(c, true)
+		args, err := e.parse(c, fl, args)
+		if err != nil {
+			return err
+		}
+		if len(args) != 1 {
+			return usagef("want one ADDR (host:port), got %d arguments", len(args))
+		}
+		addr := args[0]
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return usagef("ADDR %q: want host:port", addr)
+		}
+		ctx, stop := e.untilInterrupted()
+		defer stop()
+		core, err := e.openDB(true)
+		if err != nil {
+			return err
+		}
+		defer core.Close()
+		pr := newProgress(e.stderr, isTerminal(e.stderr))
+		err = dialReplicate(ctx, core, addr, false, pr.update)
+		p := pr.stop()
+		if err != nil {
+			return fmt.Errorf("peer %s: %w", addr, err)
+		}
+		var entries uint64
+		feeds := core.Feeds()
+		for _, f := range feeds {
+			entries += f.Downloaded()
+		}
+		fmt.Fprintf(e.stdout, "synced with %s: received %d %s, sent %d; %s holds %d %s, %d %s\n",
+			addr, p.BlocksReceived, plural(int(p.BlocksReceived), "block", "blocks"), p.BlocksSent,
+			e.db, len(feeds), plural(len(feeds), "feed", "feeds"), entries, plural(int(entries), "entry", "entries"))
+		return core.Close()
+	},
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// progress shows a session's progress: a bar redrawn in place on a
+// terminal, or a plain line at most every second otherwise. Lines start
+// only once the handshake is over, so a peer that is no kappa peer gets
+// the error alone.
+type progress struct {
+	w    io.Writer
+	term bool
+
+	mu      sync.Mutex
+	last    kappa.ReplicateProgress
+	changed bool
+
+	done    chan struct{}
+	stopped chan struct{}
+	drawn   bool // a bar is on the terminal's current line
+}
+
+func newProgress(w io.Writer, term bool) *progress {
+	p := &progress{w: w, term: term, done: make(chan struct{}), stopped: make(chan struct{})}
+	go p.loop()
+	return p
+}
+
+// update records the session's progress; it never blocks the session.
+func (p *progress) update(rp kappa.ReplicateProgress) {
+	p.mu.Lock()
+	p.last, p.changed = rp, true
+	p.mu.Unlock()
+}
+
+func (p *progress) loop() {
+	defer close(p.stopped)
+	every := time.Second
+	if p.term {
+		every = 100 * time.Millisecond
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			p.show()
+		case <-p.done:
+			if p.term {
+				p.show()
+				if p.drawn {
+					fmt.Fprintln(p.w)
+				}
+			}
+			return
+		}
+	}
+}
+
+// stop ends the display and returns the last progress reported.
+func (p *progress) stop() kappa.ReplicateProgress {
+	close(p.done)
+	<-p.stopped
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.last
+}
+
+func (p *progress) show() {
+	p.mu.Lock()
+	rp, changed := p.last, p.changed
+	p.changed = false
+	p.mu.Unlock()
+	if !p.term {
+		if changed && rp.Phase != "" && rp.Phase != "handshake" {
+			fmt.Fprintf(p.w, "sync: %s: %d %s, %d %s to fetch, %d received, %d sent\n",
+				rp.Phase, rp.Feeds, plural(rp.Feeds, "feed", "feeds"), rp.BlocksToGo,
+				plural(int(rp.BlocksToGo), "block", "blocks"), rp.BlocksReceived, rp.BlocksSent)
+		}
+		return
+	}
+	const width = 30
+	total := rp.BlocksReceived + rp.BlocksToGo
+	frac := 1.0
+	if total > 0 {
+		frac = float64(rp.BlocksReceived) / float64(total)
+	}
+	if rp.Phase == "" || rp.Phase == "handshake" {
+		frac = 0
+	}
+	n := int(frac * width)
+	fmt.Fprintf(p.w, "\r%-9s [%s%s] %3.0f%%  %d/%d blocks  %d %s  %s in  %s out\x1b[K",
+		rp.Phase, strings.Repeat("=", n), strings.Repeat(" ", width-n), 100*frac,
+		rp.BlocksReceived, total, rp.Feeds, plural(rp.Feeds, "feed", "feeds"),
+		byteSize(rp.BytesReceived), byteSize(rp.BytesSent))
+	p.drawn = true
+}
+
+// byteSize formats n bytes for a person.
+func byteSize(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
