@@ -152,8 +152,8 @@ type session struct {
 	outEnd     bool          // the writer stops once the queue is drained
 	outGoodbye bool          // and then sends TLS close_notify
 	outDone    chan struct{} // closed when the writer has stopped
-	writing    atomic.Int64  // unix nanos a write began, 0 when none
-	lastRead   atomic.Int64
+	writing    atomic.Int64  // unix nanos a write began or last moved bytes, 0 when none
+	lastRead   atomic.Int64  // unix nanos bytes last arrived
 
 	bytesIn, bytesOut atomic.Uint64
 
@@ -311,6 +311,30 @@ func (s *session) report() {
 // rwcConn lets crypto/tls run over any io.ReadWriteCloser.
 type rwcConn struct{ io.ReadWriteCloser }
 
+// progressConn notes the session's progress as bytes move on the
+// connection, not only as whole messages do: a large message on a slow
+// link is neither a silent peer nor a blocked write.
+type progressConn struct {
+	net.Conn
+	s *session
+}
+
+func (c progressConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.s.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+func (c progressConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if w := c.s.writing.Load(); n > 0 && w != 0 {
+		c.s.writing.CompareAndSwap(w, time.Now().UnixNano())
+	}
+	return n, err
+}
+
 type pipeAddr struct{}
 
 func (pipeAddr) Network() string { return "pipe" }
@@ -354,6 +378,7 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	if !ok {
 		nc = rwcConn{s.raw}
 	}
+	nc = progressConn{nc, s}
 	if s.initiator {
 		s.tls = tls.Client(nc, cfg)
 	} else {

@@ -34,6 +34,8 @@ type hostile struct {
 	tls    *tls.Conn
 	br     *bufio.Reader
 	honest <-chan error // the honest side's Replicate result
+
+	drained chan error // once drain is called, how its reading ended
 }
 
 // startHonest runs honest.Replicate on one end of a connection of kind and
@@ -148,7 +150,11 @@ func (h *hostile) until(typ byte) []byte {
 // drain reads and drops whatever the honest side sends, in the background,
 // until the connection ends.
 func (h *hostile) drain() {
-	go io.Copy(io.Discard, h.br)
+	h.drained = make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, h.br)
+		h.drained <- err
+	}()
 }
 
 // result waits for the honest side's session to end and returns its error.
@@ -177,7 +183,10 @@ func (h *hostile) endCleanly() {
 	if err := h.send([]byte{msgSynced}, []byte{msgDone}); err != nil {
 		h.t.Fatal(err)
 	}
-	if _, err := io.Copy(io.Discard, h.br); err != nil {
+	if h.drained == nil {
+		h.drain()
+	}
+	if err := <-h.drained; err != nil {
 		h.t.Fatalf("the honest side did not end with close_notify: %v", err)
 	}
 	h.tls.CloseWrite()
@@ -632,17 +641,6 @@ func TestHostileMessageForAFeedNeverOffered(t *testing.T) {
 	}
 }
 
-// A live session refuses done.
-func TestHostileDoneInALiveSession(t *testing.T) {
-	ff := newFeedFixture(t, 5, 0, 3, 0)
-	h := meetHostile(t, "tcp", ff.honest, &ReplicateOptions{Live: true})
-	h.drain()
-	h.send([]byte{msgSynced}, []byte{msgDone})
-	if err := h.result(); !errors.Is(err, ErrProtocol) {
-		t.Fatalf("got %v, want ErrProtocol", err)
-	}
-}
-
 // The honest side holds w's tree at length 16 with blocks [0, 8), so it
 // asks for [8, 16) knowing length 16, and the answer is a proof without a
 // signature that must meet the tree it holds. Tampered, it is ErrBadProof
@@ -964,4 +962,106 @@ func TestHostileFullPipelineIsNotAFlood(t *testing.T) {
 			h.endCleanly()
 		})
 	}
+}
+
+// A slow link is not a silent peer: a large message that arrives a little
+// at a time, for several times Timeout, keeps the session alive.
+func TestSlowMessageIsNotATimeout(t *testing.T) {
+	for _, kind := range connKinds {
+		t.Run(kind, func(t *testing.T) {
+			ff := newFeedFixture(t, 5, 0, 5, 0)
+			before := imageOf(t, ff.honest)
+			opts := &ReplicateOptions{
+				Timeout: 300 * time.Millisecond, KeepAlive: 100 * time.Millisecond,
+				Accept: func([]byte) bool { return false },
+			}
+			h := meetHostile(t, kind, ff.honest, opts)
+			h.until(msgSynced)
+			h.drain()
+			var ranges []span
+			for i := range uint64(10000) {
+				ranges = append(ranges, span{2 * i, 2*i + 1})
+			}
+			b := frames(feedMsg(0, ff.w.Key()), haveMsg(0, 20000, ranges...))
+			start := time.Now()
+			for len(b) > 0 {
+				n := min(len(b), 500)
+				if _, err := h.tls.Write(b[:n]); err != nil {
+					t.Fatalf("after %v: %v (the honest side: %v)", time.Since(start), err, h.result())
+				}
+				b = b[n:]
+				time.Sleep(30 * time.Millisecond)
+			}
+			if time.Since(start) < 3*opts.Timeout {
+				t.Fatalf("the message took only %v", time.Since(start))
+			}
+			h.endCleanly()
+			unchanged(t, ff.honest, before)
+		})
+	}
+}
+
+// A slow link is not a blocked write: a peer that reads a 2 MiB answer a
+// little at a time, for several times Timeout, gets all of it.
+func TestSlowReaderIsNotATimeout(t *testing.T) {
+	_, honest := sharedPair(t, nil)
+	bigWriter(t, honest, 32, 64<<10)
+	before := imageOf(t, honest)
+	opts := &ReplicateOptions{Timeout: 300 * time.Millisecond, KeepAlive: 100 * time.Millisecond}
+	h := meetHostile(t, "pipe", honest, opts) // no buffer in between
+	h.until(msgSynced)
+	if err := h.send(requestMsg(0, 0, 32, 0)); err != nil {
+		t.Fatal(err)
+	}
+	stopPings := make(chan struct{})
+	pinged := make(chan struct{})
+	go func() {
+		defer close(pinged)
+		for {
+			select {
+			case <-stopPings:
+				return
+			case <-time.After(50 * time.Millisecond):
+				h.send([]byte{msgPing})
+			}
+		}
+	}()
+	start := time.Now()
+	slow := bufio.NewReaderSize(&slowReader{r: h.br, n: 16 << 10, pause: 10 * time.Millisecond}, 16<<10)
+	var msg []byte
+	for {
+		m, err := readFrame(slow, maxMessage)
+		if err != nil {
+			t.Fatalf("after %v: %v (the honest side: %v)", time.Since(start), err, h.result())
+		}
+		if m[0] == msgData {
+			msg = m
+			break
+		}
+	}
+	close(stopPings)
+	<-pinged
+	if time.Since(start) < 3*opts.Timeout {
+		t.Fatalf("the answer took only %v", time.Since(start))
+	}
+	d := &decoder{b: msg[1:]}
+	d.uvarint()
+	if p, err := decodeData(d); err != nil || len(p.Blocks) != 32 {
+		t.Fatalf("the answer: %v", err)
+	}
+	h.br = slow // what it buffered is the honest side's too
+	h.endCleanly()
+	unchanged(t, honest, before)
+}
+
+// slowReader reads at most n bytes at a time, after a pause.
+type slowReader struct {
+	r     io.Reader
+	n     int
+	pause time.Duration
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	time.Sleep(s.pause)
+	return s.r.Read(p[:min(len(p), s.n)])
 }
