@@ -382,6 +382,7 @@ func (c *Core) load() error {
 			if exists, _, err := slotState(c.store, i); err != nil {
 				return err
 			} else if exists {
+				recordLost = true
 				c.damage(Damage{Slot: i, Err: &CorruptError{File: feedPrefix(i), Offset: 0, Reason: "feed files whose manifest record was lost; kept but not loaded"}})
 			}
 			continue
@@ -392,6 +393,7 @@ func (c *Core) load() error {
 		o.Key = key
 		o.rewriteKey = !local
 		var f *Feed
+		var err error
 		switch {
 		case c.byKey[string(key)] != nil || (local && c.byName[name] != nil):
 			err = &CorruptError{File: fileManifest, Offset: off, Reason: "record names a feed or writer that an earlier record holds"}

@@ -16,6 +16,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -168,6 +169,23 @@ type session struct {
 	outstanding []request // in the order sent: answers come in that order
 	pendingNew  []pendingFeed
 
+	// Answers are verified and stored by storers, off the loop, so that
+	// the loop goes on decoding, serving and requesting meanwhile. storing
+	// holds what was answered and is not stored yet; it counts against
+	// 2·maxOutstanding together with what is in flight, so the channels
+	// never fill.
+	storeJobs chan storeJob
+	stored    chan storeResult
+	storing   []request
+	stopping  atomic.Bool // storers skip what is left
+
+	// Feeds the peer offered are added off the loop too, a chunk at a
+	// time, so that fetching the first overlaps adding the rest.
+	adding []pendingFeed
+	added  chan addResult
+
+	workers sync.WaitGroup // storers and the adding goroutine
+
 	peerSynced, sentDone, peerDone bool
 	progress                       ReplicateProgress
 }
@@ -183,10 +201,31 @@ type peerFeed struct {
 	have    []span // ranges the peer holds
 	refused []span // ranges the peer answered "not available" for
 	want    []span // ranges to request: have, less held, refused and in flight
+
+	blockBytes uint64 // mean block size of the last answer, 0 before one
 }
 
 type pendingFeed struct {
 	pf *peerFeed
+}
+
+// storers is how many goroutines of a session verify and store answers:
+// two, so that one verifies while the other writes.
+const storers = 2
+
+type storeJob struct {
+	r request // the part of the request the answer holds
+	p *Proof
+}
+
+type storeResult struct {
+	r   request
+	err error
+}
+
+type addResult struct {
+	fs  []*Feed
+	err error
 }
 
 type request struct {
@@ -234,17 +273,24 @@ func (s *session) run(ctx context.Context) (err error) {
 	s.outWake = make(chan struct{}, 1)
 	s.outDone = make(chan struct{})
 	in := make(chan frame, 64)
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); s.readLoop(in) }()
-	go func() { defer wg.Done(); s.writeLoop() }()
-	defer wg.Wait()
+	s.storeJobs = make(chan storeJob, 2*maxOutstanding)
+	s.stored = make(chan storeResult, 2*maxOutstanding)
+	s.added = make(chan addResult, 1)
+	s.workers.Add(2 + storers)
+	go func() { defer s.workers.Done(); s.readLoop(in) }()
+	go func() { defer s.workers.Done(); s.writeLoop() }()
+	for range storers {
+		go func() { defer s.workers.Done(); s.storeLoop() }()
+	}
+	defer s.workers.Wait()
 	// The reader may be sending a frame when the loop has returned: take
 	// what it sends until it stops (closing the connection stops it).
 	defer func() {
 		for range in {
 		}
 	}()
+	defer close(s.storeJobs)
+	defer s.stopping.Store(true)
 	defer s.stopWriter(false)
 	defer closeRaw()
 	s.lastRead.Store(time.Now().UnixNano())
@@ -296,6 +342,11 @@ func (s *session) report() {
 			n += w.end - w.start
 		}
 		for _, r := range s.outstanding {
+			if r.pf == pf {
+				n += r.end - r.start
+			}
+		}
+		for _, r := range s.storing {
 			if r.pf == pf {
 				n += r.end - r.start
 			}
@@ -658,6 +709,14 @@ func (s *session) loop(ctx context.Context, in <-chan frame) error {
 			if err := s.addPending(); err != nil {
 				return err
 			}
+		case res := <-s.stored:
+			if err := s.storedAnswer(res); err != nil {
+				return err
+			}
+		case res := <-s.added:
+			if err := s.addedFeeds(res); err != nil {
+				return err
+			}
 		case <-feedsChanged:
 			changed = s.core.FeedsChanged()
 			n := len(s.mine)
@@ -697,11 +756,14 @@ func (s *session) readErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if !s.opts.Live && s.sentDone && s.peerDone && errors.Is(err, io.EOF) {
-		return nil // the peer finished first and hung up
+	if s.sentDone && s.peerDone && errors.Is(err, io.EOF) {
+		// The peer finished first and hung up: a non-live peer ends the
+		// session once both sides hold what the other had, even with a
+		// live side.
+		return nil
 	}
 	if errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w ", ErrPeerClosed)
+		return fmt.Errorf("%w", ErrPeerClosed)
 	}
 	if errors.Is(err, ErrProtocol) || errors.Is(err, ErrPeerClosed) {
 		return err
@@ -885,8 +947,8 @@ func (s *session) handle(msg []byte) error {
 		if err := d.end(); err != nil {
 			return err
 		}
-		if s.opts.Live {
-			return protoErr("done in a live session")
+		if s.peerDone {
+			return protoErr("done twice")
 		}
 		s.peerDone = true
 	case msgPing:
@@ -933,6 +995,11 @@ func (s *session) trimWants(pf *peerFeed) {
 		pf.want = subtractSpan(pf.want, r)
 	}
 	for _, r := range s.outstanding {
+		if r.pf == pf {
+			pf.want = subtractSpan(pf.want, span{r.start, r.end})
+		}
+	}
+	for _, r := range s.storing {
 		if r.pf == pf {
 			pf.want = subtractSpan(pf.want, span{r.start, r.end})
 		}
@@ -985,28 +1052,45 @@ func subtractSpan(in []span, x span) []span {
 	return out
 }
 
-// addPending adds the feeds the peer offered that this side lacks, all at
-// once.
+// addPending starts adding the feeds the peer offered that this side
+// lacks, off the loop and a chunk at a time: the first chunk is small, so
+// that fetching starts early, and each next one as large as all added so
+// far, so that the manifest writes stay few.
 func (s *session) addPending() error {
-	if len(s.pendingNew) == 0 {
+	if len(s.adding) > 0 || len(s.pendingNew) == 0 {
 		return nil
 	}
-	keys := make([][]byte, len(s.pendingNew))
-	for i, p := range s.pendingNew {
+	n := min(len(s.pendingNew), max(8, s.progress.Feeds))
+	s.adding = slices.Clone(s.pendingNew[:n])
+	s.pendingNew = slices.Delete(s.pendingNew, 0, n)
+	keys := make([][]byte, len(s.adding))
+	for i, p := range s.adding {
 		keys[i] = p.pf.key
 	}
-	fs, err := s.core.AddFeeds(keys...)
-	if err != nil {
-		return err
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		fs, err := s.core.AddFeeds(keys...)
+		s.added <- addResult{fs, err}
+	}()
+	return nil
+}
+
+// addedFeeds takes the feeds added for the chunk in progress, and starts
+// the next.
+func (s *session) addedFeeds(res addResult) error {
+	chunk := s.adding
+	s.adding = nil
+	if res.err != nil {
+		return res.err
 	}
-	for i, p := range s.pendingNew {
-		p.pf.local = fs[i]
+	for i, p := range chunk {
+		p.pf.local = res.fs[i]
 		s.progress.Feeds++
 		s.trimWants(p.pf)
 	}
-	s.pendingNew = s.pendingNew[:0]
 	s.report()
-	return nil
+	return s.addPending()
 }
 
 // fetch sends requests for wanted ranges, taking turns between feeds, and
@@ -1015,7 +1099,7 @@ func (s *session) fetch() error {
 	if err := s.addPending(); err != nil {
 		return err
 	}
-	for len(s.outstanding) < maxOutstanding && len(s.wants) > 0 {
+	for len(s.outstanding) < maxOutstanding && len(s.outstanding)+len(s.storing) < 2*maxOutstanding && len(s.wants) > 0 {
 		if s.next >= len(s.wants) {
 			s.next = 0
 		}
@@ -1025,7 +1109,7 @@ func (s *session) fetch() error {
 			continue
 		}
 		w := &pf.want[0]
-		end := min(w.end, w.start+maxRequestBlocks)
+		end := min(w.end, w.start+requestBlocks(pf))
 		r := request{pf: pf, start: w.start, end: end}
 		if w.start = end; w.start >= w.end {
 			pf.want = pf.want[1:]
@@ -1038,12 +1122,22 @@ func (s *session) fetch() error {
 		s.send(msg)
 		s.next++
 	}
-	if !s.opts.Live && !s.sentDone && s.peerSynced && len(s.pendingNew) == 0 && len(s.outstanding) == 0 && len(s.wants) == 0 {
+	if !s.sentDone && s.peerSynced && len(s.pendingNew) == 0 && len(s.adding) == 0 && len(s.outstanding) == 0 && len(s.storing) == 0 && len(s.wants) == 0 {
 		s.sentDone = true
 		s.send([]byte{msgDone})
 		s.report()
 	}
 	return nil
+}
+
+// requestBlocks is how many blocks to ask of pf at once: as many as fit
+// in one answer by the size of the blocks it sent last, so that with large
+// blocks several requests are in flight rather than one answered by parts.
+func requestBlocks(pf *peerFeed) uint64 {
+	if pf.blockBytes == 0 {
+		return maxRequestBlocks
+	}
+	return min(max(maxAnswerBytes/pf.blockBytes, 1), maxRequestBlocks)
 }
 
 // answer matches an answer from the peer to the oldest request in flight.
@@ -1100,6 +1194,7 @@ func (s *session) serve(d *decoder) error {
 	if e <= start {
 		return notAvailable()
 	}
+	e = answerEnd(f, start, e)
 	p, err := f.Proof(start, e, known)
 	if err != nil {
 		if errors.Is(err, ErrNotAvailable) || errors.Is(err, ErrOutOfRange) {
@@ -1115,6 +1210,42 @@ func (s *session) serve(d *decoder) error {
 	s.send(encodeData(id, p))
 	s.progress.BlocksSent += uint64(len(p.Blocks))
 	return nil
+}
+
+// answerEnd returns the end of the answer to a request for the present
+// blocks [start, end): as many blocks as fit in maxAnswerBytes (at least
+// one), judged by the offsets in their leaves, so that no more is read
+// than is sent. If a leaf cannot be read it returns end: Proof reports it.
+func answerEnd(f *Feed, start, end uint64) uint64 {
+	first, err := f.readNode(2 * start)
+	if err != nil {
+		return end
+	}
+	// fits reports whether blocks [start, e) fit in one answer.
+	fits := func(e uint64) (bool, error) {
+		last, err := f.readNode(2 * (e - 1))
+		if err != nil {
+			return false, err
+		}
+		return last.Offset+last.Size-first.Offset <= maxAnswerBytes, nil
+	}
+	if ok, err := fits(end); err != nil || ok {
+		return end
+	}
+	lo, hi := start+1, end // [start, lo) fits or is one block; [start, hi) does not fit
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		ok, err := fits(mid)
+		if err != nil {
+			return end
+		}
+		if ok {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return lo
 }
 
 // answerPrefix returns how many blocks fit in one answer.
@@ -1196,7 +1327,8 @@ func decodeData(d *decoder) (*Proof, error) {
 	return p, nil
 }
 
-// receive verifies and stores an answer from the peer.
+// receive takes an answer from the peer and hands it to the storers,
+// which verify and store it.
 func (s *session) receive(d *decoder) error {
 	id := d.uvarint()
 	if d.err != nil {
@@ -1214,13 +1346,43 @@ func (s *session) receive(d *decoder) error {
 	if n > r.end-r.start {
 		return protoErr("data of %d blocks for a request of %d", n, r.end-r.start)
 	}
-	if err := r.pf.local.Put(p); err != nil {
-		return fmt.Errorf("feed %x from the peer: %w", r.pf.key[:4], err)
+	var size uint64
+	for _, b := range p.Blocks {
+		size += uint64(len(b))
 	}
-	s.progress.BlocksReceived += n
-	if r.start+n < r.end {
+	r.pf.blockBytes = max(size/n, 1)
+	got := request{pf: r.pf, start: r.start, end: r.start + n}
+	s.storing = append(s.storing, got)
+	s.storeJobs <- storeJob{r: got, p: p}
+	if got.end < r.end {
 		s.trimWants(r.pf) // a prefix: the rest is wanted again
 	}
+	return nil
+}
+
+// storeLoop verifies and stores answers until the session ends.
+func (s *session) storeLoop() {
+	for j := range s.storeJobs {
+		var err error
+		if s.stopping.Load() {
+			err = ErrClosed // the session is over; nobody reads this
+		} else {
+			err = j.r.pf.local.Put(j.p)
+		}
+		s.stored <- storeResult{r: j.r, err: err}
+	}
+}
+
+// storedAnswer takes the result of storing an answer.
+func (s *session) storedAnswer(res storeResult) error {
+	r := res.r
+	if k := slices.Index(s.storing, r); k >= 0 {
+		s.storing = slices.Delete(s.storing, k, k+1)
+	}
+	if res.err != nil {
+		return fmt.Errorf("feed %x from the peer: %w", r.pf.key[:4], res.err)
+	}
+	s.progress.BlocksReceived += r.end - r.start
 	s.report()
 	return nil
 }
