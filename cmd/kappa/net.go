@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,35 +14,15 @@ import (
 	kappa "github.com/kappa-db/kappa-go"
 )
 
-// Sessions between the tool's peers run over TCP. Before its session the
-// side that dials sends one byte naming the session's kind: modeOnce for a
-// non-live session (sync) or modeLive (log -follow -peer). Both sides of a
-// session must agree, because a live side takes the "done" that a non-live
-// side sends at its end for a protocol error; so serve runs each session
-// the way its peer asks. A peer that sends no such byte (a program calling
-// Core.Replicate on the connection right away; a TLS handshake starts with
-// 0x16) gets a live session.
-const (
-	modeOnce = 'o'
-	modeLive = 'l'
-)
-
-// handshakeTimeout bounds how long serve waits for a peer's first byte.
-const handshakeTimeout = 30 * time.Second
+// Sessions between the tool's peers run over TCP. Serve runs every
+// session live; a non-live peer (sync) ends its session once both sides
+// hold what the other had, which a live side accepts.
 
 // dialReplicate runs one session with the serve at addr.
 func dialReplicate(ctx context.Context, core *kappa.Core, addr string, live bool, progress func(kappa.ReplicateProgress)) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return err
-	}
-	mode := byte(modeOnce)
-	if live {
-		mode = modeLive
-	}
-	if _, err := conn.Write([]byte{mode}); err != nil {
-		conn.Close()
 		return err
 	}
 	return core.Replicate(ctx, conn, true, &kappa.ReplicateOptions{Live: live, Progress: progress})
@@ -135,31 +114,14 @@ func (lw *lineWriter) printf(format string, args ...any) {
 func servePeer(ctx context.Context, core *kappa.Core, conn net.Conn, out *lineWriter) {
 	who := conn.RemoteAddr().String()
 	out.printf("peer %s connected", who)
-	br := bufio.NewReader(conn)
-	conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	first, err := br.Peek(1)
-	conn.SetReadDeadline(time.Time{})
-	if err != nil {
-		conn.Close()
-		out.printf("peer %s ended: %s", who, cleanMsg(fmt.Errorf("before the session began: %w", err)))
-		return
-	}
-	live := true
-	switch first[0] {
-	case modeOnce:
-		live = false
-		br.Discard(1)
-	case modeLive:
-		br.Discard(1)
-	}
 	var mu sync.Mutex
 	var last kappa.ReplicateProgress
-	opts := &kappa.ReplicateOptions{Live: live, Progress: func(p kappa.ReplicateProgress) {
+	opts := &kappa.ReplicateOptions{Live: true, Progress: func(p kappa.ReplicateProgress) {
 		mu.Lock()
 		last = p
 		mu.Unlock()
 	}}
-	err = core.Replicate(ctx, &bufferedConn{Conn: conn, r: br}, false, opts)
+	err := core.Replicate(ctx, conn, false, opts)
 	switch {
 	case err == nil:
 		// A session reports its progress once more as it ends: the counts
@@ -175,14 +137,6 @@ func servePeer(ctx context.Context, core *kappa.Core, conn net.Conn, out *lineWr
 		out.printf("peer %s ended: %s", who, cleanMsg(err))
 	}
 }
-
-// bufferedConn reads a connection through the reader that peeked at it.
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // sync
 
