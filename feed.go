@@ -822,6 +822,10 @@ func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 		end = min(seq+readAheadEntries, f.NextMissing(seq))
 	}
 	values, err := f.readRange(seq, end, readAheadBytes)
+	if err != nil && end > seq+1 {
+		// Damage ahead must not fail a read of an intact entry.
+		values, err = f.readRange(seq, seq+1, readAheadBytes)
+	}
 	if err != nil {
 		return nil, err
 	}

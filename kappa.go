@@ -546,6 +546,9 @@ func (c *Core) report(err error) {
 	}
 }
 
+// ValueEncoding returns the value encoding the database was created with.
+func (c *Core) ValueEncoding() Encoding { return c.enc }
+
 // SharedKey returns the database's 32-byte shared key, to hand to peers
 // that may replicate with it.
 func (c *Core) SharedKey() []byte { return bytes.Clone(c.key) }

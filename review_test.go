@@ -586,3 +586,32 @@ func TestNilZeroAndClosedInputs(t *testing.T) {
 }
 
 func second[T any](_ T, err error) error { return err }
+
+func TestSequentialGetIsNotFailedByDamageAhead(t *testing.T) {
+	s := NewMemStorage()
+	f, err := OpenFeed(s, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Append([]byte("aa"), []byte("bb"), []byte("cc"), []byte("dd")); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := s.fileBytes(fileData)
+	b[headerSize+6] ^= 1 // inside "dd"
+	s.setFileBytes(fileData, b)
+	ctx := context.Background()
+	for seq, want := range []string{"aa", "bb", "cc"} {
+		v, err := f.Get(ctx, uint64(seq))
+		if err != nil || string(v) != want {
+			t.Fatalf("Get(%d) = %q, %v", seq, v, err)
+		}
+	}
+	if _, err := f.Get(ctx, 3); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Get(3) = %v, want ErrCorrupt", err)
+	}
+	c := newCore(t, &Options{ValueEncoding: "utf8"})
+	if c.ValueEncoding() != UTF8 {
+		t.Fatalf("ValueEncoding() = %q", c.ValueEncoding())
+	}
+}
