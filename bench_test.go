@@ -275,7 +275,16 @@ func BenchmarkRefSHA256Block100(b *testing.B) {
 // Writing.
 
 func BenchmarkAppendBatch1000x100B(b *testing.B) {
-	f := benchFeed(b, &FeedOptions{NoSync: true})
+	benchmarkAppendBatch(b, &FeedOptions{NoSync: true})
+}
+
+// The default: every Append durable when it returns.
+func BenchmarkAppendBatch1000x100BSync(b *testing.B) {
+	benchmarkAppendBatch(b, nil)
+}
+
+func benchmarkAppendBatch(b *testing.B, opts *FeedOptions) {
+	f := benchFeed(b, opts)
 	vals := benchValues(benchBatch, benchValueSize)
 	for b.Loop() {
 		if _, err := f.Append(vals...); err != nil {
