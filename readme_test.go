@@ -37,7 +37,7 @@ func TestReadmeQuickStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	gomod := "module quickstart\n\ngo 1.24\n\nrequire github.com/kappa-db/kappa-go v0.0.0\n\nreplace github.com/kappa-db/kappa-go => " + repo + "\n"
+	gomod := "module quickstart\n\ngo 1.25\n\nrequire github.com/kappa-db/kappa-go v0.0.0\n\nreplace github.com/kappa-db/kappa-go => " + repo + "\n"
 	for name, content := range map[string]string{"go.mod": gomod, "main.go": program} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
