@@ -619,6 +619,7 @@ func TestHostileMessageForAFeedNeverOffered(t *testing.T) {
 		}},
 		{"unknown message type", func(*feedFixture) [][]byte { return [][]byte{{9}} }},
 		{"synced twice", func(*feedFixture) [][]byte { return [][]byte{{msgSynced}, {msgSynced}} }},
+		{"done twice", func(*feedFixture) [][]byte { return [][]byte{{msgDone}, {msgDone}} }},
 		{"ping with a body", func(*feedFixture) [][]byte { return [][]byte{{msgPing, 0}} }},
 	}
 	for _, kind := range connKinds {
@@ -972,7 +973,7 @@ func TestSlowMessageIsNotATimeout(t *testing.T) {
 			ff := newFeedFixture(t, 5, 0, 5, 0)
 			before := imageOf(t, ff.honest)
 			opts := &ReplicateOptions{
-				Timeout: 300 * time.Millisecond, KeepAlive: 100 * time.Millisecond,
+				Timeout: 500 * time.Millisecond, KeepAlive: 100 * time.Millisecond,
 				Accept: func([]byte) bool { return false },
 			}
 			h := meetHostile(t, kind, ff.honest, opts)
@@ -985,7 +986,7 @@ func TestSlowMessageIsNotATimeout(t *testing.T) {
 			b := frames(feedMsg(0, ff.w.Key()), haveMsg(0, 20000, ranges...))
 			start := time.Now()
 			for len(b) > 0 {
-				n := min(len(b), 500)
+				n := min(len(b), 250)
 				if _, err := h.tls.Write(b[:n]); err != nil {
 					t.Fatalf("after %v: %v (the honest side: %v)", time.Since(start), err, h.result())
 				}
@@ -1001,16 +1002,16 @@ func TestSlowMessageIsNotATimeout(t *testing.T) {
 	}
 }
 
-// A slow link is not a blocked write: a peer that reads a 2 MiB answer a
+// A slow link is not a blocked write: a peer that reads a 4 MiB answer a
 // little at a time, for several times Timeout, gets all of it.
 func TestSlowReaderIsNotATimeout(t *testing.T) {
 	_, honest := sharedPair(t, nil)
-	bigWriter(t, honest, 32, 64<<10)
+	bigWriter(t, honest, 64, 64<<10)
 	before := imageOf(t, honest)
-	opts := &ReplicateOptions{Timeout: 300 * time.Millisecond, KeepAlive: 100 * time.Millisecond}
+	opts := &ReplicateOptions{Timeout: 500 * time.Millisecond, KeepAlive: 100 * time.Millisecond}
 	h := meetHostile(t, "pipe", honest, opts) // no buffer in between
 	h.until(msgSynced)
-	if err := h.send(requestMsg(0, 0, 32, 0)); err != nil {
+	if err := h.send(requestMsg(0, 0, 64, 0)); err != nil {
 		t.Fatal(err)
 	}
 	stopPings := make(chan struct{})
@@ -1046,7 +1047,7 @@ func TestSlowReaderIsNotATimeout(t *testing.T) {
 	}
 	d := &decoder{b: msg[1:]}
 	d.uvarint()
-	if p, err := decodeData(d); err != nil || len(p.Blocks) != 32 {
+	if p, err := decodeData(d); err != nil || len(p.Blocks) != 64 {
 		t.Fatalf("the answer: %v", err)
 	}
 	h.br = slow // what it buffered is the honest side's too
