@@ -724,13 +724,23 @@ func TestCloseEndsALiveSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Close()
-	if err := <-errs; !errors.Is(err, ErrClosed) && !errors.Is(err, ErrPeerClosed) {
+	var closed int
+	defer func() {
+		if closed != 1 {
+			t.Errorf("%d sessions ended with ErrClosed, want 1", closed)
+		}
+	}()
+	if err := <-errs; err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrPeerClosed) {
 		t.Fatalf("first session ended with %v", err)
+	} else if errors.Is(err, ErrClosed) {
+		closed++
 	}
 	// The other side sees its peer hang up: after both said done (which
 	// live sides do too) that is a clean end.
 	if err := <-errs; err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrPeerClosed) {
 		t.Fatalf("second session ended with %v", err)
+	} else if errors.Is(err, ErrClosed) {
+		closed++
 	}
 }
 

@@ -272,7 +272,9 @@ func (s *session) run(ctx context.Context) (err error) {
 
 	s.outWake = make(chan struct{}, 1)
 	s.outDone = make(chan struct{})
-	in := make(chan frame, 64)
+	// Messages read ahead of the session's loop: at most 16, so at most
+	// 16 × maxMessage of them wait in memory.
+	in := make(chan frame, 16)
 	s.storeJobs = make(chan storeJob, 2*maxOutstanding)
 	s.stored = make(chan storeResult, 2*maxOutstanding)
 	s.added = make(chan addResult, 1)
@@ -541,8 +543,18 @@ func readFrame(r *bufio.Reader, max int) ([]byte, error) {
 	if n == 0 || n > uint64(max) {
 		return nil, fmt.Errorf("%w: message of %d bytes (limit %d)", ErrProtocol, n, max)
 	}
-	buf := make([]byte, n)
-	if k, err := io.ReadFull(r, buf); err != nil {
+	// A large message is allocated as its bytes arrive, not as its length
+	// claims: a peer cannot make this side hold memory it did not send.
+	buf := make([]byte, min(n, frameChunk))
+	k, err := io.ReadFull(r, buf)
+	for err == nil && uint64(len(buf)) < n {
+		next := min(n-uint64(len(buf)), uint64(len(buf)))
+		buf = append(buf, make([]byte, next)...)
+		var m int
+		m, err = io.ReadFull(r, buf[uint64(len(buf))-next:])
+		k += m
+	}
+	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, fmt.Errorf("%w: message cut off after %d of %d bytes", ErrPeerClosed, k, n)
 		}
@@ -550,6 +562,10 @@ func readFrame(r *bufio.Reader, max int) ([]byte, error) {
 	}
 	return buf, nil
 }
+
+// frameChunk is how much of a message readFrame allocates before its bytes
+// arrive; it doubles from there.
+const frameChunk = 256 << 10
 
 func isConnErr(err error) bool {
 	var ne net.Error
