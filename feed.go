@@ -901,26 +901,21 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 	}
 	count = uint64(len(nodes))
 	// Entries are contiguous in the data file: read them with one call,
-	// leaving 9 bytes before each for the leaf hash prefix.
-	buf := make([]byte, total+9*count)
+	// and check each where it lies.
 	first := nodes[0].Offset
-	raw := buf[9*count:]
+	raw := make([]byte, total)
 	if err := f.readData(raw, first); err != nil {
 		return nil, f.readErr(err, start)
 	}
+	h := newLeafHasher()
 	out := make([][]byte, count)
-	var pos uint64
 	for k := range nodes {
 		n := &nodes[k]
-		// Move each value into place after its prefix slot (moving left,
-		// so never over bytes still to be read).
-		dst := buf[pos : pos+9+n.Size]
-		copy(dst[9:], raw[n.Offset-first:n.Offset-first+n.Size])
-		if err := f.checkLeaf(dst, n); err != nil {
-			return nil, err
+		v := raw[n.Offset-first : n.Offset-first+n.Size : n.Offset-first+n.Size]
+		if h.sum(v) != n.Hash {
+			return nil, leafMismatch(f, n)
 		}
-		out[k] = dst[9:len(dst):len(dst)]
-		pos += 9 + n.Size
+		out[k] = v
 	}
 	return out, nil
 }
@@ -986,9 +981,14 @@ func (f *Feed) checkLeaf(buf []byte, n *storedNode) error {
 	buf[0] = leafType
 	binary.BigEndian.PutUint64(buf[1:9], n.Size)
 	if sha256.Sum256(buf) != n.Hash {
-		return &CorruptError{File: f.name + fileData, Offset: headerSize + int64(n.Offset), Reason: fmt.Sprintf("entry %d does not match its hash", n.Index/2)}
+		return leafMismatch(f, n)
 	}
 	return nil
+}
+
+// leafMismatch is the error for an entry that does not match its leaf n.
+func leafMismatch(f *Feed, n *storedNode) error {
+	return &CorruptError{File: f.name + fileData, Offset: headerSize + int64(n.Offset), Reason: fmt.Sprintf("entry %d does not match its hash", n.Index/2)}
 }
 
 func (f *Feed) readErr(err error, seq uint64) error {
@@ -1579,6 +1579,10 @@ func (sc *putScratch) hasher() *leafHasher {
 	return sc.h
 }
 
+// putDirectWrite is the size from which Put writes a block by itself
+// rather than copy it into a write of several.
+const putDirectWrite = 64 << 10
+
 // maxPooledPut bounds the buffers a putScratch keeps in the pool.
 const maxPooledPut = 16 << 20
 
@@ -1677,14 +1681,33 @@ func (f *Feed) Put(p *Proof) error {
 	// bitfield and signature that make it visible.
 	var files []File
 	if len(p.Blocks) > 0 {
+		// The blocks are contiguous in the data file: small ones are
+		// gathered into one write, a large one is written as it is
+		// rather than copied.
+		off := headerSize + int64(t.offsetOf(2*p.Start))
 		data := sc.data[:0]
-		for _, b := range p.Blocks {
-			data = append(data, b...)
+		for i, b := range p.Blocks {
+			if len(b) < putDirectWrite {
+				data = append(data, b...)
+				if i < len(p.Blocks)-1 {
+					continue
+				}
+			}
+			if len(data) > 0 {
+				if _, err := f.data.WriteAt(data, off); err != nil {
+					return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+				}
+				off += int64(len(data))
+				data = data[:0]
+			}
+			if len(b) >= putDirectWrite {
+				if _, err := f.data.WriteAt(b, off); err != nil {
+					return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+				}
+				off += int64(len(b))
+			}
 		}
 		sc.data = data
-		if _, err := f.data.WriteAt(data, headerSize+int64(t.offsetOf(2*p.Start))); err != nil {
-			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
-		}
 		files = append(files, f.data)
 	}
 	wroteTree := false
@@ -1732,13 +1755,24 @@ func (f *Feed) Put(p *Proof) error {
 	if p.Signature != nil {
 		newLen = max(curLen, p.Length)
 	}
+	if f.keyDirty {
+		files = append(files, f.meta)
+	}
 	if len(p.Blocks) > 0 || bitPages(newLen) > f.bitPages {
+		// The bits claim blocks: with sync on, they are written only once
+		// the data and nodes under them are durable.
+		if !f.noSync && len(p.Blocks) > 0 {
+			for _, file := range files {
+				if err := file.Sync(); err != nil {
+					f.failed = err
+					return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
+				}
+			}
+			files = nil
+		}
 		if err := f.writeBits(p.Start, end, newLen); err != nil {
 			return err
 		}
-	}
-	if f.keyDirty {
-		files = append(files, f.meta)
 	}
 	length, byteLen, roots, sig := curLen, uint64(0), []storedNode(nil), []byte(nil)
 	if p.Signature != nil && p.Length > curLen {
