@@ -247,8 +247,11 @@ func (f *dyingFile) Sync() error {
 // (unsynced writes dropped, or partly landed and torn) and checks the feed.
 func TestSimulatedCrashesLoseNoAcknowledgedAppend(t *testing.T) {
 	runs := 5000
-	if testing.Short() {
+	switch {
+	case testing.Short():
 		runs = 100
+	case raceEnabled: // ten times slower, and the simulation is sequential
+		runs = 1000
 	}
 	seed := testSeed() // replay with -kappa.seed
 	t.Logf("seed %d", seed)

@@ -723,13 +723,17 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 		}
 		// The slot past the manifest's end may hold a feed whose record
 		// was torn away by a crash before it held data: clear it first.
-		if _, hasData, err := slotState(c.store, slot); err != nil {
-			return fail(err)
+		exists, hasData, serr := slotState(c.store, slot)
+		if serr != nil {
+			return fail(serr)
 		} else if hasData {
 			return fail(&CorruptError{File: feedPrefix(slot), Offset: 0, Reason: "a feed without a manifest record appeared in the next free slot"})
 		}
 		prefix := feedPrefix(slot)
 		for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs} {
+			if !exists {
+				break // a slot nobody used: nothing to clear
+			}
 			if err := c.store.Remove(prefix + name); err != nil {
 				return fail(err)
 			}
