@@ -2,8 +2,10 @@ package kappa
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
+	"slices"
 )
 
 // The on-disk records, each as a paired encode and decode, in the order of
@@ -252,4 +254,121 @@ func bitPageValid(page uint64, rec []byte) bool {
 func bitPageChecksum(page uint64, rec []byte) uint32 {
 	seed := uint32(page) ^ uint32(page>>32)*0x9e3779b9 ^ 0xb175
 	return crc32.Update(seed, castagnoli, rec[:bitPageBytes])
+}
+
+// indexState is a view's stored progress: the view's version and, per
+// feed key, the indexed ranges.
+//
+// Encoding: "KIX1" ‖ uvarint(version) ‖ uvarint(feeds) ‖ per feed: key(32)
+// ‖ uvarint(spans) ‖ per span: uvarint(start − previous end) ‖
+// uvarint(length) ‖ CRC-32C of all before, big-endian. Feeds are sorted by
+// key, spans ascending, disjoint and not touching, non-empty.
+type indexState struct {
+	version uint64
+	feeds   map[string][]span
+}
+
+var magicIndexState = []byte("KIX1")
+
+func (st *indexState) encode() []byte {
+	keys := make([]string, 0, len(st.feeds))
+	for k := range st.feeds {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b := append([]byte(nil), magicIndexState...)
+	b = binary.AppendUvarint(b, st.version)
+	b = binary.AppendUvarint(b, uint64(len(keys)))
+	for _, k := range keys {
+		b = appendFeedState(b, k, st.feeds[k])
+	}
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+// appendFeedState appends one feed's part of an encoded indexState.
+func appendFeedState(b []byte, key string, spans []span) []byte {
+	b = append(b, key...)
+	b = binary.AppendUvarint(b, uint64(len(spans)))
+	var prev uint64
+	for _, s := range spans {
+		b = binary.AppendUvarint(b, s.start-prev)
+		b = binary.AppendUvarint(b, s.end-s.start)
+		prev = s.end
+	}
+	return b
+}
+
+var errBadState = errors.New("bad index state")
+
+func decodeIndexState(b []byte) (*indexState, error) {
+	if len(b) < len(magicIndexState)+4 || string(b[:4]) != string(magicIndexState) {
+		return nil, fmt.Errorf("%w: no magic", errBadState)
+	}
+	body := b[:len(b)-4]
+	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
+		return nil, fmt.Errorf("%w: checksum mismatch", errBadState)
+	}
+	r := body[4:]
+	next := func() (uint64, error) {
+		v, n := binary.Uvarint(r)
+		if n <= 0 {
+			return 0, fmt.Errorf("%w: truncated", errBadState)
+		}
+		r = r[n:]
+		return v, nil
+	}
+	st := &indexState{feeds: map[string][]span{}}
+	var err error
+	if st.version, err = next(); err != nil {
+		return nil, err
+	}
+	nfeeds, err := next()
+	if err != nil {
+		return nil, err
+	}
+	if nfeeds > uint64(len(r))/33 {
+		return nil, fmt.Errorf("%w: %d feeds in %d bytes", errBadState, nfeeds, len(r))
+	}
+	prevKey := ""
+	for range nfeeds {
+		if len(r) < PublicKeySize {
+			return nil, fmt.Errorf("%w: truncated key", errBadState)
+		}
+		key := string(r[:PublicKeySize])
+		r = r[PublicKeySize:]
+		if key <= prevKey && prevKey != "" {
+			return nil, fmt.Errorf("%w: keys out of order", errBadState)
+		}
+		prevKey = key
+		nspans, err := next()
+		if err != nil {
+			return nil, err
+		}
+		if nspans == 0 || nspans > uint64(len(r))/2 {
+			return nil, fmt.Errorf("%w: %d spans in %d bytes", errBadState, nspans, len(r))
+		}
+		spans := make([]span, 0, nspans)
+		var prev uint64
+		for i := range nspans {
+			gap, err := next()
+			if err != nil {
+				return nil, err
+			}
+			n, err := next()
+			if err != nil {
+				return nil, err
+			}
+			if (i > 0 && gap == 0) || n == 0 || gap > maxTreeLength || n > maxTreeLength || prev+gap+n > maxTreeLength {
+				return nil, fmt.Errorf("%w: bad span", errBadState)
+			}
+			s := span{prev + gap, prev + gap + n}
+			spans = append(spans, s)
+			prev = s.end
+		}
+		st.feeds[key] = spans
+	}
+	if len(r) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", errBadState, len(r))
+	}
+	return st, nil
 }
