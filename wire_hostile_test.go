@@ -861,6 +861,9 @@ func bigWriter(t testing.TB, c *Core, n, size int) *Feed {
 // pings, so the honest side hears from it) blocks the honest side's
 // writes: ErrTimeout.
 func TestHostileStopsReading(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out time-outs of seconds")
+	}
 	for _, kind := range connKinds {
 		t.Run(kind, func(t *testing.T) {
 			good, honest := sharedPair(t, nil)
@@ -968,6 +971,9 @@ func TestHostileFullPipelineIsNotAFlood(t *testing.T) {
 // A slow link is not a silent peer: a large message that arrives a little
 // at a time, for several times Timeout, keeps the session alive.
 func TestSlowMessageIsNotATimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out time-outs of seconds")
+	}
 	for _, kind := range connKinds {
 		t.Run(kind, func(t *testing.T) {
 			ff := newFeedFixture(t, 5, 0, 5, 0)
@@ -1005,6 +1011,9 @@ func TestSlowMessageIsNotATimeout(t *testing.T) {
 // A slow link is not a blocked write: a peer that reads a 4 MiB answer a
 // little at a time, for several times Timeout, gets all of it.
 func TestSlowReaderIsNotATimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out time-outs of seconds")
+	}
 	_, honest := sharedPair(t, nil)
 	bigWriter(t, honest, 64, 64<<10)
 	before := imageOf(t, honest)
