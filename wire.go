@@ -201,6 +201,7 @@ type peerFeed struct {
 	have    []span // ranges the peer holds
 	refused []span // ranges the peer answered "not available" for
 	want    []span // ranges to request: have, less held, refused and in flight
+	queued  bool   // in s.wants
 
 	blockBytes uint64 // mean block size of the last answer, 0 before one
 }
@@ -660,6 +661,14 @@ func (s *session) writeLoop() {
 // loop is the session's state machine. It returns nil when a non-live
 // session is complete.
 func (s *session) loop(ctx context.Context, in <-chan frame) error {
+	if err := s.exchange(ctx, in); err != errCleanEnd {
+		return err
+	}
+	return nil
+}
+
+// exchange runs the session until it ends.
+func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 	s.mineID = map[*Feed]uint64{}
 	s.sentHave = map[*Feed]haveState{}
 	s.setPhase("exchange")
@@ -696,26 +705,14 @@ func (s *session) loop(ctx context.Context, in <-chan frame) error {
 		}
 		select {
 		case f, ok := <-in:
-			if !ok {
-				return fmt.Errorf("%w", ErrPeerClosed)
-			}
-			if f.err != nil {
-				return s.readErr(ctx, f.err)
-			}
-			if err := s.handle(f.msg); err != nil {
+			if err := s.take(ctx, f, ok); err != nil {
 				return err
 			}
 			// Take whatever else arrived before acting on it.
 			for more := true; more; {
 				select {
 				case f, ok := <-in:
-					if !ok {
-						return fmt.Errorf("%w", ErrPeerClosed)
-					}
-					if f.err != nil {
-						return s.readErr(ctx, f.err)
-					}
-					if err := s.handle(f.msg); err != nil {
+					if err := s.take(ctx, f, ok); err != nil {
 						return err
 					}
 				default:
@@ -767,6 +764,24 @@ func (s *session) loop(ctx context.Context, in <-chan frame) error {
 		}
 	}
 }
+
+// take handles one frame from the reader; ok false means the reader ended.
+// It returns errCleanEnd when the peer hung up after the session was
+// complete.
+func (s *session) take(ctx context.Context, f frame, ok bool) error {
+	switch {
+	case !ok:
+		return ErrPeerClosed
+	case f.err != nil:
+		if err := s.readErr(ctx, f.err); err != nil {
+			return err
+		}
+		return errCleanEnd
+	}
+	return s.handle(f.msg)
+}
+
+var errCleanEnd = errors.New("the peer hung up after both sides said done")
 
 func (s *session) readErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
@@ -1020,7 +1035,8 @@ func (s *session) trimWants(pf *peerFeed) {
 			pf.want = subtractSpan(pf.want, span{r.start, r.end})
 		}
 	}
-	if len(pf.want) > 0 && !s.isWanting(pf) {
+	if len(pf.want) > 0 && !pf.queued {
+		pf.queued = true
 		s.wants = append(s.wants, pf)
 	}
 }
@@ -1040,15 +1056,6 @@ func intersectSpans(a, b []span) []span {
 		}
 	}
 	return out
-}
-
-func (s *session) isWanting(pf *peerFeed) bool {
-	for _, w := range s.wants {
-		if w == pf {
-			return true
-		}
-	}
-	return false
 }
 
 func subtractSpan(in []span, x span) []span {
@@ -1121,6 +1128,7 @@ func (s *session) fetch() error {
 		}
 		pf := s.wants[s.next]
 		if len(pf.want) == 0 || pf.local == nil {
+			pf.queued = false
 			s.wants = append(s.wants[:s.next], s.wants[s.next+1:]...)
 			continue
 		}

@@ -979,7 +979,7 @@ func TestSlowMessageIsNotATimeout(t *testing.T) {
 			ff := newFeedFixture(t, 5, 0, 5, 0)
 			before := imageOf(t, ff.honest)
 			opts := &ReplicateOptions{
-				Timeout: 500 * time.Millisecond, KeepAlive: 100 * time.Millisecond,
+				Timeout: time.Second, KeepAlive: 100 * time.Millisecond,
 				Accept: func([]byte) bool { return false },
 			}
 			h := meetHostile(t, kind, ff.honest, opts)
@@ -997,7 +997,7 @@ func TestSlowMessageIsNotATimeout(t *testing.T) {
 					t.Fatalf("after %v: %v (the honest side: %v)", time.Since(start), err, h.result())
 				}
 				b = b[n:]
-				time.Sleep(30 * time.Millisecond)
+				time.Sleep(50 * time.Millisecond) // a 20th of the timeout
 			}
 			if time.Since(start) < 3*opts.Timeout {
 				t.Fatalf("the message took only %v", time.Since(start))
@@ -1017,7 +1017,7 @@ func TestSlowReaderIsNotATimeout(t *testing.T) {
 	_, honest := sharedPair(t, nil)
 	bigWriter(t, honest, 64, 64<<10)
 	before := imageOf(t, honest)
-	opts := &ReplicateOptions{Timeout: 500 * time.Millisecond, KeepAlive: 100 * time.Millisecond}
+	opts := &ReplicateOptions{Timeout: time.Second, KeepAlive: 100 * time.Millisecond}
 	h := meetHostile(t, "pipe", honest, opts) // no buffer in between
 	h.until(msgSynced)
 	if err := h.send(requestMsg(0, 0, 64, 0)); err != nil {
@@ -1037,7 +1037,7 @@ func TestSlowReaderIsNotATimeout(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	slow := bufio.NewReaderSize(&slowReader{r: h.br, n: 16 << 10, pause: 10 * time.Millisecond}, 16<<10)
+	slow := bufio.NewReaderSize(&slowReader{r: h.br, n: 16 << 10, pause: 15 * time.Millisecond}, 16<<10)
 	var msg []byte
 	for {
 		m, err := readFrame(slow, maxMessage)
