@@ -90,7 +90,7 @@ type dirNode struct {
 // cache while it is in the list, and one for each operation using it; the
 // last reference to go closes it.
 type dirHandle struct {
-	f    *os.File
+	f    *osFile
 	n    *dirNode
 	refs atomic.Int32
 	// needSync is set (under mu, before the cache's reference is dropped)
@@ -230,14 +230,14 @@ func (s *DirStorage) Open(name string, create bool) (File, error) {
 // openPath opens path read-write. If it is missing and create is set, it
 // creates it and any missing parent directories, and returns the
 // directories whose entries changed (deepest first).
-func (s *DirStorage) openPath(path, local string, create bool) (*os.File, []string, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+func (s *DirStorage) openPath(path, local string, create bool) (*osFile, []string, error) {
+	f, err := openOSFile(path, false)
 	if err == nil || !create || !errors.Is(err, fs.ErrNotExist) {
 		return f, nil, err
 	}
 	var dirs []string
 	for try := 0; ; try++ {
-		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		f, err = openOSFile(path, true)
 		if err == nil {
 			// The file's directory, then those holding the
 			// directories created, deepest first.
@@ -247,7 +247,7 @@ func (s *DirStorage) openPath(path, local string, create bool) (*os.File, []stri
 		}
 		if errors.Is(err, fs.ErrExist) {
 			// Created by someone else since the first try.
-			f, err = os.OpenFile(path, os.O_RDWR, 0)
+			f, err = openOSFile(path, false)
 			return f, nil, err
 		}
 		if try > 0 || !errors.Is(err, fs.ErrNotExist) {
@@ -509,7 +509,7 @@ func (f *dirFile) acquire() (*dirHandle, error) {
 // acquireSlow reopens f's descriptor, outside the lock, and caches it.
 func (f *dirFile) acquireSlow() (*dirHandle, error) {
 	s := f.s
-	fd, err := os.OpenFile(f.n.path, os.O_RDWR, 0)
+	fd, err := openOSFile(f.n.path, false)
 	s.mu.Lock()
 	if uerr := f.usableLocked(); uerr != nil || err != nil {
 		s.mu.Unlock()
@@ -604,12 +604,12 @@ func (f *dirFile) Size() (int64, error) {
 	if err != nil {
 		return 0, f.errorf("size", err)
 	}
-	fi, err := h.f.Stat()
+	size, err := h.f.Size()
 	f.s.release(h)
 	if err != nil {
 		return 0, f.errorf("size", err)
 	}
-	return fi.Size(), nil
+	return size, nil
 }
 
 // Sync makes the file's writes durable, and on the first Sync after the
