@@ -2,6 +2,7 @@ package kappa
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -673,14 +674,14 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 	}
 	slot := c.slots + len(recs)/manifestRecord
 	var created []*Feed
-	var names []string
+	var jobs []openJob
 	fail := func(err error) ([]*Feed, error) {
 		for _, f := range created {
 			f.Close()
 		}
 		return nil, err
 	}
-	batch := map[string]*Feed{} // feeds created by this call, by name or key
+	batch := map[string]int{} // jobs of this call, by name or key
 	for i, r := range reqs {
 		id := "k" + string(r.key)
 		if r.local {
@@ -692,12 +693,12 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 			f = c.byName[r.name]
 		}
 		c.mu.RUnlock()
-		if f == nil {
-			f = batch[id]
-		}
 		if f != nil {
 			out[i] = f
 			continue
+		}
+		if _, ok := batch[id]; ok {
+			continue // filled in once its feed is open
 		}
 		opts := c.feedOptions()
 		key := r.key
@@ -712,7 +713,7 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 			}
 			key = kp.PublicKey
 			opts.SecretKey = kp.SecretKey
-			if c.Feed(key) != nil || batch["k"+string(key)] != nil {
+			if _, ok := batch["k"+string(key)]; ok || c.Feed(key) != nil {
 				return fail(fmt.Errorf("%w: feed %x is already in the database as a replica", ErrKeyMismatch, key[:4]))
 			}
 		} else {
@@ -738,24 +739,52 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 				return fail(err)
 			}
 		}
-		f, err := OpenFeed(c.store, prefix, opts)
-		if err != nil {
-			return fail(err)
-		}
 		var flags byte
 		if r.local {
 			flags = flagLocal
 		}
 		recs = append(recs, manifestRec(flags, key, r.name)...)
-		created = append(created, f)
-		names = append(names, r.name)
-		batch[id] = f
-		batch["k"+string(key)] = f
-		out[i] = f
+		batch[id] = len(jobs)
+		batch["k"+string(key)] = len(jobs)
+		jobs = append(jobs, openJob{prefix: prefix, opts: opts, name: r.name})
 		slot++
 	}
-	if len(created) == 0 {
+	if len(jobs) == 0 {
 		return out, nil
+	}
+	// New feeds' files are created side by side: each create waits on the
+	// file system, not on the CPU.
+	sem := make(chan struct{}, min(len(jobs), maxParallelOpens))
+	var wg sync.WaitGroup
+	for i := range jobs {
+		j := &jobs[i]
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			j.f, j.err = OpenFeed(c.store, j.prefix, j.opts)
+		}()
+	}
+	wg.Wait()
+	var openErr error
+	for i := range jobs {
+		if j := &jobs[i]; j.err != nil {
+			openErr = cmp.Or(openErr, j.err)
+		} else {
+			created = append(created, j.f)
+		}
+	}
+	if openErr != nil {
+		return fail(openErr)
+	}
+	for i, r := range reqs {
+		if out[i] == nil {
+			id := "k" + string(r.key)
+			if r.local {
+				id = "n" + r.name
+			}
+			out[i] = jobs[batch[id]].f
+		}
 	}
 	if _, err := c.manifest.WriteAt(recs, int64(headerSize+c.slots*manifestRecord)); err != nil {
 		return fail(err)
@@ -766,9 +795,21 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 	c.slots = slot
 	c.reserveTo = 0
 	for i, f := range created {
-		c.addLocked(f, f.Writable(), names[i])
+		c.addLocked(f, f.Writable(), jobs[i].name)
 	}
 	return out, nil
+}
+
+// maxParallelOpens bounds the feeds one add creates at once.
+const maxParallelOpens = 16
+
+// openJob is one feed that add creates.
+type openJob struct {
+	prefix string
+	opts   *FeedOptions
+	name   string
+	f      *Feed
+	err    error
 }
 
 // FindWriter returns the local writer called name, or nil if there is

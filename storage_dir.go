@@ -54,8 +54,9 @@ type DirStorage struct {
 	nodes  map[string]*dirNode // open names
 	// head is the most recently used cached handle, tail the least.
 	head, tail *dirHandle
-	cached     int // handles in the list
-	flushing   int // sum of nodes' flushing
+	cached     int    // handles in the list
+	flushing   int    // sum of nodes' flushing
+	removes    uint64 // Remove calls so far: an Open outside mu checks it
 	// dirSync holds, per created file, the directories to fsync on its
 	// first Sync.
 	dirSync map[string]*dirPendingSync
@@ -194,37 +195,49 @@ func (s *DirStorage) Open(name string, create bool) (File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage %s: open %s: %w: %w", s.dir, name, err, fs.ErrInvalid)
 	}
+	path := filepath.Join(s.dir, local)
 	s.mu.Lock()
-	if s.closed {
+	for {
+		if s.closed {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("storage %s: open %s: %w", s.dir, name, ErrClosed)
+		}
+		if n := s.nodes[name]; n != nil {
+			n.openCount++
+			s.mu.Unlock()
+			return &dirFile{s: s, n: n}, nil
+		}
+		// Opening and creating run outside the lock, so that feeds
+		// added together create their files side by side (a create
+		// waits on the file system's journal). A Remove meanwhile may
+		// have unlinked what was opened: then open again.
+		gen := s.removes
 		s.mu.Unlock()
-		return nil, fmt.Errorf("storage %s: open %s: %w", s.dir, name, ErrClosed)
-	}
-	if n := s.nodes[name]; n != nil {
-		n.openCount++
+		f, dirs, err := s.openPath(path, local, create)
+		if err != nil {
+			return nil, fmt.Errorf("storage %s: open %s: %w", s.dir, name, unwrapPathError(err))
+		}
+		s.mu.Lock()
+		if dirs != nil && s.dirSync[name] == nil {
+			s.dirSync[name] = &dirPendingSync{dirs: dirs}
+		}
+		if s.closed || s.removes != gen || s.nodes[name] != nil {
+			s.mu.Unlock()
+			f.Close()
+			s.mu.Lock()
+			continue
+		}
+		n := &dirNode{name: name, path: path, openCount: 1}
+		s.nodes[name] = n
+		h := &dirHandle{f: f, n: n}
+		h.refs.Store(1)
+		n.h = h
+		s.pushFront(h)
+		victims := s.evictLocked(nil)
 		s.mu.Unlock()
+		s.finishAll(victims)
 		return &dirFile{s: s, n: n}, nil
 	}
-	// Opening and creating are rare next to reads and writes, so they
-	// run under the lock, which keeps them ordered with Remove.
-	path := filepath.Join(s.dir, local)
-	f, dirs, err := s.openPath(path, local, create)
-	if err != nil {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("storage %s: open %s: %w", s.dir, name, unwrapPathError(err))
-	}
-	if dirs != nil {
-		s.dirSync[name] = &dirPendingSync{dirs: dirs}
-	}
-	n := &dirNode{name: name, path: path, openCount: 1}
-	s.nodes[name] = n
-	h := &dirHandle{f: f, n: n}
-	h.refs.Store(1)
-	n.h = h
-	s.pushFront(h)
-	victims := s.evictLocked(nil)
-	s.mu.Unlock()
-	s.finishAll(victims)
-	return &dirFile{s: s, n: n}, nil
 }
 
 // openPath opens path read-write. If it is missing and create is set, it
@@ -298,6 +311,7 @@ func (s *DirStorage) Remove(name string) error {
 		return fmt.Errorf("storage %s: remove %s: %w", s.dir, name, unwrapPathError(err))
 	}
 	removed := err == nil
+	s.removes++
 	var victims []*dirHandle
 	if n := s.nodes[name]; n != nil {
 		n.removed = true
