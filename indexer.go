@@ -202,14 +202,15 @@ type Index struct {
 // feedProgress is what one view has indexed of one feed: sorted, disjoint
 // ranges of sequence numbers.
 type feedProgress struct {
-	feed   *Feed // nil for stored progress of a feed not seen yet
-	key    string
-	spans  []span
-	n      uint64 // entries in spans
-	seg    []byte // with states: key and spans encoded as in indexState, nil without spans
-	broken bool   // reading the feed failed; skipped until reopen
-	queued bool   // in Index.dirty; guarded by Index.dmu
-	cancel func()
+	feed    *Feed // nil for stored progress of a feed not seen yet
+	key     string
+	spans   []span
+	n       uint64 // entries in spans
+	seg     []byte // with states: key and spans encoded as in indexState, nil without spans
+	broken  bool   // reading the feed failed; skipped until reopen
+	reading bool   // a batch of it is read ahead; guarded by Index.mu
+	queued  bool   // in Index.dirty; guarded by Index.dmu
+	cancel  func()
 }
 
 type span struct{ start, end uint64 }
@@ -664,8 +665,45 @@ func (x *Index) next() *feedProgress {
 	return p
 }
 
-// drain maps batches until there is no work or the view is stopped.
+// Batches drain reads ahead of the one it maps: at most batchesAhead, and
+// (by the feeds' mean entry size) about bytesAhead bytes, though always
+// one. A new view over many small feeds spends most of its time opening
+// and reading files, which several goroutines then do side by side.
+const (
+	batchesAhead = 8
+	bytesAhead   = 4 << 20
+)
+
+// batchRead is a batch read ahead of its turn to be mapped.
+type batchRead struct {
+	p          *feedProgress
+	start, end uint64
+	size       uint64 // its estimated size in bytes
+	values     [][]byte
+	err        error
+	done       chan struct{} // closed once read
+}
+
+func (b *batchRead) read() {
+	b.values, b.err = b.p.feed.GetBatch(context.Background(), b.start, b.end)
+	close(b.done)
+}
+
+// drain maps batches until there is no work or the view is stopped. It
+// reads the next few batches, of other feeds, while it maps one.
 func (x *Index) drain(done <-chan struct{}) {
+	var ahead []*batchRead
+	var aheadSize uint64
+	defer func() {
+		// Batches read but not mapped: their feeds go back to the queue.
+		for _, b := range ahead {
+			<-b.done
+			x.mu.Lock()
+			b.p.reading = false
+			x.mu.Unlock()
+			x.queue(b.p, false)
+		}
+	}()
 	for {
 		select {
 		case <-done:
@@ -677,27 +715,45 @@ func (x *Index) drain(done <-chan struct{}) {
 			x.mu.Unlock()
 			return
 		}
-		p, start, end := x.pickLocked()
-		if p == nil {
+		for len(ahead) < batchesAhead && (len(ahead) == 0 || aheadSize < bytesAhead) {
+			p, start, end := x.pickLocked()
+			if p == nil {
+				break
+			}
+			p.reading = true
+			b := &batchRead{p: p, start: start, end: end, done: make(chan struct{})}
+			if n := p.feed.Len(); n > 0 {
+				b.size = (end - start) * (p.feed.ByteLen() / n)
+			}
+			aheadSize += b.size
+			ahead = append(ahead, b)
+			go b.read()
+		}
+		if len(ahead) == 0 {
 			x.checkWaitersLocked("") // idle
 			x.changedLocked()
 			x.mu.Unlock()
 			return
 		}
+		b := ahead[0]
+		ahead = ahead[1:]
+		aheadSize -= b.size
 		x.busy = true
 		x.mu.Unlock()
 
-		err := x.mapBatch(p, start, end)
+		<-b.done
+		err := x.mapBatch(b)
 
 		x.mu.Lock()
 		x.busy = false
+		b.p.reading = false
 		if x.paused > 0 {
 			x.changedLocked() // Pause waits for the batch to end
 		}
 		x.mu.Unlock()
 		// The feed may have more: its turn comes again after the others'.
 		// After an error this is the batch that Retry retries.
-		x.queue(p, false)
+		x.queue(b.p, false)
 		if err != nil {
 			if !errors.Is(err, ErrClosed) {
 				x.fail(err)
@@ -716,8 +772,8 @@ func (x *Index) pickLocked() (*feedProgress, uint64, uint64) {
 		if p == nil {
 			return nil, 0, 0
 		}
-		if p.broken || p.n >= p.feed.Downloaded() {
-			continue
+		if p.reading || p.broken || p.n >= p.feed.Downloaded() {
+			continue // a feed being read is queued again once mapped
 		}
 		if start, end := p.nextRun(x.maxBatch); start < end {
 			return p, start, end
@@ -725,11 +781,11 @@ func (x *Index) pickLocked() (*feedProgress, uint64, uint64) {
 	}
 }
 
-// mapBatch reads entries [start, end) of p's feed, maps them and stores the
-// progress.
-func (x *Index) mapBatch(p *feedProgress, start, end uint64) error {
+// mapBatch maps the entries of b and stores the progress.
+func (x *Index) mapBatch(b *batchRead) error {
+	p, start, end := b.p, b.start, b.end
 	key := p.feed.Key()
-	values, err := p.feed.GetBatch(context.Background(), start, end)
+	values, err := b.values, b.err
 	if err != nil {
 		if errors.Is(err, ErrClosed) {
 			return err

@@ -832,3 +832,67 @@ func TestIndexFeedsFromAPeer(t *testing.T) {
 		t.Fatalf("progress over %d and %d feeds", len(pa), len(pb))
 	}
 }
+
+// The indexer reads batches of other feeds ahead of the one it maps. Pauses
+// and appends in the middle of that lose no entry and map none twice, and
+// each feed's entries arrive in order.
+func TestReadAheadMapsEveryEntryOnce(t *testing.T) {
+	c := newCore(t, &Options{NoSync: true})
+	const feeds, rounds = 40, 20
+	ws := make([]*Feed, feeds)
+	for i := range ws {
+		ws[i] = mustWriter(t, c, fmt.Sprint("w", i))
+	}
+	var mu sync.Mutex
+	next := map[string]uint64{} // per feed, the next seq expected
+	var bad []string
+	x := mustUse(t, c, "v", 1, &batcher{max: 3, fn: func(es []Entry) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range es {
+			k := string(e.Key)
+			if e.Seq != next[k] {
+				bad = append(bad, fmt.Sprintf("feed %x: got entry %d, want %d", e.Key[:4], e.Seq, next[k]))
+			}
+			next[k] = e.Seq + 1
+		}
+		return nil
+	}})
+	rng := rand.New(rand.NewPCG(1, 2))
+	want := uint64(0)
+	for range rounds {
+		for _, w := range ws {
+			n := rng.IntN(8)
+			for range n {
+				mustAppend(t, w, "x")
+			}
+			want += uint64(n)
+		}
+		if rng.IntN(2) == 0 {
+			if err := x.Pause(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+			mustAppend(t, ws[rng.IntN(feeds)], "y")
+			want++
+			x.Resume()
+		}
+	}
+	if err := x.Ready(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bad) > 0 {
+		t.Fatalf("%d entries out of order or twice, first: %s", len(bad), bad[0])
+	}
+	var got uint64
+	for _, w := range ws {
+		if n := next[string(w.Key())]; n != w.Len() {
+			t.Errorf("feed %x: %d of %d entries mapped", w.Key()[:4], n, w.Len())
+		}
+		got += next[string(w.Key())]
+	}
+	if got != want {
+		t.Fatalf("mapped %d entries, appended %d", got, want)
+	}
+}
