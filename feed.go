@@ -88,17 +88,12 @@ type Feed struct {
 	older                        File // older signatures, opened on first use; under writeMu
 
 	// writeMu serializes the writers (Append commits, Put) and Close.
-	writeMu  sync.Mutex
-	queue    []*appendReq // guarded by queueMu
-	queueMu  sync.Mutex
-	sigsEnd  int64       // where the next signature record goes
-	failed   error       // a sync failed: the feed refuses further writes
-	hasher   *leafHasher // for leaf hashes under writeMu
-	writeBuf []byte      // reused data buffer under writeMu
-	treeBuf  []byte      // reused tree buffer under writeMu
-	extBuf   []byte      // reused tree buffer under writeMu
-	recent   recentNodes // the writer's latest tree records, under writeMu
-	sigBuf   [sigRecordSize]byte
+	writeMu sync.Mutex
+	queue   []*appendReq // guarded by queueMu
+	queueMu sync.Mutex
+	sigsEnd int64         // where the next signature record goes
+	failed  error         // a sync failed: the feed refuses further writes
+	ws      *writeScratch // made on the first write, under writeMu
 
 	// mu guards the published state below. Readers hold it only to check
 	// what is present: blocks below the length never change on disk.
@@ -107,19 +102,40 @@ type Feed struct {
 	byteLen  uint64
 	roots    []storedNode
 	sig      []byte
-	have     bitset        // replicas only: the blocks held
-	bitPages uint64        // pages in the bitfield file; under writeMu
-	changed  chan struct{} // closed on a change if waiting > 0
-	waiting  atomic.Int32  // calls blocked in wait
-	subs     []subscriber  // in a slice, not a map: an idle feed stays small
+	have     bitset                        // replicas only: the blocks held
+	bitPages uint64                        // pages in the bitfield file; under writeMu
+	changed  atomic.Pointer[chan struct{}] // closed on a change if waiting > 0; made by the first waiter
+	waiting  atomic.Int32                  // calls blocked in wait
+	subs     []subscriber                  // in a slice, not a map: an idle feed stays small
 	nextSub  int
 	closed   bool
 
-	ahead readAhead
+	// Made on first use, so that an idle feed stays small.
+	ahead atomic.Pointer[readAhead]
+	wants atomic.Pointer[wantSet]
+}
 
-	wantMu   sync.Mutex
-	wanted   map[uint64]span // ranges calls wait for, by registration
-	nextWant uint64
+// writeScratch is what a feed's writes reuse, under writeMu.
+type writeScratch struct {
+	hasher         *leafHasher
+	data, tree, ex []byte      // data and tree buffers
+	recent         recentNodes // the writer's latest tree records
+	sig            [sigRecordSize]byte
+}
+
+// scratch returns the feed's write scratch. Called under writeMu.
+func (f *Feed) scratch() *writeScratch {
+	if f.ws == nil {
+		f.ws = &writeScratch{hasher: newLeafHasher()}
+	}
+	return f.ws
+}
+
+// wantSet holds the ranges that calls wait for, by registration.
+type wantSet struct {
+	mu     sync.Mutex
+	wanted map[uint64]span
+	next   uint64
 }
 
 // OpenFeed opens the feed stored in s under prefix (for example
@@ -142,7 +158,7 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
-	f := &Feed{store: s, name: prefix, noSync: o.NoSync, enc: enc, onRepair: o.OnRepair, changed: make(chan struct{})}
+	f := &Feed{store: s, name: prefix, noSync: o.NoSync, enc: enc, onRepair: o.OnRepair}
 	if err := f.open(s, prefix, &o); err != nil {
 		f.closeFiles()
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
@@ -195,7 +211,16 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 			}
 		}
 	}
-	return f.recover()
+	if err := f.recover(); err != nil {
+		return err
+	}
+	if !fresh && !f.keyDirty {
+		// The key file is read only here: an idle feed keeps it closed.
+		err := f.meta.Close()
+		f.meta = nil
+		return err
+	}
+	return nil
 }
 
 // loadKeys reads the key file, or writes it for a new feed. It reports
@@ -803,7 +828,11 @@ func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	}
 	// A reader going through the feed in order is served from a window of
 	// the entries ahead, read (and verified) with one call per file.
-	ra := &f.ahead
+	ra := f.ahead.Load()
+	if ra == nil {
+		f.ahead.CompareAndSwap(nil, new(readAhead))
+		ra = f.ahead.Load()
+	}
 	ra.mu.Lock()
 	if seq >= ra.start && seq-ra.start < uint64(len(ra.values)) {
 		v := bytes.Clone(ra.values[seq-ra.start])
@@ -947,7 +976,7 @@ func (f *Feed) wait(ctx context.Context, start, end uint64) error {
 			return fmt.Errorf("feed %x: get %d of %d: %w", f.key[:4], end-1, f.length, ErrOutOfRange)
 		}
 		f.waiting.Add(1)
-		ch := f.changed
+		ch := f.changedChan()
 		f.mu.RUnlock()
 		if !registered && f.bits != nil {
 			// A replica records what it waits for, so that replication
@@ -1144,13 +1173,14 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	}
 
 	// Data: one write of all values.
-	data := f.writeBuf[:0]
+	ws := f.scratch()
+	data := ws.data[:0]
 	for _, r := range batch {
 		for _, v := range r.values {
 			data = append(data, v...)
 		}
 	}
-	f.writeBuf = data[:0]
+	ws.data = data[:0]
 
 	// Tree: the leaves and the parents they complete. Nodes at index 2·start
 	// and beyond form one contiguous run (none of them was complete
@@ -1162,7 +1192,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	if start%2 == 1 {
 		runStart, runLen = runStart-1, runLen+1
 	}
-	run := f.treeBuf[:0]
+	run := ws.tree[:0]
 	run = append(run, make([]byte, runLen*nodeSize)...)
 	var early []storedNode
 	off := byteLen
@@ -1172,7 +1202,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	ord := uint32((f.sigsEnd-headerSize)/sigRecordSize + 1)
 	for _, r := range batch {
 		for _, v := range r.values {
-			cur := storedNode{Node{Index: 2 * seq, Hash: f.leafHasher().sum(v), Size: uint64(len(v))}, off}
+			cur := storedNode{Node{Index: 2 * seq, Hash: ws.hasher.sum(v), Size: uint64(len(v))}, off}
 			encodeNodeOrd(run[(cur.Index-runStart)*nodeSize:], &cur, ord)
 			off += cur.Size
 			seq++
@@ -1193,14 +1223,14 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 			newRoots = append(newRoots, cur)
 		}
 	}
-	f.treeBuf = run[:0]
+	ws.tree = run[:0]
 	// The parents of older roots lie before the run. If the nodes between
 	// the lowest of them and the run were written lately, they are known,
 	// and the run grows down to that parent: one write instead of several.
 	treeStart := runStart
 	if len(early) > 0 {
-		if ext, ok := f.recent.extend(f.extBuf[:0], early, runStart, run); ok {
-			f.extBuf = ext[:0]
+		if ext, ok := ws.recent.extend(ws.ex[:0], early, runStart, run); ok {
+			ws.ex = ext[:0]
 			run, treeStart, early = ext, early[len(early)-1].Index, nil
 		}
 	}
@@ -1209,21 +1239,21 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 	}
 	if _, err := f.tree.WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
-		f.recent.forget() // the file may hold part of the write
+		ws.recent.forget() // the file may hold part of the write
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 	}
 	var rec [nodeSize]byte
 	for i := range early {
 		encodeNode(rec[:], &early[i])
 		if _, err := f.tree.WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
-			f.recent.forget()
+			ws.recent.forget()
 			return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 		}
 	}
-	f.recent.remember(treeStart, run)
+	ws.recent.remember(treeStart, run)
 	for i := range early {
 		encodeNode(rec[:], &early[i])
-		f.recent.remember(early[i].Index, rec[:])
+		ws.recent.remember(early[i].Index, rec[:])
 	}
 	length := start + n
 	sig := signRoots(f.secret, treeHash(newRoots), length)
@@ -1245,7 +1275,7 @@ func (f *Feed) writeSignature(length uint64, sig []byte, files ...File) error {
 			}
 		}
 	}
-	rec := f.sigBuf[:]
+	rec := f.scratch().sig[:]
 	var flags uint32
 	if !f.noSync {
 		flags = sigSynced
@@ -1282,10 +1312,24 @@ func (f *Feed) publish(length, byteLen uint64, roots []storedNode, sig []byte, g
 	// Waiters announce themselves under the read lock, so one that missed
 	// this change is counted.
 	if f.waiting.Load() > 0 {
-		close(f.changed)
-		f.changed = make(chan struct{})
+		if ch := f.changed.Swap(nil); ch != nil {
+			close(*ch)
+		}
 	}
 	f.notifyLocked()
+}
+
+// changedChan returns the channel that the next change closes. Called with
+// f.mu held, at least for reading: changes happen under the write lock.
+func (f *Feed) changedChan() chan struct{} {
+	if ch := f.changed.Load(); ch != nil {
+		return *ch
+	}
+	ch := make(chan struct{})
+	if f.changed.CompareAndSwap(nil, &ch) {
+		return ch
+	}
+	return *f.changed.Load()
 }
 
 // subscriber is a Subscribe channel or an internal function.
@@ -1326,31 +1370,37 @@ func (f *Feed) subscribe(sub subscriber) (cancel func()) {
 // want records that [start, end) is wanted until the returned function is
 // called, and signals the subscribers.
 func (f *Feed) want(start, end uint64) (done func()) {
-	f.wantMu.Lock()
-	id := f.nextWant
-	f.nextWant++
-	if f.wanted == nil {
-		f.wanted = make(map[uint64]span)
+	ws := f.wants.Load()
+	if ws == nil {
+		f.wants.CompareAndSwap(nil, &wantSet{wanted: make(map[uint64]span)})
+		ws = f.wants.Load()
 	}
-	f.wanted[id] = span{start, end}
-	f.wantMu.Unlock()
+	ws.mu.Lock()
+	id := ws.next
+	ws.next++
+	ws.wanted[id] = span{start, end}
+	ws.mu.Unlock()
 	f.signal()
 	return func() {
-		f.wantMu.Lock()
-		delete(f.wanted, id)
-		f.wantMu.Unlock()
+		ws.mu.Lock()
+		delete(ws.wanted, id)
+		ws.mu.Unlock()
 	}
 }
 
 // wantedRanges returns the ranges that calls are waiting for, sorted and
 // merged.
 func (f *Feed) wantedRanges() []span {
-	f.wantMu.Lock()
-	out := make([]span, 0, len(f.wanted))
-	for _, w := range f.wanted {
+	ws := f.wants.Load()
+	if ws == nil {
+		return nil
+	}
+	ws.mu.Lock()
+	out := make([]span, 0, len(ws.wanted))
+	for _, w := range ws.wanted {
 		out = append(out, w)
 	}
-	f.wantMu.Unlock()
+	ws.mu.Unlock()
 	slices.SortFunc(out, func(a, b span) int { return cmp.Compare(a.start, b.start) })
 	merged := out[:0]
 	for _, w := range out {
@@ -1387,15 +1437,6 @@ func (f *Feed) Download(ctx context.Context, start, end uint64) error {
 
 // subscribeFunc calls fn whenever Subscribe would signal. fn runs with the
 // feed's lock held: it must not call the feed and must not block.
-// leafHasher returns the writer's leaf hasher, made on first use so that
-// a feed that never appends does not carry one. Called under writeMu.
-func (f *Feed) leafHasher() *leafHasher {
-	if f.hasher == nil {
-		f.hasher = newLeafHasher()
-	}
-	return f.hasher
-}
-
 func (f *Feed) subscribeFunc(fn func()) (cancel func()) {
 	return f.subscribe(subscriber{fn: fn})
 }
@@ -1791,7 +1832,14 @@ func (f *Feed) Put(p *Proof) error {
 			}
 		}
 	}
-	f.keyDirty = false
+	if f.keyDirty {
+		f.keyDirty = false
+		if err := f.meta.Close(); err != nil {
+			f.failed = err
+			return fmt.Errorf("feed %x: close key file: %w", f.key[:4], err)
+		}
+		f.meta = nil
+	}
 	f.publish(length, byteLen, roots, sig, func(b *bitset) { b.setRange(p.Start, end) })
 	if p.Signature != nil && p.Length < curLen {
 		f.keepOlderSignature(p.Length, p.Signature)
@@ -1869,7 +1917,9 @@ func (f *Feed) Close() error {
 		return nil
 	}
 	f.closed = true
-	close(f.changed)
+	if ch := f.changed.Swap(nil); ch != nil {
+		close(*ch)
+	}
 	f.subs = nil
 	f.mu.Unlock()
 	f.writeMu.Lock()

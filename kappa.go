@@ -531,10 +531,11 @@ func feedPrefix(slot int) string { return fmt.Sprintf("feeds/%d/", slot) }
 func (c *Core) addLocked(f *Feed, local bool, name string) {
 	c.mu.Lock()
 	c.feeds = append(c.feeds, f)
-	c.byKey[string(f.Key())] = f
+	key := string(f.Key()) // one copy for both maps
+	c.byKey[key] = f
 	if local {
 		c.byName[name] = f
-		c.names[string(f.Key())] = name
+		c.names[key] = name
 	}
 	close(c.feedsChanged)
 	c.feedsChanged = make(chan struct{})

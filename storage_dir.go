@@ -72,8 +72,7 @@ type dirPendingSync struct{ dirs []string }
 
 // dirNode is the shared state of one open name of a DirStorage.
 type dirNode struct {
-	name string
-	path string
+	name string // its path is built again on each reopen: nodes are many
 
 	// Guarded by DirStorage.mu.
 	h         *dirHandle // cached descriptor, or nil
@@ -182,6 +181,12 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 	return s, nil
 }
 
+// path returns the path of the file called name, a valid name.
+func (s *DirStorage) path(name string) string {
+	local, _ := filepath.Localize(name) // valid: checked by Open
+	return filepath.Join(s.dir, local)
+}
+
 // Dir returns the absolute path of the storage's directory.
 func (s *DirStorage) Dir() string { return s.dir }
 
@@ -227,7 +232,7 @@ func (s *DirStorage) Open(name string, create bool) (File, error) {
 			s.mu.Lock()
 			continue
 		}
-		n := &dirNode{name: name, path: path, openCount: 1}
+		n := &dirNode{name: name, openCount: 1}
 		s.nodes[name] = n
 		h := &dirHandle{f: f, n: n}
 		h.refs.Store(1)
@@ -523,7 +528,7 @@ func (f *dirFile) acquire() (*dirHandle, error) {
 // acquireSlow reopens f's descriptor, outside the lock, and caches it.
 func (f *dirFile) acquireSlow() (*dirHandle, error) {
 	s := f.s
-	fd, err := openOSFile(f.n.path, false)
+	fd, err := openOSFile(s.path(f.n.name), false)
 	s.mu.Lock()
 	if uerr := f.usableLocked(); uerr != nil || err != nil {
 		s.mu.Unlock()
