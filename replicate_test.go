@@ -812,3 +812,39 @@ func TestReplicaKeepsOlderSignatures(t *testing.T) {
 		t.Fatal("c does not hold [0, 10)")
 	}
 }
+
+// A session asks for no more than maxInFlightBytes (by the size of the
+// blocks it has seen) before it stored what it got, and always for
+// something: large blocks do not pile up in memory.
+func TestRequestsInFlightAreBoundedInBytes(t *testing.T) {
+	for _, blockBytes := range []uint64{0, 100, 1 << 20, MaxBlockSize} {
+		t.Run(fmt.Sprint(blockBytes), func(t *testing.T) {
+			c := newCore(t, &Options{NoSync: true})
+			fs, err := c.AddFeeds(mustKeyPair(t).PublicKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &session{core: c, mineID: map[*Feed]uint64{}, sentHave: map[*Feed]haveState{}}
+			startStores(s)
+			pf := &peerFeed{id: 0, key: fs[0].Key(), local: fs[0], length: 1 << 20, have: []span{{0, 1 << 20}}, blockBytes: blockBytes}
+			s.peers = []*peerFeed{pf}
+			s.trimWants(pf)
+			if err := s.fetch(); err != nil {
+				t.Fatal(err)
+			}
+			if len(s.outstanding) == 0 {
+				t.Fatal("nothing asked for")
+			}
+			var asked uint64
+			for i, r := range s.outstanding {
+				if i > 0 && asked >= maxInFlightBytes {
+					t.Fatalf("request %d sent with %d bytes in flight", i, asked)
+				}
+				asked += (r.end - r.start) * blockBytes
+			}
+			if blockBytes > 0 && asked < maxInFlightBytes && len(s.outstanding) < maxOutstanding {
+				t.Fatalf("only %d bytes in %d requests asked for", asked, len(s.outstanding))
+			}
+		})
+	}
+}

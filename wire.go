@@ -41,6 +41,11 @@ const (
 	// the bytes in flight: the peer's are checked against it.
 	maxOutstanding = 16
 
+	// maxInFlightBytes bounds what a side asks for before it stored what
+	// it got, by the size of the blocks seen so far (one request always
+	// goes out).
+	maxInFlightBytes = 16 << 20
+
 	exporterLabel = "EXPORTER-kappa-replicate-v1"
 )
 
@@ -232,6 +237,7 @@ type addResult struct {
 type request struct {
 	pf         *peerFeed
 	start, end uint64
+	bytes      uint64 // expected (in flight) or actual (storing) size
 }
 
 func (s *session) run(ctx context.Context) (err error) {
@@ -544,16 +550,19 @@ func readFrame(r *bufio.Reader, max int) ([]byte, error) {
 	if n == 0 || n > uint64(max) {
 		return nil, fmt.Errorf("%w: message of %d bytes (limit %d)", ErrProtocol, n, max)
 	}
-	// A large message is allocated as its bytes arrive, not as its length
-	// claims: a peer cannot make this side hold memory it did not send.
+	// A large message is allocated in full only once its first
+	// frameChunk bytes arrived: a peer cannot make this side hold much
+	// memory it did not send (at most one message, of at most max bytes,
+	// per connection).
 	buf := make([]byte, min(n, frameChunk))
 	k, err := io.ReadFull(r, buf)
-	for err == nil && uint64(len(buf)) < n {
-		next := min(n-uint64(len(buf)), uint64(len(buf)))
-		buf = append(buf, make([]byte, next)...)
+	if err == nil && uint64(len(buf)) < n {
+		full := make([]byte, n)
+		copy(full, buf)
 		var m int
-		m, err = io.ReadFull(r, buf[uint64(len(buf))-next:])
+		m, err = io.ReadFull(r, full[len(buf):])
 		k += m
+		buf = full
 	}
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -565,7 +574,7 @@ func readFrame(r *bufio.Reader, max int) ([]byte, error) {
 }
 
 // frameChunk is how much of a message readFrame allocates before its bytes
-// arrive; it doubles from there.
+// arrive.
 const frameChunk = 256 << 10
 
 func isConnErr(err error) bool {
@@ -1122,7 +1131,7 @@ func (s *session) fetch() error {
 	if err := s.addPending(); err != nil {
 		return err
 	}
-	for len(s.outstanding) < maxOutstanding && len(s.outstanding)+len(s.storing) < 2*maxOutstanding && len(s.wants) > 0 {
+	for len(s.outstanding) < maxOutstanding && len(s.outstanding)+len(s.storing) < 2*maxOutstanding && len(s.wants) > 0 && s.inFlightBytes() < maxInFlightBytes {
 		if s.next >= len(s.wants) {
 			s.next = 0
 		}
@@ -1134,7 +1143,7 @@ func (s *session) fetch() error {
 		}
 		w := &pf.want[0]
 		end := min(w.end, w.start+requestBlocks(pf))
-		r := request{pf: pf, start: w.start, end: end}
+		r := request{pf: pf, start: w.start, end: end, bytes: (end - w.start) * pf.blockBytes}
 		if w.start = end; w.start >= w.end {
 			pf.want = pf.want[1:]
 		}
@@ -1152,6 +1161,18 @@ func (s *session) fetch() error {
 		s.report()
 	}
 	return nil
+}
+
+// inFlightBytes is the size of what was asked for and not stored yet.
+func (s *session) inFlightBytes() uint64 {
+	var n uint64
+	for _, r := range s.outstanding {
+		n += r.bytes
+	}
+	for _, r := range s.storing {
+		n += r.bytes
+	}
+	return n
 }
 
 // requestBlocks is how many blocks to ask of pf at once: as many as fit
@@ -1375,7 +1396,7 @@ func (s *session) receive(d *decoder) error {
 		size += uint64(len(b))
 	}
 	r.pf.blockBytes = max(size/n, 1)
-	got := request{pf: r.pf, start: r.start, end: r.start + n}
+	got := request{pf: r.pf, start: r.start, end: r.start + n, bytes: size}
 	s.storing = append(s.storing, got)
 	s.storeJobs <- storeJob{r: got, p: p}
 	if got.end < r.end {
