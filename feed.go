@@ -903,14 +903,18 @@ func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error
 // its leaf.
 func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 	count := end - start
-	recs := make([]byte, (2*count-1)*nodeSize)
+	sc := readScratchPool.Get().(*readScratch)
+	defer putReadScratch(sc)
+	recs := slices.Grow(sc.recs[:0], int((2*count-1)*nodeSize))[:(2*count-1)*nodeSize]
+	sc.recs = recs
 	if _, err := f.tree.ReadAt(recs, headerSize+int64(2*start)*nodeSize); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = errNoNode // the tree ends before a leaf of the range
 		}
 		return nil, f.readErr(err, start)
 	}
-	nodes := make([]storedNode, 0, count)
+	nodes := slices.Grow(sc.nodes[:0], int(count))
+	defer func() { sc.nodes = nodes[:0] }()
 	var total uint64
 	for k := range count {
 		off := headerSize + int64(2*(start+k))*nodeSize
@@ -936,17 +940,38 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 	if err := f.readData(raw, first); err != nil {
 		return nil, f.readErr(err, start)
 	}
-	h := newLeafHasher()
 	out := make([][]byte, count)
 	for k := range nodes {
 		n := &nodes[k]
 		v := raw[n.Offset-first : n.Offset-first+n.Size : n.Offset-first+n.Size]
-		if h.sum(v) != n.Hash {
+		if sc.hasher.sum(v) != n.Hash {
 			return nil, leafMismatch(f, n)
 		}
 		out[k] = v
 	}
 	return out, nil
+}
+
+// readScratch is what readRange reuses between calls. Large buffers are
+// not kept: see putReadScratch.
+type readScratch struct {
+	recs   []byte
+	nodes  []storedNode
+	hasher *leafHasher
+}
+
+var readScratchPool = sync.Pool{New: func() any { return &readScratch{hasher: newLeafHasher()} }}
+
+// putReadScratch returns sc to the pool, without buffers larger than those
+// of a batch of 1,024 entries.
+func putReadScratch(sc *readScratch) {
+	if cap(sc.recs) > 2048*nodeSize {
+		sc.recs = nil
+	}
+	if cap(sc.nodes) > 1024 {
+		sc.nodes = nil
+	}
+	readScratchPool.Put(sc)
 }
 
 // Head returns the last entry; ErrEmpty if the feed has none.
