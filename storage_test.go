@@ -51,6 +51,83 @@ func TestMemStorageConformance(t *testing.T) {
 
 // testStorageConformance checks the behaviour every Storage must have.
 func testStorageConformance(t *testing.T, newStorage newStorageFunc) {
+	t.Run("ConcurrentOpensOfANewNameShareOneFile", func(t *testing.T) {
+		s := newStorage(t)
+		const workers = 8
+		names := []string{"n/a", "n/b", "m/c", "d"}
+		files := make([][]File, len(names))
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for i, name := range names {
+			for range workers {
+				wg.Go(func() {
+					f, err := s.Open(name, true)
+					if err != nil {
+						t.Errorf("Open(%q): %v", name, err)
+						return
+					}
+					mu.Lock()
+					files[i] = append(files[i], f)
+					mu.Unlock()
+				})
+			}
+		}
+		wg.Wait()
+		for i, fs := range files {
+			for k, f := range fs {
+				storageMustWriteAt(t, f, string(rune('A'+k)), int64(k))
+			}
+			for _, f := range fs {
+				if got, want := storageReadAll(t, f), "ABCDEFGH"[:len(fs)]; got != want {
+					t.Errorf("%s reads %q through one of its Files, want %q", names[i], got, want)
+				}
+			}
+		}
+	})
+
+	t.Run("OpensRacingRemovesLeaveNoStaleFile", func(t *testing.T) {
+		s := newStorage(t)
+		const workers, rounds = 4, 50
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for range rounds {
+					f, err := s.Open("x/f", true)
+					if err != nil {
+						t.Errorf("Open: %v", err)
+						return
+					}
+					// The file may be removed at any point: then its
+					// Files fail with fs.ErrNotExist, and nothing else.
+					if _, err := f.WriteAt([]byte{byte(w)}, int64(w)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						t.Errorf("WriteAt: %v", err)
+					}
+					if err := f.Close(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						t.Errorf("Close: %v", err)
+					}
+				}
+			})
+		}
+		wg.Go(func() {
+			for range rounds {
+				if err := s.Remove("x/f"); err != nil {
+					t.Errorf("Remove: %v", err)
+				}
+			}
+		})
+		wg.Wait()
+		if err := s.Remove("x/f"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Open("x/f", false); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("Open after the last Remove: %v, want fs.ErrNotExist", err)
+		}
+		f := storageMustOpen(t, s, "x/f", true)
+		if got := storageReadAll(t, f); got != "" {
+			t.Fatalf("a file created after the last Remove holds %q", got)
+		}
+	})
+
 	t.Run("WritesReadBackAtTheirOffsets", func(t *testing.T) {
 		s := newStorage(t)
 		f := storageMustOpen(t, s, "a", true)
