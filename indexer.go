@@ -670,7 +670,7 @@ func (x *Index) next() *feedProgress {
 // one. A new view over many small feeds spends most of its time opening
 // and reading files, which several goroutines then do side by side.
 const (
-	batchesAhead = 8
+	batchesAhead = 16
 	bytesAhead   = 4 << 20
 )
 
