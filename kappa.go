@@ -49,7 +49,8 @@ type Options struct {
 
 	// OnRepair receives each change that opening made to stored files to
 	// recover from a crash (a torn tail cut back); see Repair. Core.Repairs
-	// lists them too.
+	// lists them too. It may be called from several goroutines at once
+	// (feeds added together are opened side by side).
 	OnRepair func(Repair)
 
 	// MaxOpenFiles bounds the file descriptors Open's directory storage
