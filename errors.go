@@ -32,8 +32,9 @@ var (
 	// value encoding other than the one it was created with.
 	ErrEncodingMismatch = errors.New("kappa: the database has another value encoding")
 
-	// ErrInvalidKey is returned for a key or signature of the wrong length
-	// or form.
+	// ErrInvalidKey is returned for a public, secret or shared key of the
+	// wrong length or form. A signature of the wrong length is
+	// ErrBadSignature.
 	ErrInvalidKey = errors.New("kappa: invalid key")
 
 	// ErrNotWritable is returned by Append on a feed without a secret key
