@@ -601,6 +601,52 @@ func BenchmarkIndex10kFeedsNewView(b *testing.B) {
 	b.ReportMetric(live/1e6, "live-heap-MB")
 }
 
+// stateCountView is a countView that keeps its progress (in memory) and
+// counts the bytes of state it was given to store.
+type stateCountView struct {
+	countView
+	state  []byte
+	stored int
+}
+
+func (v *stateCountView) FetchState() ([]byte, error) { return v.state, nil }
+
+func (v *stateCountView) StoreState(b []byte) error {
+	v.state = append(v.state[:0], b...)
+	v.stored += len(b)
+	return nil
+}
+
+// BenchmarkIndex10kFeedsNewDurableView is BenchmarkIndex10kFeedsNewView
+// with a view that stores its progress (StateStorer): the state names every
+// feed, so storing it after each batch would cost 10,000 feeds' worth per
+// batch. It reports entries/s and the state bytes stored per run.
+func BenchmarkIndex10kFeedsNewDurableView(b *testing.B) {
+	dir := benchIndexDB(b, "new", benchManyFeeds, benchManyPerFeed)
+	const total = benchManyFeeds * benchManyPerFeed
+	c, err := Open(dir, &Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	var stored int
+	for i := 0; b.Loop(); i++ {
+		v := &stateCountView{}
+		if _, err := c.Use(fmt.Sprint("durable", i), 1, v); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Ready(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		if v.n.Load() != total {
+			b.Fatalf("indexed %d of %d", v.n.Load(), total)
+		}
+		stored = v.stored
+	}
+	reportRate(b, int64(b.N)*total, 0)
+	b.ReportMetric(float64(stored)/1e6, "state-MB-stored")
+}
+
 // BenchmarkIndex10kFeedsOneBusy: 200,000 entries appended (while the view
 // is paused, not timed) to one of the 10,000 feeds are indexed, from Resume
 // until Ready returns. Reports entries/s (target: at least 1,000,000) and

@@ -89,9 +89,9 @@ func Example() {
 // kvView is a key-value view that comes back after a restart without mapping
 // anything again. It keeps its data and the indexer's progress in one file,
 // which it replaces atomically: Map only buffers a batch's changes in
-// memory, and StoreState, which the indexer calls after each Map with the
-// progress that includes the batch, writes the changes and the progress
-// together. A crash leaves the file before the batch or after it, never in
+// memory, and StoreState, which the indexer calls after Map with the
+// progress that includes every batch mapped so far (with many feeds, after
+// a group of batches), writes the changes and the progress together. A crash leaves the file before the batch or after it, never in
 // between, so each entry counts exactly once. (Data and progress written
 // separately would give at-least-once: a crash between the two writes maps
 // the batch again.)
@@ -126,7 +126,8 @@ func newKVView(dir string) (*kvView, error) {
 	}, nil
 }
 
-// Map buffers the batch's changes. Nothing is written until StoreState.
+// Map buffers the batch's changes, after those of batches before it. Nothing
+// is written until StoreState.
 func (v *kvView) Map(entries []kappa.Entry) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -144,7 +145,7 @@ func (v *kvView) Map(entries []kappa.Entry) error {
 	return nil
 }
 
-// StoreState writes the view's data, with the batch's changes, and the
+// StoreState writes the view's data, with the buffered changes, and the
 // indexer's progress in one atomic step.
 func (v *kvView) StoreState(state []byte) error {
 	v.mu.Lock()

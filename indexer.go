@@ -52,10 +52,14 @@ type View interface {
 //
 // FetchState runs once when the view starts (and again when Retry restarts
 // a view whose FetchState failed), before the first batch; it returns what
-// StoreState last stored, or nil if nothing. StoreState runs after each
-// batch's Map returns, and after ClearIndex with the progress reset. The
-// state names every feed the view has indexed, so it grows with the number
-// of feeds.
+// StoreState last stored, or nil if nothing. StoreState runs after Map
+// returns, with progress that covers every batch mapped until then, and
+// after ClearIndex with the progress reset. The state names every feed the
+// view has indexed, so it grows with the number of feeds; so that storing
+// it does not cost work in proportion to all feeds for each batch, with
+// more than 128 feeds StoreState runs once for a group of batches (one per
+// 64 feeds, or fewer when no more work is ready): a view that buffers Map's
+// changes until StoreState must buffer every batch since the last one.
 type StateStorer interface {
 	FetchState() ([]byte, error)
 	StoreState(state []byte) error
@@ -204,8 +208,9 @@ type Index struct {
 type feedProgress struct {
 	feed    *Feed // nil for stored progress of a feed not seen yet
 	key     string
-	spans   []span
-	n       uint64 // entries in spans
+	spans   []span // the entries mapped
+	saved   []span // the entries mapped whose progress is stored: what Ready and Status count
+	n       uint64 // entries in saved
 	seg     []byte // with states: key and spans encoded as in indexState, nil without spans
 	broken  bool   // reading the feed failed; skipped until reopen
 	reading bool   // a batch of it is read ahead; guarded by Index.mu
@@ -690,10 +695,15 @@ func (b *batchRead) read() {
 }
 
 // drain maps batches until there is no work or the view is stopped. It
-// reads the next few batches, of other feeds, while it maps one.
+// reads the next few batches, of other feeds, while it maps one. With
+// StateStorer, progress is stored for a group of batches at once (see
+// groupLimitLocked): the state names every feed, so storing it after each
+// batch would cost work in proportion to all feeds for every batch.
 func (x *Index) drain(done <-chan struct{}) {
 	var ahead []*batchRead
 	var aheadSize uint64
+	var group []*mappedBatch
+	var groupBytes uint64
 	defer func() {
 		// Batches read but not mapped: their feeds go back to the queue.
 		for _, b := range ahead {
@@ -704,18 +714,32 @@ func (x *Index) drain(done <-chan struct{}) {
 			x.queue(b.p, false)
 		}
 	}()
+	// commit stores the group's progress and ends the group; after an
+	// error the view stops.
+	commit := func() bool {
+		err := x.commit(group)
+		group, groupBytes = group[:0], 0
+		x.mu.Lock()
+		x.busy = false // who sees the batches counted sees none in flight
+		if x.paused > 0 {
+			x.changedLocked() // Pause waits for the batches to end
+		}
+		x.mu.Unlock()
+		if err != nil && !errors.Is(err, ErrClosed) {
+			x.fail(err)
+		}
+		return err == nil
+	}
 	for {
+		stop := false
 		select {
 		case <-done:
-			return
+			stop = true
 		default:
 		}
 		x.mu.Lock()
-		if x.paused > 0 || x.err != nil || x.rebuild {
-			x.mu.Unlock()
-			return
-		}
-		for len(ahead) < batchesAhead && (len(ahead) == 0 || aheadSize < bytesAhead) {
+		stop = stop || x.paused > 0 || x.err != nil || x.rebuild
+		for !stop && len(ahead) < batchesAhead && (len(ahead) == 0 || aheadSize < bytesAhead) {
 			p, start, end := x.pickLocked()
 			if p == nil {
 				break
@@ -729,7 +753,16 @@ func (x *Index) drain(done <-chan struct{}) {
 			ahead = append(ahead, b)
 			go b.read()
 		}
-		if len(ahead) == 0 {
+		if stop || len(ahead) == 0 {
+			x.mu.Unlock()
+			grouped := len(group) > 0
+			if !commit() || stop {
+				return
+			}
+			if grouped {
+				continue // more work may have waited for the group
+			}
+			x.mu.Lock()
 			x.checkWaitersLocked("") // idle
 			x.changedLocked()
 			x.mu.Unlock()
@@ -742,25 +775,41 @@ func (x *Index) drain(done <-chan struct{}) {
 		x.mu.Unlock()
 
 		<-b.done
-		err := x.mapBatch(b)
-
+		m, err := x.mapBatch(b)
 		x.mu.Lock()
-		x.busy = false
 		b.p.reading = false
-		if x.paused > 0 {
-			x.changedLocked() // Pause waits for the batch to end
-		}
 		x.mu.Unlock()
 		// The feed may have more: its turn comes again after the others'.
 		// After an error this is the batch that Retry retries.
 		x.queue(b.p, false)
+		if m != nil {
+			group = append(group, m)
+			groupBytes += m.bytes
+		}
 		if err != nil {
-			if !errors.Is(err, ErrClosed) {
+			// What the group mapped before is stored first.
+			if commit() && !errors.Is(err, ErrClosed) {
 				x.fail(err)
 			}
 			return
 		}
+		x.mu.Lock()
+		full := len(group) >= x.groupLimitLocked() || groupBytes >= bytesAhead
+		x.mu.Unlock()
+		if full && !commit() {
+			return
+		}
 	}
+}
+
+// groupLimitLocked is how many batches drain maps before it stores their
+// progress: one without StateStorer or with few feeds, else enough that the
+// state stored per batch stays about 64 feeds' worth.
+func (x *Index) groupLimitLocked() int {
+	if x.states == nil {
+		return 1
+	}
+	return max(1, x.segCount/64)
 }
 
 // pickLocked chooses the next batch: the first run of entries to index of
@@ -781,29 +830,40 @@ func (x *Index) pickLocked() (*feedProgress, uint64, uint64) {
 	}
 }
 
-// mapBatch maps the entries of b and stores the progress.
-func (x *Index) mapBatch(b *batchRead) error {
+// mappedBatch is a batch that Map took, whose progress is not stored yet.
+type mappedBatch struct {
+	p          *feedProgress
+	start, end uint64
+	entries    []Entry // for IndexedNotifier only
+	bytes      uint64  // the size of entries' values
+	bad        []error // entries left out
+}
+
+// mapBatch maps the entries of b and records the progress, to be stored by
+// commit. It returns no batch for a feed that could not be read (which is
+// reported and skipped) or when Map failed.
+func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 	p, start, end := b.p, b.start, b.end
 	key := p.feed.Key()
 	values, err := b.values, b.err
 	if err != nil {
 		if errors.Is(err, ErrClosed) {
-			return err
+			return nil, err
 		}
 		x.mu.Lock()
 		p.broken = true
 		x.checkWaitersLocked(p.key)
 		x.mu.Unlock()
 		x.host.report(fmt.Errorf("view %q: feed %x skipped: %w", x.name, key[:4], err))
-		return nil
+		return nil, nil
 	}
+	m := &mappedBatch{p: p, start: start, end: end}
 	entries := make([]Entry, 0, len(values))
-	var bad []error
 	for i, v := range values {
 		seq := start + uint64(i)
 		if x.enc != Binary {
 			if err := x.enc.check(v); err != nil {
-				bad = append(bad, fmt.Errorf("view %q: feed %x entry %d left out: %w", x.name, key[:4], seq, err))
+				m.bad = append(m.bad, fmt.Errorf("view %q: feed %x entry %d left out: %w", x.name, key[:4], seq, err))
 				continue
 			}
 		}
@@ -811,38 +871,76 @@ func (x *Index) mapBatch(b *batchRead) error {
 	}
 	if len(entries) > 0 {
 		if err := x.view.Map(entries); err != nil {
-			return fmt.Errorf("map %d entries of feed %x from %d: %w", len(entries), key[:4], start, err)
+			return nil, fmt.Errorf("map %d entries of feed %x from %d: %w", len(entries), key[:4], start, err)
 		}
 	}
-	// Progress counts once it is stored: the state written includes the
-	// batch, and only then does the batch count for Ready.
-	spans := p.with(span{start, end})
-	var seg []byte
+	if _, ok := x.view.(IndexedNotifier); ok {
+		m.entries = entries
+		for _, e := range entries {
+			m.bytes += uint64(len(e.Value))
+		}
+	}
+	// The next batch of the feed starts past this one, but the batch
+	// counts (for Ready and Status) only once commit stored it.
+	x.mu.Lock()
+	p.spans = p.with(span{start, end})
+	x.mu.Unlock()
+	return m, nil
+}
+
+// commit stores the progress of the batches mapped, then counts them. If
+// storing fails, their feeds' progress goes back to what was stored, so
+// that Retry maps them again.
+func (x *Index) commit(group []*mappedBatch) error {
+	if len(group) == 0 {
+		return nil
+	}
+	var feeds []*feedProgress
+	for _, m := range group {
+		if !slices.Contains(feeds, m.p) {
+			feeds = append(feeds, m.p)
+		}
+	}
 	if x.states != nil {
-		seg = appendFeedState(nil, p.key, spans)
 		x.mu.Lock()
-		state := x.encodeStateLocked(p, seg)
+		old := make([][]byte, len(feeds))
+		for i, p := range feeds {
+			old[i] = p.seg
+			x.setSegLocked(p, appendFeedState(nil, p.key, p.spans))
+		}
+		state := x.encodeStateLocked()
 		x.mu.Unlock()
 		if err := x.states.StoreState(state); err != nil {
+			x.mu.Lock()
+			for i, p := range feeds {
+				x.setSegLocked(p, old[i])
+				p.spans = p.saved
+			}
+			x.mu.Unlock()
 			return fmt.Errorf("store state: %w", err)
 		}
 	}
 	// Indexed runs, and entries left out are reported, before Ready
 	// waiters see the batch, as the seed's 'indexed' event fired before
 	// 'ready'.
-	if n, ok := x.view.(IndexedNotifier); ok && len(entries) > 0 {
-		n.Indexed(entries)
-	}
-	for _, err := range bad {
-		x.host.report(err)
+	n, notify := x.view.(IndexedNotifier)
+	for _, m := range group {
+		if notify && len(m.entries) > 0 {
+			n.Indexed(m.entries)
+		}
+		for _, err := range m.bad {
+			x.host.report(err)
+		}
 	}
 	x.mu.Lock()
-	x.setSegLocked(p, seg)
-	p.spans = spans
-	p.n += end - start
-	x.indexed += end - start
-	x.busy = false // done: who sees the batch counted sees no batch in flight
-	x.checkWaitersLocked(p.key)
+	for _, m := range group {
+		m.p.n += m.end - m.start
+		x.indexed += m.end - m.start
+	}
+	for _, p := range feeds {
+		p.saved = p.spans
+		x.checkWaitersLocked(p.key)
+	}
 	x.mu.Unlock()
 	return nil
 }
@@ -901,31 +999,21 @@ func (x *Index) setSegLocked(p *feedProgress, seg []byte) {
 }
 
 // encodeStateLocked encodes the view's progress as indexState.encode
-// would, with seg in place of p's part, from the parts kept per feed.
-func (x *Index) encodeStateLocked(p *feedProgress, seg []byte) []byte {
-	count, size := x.segCount, x.segBytes+len(seg)
-	if p.seg == nil {
-		count++
-	} else {
-		size -= len(p.seg)
-	}
-	b := make([]byte, 0, len(magicIndexState)+2*binary.MaxVarintLen64+size+4)
+// would, from the parts kept per feed.
+func (x *Index) encodeStateLocked() []byte {
+	b := make([]byte, 0, len(magicIndexState)+2*binary.MaxVarintLen64+x.segBytes+4)
 	b = append(b, magicIndexState...)
 	b = binary.AppendUvarint(b, x.version)
-	b = binary.AppendUvarint(b, uint64(count))
+	b = binary.AppendUvarint(b, uint64(x.segCount))
 	for _, q := range x.segs {
-		if q == p {
-			b = append(b, seg...)
-		} else {
-			b = append(b, q.seg...)
-		}
+		b = append(b, q.seg...)
 	}
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
 // setSpans sets the progress to spans; with states it also encodes them.
 func (p *feedProgress) setSpans(spans []span, states bool) {
-	p.spans, p.n, p.seg = spans, 0, nil
+	p.spans, p.saved, p.n, p.seg = spans, spans, 0, nil
 	for _, s := range spans {
 		p.n += s.end - s.start
 	}
@@ -975,7 +1063,7 @@ func (p *feedProgress) skipIndexed(s uint64) uint64 {
 }
 
 func (p *feedProgress) covers(s span) bool {
-	for _, a := range p.spans {
+	for _, a := range p.saved {
 		if a.start <= s.start && s.end <= a.end {
 			return true
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -239,11 +240,7 @@ func appendStrings(t *testing.T, f *Feed, values ...string) {
 	}
 }
 
-func scaleCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
+func scaleCtx(t *testing.T) context.Context { return ctxT(t) }
 
 // recorder is a view that records what Map got, keyed "feed@seq", and
 // may keep its progress (state) and fail on demand.
@@ -687,3 +684,162 @@ type maxBatchView struct {
 }
 
 func (v *maxBatchView) MaxBatch() int { return v.max }
+
+// exactlyOnceView buffers what Map gets until StoreState, as a view that
+// writes its data and progress in one atomic step does, and checks at each
+// StoreState that the progress stored covers exactly what it has: what
+// earlier StoreStates wrote plus what is buffered. A StoreState that fails
+// (failStore says when) drops the buffer, as the indexer maps those
+// batches again after Retry.
+type exactlyOnceView struct {
+	mu        sync.Mutex
+	durable   map[string]int // "key@seq" → times stored
+	pending   []string
+	maps      int
+	stores    int
+	failStore func(n int) bool // n counts StoreState calls from 1
+	problems  []string
+	mapped    chan struct{} // signalled after each Map
+}
+
+func newExactlyOnceView() *exactlyOnceView {
+	return &exactlyOnceView{durable: map[string]int{}, mapped: make(chan struct{}, 1)}
+}
+
+func (v *exactlyOnceView) MaxBatch() int { return 2 }
+
+func (v *exactlyOnceView) Map(es []Entry) error {
+	v.mu.Lock()
+	v.maps++
+	for _, e := range es {
+		v.pending = append(v.pending, fmt.Sprintf("%x@%d", e.Key, e.Seq))
+	}
+	v.mu.Unlock()
+	select {
+	case v.mapped <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (v *exactlyOnceView) FetchState() ([]byte, error) { return nil, nil }
+
+func (v *exactlyOnceView) StoreState(b []byte) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.stores++
+	if v.failStore != nil && v.failStore(v.stores) {
+		v.pending = nil
+		return errors.New("disk full")
+	}
+	st, err := decodeIndexState(b)
+	if err != nil {
+		v.problems = append(v.problems, err.Error())
+		return err
+	}
+	covered := map[string]bool{}
+	for k, spans := range st.feeds {
+		for _, s := range spans {
+			for seq := s.start; seq < s.end; seq++ {
+				covered[fmt.Sprintf("%x@%d", k, seq)] = true
+			}
+		}
+	}
+	next := maps.Clone(v.durable)
+	for _, e := range v.pending {
+		next[e]++
+	}
+	for e := range next {
+		if !covered[e] {
+			v.problems = append(v.problems, fmt.Sprintf("store %d: %s is buffered but the progress stored does not cover it", v.stores, e))
+		}
+	}
+	for e := range covered {
+		if next[e] == 0 {
+			v.problems = append(v.problems, fmt.Sprintf("store %d: progress covers %s, which was never mapped", v.stores, e))
+		}
+	}
+	v.durable, v.pending = next, nil
+	return nil
+}
+
+// With many feeds a durable view's progress is stored once per group of
+// batches, not after every batch; every StoreState still covers exactly
+// the batches mapped until then, Ready and Pause wait for it, and a failed
+// StoreState loses nothing once retried.
+func TestDurableViewOverManyFeedsStoresProgressPerGroup(t *testing.T) {
+	const nfeeds, perFeed = 640, 6 // three batches of two per feed
+	feeds := make([]*Feed, nfeeds)
+	for i := range feeds {
+		feeds[i] = memFeed(t, slices.Repeat([]string{"v"}, perFeed)...)
+	}
+	for _, tc := range []struct {
+		name      string
+		failStore func(n int) bool
+	}{
+		{"stores succeed", nil},
+		{"the 200th store fails", func(n int) bool { return n == 200 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFakeHost(Binary, feeds...)
+			v := newExactlyOnceView()
+			v.failStore = tc.failStore
+			x := newIndex(h, "v", 1, v)
+			x.start()
+			defer func() {
+				close(h.done)
+				x.wait()
+			}()
+			ctx := scaleCtx(t)
+
+			// Pause waits until what was mapped is stored.
+			<-v.mapped
+			if err := x.Pause(ctx); err != nil {
+				t.Fatal(err)
+			}
+			v.mu.Lock()
+			if len(v.pending) > 0 {
+				t.Errorf("paused with %d entries mapped whose progress is not stored", len(v.pending))
+			}
+			v.mu.Unlock()
+			x.Resume()
+
+			err := x.Ready(ctx)
+			if tc.failStore != nil {
+				if err == nil || !strings.Contains(err.Error(), "disk full") {
+					t.Fatalf("Ready: %v, want the StoreState error", err)
+				}
+				if err := x.Retry(); err != nil {
+					t.Fatal(err)
+				}
+				err = x.Ready(ctx)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			v.mu.Lock()
+			defer v.mu.Unlock()
+			if len(v.problems) > 0 {
+				t.Fatalf("%d problems, first: %s", len(v.problems), v.problems[0])
+			}
+			if len(v.pending) > 0 {
+				t.Fatalf("Ready returned with %d entries whose progress is not stored", len(v.pending))
+			}
+			if len(v.durable) != nfeeds*perFeed {
+				t.Fatalf("%d entries stored, want %d", len(v.durable), nfeeds*perFeed)
+			}
+			for e, n := range v.durable {
+				if n != 1 {
+					t.Fatalf("%s stored %d times", e, n)
+				}
+			}
+			// 1,920 batches; a store per batch would be 1,920 of up to
+			// 640 feeds each. Groups grow with the feeds in the state
+			// (one batch per 64 feeds), so far fewer are made.
+			if v.stores > v.maps/3 {
+				t.Fatalf("%d StoreState calls for %d batches", v.stores, v.maps)
+			}
+			t.Logf("%d batches, %d StoreState calls", v.maps, v.stores)
+		})
+	}
+}

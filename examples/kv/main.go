@@ -7,8 +7,9 @@
 // the database's views/ directory, and replaces that file atomically:
 // write a temporary file, fsync it, rename it over the old one, fsync the
 // directory. Map only collects a batch's changes in memory; StoreState,
-// which the indexer calls after Map with the progress that includes the
-// batch, writes them together with that progress. A crash leaves the file
+// which the indexer calls after Map with the progress that includes every
+// batch mapped so far (with many feeds, after a group of batches), writes
+// them together with that progress. A crash leaves the file
 // as it was before the batch or after it, never in between, so no entry
 // is applied twice and none is lost. After a restart the view loads the
 // file and maps nothing again.
@@ -91,7 +92,8 @@ func openKV(dir string) (*kvView, error) {
 	}, nil
 }
 
-// Map collects the batch's changes. Nothing is written here.
+// Map collects the batch's changes, after those of batches before it.
+// Nothing is written here.
 func (v *kvView) Map(entries []kappa.Entry) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -110,9 +112,9 @@ func (v *kvView) Map(entries []kappa.Entry) error {
 	return nil
 }
 
-// StoreState writes the data, with the batch's changes, and the progress in
-// one atomic step. If it fails, nothing changed: the indexer stops and the
-// batch is not counted as indexed.
+// StoreState writes the data, with the collected changes, and the progress
+// in one atomic step. If it fails, nothing changed: the indexer stops and
+// the batches are not counted as indexed.
 func (v *kvView) StoreState(progress []byte) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
