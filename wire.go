@@ -145,6 +145,12 @@ type session struct {
 	initiator bool
 	opts      ReplicateOptions
 
+	// In a live session, the feeds of this side that changed since the
+	// loop last sent haves; feeds add to it from their callbacks.
+	changedMu  sync.Mutex
+	changed    []*Feed
+	changedSet map[*Feed]bool
+
 	tls *tls.Conn
 	br  *bufio.Reader
 
@@ -695,7 +701,7 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 	if s.opts.Live {
 		local = make(chan struct{}, 1)
 		for _, f := range s.mine {
-			cancels = append(cancels, f.Subscribe(local))
+			cancels = append(cancels, s.watch(f, local))
 		}
 	}
 	tick := time.NewTicker(s.opts.KeepAlive / 2)
@@ -744,10 +750,12 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 			n := len(s.mine)
 			s.announce()
 			for _, f := range s.mine[n:] {
-				cancels = append(cancels, f.Subscribe(local))
+				cancels = append(cancels, s.watch(f, local))
 			}
 		case <-local:
-			s.sendHaves()
+			for _, f := range s.takeChanged() {
+				s.sendHave(f)
+			}
 			if s.core.opts.Sparse {
 				for _, pf := range s.peers {
 					s.trimWants(pf)
@@ -826,13 +834,37 @@ func (s *session) announce() {
 	}
 }
 
-// sendHaves sends the ranges of every announced feed that changed.
-func (s *session) sendHaves() {
-	for _, f := range s.mine {
-		s.sendHave(f)
-	}
+// watch has f's changes (in a live session) recorded and signalled on
+// local, so that the loop sends haves for the feeds that changed only.
+func (s *session) watch(f *Feed, local chan struct{}) (cancel func()) {
+	return f.subscribeFunc(func() {
+		s.changedMu.Lock()
+		if !s.changedSet[f] {
+			if s.changedSet == nil {
+				s.changedSet = map[*Feed]bool{}
+			}
+			s.changedSet[f] = true
+			s.changed = append(s.changed, f)
+		}
+		s.changedMu.Unlock()
+		select {
+		case local <- struct{}{}:
+		default:
+		}
+	})
 }
 
+// takeChanged returns the feeds that changed since the last call.
+func (s *session) takeChanged() []*Feed {
+	s.changedMu.Lock()
+	defer s.changedMu.Unlock()
+	out := s.changed
+	s.changed = nil
+	clear(s.changedSet)
+	return out
+}
+
+// sendHave sends the ranges f holds, unless they are what was sent last.
 func (s *session) sendHave(f *Feed) {
 	st := haveState{f.Len(), f.Downloaded()}
 	if old, ok := s.sentHave[f]; ok && old == st {
