@@ -151,6 +151,8 @@ type session struct {
 	changed    []*Feed
 	changedSet map[*Feed]bool
 
+	peersOf map[*Feed][]*peerFeed // the peer's feeds by their local feed
+
 	tls *tls.Conn
 	br  *bufio.Reader
 
@@ -751,15 +753,12 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 			s.announce()
 			for _, f := range s.mine[n:] {
 				cancels = append(cancels, s.watch(f, local))
+				s.trimWantsOf(f) // it may have been asked for before
 			}
 		case <-local:
 			for _, f := range s.takeChanged() {
 				s.sendHave(f)
-			}
-			if s.core.opts.Sparse {
-				for _, pf := range s.peers {
-					s.trimWants(pf)
-				}
+				s.trimWantsOf(f)
 			}
 		case <-tick.C:
 			now := time.Now().UnixNano()
@@ -1038,6 +1037,17 @@ func (s *session) peerFeed(id uint64) (*peerFeed, error) {
 	return s.peers[id], nil
 }
 
+// trimWantsOf works out again, in a sparse database, what this side wants
+// of the peer's feeds that are f: calls may have started waiting for
+// entries of f.
+func (s *session) trimWantsOf(f *Feed) {
+	if s.core.opts.Sparse {
+		for _, pf := range s.peersOf[f] {
+			s.trimWants(pf)
+		}
+	}
+}
+
 // trimWants works out what to request of pf: what the peer holds, less
 // what this side holds, what the peer refused and what is in flight; in a
 // sparse database, only what a local call waits for.
@@ -1150,6 +1160,10 @@ func (s *session) addedFeeds(res addResult) error {
 	}
 	for i, p := range chunk {
 		p.pf.local = res.fs[i]
+		if s.peersOf == nil {
+			s.peersOf = map[*Feed][]*peerFeed{}
+		}
+		s.peersOf[p.pf.local] = append(s.peersOf[p.pf.local], p.pf)
 		s.progress.Feeds++
 		s.trimWants(p.pf)
 	}
