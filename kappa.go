@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"runtime"
 	"slices"
 	"sync"
 	"unicode/utf8"
@@ -359,6 +360,14 @@ func (c *Core) load() error {
 	if _, err := c.manifest.ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
+	opened := c.openSlots(buf, n)
+	defer func() {
+		for _, j := range opened {
+			if j.f != nil { // not taken: load failed
+				j.f.Close()
+			}
+		}
+	}()
 	for i := range n {
 		rec := buf[i*manifestRecord : (i+1)*manifestRecord]
 		off := int64(headerSize + i*manifestRecord)
@@ -396,13 +405,19 @@ func (c *Core) load() error {
 		o.rewriteKey = !local
 		var f *Feed
 		var err error
-		switch {
+		switch j := &opened[i]; {
+		case j.started:
+			f, err = j.f, j.err
+			j.f = nil
+			for _, r := range j.repairs {
+				c.repaired(r)
+			}
 		case c.byKey[string(key)] != nil || (local && c.byName[name] != nil):
 			err = &CorruptError{File: fileManifest, Offset: off, Reason: "record names a feed or writer that an earlier record holds"}
 		case local:
 			err = checkWriterKey(c.store, feedPrefix(i), key)
 		}
-		if err == nil {
+		if err == nil && f == nil {
 			f, err = OpenFeed(c.store, feedPrefix(i), o)
 		}
 		if err != nil {
@@ -453,6 +468,60 @@ func (c *Core) load() error {
 		return nil // keep whatever partial record is there
 	}
 	return c.truncate(c.manifest, fileManifest, int64(headerSize+n*manifestRecord), "torn record of a feed that holds no data")
+}
+
+// slotOpen is a feed that openSlots opened (or failed to), with the repairs
+// opening it made, to be reported in manifest order.
+type slotOpen struct {
+	started bool
+	f       *Feed
+	err     error
+	repairs []Repair
+}
+
+// openSlots opens, side by side, the feeds of the first n manifest records
+// in buf whose key (and writer name) no earlier record names: opening one
+// checks its signature, and needs nothing of the others. What each result
+// means is worked out by load in manifest order; a record that repeats an
+// earlier key or name is left to load, as it depends on how that one did.
+func (c *Core) openSlots(buf []byte, n int) []slotOpen {
+	out := make([]slotOpen, n)
+	keys, names := map[string]bool{}, map[string]bool{}
+	sem := make(chan struct{}, max(4, 2*runtime.GOMAXPROCS(0)))
+	var wg sync.WaitGroup
+	for i := range n {
+		flags, key, name, ok := decodeManifestRec(buf[i*manifestRecord : (i+1)*manifestRecord])
+		if !ok || flags&flagReserved != 0 {
+			continue
+		}
+		local := flags&flagLocal != 0
+		first := !keys[string(key)] && !(local && names[name])
+		keys[string(key)] = true
+		if local {
+			names[name] = true
+		}
+		if !first {
+			continue
+		}
+		j := &out[i]
+		j.started = true
+		o := c.feedOptions()
+		o.Key = bytes.Clone(key)
+		o.rewriteKey = !local
+		o.OnRepair = func(r Repair) { j.repairs = append(j.repairs, r) }
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if local {
+				if j.err = checkWriterKey(c.store, feedPrefix(i), o.Key); j.err != nil {
+					return
+				}
+			}
+			j.f, j.err = OpenFeed(c.store, feedPrefix(i), o)
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // truncate cuts file name to size if it is longer, and reports the repair.
