@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -686,15 +685,15 @@ type maxBatchView struct {
 func (v *maxBatchView) MaxBatch() int { return v.max }
 
 // exactlyOnceView buffers what Map gets until StoreState, as a view that
-// writes its data and progress in one atomic step does, and checks at each
-// StoreState that the progress stored covers exactly what it has: what
-// earlier StoreStates wrote plus what is buffered. A StoreState that fails
-// (failStore says when) drops the buffer, as the indexer maps those
-// batches again after Retry.
+// writes its data and progress in one atomic step does. Each feed's
+// entries must come in order, each once; at each StoreState the progress
+// stored must cover exactly what earlier StoreStates wrote plus what is
+// buffered. A StoreState that fails (failStore says when) drops the
+// buffer, as the indexer maps those batches again after Retry.
 type exactlyOnceView struct {
 	mu        sync.Mutex
-	durable   map[string]int // "key@seq" → times stored
-	pending   []string
+	durable   map[string]uint64 // per feed, the entries stored
+	pending   map[string]uint64 // per feed, the entries buffered past those
 	maps      int
 	stores    int
 	failStore func(n int) bool // n counts StoreState calls from 1
@@ -703,7 +702,7 @@ type exactlyOnceView struct {
 }
 
 func newExactlyOnceView() *exactlyOnceView {
-	return &exactlyOnceView{durable: map[string]int{}, mapped: make(chan struct{}, 1)}
+	return &exactlyOnceView{durable: map[string]uint64{}, pending: map[string]uint64{}, mapped: make(chan struct{}, 1)}
 }
 
 func (v *exactlyOnceView) MaxBatch() int { return 2 }
@@ -712,7 +711,11 @@ func (v *exactlyOnceView) Map(es []Entry) error {
 	v.mu.Lock()
 	v.maps++
 	for _, e := range es {
-		v.pending = append(v.pending, fmt.Sprintf("%x@%d", e.Key, e.Seq))
+		k := string(e.Key)
+		if want := v.durable[k] + v.pending[k]; e.Seq != want {
+			v.problems = append(v.problems, fmt.Sprintf("feed %x: mapped entry %d, want %d", e.Key[:4], e.Seq, want))
+		}
+		v.pending[k]++
 	}
 	v.mu.Unlock()
 	select {
@@ -729,7 +732,7 @@ func (v *exactlyOnceView) StoreState(b []byte) error {
 	defer v.mu.Unlock()
 	v.stores++
 	if v.failStore != nil && v.failStore(v.stores) {
-		v.pending = nil
+		clear(v.pending)
 		return errors.New("disk full")
 	}
 	st, err := decodeIndexState(b)
@@ -737,29 +740,20 @@ func (v *exactlyOnceView) StoreState(b []byte) error {
 		v.problems = append(v.problems, err.Error())
 		return err
 	}
-	covered := map[string]bool{}
+	for k, n := range v.pending {
+		v.durable[k] += n
+	}
+	clear(v.pending)
 	for k, spans := range st.feeds {
-		for _, s := range spans {
-			for seq := s.start; seq < s.end; seq++ {
-				covered[fmt.Sprintf("%x@%d", k, seq)] = true
-			}
+		if want := []span{{0, v.durable[k]}}; !slices.Equal(spans, want) {
+			v.problems = append(v.problems, fmt.Sprintf("store %d: feed %x: progress %v, want %v", v.stores, k[:4], spans, want))
 		}
 	}
-	next := maps.Clone(v.durable)
-	for _, e := range v.pending {
-		next[e]++
-	}
-	for e := range next {
-		if !covered[e] {
-			v.problems = append(v.problems, fmt.Sprintf("store %d: %s is buffered but the progress stored does not cover it", v.stores, e))
+	for k := range v.durable {
+		if _, ok := st.feeds[k]; !ok {
+			v.problems = append(v.problems, fmt.Sprintf("store %d: feed %x mapped but not in the progress stored", v.stores, k[:4]))
 		}
 	}
-	for e := range covered {
-		if next[e] == 0 {
-			v.problems = append(v.problems, fmt.Sprintf("store %d: progress covers %s, which was never mapped", v.stores, e))
-		}
-	}
-	v.durable, v.pending = next, nil
 	return nil
 }
 
@@ -768,10 +762,13 @@ func (v *exactlyOnceView) StoreState(b []byte) error {
 // the batches mapped until then, Ready and Pause wait for it, and a failed
 // StoreState loses nothing once retried.
 func TestDurableViewOverManyFeedsStoresProgressPerGroup(t *testing.T) {
-	const nfeeds, perFeed = 640, 6 // three batches of two per feed
+	const nfeeds, perFeed = 384, 6 // three batches of two per feed
 	feeds := make([]*Feed, nfeeds)
 	for i := range feeds {
-		feeds[i] = memFeed(t, slices.Repeat([]string{"v"}, perFeed)...)
+		feeds[i] = memFeed(t)
+		if _, err := feeds[i].Append(slices.Repeat([][]byte{[]byte("v")}, perFeed)...); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, tc := range []struct {
 		name      string
@@ -799,7 +796,7 @@ func TestDurableViewOverManyFeedsStoresProgressPerGroup(t *testing.T) {
 			}
 			v.mu.Lock()
 			if len(v.pending) > 0 {
-				t.Errorf("paused with %d entries mapped whose progress is not stored", len(v.pending))
+				t.Errorf("paused with entries of %d feeds mapped whose progress is not stored", len(v.pending))
 			}
 			v.mu.Unlock()
 			x.Resume()
@@ -823,20 +820,20 @@ func TestDurableViewOverManyFeedsStoresProgressPerGroup(t *testing.T) {
 				t.Fatalf("%d problems, first: %s", len(v.problems), v.problems[0])
 			}
 			if len(v.pending) > 0 {
-				t.Fatalf("Ready returned with %d entries whose progress is not stored", len(v.pending))
+				t.Fatalf("Ready returned with entries of %d feeds whose progress is not stored", len(v.pending))
 			}
-			if len(v.durable) != nfeeds*perFeed {
-				t.Fatalf("%d entries stored, want %d", len(v.durable), nfeeds*perFeed)
+			if len(v.durable) != nfeeds {
+				t.Fatalf("entries of %d feeds stored, want %d", len(v.durable), nfeeds)
 			}
-			for e, n := range v.durable {
-				if n != 1 {
-					t.Fatalf("%s stored %d times", e, n)
+			for k, n := range v.durable {
+				if n != perFeed {
+					t.Fatalf("feed %x: %d entries stored, want %d", k[:4], n, perFeed)
 				}
 			}
-			// 1,920 batches; a store per batch would be 1,920 of up to
-			// 640 feeds each. Groups grow with the feeds in the state
+			// 1,152 batches; a store per batch would be 1,152 of up to
+			// 384 feeds each. Groups grow with the feeds in the state
 			// (one batch per 64 feeds), so far fewer are made.
-			if v.stores > v.maps/3 {
+			if v.stores > v.maps/2 {
 				t.Fatalf("%d StoreState calls for %d batches", v.stores, v.maps)
 			}
 			t.Logf("%d batches, %d StoreState calls", v.maps, v.stores)
