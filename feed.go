@@ -83,9 +83,16 @@ type Feed struct {
 	onRepair func(Repair)
 	keyDirty bool // the key file is not synced yet; under writeMu
 
-	meta, data, tree, sigs, bits File // bits is nil for a writable feed
-	store                        Storage
-	older                        File // older signatures, opened on first use; under writeMu
+	meta                   File // the key file: open only while the feed is opened or its key unsynced
+	data, tree, sigs, bits File // the lazy files below; bits is nil for a writable feed
+	store                  Storage
+	older                  File // older signatures, opened on first use; under writeMu
+
+	// The files behind data, tree, sigs and bits: opened on first use, so
+	// that a feed nobody used since it was opened holds none.
+	lazy        [4]lazyFile
+	filesMu     sync.Mutex // opening and closing them
+	filesClosed bool       // under filesMu: the feed is closed
 
 	// writeMu serializes the writers (Append commits, Put) and Close.
 	writeMu sync.Mutex
@@ -194,11 +201,15 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 	if f.secret != nil {
 		files = files[:3] // a writer holds every block below its length
 	}
-	for _, x := range files {
-		if *x.f, err = s.Open(prefix+x.name, true); err != nil {
+	for i, x := range files {
+		file, err := s.Open(prefix+x.name, true)
+		if err != nil {
 			return err
 		}
-		if err := f.checkHeader(*x.f, x.name, x.magic, x.rec, blank); err != nil {
+		f.lazy[i] = lazyFile{feed: f, name: x.name}
+		f.lazy[i].ref.Store(&fileRef{file})
+		*x.f = &f.lazy[i]
+		if err := f.checkHeader(file, x.name, x.magic, x.rec, blank); err != nil {
 			return err
 		}
 	}
@@ -215,10 +226,108 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 		return err
 	}
 	if !fresh && !f.keyDirty {
-		// The key file is read only here: an idle feed keeps it closed.
+		// The key file is read only here, and the others are opened
+		// again on first use: an idle feed keeps its files closed.
 		err := f.meta.Close()
 		f.meta = nil
+		for i := range f.lazy {
+			if rerr := f.lazy[i].release(); err == nil {
+				err = rerr
+			}
+		}
 		return err
+	}
+	return nil
+}
+
+// lazyFile is one of a feed's data, tree, signatures and bitfield files,
+// opened from the feed's storage on first use. It is part of the Feed.
+type lazyFile struct {
+	feed *Feed
+	name string // fileData etc.
+	ref  atomic.Pointer[fileRef]
+}
+
+type fileRef struct{ File }
+
+// get returns the open file, opening it if it is not.
+func (l *lazyFile) get() (File, error) {
+	if r := l.ref.Load(); r != nil {
+		return r.File, nil
+	}
+	f := l.feed
+	f.filesMu.Lock()
+	defer f.filesMu.Unlock()
+	if r := l.ref.Load(); r != nil {
+		return r.File, nil
+	}
+	if f.filesClosed {
+		return nil, fmt.Errorf("%s%s: %w", f.name, l.name, ErrClosed)
+	}
+	file, err := f.store.Open(f.name+l.name, false)
+	if err != nil {
+		return nil, err
+	}
+	l.ref.Store(&fileRef{file})
+	return file, nil
+}
+
+// release closes the file, which the next use opens again. Only for a
+// feed that nothing else uses yet.
+func (l *lazyFile) release() error {
+	if r := l.ref.Swap(nil); r != nil {
+		return r.Close()
+	}
+	return nil
+}
+
+func (l *lazyFile) ReadAt(p []byte, off int64) (int, error) {
+	file, err := l.get()
+	if err != nil {
+		return 0, err
+	}
+	return file.ReadAt(p, off)
+}
+
+func (l *lazyFile) WriteAt(p []byte, off int64) (int, error) {
+	file, err := l.get()
+	if err != nil {
+		return 0, err
+	}
+	return file.WriteAt(p, off)
+}
+
+func (l *lazyFile) Truncate(size int64) error {
+	file, err := l.get()
+	if err != nil {
+		return err
+	}
+	return file.Truncate(size)
+}
+
+func (l *lazyFile) Size() (int64, error) {
+	file, err := l.get()
+	if err != nil {
+		return 0, err
+	}
+	return file.Size()
+}
+
+func (l *lazyFile) Sync() error {
+	file, err := l.get()
+	if err != nil {
+		return err
+	}
+	return file.Sync()
+}
+
+// Close closes the file if it is open; the feed must be marked closed
+// first, so that nothing opens it again.
+func (l *lazyFile) Close() error {
+	l.feed.filesMu.Lock()
+	defer l.feed.filesMu.Unlock()
+	if r := l.ref.Swap(nil); r != nil {
+		return r.Close()
 	}
 	return nil
 }
@@ -1953,6 +2062,9 @@ func (f *Feed) Close() error {
 }
 
 func (f *Feed) closeFiles() error {
+	f.filesMu.Lock()
+	f.filesClosed = true
+	f.filesMu.Unlock()
 	var first error
 	for _, file := range []File{f.meta, f.data, f.tree, f.sigs, f.bits, f.older} {
 		if file == nil {

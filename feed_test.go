@@ -713,3 +713,76 @@ func TestTreeRecordCopiedElsewhereIsDetected(t *testing.T) {
 		t.Fatalf("get of entry 0 returned %q, %v; want ErrCorrupt", v, err)
 	}
 }
+
+// A feed opened from storage holds its data, tree and signatures files
+// closed until first used. Its first readers and writers, racing each
+// other and Close, open them once, see what was stored, and after Close
+// fail with ErrClosed.
+func TestReopenedFeedOpensItsFilesOnFirstUse(t *testing.T) {
+	for _, kind := range []string{"dir", "mem"} {
+		t.Run(kind, func(t *testing.T) {
+			var s Storage = NewMemStorage()
+			if kind == "dir" {
+				d, err := OpenDir(t.TempDir(), &DirOptions{NoSync: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { d.Close() })
+				s = d
+			}
+			w, err := OpenFeed(s, "f/", &FeedOptions{NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 20 {
+				mustAppend(t, w, fmt.Sprint(i))
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			for round := range 20 {
+				f, err := OpenFeed(s, "f/", &FeedOptions{NoSync: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var wg sync.WaitGroup
+				for g := range 4 {
+					wg.Go(func() {
+						vals, err := f.GetBatch(context.Background(), 0, 20)
+						if err != nil {
+							if round%2 == 1 && errors.Is(err, ErrClosed) {
+								return // Close won the race
+							}
+							t.Errorf("round %d reader %d: %v", round, g, err)
+							return
+						}
+						for i, v := range vals {
+							if string(v) != fmt.Sprint(i) {
+								t.Errorf("round %d: entry %d is %q", round, i, v)
+							}
+						}
+					})
+				}
+				if round%2 == 1 {
+					f.Close() // while the readers open the files
+				}
+				wg.Wait()
+				if err := f.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := f.Get(context.Background(), 0); !errors.Is(err, ErrClosed) {
+					t.Fatalf("round %d: Get after Close: %v, want ErrClosed", round, err)
+				}
+			}
+			f, err := OpenFeed(s, "f/", &FeedOptions{NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			mustAppend(t, f, "20") // the first use is a write
+			if v, err := f.Get(context.Background(), 20); err != nil || string(v) != "20" {
+				t.Fatalf("entry 20: %q, %v", v, err)
+			}
+		})
+	}
+}
