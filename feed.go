@@ -77,7 +77,6 @@ type Feed struct {
 	name     string // prefix in storage, for errors
 	key      ed25519.PublicKey
 	secret   ed25519.PrivateKey // nil for a replica
-	dkey     [32]byte
 	noSync   bool
 	enc      Encoding // normalized
 	onRepair func(Repair)
@@ -170,6 +169,7 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 		f.closeFiles()
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
+	f.onRepair = nil // repairs are made only while opening
 	return f, nil
 }
 
@@ -186,7 +186,6 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 	if err != nil {
 		return err
 	}
-	f.dkey = DiscoveryKey(f.key)
 	files := []struct {
 		f     *File
 		name  string
@@ -206,7 +205,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 		if err != nil {
 			return err
 		}
-		f.lazy[i] = lazyFile{feed: f, name: x.name}
+		f.lazy[i] = lazyFile{feed: f, kind: uint8(i)}
 		f.lazy[i].ref.Store(&fileRef{file})
 		*x.f = &f.lazy[i]
 		if err := f.checkHeader(file, x.name, x.magic, x.rec, blank); err != nil {
@@ -244,9 +243,11 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 // opened from the feed's storage on first use. It is part of the Feed.
 type lazyFile struct {
 	feed *Feed
-	name string // fileData etc.
+	kind uint8 // index in lazyFileNames
 	ref  atomic.Pointer[fileRef]
 }
+
+var lazyFileNames = [...]string{fileData, fileTree, fileSignatures, fileBitfield}
 
 type fileRef struct{ File }
 
@@ -261,10 +262,11 @@ func (l *lazyFile) get() (File, error) {
 	if r := l.ref.Load(); r != nil {
 		return r.File, nil
 	}
+	name := f.name + lazyFileNames[l.kind]
 	if f.filesClosed {
-		return nil, fmt.Errorf("%s%s: %w", f.name, l.name, ErrClosed)
+		return nil, fmt.Errorf("%s: %w", name, ErrClosed)
 	}
-	file, err := f.store.Open(f.name+l.name, false)
+	file, err := f.store.Open(name, false)
 	if err != nil {
 		return nil, err
 	}
@@ -841,7 +843,7 @@ func (f *Feed) readRoots(length uint64) ([]storedNode, error) {
 func (f *Feed) Key() ed25519.PublicKey { return f.key }
 
 // DiscoveryKey returns the feed's discovery key; see DiscoveryKey.
-func (f *Feed) DiscoveryKey() [32]byte { return f.dkey }
+func (f *Feed) DiscoveryKey() [32]byte { return DiscoveryKey(f.key) }
 
 // Writable reports whether the feed holds its secret key.
 func (f *Feed) Writable() bool { return f.secret != nil }
