@@ -108,7 +108,7 @@ type Feed struct {
 	byteLen  uint64
 	roots    []storedNode
 	sig      []byte
-	have     bitset                        // replicas only: the blocks held
+	have     *bitset                       // replicas only: the blocks held
 	bitPages uint64                        // pages in the bitfield file; under writeMu
 	changed  atomic.Pointer[chan struct{}] // closed on a change if waiting > 0; made by the first waiter
 	waiting  atomic.Int32                  // calls blocked in wait
@@ -199,6 +199,8 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
 	}
 	if f.secret != nil {
 		files = files[:3] // a writer holds every block below its length
+	} else {
+		f.have = new(bitset)
 	}
 	for i, x := range files {
 		file, err := s.Open(prefix+x.name, true)
@@ -1443,7 +1445,7 @@ func (f *Feed) publish(length, byteLen uint64, roots []storedNode, sig []byte, g
 		f.length, f.byteLen, f.roots, f.sig = length, byteLen, roots, sig
 	}
 	if got != nil {
-		got(&f.have)
+		got(f.have)
 	}
 	// Waiters announce themselves under the read lock, so one that missed
 	// this change is counted.
