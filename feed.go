@@ -900,6 +900,27 @@ func (f *Feed) NextMissing(seq uint64) uint64 {
 	return f.have.nextClear(seq, f.length)
 }
 
+// presentSpans returns the runs of entries below end (and the length) that
+// are stored locally, in order, read under one lock.
+func (f *Feed) presentSpans(end uint64) []span {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	end = min(end, f.length)
+	if f.bits == nil {
+		if end == 0 {
+			return nil
+		}
+		return []span{{0, end}}
+	}
+	var out []span
+	for s := f.have.nextSet(0, end); s < end; {
+		e := f.have.nextClear(s, end)
+		out = append(out, span{s, e})
+		s = f.have.nextSet(e, end)
+	}
+	return out
+}
+
 // NextPresent returns the first entry at or after seq that is stored
 // locally, or Len if there is none.
 func (f *Feed) NextPresent(seq uint64) uint64 {

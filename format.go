@@ -287,7 +287,13 @@ func (st *indexState) encode() []byte {
 
 // appendFeedState appends one feed's part of an encoded indexState.
 func appendFeedState(b []byte, key string, spans []span) []byte {
-	b = append(b, key...)
+	return appendSpans(append(b, key...), spans)
+}
+
+// appendSpans appends sorted, disjoint spans as the index state and the
+// have message encode them: their count, then per span the gap since the
+// previous one's end (or 0) and its length, each a uvarint.
+func appendSpans(b []byte, spans []span) []byte {
 	b = binary.AppendUvarint(b, uint64(len(spans)))
 	var prev uint64
 	for _, s := range spans {

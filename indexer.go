@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -380,13 +381,7 @@ type feedTarget struct {
 func presentNow(feeds []*Feed) []feedTarget {
 	var out []feedTarget
 	for _, f := range feeds {
-		t := feedTarget{key: string(f.Key())}
-		n := f.Len()
-		for s := f.NextPresent(0); s < n; {
-			e := f.NextMissing(s)
-			t.spans = append(t.spans, span{s, e})
-			s = f.NextPresent(e)
-		}
+		t := feedTarget{key: string(f.Key()), spans: f.presentSpans(math.MaxUint64)}
 		if len(t.spans) > 0 {
 			out = append(out, t)
 		}
@@ -778,14 +773,19 @@ func (x *Index) drain(done <-chan struct{}) {
 		m, err := x.mapBatch(b)
 		x.mu.Lock()
 		b.p.reading = false
+		if m != nil {
+			// The feed's next batch starts past this one, but the
+			// batch counts (for Ready and Status) only once commit
+			// stored it.
+			m.p.spans = m.p.with(span{m.start, m.end})
+			group = append(group, m)
+			groupBytes += m.bytes
+		}
+		full := len(group) >= x.groupLimitLocked() || groupBytes >= bytesAhead
 		x.mu.Unlock()
 		// The feed may have more: its turn comes again after the others'.
 		// After an error this is the batch that Retry retries.
 		x.queue(b.p, false)
-		if m != nil {
-			group = append(group, m)
-			groupBytes += m.bytes
-		}
 		if err != nil {
 			// What the group mapped before is stored first.
 			if commit() && !errors.Is(err, ErrClosed) {
@@ -793,9 +793,6 @@ func (x *Index) drain(done <-chan struct{}) {
 			}
 			return
 		}
-		x.mu.Lock()
-		full := len(group) >= x.groupLimitLocked() || groupBytes >= bytesAhead
-		x.mu.Unlock()
 		if full && !commit() {
 			return
 		}
@@ -839,9 +836,9 @@ type mappedBatch struct {
 	bad        []error // entries left out
 }
 
-// mapBatch maps the entries of b and records the progress, to be stored by
-// commit. It returns no batch for a feed that could not be read (which is
-// reported and skipped) or when Map failed.
+// mapBatch maps the entries of b, for drain to add to its group. It
+// returns no batch for a feed that could not be read (which is reported and
+// skipped) or when Map failed.
 func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 	p, start, end := b.p, b.start, b.end
 	key := p.feed.Key()
@@ -880,11 +877,6 @@ func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 			m.bytes += uint64(len(e.Value))
 		}
 	}
-	// The next batch of the feed starts past this one, but the batch
-	// counts (for Ready and Status) only once commit stored it.
-	x.mu.Lock()
-	p.spans = p.with(span{start, end})
-	x.mu.Unlock()
 	return m, nil
 }
 
@@ -895,9 +887,11 @@ func (x *Index) commit(group []*mappedBatch) error {
 	if len(group) == 0 {
 		return nil
 	}
-	var feeds []*feedProgress
+	var feeds []*feedProgress // each once
+	seen := make(map[*feedProgress]bool, len(group))
 	for _, m := range group {
-		if !slices.Contains(feeds, m.p) {
+		if !seen[m.p] {
+			seen[m.p] = true
 			feeds = append(feeds, m.p)
 		}
 	}

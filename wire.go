@@ -872,20 +872,9 @@ func (s *session) sendHave(f *Feed) {
 	s.sentHave[f] = st
 	msg := binary.AppendUvarint([]byte{msgHave}, s.mineID[f])
 	msg = binary.AppendUvarint(msg, st.length)
-	var ranges []span
-	for a := f.NextPresent(0); a < st.length; {
-		b := f.NextMissing(a)
-		ranges = append(ranges, span{a, b})
-		a = f.NextPresent(b)
-	}
-	msg = binary.AppendUvarint(msg, uint64(len(ranges)))
-	var prev uint64
-	for _, r := range ranges {
-		msg = binary.AppendUvarint(msg, r.start-prev)
-		msg = binary.AppendUvarint(msg, r.end-r.start)
-		prev = r.end
-	}
-	s.send(msg)
+	// Ranges stop at the length sent, even if the feed grew meanwhile:
+	// the peer rejects a range past it.
+	s.send(appendSpans(msg, f.presentSpans(st.length)))
 }
 
 // decoder reads the fields of one message.

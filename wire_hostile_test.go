@@ -203,14 +203,7 @@ func feedMsg(id uint64, key []byte) []byte {
 func haveMsg(id, length uint64, ranges ...span) []byte {
 	msg := binary.AppendUvarint([]byte{msgHave}, id)
 	msg = binary.AppendUvarint(msg, length)
-	msg = binary.AppendUvarint(msg, uint64(len(ranges)))
-	var prev uint64
-	for _, r := range ranges {
-		msg = binary.AppendUvarint(msg, r.start-prev)
-		msg = binary.AppendUvarint(msg, r.end-r.start)
-		prev = r.end
-	}
-	return msg
+	return appendSpans(msg, ranges)
 }
 
 func requestMsg(id, start, end, known uint64) []byte {
