@@ -1,7 +1,6 @@
 package kappa
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -479,23 +478,10 @@ func benchmarkIndex(b *testing.B, feeds, perFeed int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	value := bytes.Repeat([]byte{'v'}, 100)
-	vals := make([][]byte, 1000)
-	for i := range vals {
-		vals[i] = value
+	writeBenchFeeds(b, c, feeds, perFeed, benchValueSize)
+	if err := c.Close(); err != nil {
+		b.Fatal(err)
 	}
-	for f := range feeds {
-		w, err := c.Writer(fmt.Sprint("w", f))
-		if err != nil {
-			b.Fatal(err)
-		}
-		for left := perFeed; left > 0; left -= len(vals) {
-			if _, err := w.Append(vals[:min(left, len(vals))]...); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-	c.Close()
 	total := feeds * perFeed
 	var heap uint64
 	b.ResetTimer()
@@ -740,8 +726,9 @@ func BenchmarkIndex10kFeedsOneBusy(b *testing.B) {
 // BenchmarkRefTLSLoopback is the reference: what TLS alone moves over the
 // same kind of connection.
 
-// benchReplicateSources holds the source databases built so far, by name.
-var benchReplicateSources struct {
+// benchDBs holds the fixture databases built so far in this process, by
+// name: creating 10,000 writers takes seconds.
+var benchDBs struct {
 	mu    sync.Mutex
 	built map[string]benchSource
 }
@@ -751,15 +738,17 @@ type benchSource struct {
 	key []byte // its shared key
 }
 
-// benchReplicateSource returns the directory and shared key of a database
-// of feeds writers, each of perFeed entries of size bytes, building it in
-// the fixture directory if this process has not yet.
-func benchReplicateSource(b *testing.B, feeds, perFeed, size int) benchSource {
+// benchDB returns the directory and shared key of a database (directory
+// storage, NoSync) of feeds writers named "w0", "w1"…, each of perFeed
+// entries of size bytes, building it under the fixture directory (see
+// benchFixtures) if this process has not yet. Benchmarks that change the
+// database use a name of their own.
+func benchDB(b *testing.B, name string, feeds, perFeed, size int) benchSource {
 	b.Helper()
-	fx := &benchReplicateSources
+	fx := &benchDBs
 	fx.mu.Lock()
 	defer fx.mu.Unlock()
-	name := fmt.Sprintf("replicate-%dx%dx%d", feeds, perFeed, size)
+	name = fmt.Sprintf("%s-%dx%dx%d", name, feeds, perFeed, size)
 	if src, ok := fx.built[name]; ok {
 		return src
 	}
@@ -768,7 +757,28 @@ func benchReplicateSource(b *testing.B, feeds, perFeed, size int) benchSource {
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Appends of at most 1,000 entries and 16 MiB each.
+	writeBenchFeeds(b, c, feeds, perFeed, size)
+	src := benchSource{dir: dir, key: c.SharedKey()}
+	if err := c.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if fx.built == nil {
+		fx.built = make(map[string]benchSource)
+	}
+	fx.built[name] = src
+	return src
+}
+
+// benchIndexDB is benchDB of entries of benchValueSize bytes, for the
+// indexer benchmarks: its directory.
+func benchIndexDB(b *testing.B, name string, feeds, perFeed int) string {
+	return benchDB(b, "index-"+name, feeds, perFeed, benchValueSize).dir
+}
+
+// writeBenchFeeds adds writers "w0", "w1"… to c, each with perFeed entries
+// of size bytes, in appends of at most 1,000 entries and 16 MiB.
+func writeBenchFeeds(b *testing.B, c *Core, feeds, perFeed, size int) {
+	b.Helper()
 	vals := benchValues(min(perFeed, benchBatch, max(1, 16<<20/size)), size)
 	for i := range feeds {
 		w, err := c.Writer(fmt.Sprint("w", i))
@@ -781,21 +791,12 @@ func benchReplicateSource(b *testing.B, feeds, perFeed, size int) benchSource {
 			}
 		}
 	}
-	src := benchSource{dir: dir, key: c.SharedKey()}
-	if err := c.Close(); err != nil {
-		b.Fatal(err)
-	}
-	if fx.built == nil {
-		fx.built = make(map[string]benchSource)
-	}
-	fx.built[name] = src
-	return src
 }
 
 // benchmarkReplicate replicates a source of feeds×perFeed entries of size
 // bytes into a fresh database per iteration.
 func benchmarkReplicate(b *testing.B, feeds, perFeed, size int) {
-	fixture := benchReplicateSource(b, feeds, perFeed, size)
+	fixture := benchDB(b, "replicate", feeds, perFeed, size)
 	src, err := Open(fixture.dir, &Options{NoSync: true})
 	if err != nil {
 		b.Fatal(err)

@@ -15,52 +15,6 @@ import (
 	"time"
 )
 
-// Databases of many feeds for the indexer benchmarks, built once per
-// process under the fixture directory (see benchFixtures): creating 10,000
-// writers takes seconds.
-var benchIndexDBs struct {
-	mu    sync.Mutex
-	built map[string]string
-}
-
-// benchIndexDB returns the directory of a database (on directory storage,
-// NoSync) of feeds writers named "w0", "w1"… of perFeed entries of
-// benchValueSize bytes each. Benchmarks that change the database use their
-// own name.
-func benchIndexDB(b *testing.B, name string, feeds, perFeed int) string {
-	b.Helper()
-	fx := &benchIndexDBs
-	fx.mu.Lock()
-	defer fx.mu.Unlock()
-	key := fmt.Sprintf("index-%s-%dx%d", name, feeds, perFeed)
-	if dir, ok := fx.built[key]; ok {
-		return dir
-	}
-	dir := filepath.Join(benchFixtureStorage(b).Dir(), key)
-	c, err := Open(dir, &Options{NoSync: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	vals := benchValues(perFeed, benchValueSize)
-	for i := range feeds {
-		w, err := c.Writer(fmt.Sprint("w", i))
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := w.Append(vals...); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := c.Close(); err != nil {
-		b.Fatal(err)
-	}
-	if fx.built == nil {
-		fx.built = make(map[string]string)
-	}
-	fx.built[key] = dir
-	return dir
-}
-
 // heapSampler records the largest HeapInuse seen while it runs.
 type heapSampler struct {
 	stop chan struct{}
