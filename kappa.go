@@ -753,6 +753,7 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 		return nil, err
 	}
 	batch := map[string]int{} // jobs of this call, by name or key
+	jobOf := make([]int, len(reqs)) // per request without a feed yet, its job
 	for i, r := range reqs {
 		id := "k" + string(r.key)
 		if r.local {
@@ -768,8 +769,9 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 			out[i] = f
 			continue
 		}
-		if _, ok := batch[id]; ok {
-			continue // filled in once its feed is open
+		if j, ok := batch[id]; ok {
+			jobOf[i] = j // filled in once its feed is open
+			continue
 		}
 		opts := c.feedOptions()
 		key := r.key
@@ -815,6 +817,7 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 			flags = flagLocal
 		}
 		recs = append(recs, manifestRec(flags, key, r.name)...)
+		jobOf[i] = len(jobs)
 		batch[id] = len(jobs)
 		batch["k"+string(key)] = len(jobs)
 		jobs = append(jobs, openJob{prefix: prefix, opts: opts, name: r.name})
@@ -848,13 +851,9 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 	if openErr != nil {
 		return fail(openErr)
 	}
-	for i, r := range reqs {
+	for i := range out {
 		if out[i] == nil {
-			id := "k" + string(r.key)
-			if r.local {
-				id = "n" + r.name
-			}
-			out[i] = jobs[batch[id]].f
+			out[i] = jobs[jobOf[i]].f
 		}
 	}
 	if _, err := c.manifest.WriteAt(recs, int64(headerSize+c.slots*manifestRecord)); err != nil {
