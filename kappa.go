@@ -752,7 +752,7 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 		}
 		return nil, err
 	}
-	batch := map[string]int{} // jobs of this call, by name or key
+	batch := map[string]int{}       // jobs of this call, by name or key
 	jobOf := make([]int, len(reqs)) // per request without a feed yet, its job
 	for i, r := range reqs {
 		id := "k" + string(r.key)
