@@ -360,7 +360,12 @@ func (c *Core) load() error {
 	if _, err := c.manifest.ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
-	opened := c.openSlots(buf, n)
+	recs := make([]manifestEntry, n)
+	for i := range recs {
+		e := &recs[i]
+		e.flags, e.key, e.name, e.ok = decodeManifestRec(buf[i*manifestRecord : (i+1)*manifestRecord])
+	}
+	opened := c.openSlots(recs)
 	defer func() {
 		for _, j := range opened {
 			if j.f != nil { // not taken: load failed
@@ -369,9 +374,8 @@ func (c *Core) load() error {
 		}
 	}()
 	for i := range n {
-		rec := buf[i*manifestRecord : (i+1)*manifestRecord]
 		off := int64(headerSize + i*manifestRecord)
-		flags, key, name, ok := decodeManifestRec(rec)
+		flags, key, name, ok := recs[i].flags, recs[i].key, recs[i].name, recs[i].ok
 		if !ok {
 			_, hasData, err := slotState(c.store, i)
 			if err != nil {
@@ -479,19 +483,27 @@ type slotOpen struct {
 	repairs []Repair
 }
 
-// openSlots opens, side by side, the feeds of the first n manifest records
-// in buf whose key (and writer name) no earlier record names: opening one
+// manifestEntry is a decoded manifest record; see decodeManifestRec.
+type manifestEntry struct {
+	flags byte
+	key   []byte
+	name  string
+	ok    bool
+}
+
+// openSlots opens, side by side, the feeds of the manifest records whose
+// key (and writer name) no earlier record names: opening one
 // checks its signature, and needs nothing of the others. What each result
 // means is worked out by load in manifest order; a record that repeats an
 // earlier key or name is left to load, as it depends on how that one did.
-func (c *Core) openSlots(buf []byte, n int) []slotOpen {
-	out := make([]slotOpen, n)
+func (c *Core) openSlots(recs []manifestEntry) []slotOpen {
+	out := make([]slotOpen, len(recs))
 	keys, names := map[string]bool{}, map[string]bool{}
 	sem := make(chan struct{}, max(4, 2*runtime.GOMAXPROCS(0)))
 	var wg sync.WaitGroup
-	for i := range n {
-		flags, key, name, ok := decodeManifestRec(buf[i*manifestRecord : (i+1)*manifestRecord])
-		if !ok || flags&flagReserved != 0 {
+	for i, r := range recs {
+		flags, key, name := r.flags, r.key, r.name
+		if !r.ok || flags&flagReserved != 0 {
 			continue
 		}
 		local := flags&flagLocal != 0
