@@ -121,6 +121,24 @@ func openBusyOverlay(b *testing.B, dir, prefix string) *overlayStorage {
 // Tests of the indexer on its own (over a host that is not a Core), of
 // views over many feeds, and of progress and entries that do not fit.
 
+// errorLog collects what Options.OnError reports.
+type errorLog struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (l *errorLog) add(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.errs = append(l.errs, err)
+}
+
+func (l *errorLog) all() []error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.errs)
+}
+
 // fakeHost is an indexHost without a Core: a list of feeds and the
 // signals an index needs.
 type fakeHost struct {
@@ -128,7 +146,7 @@ type fakeHost struct {
 	feeds   []*Feed
 	changed chan struct{}
 	done    chan struct{}
-	errs    []error
+	log     errorLog // what the index reported
 	enc     Encoding
 }
 
@@ -158,17 +176,7 @@ func (h *fakeHost) add(f *Feed) {
 
 func (h *fakeHost) closing() <-chan struct{} { return h.done }
 
-func (h *fakeHost) report(err error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.errs = append(h.errs, err)
-}
-
-func (h *fakeHost) reported() []error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return slices.Clone(h.errs)
-}
+func (h *fakeHost) report(err error) { h.log.add(err) }
 
 func (h *fakeHost) valueEncoding() Encoding { return h.enc }
 
@@ -296,7 +304,7 @@ func TestIndexRunsOverAHostWithoutACore(t *testing.T) {
 	if st := x.Status(); st.State != ViewIdle || st.Indexed != 7 || st.Total != 7 {
 		t.Fatalf("status %+v", st)
 	}
-	if errs := h.reported(); len(errs) != 0 {
+	if errs := h.log.all(); len(errs) != 0 {
 		t.Fatalf("errors reported: %v", errs)
 	}
 }
@@ -347,13 +355,8 @@ func TestPauseReadyRetryAfterCloseReturnErrClosed(t *testing.T) {
 // Resume undoes a Pause and nothing else: a view stopped by an error stays
 // stopped, also when a Pause of it is rolled back, until Retry.
 func TestResumeDoesNotRestartAFailedViewRetryDoes(t *testing.T) {
-	var errs []error
-	var emu sync.Mutex
-	c, err := New(NewMemStorage(), &Options{OnError: func(err error) {
-		emu.Lock()
-		errs = append(errs, err)
-		emu.Unlock()
-	}})
+	var log errorLog
+	c, err := New(NewMemStorage(), &Options{OnError: log.add})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,9 +413,7 @@ func TestResumeDoesNotRestartAFailedViewRetryDoes(t *testing.T) {
 	if err := c.Ready(ctx); err != nil {
 		t.Fatal(err)
 	}
-	emu.Lock()
-	defer emu.Unlock()
-	if len(errs) == 0 || !errors.Is(errs[0], boom) || !strings.Contains(errs[0].Error(), `view "bad"`) {
+	if errs := log.all(); len(errs) == 0 || !errors.Is(errs[0], boom) || !strings.Contains(errs[0].Error(), `view "bad"`) {
 		t.Fatalf("OnError got %v", errs)
 	}
 }
@@ -422,29 +423,24 @@ func TestResumeDoesNotRestartAFailedViewRetryDoes(t *testing.T) {
 // appended after the cut.
 func TestStoredProgressPastAFeedsEndRebuildsTheView(t *testing.T) {
 	s := NewMemStorage()
-	var emu sync.Mutex
-	open := func(s Storage, noSync bool, errs *[]error) *Core {
+	var log errorLog
+	open := func(s Storage, noSync bool) *Core {
 		t.Helper()
-		c, err := New(s, &Options{NoSync: noSync, OnError: func(err error) {
-			emu.Lock()
-			*errs = append(*errs, err)
-			emu.Unlock()
-		}})
+		c, err := New(s, &Options{NoSync: noSync, OnError: log.add})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return c
 	}
 	ctx := scaleCtx(t)
-	var errs []error
 	// Five entries synced, then five more that a power loss takes away.
-	c := open(s, false, &errs)
+	c := open(s, false)
 	w, _ := c.Writer("w")
 	appendStrings(t, w, "0", "1", "2", "3", "4")
 	other, _ := c.Writer("other")
 	appendStrings(t, other, "o0")
 	c.Close()
-	c = open(s, true, &errs)
+	c = open(s, true)
 	v := statefulRecorder{newRecorder()}
 	c.Use("v", 1, v)
 	w, _ = c.Writer("w")
@@ -455,7 +451,7 @@ func TestStoredProgressPastAFeedsEndRebuildsTheView(t *testing.T) {
 	c.Close()
 
 	crashed := s.CrashClone(nil)
-	c = open(crashed, false, &errs)
+	c = open(crashed, false)
 	defer c.Close()
 	w, _ = c.Writer("w")
 	if w.Len() != 5 {
@@ -495,8 +491,7 @@ func TestStoredProgressPastAFeedsEndRebuildsTheView(t *testing.T) {
 		t.Fatalf("stored progress of the cut feed: %s", got)
 	}
 	var found bool
-	emu.Lock()
-	defer emu.Unlock()
+	errs := log.all()
 	for _, err := range errs {
 		msg := err.Error()
 		found = found || strings.Contains(msg, `view "v"`) && strings.Contains(msg, fmt.Sprintf("%x", w.Key()[:4])) && strings.Contains(msg, "rebuilding")
@@ -510,13 +505,8 @@ func TestStoredProgressPastAFeedsEndRebuildsTheView(t *testing.T) {
 // is left out of its batch, counted, and reported.
 func TestUndecodableEntryIsLeftOutAndReported(t *testing.T) {
 	src := memFeed(t, "1", "{bad", "3") // a Binary feed takes any bytes
-	var errs []error
-	var emu sync.Mutex
-	c, err := New(NewMemStorage(), &Options{ValueEncoding: JSON, OnError: func(err error) {
-		emu.Lock()
-		errs = append(errs, err)
-		emu.Unlock()
-	}})
+	var log errorLog
+	c, err := New(NewMemStorage(), &Options{ValueEncoding: JSON, OnError: log.add})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -543,8 +533,7 @@ func TestUndecodableEntryIsLeftOutAndReported(t *testing.T) {
 	if st := x.Status(); st.State != ViewIdle || st.Indexed != 3 || st.Total != 3 {
 		t.Fatalf("status %+v", st)
 	}
-	emu.Lock()
-	defer emu.Unlock()
+	errs := log.all()
 	want := fmt.Sprintf(`view "v": feed %x entry 1`, src.Key()[:4])
 	if len(errs) != 1 || !errors.Is(errs[0], ErrInvalidValue) || !strings.Contains(errs[0].Error(), want) {
 		t.Fatalf("OnError got %v, want one error containing %q", errs, want)
