@@ -13,20 +13,48 @@ import (
 // reopens descriptors often.
 type osFile struct{ fd int }
 
-// openOSFile opens path read-write; with create it creates the file, which
-// must not exist yet. Errors are *fs.PathError, as from os.OpenFile.
-func openOSFile(path string, create bool) (*osFile, error) {
+// rootDir is a DirStorage's directory. On Linux it is held open, and files
+// are opened relative to it: no path is built per open, and the kernel
+// walks only the name's own components.
+type rootDir struct {
+	path string
+	fd   int
+}
+
+func openRootDir(path string) (rootDir, error) {
+	for {
+		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+		if err == nil {
+			return rootDir{path: path, fd: fd}, nil
+		}
+		if err != syscall.EINTR {
+			return rootDir{}, &fs.PathError{Op: "open", Path: path, Err: err}
+		}
+	}
+}
+
+func (d rootDir) close() error {
+	if err := syscall.Close(d.fd); err != nil {
+		return &fs.PathError{Op: "close", Path: d.path, Err: err}
+	}
+	return nil
+}
+
+// open opens name (slash-separated, relative to d) read-write; with
+// create it creates the file, which must not exist yet. Errors are
+// *fs.PathError, as from os.OpenFile.
+func (d rootDir) open(name string, create bool) (*osFile, error) {
 	flags := syscall.O_RDWR | syscall.O_CLOEXEC
 	if create {
 		flags |= syscall.O_CREAT | syscall.O_EXCL
 	}
 	for {
-		fd, err := syscall.Open(path, flags, 0o644)
+		fd, err := syscall.Openat(d.fd, name, flags, 0o644)
 		if err == nil {
 			return &osFile{fd: fd}, nil
 		}
 		if err != syscall.EINTR {
-			return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+			return nil, &fs.PathError{Op: "open", Path: d.path + "/" + name, Err: err}
 		}
 	}
 }

@@ -2,14 +2,29 @@
 
 package kappa
 
-import "os"
+import (
+	"os"
+	"path/filepath"
+)
 
 // osFile is one open descriptor of a DirStorage file.
 type osFile struct{ *os.File }
 
-// openOSFile opens path read-write; with create it creates the file, which
-// must not exist yet.
-func openOSFile(path string, create bool) (*osFile, error) {
+// rootDir is a DirStorage's directory.
+type rootDir struct{ path string }
+
+func openRootDir(path string) (rootDir, error) { return rootDir{path: path}, nil }
+
+func (d rootDir) close() error { return nil }
+
+// open opens name (slash-separated, relative to d) read-write; with create
+// it creates the file, which must not exist yet.
+func (d rootDir) open(name string, create bool) (*osFile, error) {
+	local, err := filepath.Localize(name)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: name, Err: err}
+	}
+	path := filepath.Join(d.path, local)
 	flags := os.O_RDWR
 	if create {
 		flags |= os.O_CREATE | os.O_EXCL

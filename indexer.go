@@ -668,10 +668,12 @@ func (x *Index) next() *feedProgress {
 // Batches drain reads ahead of the one it maps: at most batchesAhead, and
 // (by the feeds' mean entry size) about bytesAhead bytes, though always
 // one. A new view over many small feeds spends most of its time opening
-// and reading files, which several goroutines then do side by side.
+// and reading files, which up to readers goroutines then do side by side,
+// in the order drain maps them.
 const (
-	batchesAhead = 16
+	batchesAhead = 64
 	bytesAhead   = 4 << 20
+	readers      = 8
 )
 
 // batchRead is a batch read ahead of its turn to be mapped.
@@ -689,6 +691,13 @@ func (b *batchRead) read() {
 	close(b.done)
 }
 
+// readAll reads the batches of jobs in order, until it is closed.
+func readAll(jobs <-chan *batchRead) {
+	for b := range jobs {
+		b.read()
+	}
+}
+
 // drain maps batches until there is no work or the view is stopped. It
 // reads the next few batches, of other feeds, while it maps one. With
 // StateStorer, progress is stored for a group of batches at once (see
@@ -699,6 +708,11 @@ func (x *Index) drain(done <-chan struct{}) {
 	var aheadSize uint64
 	var group []*mappedBatch
 	var groupBytes uint64
+	// The readers, started as batches are read ahead; they end when drain
+	// does, after the batches it waits for below.
+	jobs := make(chan *batchRead, batchesAhead)
+	started := 0
+	defer close(jobs)
 	defer func() {
 		// Batches read but not mapped: their feeds go back to the queue.
 		for _, b := range ahead {
@@ -746,7 +760,11 @@ func (x *Index) drain(done <-chan struct{}) {
 			}
 			aheadSize += b.size
 			ahead = append(ahead, b)
-			go b.read()
+			if started < min(len(ahead), readers) {
+				started++
+				go readAll(jobs)
+			}
+			jobs <- b
 		}
 		if stop || len(ahead) == 0 {
 			x.mu.Unlock()

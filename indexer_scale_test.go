@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strings"
 	"sync"
@@ -22,17 +23,24 @@ type heapSampler struct {
 	peak uint64
 }
 
-// sampleHeap starts sampling HeapInuse every interval.
+// sampleHeap starts sampling HeapInuse every interval. It reads
+// runtime/metrics, which (unlike runtime.ReadMemStats) does not stop the
+// world, so that sampling does not slow what it measures.
 func sampleHeap(interval time.Duration) *heapSampler {
 	h := &heapSampler{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(h.done)
 		t := time.NewTicker(interval)
 		defer t.Stop()
-		var ms runtime.MemStats
+		// HeapInuse is the bytes of heap spans in use: objects, and
+		// the free space in their spans.
+		ms := []metrics.Sample{
+			{Name: "/memory/classes/heap/objects:bytes"},
+			{Name: "/memory/classes/heap/unused:bytes"},
+		}
 		for {
-			runtime.ReadMemStats(&ms)
-			h.peak = max(h.peak, ms.HeapInuse)
+			metrics.Read(ms)
+			h.peak = max(h.peak, ms[0].Value.Uint64()+ms[1].Value.Uint64())
 			select {
 			case <-h.stop:
 				return

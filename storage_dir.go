@@ -48,6 +48,12 @@ type DirStorage struct {
 	noSync bool
 	lock   *dirLock
 
+	// root is the directory, which files are opened relative to. rootMu
+	// keeps Close from closing it under an open.
+	root       rootDir
+	rootMu     sync.RWMutex
+	rootClosed bool // under rootMu
+
 	mu     sync.Mutex
 	cond   sync.Cond // on mu; signalled when a node's flushing drops
 	closed bool
@@ -167,8 +173,14 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open storage %s: %w", abs, unwrapPathError(err))
 	}
+	root, err := openRootDir(abs)
+	if err != nil {
+		lock.unlock()
+		return nil, fmt.Errorf("open storage %s: %w", abs, unwrapPathError(err))
+	}
 	s := &DirStorage{
 		dir:      abs,
+		root:     root,
 		max:      max,
 		noSync:   noSync,
 		lock:     lock,
@@ -181,10 +193,15 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 	return s, nil
 }
 
-// path returns the path of the file called name, a valid name.
-func (s *DirStorage) path(name string) string {
-	local, _ := filepath.Localize(name) // valid: checked by Open
-	return filepath.Join(s.dir, local)
+// openFile opens the file called name, a valid name, relative to the
+// storage's directory; see rootDir.open.
+func (s *DirStorage) openFile(name string, create bool) (*osFile, error) {
+	s.rootMu.RLock()
+	defer s.rootMu.RUnlock()
+	if s.rootClosed {
+		return nil, ErrClosed
+	}
+	return s.root.open(name, create)
 }
 
 // Dir returns the absolute path of the storage's directory.
@@ -200,7 +217,6 @@ func (s *DirStorage) Open(name string, create bool) (File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage %s: open %s: %w: %w", s.dir, name, err, fs.ErrInvalid)
 	}
-	path := filepath.Join(s.dir, local)
 	s.mu.Lock()
 	for {
 		if s.closed {
@@ -218,7 +234,7 @@ func (s *DirStorage) Open(name string, create bool) (File, error) {
 		// have unlinked what was opened: then open again.
 		gen := s.removes
 		s.mu.Unlock()
-		f, dirs, err := s.openPath(path, local, create)
+		f, dirs, err := s.openPath(name, local, create)
 		if err != nil {
 			return nil, fmt.Errorf("storage %s: open %s: %w", s.dir, name, unwrapPathError(err))
 		}
@@ -245,17 +261,19 @@ func (s *DirStorage) Open(name string, create bool) (File, error) {
 	}
 }
 
-// openPath opens path read-write. If it is missing and create is set, it
-// creates it and any missing parent directories, and returns the
-// directories whose entries changed (deepest first).
-func (s *DirStorage) openPath(path, local string, create bool) (*osFile, []string, error) {
-	f, err := openOSFile(path, false)
+// openPath opens the file called name (local, in the system's form)
+// read-write. If it is missing and create is set, it creates it and any
+// missing parent directories, and returns the directories whose entries
+// changed (deepest first).
+func (s *DirStorage) openPath(name, local string, create bool) (*osFile, []string, error) {
+	f, err := s.openFile(name, false)
 	if err == nil || !create || !errors.Is(err, fs.ErrNotExist) {
 		return f, nil, err
 	}
+	path := filepath.Join(s.dir, local)
 	var dirs []string
 	for try := 0; ; try++ {
-		f, err = openOSFile(path, true)
+		f, err = s.openFile(name, true)
 		if err == nil {
 			// The file's directory, then those holding the
 			// directories created, deepest first.
@@ -265,7 +283,7 @@ func (s *DirStorage) openPath(path, local string, create bool) (*osFile, []strin
 		}
 		if errors.Is(err, fs.ErrExist) {
 			// Created by someone else since the first try.
-			f, err = openOSFile(path, false)
+			f, err = s.openFile(name, false)
 			return f, nil, err
 		}
 		if try > 0 || !errors.Is(err, fs.ErrNotExist) {
@@ -365,6 +383,12 @@ func (s *DirStorage) Close() error {
 		}
 	}
 	s.mu.Unlock()
+	s.rootMu.Lock()
+	s.rootClosed = true
+	if err := s.root.close(); err != nil {
+		errs = append(errs, fmt.Errorf("storage %s: close: %w", s.dir, unwrapPathError(err)))
+	}
+	s.rootMu.Unlock()
 	if err := s.lock.unlock(); err != nil {
 		errs = append(errs, fmt.Errorf("storage %s: unlock: %w", s.dir, unwrapPathError(err)))
 	}
@@ -528,7 +552,7 @@ func (f *dirFile) acquire() (*dirHandle, error) {
 // acquireSlow reopens f's descriptor, outside the lock, and caches it.
 func (f *dirFile) acquireSlow() (*dirHandle, error) {
 	s := f.s
-	fd, err := openOSFile(s.path(f.n.name), false)
+	fd, err := s.openFile(f.n.name, false)
 	s.mu.Lock()
 	if uerr := f.usableLocked(); uerr != nil || err != nil {
 		s.mu.Unlock()
