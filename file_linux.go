@@ -43,7 +43,7 @@ func (d rootDir) close() error {
 // open opens name (slash-separated, relative to d) read-write; with
 // create it creates the file, which must not exist yet. Errors are
 // *fs.PathError, as from os.OpenFile.
-func (d rootDir) open(name string, create bool) (*osFile, error) {
+func (d rootDir) open(name string, create bool) (osFile, error) {
 	flags := syscall.O_RDWR | syscall.O_CLOEXEC
 	if create {
 		flags |= syscall.O_CREAT | syscall.O_EXCL
@@ -51,10 +51,10 @@ func (d rootDir) open(name string, create bool) (*osFile, error) {
 	for {
 		fd, err := syscall.Openat(d.fd, name, flags, 0o644)
 		if err == nil {
-			return &osFile{fd: fd}, nil
+			return osFile{fd: fd}, nil
 		}
 		if err != syscall.EINTR {
-			return nil, &fs.PathError{Op: "open", Path: d.path + "/" + name, Err: err}
+			return osFile{}, &fs.PathError{Op: "open", Path: d.path + "/" + name, Err: err}
 		}
 	}
 }

@@ -19,10 +19,10 @@ func (d rootDir) close() error { return nil }
 
 // open opens name (slash-separated, relative to d) read-write; with create
 // it creates the file, which must not exist yet.
-func (d rootDir) open(name string, create bool) (*osFile, error) {
+func (d rootDir) open(name string, create bool) (osFile, error) {
 	local, err := filepath.Localize(name)
 	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: name, Err: err}
+		return osFile{}, &os.PathError{Op: "open", Path: name, Err: err}
 	}
 	path := filepath.Join(d.path, local)
 	flags := os.O_RDWR
@@ -31,9 +31,9 @@ func (d rootDir) open(name string, create bool) (*osFile, error) {
 	}
 	f, err := os.OpenFile(path, flags, 0o644)
 	if err != nil {
-		return nil, err
+		return osFile{}, err
 	}
-	return &osFile{f}, nil
+	return osFile{f}, nil
 }
 
 // Size returns the file's size.

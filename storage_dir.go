@@ -96,7 +96,7 @@ type dirNode struct {
 // cache while it is in the list, and one for each operation using it; the
 // last reference to go closes it.
 type dirHandle struct {
-	f    *osFile
+	f    osFile
 	n    *dirNode
 	refs atomic.Int32
 	// needSync is set (under mu, before the cache's reference is dropped)
@@ -195,11 +195,11 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 
 // openFile opens the file called name, a valid name, relative to the
 // storage's directory; see rootDir.open.
-func (s *DirStorage) openFile(name string, create bool) (*osFile, error) {
+func (s *DirStorage) openFile(name string, create bool) (osFile, error) {
 	s.rootMu.RLock()
 	defer s.rootMu.RUnlock()
 	if s.rootClosed {
-		return nil, ErrClosed
+		return osFile{}, ErrClosed
 	}
 	return s.root.open(name, create)
 }
@@ -254,7 +254,8 @@ func (s *DirStorage) Open(name string, create bool) (File, error) {
 		h.refs.Store(1)
 		n.h = h
 		s.pushFront(h)
-		victims := s.evictLocked(nil)
+		var buf [1]*dirHandle
+		victims := s.evictLocked(buf[:0])
 		s.mu.Unlock()
 		s.finishAll(victims)
 		return &dirFile{s: s, n: n}, nil
@@ -265,7 +266,7 @@ func (s *DirStorage) Open(name string, create bool) (File, error) {
 // read-write. If it is missing and create is set, it creates it and any
 // missing parent directories, and returns the directories whose entries
 // changed (deepest first).
-func (s *DirStorage) openPath(name, local string, create bool) (*osFile, []string, error) {
+func (s *DirStorage) openPath(name, local string, create bool) (osFile, []string, error) {
 	f, err := s.openFile(name, false)
 	if err == nil || !create || !errors.Is(err, fs.ErrNotExist) {
 		return f, nil, err
@@ -287,7 +288,7 @@ func (s *DirStorage) openPath(name, local string, create bool) (*osFile, []strin
 			return f, nil, err
 		}
 		if try > 0 || !errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, err
+			return osFile{}, nil, err
 		}
 		// Create the missing parents, remembering which we made.
 		elems := strings.Split(filepath.Dir(local), string(filepath.Separator))
@@ -301,7 +302,7 @@ func (s *DirStorage) openPath(name, local string, create bool) (*osFile, []strin
 			if err := os.Mkdir(p, 0o755); err == nil {
 				dirs = append(dirs, parent)
 			} else if !errors.Is(err, fs.ErrExist) {
-				return nil, nil, err
+				return osFile{}, nil, err
 			}
 		}
 	}
@@ -556,7 +557,7 @@ func (f *dirFile) acquireSlow() (*dirHandle, error) {
 	s.mu.Lock()
 	if uerr := f.usableLocked(); uerr != nil || err != nil {
 		s.mu.Unlock()
-		if fd != nil {
+		if err == nil {
 			fd.Close()
 		}
 		if uerr != nil {
@@ -575,7 +576,8 @@ func (f *dirFile) acquireSlow() (*dirHandle, error) {
 	h.refs.Store(2) // the cache's and the caller's
 	f.n.h = h
 	s.pushFront(h)
-	victims := s.evictLocked(nil)
+	var buf [1]*dirHandle // one in, usually one out
+	victims := s.evictLocked(buf[:0])
 	s.mu.Unlock()
 	s.finishAll(victims)
 	return h, nil
