@@ -798,6 +798,11 @@ func (x *Index) drain(done <-chan struct{}) {
 			m.p.spans = m.p.with(span{m.start, m.end})
 			group = append(group, m)
 			groupBytes += m.bytes
+		} else if err == nil {
+			// The feed broke. In the step that releases who waited
+			// for it, no batch is in flight unless the group has one.
+			x.busy = len(group) > 0
+			x.checkWaitersLocked(b.p.key)
 		}
 		full := len(group) >= x.groupLimitLocked() || groupBytes >= bytesAhead
 		x.mu.Unlock()
@@ -865,11 +870,10 @@ func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 		if errors.Is(err, ErrClosed) {
 			return nil, err
 		}
-		x.mu.Lock()
-		p.broken = true
-		x.checkWaitersLocked(p.key)
-		x.mu.Unlock()
 		x.host.report(fmt.Errorf("view %q: feed %x skipped: %w", x.name, key[:4], err))
+		x.mu.Lock()
+		p.broken = true // drain releases the Ready calls waiting for it
+		x.mu.Unlock()
 		return nil, nil
 	}
 	m := &mappedBatch{p: p, start: start, end: end}
@@ -952,6 +956,12 @@ func (x *Index) commit(group []*mappedBatch) error {
 	for _, p := range feeds {
 		p.saved = p.spans
 		x.checkWaitersLocked(p.key)
+	}
+	// In the same step as the waiters are released: a Ready that
+	// returned is followed by a Status without a batch in flight.
+	x.busy = false
+	if x.paused > 0 {
+		x.changedLocked() // Pause waits for the batches to end
 	}
 	x.mu.Unlock()
 	return nil

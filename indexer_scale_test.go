@@ -791,3 +791,35 @@ func TestDurableViewOverManyFeedsStoresProgressPerGroup(t *testing.T) {
 		})
 	}
 }
+
+// Ready releases its caller in the same step as the view's batch counts,
+// so a Status right after it says idle: no batch in flight, nothing left.
+// (Before, Status could say "indexing" with every entry indexed, for the
+// moment between the two.) Each round widens that window if it exists.
+func TestStatusAfterReadyIsIdle(t *testing.T) {
+	ctx := scaleCtx(t)
+	for _, durable := range []bool{false, true} {
+		c, err := New(NewMemStorage(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var view View = newRecorder()
+		if durable {
+			view = statefulRecorder{newRecorder()}
+		}
+		x := mustUse(t, c, "v", 1, view)
+		w := mustWriter(t, c, "w")
+		for i := range 200 {
+			appendStrings(t, w, fmt.Sprint(i))
+			if err := c.Ready(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if st := x.Status(); st.State != ViewIdle || st.Indexed != uint64(i+1) || st.Total != uint64(i+1) {
+				t.Fatalf("durable=%v, after Ready of entry %d: status %+v", durable, i, st)
+			}
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
