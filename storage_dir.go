@@ -263,6 +263,10 @@ func (s *DirStorage) Open(name string, create bool) (File, error) {
 	}
 }
 
+// maxCreateTries bounds how often openPath creates a file again that a
+// concurrent Remove deleted between its create and its open.
+const maxCreateTries = 16
+
 // openPath opens the file called name (local, in the system's form)
 // read-write. If it is missing and create is set, it creates it and any
 // missing parent directories, and returns the directories whose entries
@@ -274,6 +278,7 @@ func (s *DirStorage) openPath(name, local string, create bool) (osFile, []string
 	}
 	path := filepath.Join(s.dir, local)
 	var dirs []string
+	madeParents := false
 	for try := 0; ; try++ {
 		f, err = s.openFile(name, true)
 		if err == nil {
@@ -284,13 +289,18 @@ func (s *DirStorage) openPath(name, local string, create bool) (osFile, []string
 			return f, dirs, nil
 		}
 		if errors.Is(err, fs.ErrExist) {
-			// Created by someone else since the first try.
+			// Created by someone else since the first try; if it
+			// was removed again before we opened it, create it.
 			f, err = s.openFile(name, false)
-			return f, nil, err
+			if err == nil || !errors.Is(err, fs.ErrNotExist) || try >= maxCreateTries {
+				return f, nil, err
+			}
+			continue
 		}
-		if try > 0 || !errors.Is(err, fs.ErrNotExist) {
+		if madeParents || !errors.Is(err, fs.ErrNotExist) {
 			return osFile{}, nil, err
 		}
+		madeParents = true
 		// Create the missing parents, remembering which we made.
 		elems := strings.Split(filepath.Dir(local), string(filepath.Separator))
 		p := s.dir
