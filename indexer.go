@@ -728,12 +728,6 @@ func (x *Index) drain(done <-chan struct{}) {
 	commit := func() bool {
 		err := x.commit(group)
 		group, groupBytes = group[:0], 0
-		x.mu.Lock()
-		x.busy = false // who sees the batches counted sees none in flight
-		if x.paused > 0 {
-			x.changedLocked() // Pause waits for the batches to end
-		}
-		x.mu.Unlock()
 		if err != nil && !errors.Is(err, ErrClosed) {
 			x.fail(err)
 		}
@@ -801,7 +795,9 @@ func (x *Index) drain(done <-chan struct{}) {
 		} else if err == nil {
 			// The feed broke. In the step that releases who waited
 			// for it, no batch is in flight unless the group has one.
-			x.busy = len(group) > 0
+			if len(group) == 0 {
+				x.endBatchesLocked()
+			}
 			x.checkWaitersLocked(b.p.key)
 		}
 		full := len(group) >= x.groupLimitLocked() || groupBytes >= bytesAhead
@@ -902,11 +898,14 @@ func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 	return m, nil
 }
 
-// commit stores the progress of the batches mapped, then counts them. If
-// storing fails, their feeds' progress goes back to what was stored, so
-// that Retry maps them again.
+// commit stores the progress of the batches mapped, then counts them, and
+// ends the batches in flight. If storing fails, their feeds' progress goes
+// back to what was stored, so that Retry maps them again.
 func (x *Index) commit(group []*mappedBatch) error {
 	if len(group) == 0 {
+		x.mu.Lock()
+		x.endBatchesLocked()
+		x.mu.Unlock()
 		return nil
 	}
 	var feeds []*feedProgress // each once
@@ -932,6 +931,7 @@ func (x *Index) commit(group []*mappedBatch) error {
 				x.setSegLocked(p, old[i])
 				p.spans = p.saved
 			}
+			x.endBatchesLocked()
 			x.mu.Unlock()
 			return fmt.Errorf("store state: %w", err)
 		}
@@ -959,12 +959,18 @@ func (x *Index) commit(group []*mappedBatch) error {
 	}
 	// In the same step as the waiters are released: a Ready that
 	// returned is followed by a Status without a batch in flight.
-	x.busy = false
-	if x.paused > 0 {
-		x.changedLocked() // Pause waits for the batches to end
-	}
+	x.endBatchesLocked()
 	x.mu.Unlock()
 	return nil
+}
+
+// endBatchesLocked records that no batch is in flight, and wakes a Pause
+// waiting for that.
+func (x *Index) endBatchesLocked() {
+	x.busy = false
+	if x.paused > 0 {
+		x.changedLocked()
+	}
 }
 
 // sortSegsLocked adds feeds to segs, the feeds in the stored state in key

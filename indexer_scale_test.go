@@ -162,6 +162,18 @@ func newFakeHost(enc Encoding, feeds ...*Feed) *fakeHost {
 	return &fakeHost{feeds: feeds, changed: make(chan struct{}), done: make(chan struct{}), enc: enc}
 }
 
+// startIndex starts view "v" (version 1) over h; the test's end closes h
+// and waits for the view to stop.
+func startIndex(t *testing.T, h *fakeHost, view View) *Index {
+	x := newIndex(h, "v", 1, view)
+	x.start()
+	t.Cleanup(func() {
+		close(h.done)
+		x.wait()
+	})
+	return x
+}
+
 func (h *fakeHost) Feeds() []*Feed {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -283,12 +295,7 @@ func TestIndexRunsOverAHostWithoutACore(t *testing.T) {
 	a, b := memFeed(t, "a0", "a1", "a2"), memFeed(t, "b0")
 	h := newFakeHost(Binary, a, b)
 	v := newRecorder()
-	x := newIndex(h, "v", 1, v)
-	x.start()
-	defer func() {
-		close(h.done)
-		x.wait()
-	}()
+	x := startIndex(t, h, v)
 	ctx := scaleCtx(t)
 	if err := x.Ready(ctx); err != nil {
 		t.Fatal(err)
@@ -732,12 +739,7 @@ func TestDurableViewOverManyFeedsStoresProgressPerGroup(t *testing.T) {
 			h := newFakeHost(Binary, feeds...)
 			v := newExactlyOnceView()
 			v.failStore = tc.failStore
-			x := newIndex(h, "v", 1, v)
-			x.start()
-			defer func() {
-				close(h.done)
-				x.wait()
-			}()
+			x := startIndex(t, h, v)
 			ctx := scaleCtx(t)
 
 			// Pause waits until what was mapped is stored.

@@ -404,9 +404,6 @@ func (c *Core) load() error {
 		}
 		key = bytes.Clone(key)
 		local := flags&flagLocal != 0
-		o := c.feedOptions()
-		o.Key = key
-		o.rewriteKey = !local
 		var f *Feed
 		var err error
 		switch j := &opened[i]; {
@@ -418,11 +415,8 @@ func (c *Core) load() error {
 			}
 		case c.byKey[string(key)] != nil || (local && c.byName[name] != nil):
 			err = &CorruptError{File: fileManifest, Offset: off, Reason: "record names a feed or writer that an earlier record holds"}
-		case local:
-			err = checkWriterKey(c.store, feedPrefix(i), key)
-		}
-		if err == nil && f == nil {
-			f, err = OpenFeed(c.store, feedPrefix(i), o)
+		default: // the earlier record of its key or name failed to load
+			f, err = c.openSlot(i, key, local, c.repaired)
 		}
 		if err != nil {
 			d := Damage{Slot: i, Key: key, Err: err}
@@ -499,41 +493,58 @@ type manifestEntry struct {
 func (c *Core) openSlots(recs []manifestEntry) []slotOpen {
 	out := make([]slotOpen, len(recs))
 	keys, names := map[string]bool{}, map[string]bool{}
-	sem := make(chan struct{}, max(4, 2*runtime.GOMAXPROCS(0)))
-	var wg sync.WaitGroup
+	var first []int
 	for i, r := range recs {
-		flags, key, name := r.flags, r.key, r.name
-		if !r.ok || flags&flagReserved != 0 {
+		if !r.ok || r.flags&flagReserved != 0 {
 			continue
 		}
-		local := flags&flagLocal != 0
-		first := !keys[string(key)] && !(local && names[name])
-		keys[string(key)] = true
+		local := r.flags&flagLocal != 0
+		if !keys[string(r.key)] && !(local && names[r.name]) {
+			first = append(first, i)
+		}
+		keys[string(r.key)] = true
 		if local {
-			names[name] = true
+			names[r.name] = true
 		}
-		if !first {
-			continue
-		}
+	}
+	inParallel(len(first), max(4, 2*runtime.GOMAXPROCS(0)), func(k int) {
+		i := first[k]
 		j := &out[i]
 		j.started = true
-		o := c.feedOptions()
-		o.Key = bytes.Clone(key)
-		o.rewriteKey = !local
-		o.OnRepair = func(r Repair) { j.repairs = append(j.repairs, r) }
+		local := recs[i].flags&flagLocal != 0
+		j.f, j.err = c.openSlot(i, bytes.Clone(recs[i].key), local, func(r Repair) { j.repairs = append(j.repairs, r) })
+	})
+	return out
+}
+
+// openSlot opens the feed of slot i, whose manifest record names key (a
+// local writer's key file must hold it), sending its repairs to onRepair.
+func (c *Core) openSlot(i int, key []byte, local bool, onRepair func(Repair)) (*Feed, error) {
+	if local {
+		if err := checkWriterKey(c.store, feedPrefix(i), key); err != nil {
+			return nil, err
+		}
+	}
+	o := c.feedOptions()
+	o.Key = key
+	o.rewriteKey = !local
+	o.OnRepair = onRepair
+	return OpenFeed(c.store, feedPrefix(i), o)
+}
+
+// inParallel calls fn(i) for each i in [0, n), at most limit at once, and
+// returns when all returned.
+func inParallel(n, limit int, fn func(i int)) {
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for i := range n {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if local {
-				if j.err = checkWriterKey(c.store, feedPrefix(i), o.Key); j.err != nil {
-					return
-				}
-			}
-			j.f, j.err = OpenFeed(c.store, feedPrefix(i), o)
+			fn(i)
 		})
 	}
 	wg.Wait()
-	return out
 }
 
 // truncate cuts file name to size if it is longer, and reports the repair.
@@ -840,18 +851,10 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 	}
 	// New feeds' files are created side by side: each create waits on the
 	// file system, not on the CPU.
-	sem := make(chan struct{}, min(len(jobs), maxParallelOpens))
-	var wg sync.WaitGroup
-	for i := range jobs {
+	inParallel(len(jobs), maxParallelOpens, func(i int) {
 		j := &jobs[i]
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			j.f, j.err = OpenFeed(c.store, j.prefix, j.opts)
-		}()
-	}
-	wg.Wait()
+		j.f, j.err = OpenFeed(c.store, j.prefix, j.opts)
+	})
 	var openErr error
 	for i := range jobs {
 		if j := &jobs[i]; j.err != nil {
