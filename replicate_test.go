@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -846,5 +847,54 @@ func TestRequestsInFlightAreBoundedInBytes(t *testing.T) {
 				t.Fatalf("only %d bytes in %d requests asked for", asked, len(s.outstanding))
 			}
 		})
+	}
+}
+
+// A feed created while a live session runs is announced, and what it gets
+// appended right after its first have was sent is sent too. (The session
+// once sent that have and only then started watching the feed, so an
+// append in between was never announced and the peer waited for good.)
+func TestReplicateLiveSendsAppendsMadeAsAFeedIsAnnounced(t *testing.T) {
+	a, b := sharedPair(t, nil)
+	ca, cb := connPair(t, "pipe")
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	// The append lands exactly between the have and the watch.
+	var hooked atomic.Int32
+	testHookAnnounced = func(f *Feed) {
+		if f.Writable() && f.Len() == 0 && b.Feed(f.Key()) == f {
+			hooked.Add(1)
+			if _, err := f.Append([]byte("x")); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(func() { testHookAnnounced = nil })
+	errs := make(chan error, 2)
+	go func() { errs <- a.Replicate(ctx, ca, true, &ReplicateOptions{Live: true}) }()
+	go func() { errs <- b.Replicate(ctx, cb, false, &ReplicateOptions{Live: true}) }()
+	w := mustWriter(t, b, "w")
+	for {
+		ch := a.FeedsChanged()
+		if f := a.Feed(w.Key()); f != nil {
+			if _, err := f.Get(ctx, 0); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Fatal("the feed never arrived")
+		}
+	}
+	if hooked.Load() == 0 {
+		t.Fatal("no append was made between a have and the watch")
+	}
+	cancel()
+	for range 2 {
+		if err := <-errs; err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("live session ended with %v", err)
+		}
 	}
 }

@@ -830,13 +830,22 @@ func (s *session) announce() {
 		msg := binary.AppendUvarint([]byte{msgFeed}, id)
 		s.send(append(msg, f.Key()...))
 		s.sendHave(f)
+		if testHookAnnounced != nil {
+			testHookAnnounced(f)
+		}
 	}
 }
 
+// testHookAnnounced, if set by a test, runs after a feed's first have was
+// sent, before a live session watches the feed.
+var testHookAnnounced func(*Feed)
+
 // watch has f's changes (in a live session) recorded and signalled on
 // local, so that the loop sends haves for the feeds that changed only.
+// It counts f as changed once right away: it may have changed between the
+// have announce sent and the subscription.
 func (s *session) watch(f *Feed, local chan struct{}) (cancel func()) {
-	return f.subscribeFunc(func() {
+	changed := func() {
 		s.changedMu.Lock()
 		if !s.changedSet[f] {
 			if s.changedSet == nil {
@@ -850,7 +859,10 @@ func (s *session) watch(f *Feed, local chan struct{}) (cancel func()) {
 		case local <- struct{}{}:
 		default:
 		}
-	})
+	}
+	cancel = f.subscribeFunc(changed)
+	changed()
+	return cancel
 }
 
 // takeChanged returns the feeds that changed since the last call.
