@@ -244,19 +244,8 @@ func TestReplicateLive(t *testing.T) {
 			go func() { errs <- b.Replicate(ctx, cb, false, &ReplicateOptions{Live: true}) }()
 			waitFeed := func(c *Core, key []byte, n uint64) {
 				t.Helper()
-				for {
-					ch := c.FeedsChanged()
-					if f := c.Feed(key); f != nil {
-						if _, err := f.Get(ctxT(t), n-1); err != nil {
-							t.Fatal(err)
-						}
-						return
-					}
-					select {
-					case <-ch:
-					case <-ctx.Done():
-						t.Fatal("timed out")
-					}
+				if _, err := waitFeedGet(ctx, c, key, n-1); err != nil {
+					t.Fatal(err)
 				}
 			}
 			waitFeed(b, wa.Key(), 3)
@@ -523,19 +512,8 @@ func TestReplicateLiveForwardsNewFeeds(t *testing.T) {
 	go func() { errs <- c.Replicate(ctx, bc2, false, live) }()
 	w := mustWriter(t, a, "new")
 	appendN(t, w, 3, "x")
-	for {
-		ch := c.FeedsChanged()
-		if f := c.Feed(w.Key()); f != nil {
-			if v, err := f.Get(ctx, 2); err != nil || string(v) != "x2" {
-				t.Fatalf("Get(2) on C = %q, %v", v, err)
-			}
-			break
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatal("the feed never reached C")
-		}
+	if v, err := waitFeedGet(ctx, c, w.Key(), 2); err != nil || string(v) != "x2" {
+		t.Fatalf("Get(2) on C = %q, %v", v, err)
 	}
 	cancel()
 	for range 4 {
@@ -874,19 +852,8 @@ func TestReplicateLiveSendsAppendsMadeAsAFeedIsAnnounced(t *testing.T) {
 	go func() { errs <- a.Replicate(ctx, ca, true, &ReplicateOptions{Live: true}) }()
 	go func() { errs <- b.Replicate(ctx, cb, false, &ReplicateOptions{Live: true}) }()
 	w := mustWriter(t, b, "w")
-	for {
-		ch := a.FeedsChanged()
-		if f := a.Feed(w.Key()); f != nil {
-			if _, err := f.Get(ctx, 0); err != nil {
-				t.Fatal(err)
-			}
-			break
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			t.Fatal("the feed never arrived")
-		}
+	if _, err := waitFeedGet(ctx, a, w.Key(), 0); err != nil {
+		t.Fatal(err)
 	}
 	if hooked.Load() == 0 {
 		t.Fatal("no append was made between a have and the watch")
