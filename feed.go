@@ -67,6 +67,8 @@ type FeedOptions struct {
 	// rewriteKey lets a replica whose files hold no data rewrite a
 	// damaged key file from Key.
 	rewriteKey bool
+	// cfg is the configuration a Core's feeds share, used if it matches.
+	cfg *feedConfig
 }
 
 // Feed is one signed append-only log: a writer's values, hashed into a
@@ -74,59 +76,95 @@ type FeedOptions struct {
 // holds the same log, or any part of it, verified block by block against
 // that signature. A Feed is safe for concurrent use.
 type Feed struct {
-	name     string // prefix in storage, for errors
-	key      ed25519.PublicKey
-	secret   ed25519.PrivateKey // nil for a replica
-	noSync   bool
-	enc      Encoding // normalized
-	onRepair func(Repair)
-	keyDirty bool // the key file is not synced yet; under writeMu
+	name string // prefix in storage, for errors
+	key  ed25519.PublicKey
+	cfg  *feedConfig // shared by the feeds of a Core
 
-	meta                   File // the key file: open only while the feed is opened or its key unsynced
-	data, tree, sigs, bits File // the lazy files below; bits is nil for a writable feed
-	store                  Storage
-	older                  File // older signatures, opened on first use; under writeMu
+	writer   string       // a Core's local writer: its name; set once, before the feed is published
+	onRepair func(Repair) // only while opening
 
-	// The files behind data, tree, sigs and bits: opened on first use, so
-	// that a feed nobody used since it was opened holds none.
+	// The data, tree, signatures and bitfield files (see fdata…fbits):
+	// opened on first use, so that a feed nobody used since it was opened
+	// holds none. A writable feed has no bitfield.
 	lazy        [4]lazyFile
 	filesMu     sync.Mutex // opening and closing them
 	filesClosed bool       // under filesMu: the feed is closed
+	keyDirty    bool       // the key file (ws.meta) is not synced yet; under writeMu
+	writable    bool       // the feed has a secret key (ws.secret, or in the key file)
 
 	// writeMu serializes the writers (Append commits, Put) and Close.
-	writeMu sync.Mutex
-	queue   []*appendReq // guarded by queueMu
-	queueMu sync.Mutex
-	sigsEnd int64         // where the next signature record goes
-	failed  error         // a sync failed: the feed refuses further writes
-	ws      *writeScratch // made on the first write, under writeMu
+	writeMu  sync.Mutex
+	queue    atomic.Pointer[appendQueue] // made by the first Append
+	ws       *writeScratch               // made on the first write, under writeMu
+	sigsEnd  int64                       // where the next signature record goes; under writeMu
+	bitPages uint64                      // pages in the bitfield file; under writeMu
 
 	// mu guards the published state below. Readers hold it only to check
 	// what is present: blocks below the length never change on disk.
-	mu       sync.RWMutex
-	length   uint64
-	byteLen  uint64
-	roots    []storedNode
-	sig      []byte
-	have     *bitset                       // replicas only: the blocks held
-	bitPages uint64                        // pages in the bitfield file; under writeMu
-	changed  atomic.Pointer[chan struct{}] // closed on a change if waiting > 0; made by the first waiter
-	waiting  atomic.Int32                  // calls blocked in wait
-	subs     []subscriber                  // in a slice, not a map: an idle feed stays small
-	nextSub  int
-	closed   bool
+	mu      sync.RWMutex
+	length  uint64
+	byteLen uint64
+	signed  *signedState                  // nil until used: see signedNow
+	have    *bitset                       // replicas only: the blocks held; nil for a writer
+	changed atomic.Pointer[chan struct{}] // closed on a change if waiting > 0; made by the first waiter
+	waiting atomic.Int32                  // calls blocked in wait
+	nextSub int32
+	closed  bool
+	subs    []subscriber // in a slice, not a map: an idle feed stays small
 
 	// Made on first use, so that an idle feed stays small.
 	ahead atomic.Pointer[readAhead]
 	wants atomic.Pointer[wantSet]
 }
 
+// signedState is a feed's newest signed tree. A feed that was opened and
+// not used since does not hold it: it is read again from the files (see
+// signedNow and commitValues).
+type signedState struct {
+	roots []storedNode // nil for a replica, which never appends
+	sig   []byte
+}
+
+// feedConfig is what a feed shares with the other feeds of its Core.
+type feedConfig struct {
+	store  Storage
+	enc    Encoding // normalized
+	noSync bool
+}
+
+// The lazy files of a feed, by index in Feed.lazy.
+const (
+	lazyData = iota
+	lazyTree
+	lazySigs
+	lazyBits
+)
+
+func (f *Feed) fdata() *lazyFile { return &f.lazy[lazyData] }
+func (f *Feed) ftree() *lazyFile { return &f.lazy[lazyTree] }
+func (f *Feed) fsigs() *lazyFile { return &f.lazy[lazySigs] }
+func (f *Feed) fbits() *lazyFile { return &f.lazy[lazyBits] }
+
 // writeScratch is what a feed's writes reuse, under writeMu.
 type writeScratch struct {
+	secret ed25519.PrivateKey // a writer's, read on first use (see secretKey)
+	meta   File               // the key file, while it is not synced (keyDirty)
+	older  File               // older signatures, opened on first use
+	failed error              // a sync failed: the feed refuses further writes
+
 	hasher         *leafHasher
 	data, tree, ex []byte      // data and tree buffers
 	recent         recentNodes // the writer's latest tree records
 	sig            [sigRecordSize]byte
+}
+
+// failed returns the error of a sync that failed, after which the feed
+// refuses writes. Called under writeMu.
+func (f *Feed) failed() error {
+	if f.ws == nil {
+		return nil
+	}
+	return f.ws.failed
 }
 
 // scratch returns the feed's write scratch. Called under writeMu.
@@ -164,8 +202,19 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
-	f := &Feed{store: s, name: prefix, noSync: o.NoSync, enc: enc, onRepair: o.OnRepair}
-	if err := f.open(s, prefix, &o); err != nil {
+	cfg := o.cfg
+	if cfg == nil || cfg.store != s || cfg.enc != enc || cfg.noSync != o.NoSync {
+		cfg = &feedConfig{store: s, enc: enc, noSync: o.NoSync}
+	}
+	f := &Feed{cfg: cfg, name: prefix, onRepair: o.OnRepair}
+	for i := range f.lazy {
+		f.lazy[i].feed = f
+	}
+	meta, err := f.open(s, prefix, &o)
+	if err != nil {
+		if meta != nil {
+			meta.Close()
+		}
 		f.closeFiles()
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
@@ -173,85 +222,105 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	return f, nil
 }
 
-func (f *Feed) open(s Storage, prefix string, o *FeedOptions) error {
-	var err error
-	if f.meta, err = s.Open(prefix+fileKey, true); err != nil {
-		return err
+// open opens or creates the feed's files and recovers its state. It returns
+// the key file, to be closed by the caller if open fails.
+func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (meta File, err error) {
+	if meta, err = s.Open(prefix+fileKey, true); err != nil {
+		return nil, err
 	}
 	blank, err := isBlank(s, prefix)
 	if err != nil {
-		return err
+		return meta, err
 	}
-	fresh, err := f.loadKeys(o, blank)
+	fresh, secret, inFile, err := f.loadKeys(meta, o, blank)
 	if err != nil {
-		return err
+		return meta, err
+	}
+	// A writer's secret key is read again when it next appends, unless it
+	// is new or the key file does not hold it.
+	f.writable = secret != nil
+	if secret != nil && (fresh || !inFile) {
+		f.scratch().secret = secret
 	}
 	files := []struct {
-		f     *File
 		name  string
 		magic [8]byte
 		rec   uint32
 	}{
-		{&f.data, fileData, magicData, 0},
-		{&f.tree, fileTree, magicTree, nodeSize},
-		{&f.sigs, fileSignatures, magicSigs, sigRecordSize},
-		{&f.bits, fileBitfield, magicBits, bitPageSize},
+		lazyData: {fileData, magicData, 0},
+		lazyTree: {fileTree, magicTree, nodeSize},
+		lazySigs: {fileSignatures, magicSigs, sigRecordSize},
+		lazyBits: {fileBitfield, magicBits, bitPageSize},
 	}
-	if f.secret != nil {
-		files = files[:3] // a writer holds every block below its length
+	if f.writable {
+		files = files[:lazyBits] // a writer holds every block below its length
 	} else {
 		f.have = new(bitset)
 	}
 	for i, x := range files {
 		file, err := s.Open(prefix+x.name, true)
 		if err != nil {
-			return err
+			return meta, err
 		}
-		f.lazy[i] = lazyFile{feed: f, kind: uint8(i)}
 		f.lazy[i].ref.Store(&fileRef{file})
-		*x.f = &f.lazy[i]
 		if err := f.checkHeader(file, x.name, x.magic, x.rec, blank); err != nil {
-			return err
+			return meta, err
 		}
 	}
-	if fresh && !f.noSync && o.lazy {
+	if fresh && !f.cfg.noSync && o.lazy {
+		// The key file is synced with the first Put.
 		f.keyDirty = true
-	} else if fresh && !f.noSync {
-		for _, x := range files {
-			if err := (*x.f).Sync(); err != nil {
-				return err
+		f.scratch().meta = meta
+	} else if fresh && !f.cfg.noSync {
+		for i := range files {
+			if err := f.lazy[i].Sync(); err != nil {
+				return meta, err
 			}
 		}
 	}
 	if err := f.recover(); err != nil {
-		return err
-	}
-	if !fresh && !f.keyDirty {
-		// The key file is read only here, and the others are opened
-		// again on first use: an idle feed keeps its files closed.
-		err := f.meta.Close()
-		f.meta = nil
-		for i := range f.lazy {
-			if rerr := f.lazy[i].release(); err == nil {
-				err = rerr
-			}
+		if f.keyDirty {
+			f.ws.meta = nil
 		}
-		return err
+		return meta, err
 	}
-	return nil
+	if f.keyDirty {
+		return nil, nil // held in ws until synced
+	}
+	err = meta.Close()
+	if fresh {
+		return nil, err // a new feed is used next: its files stay open
+	}
+	// The key file is read only here, and the others are opened again on
+	// first use: an idle feed keeps its files closed.
+	for i := range f.lazy {
+		if rerr := f.lazy[i].release(); err == nil {
+			err = rerr
+		}
+	}
+	return nil, err
 }
 
 // lazyFile is one of a feed's data, tree, signatures and bitfield files,
 // opened from the feed's storage on first use. It is part of the Feed.
 type lazyFile struct {
 	feed *Feed
-	kind uint8 // index in lazyFileNames
 	ref  atomic.Pointer[fileRef]
 }
 
 var lazyFileNames = [...]string{fileData, fileTree, fileSignatures, fileBitfield}
 
 type fileRef struct{ File }
+
+// kind returns the file's index in its feed's lazy files.
+func (l *lazyFile) kind() int {
+	for i := range l.feed.lazy {
+		if &l.feed.lazy[i] == l {
+			return i
+		}
+	}
+	panic("kappa: lazy file outside its feed")
+}
 
 // get returns the open file, opening it if it is not.
 func (l *lazyFile) get() (File, error) {
@@ -264,11 +333,11 @@ func (l *lazyFile) get() (File, error) {
 	if r := l.ref.Load(); r != nil {
 		return r.File, nil
 	}
-	name := f.name + lazyFileNames[l.kind]
+	name := f.name + lazyFileNames[l.kind()]
 	if f.filesClosed {
 		return nil, fmt.Errorf("%s: %w", name, ErrClosed)
 	}
-	file, err := f.store.Open(name, false)
+	file, err := f.cfg.store.Open(name, false)
 	if err != nil {
 		return nil, err
 	}
@@ -339,92 +408,128 @@ func (l *lazyFile) Close() error {
 // loadKeys reads the key file, or writes it for a new feed. It reports
 // whether the feed is new. blank says whether the feed's other files hold
 // nothing past their headers.
-func (f *Feed) loadKeys(o *FeedOptions, blank bool) (fresh bool, err error) {
-	size, err := f.meta.Size()
+func (f *Feed) loadKeys(meta File, o *FeedOptions, blank bool) (fresh bool, secret ed25519.PrivateKey, inFile bool, err error) {
+	size, err := meta.Size()
 	if err != nil {
-		return false, err
+		return false, nil, false, err
 	}
 	var buf [metaSize]byte
 	if size >= metaSize {
-		if _, err := f.meta.ReadAt(buf[:], 0); err != nil {
-			return false, err
+		if _, err := meta.ReadAt(buf[:], 0); err != nil {
+			return false, nil, false, err
 		}
 	}
 	if size < metaSize || [8]byte(buf[:8]) != magicKey {
 		// A key file that is short or blank is a feed whose creation was
 		// torn, unless data was already written under it.
 		if !blank || (size >= metaSize && !isZero(buf[:]) && !o.rewriteKey) {
-			return false, &CorruptError{File: f.name + fileKey, Offset: 0, Reason: "key file is missing or damaged but the feed holds data"}
+			return false, nil, false, &CorruptError{File: f.name + fileKey, Offset: 0, Reason: "key file is missing or damaged but the feed holds data"}
 		}
 		if size > 0 {
 			f.repaired(Repair{File: f.name + fileKey, From: size, To: metaSize, Reason: "torn key file of an empty feed written again"})
 		}
-		return true, f.createKeys(o)
+		secret, err := f.createKeys(meta, o)
+		return true, secret, true, err
 	}
-	version, pub, secret, ok := decodeKeyRecord(buf[:])
+	version, pub, stored, ok := decodeKeyRecord(buf[:])
 	if !ok && blank && o.rewriteKey && o.Key != nil && o.SecretKey == nil {
 		// A replica created without sync whose key file was torn.
 		f.repaired(Repair{File: f.name + fileKey, From: size, To: size, Reason: "torn key file of an empty replica written again"})
-		return true, f.createKeys(o)
+		secret, err := f.createKeys(meta, o)
+		return true, secret, true, err
 	}
 	if !ok {
-		return false, &CorruptError{File: f.name + fileKey, Offset: 0, Reason: "checksum mismatch"}
+		return false, nil, false, &CorruptError{File: f.name + fileKey, Offset: 0, Reason: "checksum mismatch"}
 	}
 	if version != formatVersion {
-		return false, &CorruptError{File: f.name + fileKey, Offset: 8, Reason: fmt.Sprintf("unknown format version %d", version)}
+		return false, nil, false, &CorruptError{File: f.name + fileKey, Offset: 8, Reason: fmt.Sprintf("unknown format version %d", version)}
 	}
 	f.key = ed25519.PublicKey(bytes.Clone(pub))
-	if secret != nil {
-		kp, err := KeyPairFromSecret(secret)
+	if stored != nil {
+		kp, err := KeyPairFromSecret(stored)
 		if err != nil || !bytes.Equal(kp.PublicKey, f.key) {
-			return false, &CorruptError{File: f.name + fileKey, Offset: keySecretOff, Reason: "secret key does not match public key"}
+			return false, nil, false, &CorruptError{File: f.name + fileKey, Offset: keySecretOff, Reason: "secret key does not match public key"}
 		}
-		f.secret = kp.SecretKey
+		secret, inFile = kp.SecretKey, true
 	}
 	if o.Key != nil && !bytes.Equal(o.Key, f.key) {
-		return false, fmt.Errorf("%w: feed %x is stored here", ErrKeyMismatch, f.key[:8])
+		return false, nil, false, fmt.Errorf("%w: feed %x is stored here", ErrKeyMismatch, f.key[:8])
 	}
 	if o.SecretKey != nil {
 		kp, err := KeyPairFromSecret(o.SecretKey)
 		if err != nil {
-			return false, err
+			return false, nil, false, err
 		}
 		if !bytes.Equal(kp.PublicKey, f.key) {
-			return false, fmt.Errorf("%w: feed %x is stored here", ErrKeyMismatch, f.key[:8])
+			return false, nil, false, fmt.Errorf("%w: feed %x is stored here", ErrKeyMismatch, f.key[:8])
 		}
-		f.secret = kp.SecretKey
+		if secret == nil {
+			secret = kp.SecretKey // only in memory: the key file holds none
+		}
 	}
-	return false, nil
+	return false, secret, inFile, nil
 }
 
-func (f *Feed) createKeys(o *FeedOptions) error {
+// createKeys writes the key file of a new feed, and returns its secret key
+// (nil for a replica).
+func (f *Feed) createKeys(meta File, o *FeedOptions) (ed25519.PrivateKey, error) {
+	var secret ed25519.PrivateKey
 	switch {
 	case o.SecretKey != nil:
 		kp, err := KeyPairFromSecret(o.SecretKey)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if o.Key != nil && !bytes.Equal(o.Key, kp.PublicKey) {
-			return fmt.Errorf("%w: secret key does not match public key", ErrInvalidKey)
+			return nil, fmt.Errorf("%w: secret key does not match public key", ErrInvalidKey)
 		}
-		f.key, f.secret = kp.PublicKey, kp.SecretKey
+		f.key, secret = kp.PublicKey, kp.SecretKey
 	case o.Key != nil:
 		f.key = ed25519.PublicKey(bytes.Clone(o.Key))
 	default:
 		kp, err := NewKeyPair()
 		if err != nil {
-			return err
+			return nil, err
 		}
-		f.key, f.secret = kp.PublicKey, kp.SecretKey
+		f.key, secret = kp.PublicKey, kp.SecretKey
 	}
-	buf := encodeKeyRecord(f.key, f.secret)
-	if _, err := f.meta.WriteAt(buf[:], 0); err != nil {
-		return err
+	buf := encodeKeyRecord(f.key, secret)
+	if _, err := meta.WriteAt(buf[:], 0); err != nil {
+		return nil, err
 	}
-	if !f.noSync && !o.lazy {
-		return f.meta.Sync()
+	if !f.cfg.noSync && !o.lazy {
+		return secret, meta.Sync()
 	}
-	return nil
+	return secret, nil
+}
+
+// secretKey returns a writable feed's secret key, reading it from the key
+// file on first use: an idle writer does not hold it. Called under writeMu.
+func (f *Feed) secretKey() (ed25519.PrivateKey, error) {
+	ws := f.scratch()
+	if ws.secret != nil {
+		return ws.secret, nil
+	}
+	name := f.name + fileKey
+	meta, err := f.cfg.store.Open(name, false)
+	if err != nil {
+		return nil, err
+	}
+	defer meta.Close()
+	var buf [metaSize]byte
+	if _, err := meta.ReadAt(buf[:], 0); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	_, pub, stored, ok := decodeKeyRecord(buf[:])
+	if !ok || stored == nil || !bytes.Equal(pub, f.key) {
+		return nil, &CorruptError{File: name, Offset: 0, Reason: "the key file no longer holds the feed's key pair"}
+	}
+	kp, err := KeyPairFromSecret(stored)
+	if err != nil || !bytes.Equal(kp.PublicKey, f.key) {
+		return nil, &CorruptError{File: name, Offset: keySecretOff, Reason: "secret key does not match public key"}
+	}
+	ws.secret = kp.SecretKey
+	return ws.secret, nil
 }
 
 // isBlank reports whether the feed's files other than its key hold nothing
@@ -510,7 +615,7 @@ func (f *Feed) repaired(r Repair) {
 // signed length holds the leaves of one append at most. Anything else is
 // damage, reported as ErrCorrupt and left as it is.
 func (f *Feed) recover() error {
-	size, err := f.sigs.Size()
+	size, err := f.fsigs().Size()
 	if err != nil {
 		return err
 	}
@@ -518,12 +623,12 @@ func (f *Feed) recover() error {
 	for k := n - 1; k >= 0 && k >= n-maxTornRecords; k-- {
 		var rec [sigRecordSize]byte
 		off := headerSize + k*sigRecordSize
-		if _, err := f.sigs.ReadAt(rec[:], off); err != nil {
+		if _, err := f.fsigs().ReadAt(rec[:], off); err != nil {
 			return err
 		}
 		length, sig, flags, ok := decodeSigRecord(rec[:])
 		if !ok {
-			if !f.noSync && k < n-1 {
+			if !f.cfg.noSync && k < n-1 {
 				return &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: "a signature record before the newest is damaged"}
 			}
 			continue // torn while being written
@@ -532,7 +637,7 @@ func (f *Feed) recover() error {
 		roots, err := f.readRoots(length)
 		switch {
 		case err == nil && verifyRoots(f.key, treeHash(roots), length, sig):
-			if err := f.checkTail(uint64(k+1), length, synced && !f.noSync); err != nil {
+			if err := f.checkTail(uint64(k+1), length, synced && !f.cfg.noSync); err != nil {
 				return err
 			}
 			return f.load(length, roots, bytes.Clone(sig), off+sigRecordSize)
@@ -553,7 +658,7 @@ func (f *Feed) recover() error {
 		// With none of the newest intact the feed was damaged, not torn.
 		return &CorruptError{File: f.name + fileSignatures, Offset: headerSize, Reason: "no signature verifies against the tree"}
 	}
-	if err := f.checkTail(0, 0, !f.noSync); err != nil {
+	if err := f.checkTail(0, 0, !f.cfg.noSync); err != nil {
 		return err
 	}
 	return f.load(0, nil, nil, headerSize)
@@ -566,10 +671,10 @@ func (f *Feed) recover() error {
 // synced, and the feed is opened with sync on) is more than one append
 // past the record damage; without sync a power loss may lose several.
 func (f *Feed) checkTail(records, length uint64, strict bool) error {
-	if f.secret == nil || !strict {
+	if !f.writable || !strict {
 		return nil
 	}
-	size, err := f.tree.Size()
+	size, err := f.ftree().Size()
 	if err != nil {
 		return err
 	}
@@ -584,7 +689,7 @@ func (f *Feed) checkTail(records, length uint64, strict bool) error {
 	for _, i := range []uint64{2 * length, last} {
 		var rec [nodeSize]byte
 		off := headerSize + int64(i)*nodeSize
-		if _, err := f.tree.ReadAt(rec[:], off); err != nil {
+		if _, err := f.ftree().ReadAt(rec[:], off); err != nil {
 			return err
 		}
 		if present, valid := nodeRecordState(i, rec[:]); !present || !valid {
@@ -600,27 +705,29 @@ func (f *Feed) checkTail(records, length uint64, strict bool) error {
 
 // load installs a recovered state and cuts the files back to it.
 func (f *Feed) load(length uint64, roots []storedNode, sig []byte, sigsEnd int64) error {
-	f.length, f.roots, f.sig, f.sigsEnd = length, roots, sig, sigsEnd
+	// The roots and signature verified here are read again when used:
+	// an idle feed does not hold them.
+	f.length, f.sigsEnd = length, sigsEnd
 	for _, r := range roots {
 		f.byteLen += r.Size
 	}
 	why := fmt.Sprintf("torn tail past length %d, the newest that verifies", length)
-	if err := f.truncate(f.sigs, fileSignatures, sigsEnd, why); err != nil {
+	if err := f.truncate(f.fsigs(), fileSignatures, sigsEnd, why); err != nil {
 		return err
 	}
 	treeEnd := int64(headerSize)
 	if length > 0 {
 		treeEnd += int64(2*length-1) * nodeSize
 	}
-	if err := f.truncate(f.tree, fileTree, treeEnd, why); err != nil {
+	if err := f.truncate(f.ftree(), fileTree, treeEnd, why); err != nil {
 		return err
 	}
 	dataEnd := headerSize + int64(f.byteLen)
-	if err := f.truncate(f.data, fileData, dataEnd, why); err != nil {
+	if err := f.truncate(f.fdata(), fileData, dataEnd, why); err != nil {
 		return err
 	}
-	if f.bits == nil {
-		if size, err := f.data.Size(); err != nil {
+	if f.have == nil {
+		if size, err := f.fdata().Size(); err != nil {
 			return err
 		} else if size < dataEnd {
 			return &CorruptError{File: f.name + fileData, Offset: size, Reason: fmt.Sprintf("data ends before the %d bytes the signed tree covers", f.byteLen)}
@@ -643,14 +750,14 @@ func truncateBeyond(file File, end int64) error {
 // (each entry whose leaf is stored and whose bytes match it is held), and
 // written back: the repair is reported.
 func (f *Feed) loadBitfield(length uint64) error {
-	size, err := f.bits.Size()
+	size, err := f.fbits().Size()
 	if err != nil {
 		return err
 	}
 	pages := bitPages(length)
 	inFile := uint64(max(size-headerSize, 0)) / bitPageSize
 	buf := make([]byte, pages*bitPageSize)
-	if _, err := f.bits.ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
+	if _, err := f.fbits().ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
 	bits := make([]byte, pages*bitPageBytes)
@@ -686,7 +793,7 @@ func (f *Feed) loadBitfield(length uint64) error {
 	// bits claim entries that a torn Put never stored or whose tree or data
 	// was cut: the page is rebuilt, and the check repeats on the newest
 	// entry left (a rebuilt page holds only entries that check).
-	dataSize, err := f.data.Size()
+	dataSize, err := f.fdata().Size()
 	if err != nil {
 		return err
 	}
@@ -714,19 +821,19 @@ func (f *Feed) loadBitfield(length uint64) error {
 	f.have.fromBytes(bits, length)
 	f.bitPages = pages
 	why := fmt.Sprintf("bitfield pages past length %d", length)
-	if err := f.truncate(f.bits, fileBitfield, headerSize+int64(pages)*bitPageSize, why); err != nil {
+	if err := f.truncate(f.fbits(), fileBitfield, headerSize+int64(pages)*bitPageSize, why); err != nil {
 		return err
 	}
 	for _, p := range rebuilt {
 		rec := f.bitPage(p)
 		off := headerSize + int64(p)*bitPageSize
-		if _, err := f.bits.WriteAt(rec, off); err != nil {
+		if _, err := f.fbits().WriteAt(rec, off); err != nil {
 			return err
 		}
 		f.repaired(Repair{File: f.name + fileBitfield, From: size, To: max(size, off+bitPageSize), Reason: reasons[p]})
 	}
-	if len(rebuilt) > 0 && !f.noSync {
-		return f.bits.Sync()
+	if len(rebuilt) > 0 && !f.cfg.noSync {
+		return f.fbits().Sync()
 	}
 	return nil
 }
@@ -785,7 +892,7 @@ var errNoNode = errors.New("node not stored")
 func (f *Feed) readNode(i uint64) (storedNode, error) {
 	var rec [nodeSize]byte
 	off := headerSize + int64(i)*nodeSize
-	if _, err := f.tree.ReadAt(rec[:], off); err != nil {
+	if _, err := f.ftree().ReadAt(rec[:], off); err != nil {
 		if errors.Is(err, io.EOF) {
 			return storedNode{}, errNoNode
 		}
@@ -804,7 +911,7 @@ type nodeSpan struct {
 // readNodeSpan reads the tree records of nodes [lo, hi) with one call.
 func (f *Feed) readNodeSpan(lo, hi uint64) (*nodeSpan, error) {
 	buf := make([]byte, (hi-lo)*nodeSize)
-	n, err := f.tree.ReadAt(buf, headerSize+int64(lo)*nodeSize)
+	n, err := f.ftree().ReadAt(buf, headerSize+int64(lo)*nodeSize)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
@@ -848,7 +955,7 @@ func (f *Feed) Key() ed25519.PublicKey { return f.key }
 func (f *Feed) DiscoveryKey() [32]byte { return DiscoveryKey(f.key) }
 
 // Writable reports whether the feed holds its secret key.
-func (f *Feed) Writable() bool { return f.secret != nil }
+func (f *Feed) Writable() bool { return f.writable }
 
 // Len returns the feed's length: the number of entries its newest verified
 // signature covers. A replica may hold only some of them; see Has.
@@ -883,7 +990,7 @@ func (f *Feed) HasRange(start, end uint64) bool {
 func (f *Feed) Downloaded() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if f.bits == nil {
+	if f.have == nil {
 		return f.length
 	}
 	return f.have.count()
@@ -894,7 +1001,7 @@ func (f *Feed) Downloaded() uint64 {
 func (f *Feed) NextMissing(seq uint64) uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if f.bits == nil || seq >= f.length {
+	if f.have == nil || seq >= f.length {
 		return max(seq, f.length)
 	}
 	return f.have.nextClear(seq, f.length)
@@ -906,7 +1013,7 @@ func (f *Feed) presentSpans(end uint64) []span {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	end = min(end, f.length)
-	if f.bits == nil {
+	if f.have == nil {
 		if end == 0 {
 			return nil
 		}
@@ -929,7 +1036,7 @@ func (f *Feed) NextPresent(seq uint64) uint64 {
 	if seq >= f.length {
 		return f.length
 	}
-	if f.bits == nil {
+	if f.have == nil {
 		return seq
 	}
 	return f.have.nextSet(seq, f.length)
@@ -939,14 +1046,14 @@ func (f *Feed) hasLocked(seq uint64) bool {
 	if seq >= f.length {
 		return false
 	}
-	return f.bits == nil || f.have.get(seq)
+	return f.have == nil || f.have.get(seq)
 }
 
 func (f *Feed) hasRangeLocked(start, end uint64) bool {
 	if end > f.length || start > end {
 		return false
 	}
-	return f.bits == nil || f.have.nextClear(start, end) == end
+	return f.have == nil || f.have.nextClear(start, end) == end
 }
 
 // Get returns entry seq. On a replica that lacks it, Get waits until the
@@ -1041,7 +1148,7 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 	defer putReadScratch(sc)
 	recs := slices.Grow(sc.recs[:0], int((2*count-1)*nodeSize))[:(2*count-1)*nodeSize]
 	sc.recs = recs
-	if _, err := f.tree.ReadAt(recs, headerSize+int64(2*start)*nodeSize); err != nil {
+	if _, err := f.ftree().ReadAt(recs, headerSize+int64(2*start)*nodeSize); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = errNoNode // the tree ends before a leaf of the range
 		}
@@ -1130,14 +1237,14 @@ func (f *Feed) wait(ctx context.Context, start, end uint64) error {
 			f.mu.RUnlock()
 			return nil
 		}
-		if f.bits == nil && end > f.length {
+		if f.have == nil && end > f.length {
 			f.mu.RUnlock()
 			return fmt.Errorf("feed %x: get %d of %d: %w", f.key[:4], end-1, f.length, ErrOutOfRange)
 		}
 		f.waiting.Add(1)
 		ch := f.changedChan()
 		f.mu.RUnlock()
-		if !registered && f.bits != nil {
+		if !registered && f.have != nil {
 			// A replica records what it waits for, so that replication
 			// sessions of a sparse database fetch it.
 			registered = true
@@ -1154,7 +1261,7 @@ func (f *Feed) wait(ctx context.Context, start, end uint64) error {
 }
 
 func (f *Feed) readData(dst []byte, off uint64) error {
-	n, err := f.data.ReadAt(dst, headerSize+int64(off))
+	n, err := f.fdata().ReadAt(dst, headerSize+int64(off))
 	if n == len(dst) {
 		return nil
 	}
@@ -1186,6 +1293,12 @@ func (f *Feed) readErr(err error, seq uint64) error {
 	return fmt.Errorf("feed %x: read %d: %w", f.key[:4], seq, err)
 }
 
+// appendQueue holds the Append calls waiting for the next commit.
+type appendQueue struct {
+	mu   sync.Mutex
+	reqs []*appendReq
+}
+
 type appendReq struct {
 	values [][]byte
 	seq    uint64
@@ -1207,27 +1320,32 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 		if len(v) > MaxBlockSize {
 			return 0, fmt.Errorf("feed %x: append value %d: %w: %d bytes", f.key[:4], i, ErrBlockTooLarge, len(v))
 		}
-		if err := f.enc.check(v); err != nil {
+		if err := f.cfg.enc.check(v); err != nil {
 			return 0, fmt.Errorf("feed %x: append value %d: %w", f.key[:4], i, err)
 		}
 	}
-	if f.secret == nil {
+	if !f.writable {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrNotWritable)
 	}
 	req := &appendReq{values: values}
-	f.queueMu.Lock()
-	f.queue = append(f.queue, req)
-	f.queueMu.Unlock()
+	q := f.queue.Load()
+	if q == nil {
+		f.queue.CompareAndSwap(nil, new(appendQueue))
+		q = f.queue.Load()
+	}
+	q.mu.Lock()
+	q.reqs = append(q.reqs, req)
+	q.mu.Unlock()
 
 	// Whoever takes writeMu commits everything queued so far, so calls
 	// that arrive while a commit syncs share the next one.
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()
 	if !req.done {
-		f.queueMu.Lock()
-		batch := f.queue
-		f.queue = nil
-		f.queueMu.Unlock()
+		q.mu.Lock()
+		batch := q.reqs
+		q.reqs = nil
+		q.mu.Unlock()
 		f.commit(batch)
 	}
 	return req.seq, req.err
@@ -1309,13 +1427,27 @@ func (r *recentNodes) extend(dst []byte, early []storedNode, runStart uint64, ru
 
 func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	f.mu.RLock()
-	closed, start, roots, byteLen := f.closed, f.length, f.roots, f.byteLen
+	closed, start, signed, byteLen := f.closed, f.length, f.signed, f.byteLen
 	f.mu.RUnlock()
 	if closed {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrClosed)
 	}
-	if f.failed != nil {
-		return 0, fmt.Errorf("feed %x: append after failed sync: %w", f.key[:4], f.failed)
+	if err := f.failed(); err != nil {
+		return 0, fmt.Errorf("feed %x: append after failed sync: %w", f.key[:4], err)
+	}
+	secret, err := f.secretKey()
+	if err != nil {
+		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
+	}
+	var roots []storedNode
+	if signed != nil && signed.roots != nil {
+		roots = signed.roots
+	} else if start > 0 {
+		// Opened and not appended to since (a proof may have read the
+		// signature alone).
+		if roots, err = f.signedRoots(start); err != nil {
+			return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
+		}
 	}
 	var n, size uint64
 	for _, r := range batch {
@@ -1394,17 +1526,17 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 		}
 	}
 
-	if _, err := f.data.WriteAt(data, headerSize+int64(byteLen)); err != nil {
+	if _, err := f.fdata().WriteAt(data, headerSize+int64(byteLen)); err != nil {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 	}
-	if _, err := f.tree.WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
+	if _, err := f.ftree().WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
 		ws.recent.forget() // the file may hold part of the write
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 	}
 	var rec [nodeSize]byte
 	for i := range early {
 		encodeNode(rec[:], &early[i])
-		if _, err := f.tree.WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
+		if _, err := f.ftree().WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
 			ws.recent.forget()
 			return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 		}
@@ -1415,8 +1547,8 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 		ws.recent.remember(early[i].Index, rec[:])
 	}
 	length := start + n
-	sig := signRoots(f.secret, treeHash(newRoots), length)
-	if err := f.writeSignature(length, sig, f.data, f.tree); err != nil {
+	sig := signRoots(secret, treeHash(newRoots), length)
+	if err := f.writeSignature(length, sig, f.fdata(), f.ftree()); err != nil {
 		return 0, err
 	}
 	f.publish(length, off, newRoots, sig, nil)
@@ -1426,26 +1558,26 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 // writeSignature makes the files durable (when syncing), then appends and
 // syncs the signature record for length.
 func (f *Feed) writeSignature(length uint64, sig []byte, files ...File) error {
-	if !f.noSync {
+	if !f.cfg.noSync {
 		for _, file := range files {
 			if err := file.Sync(); err != nil {
-				f.failed = err
+				f.scratch().failed = err
 				return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
 			}
 		}
 	}
 	rec := f.scratch().sig[:]
 	var flags uint32
-	if !f.noSync {
+	if !f.cfg.noSync {
 		flags = sigSynced
 	}
 	encodeSigRecord(rec, length, sig, flags)
-	if _, err := f.sigs.WriteAt(rec, f.sigsEnd); err != nil {
+	if _, err := f.fsigs().WriteAt(rec, f.sigsEnd); err != nil {
 		return fmt.Errorf("feed %x: write signature: %w", f.key[:4], err)
 	}
-	if !f.noSync {
-		if err := f.sigs.Sync(); err != nil {
-			f.failed = err
+	if !f.cfg.noSync {
+		if err := f.fsigs().Sync(); err != nil {
+			f.scratch().failed = err
 			return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
 		}
 	}
@@ -1463,7 +1595,10 @@ func (f *Feed) publish(length, byteLen uint64, roots []storedNode, sig []byte, g
 		return // Close woke every waiter already
 	}
 	if length > f.length {
-		f.length, f.byteLen, f.roots, f.sig = length, byteLen, roots, sig
+		if !f.writable {
+			roots = nil // only appends use them
+		}
+		f.length, f.byteLen, f.signed = length, byteLen, &signedState{roots: roots, sig: sig}
 	}
 	if got != nil {
 		got(f.have)
@@ -1516,7 +1651,7 @@ func (f *Feed) notifyLocked() {
 func (f *Feed) subscribe(sub subscriber) (cancel func()) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	sub.id = f.nextSub
+	sub.id = int(f.nextSub)
 	f.nextSub++
 	f.subs = append(f.subs, sub)
 	return func() {
@@ -1609,11 +1744,87 @@ func (f *Feed) Subscribe(c chan<- struct{}) (cancel func()) {
 	return f.subscribe(subscriber{c: c})
 }
 
-// Signature returns the newest signature and the length it covers.
+// Signature returns the newest signature and the length it covers. sig is
+// nil for an empty feed, and if the newest signature record can no longer
+// be read (the files were damaged after the feed was opened).
 func (f *Feed) Signature() (length uint64, sig []byte) {
+	length, sig, err := f.signedNow()
+	if err != nil {
+		return length, nil
+	}
+	return length, bytes.Clone(sig)
+}
+
+// signedNow returns the feed's length and the signature that covers it,
+// reading the signature from the signatures file if the feed does not hold
+// it (it was opened and not used since). sig is nil for an empty feed.
+func (f *Feed) signedNow() (length uint64, sig []byte, err error) {
 	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.length, bytes.Clone(f.sig)
+	length, signed := f.length, f.signed
+	f.mu.RUnlock()
+	if signed != nil || length == 0 {
+		if signed != nil {
+			sig = signed.sig
+		}
+		return length, sig, nil
+	}
+	f.writeMu.Lock() // sigsEnd, and the length, change only under it
+	defer f.writeMu.Unlock()
+	f.mu.RLock()
+	length, signed, closed := f.length, f.signed, f.closed
+	f.mu.RUnlock()
+	if signed != nil {
+		return length, signed.sig, nil
+	}
+	if closed {
+		return length, nil, ErrClosed
+	}
+	if sig, err = f.newestSignature(length); err != nil {
+		return length, nil, err
+	}
+	f.mu.Lock()
+	if f.signed == nil && f.length == length {
+		f.signed = &signedState{sig: sig}
+	}
+	f.mu.Unlock()
+	return length, sig, nil
+}
+
+// newestSignature reads the newest signature record, which must cover
+// length. Called under writeMu.
+func (f *Feed) newestSignature(length uint64) ([]byte, error) {
+	var rec [sigRecordSize]byte
+	off := f.sigsEnd - sigRecordSize
+	if off < headerSize {
+		return nil, &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: "no signature record"}
+	}
+	if _, err := f.fsigs().ReadAt(rec[:], off); err != nil {
+		return nil, err
+	}
+	l, sig, _, ok := decodeSigRecord(rec[:])
+	if !ok || l != length {
+		return nil, &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: fmt.Sprintf("the newest signature record no longer covers length %d", length)}
+	}
+	return bytes.Clone(sig), nil
+}
+
+// signedRoots reads the roots of the tree at length, the feed's newest,
+// and checks them against the newest signature, for a writer whose roots
+// are not held (it was opened and has not appended since). Called under
+// writeMu.
+func (f *Feed) signedRoots(length uint64) ([]storedNode, error) {
+	sig, err := f.newestSignature(length)
+	if err != nil {
+		return nil, err
+	}
+	roots, err := f.readRoots(length)
+	if err != nil {
+		return nil, err
+	}
+	if !verifyRoots(f.key, treeHash(roots), length, sig) {
+		return nil, &CorruptError{File: f.name + fileTree, Offset: headerSize, Reason: fmt.Sprintf("the roots of length %d no longer verify", length)}
+	}
+	return roots, nil
 }
 
 // Verify checks that sig signs this feed's tree at the given length under
@@ -1639,11 +1850,15 @@ func (f *Feed) Verify(length uint64, sig []byte) error {
 // proof reaches the newest signed length.
 func (f *Feed) Proof(start, end, remoteLength uint64) (*Proof, error) {
 	f.mu.RLock()
-	length, sig, closed := f.length, f.sig, f.closed
+	length, closed := f.length, f.closed
 	ok := f.hasRangeLocked(start, end)
 	f.mu.RUnlock()
 	if closed {
 		return nil, fmt.Errorf("feed %x: proof: %w", f.key[:4], ErrClosed)
+	}
+	length, sig, err := f.signedNow()
+	if err != nil {
+		return nil, fmt.Errorf("feed %x: proof: %w", f.key[:4], err)
 	}
 	if !ok || length == 0 {
 		return nil, fmt.Errorf("feed %x: proof of [%d, %d) with length %d: %w", f.key[:4], start, end, length, ErrOutOfRange)
@@ -1715,14 +1930,17 @@ func (f *Feed) olderProof(start, end, length uint64) (*Proof, error) {
 	}
 	// The signatures file holds ascending lengths; the file of older ones
 	// holds them in the order they arrived.
-	if p := try(f.sigs, true); p != nil {
+	if p := try(f.fsigs(), true); p != nil {
 		return p, nil
 	}
+	var older File
 	f.writeMu.Lock()
-	older := f.older
+	if f.ws != nil {
+		older = f.ws.older
+	}
 	f.writeMu.Unlock()
 	if older == nil {
-		if file, oerr := f.store.Open(f.name+fileOlderSigs, false); oerr == nil {
+		if file, oerr := f.cfg.store.Open(f.name+fileOlderSigs, false); oerr == nil {
 			defer file.Close()
 			older = file
 		}
@@ -1738,7 +1956,7 @@ func (f *Feed) proofAt(start, end, length uint64) (*Proof, error) {
 	for _, i := range proofIndexes(nil, start, end, length) {
 		n, err := f.readNode(i)
 		if errors.Is(err, errNoNode) {
-			if f.secret != nil {
+			if f.writable {
 				err = &CorruptError{File: f.name + fileTree, Offset: headerSize + int64(i)*nodeSize, Reason: fmt.Sprintf("node %d of a writer's tree is missing", i)}
 			} else {
 				err = fmt.Errorf("%w: this replica does not hold node %d", ErrNotAvailable, i)
@@ -1801,7 +2019,7 @@ func (f *Feed) Put(p *Proof) error {
 	if p == nil {
 		return fmt.Errorf("feed %x: put: %w: nil proof", f.key[:4], ErrBadProof)
 	}
-	if f.secret != nil {
+	if f.writable {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrNotWritable)
 	}
 	// Scratch buffers come from a pool shared by all feeds: an idle
@@ -1824,8 +2042,8 @@ func (f *Feed) Put(p *Proof) error {
 	if closed {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrClosed)
 	}
-	if f.failed != nil {
-		return fmt.Errorf("feed %x: put after failed sync: %w", f.key[:4], f.failed)
+	if err := f.failed(); err != nil {
+		return fmt.Errorf("feed %x: put after failed sync: %w", f.key[:4], err)
 	}
 	if p.Signature == nil && p.Length > curLen {
 		return fmt.Errorf("feed %x: put: %w: unsigned proof past length %d", f.key[:4], ErrBadProof, curLen)
@@ -1842,7 +2060,7 @@ func (f *Feed) Put(p *Proof) error {
 	if len(p.Blocks) > 0 {
 		lo, hi := 2*p.Start, 2*end-1
 		sc.tree = slices.Grow(sc.tree[:0], int((hi-lo)*nodeSize))[:(hi-lo)*nodeSize]
-		n, err := f.tree.ReadAt(sc.tree, headerSize+int64(lo)*nodeSize)
+		n, err := f.ftree().ReadAt(sc.tree, headerSize+int64(lo)*nodeSize)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 		}
@@ -1894,21 +2112,21 @@ func (f *Feed) Put(p *Proof) error {
 				}
 			}
 			if len(data) > 0 {
-				if _, err := f.data.WriteAt(data, off); err != nil {
+				if _, err := f.fdata().WriteAt(data, off); err != nil {
 					return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 				}
 				off += int64(len(data))
 				data = data[:0]
 			}
 			if len(b) >= putDirectWrite {
-				if _, err := f.data.WriteAt(b, off); err != nil {
+				if _, err := f.fdata().WriteAt(b, off); err != nil {
 					return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 				}
 				off += int64(len(b))
 			}
 		}
 		sc.data = data
-		files = append(files, f.data)
+		files = append(files, f.fdata())
 	}
 	wroteTree := false
 	// One write per run of consecutive new nodes: in the span, from its
@@ -1922,7 +2140,7 @@ func (f *Feed) Put(p *Proof) error {
 		for j < len(sc.isNew) && sc.isNew[j] {
 			j++
 		}
-		if _, err := f.tree.WriteAt(span.buf[i*nodeSize:j*nodeSize], headerSize+int64(span.lo+uint64(i))*nodeSize); err != nil {
+		if _, err := f.ftree().WriteAt(span.buf[i*nodeSize:j*nodeSize], headerSize+int64(span.lo+uint64(i))*nodeSize); err != nil {
 			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 		}
 		wroteTree = true
@@ -1941,7 +2159,7 @@ func (f *Feed) Put(p *Proof) error {
 			for k := i; k < j; k++ {
 				encodeNode(run[(k-i)*nodeSize:], &fresh[k])
 			}
-			if _, err := f.tree.WriteAt(run, headerSize+int64(fresh[i].Index)*nodeSize); err != nil {
+			if _, err := f.ftree().WriteAt(run, headerSize+int64(fresh[i].Index)*nodeSize); err != nil {
 				return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 			}
 			i = j
@@ -1949,22 +2167,22 @@ func (f *Feed) Put(p *Proof) error {
 		wroteTree = true
 	}
 	if wroteTree {
-		files = append(files, f.tree)
+		files = append(files, f.ftree())
 	}
 	newLen := curLen
 	if p.Signature != nil {
 		newLen = max(curLen, p.Length)
 	}
 	if f.keyDirty {
-		files = append(files, f.meta)
+		files = append(files, f.ws.meta)
 	}
 	if len(p.Blocks) > 0 || bitPages(newLen) > f.bitPages {
 		// The bits claim blocks: with sync on, they are written only once
 		// the data and nodes under them are durable.
-		if !f.noSync && len(p.Blocks) > 0 {
+		if !f.cfg.noSync && len(p.Blocks) > 0 {
 			for _, file := range files {
 				if err := file.Sync(); err != nil {
-					f.failed = err
+					f.scratch().failed = err
 					return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
 				}
 			}
@@ -1980,24 +2198,25 @@ func (f *Feed) Put(p *Proof) error {
 		for _, r := range roots {
 			byteLen += r.Size
 		}
-		if err := f.writeSignature(length, sig, append(files, f.bits)...); err != nil {
+		if err := f.writeSignature(length, sig, append(files, f.fbits())...); err != nil {
 			return err
 		}
-	} else if !f.noSync {
-		for _, file := range append(files, f.bits) {
+	} else if !f.cfg.noSync {
+		for _, file := range append(files, f.fbits()) {
 			if err := file.Sync(); err != nil {
-				f.failed = err
+				f.scratch().failed = err
 				return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
 			}
 		}
 	}
 	if f.keyDirty {
 		f.keyDirty = false
-		if err := f.meta.Close(); err != nil {
-			f.failed = err
+		meta := f.ws.meta
+		f.ws.meta = nil
+		if err := meta.Close(); err != nil {
+			f.ws.failed = err
 			return fmt.Errorf("feed %x: close key file: %w", f.key[:4], err)
 		}
-		f.meta = nil
 	}
 	f.publish(length, byteLen, roots, sig, func(b *bitset) { b.setRange(p.Start, end) })
 	if p.Signature != nil && p.Length < curLen {
@@ -2013,28 +2232,30 @@ func (f *Feed) Put(p *Proof) error {
 // and its records are checked again by whoever receives a proof made with
 // one. Called under writeMu; a failure only loses the cache.
 func (f *Feed) keepOlderSignature(length uint64, sig []byte) {
-	if f.older == nil {
-		file, err := f.store.Open(f.name+fileOlderSigs, true)
+	ws := f.scratch()
+	if ws.older == nil {
+		file, err := f.cfg.store.Open(f.name+fileOlderSigs, true)
 		if err != nil {
 			return
 		}
-		f.older = file
+		ws.older = file
 	}
-	size, err := f.older.Size()
+	older := ws.older
+	size, err := older.Size()
 	if err != nil {
 		return
 	}
 	end := headerSize + max(size-headerSize, 0)/sigRecordSize*sigRecordSize
 	if size < headerSize {
 		hdr := encodeHeader(magicOlderSigs, sigRecordSize)
-		if _, err := f.older.WriteAt(hdr[:], 0); err != nil {
+		if _, err := older.WriteAt(hdr[:], 0); err != nil {
 			return
 		}
 		end = headerSize
 	}
 	var rec [sigRecordSize]byte
 	encodeSigRecord(rec[:], length, sig, 0)
-	f.older.WriteAt(rec[:], end)
+	older.WriteAt(rec[:], end)
 }
 
 // writeBits records blocks [start, end) in the bitfield file, and makes the
@@ -2060,7 +2281,7 @@ func (f *Feed) writeBits(start, end, length uint64) error {
 		copy(rec, buf[(p-lo)*bitPageBytes:(p-lo+1)*bitPageBytes])
 		encodeBitPage(rec, p)
 	}
-	if _, err := f.bits.WriteAt(out, headerSize+int64(lo)*bitPageSize); err != nil {
+	if _, err := f.fbits().WriteAt(out, headerSize+int64(lo)*bitPageSize); err != nil {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 	}
 	f.bitPages = max(f.bitPages, hi)
@@ -2091,7 +2312,11 @@ func (f *Feed) closeFiles() error {
 	f.filesClosed = true
 	f.filesMu.Unlock()
 	var first error
-	for _, file := range []File{f.meta, f.data, f.tree, f.sigs, f.bits, f.older} {
+	files := []File{f.fdata(), f.ftree(), f.fsigs(), f.fbits()}
+	if f.ws != nil {
+		files = append(files, f.ws.meta, f.ws.older)
+	}
+	for _, file := range files {
 		if file == nil {
 			continue
 		}

@@ -786,3 +786,111 @@ func TestReopenedFeedOpensItsFilesOnFirstUse(t *testing.T) {
 		})
 	}
 }
+
+// A feed opened from storage does not hold its roots, signature or secret
+// key until it uses them. Its first appends, proofs and signature reads,
+// racing each other, read them from the files: the writer goes on from
+// where it was, and a replica reopened the same way serves proofs that
+// verify.
+func TestReopenedFeedReadsItsSignedStateOnFirstUse(t *testing.T) {
+	s := NewMemStorage()
+	w := newFeed(t, s, nil)
+	mustAppend(t, w, "a", "b", "c")
+	r, err := OpenFeed(s, "r/", &FeedOptions{Key: w.Key()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := replicate(w, r, 2); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	r.Close()
+
+	for round := range 10 {
+		w, err := OpenFeed(s, "f/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := OpenFeed(s, "r/", &FeedOptions{Key: w.Key()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := w.Len()
+		var wg sync.WaitGroup
+		for g := range 3 {
+			wg.Go(func() {
+				if _, err := w.Append([]byte(fmt.Sprint(round, g))); err != nil {
+					t.Errorf("append: %v", err)
+				}
+			})
+			wg.Go(func() {
+				length, sig := w.Signature()
+				if err := w.Verify(length, sig); err != nil {
+					t.Errorf("signature of length %d: %v", length, err)
+				}
+			})
+			wg.Go(func() {
+				p, err := r.Proof(0, 3, 0)
+				if err != nil {
+					t.Errorf("replica proof: %v", err)
+					return
+				}
+				fresh, err := OpenFeed(NewMemStorage(), "x/", &FeedOptions{Key: w.Key()})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer fresh.Close()
+				if err := fresh.Put(p); err != nil {
+					t.Errorf("put of a reopened replica's proof: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		if got := w.Len(); got != start+3 {
+			t.Fatalf("round %d: length %d after 3 appends at %d", round, got, start)
+		}
+		// The appends extended the signed tree: a new replica verifies it.
+		check, err := OpenFeed(NewMemStorage(), "x/", &FeedOptions{Key: w.Key()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := replicate(w, check, 5); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		check.Close()
+		w.Close()
+		r.Close()
+	}
+}
+
+// A writer's roots and secret key are read again on its first append after
+// opening: damage to them since then fails the append with ErrCorrupt, and
+// appends nothing.
+func TestAppendAfterDamageSinceOpenFails(t *testing.T) {
+	for _, file := range []string{"f/tree", "f/key", "f/signatures"} {
+		t.Run(file, func(t *testing.T) {
+			s := NewMemStorage()
+			w := newFeed(t, s, nil)
+			mustAppend(t, w, "a", "b", "c")
+			w.Close()
+			w = newFeed(t, s, nil)
+			b := mustFileBytes(t, s, file)
+			switch file {
+			case "f/tree":
+				b[headerSize+4*nodeSize] ^= 1 // node 4, a root of length 3
+			case "f/key":
+				b[keySecretOff] ^= 1
+			case "f/signatures":
+				b[len(b)-sigRecordSize+10] ^= 1
+			}
+			s.setFileBytes(file, b)
+			if _, err := w.Append([]byte("d")); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("append after damage to %s: %v, want ErrCorrupt", file, err)
+			}
+			if got := w.Len(); got != 3 {
+				t.Fatalf("length %d after a failed append, want 3", got)
+			}
+		})
+	}
+}

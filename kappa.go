@@ -67,7 +67,8 @@ type Core struct {
 	ownStore bool
 	opts     Options
 	key      []byte
-	enc      Encoding // the stored value encoding
+	enc      Encoding    // the stored value encoding
+	feedCfg  *feedConfig // what its feeds share; set by load
 	meta     File
 	manifest File
 
@@ -78,8 +79,7 @@ type Core struct {
 	feeds        []*Feed
 	byKey        map[string]*Feed
 	byName       map[string]*Feed
-	names        map[string]string // local writer names by feed key
-	lost         map[string]error  // writer names whose feed did not load
+	lost         map[string]error // writer names whose feed did not load
 	damaged      []Damage
 	repairs      []Repair
 	reserveTo    int // manifest slots below this hold unlisted feed files; guarded by addMu
@@ -182,7 +182,6 @@ func openCore(s Storage, opts *Options) (*Core, error) {
 		store:        s,
 		byKey:        make(map[string]*Feed),
 		byName:       make(map[string]*Feed),
-		names:        make(map[string]string),
 		lost:         make(map[string]error),
 		views:        make(map[string]*Index),
 		feedsChanged: make(chan struct{}),
@@ -217,7 +216,7 @@ func openCore(s Storage, opts *Options) (*Core, error) {
 
 // feedOptions are the options every feed of the database is opened with.
 func (c *Core) feedOptions() *FeedOptions {
-	return &FeedOptions{ValueEncoding: c.enc, NoSync: c.opts.NoSync, OnRepair: c.repaired}
+	return &FeedOptions{ValueEncoding: c.enc, NoSync: c.opts.NoSync, OnRepair: c.repaired, cfg: c.feedCfg}
 }
 
 func (c *Core) repaired(r Repair) {
@@ -329,6 +328,9 @@ func (c *Core) load() error {
 	}
 	if err := c.loadKey(hasFeeds); err != nil {
 		return err
+	}
+	if enc, err := c.enc.normalize(); err == nil {
+		c.feedCfg = &feedConfig{store: c.store, enc: enc, noSync: c.opts.NoSync}
 	}
 	hdr := encodeHeader(magicManifest, manifestRecord)
 	headerCut := msize < headerSize
@@ -624,11 +626,10 @@ func feedPrefix(slot int) string { return fmt.Sprintf("feeds/%d/", slot) }
 func (c *Core) addLocked(f *Feed, local bool, name string) {
 	c.mu.Lock()
 	c.feeds = append(c.feeds, f)
-	key := string(f.Key()) // one copy for both maps
-	c.byKey[key] = f
+	c.byKey[string(f.Key())] = f
 	if local {
 		c.byName[name] = f
-		c.names[key] = name
+		f.writer = name
 	}
 	close(c.feedsChanged)
 	c.feedsChanged = make(chan struct{})
@@ -910,8 +911,10 @@ func (c *Core) FindWriter(name string) *Feed {
 func (c *Core) WriterName(key []byte) (string, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	name, ok := c.names[string(key)]
-	return name, ok
+	if f := c.byKey[string(key)]; f != nil && c.byName[f.writer] == f {
+		return f.writer, true
+	}
+	return "", false
 }
 
 // Dir returns the directory of a database opened with Open, and "" for one
