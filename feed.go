@@ -187,6 +187,12 @@ type wantSet struct {
 // are chosen. Opening reads a constant amount of the log (plus, for a
 // replica, its bitfield); if the last writes were torn by a crash, the feed
 // is cut back to the last length whose signature verifies.
+//
+// So that a database of many feeds stays small, a feed that was opened and
+// not used since holds a few hundred bytes: no open files, and neither the
+// roots and signature it verified nor a writer's secret key. Its first use
+// reads what it needs again, checking it: a file damaged in between fails
+// that call with ErrCorrupt (an Append appends nothing).
 func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	var o FeedOptions
 	if opts != nil {
