@@ -96,14 +96,15 @@ type Entry struct {
 	Key   ed25519.PublicKey // the feed's public key
 	Seq   uint64            // the entry's sequence number in its feed
 	Value []byte            // the entry's value
-	enc   Encoding
+	enc   byte              // the value encoding's code (see Encoding.code): an Entry stays 64 bytes
 }
 
 // Decode decodes the value into v according to the database's value
 // encoding: JSON into any v for "json"; into a *string for "utf-8"; into a
 // *[]byte (a copy) for "binary".
 func (e Entry) Decode(v any) error {
-	if e.enc == JSON {
+	enc, _ := encodingFromCode(e.enc)
+	if enc == JSON {
 		return json.Unmarshal(e.Value, v)
 	}
 	switch p := v.(type) {
@@ -112,7 +113,6 @@ func (e Entry) Decode(v any) error {
 	case *[]byte:
 		*p = append([]byte(nil), e.Value...)
 	default:
-		enc := e.enc
 		if enc == "" {
 			enc = Binary
 		}
@@ -874,6 +874,7 @@ func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 	}
 	m := &mappedBatch{p: p, start: start, end: end}
 	entries := make([]Entry, 0, len(values))
+	code := x.enc.code()
 	for i, v := range values {
 		seq := start + uint64(i)
 		if x.enc != Binary {
@@ -882,7 +883,7 @@ func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 				continue
 			}
 		}
-		entries = append(entries, Entry{Key: key, Seq: seq, Value: v, enc: x.enc})
+		entries = append(entries, Entry{Key: key, Seq: seq, Value: v, enc: code})
 	}
 	if len(entries) > 0 {
 		if err := x.view.Map(entries); err != nil {
