@@ -284,8 +284,9 @@ func (x *Index) Ready(ctx context.Context) error {
 	if err := x.closedErr("ready"); err != nil {
 		return err
 	}
-	w := &readyWaiter{pending: map[string][]span{}, done: make(chan struct{})}
-	for _, t := range presentNow(x.host.Feeds()) {
+	present := presentNow(x.host.Feeds())
+	w := &readyWaiter{pending: make(map[string][]span, len(present)), done: make(chan struct{})}
+	for _, t := range present {
 		w.pending[t.key] = t.spans
 	}
 	x.mu.Lock()
@@ -379,7 +380,7 @@ type feedTarget struct {
 
 // presentNow lists, per feed, the ranges of entries present now.
 func presentNow(feeds []*Feed) []feedTarget {
-	var out []feedTarget
+	out := make([]feedTarget, 0, len(feeds))
 	for _, f := range feeds {
 		t := feedTarget{key: string(f.Key()), spans: f.presentSpans(math.MaxUint64)}
 		if len(t.spans) > 0 {
@@ -597,8 +598,13 @@ func (x *Index) load(rebuild bool) error {
 func (x *Index) addFeeds(feeds []*Feed) {
 	var reports []error
 	x.mu.Lock()
-	var added []*feedProgress
-	for _, f := range feeds[min(len(x.feeds), len(feeds)):] {
+	var added, work []*feedProgress
+	feeds = feeds[min(len(x.feeds), len(feeds)):]
+	if len(x.byKey) == 0 && len(feeds) > 64 {
+		x.byKey = make(map[string]*feedProgress, len(feeds)) // not grown step by step
+	}
+	x.feeds = slices.Grow(x.feeds, len(feeds))
+	for _, f := range feeds {
 		key := string(f.Key())
 		p := x.stored[key]
 		if p != nil {
@@ -618,13 +624,24 @@ func (x *Index) addFeeds(feeds []*Feed) {
 		x.feeds = append(x.feeds, p)
 		x.byKey[key] = p
 		if p.n < f.Downloaded() {
-			x.queue(p, true)
+			work = append(work, p)
 		}
 	}
 	if x.states != nil && len(added) > 0 {
 		x.sortSegsLocked(added)
 	}
 	x.mu.Unlock()
+	if len(work) > 0 {
+		x.dmu.Lock()
+		for _, p := range work {
+			if !p.queued {
+				p.queued = true
+				x.dirty = append(x.dirty, p)
+			}
+		}
+		x.dmu.Unlock()
+		x.wakeUp()
+	}
 	for _, err := range reports {
 		x.host.report(err)
 	}
