@@ -3,6 +3,10 @@ package kappa
 import (
 	"io"
 	"io/fs"
+	"maps"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -15,29 +19,96 @@ type osFile struct{ fd int }
 
 // rootDir is a DirStorage's directory. On Linux it is held open, and files
 // are opened relative to it: no path is built per open, and the kernel
-// walks only the name's own components.
+// walks only the name's own components. The directories directly under it
+// that hold files (such as "feeds") are held open too, once they exist,
+// so that opening "feeds/12/tree" walks two components, not three: a
+// database of many small feeds opens files often.
 type rootDir struct {
 	path string
 	fd   int
+	subs *subDirs
 }
 
+// subDirs are the directories held open under a rootDir, by name: a map
+// replaced, never changed, so that opens read it without a lock.
+type subDirs struct {
+	m  atomic.Pointer[map[string]int]
+	mu sync.Mutex // adding one
+}
+
+// maxSubDirs bounds the directories a rootDir holds open.
+const maxSubDirs = 16
+
 func openRootDir(path string) (rootDir, error) {
+	fd, err := openDirAt(atCWD, path)
+	if err != nil {
+		return rootDir{}, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return rootDir{path: path, fd: fd, subs: new(subDirs)}, nil
+}
+
+// atCWD is AT_FDCWD, which package syscall does not export.
+const atCWD = -100
+
+func openDirAt(dir int, name string) (int, error) {
 	for {
-		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
-		if err == nil {
-			return rootDir{path: path, fd: fd}, nil
-		}
+		fd, err := syscall.Openat(dir, name, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
 		if err != syscall.EINTR {
-			return rootDir{}, &fs.PathError{Op: "open", Path: path, Err: err}
+			return fd, err
 		}
 	}
 }
 
 func (d rootDir) close() error {
-	if err := syscall.Close(d.fd); err != nil {
-		return &fs.PathError{Op: "close", Path: d.path, Err: err}
+	var first error
+	if m := d.subs.m.Load(); m != nil {
+		for name, fd := range *m {
+			if err := syscall.Close(fd); err != nil && first == nil {
+				first = &fs.PathError{Op: "close", Path: d.path + "/" + name, Err: err}
+			}
+		}
 	}
-	return nil
+	if err := syscall.Close(d.fd); err != nil && first == nil {
+		first = &fs.PathError{Op: "close", Path: d.path, Err: err}
+	}
+	return first
+}
+
+// at returns the descriptor to open name relative to, and name relative
+// to it: its first directory's, if that is held open or can be now.
+func (d rootDir) at(name string) (int, string) {
+	i := strings.IndexByte(name, '/')
+	if i <= 0 {
+		return d.fd, name
+	}
+	dir, rest := name[:i], name[i+1:]
+	if m := d.subs.m.Load(); m != nil {
+		if fd, ok := (*m)[dir]; ok {
+			return fd, rest
+		}
+	}
+	d.subs.mu.Lock()
+	defer d.subs.mu.Unlock()
+	old := d.subs.m.Load()
+	if old != nil {
+		if fd, ok := (*old)[dir]; ok {
+			return fd, rest
+		}
+		if len(*old) >= maxSubDirs {
+			return d.fd, name
+		}
+	}
+	fd, err := openDirAt(d.fd, dir)
+	if err != nil {
+		return d.fd, name // not created yet, or not a directory
+	}
+	m := make(map[string]int, 1)
+	if old != nil {
+		maps.Copy(m, *old)
+	}
+	m[dir] = fd
+	d.subs.m.Store(&m)
+	return fd, rest
 }
 
 // open opens name (slash-separated, relative to d) read-write; with
@@ -48,8 +119,9 @@ func (d rootDir) open(name string, create bool) (osFile, error) {
 	if create {
 		flags |= syscall.O_CREAT | syscall.O_EXCL
 	}
+	dir, rel := d.at(name)
 	for {
-		fd, err := syscall.Openat(d.fd, name, flags, 0o644)
+		fd, err := syscall.Openat(dir, rel, flags, 0o644)
 		if err == nil {
 			return osFile{fd: fd}, nil
 		}

@@ -20,8 +20,9 @@ const DefaultMaxOpenFiles = 256
 // DirOptions configures OpenDir. A nil *DirOptions means the defaults.
 type DirOptions struct {
 	// MaxOpenFiles bounds the number of file descriptors held open at once
-	// for the Storage's files (the lock file and, on Linux, the directory,
-	// which files are opened relative to, are not counted). Files beyond
+	// for the Storage's files. Not counted: the lock file and, on Linux,
+	// the directory and up to 16 of the directories directly in it, which
+	// files are opened relative to. Files beyond
 	// it are reopened on use. Zero means DefaultMaxOpenFiles; negative is
 	// an error. The bound can be passed briefly while more files than it
 	// are in the middle of a read, write or sync.

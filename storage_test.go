@@ -1298,3 +1298,43 @@ func BenchmarkDirStorage(b *testing.B) {
 func BenchmarkMemStorage(b *testing.B) {
 	benchmarkStorageReadWrite(b, NewMemStorage())
 }
+
+// Files under many first-level directories (more than a DirStorage keeps
+// open), created after the storage opened, land where their names say,
+// read back, and leave no descriptor open after Close.
+func TestDirStorageFilesUnderManyDirectoriesLeaveNoDescriptor(t *testing.T) {
+	dir := t.TempDir()
+	cycle := func(round int) {
+		s, err := OpenDir(dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 32 {
+			name := fmt.Sprintf("d%d/sub/f%d", i, round)
+			f := storageMustOpen(t, s, name, true)
+			storageMustWriteAt(t, f, name, 0)
+			if got := storageReadAll(t, f); got != name {
+				t.Fatalf("%s reads %q", name, got)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 32 {
+			name := fmt.Sprintf("d%d/sub/f%d", i, round)
+			b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(name)))
+			if err != nil || string(b) != name {
+				t.Fatalf("%s on disk: %q, %v", name, b, err)
+			}
+		}
+	}
+	cycle(0) // the runtime's own descriptors are open after this
+	before := storageOpenFDs(t)
+	cycle(1)
+	if now := storageOpenFDs(t); before >= 0 && now != before {
+		t.Fatalf("after Close: %d descriptors open, %d before", now, before)
+	}
+}
