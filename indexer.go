@@ -480,11 +480,13 @@ func (x *Index) Status() IndexStatus {
 // fail stops the view on err, which no call returned.
 func (x *Index) fail(err error) {
 	err = fmt.Errorf("view %q: %w", x.name, err)
+	// Reported first: a Ready or Status that sees the view stopped finds
+	// the error reported already.
+	x.host.report(err)
 	x.mu.Lock()
 	x.err = err
 	x.changedLocked()
 	x.mu.Unlock()
-	x.host.report(err)
 }
 
 // run is the view's goroutine: load progress, follow the host's feeds, map
