@@ -44,7 +44,8 @@ type Options struct {
 
 	// OnError receives errors that no call returns: a view's Map or state
 	// failing, a feed that could not be loaded. It is called from
-	// background goroutines and must not block for long. Damage found
+	// background goroutines and must not block for long. A view's error
+	// reaches it before Ready returns it or Status shows it. Damage found
 	// while opening is also listed by Core.Damaged.
 	OnError func(error)
 
