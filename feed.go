@@ -216,11 +216,7 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	for i := range f.lazy {
 		f.lazy[i].feed = f
 	}
-	meta, err := f.open(s, prefix, &o)
-	if err != nil {
-		if meta != nil {
-			meta.Close()
-		}
+	if err := f.open(s, prefix, &o); err != nil {
 		f.closeFiles()
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
@@ -228,19 +224,24 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	return f, nil
 }
 
-// open opens or creates the feed's files and recovers its state. It returns
-// the key file, to be closed by the caller if open fails.
-func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (meta File, err error) {
-	if meta, err = s.Open(prefix+fileKey, true); err != nil {
-		return nil, err
+// open opens or creates the feed's files and recovers its state.
+func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
+	meta, err := s.Open(prefix+fileKey, true)
+	if err != nil {
+		return err
 	}
+	defer func() {
+		if err != nil && meta != nil {
+			meta.Close()
+		}
+	}()
 	blank, err := isBlank(s, prefix)
 	if err != nil {
-		return meta, err
+		return err
 	}
 	fresh, secret, inFile, err := f.loadKeys(meta, o, blank)
 	if err != nil {
-		return meta, err
+		return err
 	}
 	// A writer's secret key is read again when it next appends, unless it
 	// is new or the key file does not hold it.
@@ -266,36 +267,32 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (meta File, err er
 	for i, x := range files {
 		file, err := s.Open(prefix+x.name, true)
 		if err != nil {
-			return meta, err
+			return err
 		}
 		f.lazy[i].ref.Store(&fileRef{file})
 		if err := f.checkHeader(file, x.name, x.magic, x.rec, blank); err != nil {
-			return meta, err
+			return err
 		}
 	}
-	if fresh && !f.cfg.noSync && o.lazy {
-		// The key file is synced with the first Put.
-		f.keyDirty = true
-		f.scratch().meta = meta
-	} else if fresh && !f.cfg.noSync {
+	dirty := fresh && !f.cfg.noSync && o.lazy // the key file is synced with the first Put
+	if fresh && !f.cfg.noSync && !o.lazy {
 		for i := range files {
 			if err := f.lazy[i].Sync(); err != nil {
-				return meta, err
+				return err
 			}
 		}
 	}
 	if err := f.recover(); err != nil {
-		if f.keyDirty {
-			f.ws.meta = nil
-		}
-		return meta, err
+		return err
 	}
-	if f.keyDirty {
-		return nil, nil // held in ws until synced
+	if dirty {
+		f.keyDirty = true
+		f.scratch().meta = meta
+		return nil
 	}
-	err = meta.Close()
+	err, meta = meta.Close(), nil
 	if fresh {
-		return nil, err // a new feed is used next: its files stay open
+		return err // a new feed is used next: its files stay open
 	}
 	// The key file is read only here, and the others are opened again on
 	// first use: an idle feed keeps its files closed.
@@ -304,7 +301,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (meta File, err er
 			err = rerr
 		}
 	}
-	return nil, err
+	return err
 }
 
 // lazyFile is one of a feed's data, tree, signatures and bitfield files,
@@ -1441,6 +1438,19 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	if err := f.failed(); err != nil {
 		return 0, fmt.Errorf("feed %x: append after failed sync: %w", f.key[:4], err)
 	}
+	var n, size uint64
+	for _, r := range batch {
+		n += uint64(len(r.values))
+		for _, v := range r.values {
+			size += uint64(len(v))
+		}
+	}
+	if n == 0 {
+		return start, nil
+	}
+	if start+n > maxTreeLength || byteLen+size > maxTreeBytes {
+		return 0, fmt.Errorf("feed %x: append %d entries at %d: %w", f.key[:4], n, start, ErrFull)
+	}
 	secret, err := f.secretKey()
 	if err != nil {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
@@ -1454,19 +1464,6 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 		if roots, err = f.signedRoots(start); err != nil {
 			return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 		}
-	}
-	var n, size uint64
-	for _, r := range batch {
-		n += uint64(len(r.values))
-		for _, v := range r.values {
-			size += uint64(len(v))
-		}
-	}
-	if n == 0 {
-		return start, nil
-	}
-	if start+n > maxTreeLength || byteLen+size > maxTreeBytes {
-		return 0, fmt.Errorf("feed %x: append %d entries at %d: %w", f.key[:4], n, start, ErrFull)
 	}
 
 	// Data: one write of all values.
@@ -1856,8 +1853,8 @@ func (f *Feed) Verify(length uint64, sig []byte) error {
 // proof reaches the newest signed length.
 func (f *Feed) Proof(start, end, remoteLength uint64) (*Proof, error) {
 	f.mu.RLock()
-	length, closed := f.length, f.closed
-	ok := f.hasRangeLocked(start, end)
+	closed := f.closed
+	ok := f.hasRangeLocked(start, end) // still true at a later length
 	f.mu.RUnlock()
 	if closed {
 		return nil, fmt.Errorf("feed %x: proof: %w", f.key[:4], ErrClosed)

@@ -865,8 +865,8 @@ func TestReopenedFeedReadsItsSignedStateOnFirstUse(t *testing.T) {
 }
 
 // A writer's roots and secret key are read again on its first append after
-// opening: damage to them since then fails the append with ErrCorrupt, and
-// appends nothing.
+// opening (one with values): damage to them since then fails the append
+// with ErrCorrupt, and appends nothing.
 func TestAppendAfterDamageSinceOpenFails(t *testing.T) {
 	for _, file := range []string{"f/tree", "f/key", "f/signatures"} {
 		t.Run(file, func(t *testing.T) {
@@ -885,6 +885,10 @@ func TestAppendAfterDamageSinceOpenFails(t *testing.T) {
 				b[len(b)-sigRecordSize+10] ^= 1
 			}
 			s.setFileBytes(file, b)
+			// An empty append reads nothing: it returns the length.
+			if seq, err := w.Append(); err != nil || seq != 3 {
+				t.Fatalf("empty append after damage to %s: %d, %v; want 3, nil", file, seq, err)
+			}
 			if _, err := w.Append([]byte("d")); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("append after damage to %s: %v, want ErrCorrupt", file, err)
 			}

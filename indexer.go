@@ -113,9 +113,6 @@ func (e Entry) Decode(v any) error {
 	case *[]byte:
 		*p = append([]byte(nil), e.Value...)
 	default:
-		if enc == "" {
-			enc = Binary
-		}
 		return fmt.Errorf("decode %s value into %T: %w: want *string or *[]byte", enc, v, ErrInvalidValue)
 	}
 	return nil
@@ -600,9 +597,10 @@ func (x *Index) load(rebuild bool) error {
 func (x *Index) addFeeds(feeds []*Feed) {
 	var reports []error
 	x.mu.Lock()
-	var added, work []*feedProgress
+	var added []*feedProgress
+	work := false
 	feeds = feeds[min(len(x.feeds), len(feeds)):]
-	if len(x.byKey) == 0 && len(feeds) > 64 {
+	if len(x.byKey) == 0 {
 		x.byKey = make(map[string]*feedProgress, len(feeds)) // not grown step by step
 	}
 	x.feeds = slices.Grow(x.feeds, len(feeds))
@@ -626,23 +624,16 @@ func (x *Index) addFeeds(feeds []*Feed) {
 		x.feeds = append(x.feeds, p)
 		x.byKey[key] = p
 		if p.n < f.Downloaded() {
-			work = append(work, p)
+			x.queue(p, false)
+			work = true
 		}
 	}
 	if x.states != nil && len(added) > 0 {
 		x.sortSegsLocked(added)
 	}
 	x.mu.Unlock()
-	if len(work) > 0 {
-		x.dmu.Lock()
-		for _, p := range work {
-			if !p.queued {
-				p.queued = true
-				x.dirty = append(x.dirty, p)
-			}
-		}
-		x.dmu.Unlock()
-		x.wakeUp()
+	if work {
+		x.wakeUp() // once for all
 	}
 	for _, err := range reports {
 		x.host.report(err)

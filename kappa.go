@@ -330,9 +330,7 @@ func (c *Core) load() error {
 	if err := c.loadKey(hasFeeds); err != nil {
 		return err
 	}
-	if enc, err := c.enc.normalize(); err == nil {
-		c.feedCfg = &feedConfig{store: c.store, enc: enc, noSync: c.opts.NoSync}
-	}
+	c.feedCfg = &feedConfig{store: c.store, enc: c.enc, noSync: c.opts.NoSync}
 	hdr := encodeHeader(magicManifest, manifestRecord)
 	headerCut := msize < headerSize
 	recordLost := false // a damaged record (not a torn last one)
