@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/ed25519"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -725,7 +724,7 @@ func (f *Feed) load(length uint64, roots []storedNode, sig []byte, sigsEnd int64
 	if err := f.truncate(f.ftree(), fileTree, treeEnd, why); err != nil {
 		return err
 	}
-	dataEnd := headerSize + int64(f.byteLen)
+	dataEnd := dataPos(length, f.byteLen)
 	if err := f.truncate(f.fdata(), fileData, dataEnd, why); err != nil {
 		return err
 	}
@@ -806,8 +805,8 @@ func (f *Feed) loadBitfield(length uint64) error {
 			break
 		}
 		n, err := f.readNode(2 * h)
-		if err == nil && (n.Size == 0 || headerSize+int64(n.Offset+n.Size) <= dataSize) {
-			break // (an empty entry is whole in its leaf, as rebuildBitPage finds)
+		if err == nil && dataPos(h, n.Offset)+dataFrame+int64(n.Size) <= dataSize {
+			break
 		}
 		if err != nil && !errors.Is(err, errNoNode) && !errors.Is(err, ErrCorrupt) {
 			return err
@@ -874,13 +873,18 @@ func (f *Feed) rebuildBitPage(p, length uint64, dst []byte) error {
 	if err != nil {
 		return err
 	}
+	h := newLeafHasher()
 	for seq := lo; seq < hi; seq++ {
 		n, err := span.node(f, 2*seq)
 		if err != nil {
 			continue // not stored, or damaged: not held
 		}
-		buf := make([]byte, 9+n.Size)
-		if f.readData(buf[9:], n.Offset) != nil || f.checkLeaf(buf, &n) != nil {
+		rec := make([]byte, dataFrame+n.Size)
+		if f.readData(rec, dataPos(seq, n.Offset)) != nil {
+			continue
+		}
+		v, _, ok, err := decodeDataRecord(seq, rec, f.name, 0)
+		if !ok || err != nil || uint64(len(v)) != n.Size || h.sum(v) != n.Hash {
 			continue
 		}
 		dst[(seq-lo)/8] |= 1 << (seq % 8)
@@ -1142,6 +1146,55 @@ func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error
 	return f.readRange(start, end, math.MaxUint64)
 }
 
+// scanBatch returns the present entries [start, end), as a view reads
+// them. From entry 0 it reads the data file alone: the records lie end to
+// end after the file's header, so their bounds need no tree, and each is
+// checked against its record's checksum rather than hashed again. Reading
+// a feed that a view has not seen then opens one file, not two. Elsewhere
+// it reads as GetBatch does.
+func (f *Feed) scanBatch(start, end uint64) ([][]byte, error) {
+	if start != 0 || end == 0 || !f.HasRange(start, end) {
+		return f.GetBatch(context.Background(), start, end)
+	}
+	f.mu.RLock()
+	length, byteLen := f.length, f.byteLen
+	f.mu.RUnlock()
+	// The records of every entry lie below limit. Reading fewer than all,
+	// read those of end entries of the mean size, and a quarter more.
+	limit := uint64(dataPos(length, byteLen) - headerSize)
+	want := limit
+	if end < length {
+		mean := byteLen/length + dataFrame
+		want = min(limit, mean*end+mean*end/4+64)
+	}
+	raw := make([]byte, want)
+	n, err := f.fdata().ReadAt(raw, headerSize)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, f.readErr(err, start)
+	}
+	raw = raw[:n]
+	out := make([][]byte, 0, end)
+	pos := 0
+	for seq := range end {
+		v, size, ok, err := decodeDataRecord(seq, raw[pos:], f.name, headerSize+int64(pos))
+		if err != nil {
+			return nil, f.readErr(err, seq)
+		}
+		if !ok {
+			// The read ended inside this record: the rest is read
+			// with the tree, which also tells damage from a short guess.
+			rest, err := f.readRange(seq, end, math.MaxUint64)
+			if err != nil {
+				return nil, err
+			}
+			return append(out, rest...), nil
+		}
+		out = append(out, v)
+		pos += size
+	}
+	return out, nil
+}
+
 // readRange reads present entries from start on, up to end or until they
 // add up to more than maxBytes (but at least one), checking each against
 // its leaf.
@@ -1177,19 +1230,26 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 		total += n.Size
 	}
 	count = uint64(len(nodes))
-	// Entries are contiguous in the data file: read them with one call,
-	// and check each where it lies.
-	first := nodes[0].Offset
-	raw := make([]byte, total)
+	// The entries' records are contiguous in the data file: read them with
+	// one call, and check each where it lies, against its record's
+	// checksum and its leaf.
+	first := dataPos(start, nodes[0].Offset)
+	raw := make([]byte, total+count*dataFrame)
 	if err := f.readData(raw, first); err != nil {
 		return nil, f.readErr(err, start)
 	}
 	out := make([][]byte, count)
 	for k := range nodes {
 		n := &nodes[k]
-		v := raw[n.Offset-first : n.Offset-first+n.Size : n.Offset-first+n.Size]
-		if sc.hasher.sum(v) != n.Hash {
-			return nil, leafMismatch(f, n)
+		at := dataPos(start+uint64(k), n.Offset) - first
+		v, _, ok, err := decodeDataRecord(start+uint64(k), raw[at:at+dataFrame+int64(n.Size)], f.name, first+at)
+		switch {
+		case err != nil:
+			return nil, f.readErr(err, start+uint64(k))
+		case !ok || uint64(len(v)) != n.Size:
+			return nil, f.readErr(leafMismatch(f, n, first+at, "has a record length that does not match its leaf"), start+uint64(k))
+		case sc.hasher.sum(v) != n.Hash:
+			return nil, f.readErr(leafMismatch(f, n, first+at, "does not match its hash"), start+uint64(k))
 		}
 		out[k] = v
 	}
@@ -1263,30 +1323,22 @@ func (f *Feed) wait(ctx context.Context, start, end uint64) error {
 	}
 }
 
-func (f *Feed) readData(dst []byte, off uint64) error {
-	n, err := f.fdata().ReadAt(dst, headerSize+int64(off))
+// readData fills dst from the data file at pos.
+func (f *Feed) readData(dst []byte, pos int64) error {
+	n, err := f.fdata().ReadAt(dst, pos)
 	if n == len(dst) {
 		return nil
 	}
 	if err == nil || errors.Is(err, io.EOF) {
-		return &CorruptError{File: f.name + fileData, Offset: headerSize + int64(off) + int64(n), Reason: "data file ends inside a stored entry"}
+		return &CorruptError{File: f.name + fileData, Offset: pos + int64(n), Reason: "data file ends inside a stored entry"}
 	}
 	return err
 }
 
-// checkLeaf checks buf[9:] against the stored leaf n; buf[:9] is scratch.
-func (f *Feed) checkLeaf(buf []byte, n *storedNode) error {
-	buf[0] = leafType
-	binary.BigEndian.PutUint64(buf[1:9], n.Size)
-	if sha256.Sum256(buf) != n.Hash {
-		return leafMismatch(f, n)
-	}
-	return nil
-}
-
-// leafMismatch is the error for an entry that does not match its leaf n.
-func leafMismatch(f *Feed, n *storedNode) error {
-	return &CorruptError{File: f.name + fileData, Offset: headerSize + int64(n.Offset), Reason: fmt.Sprintf("entry %d does not match its hash", n.Index/2)}
+// leafMismatch is the error for an entry, whose record is at pos, that does
+// not match its leaf n.
+func leafMismatch(f *Feed, n *storedNode, pos int64, why string) error {
+	return &CorruptError{File: f.name + fileData, Offset: pos, Reason: fmt.Sprintf("entry %d %s", n.Index/2, why)}
 }
 
 func (f *Feed) readErr(err error, seq uint64) error {
@@ -1466,12 +1518,14 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 		}
 	}
 
-	// Data: one write of all values.
+	// Data: one write of all values' records.
 	ws := f.scratch()
 	data := ws.data[:0]
+	seq := start
 	for _, r := range batch {
 		for _, v := range r.values {
-			data = append(data, v...)
+			data = appendDataRecord(data, seq, v)
+			seq++
 		}
 	}
 	ws.data = data[:0]
@@ -1490,7 +1544,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	run = append(run, make([]byte, runLen*nodeSize)...)
 	var early []storedNode
 	off := byteLen
-	seq := start
+	seq = start
 	// Each leaf records the number of the signature record that will
 	// cover it; see checkTail.
 	ord := uint32((f.sigsEnd-headerSize)/sigRecordSize + 1)
@@ -1529,7 +1583,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 		}
 	}
 
-	if _, err := f.fdata().WriteAt(data, headerSize+int64(byteLen)); err != nil {
+	if _, err := f.fdata().WriteAt(data, dataPos(start, byteLen)); err != nil {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 	}
 	if _, err := f.ftree().WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
@@ -2102,33 +2156,37 @@ func (f *Feed) Put(p *Proof) error {
 	// bitfield and signature that make it visible.
 	var files []File
 	if len(p.Blocks) > 0 {
-		// The blocks are contiguous in the data file: small ones are
-		// gathered into one write, a large one is written as it is
-		// rather than copied.
-		off := headerSize + int64(t.offsetOf(2*p.Start))
+		// The blocks' records are contiguous in the data file: they are
+		// gathered into one write, but a large block is written as it
+		// is rather than copied, between its record's length and CRC.
+		off := dataPos(p.Start, t.offsetOf(2*p.Start))
 		data := sc.data[:0]
-		for i, b := range p.Blocks {
-			if len(b) < putDirectWrite {
-				data = append(data, b...)
-				if i < len(p.Blocks)-1 {
-					continue
-				}
+		flush := func(b []byte) error {
+			if _, err := f.fdata().WriteAt(b, off); err != nil {
+				return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 			}
-			if len(data) > 0 {
-				if _, err := f.fdata().WriteAt(data, off); err != nil {
-					return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
-				}
-				off += int64(len(data))
-				data = data[:0]
-			}
-			if len(b) >= putDirectWrite {
-				if _, err := f.fdata().WriteAt(b, off); err != nil {
-					return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
-				}
-				off += int64(len(b))
-			}
+			off += int64(len(b))
+			return nil
 		}
-		sc.data = data
+		for i, b := range p.Blocks {
+			seq := p.Start + uint64(i)
+			if len(b) < putDirectWrite {
+				data = appendDataRecord(data, seq, b)
+				continue
+			}
+			data = binary.BigEndian.AppendUint32(data, uint32(len(b)))
+			if err := flush(data); err != nil {
+				return err
+			}
+			if err := flush(b); err != nil {
+				return err
+			}
+			data = binary.BigEndian.AppendUint32(data[:0], dataChecksum(seq, b))
+		}
+		if err := flush(data); err != nil {
+			return err
+		}
+		sc.data = data[:0]
 		files = append(files, f.fdata())
 	}
 	wroteTree := false

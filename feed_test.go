@@ -462,14 +462,14 @@ func TestDamagedDataIsReportedWithFileAndOffset(t *testing.T) {
 	f := newFeed(t, s, nil)
 	mustAppend(t, f, "first", "second", "third")
 	b := mustFileBytes(t, s, "f/data")
-	b[headerSize+len("first")+2] ^= 0xff // inside "second"
+	b[dataPos(1, uint64(len("first")))+dataLenLen+2] ^= 0xff // inside "second"
 	s.setFileBytes("f/data", b)
 	_, err := f.Get(context.Background(), 1)
 	var ce *CorruptError
 	if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("get of damaged entry: %v, want *CorruptError", err)
 	}
-	if ce.File != "f/data" || ce.Offset != headerSize+int64(len("first")) {
+	if ce.File != "f/data" || ce.Offset != dataPos(1, uint64(len("first"))) {
 		t.Fatalf("corrupt error names %s at %d", ce.File, ce.Offset)
 	}
 	if _, err := f.GetBatch(context.Background(), 0, 3); !errors.Is(err, ErrCorrupt) {
@@ -696,7 +696,7 @@ func TestDamageUnderASyncedSignatureIsReportedNotCut(t *testing.T) {
 	if !errors.As(err, &ce) || ce.File != "f/tree" {
 		t.Fatalf("open over a damaged root: %v, want a *CorruptError for f/tree", err)
 	}
-	if b := mustFileBytes(t, s, "f/data"); len(b) != headerSize+4 {
+	if b := mustFileBytes(t, s, "f/data"); int64(len(b)) != dataPos(4, 4) {
 		t.Fatalf("the data was cut to %d bytes", len(b))
 	}
 }

@@ -11,7 +11,7 @@ import (
 // The on-disk records, each as a paired encode and decode, in the order of
 // doc/FORMAT.md. All integers are big-endian; CRC is CRC-32C.
 
-const formatVersion = 2
+const formatVersion = 3
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -137,6 +137,62 @@ func decodeKeyRecord(b []byte) (version uint32, pub, secret []byte, ok bool) {
 		secret = b[keySecretOff : keySecretOff+64]
 	}
 	return binary.BigEndian.Uint32(b[8:]), pub, secret, true
+}
+
+// Data record of entry seq, at dataPos(seq, byte offset of the entry):
+// length u32 ‖ value ‖ CRC u32 of (length ‖ value), starting from a value
+// derived from seq. The records of a feed's entries lie end to end, so a
+// reader that starts at entry 0 finds every entry's bounds without the
+// tree.
+const (
+	dataFrame  = 8 // length and CRC around each value
+	dataLenLen = 4
+)
+
+// dataPos is where the record of entry seq lies in the data file, given the
+// entry's byte offset (the values of the entries before it).
+func dataPos(seq, off uint64) int64 {
+	return headerSize + int64(off) + int64(seq)*dataFrame
+}
+
+// appendDataRecord appends the record of value v, entry seq, to b.
+func appendDataRecord(b []byte, seq uint64, v []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+	b = append(b, v...)
+	return binary.BigEndian.AppendUint32(b, dataChecksum(seq, v))
+}
+
+// dataChecksum is the CRC of the record of value v, entry seq: seeded with
+// seq, so that a record copied to another place does not pass.
+func dataChecksum(seq uint64, v []byte) uint32 {
+	var l [dataLenLen]byte
+	binary.BigEndian.PutUint32(l[:], uint32(len(v)))
+	seed := (uint32(seq) ^ uint32(seq>>32)*0x9e3779b9) ^ 0xda7a
+	return crc32.Update(crc32.Update(seed, castagnoli, l[:]), castagnoli, v)
+}
+
+// decodeDataRecord decodes the record of entry seq at the start of b. It
+// returns the value (a slice of b), the record's size, and ok false if b is
+// too short to hold the record its length field announces (which may be
+// damage). err is a CorruptError (at off, the record's place in file name)
+// if the record fails its checksum or announces more than a block.
+func decodeDataRecord(seq uint64, b []byte, name string, off int64) (v []byte, size int, ok bool, err error) {
+	if len(b) < dataLenLen {
+		return nil, 0, false, nil
+	}
+	n := binary.BigEndian.Uint32(b)
+	if n > MaxBlockSize {
+		return nil, 0, false, &CorruptError{File: name + fileData, Offset: off, Reason: fmt.Sprintf("entry %d: record length %d is over the block limit", seq, n)}
+	}
+	size = dataFrame + int(n)
+	if len(b) < size {
+		return nil, 0, false, nil
+	}
+	v = b[dataLenLen : dataLenLen+n : dataLenLen+n]
+	if dataChecksum(seq, v) != binary.BigEndian.Uint32(b[dataLenLen+n:]) {
+		return nil, 0, false, &CorruptError{File: name + fileData, Offset: off, Reason: fmt.Sprintf("entry %d fails its checksum", seq)}
+	}
+	return v, size, true, nil
 }
 
 // Tree record (56 bytes at 16 + 56·index): hash (32) ‖ size u64 ‖ byte

@@ -697,7 +697,7 @@ type batchRead struct {
 }
 
 func (b *batchRead) read() {
-	b.values, b.err = b.p.feed.GetBatch(context.Background(), b.start, b.end)
+	b.values, b.err = b.p.feed.scanBatch(b.start, b.end)
 	close(b.done)
 }
 

@@ -598,7 +598,7 @@ func TestSequentialGetIsNotFailedByDamageAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := s.fileBytes(fileData)
-	b[headerSize+6] ^= 1 // inside "dd"
+	b[dataPos(3, 6)+dataLenLen+1] ^= 1 // inside "dd"
 	s.setFileBytes(fileData, b)
 	ctx := context.Background()
 	for seq, want := range []string{"aa", "bb", "cc"} {

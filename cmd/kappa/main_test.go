@@ -393,13 +393,15 @@ func TestVerifyNamesTheDamagedEntry(t *testing.T) {
 	}
 	feed := entries(t, dir, db)[0][:8]
 
-	// Entry 1 starts after the data file's 16-byte header and entry 0.
+	// Entry 1's record starts after the data file's 16-byte header and
+	// entry 0's record (its length, 4 bytes, its CRC); its value follows
+	// its own 4-byte length.
 	data := filepath.Join(db, "feeds", "0", "data")
 	b, err := os.ReadFile(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b[16+4+2] ^= 0x20
+	b[16+(4+4+4)+4+2] ^= 0x20
 	if err := os.WriteFile(data, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +410,7 @@ func TestVerifyNamesTheDamagedEntry(t *testing.T) {
 		t.Fatalf("verify passed a flipped byte:\n%s", r.stdout)
 	}
 	checkOneErrorLine(t, "verify", r.stderr)
-	want := fmt.Sprintf("damaged: feed %s (writer \"default\") seq 1: %s at offset 20", feed, data)
+	want := fmt.Sprintf("damaged: feed %s (writer \"default\") seq 1: %s at offset 28", feed, data)
 	if !strings.Contains(r.stdout, want) || strings.Count(r.stdout, "damaged:") != 1 {
 		t.Errorf("verify's report lacks %q, or names more:\n%s", want, r.stdout)
 	}
