@@ -605,6 +605,21 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 	if f.Downloaded() != present {
 		t.Fatalf("%s: Downloaded %d, present %d", sc.name, f.Downloaded(), present)
 	}
+	// A view reads from entry 0 through the data file alone, in batches
+	// that end before the feed does and at its end.
+	if length > 0 && f.HasRange(0, 1) {
+		for _, end := range []uint64{1, (f.NextMissing(0) + 1) / 2, f.NextMissing(0)} {
+			vs, err := f.scanBatch(0, end)
+			if err != nil {
+				checkValue("view read up to", end, nil, err)
+			} else if uint64(len(vs)) != end {
+				t.Fatalf("%s: view read of [0, %d) returned %d entries", sc.name, end, len(vs))
+			}
+			for k, v := range vs {
+				checkValue("view entry", uint64(k), v, nil)
+			}
+		}
+	}
 
 	// A proof the damaged feed serves is refused with ErrCorrupt, or is
 	// true, or is refused by a peer with ErrVerify.

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -894,5 +897,101 @@ func TestReadAheadMapsEveryEntryOnce(t *testing.T) {
 	}
 	if got != want {
 		t.Fatalf("mapped %d entries, appended %d", got, want)
+	}
+}
+
+// A view reads a feed from entry 0 through the data file alone. Values of
+// very different sizes (so that a read sized by the mean ends inside a
+// record), empty values and batches that stop before the end all arrive
+// whole and in order.
+func TestViewReadsRecordsFromTheStart(t *testing.T) {
+	var values []string
+	values = append(values, strings.Repeat("L", 100_000), "", "a")
+	for i := range 300 {
+		values = append(values, fmt.Sprint(i))
+	}
+	values = append(values, "", strings.Repeat("M", 70_000), "z")
+	for _, max := range []int{1, 2, 10, 1000} {
+		t.Run(fmt.Sprint("max-batch-", max), func(t *testing.T) {
+			c := newCore(t, nil)
+			w := mustWriter(t, c, "w")
+			for _, v := range values {
+				mustAppend(t, w, v)
+			}
+			var mu sync.Mutex
+			var got []string
+			x := mustUse(t, c, "v", 1, &batcher{max: max, fn: func(es []Entry) error {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, e := range es {
+					if e.Seq != uint64(len(got)) {
+						return fmt.Errorf("entry %d after %d", e.Seq, len(got))
+					}
+					got = append(got, string(e.Value))
+				}
+				return nil
+			}})
+			if err := x.Ready(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Equal(got, values) {
+				t.Fatalf("the view got %d entries, not the %d appended, or others", len(got), len(values))
+			}
+		})
+	}
+}
+
+// A damaged data record is reported, naming the file and the record's
+// offset, when a view reads the feed from its start, and the view maps
+// nothing of that feed rather than a wrong value.
+func TestViewReportsADamagedRecordFromTheStart(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		at   func(rec int64) int64 // the byte to flip, given the record's offset
+	}{
+		{"length", func(rec int64) int64 { return rec + 1 }},
+		{"value", func(rec int64) int64 { return rec + dataLenLen + 1 }},
+		{"crc", func(rec int64) int64 { return rec + dataLenLen + 3 + 2 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := NewMemStorage()
+			c, err := New(s, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustAppend(t, mustWriter(t, c, "w"), "aaa", "bbb", "ccc", "ddd")
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			rec := dataPos(2, 6) // "ccc"
+			name := "feeds/0/" + fileData
+			b := mustFileBytes(t, s, name)
+			b[tc.at(rec)] ^= 0x40
+			s.setFileBytes(name, b)
+
+			errs := make(chan error, 10)
+			c, err = New(s, &Options{OnError: func(err error) { errs <- err }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			var mapped atomic.Int64
+			x := mustUse(t, c, "v", 1, &batcher{max: 100, fn: func(es []Entry) error {
+				mapped.Add(int64(len(es)))
+				return nil
+			}})
+			if err := x.Ready(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+			var ce *CorruptError
+			if err := <-errs; !errors.As(err, &ce) || ce.File != name || ce.Offset != rec {
+				t.Fatalf("reported %v, want a *CorruptError for %s at %d", err, name, rec)
+			}
+			if n := mapped.Load(); n != 0 {
+				t.Fatalf("the view mapped %d entries of the damaged batch", n)
+			}
+		})
 	}
 }
