@@ -1066,7 +1066,8 @@ func (f *Feed) hasRangeLocked(start, end uint64) bool {
 // Get returns entry seq. On a replica that lacks it, Get waits until the
 // entry arrives, the context ends or the feed is closed; on a writable feed
 // a seq at or past Len is ErrOutOfRange. Every value read is checked
-// against its leaf hash; a mismatch is ErrCorrupt.
+// against its record's checksum and its leaf hash; a mismatch is
+// ErrCorrupt.
 func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	if seq >= maxTreeLength {
 		return nil, fmt.Errorf("feed %x: get %d: %w", f.key[:4], seq, ErrOutOfRange)

@@ -595,7 +595,7 @@ func (c *Core) loadKey(hasFeeds bool) error {
 		return c.sync(c.meta)
 	}
 	if v := binary.BigEndian.Uint32(buf[dbVersionAt:]); v != formatVersion {
-		return &CorruptError{File: fileDB, Offset: dbVersionAt, Reason: fmt.Sprintf("unknown format version %d", v)}
+		return &CorruptError{File: fileDB, Offset: dbVersionAt, Reason: fmt.Sprintf("format version %d; this build reads version %d", v, formatVersion)}
 	}
 	enc, ok := encodingFromCode(buf[dbEncOff])
 	if !ok {
