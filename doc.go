@@ -58,10 +58,10 @@
 // each feed (plus a replica's bitfield), never the whole log. Damage that a
 // torn write cannot explain, such as a bad header or no verifying signature
 // among the newest records, is an error matching ErrCorrupt: a
-// *CorruptError naming the file and offset. Every entry read is checked
-// against its record's CRC-32C, and against its leaf hash where the read
-// takes its bounds from the tree (Get, GetBatch), so damage inside the log
-// is reported the same way, never returned as data.
+// *CorruptError naming the file and offset. Every entry read is checked:
+// against its leaf hash by Get and GetBatch, against its record's CRC-32C
+// by a view reading a feed from its start. So damage inside the log is
+// reported the same way, never returned as data.
 //
 // # Damage
 //

@@ -1066,8 +1066,7 @@ func (f *Feed) hasRangeLocked(start, end uint64) bool {
 // Get returns entry seq. On a replica that lacks it, Get waits until the
 // entry arrives, the context ends or the feed is closed; on a writable feed
 // a seq at or past Len is ErrOutOfRange. Every value read is checked
-// against its record's checksum and its leaf hash; a mismatch is
-// ErrCorrupt.
+// against its leaf hash; a mismatch is ErrCorrupt.
 func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	if seq >= maxTreeLength {
 		return nil, fmt.Errorf("feed %x: get %d: %w", f.key[:4], seq, ErrOutOfRange)
@@ -1232,8 +1231,9 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 	}
 	count = uint64(len(nodes))
 	// The entries' records are contiguous in the data file: read them with
-	// one call, and check each where it lies, against its record's
-	// checksum and its leaf.
+	// one call, and check each where it lies against its leaf: the record's
+	// length against the leaf's size, the value against its hash (which
+	// makes the record's CRC redundant here).
 	first := dataPos(start, nodes[0].Offset)
 	raw := make([]byte, total+count*dataFrame)
 	if err := f.readData(raw, first); err != nil {
@@ -1243,11 +1243,9 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 	for k := range nodes {
 		n := &nodes[k]
 		at := dataPos(start+uint64(k), n.Offset) - first
-		v, _, ok, err := decodeDataRecord(start+uint64(k), raw[at:at+dataFrame+int64(n.Size)], f.name, first+at)
+		v := raw[at+dataLenLen : at+dataLenLen+int64(n.Size) : at+dataLenLen+int64(n.Size)]
 		switch {
-		case err != nil:
-			return nil, f.readErr(err, start+uint64(k))
-		case !ok || uint64(len(v)) != n.Size:
+		case uint64(binary.BigEndian.Uint32(raw[at:])) != n.Size:
 			return nil, f.readErr(leafMismatch(f, n, first+at, "has a record length that does not match its leaf"), start+uint64(k))
 		case sc.hasher.sum(v) != n.Hash:
 			return nil, f.readErr(leafMismatch(f, n, first+at, "does not match its hash"), start+uint64(k))
@@ -2175,14 +2173,15 @@ func (f *Feed) Put(p *Proof) error {
 				data = appendDataRecord(data, seq, b)
 				continue
 			}
-			data = binary.BigEndian.AppendUint32(data, uint32(len(b)))
-			if err := flush(data); err != nil {
+			var l [dataLenLen]byte
+			binary.BigEndian.PutUint32(l[:], uint32(len(b)))
+			if err := flush(append(data, l[:]...)); err != nil {
 				return err
 			}
 			if err := flush(b); err != nil {
 				return err
 			}
-			data = binary.BigEndian.AppendUint32(data[:0], dataChecksum(seq, b))
+			data = binary.BigEndian.AppendUint32(data[:0], dataChecksumParts(seq, l, b))
 		}
 		if err := flush(data); err != nil {
 			return err

@@ -157,18 +157,24 @@ func dataPos(seq, off uint64) int64 {
 
 // appendDataRecord appends the record of value v, entry seq, to b.
 func appendDataRecord(b []byte, seq uint64, v []byte) []byte {
+	at := len(b)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
 	b = append(b, v...)
-	return binary.BigEndian.AppendUint32(b, dataChecksum(seq, v))
+	return binary.BigEndian.AppendUint32(b, dataChecksum(seq, b[at:]))
 }
 
-// dataChecksum is the CRC of the record of value v, entry seq: seeded with
-// seq, so that a record copied to another place does not pass.
-func dataChecksum(seq uint64, v []byte) uint32 {
-	var l [dataLenLen]byte
-	binary.BigEndian.PutUint32(l[:], uint32(len(v)))
+// dataChecksum is the CRC of a data record's length and value, lv, of entry
+// seq: seeded with seq, so that a record copied to another place does not
+// pass.
+func dataChecksum(seq uint64, lv []byte) uint32 {
 	seed := (uint32(seq) ^ uint32(seq>>32)*0x9e3779b9) ^ 0xda7a
-	return crc32.Update(crc32.Update(seed, castagnoli, l[:]), castagnoli, v)
+	return crc32.Update(seed, castagnoli, lv)
+}
+
+// dataChecksumParts is dataChecksum of the record of v, whose length field
+// is l, for a value not stored after its length.
+func dataChecksumParts(seq uint64, l [dataLenLen]byte, v []byte) uint32 {
+	return crc32.Update(dataChecksum(seq, l[:]), castagnoli, v)
 }
 
 // decodeDataRecord decodes the record of entry seq at the start of b. It
@@ -189,7 +195,7 @@ func decodeDataRecord(seq uint64, b []byte, name string, off int64) (v []byte, s
 		return nil, 0, false, nil
 	}
 	v = b[dataLenLen : dataLenLen+n : dataLenLen+n]
-	if dataChecksum(seq, v) != binary.BigEndian.Uint32(b[dataLenLen+n:]) {
+	if dataChecksum(seq, b[:dataLenLen+n]) != binary.BigEndian.Uint32(b[dataLenLen+n:]) {
 		return nil, 0, false, &CorruptError{File: name + fileData, Offset: off, Reason: fmt.Sprintf("entry %d fails its checksum", seq)}
 	}
 	return v, size, true, nil
