@@ -1159,8 +1159,8 @@ func (f *Feed) scanBatch(start, end uint64) ([][]byte, error) {
 	f.mu.RLock()
 	length, byteLen := f.length, f.byteLen
 	f.mu.RUnlock()
-	// The records of every entry lie below limit. Reading fewer than all,
-	// read those of end entries of the mean size, and a quarter more.
+	// The records of all entries lie below limit. For fewer than all, read
+	// as much as end records of the mean size take, and a quarter more.
 	limit := uint64(dataPos(length, byteLen) - headerSize)
 	want := limit
 	if end < length {
