@@ -448,11 +448,10 @@ func (f *Feed) loadKeys(meta File, o *FeedOptions, blank bool) (fresh bool, secr
 	}
 	f.key = ed25519.PublicKey(bytes.Clone(pub))
 	if stored != nil {
-		kp, err := KeyPairFromSecret(stored)
-		if err != nil || !bytes.Equal(kp.PublicKey, f.key) {
-			return false, nil, false, &CorruptError{File: f.name + fileKey, Offset: keySecretOff, Reason: "secret key does not match public key"}
+		if secret, err = f.storedSecret(stored); err != nil {
+			return false, nil, false, err
 		}
-		secret, inFile = kp.SecretKey, true
+		inFile = true
 	}
 	if o.Key != nil && !bytes.Equal(o.Key, f.key) {
 		return false, nil, false, fmt.Errorf("%w: feed %x is stored here", ErrKeyMismatch, f.key[:8])
@@ -526,12 +525,20 @@ func (f *Feed) secretKey() (ed25519.PrivateKey, error) {
 	if !ok || stored == nil || !bytes.Equal(pub, f.key) {
 		return nil, &CorruptError{File: name, Offset: 0, Reason: "the key file no longer holds the feed's key pair"}
 	}
+	if ws.secret, err = f.storedSecret(stored); err != nil {
+		return nil, err
+	}
+	return ws.secret, nil
+}
+
+// storedSecret checks the secret key stored in the key file against the
+// feed's public key.
+func (f *Feed) storedSecret(stored []byte) (ed25519.PrivateKey, error) {
 	kp, err := KeyPairFromSecret(stored)
 	if err != nil || !bytes.Equal(kp.PublicKey, f.key) {
-		return nil, &CorruptError{File: name, Offset: keySecretOff, Reason: "secret key does not match public key"}
+		return nil, &CorruptError{File: f.name + fileKey, Offset: keySecretOff, Reason: "secret key does not match public key"}
 	}
-	ws.secret = kp.SecretKey
-	return ws.secret, nil
+	return kp.SecretKey, nil
 }
 
 // isBlank reports whether the feed's files other than its key hold nothing
@@ -879,12 +886,12 @@ func (f *Feed) rebuildBitPage(p, length uint64, dst []byte) error {
 		if err != nil {
 			continue // not stored, or damaged: not held
 		}
+		pos := dataPos(seq, n.Offset)
 		rec := make([]byte, dataFrame+n.Size)
-		if f.readData(rec, dataPos(seq, n.Offset)) != nil {
+		if f.readData(rec, pos) != nil {
 			continue
 		}
-		v, _, ok, err := decodeDataRecord(seq, rec, f.name, 0)
-		if !ok || err != nil || uint64(len(v)) != n.Size || h.sum(v) != n.Hash {
+		if _, err := f.leafValue(h, rec, &n, pos); err != nil {
 			continue
 		}
 		dst[(seq-lo)/8] |= 1 << (seq % 8)
@@ -1153,12 +1160,13 @@ func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error
 // a feed that a view has not seen then opens one file, not two. Elsewhere
 // it reads as GetBatch does.
 func (f *Feed) scanBatch(start, end uint64) ([][]byte, error) {
-	if start != 0 || end == 0 || !f.HasRange(start, end) {
-		return f.GetBatch(context.Background(), start, end)
-	}
 	f.mu.RLock()
+	present := start == 0 && end > 0 && f.hasRangeLocked(0, end)
 	length, byteLen := f.length, f.byteLen
 	f.mu.RUnlock()
+	if !present {
+		return f.GetBatch(context.Background(), start, end)
+	}
 	// The records of all entries lie below limit. For fewer than all, read
 	// as much as end records of the mean size take, and a quarter more.
 	limit := uint64(dataPos(length, byteLen) - headerSize)
@@ -1231,9 +1239,7 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 	}
 	count = uint64(len(nodes))
 	// The entries' records are contiguous in the data file: read them with
-	// one call, and check each where it lies against its leaf: the record's
-	// length against the leaf's size, the value against its hash (which
-	// makes the record's CRC redundant here).
+	// one call, and check each where it lies against its leaf.
 	first := dataPos(start, nodes[0].Offset)
 	raw := make([]byte, total+count*dataFrame)
 	if err := f.readData(raw, first); err != nil {
@@ -1243,12 +1249,9 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 	for k := range nodes {
 		n := &nodes[k]
 		at := dataPos(start+uint64(k), n.Offset) - first
-		v := raw[at+dataLenLen : at+dataLenLen+int64(n.Size) : at+dataLenLen+int64(n.Size)]
-		switch {
-		case uint64(binary.BigEndian.Uint32(raw[at:])) != n.Size:
-			return nil, f.readErr(leafMismatch(f, n, first+at, "has a record length that does not match its leaf"), start+uint64(k))
-		case sc.hasher.sum(v) != n.Hash:
-			return nil, f.readErr(leafMismatch(f, n, first+at, "does not match its hash"), start+uint64(k))
+		v, err := f.leafValue(sc.hasher, raw[at:], n, first+at)
+		if err != nil {
+			return nil, f.readErr(err, start+uint64(k))
 		}
 		out[k] = v
 	}
@@ -1334,10 +1337,20 @@ func (f *Feed) readData(dst []byte, pos int64) error {
 	return err
 }
 
-// leafMismatch is the error for an entry, whose record is at pos, that does
-// not match its leaf n.
-func leafMismatch(f *Feed, n *storedNode, pos int64, why string) error {
-	return &CorruptError{File: f.name + fileData, Offset: pos, Reason: fmt.Sprintf("entry %d %s", n.Index/2, why)}
+// leafValue returns the value in rec, which starts with the data record
+// (found at pos) of leaf n's entry, checked against the leaf: the record's
+// length against the leaf's size, the value against its hash (which makes
+// the record's CRC redundant here).
+func (f *Feed) leafValue(h *leafHasher, rec []byte, n *storedNode, pos int64) ([]byte, error) {
+	why := "has a record length that does not match its leaf"
+	if uint64(binary.BigEndian.Uint32(rec)) == n.Size {
+		v := rec[dataLenLen : dataLenLen+n.Size : dataLenLen+n.Size]
+		if h.sum(v) == n.Hash {
+			return v, nil
+		}
+		why = "does not match its hash"
+	}
+	return nil, &CorruptError{File: f.name + fileData, Offset: pos, Reason: fmt.Sprintf("entry %d %s", n.Index/2, why)}
 }
 
 func (f *Feed) readErr(err error, seq uint64) error {
