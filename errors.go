@@ -100,6 +100,12 @@ var (
 	// before the session was complete.
 	ErrPeerClosed = errors.New("kappa: connection closed before the session ended")
 
+	// ErrForked is reported for a feed whose writer's key signed two
+	// histories that disagree: two valid signatures over trees that
+	// contradict each other at a length both cover. The evidence is kept;
+	// the feed is no longer exchanged with peers. See Core.Damaged.
+	ErrForked = errors.New("kappa: feed is forked")
+
 	// ErrNoView is returned for a view name that was never passed to Use.
 	ErrNoView = errors.New("kappa: no such view")
 

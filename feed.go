@@ -129,6 +129,28 @@ type feedConfig struct {
 	store  Storage
 	enc    Encoding // normalized
 	noSync bool
+
+	// A Core's hooks for what its feeds find after opening (nil for a
+	// feed opened alone): damage in a loaded feed (an entry, a signature
+	// record, a fork), and damage healed, reported as a repair. See
+	// Core.feedDamaged and Core.feedHealed.
+	damaged func(f *Feed, d Damage)
+	healed  func(f *Feed, match func(Damage) bool, r Repair)
+}
+
+// reportDamage hands damage found in f to its Core, if it has one.
+func (f *Feed) reportDamage(d Damage) {
+	if f.cfg.damaged != nil {
+		f.cfg.damaged(f, d)
+	}
+}
+
+// reportHealed tells f's Core, if it has one, that the damage match
+// selects healed, as repair r.
+func (f *Feed) reportHealed(match func(Damage) bool, r Repair) {
+	if f.cfg.healed != nil {
+		f.cfg.healed(f, match, r)
+	}
 }
 
 // The lazy files of a feed, by index in Feed.lazy.

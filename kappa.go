@@ -105,13 +105,21 @@ const (
 	flagReserved = 2
 )
 
-// Damage is a feed the database found damaged and did not load, or lost
-// track of. Its files are kept as they are; nothing is cut or reused.
+// Damage is damage the database found: a feed it did not load, or lost
+// track of, whose files are kept as they are (nothing is cut or reused);
+// or, in a feed that is loaded, damage found after opening: one entry
+// (Entry is set), a signature record, or a fork (Err matches ErrForked).
 type Damage struct {
 	Slot int    // the feed's place in the manifest: its files are under "feeds/<Slot>/"
 	Key  []byte // the feed's public key, nil if unknown
 	Name string // the local writer's name, "" for a replica or if unknown
-	Err  error  // what is wrong; matches ErrCorrupt when stored data is damaged
+
+	// Entry is set when the damage is in one entry, Seq, of a feed that
+	// is loaded: its other entries are read, indexed and served as usual.
+	Entry bool
+	Seq   uint64
+
+	Err error // what is wrong; matches ErrCorrupt when stored data is damaged
 }
 
 // Error describes the damage; a Damage is reported to Options.OnError as an
@@ -123,6 +131,9 @@ func (d Damage) Error() string {
 	}
 	if d.Name != "" {
 		who += fmt.Sprintf(" writer %q", d.Name)
+	}
+	if d.Entry {
+		who += fmt.Sprintf(" entry %d", d.Seq)
 	}
 	return who + ": " + d.Err.Error()
 }
@@ -237,15 +248,58 @@ func (c *Core) damage(d Damage) {
 	c.report(d)
 }
 
-// Damaged lists the feeds the database found damaged and did not load (or
-// whose manifest record was lost), each with the reason. Their files are
-// kept untouched; a local writer's name whose feed is listed here makes
-// Writer fail rather than create a new feed. Views do not index these
-// feeds, and Ready does not wait for them.
+// Damaged lists the damage the database found, each with the reason: feeds
+// it did not load (or whose manifest record was lost), and damage found
+// since in feeds that are loaded (see Damage). The files of a feed that
+// did not load are kept untouched; a local writer's name whose feed is
+// listed here makes Writer fail rather than create a new feed. Views do
+// not index these feeds, and Ready does not wait for them. Damage that
+// heals (a replica fetches a verified copy of a damaged entry) leaves the
+// list, and the healing is reported as a Repair.
 func (c *Core) Damaged() []Damage {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return slices.Clone(c.damaged)
+}
+
+// feedDamaged records damage found in a loaded feed, and reports it once:
+// the same entry (or, for other damage, the same error text) found again
+// is not listed twice. Feeds call it through their feedConfig.
+func (c *Core) feedDamaged(f *Feed, d Damage) {
+	d.Slot, d.Key, d.Name = feedSlot(f), f.Key(), f.writer
+	c.mu.Lock()
+	for _, old := range c.damaged {
+		if bytes.Equal(old.Key, d.Key) && old.Entry == d.Entry &&
+			((d.Entry && old.Seq == d.Seq) || (!d.Entry && old.Err.Error() == d.Err.Error())) {
+			c.mu.Unlock()
+			return
+		}
+	}
+	c.damaged = append(c.damaged, d)
+	c.mu.Unlock()
+	c.report(d)
+}
+
+// feedHealed removes from the list the damage of f that match reports as
+// healed, and reports r as a repair.
+func (c *Core) feedHealed(f *Feed, match func(Damage) bool, r Repair) {
+	key := f.Key()
+	c.mu.Lock()
+	c.damaged = slices.DeleteFunc(c.damaged, func(d Damage) bool {
+		return bytes.Equal(d.Key, key) && match(d)
+	})
+	c.mu.Unlock()
+	c.repaired(r)
+}
+
+// feedSlot returns the manifest slot of a feed of a Core, from its prefix
+// "feeds/N/"; -1 for a feed outside a Core.
+func feedSlot(f *Feed) int {
+	var slot int
+	if _, err := fmt.Sscanf(f.name, "feeds/%d/", &slot); err != nil {
+		return -1
+	}
+	return slot
 }
 
 // Repairs lists the torn tails that opening the database cut back; see
@@ -330,7 +384,7 @@ func (c *Core) load() error {
 	if err := c.loadKey(hasFeeds); err != nil {
 		return err
 	}
-	c.feedCfg = &feedConfig{store: c.store, enc: c.enc, noSync: c.opts.NoSync}
+	c.feedCfg = &feedConfig{store: c.store, enc: c.enc, noSync: c.opts.NoSync, damaged: c.feedDamaged, healed: c.feedHealed}
 	hdr := encodeHeader(magicManifest, manifestRecord)
 	headerCut := msize < headerSize
 	recordLost := false // a damaged record (not a torn last one)
