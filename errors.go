@@ -37,6 +37,14 @@ var (
 	// ErrBadSignature.
 	ErrInvalidKey = errors.New("kappa: invalid key")
 
+	// ErrReadOnly is returned by whatever would write to a database opened
+	// with Options.ReadOnly, or to a storage opened with
+	// DirOptions.ReadOnly: Append, Put, Writer or AddFeeds creating a feed,
+	// Replicate, Use of a view that stores state or clears its index, a
+	// Storage write. A read-only Open of a directory that holds no
+	// database fails with it too (the error also matches fs.ErrNotExist).
+	ErrReadOnly = errors.New("kappa: database is read-only")
+
 	// ErrNotWritable is returned by Append on a feed without a secret key
 	// and by Put on a writable feed.
 	ErrNotWritable = errors.New("kappa: feed is not writable")

@@ -59,6 +59,13 @@ type FeedOptions struct {
 	// from a crash: a torn tail cut back, a bitfield page rebuilt.
 	OnRepair func(Repair)
 
+	// ReadOnly opens an existing feed without writing to s: each repair
+	// opening would make is reported to OnRepair but not made, and the
+	// feed holds the state the repair would give. Append and Put fail
+	// with ErrReadOnly, and so does opening where there is no feed (unless
+	// Key names the replica a torn creation left).
+	ReadOnly bool
+
 	// lazy creates a replica without syncing its new files: its key file
 	// is synced with its first Put. For a Core, whose manifest holds the
 	// key to write the file again.
@@ -129,6 +136,13 @@ type feedConfig struct {
 	store  Storage
 	enc    Encoding // normalized
 	noSync bool
+	// readOnly is the one test of a read-only feed (FeedOptions.ReadOnly,
+	// Options.ReadOnly): then nothing writes to the store. Opening reports
+	// the repairs it would make (see Feed.truncate) and keeps their result
+	// in memory; Append and Put fail with ErrReadOnly. Any other write,
+	// such as one that heals or rewrites a record found on a read, must
+	// check it and leave the file as it is.
+	readOnly bool
 
 	// A Core's hooks for what its feeds find after opening (nil for a
 	// feed opened alone): damage in a loaded feed (an entry, a signature
@@ -230,8 +244,8 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 		return nil, fmt.Errorf("open feed %s: %w", prefix, err)
 	}
 	cfg := o.cfg
-	if cfg == nil || cfg.store != s || cfg.enc != enc || cfg.noSync != o.NoSync {
-		cfg = &feedConfig{store: s, enc: enc, noSync: o.NoSync}
+	if cfg == nil || cfg.store != s || cfg.enc != enc || cfg.noSync != o.NoSync || cfg.readOnly != o.ReadOnly {
+		cfg = &feedConfig{store: s, enc: enc, noSync: o.NoSync, readOnly: o.ReadOnly}
 	}
 	f := &Feed{cfg: cfg, name: prefix, onRepair: o.OnRepair}
 	for i := range f.lazy {
@@ -247,7 +261,13 @@ func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 
 // open opens or creates the feed's files and recovers its state.
 func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
-	meta, err := s.Open(prefix+fileKey, true)
+	ro := f.cfg.readOnly
+	var meta File
+	if ro {
+		meta, _, err = f.openReadOnly(s, fileKey, nil, false)
+	} else {
+		meta, err = s.Open(prefix+fileKey, true)
+	}
 	if err != nil {
 		return err
 	}
@@ -285,8 +305,17 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 	} else {
 		f.have = new(bitset)
 	}
+	standIns := false // read-only: files held in memory, kept open
 	for i, x := range files {
-		file, err := s.Open(prefix+x.name, true)
+		var file File
+		if ro {
+			hdr := encodeHeader(x.magic, x.rec)
+			var standIn bool
+			file, standIn, err = f.openReadOnly(s, x.name, hdr[:], blank)
+			standIns = standIns || standIn
+		} else {
+			file, err = s.Open(prefix+x.name, true)
+		}
 		if err != nil {
 			return err
 		}
@@ -296,7 +325,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 		}
 	}
 	dirty := fresh && !f.cfg.noSync && o.lazy // the key file is synced with the first Put
-	if fresh && !f.cfg.noSync && !o.lazy {
+	if fresh && !f.cfg.noSync && !o.lazy && !ro {
 		for i := range files {
 			if err := f.lazy[i].Sync(); err != nil {
 				return err
@@ -312,7 +341,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 		return nil
 	}
 	err, meta = meta.Close(), nil
-	if fresh {
+	if fresh || standIns {
 		return err // a new feed is used next: its files stay open
 	}
 	// The key file is read only here, and the others are opened again on
@@ -509,12 +538,17 @@ func (f *Feed) createKeys(meta File, o *FeedOptions) (ed25519.PrivateKey, error)
 		f.key, secret = kp.PublicKey, kp.SecretKey
 	case o.Key != nil:
 		f.key = ed25519.PublicKey(bytes.Clone(o.Key))
+	case f.cfg.readOnly:
+		return nil, fmt.Errorf("%w: there is no feed here to open", ErrReadOnly)
 	default:
 		kp, err := NewKeyPair()
 		if err != nil {
 			return nil, err
 		}
 		f.key, secret = kp.PublicKey, kp.SecretKey
+	}
+	if f.cfg.readOnly {
+		return secret, nil // the repair was reported; the file is left as it is
 	}
 	buf := encodeKeyRecord(f.key, secret)
 	if _, err := meta.WriteAt(buf[:], 0); err != nil {
@@ -619,10 +653,16 @@ func (f *Feed) checkHeader(file File, name string, magic [8]byte, rec uint32, bl
 }
 
 // truncate cuts file name to size if it is longer, and reports the repair.
+// A read-only feed reports it and leaves the file as it is: what it reads
+// is bounded by the state loaded, not by the file's size.
 func (f *Feed) truncate(file File, name string, size int64, why string) error {
 	old, err := file.Size()
 	if err != nil || old <= size {
 		return err
+	}
+	if f.cfg.readOnly {
+		f.repaired(Repair{File: f.name + name, From: old, To: size, Reason: why})
+		return nil
 	}
 	if err := file.Truncate(size); err != nil {
 		return err
@@ -858,12 +898,14 @@ func (f *Feed) loadBitfield(length uint64) error {
 	for _, p := range rebuilt {
 		rec := f.bitPage(p)
 		off := headerSize + int64(p)*bitPageSize
-		if _, err := f.fbits().WriteAt(rec, off); err != nil {
-			return err
+		if !f.cfg.readOnly { // read-only: reported, and held in memory only
+			if _, err := f.fbits().WriteAt(rec, off); err != nil {
+				return err
+			}
 		}
 		f.repaired(Repair{File: f.name + fileBitfield, From: size, To: max(size, off+bitPageSize), Reason: reasons[p]})
 	}
-	if len(rebuilt) > 0 && !f.cfg.noSync {
+	if len(rebuilt) > 0 && !f.cfg.noSync && !f.cfg.readOnly {
 		return f.fbits().Sync()
 	}
 	return nil
@@ -1415,6 +1457,9 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 	}
 	if !f.writable {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrNotWritable)
+	}
+	if f.cfg.readOnly {
+		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrReadOnly)
 	}
 	req := &appendReq{values: values}
 	q := f.queue.Load()
@@ -2112,6 +2157,9 @@ func (f *Feed) Put(p *Proof) error {
 	}
 	if f.writable {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrNotWritable)
+	}
+	if f.cfg.readOnly {
+		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrReadOnly)
 	}
 	// Scratch buffers come from a pool shared by all feeds: an idle
 	// replica keeps none.

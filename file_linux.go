@@ -24,9 +24,10 @@ type osFile struct{ fd int }
 // so that opening "feeds/12/tree" walks two components, not three: a
 // database of many small feeds opens files often.
 type rootDir struct {
-	path string
-	fd   int
-	subs *subDirs
+	path     string
+	fd       int
+	subs     *subDirs
+	readOnly bool // files are opened read-only
 }
 
 // subDirs are the directories held open under a rootDir, by name: a map
@@ -39,12 +40,12 @@ type subDirs struct {
 // maxSubDirs bounds the directories a rootDir holds open.
 const maxSubDirs = 16
 
-func openRootDir(path string) (rootDir, error) {
+func openRootDir(path string, readOnly bool) (rootDir, error) {
 	fd, err := openDirAt(atCWD, path)
 	if err != nil {
 		return rootDir{}, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	return rootDir{path: path, fd: fd, subs: new(subDirs)}, nil
+	return rootDir{path: path, fd: fd, subs: new(subDirs), readOnly: readOnly}, nil
 }
 
 // atCWD is AT_FDCWD, which package syscall does not export.
@@ -111,11 +112,14 @@ func (d rootDir) at(name string) (int, string) {
 	return fd, rest
 }
 
-// open opens name (slash-separated, relative to d) read-write; with
-// create it creates the file, which must not exist yet. Errors are
-// *fs.PathError, as from os.OpenFile.
+// open opens name (slash-separated, relative to d) read-write, or
+// read-only if d is; with create it creates the file, which must not exist
+// yet. Errors are *fs.PathError, as from os.OpenFile.
 func (d rootDir) open(name string, create bool) (osFile, error) {
 	flags := syscall.O_RDWR | syscall.O_CLOEXEC
+	if d.readOnly {
+		flags = syscall.O_RDONLY | syscall.O_CLOEXEC
+	}
 	if create {
 		flags |= syscall.O_CREAT | syscall.O_EXCL
 	}

@@ -10,15 +10,21 @@ import (
 // osFile is one open descriptor of a DirStorage file.
 type osFile struct{ *os.File }
 
-// rootDir is a DirStorage's directory.
-type rootDir struct{ path string }
+// rootDir is a DirStorage's directory; with readOnly, files are opened
+// read-only.
+type rootDir struct {
+	path     string
+	readOnly bool
+}
 
-func openRootDir(path string) (rootDir, error) { return rootDir{path: path}, nil }
+func openRootDir(path string, readOnly bool) (rootDir, error) {
+	return rootDir{path: path, readOnly: readOnly}, nil
+}
 
 func (d rootDir) close() error { return nil }
 
-// open opens name (slash-separated, relative to d) read-write; with create
-// it creates the file, which must not exist yet.
+// open opens name (slash-separated, relative to d) read-write, or read-only
+// if d is; with create it creates the file, which must not exist yet.
 func (d rootDir) open(name string, create bool) (osFile, error) {
 	local, err := filepath.Localize(name)
 	if err != nil {
@@ -26,6 +32,9 @@ func (d rootDir) open(name string, create bool) (osFile, error) {
 	}
 	path := filepath.Join(d.path, local)
 	flags := os.O_RDWR
+	if d.readOnly {
+		flags = os.O_RDONLY
+	}
 	if create {
 		flags |= os.O_CREATE | os.O_EXCL
 	}

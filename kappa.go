@@ -58,6 +58,18 @@ type Options struct {
 	// MaxOpenFiles bounds the file descriptors Open's directory storage
 	// keeps open; zero means the default of DirOptions.
 	MaxOpenFiles int
+
+	// ReadOnly opens an existing database without writing to it, so that
+	// it can be read on read-only media or next to other readers. Open
+	// takes a shared lock (see DirOptions.ReadOnly): read-only opens of a
+	// directory coexist, and exclude a writer. Opening reports each repair
+	// it would make (Repairs, OnRepair) but makes none, and loads the state
+	// the repair would give. What would write fails with ErrReadOnly:
+	// Append, Writer or AddFeeds creating a feed, Replicate, and Use of a
+	// view that implements StateStorer or IndexClearer (views without
+	// them run as usual, in memory). Open fails with ErrReadOnly where
+	// there is no database.
+	ReadOnly bool
 }
 
 // Core is a kappa database: a set of feeds, some written here and some
@@ -144,7 +156,8 @@ func (d Damage) Unwrap() error { return d.Err }
 // Repair is a change that opening made to a stored file: a tail that a
 // crash left torn, cut back to the last state that verifies. Repairs are
 // expected after a crash; they never remove anything that an Append or Put
-// had acknowledged as durable.
+// had acknowledged as durable. A read-only database (Options.ReadOnly)
+// reports the repairs it would make, and leaves the files as they are.
 type Repair struct {
 	File   string // the file's name in its Storage
 	From   int64  // its size before
@@ -158,13 +171,18 @@ func (r Repair) String() string {
 
 // Open opens the database in directory dir, creating it if needed. The
 // directory is locked: a second Open of it fails with ErrLocked until Close.
+// With Options.ReadOnly the database must exist, and the lock is shared with
+// other read-only opens.
 func Open(dir string, opts *Options) (*Core, error) {
 	var do DirOptions
 	if opts != nil {
-		do = DirOptions{MaxOpenFiles: opts.MaxOpenFiles, NoSync: opts.NoSync}
+		do = DirOptions{MaxOpenFiles: opts.MaxOpenFiles, NoSync: opts.NoSync, ReadOnly: opts.ReadOnly}
 	}
 	s, err := OpenDir(dir, &do)
 	if err != nil {
+		if do.ReadOnly && errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %w", ErrReadOnly, err)
+		}
 		return nil, err
 	}
 	c, err := openCore(s, opts)
@@ -228,7 +246,7 @@ func openCore(s Storage, opts *Options) (*Core, error) {
 
 // feedOptions are the options every feed of the database is opened with.
 func (c *Core) feedOptions() *FeedOptions {
-	return &FeedOptions{ValueEncoding: c.enc, NoSync: c.opts.NoSync, OnRepair: c.repaired, cfg: c.feedCfg}
+	return &FeedOptions{ValueEncoding: c.enc, NoSync: c.opts.NoSync, ReadOnly: c.opts.ReadOnly, OnRepair: c.repaired, cfg: c.feedCfg}
 }
 
 func (c *Core) repaired(r Repair) {
@@ -302,8 +320,8 @@ func feedSlot(f *Feed) int {
 	return slot
 }
 
-// Repairs lists the torn tails that opening the database cut back; see
-// Repair.
+// Repairs lists the torn tails that opening the database cut back (on a
+// read-only database: would have cut back); see Repair.
 func (c *Core) Repairs() []Repair {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -362,11 +380,16 @@ func checkWriterKey(s Storage, prefix string, key []byte) error {
 }
 
 func (c *Core) load() error {
+	ro := c.opts.ReadOnly
 	var err error
-	if c.meta, err = c.store.Open(fileDB, true); err != nil {
+	if c.meta, err = c.store.Open(fileDB, !ro); ro && errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: there is no database here: %w", ErrReadOnly, err)
+	} else if err != nil {
 		return err
 	}
-	if c.manifest, err = c.store.Open(fileManifest, true); err != nil {
+	if c.manifest, err = c.store.Open(fileManifest, !ro); ro && errors.Is(err, fs.ErrNotExist) {
+		c.manifest = &memFileRO{} // as if created
+	} else if err != nil {
 		return err
 	}
 	msize, err := c.manifest.Size()
@@ -384,17 +407,19 @@ func (c *Core) load() error {
 	if err := c.loadKey(hasFeeds); err != nil {
 		return err
 	}
-	c.feedCfg = &feedConfig{store: c.store, enc: c.enc, noSync: c.opts.NoSync, damaged: c.feedDamaged, healed: c.feedHealed}
+	c.feedCfg = &feedConfig{store: c.store, enc: c.enc, noSync: c.opts.NoSync, readOnly: ro, damaged: c.feedDamaged, healed: c.feedHealed}
 	hdr := encodeHeader(magicManifest, manifestRecord)
 	headerCut := msize < headerSize
 	recordLost := false // a damaged record (not a torn last one)
 	if headerCut {
 		// New, or its header was cut: it holds no record, and slots that
 		// hold feed files are reported below.
-		if _, err := c.manifest.WriteAt(hdr[:], 0); err != nil {
+		if ro {
+			c.manifest.Close()
+			c.manifest = &memFileRO{data: hdr[:]} // as written
+		} else if _, err := c.manifest.WriteAt(hdr[:], 0); err != nil {
 			return err
-		}
-		if err := c.sync(c.manifest); err != nil {
+		} else if err := c.sync(c.manifest); err != nil {
 			return err
 		}
 		msize = headerSize
@@ -603,10 +628,15 @@ func inParallel(n, limit int, fn func(i int)) {
 }
 
 // truncate cuts file name to size if it is longer, and reports the repair.
+// A read-only database reports it and leaves the file as it is.
 func (c *Core) truncate(file File, name string, size int64, why string) error {
 	old, err := file.Size()
 	if err != nil || old <= size {
 		return err
+	}
+	if c.opts.ReadOnly {
+		c.repaired(Repair{File: name, From: old, To: size, Reason: why})
+		return nil
 	}
 	if err := file.Truncate(size); err != nil {
 		return err
@@ -632,6 +662,9 @@ func (c *Core) loadKey(hasFeeds bool) error {
 			return &CorruptError{File: fileDB, Offset: 0, Reason: "database key file is damaged"}
 		}
 		// New, or its creation was torn before anything else was written.
+		if c.opts.ReadOnly {
+			return fmt.Errorf("%w: there is no database here (%s holds no key): %w", ErrReadOnly, fileDB, fs.ErrNotExist)
+		}
 		key := c.opts.SharedKey
 		if key == nil {
 			key = make([]byte, 32)
@@ -845,6 +878,9 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 		if f != nil {
 			out[i] = f
 			continue
+		}
+		if c.opts.ReadOnly {
+			return fail(fmt.Errorf("%w: cannot create a feed", ErrReadOnly))
 		}
 		if j, ok := batch[id]; ok {
 			jobOf[i] = j // filled in once its feed is open
@@ -1068,6 +1104,13 @@ func (c *Core) waitViews() {
 func (c *Core) Use(name string, version int, view View) (*Index, error) {
 	if view == nil || version < 0 {
 		return nil, fmt.Errorf("use %q: %w: need a view and a version >= 0", name, ErrInvalidValue)
+	}
+	if c.opts.ReadOnly {
+		_, stores := view.(StateStorer)
+		_, clears := view.(IndexClearer)
+		if stores || clears {
+			return nil, fmt.Errorf("use %q: %w: the view stores state or clears its index", name, ErrReadOnly)
+		}
 	}
 	x := newIndex(c, name, uint64(version), view)
 	c.mu.Lock()

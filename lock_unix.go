@@ -5,6 +5,7 @@ package kappa
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -13,15 +14,27 @@ import (
 // canSyncDir reports whether directories can be fsynced here.
 const canSyncDir = true
 
-// dirLock is an exclusive flock(2) on a directory's LOCK file. flock locks
-// belong to the open file description, so a second lock from this process
-// conflicts too, and the kernel drops the lock when the process ends.
+// dirLock is a flock(2) on a directory's LOCK file: exclusive for a writer,
+// shared for a reader (DirOptions.ReadOnly). flock locks belong to the open
+// file description, so a second lock from this process conflicts too, and
+// the kernel drops the lock when the process ends. A reader of a directory
+// without LOCK holds no lock: f is nil.
 type dirLock struct{ f *os.File }
 
 // lockDir locks dir, or fails with an error wrapping ErrLocked. It takes a
-// lock held by this process for another's: OpenDir finds those first.
-func lockDir(dir string) (*dirLock, error) {
-	f, err := os.OpenFile(filepath.Join(dir, storageLockName), os.O_RDWR|os.O_CREATE, 0o644)
+// lock held by this process for another's: OpenDir finds those first. With
+// shared it takes a shared lock, opening LOCK read-only and creating
+// nothing: if LOCK is missing (a database copied without it, on a read-only
+// mount) no lock is taken.
+func lockDir(dir string, shared bool) (*dirLock, error) {
+	flag, how := os.O_RDWR|os.O_CREATE, syscall.LOCK_EX
+	if shared {
+		flag, how = os.O_RDONLY, syscall.LOCK_SH
+	}
+	f, err := os.OpenFile(filepath.Join(dir, storageLockName), flag, 0o644)
+	if shared && errors.Is(err, fs.ErrNotExist) {
+		return &dirLock{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -32,7 +45,7 @@ func lockDir(dir string) (*dirLock, error) {
 	}
 	var ferr error
 	if err := rc.Control(func(fd uintptr) {
-		ferr = syscall.Flock(int(fd), syscall.LOCK_EX|syscall.LOCK_NB)
+		ferr = syscall.Flock(int(fd), how|syscall.LOCK_NB)
 	}); err != nil {
 		f.Close()
 		return nil, err
@@ -40,6 +53,9 @@ func lockDir(dir string) (*dirLock, error) {
 	if ferr != nil {
 		f.Close()
 		if errors.Is(ferr, syscall.EWOULDBLOCK) {
+			if shared {
+				return nil, fmt.Errorf("%w: held by a writer in another process", ErrLocked)
+			}
 			return nil, fmt.Errorf("%w: held by another process", ErrLocked)
 		}
 		return nil, &os.PathError{Op: "flock", Path: f.Name(), Err: ferr}
@@ -48,4 +64,9 @@ func lockDir(dir string) (*dirLock, error) {
 }
 
 // unlock releases the lock.
-func (l *dirLock) unlock() error { return l.f.Close() }
+func (l *dirLock) unlock() error {
+	if l.f == nil {
+		return nil
+	}
+	return l.f.Close()
+}

@@ -33,6 +33,12 @@ type DirOptions struct {
 	// cache or the storage closes. Sync still fsyncs. Use it with feeds
 	// opened with NoSync, which never call Sync: then nothing fsyncs.
 	NoSync bool
+
+	// ReadOnly opens an existing directory without changing it: it is not
+	// created, files are opened read-only and none is created, and the
+	// lock is shared (see OpenDir). Creating a file, WriteAt, Truncate and
+	// Remove fail with ErrReadOnly.
+	ReadOnly bool
 }
 
 // DirStorage is a Storage of real files under one directory, which it holds
@@ -49,6 +55,8 @@ type DirStorage struct {
 	max    int
 	noSync bool
 	lock   *dirLock
+	// readOnly refuses every change: see DirOptions.ReadOnly.
+	readOnly bool
 
 	// root is the directory, which files are opened relative to. rootMu
 	// keeps Close from closing it under an open.
@@ -113,8 +121,15 @@ type dirHandle struct {
 // with os.SameFile, so another path to the same directory is found too.
 var heldDirs = struct {
 	sync.Mutex
-	m map[*DirStorage]os.FileInfo
-}{m: make(map[*DirStorage]os.FileInfo)}
+	m map[*DirStorage]heldDir
+}{m: make(map[*DirStorage]heldDir)}
+
+// heldDir is a directory that a DirStorage holds, and whether it holds it
+// read-only: read-only storages share a directory.
+type heldDir struct {
+	fi       os.FileInfo
+	readOnly bool
+}
 
 // OpenDir opens a DirStorage on dir, creating the directory if it is
 // missing, and locks it: a second OpenDir on the same directory, from this
@@ -125,10 +140,19 @@ var heldDirs = struct {
 // file LOCK in dir, which the kernel releases when the process ends.
 // Elsewhere it is the LOCK file's existence: if a process dies with the
 // storage open, LOCK must be removed by hand.
+//
+// With DirOptions.ReadOnly the directory must exist (else the error wraps
+// fs.ErrNotExist) and the lock is shared: any number of read-only
+// DirStorages open the directory together, from this process or others,
+// while one that writes is kept out, and keeps them out, with ErrLocked. A
+// read-only open creates nothing, not even LOCK: where LOCK is missing (a
+// copy of a database on a read-only mount) it takes no lock. On systems
+// without flock it takes no lock either, and fails with ErrLocked while
+// LOCK exists.
 func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
-	max, noSync := DefaultMaxOpenFiles, false
+	max, noSync, readOnly := DefaultMaxOpenFiles, false, false
 	if opts != nil {
-		noSync = opts.NoSync
+		noSync, readOnly = opts.NoSync, opts.ReadOnly
 		if opts.MaxOpenFiles < 0 {
 			return nil, fmt.Errorf("open storage %s: MaxOpenFiles %d is negative: %w", dir, opts.MaxOpenFiles, fs.ErrInvalid)
 		}
@@ -146,7 +170,7 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 	// Find the directories MkdirAll will create: their parents' entries
 	// must be fsynced before any file in them can be durable.
 	var rootSync []string
-	for p := abs; ; {
+	for p := abs; !readOnly; {
 		if _, err := os.Stat(p); err == nil || !errors.Is(err, fs.ErrNotExist) {
 			break
 		}
@@ -157,25 +181,30 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 		rootSync = append(rootSync, parent)
 		p = parent
 	}
-	if err := os.MkdirAll(abs, 0o755); err != nil {
-		return nil, fmt.Errorf("open storage %s: create directory: %w", abs, unwrapPathError(err))
+	if !readOnly {
+		if err := os.MkdirAll(abs, 0o755); err != nil {
+			return nil, fmt.Errorf("open storage %s: create directory: %w", abs, unwrapPathError(err))
+		}
 	}
 	fi, err := os.Stat(abs)
 	if err != nil {
 		return nil, fmt.Errorf("open storage %s: %w", abs, unwrapPathError(err))
 	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("open storage %s: %w", abs, errStorageNotDir)
+	}
 	heldDirs.Lock()
 	defer heldDirs.Unlock()
 	for _, held := range heldDirs.m {
-		if os.SameFile(fi, held) {
+		if os.SameFile(fi, held.fi) && !(readOnly && held.readOnly) {
 			return nil, fmt.Errorf("open storage %s: %w: held by another OpenDir in this process", abs, ErrLocked)
 		}
 	}
-	lock, err := lockDir(abs)
+	lock, err := lockDir(abs, readOnly)
 	if err != nil {
 		return nil, fmt.Errorf("open storage %s: %w", abs, unwrapPathError(err))
 	}
-	root, err := openRootDir(abs)
+	root, err := openRootDir(abs, readOnly)
 	if err != nil {
 		lock.unlock()
 		return nil, fmt.Errorf("open storage %s: %w", abs, unwrapPathError(err))
@@ -185,13 +214,14 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 		root:     root,
 		max:      max,
 		noSync:   noSync,
+		readOnly: readOnly,
 		lock:     lock,
 		nodes:    make(map[string]*dirNode),
 		dirSync:  make(map[string]*dirPendingSync),
 		rootSync: rootSync,
 	}
 	s.cond.L = &s.mu
-	heldDirs.m[s] = fi
+	heldDirs.m[s] = heldDir{fi: fi, readOnly: readOnly}
 	return s, nil
 }
 
@@ -277,6 +307,9 @@ func (s *DirStorage) openPath(name, local string, create bool) (osFile, []string
 	if err == nil || !create || !errors.Is(err, fs.ErrNotExist) {
 		return f, nil, err
 	}
+	if s.readOnly {
+		return osFile{}, nil, fmt.Errorf("cannot create it: %w", ErrReadOnly)
+	}
 	path := filepath.Join(s.dir, local)
 	var dirs []string
 	madeParents := false
@@ -331,6 +364,9 @@ func (s *DirStorage) Remove(name string) error {
 		return fmt.Errorf("storage %s: remove %s: %w: %w", s.dir, name, err, fs.ErrInvalid)
 	}
 	path := filepath.Join(s.dir, local)
+	if s.readOnly {
+		return fmt.Errorf("storage %s: remove %s: %w", s.dir, name, ErrReadOnly)
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -624,6 +660,9 @@ func (f *dirFile) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, f.errorf("write", errStorageNegativeOffset)
 	}
+	if f.s.readOnly {
+		return 0, f.errorf("write", ErrReadOnly)
+	}
 	h, err := f.acquire()
 	if err != nil {
 		return 0, f.errorf("write", err)
@@ -641,6 +680,9 @@ func (f *dirFile) WriteAt(p []byte, off int64) (int, error) {
 func (f *dirFile) Truncate(size int64) error {
 	if size < 0 {
 		return f.errorf("truncate", errStorageNegativeSize)
+	}
+	if f.s.readOnly {
+		return f.errorf("truncate", ErrReadOnly)
 	}
 	h, err := f.acquire()
 	if err != nil {

@@ -109,7 +109,8 @@ type ReplicateProgress struct {
 // they hold, and each fetches what it lacks; every block is verified before
 // it is stored. A non-live session ends, returning nil, once both sides hold
 // what the other had when they met. A live one goes on until ctx ends. conn
-// is closed when Replicate returns.
+// is closed when Replicate returns. A read-only database (Options.ReadOnly)
+// does not replicate: Replicate closes conn and fails with ErrReadOnly.
 func (c *Core) Replicate(ctx context.Context, conn io.ReadWriteCloser, initiator bool, opts *ReplicateOptions) error {
 	if conn == nil {
 		return fmt.Errorf("replicate: %w: nil connection", ErrInvalidValue)
@@ -130,6 +131,10 @@ func (c *Core) Replicate(ctx context.Context, conn io.ReadWriteCloser, initiator
 	if closed {
 		conn.Close()
 		return fmt.Errorf("replicate: %w", ErrClosed)
+	}
+	if c.opts.ReadOnly {
+		conn.Close()
+		return fmt.Errorf("replicate: %w", ErrReadOnly)
 	}
 	err := s.run(ctx)
 	if err != nil {

@@ -63,11 +63,20 @@ const dbMagic = "KAPPADB\x00"
 // openDB opens the database in e.db, which must exist. With warn, feeds
 // that did not load are reported with one warning line on standard error
 // (verify lists them).
-func (e *env) openDB(warn bool) (*kappa.Core, error) {
+func (e *env) openDB(warn bool) (*kappa.Core, error) { return e.openDBWith(warn, nil) }
+
+// openDBReadOnly is openDB for the commands that only read: the database is
+// opened read-only (kappa.Options.ReadOnly), so that they work on read-only
+// media and beside each other, and change nothing, not even a torn tail.
+func (e *env) openDBReadOnly(warn bool) (*kappa.Core, error) {
+	return e.openDBWith(warn, &kappa.Options{ReadOnly: true})
+}
+
+func (e *env) openDBWith(warn bool, opts *kappa.Options) (*kappa.Core, error) {
 	if err := checkDB(e.db); err != nil {
 		return nil, err
 	}
-	core, err := kappa.Open(e.db, nil)
+	core, err := kappa.Open(e.db, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +221,7 @@ secret: whoever has it can read and add feeds.`,
 		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
 			return err
 		}
-		core, err := e.openDB(true)
+		core, err := e.openDBReadOnly(true)
 		if err != nil {
 			return err
 		}
@@ -365,7 +374,7 @@ may lack some), the bytes of its entries, and whether it is writable here.`,
 		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
 			return err
 		}
-		core, err := e.openDB(true)
+		core, err := e.openDBReadOnly(true)
 		if err != nil {
 			return err
 		}
@@ -404,7 +413,7 @@ files take on disk.`,
 		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
 			return err
 		}
-		core, err := e.openDB(true)
+		core, err := e.openDBReadOnly(true)
 		if err != nil {
 			return err
 		}

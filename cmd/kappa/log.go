@@ -45,7 +45,11 @@ replica's entries are printed in order: an entry waits for the ones before it.`,
 		if *peer != "" && !*follow {
 			return usagef("-peer goes with -follow")
 		}
-		core, err := e.openDB(true)
+		open := e.openDBReadOnly
+		if *peer != "" {
+			open = e.openDB // replicating stores what arrives
+		}
+		core, err := open(true)
 		if err != nil {
 			return err
 		}

@@ -20,21 +20,22 @@ the feed's merkle tree, checks each feed's newest signature against the
 tree's roots, and lists the feeds that failed to load when the database was
 opened. It prints one line per problem, naming the feed, the entry's
 sequence number and the damaged file, then a summary, and exits with status
-1 if it found any problem. Nothing is changed: damaged data is reported and
-kept as it is.`,
+1 if it found any problem. Nothing is changed: the database is opened
+read-only, and damaged data, like a tail torn by a crash that opening for
+writing would cut, is reported and kept as it is.`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
 		verbose := fl.Bool("v", false, "print a line for every feed")
 		if err := e.parseNoArgs(c, fl, args); err != nil {
 			return err
 		}
-		core, err := e.openDB(false)
+		core, err := e.openDBReadOnly(false)
 		if err != nil {
 			return err
 		}
 		defer core.Close()
 		for _, r := range core.Repairs() {
-			fmt.Fprintf(e.stdout, "repaired on open: %s\n", r)
+			fmt.Fprintf(e.stdout, "not repaired (opened read-only): %s\n", r)
 		}
 		var feedLine func(f *kappa.Feed, r feedCheck)
 		if *verbose {
