@@ -332,7 +332,7 @@ type sumStateView struct {
 }
 
 func (v *sumStateView) FetchState() ([]byte, error) { return v.state, nil }
-func (v *sumStateView) StoreState(s []byte) error  { v.state = s; return nil }
+func (v *sumStateView) StoreState(s []byte) error   { v.state = s; return nil }
 
 func TestReadOnlyCoreWritesNothingAndRefusesWrites(t *testing.T) {
 	db := buildTornDB(t)
