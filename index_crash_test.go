@@ -13,26 +13,48 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
 
-// fileView records every sequence number it maps, in files, so a test can
-// count deliveries across crashes. In atomic mode Map only buffers, and
-// StoreState writes the records and the state in one atomic file
-// replacement: exactly-once. Otherwise Map appends the records to a log at
-// once and StoreState writes the state on its own: at-least-once.
+// fileView records every entry it maps (its feed and sequence number), in
+// files, so a test can count deliveries across crashes. In atomic mode Map
+// only buffers, and StoreState writes the records and the state in one
+// atomic file replacement: exactly-once. Otherwise Map appends the records
+// to a log at once and StoreState writes the state on its own:
+// at-least-once.
 type fileView struct {
 	dir     string
 	atomic  bool
-	seen    []uint64 // atomic mode: everything durable plus the batch in flight
+	seen    []delivery // atomic mode: everything durable plus the batches in flight
 	pending int
+}
+
+// delivery is an entry a fileView mapped: the first 8 bytes of its feed's
+// key, and its sequence number. It is recorded as those 16 bytes.
+type delivery struct{ feed, seq uint64 }
+
+func deliveryOf(e Entry) delivery {
+	return delivery{feed: binary.BigEndian.Uint64(e.Key), seq: e.Seq}
+}
+
+func (d delivery) append(b []byte) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(b, d.feed), d.seq)
+}
+
+func readDeliveries(b []byte) []delivery {
+	var out []delivery
+	for ; len(b) >= 16; b = b[16:] {
+		out = append(out, delivery{feed: binary.BigEndian.Uint64(b), seq: binary.BigEndian.Uint64(b[8:])})
+	}
+	return out
 }
 
 func (v *fileView) Map(es []Entry) error {
 	if v.atomic {
 		for _, e := range es {
-			v.seen = append(v.seen, e.Seq)
+			v.seen = append(v.seen, deliveryOf(e))
 		}
 		return nil
 	}
@@ -43,7 +65,7 @@ func (v *fileView) Map(es []Entry) error {
 	defer f.Close()
 	var buf []byte
 	for _, e := range es {
-		buf = binary.BigEndian.AppendUint64(buf, e.Seq)
+		buf = deliveryOf(e).append(buf)
 	}
 	if _, err := f.Write(buf); err != nil {
 		return err
@@ -61,10 +83,7 @@ func (v *fileView) FetchState() ([]byte, error) {
 	}
 	n := binary.BigEndian.Uint32(b)
 	state, rest := b[4:4+n], b[4+n:]
-	v.seen = v.seen[:0]
-	for ; len(rest) >= 8; rest = rest[8:] {
-		v.seen = append(v.seen, binary.BigEndian.Uint64(rest))
-	}
+	v.seen = readDeliveries(rest)
 	return state, nil
 }
 
@@ -72,8 +91,8 @@ func (v *fileView) StoreState(state []byte) error {
 	b := binary.BigEndian.AppendUint32(nil, uint32(len(state)))
 	b = append(b, state...)
 	if v.atomic {
-		for _, s := range v.seen {
-			b = binary.BigEndian.AppendUint64(b, s)
+		for _, d := range v.seen {
+			b = d.append(b)
 		}
 	}
 	return writeFileAtomic(filepath.Join(v.dir, "state"), b)
@@ -108,26 +127,25 @@ func writeFileAtomic(name string, b []byte) error {
 }
 
 // countDeliveries reads what a fileView recorded.
-func countDeliveries(t *testing.T, dir string, atomic bool) map[uint64]int {
+func countDeliveries(t *testing.T, dir string, atomic bool) map[delivery]int {
 	t.Helper()
-	counts := map[uint64]int{}
-	var b []byte
+	var seen []delivery
 	if atomic {
 		v := &fileView{dir: dir, atomic: true}
 		if _, err := v.FetchState(); err != nil {
 			t.Fatal(err)
 		}
-		for _, s := range v.seen {
-			counts[s]++
+		seen = v.seen
+	} else {
+		b, err := os.ReadFile(filepath.Join(dir, "log"))
+		if err != nil {
+			t.Fatal(err)
 		}
-		return counts
+		seen = readDeliveries(b)
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ; len(b) >= 8; b = b[8:] {
-		counts[binary.BigEndian.Uint64(b)]++
+	counts := map[delivery]int{}
+	for _, d := range seen {
+		counts[d]++
 	}
 	return counts
 }
@@ -144,12 +162,35 @@ func TestKilledIndexerDeliversAtLeastOnceAndExactlyOnceWithAtomicState(t *testin
 	if testing.Short() {
 		t.Skip("kills child processes; skipped with -short")
 	}
-	const (
-		entries  = 1500
-		maxBatch = 7
-		batches  = (entries + maxBatch - 1) / maxBatch
-		kills    = 10
-	)
+	testKilledIndexer(t, indexKillLoop{feeds: 1, perFeed: 1500, maxBatch: 7, kills: 10})
+}
+
+// TestKilledIndexerOfManyFeedsDeliversAtLeastOnceAndExactlyOnce is the test
+// above over 300 feeds of 3 entries: past 128 feeds the indexer maps a
+// group of batches (of several feeds) before one StoreState covers them
+// all. The first kill lands inside such a group, after its second Map: the
+// at-least-once view must see every batch of the group again, the atomic
+// one none of them.
+func TestKilledIndexerOfManyFeedsDeliversAtLeastOnceAndExactlyOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills child processes; skipped with -short")
+	}
+	testKilledIndexer(t, indexKillLoop{feeds: 300, perFeed: 3, maxBatch: 2, kills: 8, grouped: true})
+}
+
+// indexKillLoop is a database for testKilledIndexer to index, and how
+// often to kill the indexer.
+type indexKillLoop struct {
+	feeds, perFeed int // writers w0, w1…, each of perFeed entries
+	maxBatch       int
+	kills          int
+	// grouped makes the first kill land at a Map that follows a Map: in a
+	// group of batches whose progress is stored together.
+	grouped bool
+}
+
+func testKilledIndexer(t *testing.T, l indexKillLoop) {
+	batches := l.feeds * ((l.perFeed + l.maxBatch - 1) / l.maxBatch)
 	for _, atomic := range []bool{false, true} {
 		t.Run(fmt.Sprintf("atomic=%v", atomic), func(t *testing.T) {
 			dir := t.TempDir()
@@ -157,13 +198,17 @@ func TestKilledIndexerDeliversAtLeastOnceAndExactlyOnceWithAtomicState(t *testin
 			if err != nil {
 				t.Fatal(err)
 			}
-			w := mustWriter(t, c, "w")
-			vals := make([][]byte, entries)
-			for i := range vals {
-				vals[i] = []byte(fmt.Sprint(i))
-			}
-			if _, err := w.Append(vals...); err != nil {
-				t.Fatal(err)
+			var want []delivery
+			for f := range l.feeds {
+				w := mustWriter(t, c, fmt.Sprint("w", f))
+				vals := make([][]byte, l.perFeed)
+				for i := range vals {
+					vals[i] = []byte(fmt.Sprint(i))
+					want = append(want, delivery{feed: binary.BigEndian.Uint64(w.Key()), seq: uint64(i)})
+				}
+				if _, err := w.Append(vals...); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if err := c.Close(); err != nil {
 				t.Fatal(err)
@@ -173,17 +218,20 @@ func TestKilledIndexerDeliversAtLeastOnceAndExactlyOnceWithAtomicState(t *testin
 			if atomic {
 				mode = "atomic"
 			}
+			spec := fmt.Sprintf("%s:%d:%s", mode, l.maxBatch, dir)
 			seed := testSeed() // replay the kill points with -kappa.seed
 			rng := rand.New(rand.NewPCG(uint64(seed), 9))
-			stored, killed, mappedKills := 0, 0, 0
+			stored, killed, mappedKills, groupedKills := 0, 0, 0, 0
 			for run := 0; ; run++ {
 				where := fmt.Sprintf("seed %d run %d", seed, run)
 				// Plan this run's kill: after a random number of events,
 				// spread over what is left to index.
 				var plan *indexKill
-				if left := batches - stored; killed < kills && left > 1 {
-					plan = &indexKill{after: 1 + rng.IntN(max(1, 4*left/(kills-killed+1)))}
+				if left := batches - stored; killed < l.kills && left > 1 {
+					plan = &indexKill{after: 1 + rng.IntN(max(1, 4*left/(l.kills-killed+1)))}
 					switch {
+					case killed == 0 && l.grouped:
+						plan.after, plan.at = 1, "grouped"
 					case killed == 0:
 						plan.at = "mapped"
 					default:
@@ -191,7 +239,7 @@ func TestKilledIndexerDeliversAtLeastOnceAndExactlyOnceWithAtomicState(t *testin
 						plan.letGo = rng.IntN(2) == 0
 					}
 				}
-				res := runIndexCrashChildProcess(t, mode+":"+dir, plan, where)
+				res := runIndexCrashChildProcess(t, spec, plan, where)
 				stored += res.stored
 				if res.finished {
 					break
@@ -202,23 +250,29 @@ func TestKilledIndexerDeliversAtLeastOnceAndExactlyOnceWithAtomicState(t *testin
 				killed++
 				if res.killedAt == "mapped" && !plan.letGo {
 					mappedKills++
+					if res.inGroup {
+						groupedKills++
+					}
 				}
 			}
 			counts := countDeliveries(t, dir, atomic)
 			dups := 0
-			for i := range uint64(entries) {
-				switch n := counts[i]; {
+			for _, d := range want {
+				switch n := counts[d]; {
 				case n == 0:
-					t.Fatalf("seed %d: entry %d never delivered", seed, i)
+					t.Fatalf("seed %d: entry %d of feed %x never delivered", seed, d.seq, d.feed)
 				case n > 1 && atomic:
-					t.Fatalf("seed %d: entry %d delivered %d times with atomic state", seed, i, n)
+					t.Fatalf("seed %d: entry %d of feed %x delivered %d times with atomic state", seed, d.seq, d.feed, n)
 				case n > 1:
 					dups += n - 1
 				}
 			}
-			t.Logf("seed %d: %d kills (%d between Map and StoreState); %d entries delivered again", seed, killed, mappedKills, dups)
-			if killed == 0 || mappedKills == 0 {
-				t.Fatalf("seed %d: %d kills, %d between Map and StoreState: the test did not crash the indexer where it must", seed, killed, mappedKills)
+			if len(counts) != len(want) {
+				t.Fatalf("seed %d: %d entries delivered, %d written", seed, len(counts), len(want))
+			}
+			t.Logf("seed %d: %d kills (%d between Map and StoreState, %d inside a group); %d entries delivered again", seed, killed, mappedKills, groupedKills, dups)
+			if killed == 0 || mappedKills == 0 || (l.grouped && groupedKills == 0) {
+				t.Fatalf("seed %d: %d kills, %d between Map and StoreState, %d inside a group: the test did not crash the indexer where it must", seed, killed, mappedKills, groupedKills)
 			}
 			if !atomic && dups == 0 {
 				t.Fatalf("seed %d: killed between Map and StoreState, yet no entry was delivered again: progress was stored before Map returned", seed)
@@ -228,9 +282,11 @@ func TestKilledIndexerDeliversAtLeastOnceAndExactlyOnceWithAtomicState(t *testin
 }
 
 // indexKill is where the parent kills an indexing child: at the first
-// event named at (any event if at is "") once after events were reported.
-// With letGo it first lets the child go on, so the kill lands somewhere in
-// the step after the event.
+// event named at (any event if at is "") once after events were reported;
+// at "grouped" is a "mapped" that follows a "mapped" (the second or later
+// batch of a group whose progress is stored together). With letGo it first
+// lets the child go on, so the kill lands somewhere in the step after the
+// event.
 type indexKill struct {
 	after int
 	at    string
@@ -240,7 +296,8 @@ type indexKill struct {
 type indexChildResult struct {
 	finished bool   // the child said done
 	killedAt string // the event the child was killed at, if killed
-	stored   int    // StoreState calls the child reported
+	inGroup  bool   // it was a Map that followed a Map
+	stored   int    // batches whose progress the child reported stored
 }
 
 // runIndexCrashChildProcess runs one indexing child to its end: until it
@@ -266,24 +323,29 @@ func runIndexCrashChildProcess(t *testing.T, spec string, plan *indexKill, where
 		t.Fatal(err)
 	}
 	var res indexChildResult
-	events, killed := 0, false
+	events, killed, prev, mapped := 0, false, "", 0
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
 		switch line := sc.Text(); line {
 		case "mapped", "stored":
 			events++
-			if line == "stored" {
-				res.stored++
+			if line == "mapped" {
+				mapped++
+			} else {
+				res.stored += mapped
+				mapped = 0
 			}
+			inGroup := line == "mapped" && prev == "mapped"
+			prev = line
 			if killed {
 				continue
 			}
-			if plan != nil && events >= plan.after && (plan.at == "" || plan.at == line) {
+			if plan != nil && events >= plan.after && (plan.at == "" || plan.at == line || (plan.at == "grouped" && inGroup)) {
 				if plan.letGo {
 					io.WriteString(stdin, "go\n")
 				}
 				cmd.Process.Kill()
-				killed, res.killedAt = true, line
+				killed, res.killedAt, res.inGroup = true, line, inGroup
 				continue
 			}
 			// A write error means the child died; its output says why.
@@ -315,7 +377,13 @@ func runIndexCrashChildProcess(t *testing.T, spec string, plan *indexKill, where
 // and waits for a line on stdin: the parent either lets it go on or kills
 // it there.
 func runIndexCrashChild(spec string) {
-	mode, dir, _ := strings.Cut(spec, ":")
+	mode, rest, _ := strings.Cut(spec, ":")
+	maxBatch, dir, _ := strings.Cut(rest, ":")
+	max, err := strconv.Atoi(maxBatch)
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(2)
+	}
 	in := bufio.NewReader(os.Stdin)
 	step := func(event string) {
 		fmt.Println(event)
@@ -329,7 +397,7 @@ func runIndexCrashChild(spec string) {
 		os.Exit(2)
 	}
 	v := &fileView{dir: dir, atomic: mode == "atomic"}
-	if _, err := c.Use("v", 1, &steppedView{fileView: v, max: 7, step: step}); err != nil {
+	if _, err := c.Use("v", 1, &steppedView{fileView: v, max: max, step: step}); err != nil {
 		fmt.Println("error", err)
 		os.Exit(2)
 	}
