@@ -43,7 +43,8 @@
 // # Storage and durability
 //
 // Feeds live in a Storage: a directory (OpenDir; locked against a second
-// process, with a bounded number of open file descriptors) or memory
+// process, with a bounded number of open file descriptors; read-only opens,
+// Options.ReadOnly, share it and write nothing) or memory
 // (NewMemStorage, which can also simulate crashes for tests). The on-disk
 // format is described in doc/FORMAT.md. By default every Append is durable
 // when it returns: data and tree are fsynced before the signature record
@@ -73,7 +74,8 @@
 // Writer for its name returns the error instead of a new feed. What opening
 // does change, a torn tail cut back after a crash or a replica's bitfield
 // page rebuilt from the tree, is listed by Core.Repairs and sent to
-// Options.OnRepair.
+// Options.OnRepair; a read-only database lists what it would change, and
+// changes nothing.
 //
 // # Where a view keeps its files
 //
