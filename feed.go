@@ -525,6 +525,12 @@ func (f *Feed) loadKeys(meta File, o *FeedOptions, blank bool) (fresh bool, secr
 // createKeys writes the key file of a new feed, and returns its secret key
 // (nil for a replica).
 func (f *Feed) createKeys(meta File, o *FeedOptions) (ed25519.PrivateKey, error) {
+	// Read-only, where there is no key file at all this would create a
+	// feed; but a Core's replica (rewriteKey) is the repair of a creation
+	// torn before its files were durable: its manifest record has the key.
+	if _, none := meta.(*memFileRO); none && !o.rewriteKey {
+		return nil, fmt.Errorf("%w: there is no feed here to open", ErrReadOnly)
+	}
 	var secret ed25519.PrivateKey
 	switch {
 	case o.SecretKey != nil:
@@ -538,8 +544,6 @@ func (f *Feed) createKeys(meta File, o *FeedOptions) (ed25519.PrivateKey, error)
 		f.key, secret = kp.PublicKey, kp.SecretKey
 	case o.Key != nil:
 		f.key = ed25519.PublicKey(bytes.Clone(o.Key))
-	case f.cfg.readOnly:
-		return nil, fmt.Errorf("%w: there is no feed here to open", ErrReadOnly)
 	default:
 		kp, err := NewKeyPair()
 		if err != nil {

@@ -495,13 +495,17 @@ func TestReadOnlyOpenWhereThereIsNoDatabase(t *testing.T) {
 	if names := s.names(); len(names) != 1 {
 		t.Errorf("files after: %q", names)
 	}
-	// A feed alone.
-	s = NewMemStorage()
-	if _, err := OpenFeed(s, "f/", &FeedOptions{ReadOnly: true}); !errors.Is(err, ErrReadOnly) {
-		t.Errorf("read-only OpenFeed where there is none: %v, want ErrReadOnly", err)
-	}
-	if names := s.names(); len(names) != 0 {
-		t.Errorf("files after: %q", names)
+	// A feed alone, with or without keys.
+	kp := mustKeyPair(t)
+	for _, o := range []FeedOptions{{}, {Key: kp.PublicKey}, {SecretKey: kp.SecretKey}} {
+		s = NewMemStorage()
+		o.ReadOnly = true
+		if _, err := OpenFeed(s, "f/", &o); !errors.Is(err, ErrReadOnly) {
+			t.Errorf("read-only OpenFeed where there is none (key %v, secret %v): %v, want ErrReadOnly", o.Key != nil, o.SecretKey != nil, err)
+		}
+		if names := s.names(); len(names) != 0 {
+			t.Errorf("files after: %q", names)
+		}
 	}
 }
 
@@ -531,6 +535,9 @@ func TestReadOnlyOpenOfATornReplicaCreation(t *testing.T) {
 		{"key torn", map[string][]byte{"r/key": []byte("KAPPAKEY"), "r/data": dataHdr[:], "r/tree": treeHdr[:]}, 1},
 		// Opening would cut data's torn header and write it again.
 		{"headers torn", map[string][]byte{"r/key": keyRecord, "r/data": []byte("KAP")}, 1},
+		// A Core's replica whose files never became durable: its
+		// manifest record has the key that opening writes again.
+		{"no files", map[string][]byte{}, 0},
 	} {
 		s := NewMemStorage()
 		for name, b := range tc.files {
