@@ -61,9 +61,10 @@ type FeedOptions struct {
 
 	// ReadOnly opens an existing feed without writing to s: each repair
 	// opening would make is reported to OnRepair but not made, and the
-	// feed holds the state the repair would give. Append and Put fail
-	// with ErrReadOnly, and so does opening where there is no feed (unless
-	// Key names the replica a torn creation left).
+	// feed holds the state the repair would give (a key file torn while
+	// the feed was created is taken from Key or SecretKey, in memory).
+	// Append and Put fail with ErrReadOnly, and so does opening where
+	// there is no key file.
 	ReadOnly bool
 
 	// lazy creates a replica without syncing its new files: its key file
