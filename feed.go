@@ -545,6 +545,8 @@ func (f *Feed) createKeys(meta File, o *FeedOptions) (ed25519.PrivateKey, error)
 		f.key, secret = kp.PublicKey, kp.SecretKey
 	case o.Key != nil:
 		f.key = ed25519.PublicKey(bytes.Clone(o.Key))
+	case f.cfg.readOnly: // a new key pair would be a new feed
+		return nil, fmt.Errorf("%w: the key file holds no key, and none was given", ErrReadOnly)
 	default:
 		kp, err := NewKeyPair()
 		if err != nil {

@@ -495,6 +495,17 @@ func TestReadOnlyOpenWhereThereIsNoDatabase(t *testing.T) {
 	if names := s.names(); len(names) != 1 {
 		t.Errorf("files after: %q", names)
 	}
+	// A feed alone whose key file is torn, given no key.
+	s = NewMemStorage()
+	if f, err := s.Open("f/key", true); err != nil {
+		t.Fatal(err)
+	} else {
+		f.WriteAt([]byte("KAPPA"), 0)
+		f.Close()
+	}
+	if _, err := OpenFeed(s, "f/", &FeedOptions{ReadOnly: true}); !errors.Is(err, ErrReadOnly) {
+		t.Errorf("read-only OpenFeed of a torn key file without a key: %v, want ErrReadOnly", err)
+	}
 	// A feed alone, with or without keys.
 	kp := mustKeyPair(t)
 	for _, o := range []FeedOptions{{}, {Key: kp.PublicKey}, {SecretKey: kp.SecretKey}} {
