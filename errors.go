@@ -100,6 +100,12 @@ var (
 	// before the session was complete.
 	ErrPeerClosed = errors.New("kappa: connection closed before the session ended")
 
+	// ErrStorage ends a replication session when this side's storage
+	// failed: storing what the peer sent, or adding its feeds. The error
+	// wraps the cause too, so errors.Is(err, syscall.ENOSPC) or
+	// errors.Is(err, ErrCorrupt) still tells what failed.
+	ErrStorage = errors.New("kappa: local storage failed")
+
 	// ErrForked is reported for a feed whose writer's key signed two
 	// histories that disagree: two valid signatures over trees that
 	// contradict each other at a length both cover. The evidence is kept;
