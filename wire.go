@@ -84,8 +84,8 @@ type ReplicateOptions struct {
 	// Timeout ends the session with ErrTimeout when nothing arrives from
 	// the peer for that long, or a write to it moves no byte for that long
 	// (default 30 s). A write counts as moving while each piece of it, of
-	// at most Timeout × 256 bytes/s (at least 256 bytes, at most 16 KiB),
-	// gets through within Timeout.
+	// Timeout × 64 bytes/s (at least 256 bytes, at most 16 KiB), gets
+	// through within Timeout: a link slower than that may time out.
 	KeepAlive, Timeout time.Duration
 
 	// MaxNewFeeds bounds how many feeds the database lacks this session

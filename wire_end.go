@@ -100,9 +100,9 @@ func storageErr(err error) error {
 
 // writePiece is how much of a write goes to the connection at once, so
 // that a write on a slow link shows progress: as much as moves in the
-// timeout at 256 bytes/s, at least 256 bytes and at most 16 KiB.
+// timeout at 64 bytes/s, at least 256 bytes and at most 16 KiB.
 func writePiece(timeout time.Duration) int {
-	return min(max(int(timeout.Seconds()*256), 256), 16<<10)
+	return min(max(int(timeout.Seconds()*64), 256), 16<<10)
 }
 
 // mayAdd reports whether the session may take the peer's feed with key:
