@@ -267,7 +267,7 @@ func TestSlowMovingLinkIsNotATimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	const perTick, tick = 50, 100 * time.Millisecond // 500 bytes/s
-	throttle := make(chan struct{})                   // closed once the handshake is over
+	throttle := make(chan struct{})                  // closed once the handshake is over
 	ca, cb := relay(t, "pipe", func(dir int, src, dst net.Conn) {
 		buf := make([]byte, 32<<10)
 		ticker := time.NewTicker(tick)
