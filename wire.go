@@ -200,6 +200,7 @@ type session struct {
 	lastRead   atomic.Int64  // unix nanos bytes last arrived
 	rawEnded   atomic.Bool   // a read of the connection under TLS failed
 	newFeeds   int           // feeds the database lacked that this session took
+	handled    uint64        // messages taken from the peer
 
 	bytesIn, bytesOut atomic.Uint64
 
@@ -792,6 +793,9 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 		if s.opts.Live {
 			feedsChanged = changed
 		}
+		if testHookIdle != nil && len(in) == 0 && len(s.adding) == 0 && len(s.storing) == 0 && len(s.pendingNew) == 0 {
+			testHookIdle(s)
+		}
 		select {
 		case f, ok := <-in:
 			if err := s.take(ctx, f, ok); err != nil {
@@ -866,8 +870,14 @@ func (s *session) take(ctx context.Context, f frame, ok bool) error {
 		}
 		return errCleanEnd
 	}
+	s.handled++
 	return s.handle(f.msg)
 }
+
+// testHookIdle, if set by a test, runs on the session's loop when it is
+// about to wait with nothing of its own to do: every message it took is
+// handled, no feed is being added and no answer stored.
+var testHookIdle func(*session)
 
 var errCleanEnd = errors.New("the peer hung up after both sides said done")
 
