@@ -69,7 +69,7 @@ var helloMagic = []byte("KAPPA")
 type ReplicateOptions struct {
 	// Live keeps the session open after the first exchange: new entries
 	// and new feeds, on either side, are sent as they appear, until the
-	// context ends.
+	// context ends or the peer says goodbye.
 	Live bool
 
 	// Accept, if set, decides whether to take a feed the peer offers (by

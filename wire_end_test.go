@@ -624,3 +624,35 @@ func TestTLSReportsGoodbyeAndHangUpAlike(t *testing.T) {
 		}
 	}
 }
+
+// A live side answers a goodbye with its own: its close_notify reaches the
+// peer before the connection ends.
+func TestLiveSideAnswersAGoodbyeWithItsOwn(t *testing.T) {
+	for _, kind := range connKinds {
+		t.Run(kind, func(t *testing.T) {
+			honest := newCore(t, nil)
+			appendN(t, mustWriter(t, honest, "w"), 3, "a")
+			raw, res := startHonest(t, kind, honest, false, &ReplicateOptions{Live: true})
+			s := &session{core: &Core{key: honest.SharedKey()}, raw: raw, initiator: true}
+			if err := s.handshake(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+			h := &hostile{t: t, raw: raw, tls: s.tls, br: s.br, honest: res}
+			if err := h.send([]byte{msgSynced}, []byte{msgDone}); err != nil {
+				t.Fatal(err)
+			}
+			h.until(msgDone)
+			h.drain()
+			h.tls.CloseWrite()
+			if err := <-h.drained; err != nil {
+				t.Fatalf("the live side's stream ended with %v", err)
+			}
+			if s.rawEnded.Load() {
+				t.Fatal("the live side closed the connection without a goodbye")
+			}
+			if err := h.result(); err != nil {
+				t.Fatalf("the live side: %v, want nil", err)
+			}
+		})
+	}
+}
