@@ -226,11 +226,17 @@ func TestSilentLinkIsTimeout(t *testing.T) {
 			a, b := sharedPair(t, nil)
 			appendN(t, mustWriter(t, a, "w"), 3, "a")
 			silence := make(chan struct{})
+			stop := make(chan struct{}) // the test is over
 			ca, cb := relay(t, kind, func(dir int, src, dst net.Conn) {
 				buf := make([]byte, 32<<10)
 				for {
 					n, err := src.Read(buf)
 					if err != nil {
+						select {
+						case <-silence: // nor does it pass the end on
+							<-stop
+						default:
+						}
 						return
 					}
 					select {
@@ -242,6 +248,7 @@ func TestSilentLinkIsTimeout(t *testing.T) {
 					}
 				}
 			})
+			t.Cleanup(func() { close(stop) })
 			opts := ReplicateOptions{Timeout: time.Second, KeepAlive: 100 * time.Millisecond}
 			_, _, ea, eb := livePair(t, a, b, ca, cb, opts, opts)
 			close(silence)
