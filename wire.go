@@ -83,9 +83,11 @@ type ReplicateOptions struct {
 	// KeepAlive is how often a quiet session sends a ping (default 5 s).
 	// Timeout ends the session with ErrTimeout when nothing arrives from
 	// the peer for that long, or a write to it moves no byte for that long
-	// (default 30 s). A write counts as moving while each piece of it, of
-	// Timeout × 64 bytes/s (at least 256 bytes, at most 16 KiB), gets
-	// through within Timeout: a link slower than that may time out.
+	// (default 30 s). Bytes count as they move, not as whole messages: a
+	// slow link is not a dead one. (Over a conn that is no net.Conn, and
+	// so has no deadlines, writes go in pieces of Timeout × 64 bytes/s, at
+	// least 256 bytes and at most 16 KiB, and a link slower than one piece
+	// per Timeout times out.)
 	KeepAlive, Timeout time.Duration
 
 	// MaxNewFeeds bounds how many feeds the database lacks this session
@@ -410,9 +412,16 @@ type rwcConn struct{ io.ReadWriteCloser }
 type progressConn struct {
 	net.Conn
 	s *session
+
+	// pieces: the connection has no deadlines (an io.ReadWriteCloser),
+	// so writes go in pieces (see writePieces).
+	pieces bool
+	// outer is the write deadline crypto/tls set, in unix nanoseconds; 0
+	// for none (see writeSlices).
+	outer atomic.Int64
 }
 
-func (c progressConn) Read(p []byte) (int, error) {
+func (c *progressConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.s.lastRead.Store(time.Now().UnixNano())
@@ -423,23 +432,21 @@ func (c progressConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Write writes p a piece at a time, noting progress after each: one TLS
-// record (up to 16 KiB) takes long on a slow link, and is still moving.
-func (c progressConn) Write(p []byte) (int, error) {
-	piece := writePiece(c.s.opts.Timeout)
-	var done int
-	for len(p) > 0 {
-		n, err := c.Conn.Write(p[:min(len(p), piece)])
-		done += n
-		if w := c.s.writing.Load(); n > 0 && w != 0 {
-			c.s.writing.CompareAndSwap(w, time.Now().UnixNano())
-		}
-		if err != nil {
-			return done, err
-		}
-		p = p[n:]
+// Write writes p, noting progress as its bytes move, not only once all
+// did: one TLS record (up to 16 KiB) takes long on a slow link, and is
+// still moving.
+func (c *progressConn) Write(p []byte) (int, error) {
+	if c.pieces {
+		return c.writePieces(p)
 	}
-	return done, nil
+	return c.writeSlices(p)
+}
+
+// moved notes that a write moved bytes.
+func (c *progressConn) moved() {
+	if w := c.s.writing.Load(); w != 0 {
+		c.s.writing.CompareAndSwap(w, time.Now().UnixNano())
+	}
 }
 
 type pipeAddr struct{}
@@ -485,7 +492,7 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	if !ok {
 		nc = rwcConn{s.raw}
 	}
-	nc = progressConn{nc, s}
+	nc = &progressConn{Conn: nc, s: s, pieces: !ok}
 	if s.initiator {
 		s.tls = tls.Client(nc, cfg)
 	} else {

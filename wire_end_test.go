@@ -263,63 +263,73 @@ func TestSilentLinkIsTimeout(t *testing.T) {
 
 // A link that moves a steady 500 bytes/s is slow, not dead: a message that
 // takes several times Timeout to cross it gets there. (TLS sends records
-// of about 1.2 KiB at first: one takes more than Timeout to write.)
+// of about 1.2 KiB at first: one takes more than Timeout to write.) Over a
+// net.Conn (here net.Pipe, which buffers nothing) writes have deadlines;
+// over any other io.ReadWriteCloser they go in pieces.
 func TestSlowMovingLinkIsNotATimeout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("moves 4 KiB at 500 bytes/s")
 	}
-	a, b := sharedPair(t, nil)
-	w := mustWriter(t, a, "w")
-	if _, err := w.Append(bytes.Repeat([]byte("slow"), 1<<10)); err != nil {
-		t.Fatal(err)
-	}
-	const perTick, tick = 50, 100 * time.Millisecond // 500 bytes/s
-	throttle := make(chan struct{})                  // closed once the handshake is over
-	ca, cb := relay(t, "pipe", func(dir int, src, dst net.Conn) {
-		buf := make([]byte, 32<<10)
-		ticker := time.NewTicker(tick)
-		defer ticker.Stop()
-		for {
-			n := len(buf)
-			select {
-			case <-throttle:
-				<-ticker.C
-				n = perTick
-			default:
+	for _, kind := range []string{"pipe", "rwc"} {
+		t.Run(kind, func(t *testing.T) {
+			a, b := sharedPair(t, nil)
+			w := mustWriter(t, a, "w")
+			if _, err := w.Append(bytes.Repeat([]byte("slow"), 1<<10)); err != nil {
+				t.Fatal(err)
 			}
-			n, err := src.Read(buf[:n])
-			if err != nil {
-				return
+			const perTick, tick = 50, 100 * time.Millisecond // 500 bytes/s
+			throttle := make(chan struct{})                  // closed once the handshake is over
+			ca, cb := relay(t, "pipe", func(dir int, src, dst net.Conn) {
+				buf := make([]byte, 32<<10)
+				ticker := time.NewTicker(tick)
+				defer ticker.Stop()
+				for {
+					n := len(buf)
+					select {
+					case <-throttle:
+						<-ticker.C
+						n = perTick
+					default:
+					}
+					n, err := src.Read(buf[:n])
+					if err != nil {
+						return
+					}
+					if _, err := dst.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			})
+			var ra, rb io.ReadWriteCloser = ca, cb
+			if kind == "rwc" {
+				ra, rb = struct{ io.ReadWriteCloser }{ca}, struct{ io.ReadWriteCloser }{cb}
 			}
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return
+			var once sync.Once
+			var start time.Time
+			opts := &ReplicateOptions{Timeout: 2 * time.Second, KeepAlive: 500 * time.Millisecond}
+			ob := *opts
+			ob.Progress = func(p ReplicateProgress) {
+				if p.Phase == "exchange" {
+					once.Do(func() { start = time.Now(); close(throttle) })
+				}
 			}
-		}
-	})
-	var once sync.Once
-	var start time.Time
-	opts := &ReplicateOptions{Timeout: 2 * time.Second, KeepAlive: 500 * time.Millisecond}
-	ob := *opts
-	ob.Progress = func(p ReplicateProgress) {
-		if p.Phase == "exchange" {
-			once.Do(func() { start = time.Now(); close(throttle) })
-		}
+			ctx := ctxT(t)
+			eb := make(chan error, 1)
+			go func() { eb <- b.Replicate(ctx, rb, false, &ob) }()
+			if err := a.Replicate(ctx, ra, true, opts); err != nil {
+				t.Fatalf("a: %v", err)
+			}
+			if err := waitHonest(t, eb); err != nil {
+				t.Fatalf("b: %v", err)
+			}
+			took := time.Since(start)
+			t.Logf("the exchange took %v", took)
+			if took < 2*opts.Timeout {
+				t.Fatalf("the exchange took only %v: the link was not slow", took)
+			}
+			checkHas(t, a, b)
+		})
 	}
-	ctx := ctxT(t)
-	eb := make(chan error, 1)
-	go func() { eb <- b.Replicate(ctx, cb, false, &ob) }()
-	if err := a.Replicate(ctx, ca, true, opts); err != nil {
-		t.Fatalf("a: %v", err)
-	}
-	if err := waitHonest(t, eb); err != nil {
-		t.Fatalf("b: %v", err)
-	}
-	took := time.Since(start)
-	t.Logf("the exchange took %v", took)
-	if took < 2*opts.Timeout {
-		t.Fatalf("the exchange took only %v: the link was not slow", took)
-	}
-	checkHas(t, a, b)
 }
 
 // tlsRecords forwards TLS records from src to dst, and flips a bit in the
