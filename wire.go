@@ -413,8 +413,9 @@ type progressConn struct {
 	net.Conn
 	s *session
 
-	// pieces: the connection has no deadlines (an io.ReadWriteCloser),
-	// so writes go in pieces (see writePieces).
+	// pieces: the connection has no deadlines (an io.ReadWriteCloser, or
+	// a net.Conn whose SetWriteDeadline fails), so writes go in pieces
+	// (see writePieces). Only the writer of the TLS conn uses it.
 	pieces bool
 	// outer is the write deadline crypto/tls set, in unix nanoseconds; 0
 	// for none (see writeSlices).

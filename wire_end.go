@@ -115,7 +115,10 @@ func (c *progressConn) writeSlices(p []byte) (int, error) {
 			dl = time.Unix(0, outer)
 		}
 		if err := c.Conn.SetWriteDeadline(dl); err != nil {
-			return done, err
+			// A conn without deadlines after all.
+			c.pieces = true
+			n, err := c.writePieces(p)
+			return done + n, err
 		}
 		n, err := c.Conn.Write(p)
 		done += n
