@@ -866,8 +866,8 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 }
 
 // take handles one frame from the reader; ok false means the reader ended.
-// It returns errCleanEnd when the peer hung up after the session was
-// complete.
+// It returns errCleanEnd when the stream ended in a way that ends the
+// session properly (see peerEnded).
 func (s *session) take(ctx context.Context, f frame, ok bool) error {
 	switch {
 	case !ok:
@@ -887,7 +887,7 @@ func (s *session) take(ctx context.Context, f frame, ok bool) error {
 // handled, no feed is being added and no answer stored.
 var testHookIdle func(*session)
 
-var errCleanEnd = errors.New("the peer hung up after both sides said done")
+var errCleanEnd = errors.New("the session ended properly")
 
 // readErr is what the reader's error means for the session: nil for a
 // goodbye that ends it properly (see peerEnded).
