@@ -249,7 +249,7 @@ func TestSilentLinkIsTimeout(t *testing.T) {
 				}
 			})
 			t.Cleanup(func() { close(stop) })
-			opts := ReplicateOptions{Timeout: time.Second, KeepAlive: 100 * time.Millisecond}
+			opts := ReplicateOptions{Timeout: 2 * time.Second, KeepAlive: 200 * time.Millisecond}
 			_, _, ea, eb := livePair(t, a, b, ca, cb, opts, opts)
 			close(silence)
 			for _, res := range []<-chan error{ea, eb} {
