@@ -353,14 +353,14 @@ func (s *session) run(ctx context.Context) (err error) {
 	switch {
 	case err == nil:
 		// The session is complete, or the peer said goodbye: say it too.
-		s.goodbye(in, false)
+		s.goodbye(ctx, in, false)
 		s.setPhase("done")
 		return nil
 	case ctx.Err() != nil && !errors.Is(err, ErrTimeout):
-		s.goodbye(in, true)
+		s.goodbye(ctx, in, true)
 		return ctx.Err()
 	case errors.Is(err, ErrClosed):
-		s.goodbye(in, true)
+		s.goodbye(ctx, in, true)
 	}
 	return err
 }

@@ -1,6 +1,7 @@
 package kappa
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -17,14 +18,16 @@ const maxGoodbye = 5 * time.Second
 
 // goodbye ends the session deliberately: the writer sends what is queued,
 // then TLS close_notify; then it waits for the peer to end too (its
-// close_notify, or the connection's end), for at most the timeout, and
-// at most maxGoodbye if ctx ended.
-func (s *session) goodbye(in <-chan frame, ctxEnded bool) {
+// close_notify, or the connection's end), for at most the timeout, and at
+// most maxGoodbye once ctx ended (or the database closed: ended).
+func (s *session) goodbye(ctx context.Context, in <-chan frame, ended bool) {
 	s.stopWriter(true)
 	wait := s.opts.Timeout
-	if ctxEnded {
-		wait = min(wait, maxGoodbye)
+	stop := ctx.Done()
+	if ended {
+		wait, stop = min(wait, maxGoodbye), nil
 	}
+	deadline := time.Now().Add(wait)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	out := s.outDone
@@ -38,6 +41,11 @@ func (s *session) goodbye(in <-chan frame, ctxEnded bool) {
 			}
 		case <-timer.C:
 			return
+		case <-stop:
+			stop = nil
+			if d := time.Now().Add(maxGoodbye); d.Before(deadline) {
+				timer.Reset(time.Until(d))
+			}
 		}
 	}
 }
