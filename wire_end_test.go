@@ -673,3 +673,37 @@ func TestLiveSideAnswersAGoodbyeWithItsOwn(t *testing.T) {
 		})
 	}
 }
+
+// A complete session waits for the peer's goodbye for up to the timeout;
+// a context that ends meanwhile cuts the wait short, and the session is
+// still complete: nil.
+func TestContextEndCutsTheWaitForAGoodbye(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out the goodbye's 5 s")
+	}
+	honest := newCore(t, nil)
+	mine, theirs := connPair(t, "tcp")
+	defer mine.Close()
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	res := make(chan error, 1)
+	go func() {
+		res <- honest.Replicate(ctx, theirs, false, &ReplicateOptions{Timeout: time.Hour})
+	}()
+	s := &session{core: &Core{key: honest.SharedKey()}, raw: mine, initiator: true}
+	if err := s.handshake(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	h := &hostile{t: t, raw: mine, tls: s.tls, br: s.br, honest: res}
+	if err := h.send([]byte{msgSynced}, []byte{msgDone}); err != nil {
+		t.Fatal(err)
+	}
+	h.drain()
+	if err := <-h.drained; err != nil { // its goodbye; this side says none
+		t.Fatalf("the honest side's stream: %v", err)
+	}
+	cancel()
+	if err := h.result(); err != nil {
+		t.Fatalf("a complete session: %v, want nil", err)
+	}
+}
