@@ -97,16 +97,27 @@ var (
 	ErrVersion = errors.New("kappa: incompatible protocol version")
 
 	// ErrProtocol ends a replication session whose peer sent something
-	// malformed, oversized or out of protocol; the error says what.
+	// malformed, oversized or out of protocol, or whose TLS stream was
+	// altered (a TLS alert such as bad_record_mac, sent or received); the
+	// error says what.
 	ErrProtocol = errors.New("kappa: protocol error")
 
-	// ErrTimeout ends a replication session whose peer sent nothing, or
-	// read nothing, for ReplicateOptions.Timeout.
+	// ErrTimeout ends a replication session when no byte arrived from the
+	// peer, or no byte of a write to it moved, for
+	// ReplicateOptions.Timeout; or whose handshake took longer.
 	ErrTimeout = errors.New("kappa: peer timed out")
 
-	// ErrPeerClosed ends a replication session whose connection closed
-	// before the session was complete.
+	// ErrPeerClosed ends a replication session whose connection ended, or
+	// was reset, before the session was complete and without the peer's
+	// goodbye (TLS close_notify): a peer killed, a link cut. It also ends
+	// a non-live session whose peer said goodbye before it was complete.
 	ErrPeerClosed = errors.New("kappa: connection closed before the session ended")
+
+	// ErrStorage ends a replication session when this side's storage
+	// failed: storing what the peer sent, or adding its feeds. The error
+	// wraps the cause too, so errors.Is(err, syscall.ENOSPC) or
+	// errors.Is(err, ErrCorrupt) still tells what failed.
+	ErrStorage = errors.New("kappa: local storage failed")
 
 	// ErrForked is reported for a feed whose writer's key signed two
 	// histories that disagree: two valid signatures over trees that

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -118,9 +119,11 @@ func isSessionError(err error) bool {
 // real handshake over net.Pipe, then closes the stream. The input is written frame by
 // frame as far as it parses as frames, and an answer (data or not
 // available) only once the honest side has sent a request for it to answer
-// or a moment has passed, so that answers can meet requests; the rest is
-// written raw. The honest side must end its session with nil or one of
-// its documented errors, in bounded time, holding nothing unverified.
+// or has handled everything written so far and waits (so that answers can
+// meet requests); the rest is written raw. The stream is closed once the
+// honest side ended or waits again. The honest side must end its session
+// with nil or one of its documented errors, in bounded time, holding
+// nothing unverified.
 func FuzzWireSession(f *testing.F) {
 	src := newWireFuzzSource(f)
 	w := src.w
@@ -152,8 +155,25 @@ func FuzzWireSession(f *testing.F) {
 		f.Add(live, []byte{})
 		f.Add(live, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	}
+	// The honest session's loop says when it waits having handled n
+	// messages (one session at a time: fuzz inputs run one by one).
+	var idleCore atomic.Pointer[Core]
+	var idleAt atomic.Uint64
+	idle := make(chan struct{}, 1)
+	testHookIdle = func(s *session) {
+		if s.core == idleCore.Load() {
+			idleAt.Store(s.handled)
+			select {
+			case idle <- struct{}{}:
+			default:
+			}
+		}
+	}
+	f.Cleanup(func() { testHookIdle = nil })
 	f.Fuzz(func(t *testing.T, live bool, in []byte) {
 		c, x, own := src.honest(t)
+		idleCore.Store(c)
+		idleAt.Store(0)
 		// A hang detector: an honest session ends as soon as the stream
 		// does, well within this.
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -186,7 +206,22 @@ func FuzzWireSession(f *testing.F) {
 				}
 			}
 		}()
-		const moment = 20 * time.Millisecond
+		// settled waits until the honest side ended, or waits having
+		// handled the written messages (or, with a request, sent one).
+		var written uint64
+		settled := func(reqs <-chan struct{}) {
+			for idleAt.Load() != written {
+				select {
+				case <-reqs:
+					return
+				case <-eof:
+					return
+				case <-idle:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
 		rest := in
 		for len(rest) > 0 {
 			n, k := binary.Uvarint(rest)
@@ -194,23 +229,17 @@ func FuzzWireSession(f *testing.F) {
 				break
 			}
 			if typ := rest[k]; typ == msgData || typ == msgNotAvailable {
-				select {
-				case <-reqs:
-				case <-eof:
-				case <-time.After(moment):
-				}
+				settled(reqs)
 			}
 			if _, err := s.tls.Write(rest[:k+int(n)]); err != nil {
 				break
 			}
+			written++
 			rest = rest[k+int(n):]
 		}
 		s.tls.Write(rest)
-		// Give a session that is ending properly the moment to say so.
-		select {
-		case <-eof:
-		case <-time.After(moment):
-		}
+		// Let a session that is ending properly say so.
+		settled(nil)
 		s.tls.CloseWrite()
 		err := <-res
 		mine.Close()

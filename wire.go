@@ -26,7 +26,7 @@ import (
 
 const (
 	protoMajor = 1
-	protoMinor = 0
+	protoMinor = 1
 
 	// maxMessage is the largest message either side accepts: one block of
 	// MaxBlockSize with its proof fits.
@@ -69,7 +69,7 @@ var helloMagic = []byte("KAPPA")
 type ReplicateOptions struct {
 	// Live keeps the session open after the first exchange: new entries
 	// and new feeds, on either side, are sent as they appear, until the
-	// context ends.
+	// context ends or the peer says goodbye.
 	Live bool
 
 	// Accept, if set, decides whether to take a feed the peer offers (by
@@ -82,10 +82,26 @@ type ReplicateOptions struct {
 
 	// KeepAlive is how often a quiet session sends a ping (default 5 s).
 	// Timeout ends the session with ErrTimeout when nothing arrives from
-	// the peer for that long, or a write to it blocks that long (default
-	// 30 s).
+	// the peer for that long, or a write to it moves no byte for that long
+	// (default 30 s). Bytes count as they move, not as whole messages: a
+	// slow link is not a dead one. (Over a conn that is no net.Conn, and
+	// so has no deadlines, writes go in pieces of Timeout × 64 bytes/s, at
+	// least 256 bytes and at most 16 KiB, and a link slower than one piece
+	// per Timeout times out.)
 	KeepAlive, Timeout time.Duration
+
+	// MaxNewFeeds bounds how many feeds the database lacks this session
+	// adds for the peer (default DefaultMaxNewFeeds; negative: no bound).
+	// Past it, the peer's other new feeds are declined for the rest of
+	// the session, as Accept declines them, and counted in
+	// ReplicateProgress.FeedsNotAdded; the session goes on. Feeds the
+	// database already holds are not counted.
+	MaxNewFeeds int
 }
+
+// DefaultMaxNewFeeds is the number of feeds a session adds at most when
+// ReplicateOptions.MaxNewFeeds is 0.
+const DefaultMaxNewFeeds = 1000
 
 // ReplicateProgress is a session's progress, for progress bars.
 type ReplicateProgress struct {
@@ -97,6 +113,7 @@ type ReplicateProgress struct {
 	BlocksSent     uint64
 	BytesReceived  uint64 // bytes read from the connection
 	BytesSent      uint64
+	FeedsNotAdded  int // new feeds the peer offered past MaxNewFeeds, declined
 }
 
 // Replicate runs one replication session with a peer over conn (a net.Conn
@@ -108,9 +125,24 @@ type ReplicateProgress struct {
 // before it learns anything. Then the sides exchange their feeds and what
 // they hold, and each fetches what it lacks; every block is verified before
 // it is stored. A non-live session ends, returning nil, once both sides hold
-// what the other had when they met. A live one goes on until ctx ends. conn
-// is closed when Replicate returns. A read-only database (Options.ReadOnly)
-// does not replicate: Replicate closes conn and fails with ErrReadOnly.
+// what the other had when they met. A live one goes on until ctx ends, when
+// it says goodbye to the peer (TLS close_notify) and returns ctx's error,
+// or until the peer says goodbye, when it returns nil. conn is closed when
+// Replicate returns. A read-only database (Options.ReadOnly) does not
+// replicate: Replicate closes conn and fails with ErrReadOnly.
+//
+// The error says whose trouble ended the session; check it with errors.Is:
+//   - the network: ErrPeerClosed (the connection ended or was reset
+//     without a goodbye: a peer killed, a link cut) and ErrTimeout (nothing
+//     moved for ReplicateOptions.Timeout). Trying again may help.
+//   - the peer: ErrUnauthorized, ErrVersion, ErrProtocol (a TLS record
+//     that fails authentication included: the peer, or something on the
+//     path, altered the stream), ErrBadProof and ErrBadSignature (both
+//     match ErrVerify).
+//   - this side's storage: ErrStorage, wrapping the cause, so that
+//     errors.Is(err, syscall.ENOSPC) or errors.Is(err, ErrCorrupt) still
+//     tells what failed.
+//   - this side: ctx's error, and ErrClosed when the database closed.
 func (c *Core) Replicate(ctx context.Context, conn io.ReadWriteCloser, initiator bool, opts *ReplicateOptions) error {
 	if conn == nil {
 		return fmt.Errorf("replicate: %w: nil connection", ErrInvalidValue)
@@ -173,6 +205,9 @@ type session struct {
 	outDone    chan struct{} // closed when the writer has stopped
 	writing    atomic.Int64  // unix nanos a write began or last moved bytes, 0 when none
 	lastRead   atomic.Int64  // unix nanos bytes last arrived
+	rawEnded   atomic.Bool   // a read of the connection under TLS failed
+	newFeeds   int           // feeds the database lacked that this session took
+	handled    uint64        // messages taken from the peer
 
 	bytesIn, bytesOut atomic.Uint64
 
@@ -260,6 +295,8 @@ func (s *session) run(ctx context.Context) (err error) {
 	var closeOnce sync.Once
 	closeRaw := func() { closeOnce.Do(func() { s.raw.Close() }) }
 	defer closeRaw()
+	// Until the handshake is over, an ended context cuts the connection;
+	// after it, the loop says goodbye first.
 	stopWatch := make(chan struct{})
 	go func() {
 		select {
@@ -268,7 +305,6 @@ func (s *session) run(ctx context.Context) (err error) {
 		case <-stopWatch:
 		}
 	}()
-	defer close(stopWatch)
 
 	s.setPhase("handshake")
 	var timedOut atomic.Bool
@@ -278,6 +314,7 @@ func (s *session) run(ctx context.Context) (err error) {
 	})
 	err = s.handshake(ctx)
 	hsTimer.Stop()
+	close(stopWatch)
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:
@@ -318,27 +355,17 @@ func (s *session) run(ctx context.Context) (err error) {
 	s.lastRead.Store(time.Now().UnixNano())
 
 	err = s.loop(ctx, in)
-	if err == nil {
-		// Both sides said done: flush, say goodbye, wait for theirs.
-		s.stopWriter(true)
-		timer := time.NewTimer(s.opts.Timeout)
-		defer timer.Stop()
-		for {
-			select {
-			case f, ok := <-in:
-				if !ok || f.err != nil {
-					s.setPhase("done")
-					return nil
-				}
-			case <-timer.C:
-				return nil
-			case <-ctx.Done():
-				return nil
-			}
-		}
-	}
-	if ctx.Err() != nil && !errors.Is(err, ErrTimeout) {
+	switch {
+	case err == nil:
+		// The session is complete, or the peer said goodbye: say it too.
+		s.goodbye(ctx, in, false)
+		s.setPhase("done")
+		return nil
+	case ctx.Err() != nil && !errors.Is(err, ErrTimeout):
+		s.goodbye(ctx, in, true)
 		return ctx.Err()
+	case errors.Is(err, ErrClosed):
+		s.goodbye(ctx, in, true)
 	}
 	return err
 }
@@ -390,22 +417,42 @@ type rwcConn struct{ io.ReadWriteCloser }
 type progressConn struct {
 	net.Conn
 	s *session
+
+	// pieces: the connection has no deadlines (an io.ReadWriteCloser, or
+	// a net.Conn whose SetWriteDeadline fails), so writes go in pieces
+	// (see writePieces). Only the writer of the TLS conn uses it.
+	pieces bool
+	// outer is the write deadline crypto/tls set, in unix nanoseconds; 0
+	// for none (see writeSlices).
+	outer atomic.Int64
 }
 
-func (c progressConn) Read(p []byte) (int, error) {
+func (c *progressConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.s.lastRead.Store(time.Now().UnixNano())
 	}
+	if err != nil {
+		c.s.rawEnded.Store(true)
+	}
 	return n, err
 }
 
-func (c progressConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if w := c.s.writing.Load(); n > 0 && w != 0 {
+// Write writes p, noting progress as its bytes move, not only once all
+// did: one TLS record (up to 16 KiB) takes long on a slow link, and is
+// still moving.
+func (c *progressConn) Write(p []byte) (int, error) {
+	if c.pieces {
+		return c.writePieces(p)
+	}
+	return c.writeSlices(p)
+}
+
+// moved notes that a write moved bytes.
+func (c *progressConn) moved() {
+	if w := c.s.writing.Load(); w != 0 {
 		c.s.writing.CompareAndSwap(w, time.Now().UnixNano())
 	}
-	return n, err
 }
 
 type pipeAddr struct{}
@@ -451,7 +498,7 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	if !ok {
 		nc = rwcConn{s.raw}
 	}
-	nc = progressConn{nc, s}
+	nc = &progressConn{Conn: nc, s: s, pieces: !ok}
 	if s.initiator {
 		s.tls = tls.Client(nc, cfg)
 	} else {
@@ -466,23 +513,32 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	hello := append([]byte{msgHello}, helloMagic...)
-	hello = append(hello, protoMajor, protoMinor)
-	hello = append(hello, helloMAC(s.core.key, ekm, s.initiator)...)
-	// Send and receive at once: over a synchronous pipe, a write waits for
-	// the peer's read.
+	mine := helloMsg(helloMAC(s.core.key, ekm, s.initiator))
+	// The initiator proves first; the responder checks that proof before
+	// it sends its own, so that a peer without the shared key never sees a
+	// mac of it from a responder (PROTOCOL.md §1). Writes go on their own
+	// goroutine: over a synchronous pipe, a write waits for the peer's read.
 	werr := make(chan error, 1)
+	sent := false
+	sendHello := func(h []byte) {
+		sent = true
+		go func() {
+			b := binary.AppendUvarint(nil, uint64(len(h)))
+			_, err := s.tls.Write(append(b, h...))
+			werr <- err
+		}()
+	}
 	defer func() {
 		if err != nil {
-			s.raw.Close() // releases the write below if it blocks
-			<-werr
+			s.raw.Close() // releases the write if it blocks
+			if sent {
+				<-werr
+			}
 		}
 	}()
-	go func() {
-		b := binary.AppendUvarint(nil, uint64(len(hello)))
-		_, err := s.tls.Write(append(b, hello...))
-		werr <- err
-	}()
+	if s.initiator {
+		sendHello(mine)
+	}
 	msg, err := readFrame(s.br, 64)
 	if err != nil {
 		return handshakeErr(err)
@@ -491,13 +547,21 @@ func (s *session) handshake(ctx context.Context) (err error) {
 		return fmt.Errorf("%w: not a kappa hello", ErrProtocol)
 	}
 	var refusal error
+	peerMAC := msg[3+len(helloMagic):]
 	if major := msg[1+len(helloMagic)]; major != protoMajor {
 		refusal = fmt.Errorf("%w: peer speaks %d.%d, this side %d.%d", ErrVersion, major, msg[2+len(helloMagic)], protoMajor, protoMinor)
-	} else if !hmac.Equal(msg[3+len(helloMagic):], helloMAC(s.core.key, ekm, !s.initiator)) {
+	} else if !hmac.Equal(peerMAC, helloMAC(s.core.key, ekm, !s.initiator)) {
 		refusal = ErrUnauthorized
+		if s.initiator && bytes.Equal(peerMAC, make([]byte, 32)) {
+			refusal = fmt.Errorf("%w: the peer refused this side's proof", ErrUnauthorized)
+		}
 	}
 	if refusal != nil {
-		// Say nothing more; let the peer read our hello, so that it
+		if !s.initiator {
+			// A refusal: this side's version, and no mac.
+			sendHello(helloMsg(make([]byte, 32)))
+		}
+		// Say nothing more; let the peer read the hello, so that it
 		// learns why too (closing with its bytes unread could reset the
 		// connection before it does, and a pipe would lose them), and
 		// wait for it to hang up too.
@@ -511,12 +575,22 @@ func (s *session) handshake(ctx context.Context) (err error) {
 		werr <- nil
 		return refusal
 	}
+	if !s.initiator {
+		sendHello(mine)
+	}
 	werr2 := <-werr
 	werr <- nil // for the deferred wait
 	if werr2 != nil {
 		return handshakeErr(werr2)
 	}
 	return nil
+}
+
+// helloMsg is a hello of this side's version with mac.
+func helloMsg(mac []byte) []byte {
+	hello := append([]byte{msgHello}, helloMagic...)
+	hello = append(hello, protoMajor, protoMinor)
+	return append(hello, mac...)
 }
 
 // helloMAC proves knowledge of the shared key, bound to this TLS session
@@ -533,12 +607,16 @@ func helloMAC(key, ekm []byte, initiator bool) []byte {
 	return m.Sum(nil)
 }
 
+// handshakeErr classes an error of the handshake: see streamErr. An error
+// of crypto/tls that is none of those is the peer speaking no TLS 1.3.
 func handshakeErr(err error) error {
 	switch {
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrClosedPipe):
-		return fmt.Errorf("%w: during the handshake: %v", ErrPeerClosed, err)
-	case errors.Is(err, ErrProtocol), errors.Is(err, ErrPeerClosed):
+	case errors.Is(err, ErrProtocol), errors.Is(err, ErrPeerClosed), errors.Is(err, ErrTimeout):
 		return err
+	case isTLSAlert(err):
+		return fmt.Errorf("%w: handshake: %v", ErrProtocol, err)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), isConnErr(err):
+		return fmt.Errorf("%w: during the handshake: %v", ErrPeerClosed, err)
 	}
 	return fmt.Errorf("%w: handshake: %v", ErrProtocol, err)
 }
@@ -721,9 +799,15 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 		if !s.opts.Live && s.sentDone && s.peerDone {
 			return nil
 		}
+		if s.opts.Live && s.sentDone && s.peerDone && s.progress.Phase != "live" {
+			s.setPhase("live")
+		}
 		var feedsChanged <-chan struct{}
 		if s.opts.Live {
 			feedsChanged = changed
+		}
+		if testHookIdle != nil && len(in) == 0 && len(s.adding) == 0 && len(s.storing) == 0 && len(s.pendingNew) == 0 {
+			testHookIdle(s)
 		}
 		select {
 		case f, ok := <-in:
@@ -787,8 +871,8 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 }
 
 // take handles one frame from the reader; ok false means the reader ended.
-// It returns errCleanEnd when the peer hung up after the session was
-// complete.
+// It returns errCleanEnd when the stream ended in a way that ends the
+// session properly (see peerEnded).
 func (s *session) take(ctx context.Context, f frame, ok bool) error {
 	switch {
 	case !ok:
@@ -799,28 +883,27 @@ func (s *session) take(ctx context.Context, f frame, ok bool) error {
 		}
 		return errCleanEnd
 	}
+	s.handled++
 	return s.handle(f.msg)
 }
 
-var errCleanEnd = errors.New("the peer hung up after both sides said done")
+// testHookIdle, if set by a test, runs on the session's loop when it is
+// about to wait with nothing of its own to do: every message it took is
+// handled, no feed is being added and no answer stored.
+var testHookIdle func(*session)
 
+var errCleanEnd = errors.New("the session ended properly")
+
+// readErr is what the reader's error means for the session: nil for a
+// goodbye that ends it properly (see peerEnded).
 func (s *session) readErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if s.sentDone && s.peerDone && errors.Is(err, io.EOF) {
-		// The peer finished first and hung up: a non-live peer ends the
-		// session once both sides hold what the other had, even with a
-		// live side.
-		return nil
-	}
 	if errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w", ErrPeerClosed)
+		return s.peerEnded()
 	}
-	if errors.Is(err, ErrProtocol) || errors.Is(err, ErrPeerClosed) {
-		return err
-	}
-	return fmt.Errorf("%w: %v", ErrPeerClosed, err)
+	return streamErr(err)
 }
 
 // announce sends the local feeds not announced yet, with what they hold.
@@ -956,6 +1039,9 @@ func (s *session) handle(msg []byte) error {
 		pf := &peerFeed{id: id, key: bytes.Clone(key)}
 		s.peers = append(s.peers, pf)
 		if s.opts.Accept != nil && !s.opts.Accept(pf.key) {
+			return nil
+		}
+		if !s.mayAdd(pf.key) {
 			return nil
 		}
 		s.pendingNew = append(s.pendingNew, pendingFeed{pf})
@@ -1151,7 +1237,7 @@ func (s *session) addPending() error {
 	go func() {
 		defer s.workers.Done()
 		fs, err := s.core.AddFeeds(keys...)
-		s.added <- addResult{fs, err}
+		s.added <- addResult{fs, storageErr(err)}
 	}()
 	return nil
 }
@@ -1464,7 +1550,7 @@ func (s *session) storeLoop() {
 		if s.stopping.Load() {
 			err = ErrClosed // the session is over; nobody reads this
 		} else {
-			err = j.r.pf.local.Put(j.p)
+			err = storageErr(j.r.pf.local.Put(j.p))
 		}
 		s.stored <- storeResult{r: j.r, err: err}
 	}

@@ -874,14 +874,18 @@ func TestHostileStopsReading(t *testing.T) {
 			}
 			// Ping, never read.
 			var err error
+			ping := time.NewTicker(100 * time.Millisecond)
+			defer ping.Stop()
+			deadline := time.NewTimer(hostileWait)
+			defer deadline.Stop()
 			for done := false; !done; {
 				select {
 				case err = <-h.honest:
 					done = true
-				case <-time.After(100 * time.Millisecond):
+				case <-ping.C:
 					h.send([]byte{msgPing})
-				case <-time.After(hostileWait):
-					t.Fatal("the honest side's session did not end")
+				case <-deadline.C:
+					t.Fatalf("the honest side's session did not end in %v", hostileWait)
 				}
 			}
 			t.Logf("the honest side: %v", err)
@@ -929,17 +933,26 @@ func TestHostileFullPipelineIsNotAFlood(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			_, honest := sharedPair(t, nil)
 			w := bigWriter(t, honest, 64, 4<<10)
-			h := meetHostile(t, kind, honest, nil)
+			// The honest side handles messages in order: once it has
+			// considered the feed offered after a round's requests, it
+			// has taken all of them, while its writer is blocked.
+			considered := make(chan struct{}, 1)
+			opts := &ReplicateOptions{Accept: func([]byte) bool {
+				considered <- struct{}{}
+				return false
+			}}
+			h := meetHostile(t, kind, honest, opts)
 			h.until(msgSynced)
 			for round := range 3 {
 				var reqs [][]byte
 				for range maxOutstanding {
 					reqs = append(reqs, requestMsg(0, 0, 64, 0))
 				}
+				reqs = append(reqs, feedMsg(uint64(round), bytes.Repeat([]byte{byte(round)}, 32)))
 				if err := h.send(reqs...); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(100 * time.Millisecond) // the honest writer blocks meanwhile
+				await(t, considered, "the honest side taking the requests")
 				for i := range maxOutstanding {
 					msg := h.until(msgData)
 					d := &decoder{b: msg[1:]}

@@ -170,7 +170,9 @@ UTF-8 text, or any bytes (binary, the default).`,
 			return err
 		}
 		var key []byte
-		if *keyHex != "" {
+		keySet := false // -key "" is a mistake, not "make a new key"
+		fl.Visit(func(f *flag.Flag) { keySet = keySet || f.Name == "key" })
+		if keySet {
 			key, err = hex.DecodeString(*keyHex)
 			if err != nil || len(key) != 32 {
 				return usagef("-key wants the 32-byte shared key as 64 hex digits")

@@ -342,7 +342,7 @@ func TestServeAndSyncEndWithTheSameEntries(t *testing.T) {
 	}
 	rest := srv.interrupt()
 	joined := strings.Join(rest, "\n")
-	for _, want := range []string{" connected", "ended: synced (received 2 blocks, sent 3)", "stopped"} {
+	for _, want := range []string{" connected", "ended: synced, the peer said goodbye (received 2 blocks, sent 3)", "stopped"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("serve's output lacks %q:\n%s", want, joined)
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -20,12 +21,35 @@ import (
 
 // dialReplicate runs one session with the serve at addr.
 func dialReplicate(ctx context.Context, core *kappa.Core, addr string, live bool, progress func(kappa.ReplicateProgress)) error {
+	return dialReplicateWith(ctx, core, addr, &kappa.ReplicateOptions{Live: live, Progress: progress})
+}
+
+// dialReplicateWith runs one session with the serve at addr, with opts.
+func dialReplicateWith(ctx context.Context, core *kappa.Core, addr string, opts *kappa.ReplicateOptions) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
-	return core.Replicate(ctx, conn, true, &kappa.ReplicateOptions{Live: live, Progress: progress})
+	return core.Replicate(ctx, conn, true, opts)
+}
+
+// maxNewFeedsFlag adds -max-new-feeds to fl.
+func maxNewFeedsFlag(fl *flag.FlagSet) *int {
+	return fl.Int("max-new-feeds", kappa.DefaultMaxNewFeeds,
+		"add at most `N` feeds this database lacks per session; a peer's other new feeds wait for a later session (-1: no bound)")
+}
+
+// newFeedsLimit is the ReplicateOptions.MaxNewFeeds for the flag's n: 0
+// adds none.
+func newFeedsLimit(n int) (int, error) {
+	switch {
+	case n < -1:
+		return 0, usagef("-max-new-feeds wants a count, or -1 for no bound")
+	case n == 0:
+		return 0, usagef("-max-new-feeds 0 would add no feed at all; want at least 1, or -1 for no bound")
+	}
+	return n, nil
 }
 
 // serve
@@ -43,12 +67,22 @@ entries both ways as they arrive. Only peers that know the database's
 shared key get in.
 
 The first line printed is "listening on ADDR", then one line as each peer
-connects and one as its session ends. Serve stops on SIGINT or SIGTERM.
-The database is locked meanwhile: other commands on it fail.`,
+connects and one as its session ends, saying why: "synced" when a sync
+is done, "the peer said goodbye" when a live peer left, or the error (a
+peer that vanished without a goodbye: "connection closed before the
+session ended"). A session adds at most -max-new-feeds feeds the database
+lacks; the line says how many more the peer offered. Serve stops on SIGINT
+or SIGTERM, saying goodbye to its peers. The database is locked meanwhile:
+other commands on it fail.`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
 		listen := fl.String("listen", "127.0.0.1:7654", "listen on `ADDR` (host:port)")
+		maxNew := maxNewFeedsFlag(fl)
 		if err := e.parseNoArgs(c, fl, args); err != nil {
+			return err
+		}
+		limit, err := newFeedsLimit(*maxNew)
+		if err != nil {
 			return err
 		}
 		ctx, stop := e.untilInterrupted()
@@ -88,7 +122,7 @@ The database is locked meanwhile: other commands on it fail.`,
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				servePeer(ctx, core, conn, out)
+				servePeer(ctx, core, conn, out, limit)
 			}()
 		}
 		wg.Wait()
@@ -110,31 +144,40 @@ func (lw *lineWriter) printf(format string, args ...any) {
 }
 
 // servePeer runs a session with a peer that connected to serve and prints
-// a line when it starts and one when it ends.
-func servePeer(ctx context.Context, core *kappa.Core, conn net.Conn, out *lineWriter) {
+// a line when it starts and one when it ends, saying why it ended.
+func servePeer(ctx context.Context, core *kappa.Core, conn net.Conn, out *lineWriter, maxNewFeeds int) {
 	who := conn.RemoteAddr().String()
 	out.printf("peer %s connected", who)
 	var mu sync.Mutex
 	var last kappa.ReplicateProgress
-	opts := &kappa.ReplicateOptions{Live: true, Progress: func(p kappa.ReplicateProgress) {
+	wasLive := false // the first exchange was over: both sides said done
+	opts := &kappa.ReplicateOptions{Live: true, MaxNewFeeds: maxNewFeeds, Progress: func(p kappa.ReplicateProgress) {
 		mu.Lock()
 		last = p
+		wasLive = wasLive || p.Phase == "live"
 		mu.Unlock()
 	}}
 	err := core.Replicate(ctx, conn, false, opts)
+	// A session reports its progress once more as it ends: the counts
+	// are final.
+	mu.Lock()
+	p, live := last, wasLive
+	mu.Unlock()
+	counts := fmt.Sprintf("received %d %s, sent %d", p.BlocksReceived, plural(int(p.BlocksReceived), "block", "blocks"), p.BlocksSent)
+	if p.FeedsNotAdded > 0 {
+		counts += fmt.Sprintf("; %d new %s not added, past -max-new-feeds", p.FeedsNotAdded, plural(p.FeedsNotAdded, "feed", "feeds"))
+	}
 	switch {
+	case err == nil && live:
+		// The peer said goodbye after the first exchange: a sync that
+		// is done, or a live peer that left after it.
+		out.printf("peer %s ended: synced, the peer said goodbye (%s)", who, counts)
 	case err == nil:
-		// A session reports its progress once more as it ends: the counts
-		// are final.
-		mu.Lock()
-		p := last
-		mu.Unlock()
-		out.printf("peer %s ended: synced (received %d %s, sent %d)",
-			who, p.BlocksReceived, plural(int(p.BlocksReceived), "block", "blocks"), p.BlocksSent)
+		out.printf("peer %s ended: the peer said goodbye before the first exchange was over (%s)", who, counts)
 	case ctx.Err() != nil:
-		out.printf("peer %s ended: serve is stopping", who)
+		out.printf("peer %s ended: serve is stopping (%s)", who, counts)
 	default:
-		out.printf("peer %s ended: %s", who, cleanMsg(err))
+		out.printf("peer %s ended: %s (%s)", who, cleanMsg(err), counts)
 	}
 }
 
@@ -151,10 +194,17 @@ verified against its feed's signature before it is stored. The peer must
 have the same shared key (see kappa key and kappa init -key).
 
 Progress goes to standard error: a bar on a terminal, otherwise a line now
-and then once the peers have met. A summary goes to standard output.`,
+and then once the peers have met. A summary goes to standard output. Sync
+adds at most -max-new-feeds feeds the database lacks; the summary says
+how many more the peer offered (a later sync adds them).`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
+		maxNew := maxNewFeedsFlag(fl)
 		args, err := e.parse(c, fl, args)
+		if err != nil {
+			return err
+		}
+		limit, err := newFeedsLimit(*maxNew)
 		if err != nil {
 			return err
 		}
@@ -173,7 +223,7 @@ and then once the peers have met. A summary goes to standard output.`,
 		}
 		defer core.Close()
 		pr := newProgress(e.stderr, isTerminal(e.stderr))
-		err = dialReplicate(ctx, core, addr, false, pr.update)
+		err = dialReplicateWith(ctx, core, addr, &kappa.ReplicateOptions{Progress: pr.update, MaxNewFeeds: limit})
 		p := pr.stop()
 		if err != nil {
 			return fmt.Errorf("peer %s: %w", addr, err)
@@ -186,6 +236,10 @@ and then once the peers have met. A summary goes to standard output.`,
 		fmt.Fprintf(e.stdout, "synced with %s: received %d %s, sent %d; %s holds %d %s, %d %s\n",
 			addr, p.BlocksReceived, plural(int(p.BlocksReceived), "block", "blocks"), p.BlocksSent,
 			e.db, len(feeds), plural(len(feeds), "feed", "feeds"), entries, plural(int(entries), "entry", "entries"))
+		if p.FeedsNotAdded > 0 {
+			fmt.Fprintf(e.stdout, "the peer offered %d more new %s, not added (past -max-new-feeds %d): sync again to add them\n",
+				p.FeedsNotAdded, plural(p.FeedsNotAdded, "feed", "feeds"), limit)
+		}
 		return core.Close()
 	},
 }
