@@ -56,7 +56,8 @@ type FeedOptions struct {
 	NoSync bool
 
 	// OnRepair, if set, receives each change opening makes to recover
-	// from a crash: a torn tail cut back, a bitfield page rebuilt.
+	// from a crash: a torn tail cut back, a bitfield page rebuilt; and a
+	// damaged newest signature record that a writer signed again.
 	OnRepair func(Repair)
 
 	// lazy creates a replica without syncing its new files: its key file
