@@ -310,6 +310,10 @@ type damageCheck struct {
 	// foreign allows a Damage that matches ErrKeyMismatch: a manifest
 	// whose records were moved names another feed's key for a slot.
 	foreign bool
+	// inPlace says the damage changed bytes without changing a file's
+	// size: a writer whose signatures file was so damaged loses nothing it
+	// acknowledged (its records were synced, so none is torn).
+	inPlace bool
 }
 
 // damageResult is what checkDamagedDB found.
@@ -519,6 +523,9 @@ func checkDamagedDB(fx *damageFixture, s *MemStorage, dc damageCheck) (res damag
 			res.bad("feed %d (%x) loaded and is listed in Damaged", d.slot, d.key[:4])
 		}
 		checkLoadedFeed(&res, d, f, repairs, sigDamaged[d.slot])
+		if d.name != "" && dc.inPlace && dc.touched[d.prefix()+fileSignatures] && f.Len() < d.length {
+			res.bad("writer %d lost acknowledged entries to damage in its signatures file: length %d, %d acknowledged", d.slot, f.Len(), d.length)
+		}
 		readBack(ctx, &res, d, d.values, f, dc, "after open")
 		if d.name == "" {
 			if f.Writable() {
@@ -995,7 +1002,8 @@ func TestDamageEveryByteIsReportedOrHarmless(t *testing.T) {
 				}
 				s := damageCopy(base)
 				s.setFileBytes(cases[i].name, cases[i].b)
-				results[i] = checkDamagedDB(fx, s, damageCheck{touched: map[string]bool{cases[i].name: true}})
+				dc := damageCheck{touched: map[string]bool{cases[i].name: true}, inPlace: cases[i].m == mutFlip || cases[i].m == mutZero}
+				results[i] = checkDamagedDB(fx, s, dc)
 			}
 		})
 	}

@@ -168,9 +168,11 @@ func TestDamagedNewestSignatureIsSignedAgainByTheWriter(t *testing.T) {
 }
 
 // A writer whose damaged record cannot be signed again, because the tree
-// or data under it do not match, does not load: nothing is cut.
+// or data under it do not match, does not load: nothing is cut. The
+// appends are of 3 and 4 entries: the damaged record covers entries 3 to
+// 6, whose leaves are nodes 6 to 12, under parents 5, 3 and 9.
 func TestDamagedNewestSignatureOverDamagedDataIsRefused(t *testing.T) {
-	for _, file := range []string{fileData, fileTree} {
+	for _, file := range []string{fileData, fileTree, "parent"} {
 		t.Run(file, func(t *testing.T) {
 			d := &sigrecDB{s: NewMemStorage()}
 			c := d.open(t)
@@ -181,11 +183,18 @@ func TestDamagedNewestSignatureOverDamagedDataIsRefused(t *testing.T) {
 			off := d.newestSig(t, prefix+fileSignatures)
 			before, _ := d.s.fileBytes(prefix + fileTree)
 			d.damage(t, prefix+fileSignatures, func(b []byte) []byte { b[off+20] ^= 0x01; return b })
-			d.damage(t, prefix+file, func(b []byte) []byte {
-				if file == fileData {
+			damaged := prefix + file
+			if file == "parent" {
+				damaged = prefix + fileTree
+			}
+			d.damage(t, damaged, func(b []byte) []byte {
+				switch file {
+				case fileData:
 					b[len(b)-5] ^= 0x01 // in the newest entry's value
-				} else {
+				case fileTree:
 					b[headerSize+12*nodeSize+3] ^= 0x01 // in the newest entry's leaf hash
+				default:
+					clear(b[headerSize+9*nodeSize : headerSize+10*nodeSize]) // the parent of entries 4 and 5
 				}
 				return b
 			})
@@ -194,10 +203,31 @@ func TestDamagedNewestSignatureOverDamagedDataIsRefused(t *testing.T) {
 			if c.Feed(w.Key()) != nil || len(dmg) != 1 || !errors.Is(dmg[0].Err, ErrCorrupt) {
 				t.Fatalf("damaged writer loaded, or not listed: %v", dmg)
 			}
-			if after, _ := d.s.fileBytes(prefix + fileTree); !bytes.Equal(after, before) && file != fileTree {
+			if after, _ := d.s.fileBytes(prefix + fileTree); !bytes.Equal(after, before) && file == fileData {
 				t.Fatal("the tree was changed")
 			}
 		})
+	}
+}
+
+// A writer's damaged newest record with whole records missing after it (the
+// tree holds entries of two appends past it) is refused, as when the newest
+// record verifies: signing its length again would cut acknowledged entries.
+func TestDamagedNewestSignatureWithRecordsMissingIsRefused(t *testing.T) {
+	d := &sigrecDB{s: NewMemStorage()}
+	c := d.open(t)
+	w := mustWriter(t, c, "w")
+	sigrecValues(t, w, "v", 1, 2, 1, 2)
+	d.close(t)
+	name := feedPrefix(0) + fileSignatures
+	d.damage(t, name, func(b []byte) []byte {
+		b = b[:headerSize+2*sigRecordSize] // records 3 and 4 lost
+		b[headerSize+sigRecordSize+20] ^= 0x01
+		return b
+	})
+	c = d.open(t)
+	if dmg := c.Damaged(); c.Feed(w.Key()) != nil || len(dmg) != 1 || !errors.Is(dmg[0].Err, ErrCorrupt) {
+		t.Fatalf("writer loaded, or not listed: %v", dmg)
 	}
 }
 
@@ -222,10 +252,16 @@ func TestDamagedNewestSignatureOfAReplicaIsFetchedAgain(t *testing.T) {
 			name := feedPrefix(0) + fileSignatures
 			off := d.newestSig(t, name)
 			d.damage(t, name, func(b []byte) []byte { b[off+int64(at)] ^= 0x01; return b })
+			kept := memSnapshot(d.s)
 			b = d.open(t)
 			r := b.Feed(w.Key())
 			if r == nil {
 				t.Fatalf("replica did not load: %v", b.Damaged())
+			}
+			for _, file := range []string{fileTree, fileData} {
+				if now, _ := d.s.fileBytes(feedPrefix(0) + file); !bytes.Equal(now, kept[feedPrefix(0)+file]) {
+					t.Fatalf("opening changed the replica's %s", file)
+				}
 			}
 			errs, _ := d.col.get()
 			if at >= sigCRCOff {
@@ -248,8 +284,14 @@ func TestDamagedNewestSignatureOfAReplicaIsFetchedAgain(t *testing.T) {
 				t.Fatalf("after replication: damage %v, repairs %v", b.Damaged(), repairs)
 			}
 			d.close(t)
+			sigs, _ := d.s.fileBytes(name)
+			for k := headerSize; k+sigRecordSize <= len(sigs); k += sigRecordSize {
+				if _, _, _, ok := decodeSigRecord(sigs[k : k+sigRecordSize]); !ok {
+					t.Fatalf("the signature record at %d is still damaged", k)
+				}
+			}
 			b = d.open(t)
-			if len(b.Repairs()) != 0 || len(b.Damaged()) != 0 {
+			if len(b.Repairs()) != 0 || len(b.Damaged()) != 0 || b.Feed(w.Key()) == nil {
 				t.Fatalf("reopen: repairs %v, damage %v", b.Repairs(), b.Damaged())
 			}
 			checkValues(t, b.Feed(w.Key()), values)
@@ -276,6 +318,7 @@ func TestTornNewestSignatureIsStillARepair(t *testing.T) {
 		{"zeros before the sector boundary", false, func(b []byte, off int64) []byte { clear(b[off+4 : off+12]); return b }, false},
 		{"flipped", false, func(b []byte, off int64) []byte { b[off+30] ^= 0x40; return b }, false},
 		{"flipped, then torn bytes", false, func(b []byte, off int64) []byte { b[off+30] ^= 0x40; return append(b, 1, 2, 3) }, false},
+		{"zero from the sector boundary, then torn bytes", false, func(b []byte, off int64) []byte { clear(b[512:]); return append(b, 1, 2, 3) }, false},
 		{"flipped without sync", true, func(b []byte, off int64) []byte { b[off+30] ^= 0x40; return b }, true},
 	}
 	for _, tc := range cases {
