@@ -125,6 +125,11 @@ func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode
 	for _, r := range roots {
 		f.byteLen += r.Size
 	}
+	if sig != nil {
+		// Held: the record before sigsEnd may be one that was skipped
+		// (written without sync, not verifying), not the one of length.
+		f.signed = &signedState{sig: sig}
+	}
 	why := "torn bytes past the damaged newest signature record"
 	if err := f.truncate(f.fsigs(), fileSignatures, bad.off+sigRecordSize, why); err != nil {
 		return err
