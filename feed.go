@@ -83,11 +83,10 @@ type Feed struct {
 	writer   string       // a Core's local writer: its name; set once, before the feed is published
 	onRepair func(Repair) // only while opening
 
-	// openDamage is the damage opening found and worked around, for the
-	// Core to report once the feed is added (see Core.reportOpenDamage).
-	openDamage []openDamage
-	// sigDamage is a replica's damaged newest signature record, until a
-	// Put replaces it (see recoverDamaged); under writeMu.
+	// sigDamage is a damaged newest signature record that opening found
+	// and worked around (see recoverDamaged), reported once the feed is
+	// added to its Core; a replica's stays until a Put replaces it. Under
+	// writeMu once the feed is open.
 	sigDamage *damagedSig
 
 	// The data, tree, signatures and bitfield files (see fdata…fbits):

@@ -16,22 +16,18 @@ import (
 const tornSector = 512
 
 // damagedSig is a feed's newest signature record that fails its checksum
-// where no crash could have torn it (see sigRecordTorn).
+// where no crash could have torn it (see sigRecordTorn), and the damage
+// reported for it.
 type damagedSig struct {
 	number   uint64              // its number: 1 for the file's first record
 	off      int64               // its offset in the signatures file
 	rec      [sigRecordSize]byte // its bytes, as read
 	fileSize int64               // the signatures file's size when opened
 	lost     uint64              // a replica's: the length a Put must reach to replace it
-}
 
-// openDamage is damage that opening a feed found and worked around, for
-// its Core to report (see Core.reportOpenDamage). Healed damage (a writer
-// signed its length again) goes to Options.OnError only; the rest is
-// listed by Core.Damaged too.
-type openDamage struct {
-	Damage
-	healed bool
+	damage   Damage // what is reported; its Err names the file and offset
+	healed   bool   // opening wrote the record again: the damage goes to OnError only
+	reported bool   // handed to the feed's Core
 }
 
 // sigRecordTorn reports whether the newest whole signature record, rec,
@@ -84,8 +80,10 @@ func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode
 			if err := f.rewriteSig(bad, claimed, s, why); err != nil {
 				return err
 			}
-			f.openDamage = append(f.openDamage, openDamage{Damage{Err: &CorruptError{File: file, Offset: bad.off,
-				Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains; its signature verifies, and the record was written again", bad.number)}}, true})
+			bad.healed = true
+			bad.damage.Err = &CorruptError{File: file, Offset: bad.off,
+				Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains; its signature verifies, and the record was written again", bad.number)}
+			f.sigDamage = bad
 			return f.load(claimed, r, s, bad.off+sigRecordSize)
 		}
 	}
@@ -106,8 +104,10 @@ func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode
 		if err := f.rewriteSig(bad, newLen, s, why); err != nil {
 			return err
 		}
-		f.openDamage = append(f.openDamage, openDamage{Damage{Err: &CorruptError{File: file, Offset: bad.off,
-			Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains; the writer signed length %d again", bad.number, newLen)}}, true})
+		bad.healed = true
+		bad.damage.Err = &CorruptError{File: file, Offset: bad.off,
+			Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains; the writer signed length %d again", bad.number, newLen)}
+		f.sigDamage = bad
 		return f.load(newLen, newRoots, s, bad.off+sigRecordSize)
 	}
 
@@ -118,9 +118,9 @@ func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode
 			bad.lost = claimed // the length field looks intact: its roots are stored
 		}
 	}
+	bad.damage.Err = &CorruptError{File: file, Offset: bad.off,
+		Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains: the feed is back at length %d, and its entries past it are kept unverified until a peer's signature of length %d or more replaces the record", bad.number, length, bad.lost)}
 	f.sigDamage = bad
-	f.openDamage = append(f.openDamage, openDamage{Damage: Damage{Err: &CorruptError{File: file, Offset: bad.off,
-		Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains: the feed is back at length %d, and its entries past it are kept unverified until a peer's signature of length %d or more replaces the record", bad.number, length, bad.lost)}}})
 	f.length, f.sigsEnd = length, bad.off
 	for _, r := range roots {
 		f.byteLen += r.Size
@@ -250,7 +250,7 @@ func (f *Feed) rewriteSig(bad *damagedSig, length uint64, sig []byte, why string
 // the damage is healed. Called under writeMu.
 func (f *Feed) sigReplaced(length uint64) {
 	bad := f.sigDamage
-	if bad == nil || length < bad.lost {
+	if bad == nil || bad.healed || length < bad.lost {
 		return
 	}
 	f.sigDamage = nil
@@ -266,13 +266,22 @@ func (f *Feed) sigReplaced(length uint64) {
 // around, once f is added to c: healed damage to Options.OnError, the rest
 // also listed by Damaged.
 func (c *Core) reportOpenDamage(f *Feed) {
-	for _, d := range f.openDamage {
-		if d.healed {
-			d.Slot, d.Key, d.Name = feedSlot(f), f.Key(), f.writer
-			c.report(d.Damage)
-			continue
-		}
-		c.feedDamaged(f, d.Damage)
+	f.writeMu.Lock()
+	bad := f.sigDamage
+	if bad == nil || bad.reported {
+		f.writeMu.Unlock()
+		return
 	}
-	f.openDamage = nil
+	bad.reported = true
+	if bad.healed {
+		f.sigDamage = nil
+	}
+	d := bad.damage
+	f.writeMu.Unlock()
+	if !bad.healed {
+		c.feedDamaged(f, d)
+		return
+	}
+	d.Slot, d.Key, d.Name = feedSlot(f), f.Key(), f.writer
+	c.report(d)
 }
