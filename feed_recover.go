@@ -62,7 +62,7 @@ func sigRecordTorn(rec []byte, off, size int64) bool {
 // If the record's signature still verifies over the roots of the length it
 // names, only its checksum or flags were hit: it is written again, and the
 // feed loads at that length. Otherwise a writer signs its length again (see
-// resignDamaged): nothing it acknowledged is lost. A replica, which cannot
+// resignLength): nothing it acknowledged is lost. A replica, which cannot
 // sign, loads at length and keeps its tree and data past it, listing the
 // damage until a Put of a peer's signature replaces the record (see
 // sigReplaced). Either way the damage is reported.
