@@ -56,7 +56,8 @@ type FeedOptions struct {
 	NoSync bool
 
 	// OnRepair, if set, receives each change opening makes to recover
-	// from a crash: a torn tail cut back, a bitfield page rebuilt.
+	// from a crash: a torn tail cut back, a bitfield page rebuilt; and a
+	// damaged newest signature record that a writer signed again.
 	OnRepair func(Repair)
 
 	// ReadOnly opens an existing feed without writing to s: each repair
@@ -89,6 +90,12 @@ type Feed struct {
 
 	writer   string       // a Core's local writer: its name; set once, before the feed is published
 	onRepair func(Repair) // only while opening
+
+	// sigDamage is a damaged newest signature record that opening found
+	// and worked around (see recoverDamaged), reported once the feed is
+	// added to its Core; a replica's stays until a Put replaces it. Under
+	// writeMu once the feed is open.
+	sigDamage *damagedSig
 
 	// The data, tree, signatures and bitfield files (see fdata…fbits):
 	// opened on first use, so that a feed nobody used since it was opened
@@ -691,13 +698,16 @@ func (f *Feed) repaired(r Repair) {
 // was durable, and an append's data and tree only after the record before
 // it: so at most the newest record can be torn, and the tree past the
 // signed length holds the leaves of one append at most. Anything else is
-// damage, reported as ErrCorrupt and left as it is.
+// damage, reported as ErrCorrupt and left as it is; but a newest record
+// that fails its checksum though no crash could have torn it (see
+// sigRecordTorn) is damage that recovery works around: see recoverDamaged.
 func (f *Feed) recover() error {
 	size, err := f.fsigs().Size()
 	if err != nil {
 		return err
 	}
 	n := (size - headerSize) / sigRecordSize
+	var bad *damagedSig // the newest record, if damaged rather than torn
 	for k := n - 1; k >= 0 && k >= n-maxTornRecords; k-- {
 		var rec [sigRecordSize]byte
 		off := headerSize + k*sigRecordSize
@@ -709,12 +719,21 @@ func (f *Feed) recover() error {
 			if !f.cfg.noSync && k < n-1 {
 				return &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: "a signature record before the newest is damaged"}
 			}
-			continue // torn while being written
+			if f.cfg.noSync || sigRecordTorn(rec[:], off, size) {
+				continue // torn while being written
+			}
+			// With sync on, a crash cannot explain it: damage, which
+			// must not cut what the record covered (see recoverDamaged).
+			bad = &damagedSig{number: uint64(k + 1), off: off, rec: rec, fileSize: size}
+			continue
 		}
 		synced := flags&sigSynced != 0
 		roots, err := f.readRoots(length)
 		switch {
 		case err == nil && verifyRoots(f.key, treeHash(roots), length, sig):
+			if bad != nil {
+				return f.recoverDamaged(bad, length, roots, bytes.Clone(sig))
+			}
 			if err := f.checkTail(uint64(k+1), length, synced && !f.cfg.noSync); err != nil {
 				return err
 			}
@@ -735,6 +754,9 @@ func (f *Feed) recover() error {
 	if n > 1 {
 		// With none of the newest intact the feed was damaged, not torn.
 		return &CorruptError{File: f.name + fileSignatures, Offset: headerSize, Reason: "no signature verifies against the tree"}
+	}
+	if bad != nil {
+		return f.recoverDamaged(bad, 0, nil, nil)
 	}
 	if err := f.checkTail(0, 0, !f.cfg.noSync); err != nil {
 		return err
@@ -2352,6 +2374,7 @@ func (f *Feed) Put(p *Proof) error {
 		if err := f.writeSignature(length, sig, append(files, f.fbits())...); err != nil {
 			return err
 		}
+		f.sigReplaced(length)
 	} else if !f.cfg.noSync {
 		for _, file := range append(files, f.fbits()) {
 			if err := file.Sync(); err != nil {

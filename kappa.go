@@ -513,6 +513,7 @@ func (c *Core) load() error {
 			delete(c.lost, name) // an earlier record of the name was damaged
 		}
 		c.addLocked(f, local, name)
+		c.reportOpenDamage(f)
 	}
 	c.slots = n
 	// Slots past the manifest hold feeds whose records were cut from it:

@@ -1,0 +1,287 @@
+package kappa
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Recovery from a damaged newest signature record. See recover (feed.go)
+// for the walk back over the records, and doc/FORMAT.md, "Recovery on
+// open", for the rule written down.
+
+// tornSector is the disk sector size assumed by sigRecordTorn: a write
+// that a power loss interrupts lands whole sectors, or none of one.
+const tornSector = 512
+
+// damagedSig is a feed's newest signature record that fails its checksum
+// where no crash could have torn it (see sigRecordTorn), and the damage
+// reported for it.
+type damagedSig struct {
+	number   uint64              // its number: 1 for the file's first record
+	off      int64               // its offset in the signatures file
+	rec      [sigRecordSize]byte // its bytes, as read
+	fileSize int64               // the signatures file's size when opened
+	lost     uint64              // a replica's: the length a Put must reach to replace it
+
+	damage   Damage // what is reported; its Err names the file and offset
+	healed   bool   // opening wrote the record again: the damage goes to OnError only
+	reported bool   // handed to the feed's Core
+}
+
+// sigRecordTorn reports whether the newest whole signature record, rec,
+// read at off from a signatures file of size bytes and failing its
+// checksum, could be a write torn by a crash of a feed written with sync
+// on. It could if it ends the file and its bytes are zero from a sector
+// boundary on (all of them, or those from a multiple of tornSector inside
+// it): a write that landed in part, on a file system that extended the
+// file before the bytes landed. A file that ends inside a record holds no
+// whole newest record (that partial record is torn and cut). A record
+// followed by more bytes was synced before the next write began: its
+// checksum failing is damage.
+func sigRecordTorn(rec []byte, off, size int64) bool {
+	if size != off+sigRecordSize {
+		return false
+	}
+	if isZero(rec) {
+		return true
+	}
+	for b := (off/tornSector + 1) * tornSector; b < off+sigRecordSize; b += tornSector {
+		if isZero(rec[b-off:]) {
+			return true
+		}
+	}
+	return false
+}
+
+// recoverDamaged loads a feed whose newest signature record, bad, is
+// damaged, not torn. length, roots and sig are the newest record before it
+// that verifies (zero and nil if none).
+//
+// If the record's signature still verifies over the roots of the length it
+// names, only its checksum or flags were hit: it is written again, and the
+// feed loads at that length. Otherwise a writer signs its length again (see
+// resignLength): nothing it acknowledged is lost. A replica, which cannot
+// sign, loads at length and keeps its tree and data past it, listing the
+// damage until a Put of a peer's signature replaces the record (see
+// sigReplaced). Either way the damage is reported.
+func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode, sig []byte) error {
+	file := f.name + fileSignatures
+	claimed := binary.BigEndian.Uint64(bad.rec[:sigSigOff])
+	if claimed > length && claimed <= maxTreeLength {
+		s := bad.rec[sigSigOff:sigCRCOff]
+		if r, err := f.readRoots(claimed); err == nil && verifyRoots(f.key, treeHash(r), claimed, s) {
+			s = bytes.Clone(s)
+			if err := f.checkTail(bad.number, claimed, true); err != nil {
+				return err
+			}
+			why := fmt.Sprintf("signature record %d failed its checksum: damage, not a torn write; its signature of length %d verifies, and the record was written again", bad.number, claimed)
+			if err := f.rewriteSig(bad, claimed, s, why); err != nil {
+				return err
+			}
+			bad.healed = true
+			bad.damage.Err = &CorruptError{File: file, Offset: bad.off,
+				Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains; its signature verifies, and the record was written again", bad.number)}
+			f.sigDamage = bad
+			return f.load(claimed, r, s, bad.off+sigRecordSize)
+		}
+	}
+	if f.writable {
+		newLen, newRoots, err := f.resignLength(bad, length, roots)
+		if err != nil {
+			return err
+		}
+		if err := f.checkTail(bad.number, newLen, true); err != nil {
+			return err
+		}
+		secret, err := f.secretKey()
+		if err != nil {
+			return err
+		}
+		s := signRoots(secret, treeHash(newRoots), newLen)
+		why := fmt.Sprintf("signature record %d failed its checksum: damage, not a torn write; length %d signed again after entries %d to %d were checked against the tree and data", bad.number, newLen, length, newLen-1)
+		if err := f.rewriteSig(bad, newLen, s, why); err != nil {
+			return err
+		}
+		bad.healed = true
+		bad.damage.Err = &CorruptError{File: file, Offset: bad.off,
+			Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains; the writer signed length %d again", bad.number, newLen)}
+		f.sigDamage = bad
+		return f.load(newLen, newRoots, s, bad.off+sigRecordSize)
+	}
+
+	// A replica: back to length, keeping what lies past it.
+	bad.lost = length + 1
+	if claimed > length && claimed <= maxTreeLength {
+		if _, err := f.readRoots(claimed); err == nil {
+			bad.lost = claimed // the length field looks intact: its roots are stored
+		}
+	}
+	bad.damage.Err = &CorruptError{File: file, Offset: bad.off,
+		Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains: the feed is back at length %d, and its entries past it are kept unverified until a peer's signature of length %d or more replaces the record", bad.number, length, bad.lost)}
+	f.sigDamage = bad
+	f.length, f.sigsEnd = length, bad.off
+	for _, r := range roots {
+		f.byteLen += r.Size
+	}
+	if sig != nil {
+		// Held: the record before sigsEnd may be one that was skipped
+		// (written without sync, not verifying), not the one of length.
+		f.signed = &signedState{sig: sig}
+	}
+	why := "torn bytes past the damaged newest signature record"
+	if err := f.truncate(f.fsigs(), fileSignatures, bad.off+sigRecordSize, why); err != nil {
+		return err
+	}
+	return f.loadBitfield(length)
+}
+
+// resignLength finds the length a writer's damaged newest record signed,
+// and checks the tree and data it covers, from length (the newest
+// verifying record's, whose roots are roots) on: the leaves whose ordinal
+// is the record's number, from entry length on, each with a data record
+// of its size whose value hashes to it, lying end to end. Their parents,
+// computed from roots and the leaves, must be the stored ones. It returns
+// the length and its roots. Anything else is ErrCorrupt: nothing is cut.
+func (f *Feed) resignLength(bad *damagedSig, length uint64, roots []storedNode) (uint64, []storedNode, error) {
+	corrupt := func(file string, off int64, format string, args ...any) error {
+		return &CorruptError{File: f.name + file, Offset: off, Reason: fmt.Sprintf("the newest signature record is damaged, and its length cannot be signed again: "+format, args...)}
+	}
+	size, err := f.ftree().Size()
+	if err != nil {
+		return 0, nil, err
+	}
+	nodes := uint64(max(size-headerSize, 0)) / nodeSize
+	newRoots := append(make([]storedNode, 0, len(roots)+1), roots...)
+	var byteOff uint64
+	for _, r := range roots {
+		byteOff += r.Size
+	}
+	h := newLeafHasher()
+	seq := length
+	const chunk = 4096 // leaves read at once
+	var span *nodeSpan
+	for ; 2*seq < nodes; seq++ {
+		i := 2 * seq
+		if span == nil || i >= span.lo+uint64(len(span.buf))/nodeSize {
+			if span, err = f.readNodeSpan(i, min(i+2*chunk, nodes)); err != nil {
+				return 0, nil, err
+			}
+		}
+		rec := span.buf[(i-span.lo)*nodeSize : (i-span.lo+1)*nodeSize]
+		off := headerSize + int64(i)*nodeSize
+		present, valid := nodeRecordState(i, rec)
+		if present && valid && nodeOrdinal(rec) == uint32(bad.number) {
+			n, err := decodeNode(i, rec, f.name, off)
+			if err != nil {
+				return 0, nil, err
+			}
+			if n.Offset != byteOff || n.Size > MaxBlockSize {
+				return 0, nil, corrupt(fileTree, off, "entry %d's leaf says %d bytes at byte %d, the entries before end at byte %d", seq, n.Size, n.Offset, byteOff)
+			}
+			pos := dataPos(seq, n.Offset)
+			data := make([]byte, dataFrame+n.Size)
+			if err := f.readData(data, pos); err != nil {
+				return 0, nil, err
+			}
+			if _, err := f.leafValue(h, data, &n, pos); err != nil {
+				return 0, nil, err
+			}
+			byteOff += n.Size
+			cur := n
+			for len(newRoots) > 0 {
+				left := &newRoots[len(newRoots)-1]
+				if flatDepth(left.Index) != flatDepth(cur.Index) {
+					break
+				}
+				p := storedNode{Node{Index: flatParent(cur.Index), Hash: parentHash(&left.Node, &cur.Node), Size: left.Size + cur.Size}, left.Offset}
+				stored, err := f.readNode(p.Index)
+				if err != nil && !errors.Is(err, errNoNode) {
+					return 0, nil, err
+				}
+				if err != nil || stored.Hash != p.Hash || stored.Size != p.Size || stored.Offset != p.Offset {
+					return 0, nil, corrupt(fileTree, headerSize+int64(p.Index)*nodeSize, "node %d is not the parent of the entries under it", p.Index)
+				}
+				newRoots = newRoots[:len(newRoots)-1]
+				cur = p
+			}
+			newRoots = append(newRoots, cur)
+			continue
+		}
+		// The record's leaves end here: past them the tree may hold
+		// the leaves of the next append (which had not signed), or
+		// nothing. A damaged leaf leaves the end unknown.
+		if present && !(valid && nodeOrdinal(rec) == uint32(bad.number+1)) {
+			return 0, nil, corrupt(fileTree, off, "entry %d's leaf is damaged or of another append, so the signed length is unknown", seq)
+		}
+		break
+	}
+	if seq == length {
+		return 0, nil, corrupt(fileTree, headerSize+int64(2*length)*nodeSize, "the tree holds no entry of append %d past length %d", bad.number, length)
+	}
+	return seq, newRoots, nil
+}
+
+// rewriteSig writes the signature record bad again, in place, for length
+// and sig (synced: the tree and data it covers are synced first), and
+// reports the repair.
+func (f *Feed) rewriteSig(bad *damagedSig, length uint64, sig []byte, why string) error {
+	for _, file := range []File{f.fdata(), f.ftree()} {
+		if err := file.Sync(); err != nil {
+			return err
+		}
+	}
+	var rec [sigRecordSize]byte
+	encodeSigRecord(rec[:], length, sig, sigSynced)
+	if _, err := f.fsigs().WriteAt(rec[:], bad.off); err != nil {
+		return err
+	}
+	if err := f.fsigs().Sync(); err != nil {
+		return err
+	}
+	f.repaired(Repair{File: f.name + fileSignatures, From: bad.fileSize, To: bad.fileSize, Reason: why})
+	return nil
+}
+
+// sigReplaced is called by Put after it wrote the signature record of
+// length: if that replaced a damaged record that recovery found (the
+// record was written in its place) and reaches the length it had lost,
+// the damage is healed. Called under writeMu.
+func (f *Feed) sigReplaced(length uint64) {
+	bad := f.sigDamage
+	if bad == nil || bad.healed || length < bad.lost {
+		return
+	}
+	f.sigDamage = nil
+	file := f.name + fileSignatures
+	f.reportHealed(func(d Damage) bool {
+		var ce *CorruptError
+		return !d.Entry && errors.As(d.Err, &ce) && ce.File == file && ce.Offset == bad.off
+	}, Repair{File: file, From: bad.off + sigRecordSize, To: f.sigsEnd,
+		Reason: fmt.Sprintf("damaged signature record %d replaced by a peer's verified signature of length %d", bad.number, length)})
+}
+
+// reportOpenDamage reports the damage that opening f found and worked
+// around, once f is added to c: healed damage to Options.OnError, the rest
+// also listed by Damaged.
+func (c *Core) reportOpenDamage(f *Feed) {
+	f.writeMu.Lock()
+	bad := f.sigDamage
+	if bad == nil || bad.reported {
+		f.writeMu.Unlock()
+		return
+	}
+	bad.reported = true
+	if bad.healed {
+		f.sigDamage = nil
+	}
+	d := bad.damage
+	f.writeMu.Unlock()
+	if !bad.healed {
+		c.feedDamaged(f, d)
+		return
+	}
+	d.Slot, d.Key, d.Name = feedSlot(f), f.Key(), f.writer
+	c.report(d)
+}
