@@ -84,7 +84,7 @@ func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode
 			bad.damage.Err = &CorruptError{File: file, Offset: bad.off,
 				Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains; its signature verifies, and the record was written again", bad.number)}
 			f.sigDamage = bad
-			return f.load(claimed, r, s, bad.off+sigRecordSize)
+			return f.holdSig(f.load(claimed, r, s, bad.off+sigRecordSize), s)
 		}
 	}
 	if f.writable {
@@ -108,7 +108,7 @@ func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode
 		bad.damage.Err = &CorruptError{File: file, Offset: bad.off,
 			Reason: fmt.Sprintf("the newest signature record (number %d) failed its checksum, which no crash explains; the writer signed length %d again", bad.number, newLen)}
 		f.sigDamage = bad
-		return f.load(newLen, newRoots, s, bad.off+sigRecordSize)
+		return f.holdSig(f.load(newLen, newRoots, s, bad.off+sigRecordSize), s)
 	}
 
 	// A replica: back to length, keeping what lies past it.
@@ -227,6 +227,12 @@ func (f *Feed) resignLength(bad *damagedSig, length uint64, roots []storedNode) 
 // and sig (synced: the tree and data it covers are synced first), and
 // reports the repair.
 func (f *Feed) rewriteSig(bad *damagedSig, length uint64, sig []byte, why string) error {
+	if f.cfg.readOnly {
+		// Reported, not made: the feed holds the signature in memory
+		// (see holdSig).
+		f.repaired(Repair{File: f.name + fileSignatures, From: bad.fileSize, To: bad.fileSize, Reason: why})
+		return nil
+	}
 	for _, file := range []File{f.fdata(), f.ftree()} {
 		if err := file.Sync(); err != nil {
 			return err
@@ -242,6 +248,16 @@ func (f *Feed) rewriteSig(bad *damagedSig, length uint64, sig []byte, why string
 	}
 	f.repaired(Repair{File: f.name + fileSignatures, From: bad.fileSize, To: bad.fileSize, Reason: why})
 	return nil
+}
+
+// holdSig keeps sig, the signature of the feed's length, in memory when
+// the feed is read-only: the record on disk was not rewritten. It passes
+// on err, load's result.
+func (f *Feed) holdSig(err error, sig []byte) error {
+	if err == nil && f.cfg.readOnly {
+		f.signed = &signedState{sig: sig}
+	}
+	return err
 }
 
 // sigReplaced is called by Put after it wrote the signature record of
