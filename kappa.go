@@ -75,6 +75,10 @@ type Core struct {
 
 	addMu sync.Mutex // serializes adding feeds (and writing the manifest)
 	slots int        // manifest records, used or not; guarded by addMu
+	// addFailed is why adding feeds is refused until the database is
+	// opened again: a manifest sync failed, or undoing a failed manifest
+	// write did. Guarded by addMu.
+	addFailed error
 
 	mu           sync.RWMutex
 	feeds        []*Feed
@@ -813,6 +817,9 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 	if closed {
 		return nil, ErrClosed
 	}
+	if c.addFailed != nil {
+		return nil, fmt.Errorf("add feed refused after a failed manifest write; reopen the database: %w", c.addFailed)
+	}
 	out := make([]*Feed, len(reqs))
 	// Slots whose feed files lost their manifest record get a reserved
 	// record, so they are never reused.
@@ -926,10 +933,11 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 		}
 	}
 	if _, err := c.manifest.WriteAt(recs, int64(headerSize+c.slots*manifestRecord)); err != nil {
-		return fail(err)
+		return fail(c.undoManifest(err))
 	}
 	if err := c.sync(c.manifest); err != nil {
-		return fail(err)
+		c.addFailed = err
+		return fail(c.undoManifest(err))
 	}
 	c.slots = slot
 	c.reserveTo = 0
