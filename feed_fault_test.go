@@ -112,13 +112,19 @@ func faultAppend(t *testing.T, f *Feed, acked uint64, n int) (uint64, error) {
 // checkFaultFeed opens the feed of prefix from s and checks that it holds
 // at least the acked entries, each as written and verified, and that it
 // takes a new append.
-func checkFaultFeed(t *testing.T, s Storage, prefix string, acked uint64, where string) {
+// With noRepair, opening must find nothing to repair: a failed write was
+// undone.
+func checkFaultFeed(t *testing.T, s Storage, prefix string, acked uint64, noRepair bool, where string) {
 	t.Helper()
-	f, err := OpenFeed(s, prefix, nil)
+	var repairs []Repair
+	f, err := OpenFeed(s, prefix, &FeedOptions{OnRepair: func(r Repair) { repairs = append(repairs, r) }})
 	if err != nil {
 		t.Fatalf("%s: reopen: %v", where, err)
 	}
 	defer f.Close()
+	if noRepair && len(repairs) > 0 {
+		t.Fatalf("%s: a failed write was not undone: reopening repaired %v", where, repairs)
+	}
 	checkFaultEntries(t, f, acked, where)
 	if _, err := f.Append(faultValue(f.Len())); err != nil {
 		t.Fatalf("%s: append after reopen: %v", where, err)
@@ -149,19 +155,40 @@ func checkFaultEntries(t *testing.T, f *Feed, acked uint64, where string) {
 	}
 }
 
-// checkAfterFault checks the feed of prefix in s as it is, and as a crash
-// now could leave it.
-func checkAfterFault(t *testing.T, s *MemStorage, prefix string, acked uint64, where string) {
+// checkAfterFault checks the feed of prefix in s as it is (with noRepair,
+// finding nothing to repair), and as a crash now could leave it.
+func checkAfterFault(t *testing.T, s *MemStorage, prefix string, acked uint64, noRepair bool, where string) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(uint64(len(where)), 7))
 	clones := []*MemStorage{s.CrashClone(nil)}
-	for range 8 {
+	for range 32 {
 		clones = append(clones, s.CrashClone(rng))
 	}
-	checkFaultFeed(t, s, prefix, acked, where+", reopened")
+	checkFaultFeed(t, s, prefix, acked, noRepair, where+", reopened")
 	for i, c := range clones {
-		checkFaultFeed(t, c, prefix, acked, fmt.Sprintf("%s, after crash %d", where, i))
+		checkFaultFeed(t, c, prefix, acked, false, fmt.Sprintf("%s, after crash %d", where, i))
 	}
+}
+
+// crashClones returns n states a crash now could leave m in, the first
+// with nothing unsynced.
+func crashClones(m *MemStorage, rng *rand.Rand, n int) []*MemStorage {
+	clones := []*MemStorage{m.CrashClone(nil)}
+	for range n - 1 {
+		clones = append(clones, m.CrashClone(rng))
+	}
+	return clones
+}
+
+// memCopy returns a new MemStorage holding the current content of m's
+// files (synced or not), as a clean shutdown now would leave them.
+func memCopy(m *MemStorage) *MemStorage {
+	c := NewMemStorage()
+	for _, name := range m.names() {
+		b, _ := m.fileBytes(name)
+		c.setFileBytes(name, b)
+	}
+	return c
 }
 
 // The reproduction: a signature write that fails (a full disk)
@@ -190,7 +217,7 @@ func TestFailedSignatureWriteThenSmallerAppendLeavesFeedLoadable(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	checkAfterFault(t, s.MemStorage, "f/", acked, "10, failed 10, 1")
+	checkAfterFault(t, s.MemStorage, "f/", acked, true, "10, failed 10, 1")
 }
 
 // A write or sync failing in any file of a writer, on Append: the append
@@ -216,6 +243,7 @@ func TestWriterWriteFaultsLoseNoAcknowledgedAppend(t *testing.T) {
 					if acked, err = faultAppend(t, f, acked, 10); !errors.Is(err, syscall.ENOSPC) {
 						t.Fatalf("append with a failing %s %s: %v, want ENOSPC", file, op, err)
 					}
+					checkFaultFeed(t, memCopy(s.MemStorage), "f/", acked, op == "write", name+", right after the failure")
 					refused := false
 					for _, n := range []int{1, 3, 10, 2} {
 						var err error
@@ -238,7 +266,7 @@ func TestWriterWriteFaultsLoseNoAcknowledgedAppend(t *testing.T) {
 						t.Fatal("appends after a failed write that was undone were refused")
 					}
 					checkFaultEntries(t, f, acked, "same feed")
-					checkAfterFault(t, s.MemStorage, "f/", acked, name)
+					checkAfterFault(t, s.MemStorage, "f/", acked, op == "write", name)
 				})
 			}
 		}
@@ -268,7 +296,7 @@ func TestWriterKeyFaultFailsOpenAndOpenAgainWorks(t *testing.T) {
 				t.Fatal(err)
 			}
 			f.Close()
-			checkAfterFault(t, s.MemStorage, "f/", acked, "key "+op)
+			checkAfterFault(t, s.MemStorage, "f/", acked, false, "key "+op)
 		})
 	}
 }
@@ -294,13 +322,18 @@ func faultProofs(t *testing.T) (*Feed, []*Proof) {
 
 // checkFaultReplica opens the replica of prefix in s and checks that it
 // holds the acknowledged entries, as written, and a length it can verify.
-func checkFaultReplica(t *testing.T, s Storage, key []byte, held []bool, length uint64, where string) {
+// With noRepair, opening must find nothing to repair.
+func checkFaultReplica(t *testing.T, s Storage, key []byte, held []bool, length uint64, noRepair bool, where string) {
 	t.Helper()
-	r, err := OpenFeed(s, "r/", &FeedOptions{Key: key})
+	var repairs []Repair
+	r, err := OpenFeed(s, "r/", &FeedOptions{Key: key, OnRepair: func(r Repair) { repairs = append(repairs, r) }})
 	if err != nil {
 		t.Fatalf("%s: reopen: %v", where, err)
 	}
 	defer r.Close()
+	if noRepair && len(repairs) > 0 {
+		t.Fatalf("%s: a failed write was not undone: reopening repaired %v", where, repairs)
+	}
 	if r.Len() < length {
 		t.Fatalf("%s: length %d, %d was acknowledged", where, r.Len(), length)
 	}
@@ -364,6 +397,7 @@ func TestReplicaWriteFaultsLoseNoAcknowledgedPut(t *testing.T) {
 					if err := put(order[1]); !errors.Is(err, syscall.ENOSPC) {
 						t.Fatalf("put with a failing %s %s: %v, want ENOSPC", file, op, err)
 					}
+					checkFaultReplica(t, memCopy(s.MemStorage), w.Key(), held, length, op == "write", name+", right after the failure")
 					refused := false
 					for _, k := range []int{order[1], order[2]} {
 						if err := put(k); err != nil {
@@ -380,11 +414,11 @@ func TestReplicaWriteFaultsLoseNoAcknowledgedPut(t *testing.T) {
 						t.Fatal("puts after a failed write that was undone were refused")
 					}
 					rng := rand.New(rand.NewPCG(3, uint64(len(name))))
-					clones := []*MemStorage{s.CrashClone(nil), s.CrashClone(rng), s.CrashClone(rng), s.CrashClone(rng)}
+					clones := crashClones(s.MemStorage, rng, 16)
 					r.Close()
-					checkFaultReplica(t, s.MemStorage, w.Key(), held, length, name+", reopened")
+					checkFaultReplica(t, s.MemStorage, w.Key(), held, length, op == "write", name+", reopened")
 					for i, c := range clones {
-						checkFaultReplica(t, c, w.Key(), held, length, fmt.Sprintf("%s, after crash %d", name, i))
+						checkFaultReplica(t, c, w.Key(), held, length, false, fmt.Sprintf("%s, after crash %d", name, i))
 					}
 				})
 			}
@@ -447,7 +481,7 @@ func TestCoreWriteFaultsLoseNoAcknowledgedFeed(t *testing.T) {
 						t.Fatalf("append to an existing writer after the failure: %v", err)
 					}
 					rng := rand.New(rand.NewPCG(5, uint64(len(name))))
-					clones := []*MemStorage{s.CrashClone(nil), s.CrashClone(rng), s.CrashClone(rng), s.CrashClone(rng)}
+					clones := crashClones(s.MemStorage, rng, 16)
 					if err := c.Close(); err != nil {
 						t.Fatal(err)
 					}
@@ -482,4 +516,41 @@ func checkCoreWriter(t *testing.T, c *Core, name string, acked uint64, where str
 		t.Fatalf("%s: writer %s: %v", where, name, err)
 	}
 	checkFaultEntries(t, f, acked, where+", writer "+name)
+}
+
+// A manifest write that fails part way through the records of several new
+// feeds is cut back: a later add of fewer feeds cannot leave a record of
+// one that failed behind its own, to be loaded on the next open.
+func TestFailedManifestWriteLeavesNoRecordOfFeedsNotAdded(t *testing.T) {
+	s := &faultStorage{MemStorage: NewMemStorage()}
+	c, err := New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a := mustWriter(t, c, "a")
+	k1, k2, k3, k4, k5 := mustKeyPair(t), mustKeyPair(t), mustKeyPair(t), mustKeyPair(t), mustKeyPair(t)
+	s.arm("manifest", "write") // half of four records: two land whole
+	if _, err := c.AddFeeds(k1.PublicKey, k2.PublicKey, k4.PublicKey, k5.PublicKey); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("add with the manifest write failing: %v, want ENOSPC", err)
+	}
+	if _, err := c.AddFeed(k3.PublicKey); err != nil {
+		t.Fatalf("add after the failure: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := New(s.MemStorage, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	var got []string
+	for _, f := range c2.Feeds() {
+		got = append(got, f.String()[:8])
+	}
+	want := []string{a.String()[:8], fmt.Sprintf("%x", k3.PublicKey)[:8]}
+	if fmt.Sprint(got) != fmt.Sprint(want) || len(c2.Damaged()) > 0 || len(c2.Repairs()) > 0 {
+		t.Fatalf("reopened with feeds %v, damage %v, repairs %v; want feeds %v and nothing else", got, c2.Damaged(), c2.Repairs(), want)
+	}
 }
