@@ -71,6 +71,43 @@ type DirStorage struct {
 	// rootSync lists directories to fsync on the first Sync of any file:
 	// the parents of the directories OpenDir created.
 	rootSync []string
+
+	// trace, if set (by tests, before the storage is used), sees each
+	// file created, directory made, write, truncate, file fsync and
+	// directory fsync, as it happens. See dirEvent.
+	trace func(dirEvent)
+}
+
+// dirEvent is one operation of a DirStorage seen by its trace: Op is
+// "create", "mkdir", "write", "truncate", "sync" (a file's fsync) or
+// "syncdir" (a directory's fsync); Name is the file's name in the storage,
+// or the directory's absolute path.
+type dirEvent struct {
+	Op, Name string
+}
+
+// fsync fsyncs an open file of the storage: the one place a file's data is
+// made durable, so that a trace sees every fsync.
+func (s *DirStorage) fsync(f *osFile, name string) error {
+	if s.trace != nil {
+		s.trace(dirEvent{"sync", name})
+	}
+	return f.Sync()
+}
+
+// fsyncDir fsyncs a directory; see syncStorageDir.
+func (s *DirStorage) fsyncDir(dir string) error {
+	if s.trace != nil {
+		s.trace(dirEvent{"syncdir", dir})
+	}
+	return syncStorageDir(dir)
+}
+
+// traced passes an event to the storage's trace, if set.
+func (s *DirStorage) traced(op, name string) {
+	if s.trace != nil {
+		s.trace(dirEvent{op, name})
+	}
 }
 
 var _ Storage = (*DirStorage)(nil)
@@ -283,6 +320,7 @@ func (s *DirStorage) openPath(name, local string, create bool) (osFile, []string
 	for try := 0; ; try++ {
 		f, err = s.openFile(name, true)
 		if err == nil {
+			s.traced("create", name)
 			// The file's directory, then those holding the
 			// directories created, deepest first.
 			dirs = append(dirs, filepath.Dir(path))
@@ -312,6 +350,7 @@ func (s *DirStorage) openPath(name, local string, create bool) (osFile, []string
 			parent := p
 			p = filepath.Join(p, e)
 			if err := os.Mkdir(p, 0o755); err == nil {
+				s.traced("mkdir", p)
 				dirs = append(dirs, parent)
 			} else if !errors.Is(err, fs.ErrExist) {
 				return osFile{}, nil, err
@@ -361,7 +400,7 @@ func (s *DirStorage) Remove(name string) error {
 	s.mu.Unlock()
 	s.finishAll(victims)
 	if removed {
-		if err := syncStorageDir(filepath.Dir(path)); err != nil {
+		if err := s.fsyncDir(filepath.Dir(path)); err != nil {
 			return fmt.Errorf("storage %s: remove %s: sync directory: %w", s.dir, name, unwrapPathError(err))
 		}
 	}
@@ -488,7 +527,7 @@ func (s *DirStorage) finishAll(victims []*dirHandle) {
 func (s *DirStorage) finish(h *dirHandle) error {
 	var err error
 	if h.needSync {
-		err = h.f.Sync()
+		err = s.fsync(&h.f, h.n.name)
 	}
 	if cerr := h.f.Close(); err == nil {
 		err = cerr
@@ -628,6 +667,7 @@ func (f *dirFile) WriteAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, f.errorf("write", err)
 	}
+	f.s.traced("write", f.n.name)
 	n, err := h.f.WriteAt(p, off)
 	f.markDirty()
 	f.s.release(h)
@@ -646,6 +686,7 @@ func (f *dirFile) Truncate(size int64) error {
 	if err != nil {
 		return f.errorf("truncate", err)
 	}
+	f.s.traced("truncate", f.n.name)
 	err = h.f.Truncate(size)
 	f.markDirty()
 	f.s.release(h)
@@ -700,7 +741,7 @@ func (f *dirFile) Sync() error {
 		return f.errorf("sync", err)
 	}
 	f.n.dirty.Store(false)
-	err = h.f.Sync()
+	err = s.fsync(&h.f, f.n.name)
 	f.s.release(h)
 	if err != nil {
 		f.markDirty()
@@ -714,7 +755,7 @@ func (f *dirFile) Sync() error {
 		dirs = pending.dirs
 	}
 	for _, d := range slices.Concat(dirs, root) {
-		if err := syncStorageDir(d); err != nil {
+		if err := s.fsyncDir(d); err != nil {
 			return f.errorf("sync directory", err)
 		}
 	}
