@@ -121,7 +121,7 @@ func (d rootDir) open(name string, create bool) (osFile, error) {
 	}
 	dir, rel := d.at(name)
 	for {
-		fd, err := syscall.Openat(dir, rel, flags, 0o644)
+		fd, err := syscall.Openat(dir, rel, flags, uint32(filePerm))
 		if err == nil {
 			return osFile{fd: fd}, nil
 		}

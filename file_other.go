@@ -29,7 +29,7 @@ func (d rootDir) open(name string, create bool) (osFile, error) {
 	if create {
 		flags |= os.O_CREATE | os.O_EXCL
 	}
-	f, err := os.OpenFile(path, flags, 0o644)
+	f, err := os.OpenFile(path, flags, filePerm)
 	if err != nil {
 		return osFile{}, err
 	}

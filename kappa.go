@@ -227,6 +227,12 @@ func openCore(s Storage, opts *Options) (*Core, error) {
 		}
 		return nil, err
 	}
+	// Permissions OpenDir tightened on a database's secret files.
+	if ds, ok := s.(*DirStorage); ok {
+		for _, r := range ds.takeRepairs() {
+			c.repaired(r)
+		}
+	}
 	return c, nil
 }
 

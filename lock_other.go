@@ -25,7 +25,7 @@ type dirLock struct {
 // lock held by this process for another's: OpenDir finds those first.
 func lockDir(dir string) (*dirLock, error) {
 	path := filepath.Join(dir, storageLockName)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
 	if errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("%w: held by another process, or left by one that died (if no process has it open, remove %s)", ErrLocked, path)
 	}

@@ -21,7 +21,7 @@ type dirLock struct{ f *os.File }
 // lockDir locks dir, or fails with an error wrapping ErrLocked. It takes a
 // lock held by this process for another's: OpenDir finds those first.
 func lockDir(dir string) (*dirLock, error) {
-	f, err := os.OpenFile(filepath.Join(dir, storageLockName), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, storageLockName), os.O_RDWR|os.O_CREATE, filePerm)
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,12 @@ type DirOptions struct {
 //
 // A created file and any directories created for it become durable on the
 // file's first Sync, so callers that never sync pay no directory fsyncs.
+//
+// Files are created with mode 0600 and directories 0700 (less the umask):
+// a database holds secret keys. OpenDir takes group and other permissions
+// away from an existing directory, and from its files kappa and
+// feeds/*/key; a Core opened on the storage reports each change as a
+// Repair.
 type DirStorage struct {
 	dir    string // absolute
 	max    int
@@ -71,6 +77,10 @@ type DirStorage struct {
 	// rootSync lists directories to fsync on the first Sync of any file:
 	// the parents of the directories OpenDir created.
 	rootSync []string
+
+	// repairs are the changes OpenDir made (see tightenPerms), until a
+	// Core opened on the storage reports them. Guarded by mu.
+	repairs []Repair
 
 	// trace, if set (by tests, before the storage is used), sees each
 	// file created, directory made, write, truncate, file fsync and
@@ -194,7 +204,7 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 		rootSync = append(rootSync, parent)
 		p = parent
 	}
-	if err := os.MkdirAll(abs, 0o755); err != nil {
+	if err := os.MkdirAll(abs, dirPerm); err != nil {
 		return nil, fmt.Errorf("open storage %s: create directory: %w", abs, unwrapPathError(err))
 	}
 	fi, err := os.Stat(abs)
@@ -228,6 +238,11 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 		rootSync: rootSync,
 	}
 	s.cond.L = &s.mu
+	if s.repairs, err = s.tightenPerms(); err != nil {
+		root.close()
+		lock.unlock()
+		return nil, fmt.Errorf("open storage %s: make the database private: %w", abs, err)
+	}
 	heldDirs.m[s] = fi
 	return s, nil
 }
@@ -349,7 +364,7 @@ func (s *DirStorage) openPath(name, local string, create bool) (osFile, []string
 			}
 			parent := p
 			p = filepath.Join(p, e)
-			if err := os.Mkdir(p, 0o755); err == nil {
+			if err := os.Mkdir(p, dirPerm); err == nil {
 				s.traced("mkdir", p)
 				dirs = append(dirs, parent)
 			} else if !errors.Is(err, fs.ErrExist) {
