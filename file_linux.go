@@ -183,6 +183,17 @@ func (f *osFile) Sync() error {
 	return retryEINTR("sync", func() error { return syscall.Fsync(f.fd) })
 }
 
+// linked reports whether the file still has a name in the file system: one
+// whose directory was deleted has none, and what it holds is lost when it
+// is closed, synced or not.
+func (f *osFile) linked() (bool, error) {
+	var st syscall.Stat_t
+	if err := retryEINTR("stat", func() error { return syscall.Fstat(f.fd, &st) }); err != nil {
+		return false, err
+	}
+	return st.Nlink > 0, nil
+}
+
 // Close closes the descriptor. It is not retried on EINTR: on Linux the
 // descriptor is released whatever close returns.
 func (f *osFile) Close() error {

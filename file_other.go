@@ -3,6 +3,8 @@
 package kappa
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -43,4 +45,22 @@ func (f *osFile) Size() (int64, error) {
 		return 0, err
 	}
 	return fi.Size(), nil
+}
+
+// linked reports whether the file's path still names it: one whose
+// directory was deleted is gone, and what it holds is lost when it is
+// closed, synced or not.
+func (f *osFile) linked() (bool, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	named, err := os.Stat(f.Name())
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fi, named), nil
 }

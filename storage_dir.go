@@ -31,7 +31,9 @@ type DirOptions struct {
 	// NoSync stops the storage from fsyncing on its own: a file with
 	// unsynced writes is closed without fsync when it leaves the handle
 	// cache or the storage closes. Sync still fsyncs. Use it with feeds
-	// opened with NoSync, which never call Sync: then nothing fsyncs.
+	// opened with NoSync, which never call Sync: then nothing fsyncs, and
+	// nothing notices files deleted from under the storage (see
+	// dirFile.Sync).
 	NoSync bool
 }
 
@@ -727,7 +729,9 @@ func (f *dirFile) Size() (int64, error) {
 
 // Sync makes the file's writes durable, and on the first Sync after the
 // file was created, its directory entry (and those of any directories
-// created for it).
+// created for it). It fails with an error wrapping fs.ErrNotExist if the
+// file is no longer in the storage's directory (the directory was deleted
+// while open): what it holds would be lost.
 func (f *dirFile) Sync() error {
 	s := f.s
 	s.mu.Lock()
@@ -757,6 +761,14 @@ func (f *dirFile) Sync() error {
 	}
 	f.n.dirty.Store(false)
 	err = s.fsync(&h.f, f.n.name)
+	if err == nil {
+		// What a file without a name holds is lost: a sync must not
+		// promise it is durable.
+		var ok bool
+		if ok, err = h.f.linked(); err == nil && !ok {
+			err = errStorageUnlinked
+		}
+	}
 	f.s.release(h)
 	if err != nil {
 		f.markDirty()
