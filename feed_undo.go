@@ -125,8 +125,9 @@ func (f *Feed) restoreBits(u *writeUndo) error {
 // undoManifest cuts the manifest back to its records before a failed write
 // of new ones, so that a torn or unlisted record cannot name a feed that
 // was not added; if that fails too, adding feeds is refused until the
-// database is opened again. It returns err, the write's error. Called
-// under addMu.
+// database is opened again. (After a failed sync nothing is cut: the
+// records may land yet, and adding feeds is refused.) It returns err, the
+// write's error. Called under addMu.
 func (c *Core) undoManifest(err error) error {
 	uerr := cutFile(c.manifest, int64(headerSize+c.slots*manifestRecord))
 	if uerr == nil {

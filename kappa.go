@@ -942,8 +942,9 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 		return fail(c.undoManifest(err))
 	}
 	if err := c.sync(c.manifest); err != nil {
+		// The records may land yet: they are left as they are.
 		c.addFailed = err
-		return fail(c.undoManifest(err))
+		return fail(err)
 	}
 	c.slots = slot
 	c.reserveTo = 0

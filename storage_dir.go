@@ -32,8 +32,8 @@ type DirOptions struct {
 	// unsynced writes is closed without fsync when it leaves the handle
 	// cache or the storage closes. Sync still fsyncs. Use it with feeds
 	// opened with NoSync, which never call Sync: then nothing fsyncs, and
-	// nothing notices files deleted from under the storage (see
-	// dirFile.Sync).
+	// nothing notices files deleted from under the storage (a file's Sync
+	// fails once it is no longer in the directory).
 	NoSync bool
 }
 
