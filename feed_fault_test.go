@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,52 +15,59 @@ import (
 // errInjected is the failure a faultStorage injects: a full disk.
 var errInjected = fmt.Errorf("injected: %w", syscall.ENOSPC)
 
-// faultStorage wraps a MemStorage and fails one operation, once armed: the
-// next WriteAt or Sync (op "write" or "sync") of a file whose name ends in
-// file. A failed write first lands half of its bytes, as a write that ran
-// out of space part way does; a failed sync makes nothing durable.
+// faultStorage wraps a Storage and fails the operations armed, each once:
+// the next WriteAt, Truncate or Sync (op "write", "truncate" or "sync") of
+// a file whose name ends in /file (or is file). A failed write first lands
+// half of its bytes, as a write that ran out of space part way does; a
+// failed truncate or sync does nothing.
 type faultStorage struct {
-	*MemStorage
-	mu    sync.Mutex
-	file  string
-	op    string
-	armed bool
-	fired int
+	Storage
+	mem    *MemStorage // the Storage, if it is one
+	mu     sync.Mutex
+	faults [][2]string // file, op
+	fired  int
+}
+
+func newMemFaultStorage() *faultStorage {
+	m := NewMemStorage()
+	return &faultStorage{Storage: m, mem: m}
 }
 
 func (s *faultStorage) Open(name string, create bool) (File, error) {
-	f, err := s.MemStorage.Open(name, create)
+	f, err := s.Storage.Open(name, create)
 	if err != nil {
 		return nil, err
 	}
 	return &faultFile{File: f, name: name, s: s}, nil
 }
 
-// arm makes the next op on a file named …file fail.
+// arm makes the next op on a file named …/file fail.
 func (s *faultStorage) arm(file, op string) {
 	s.mu.Lock()
-	s.file, s.op, s.armed = file, op, true
+	s.faults = append(s.faults, [2]string{file, op})
 	s.mu.Unlock()
 }
 
-// disarm cancels the failure if it has not happened, and reports whether it
-// did.
+// disarm cancels the failures that have not happened, and reports whether
+// any did.
 func (s *faultStorage) disarm() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.armed = false
+	s.faults = nil
 	return s.fired > 0
 }
 
 func (s *faultStorage) fire(name, op string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.armed || s.op != op || !strings.HasSuffix(name, "/"+s.file) && name != s.file {
-		return false
+	for i, ft := range s.faults {
+		if ft[1] == op && (strings.HasSuffix(name, "/"+ft[0]) || name == ft[0]) {
+			s.faults = append(s.faults[:i], s.faults[i+1:]...)
+			s.fired++
+			return true
+		}
 	}
-	s.armed = false
-	s.fired++
-	return true
+	return false
 }
 
 type faultFile struct {
@@ -74,6 +82,13 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 		return n, fmt.Errorf("write %s: %w", f.name, errInjected)
 	}
 	return f.File.WriteAt(p, off)
+}
+
+func (f *faultFile) Truncate(size int64) error {
+	if f.s.fire(f.name, "truncate") {
+		return fmt.Errorf("truncate %s: %w", f.name, errInjected)
+	}
+	return f.File.Truncate(size)
 }
 
 func (f *faultFile) Sync() error {
@@ -195,7 +210,7 @@ func memCopy(m *MemStorage) *MemStorage {
 // after ten entries, then an append of one that succeeds. The feed must
 // load again with all eleven.
 func TestFailedSignatureWriteThenSmallerAppendLeavesFeedLoadable(t *testing.T) {
-	s := &faultStorage{MemStorage: NewMemStorage()}
+	s := newMemFaultStorage()
 	f, err := OpenFeed(s, "f/", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -217,7 +232,7 @@ func TestFailedSignatureWriteThenSmallerAppendLeavesFeedLoadable(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	checkAfterFault(t, s.MemStorage, "f/", acked, true, "10, failed 10, 1")
+	checkAfterFault(t, s.mem, "f/", acked, true, "10, failed 10, 1")
 }
 
 // A write or sync failing in any file of a writer, on Append: the append
@@ -229,7 +244,7 @@ func TestWriterWriteFaultsLoseNoAcknowledgedAppend(t *testing.T) {
 			for _, first := range []int{1, 7, 10} { // odd, even, and leaves of parents of older roots
 				name := fmt.Sprintf("%s %s after %d", file, op, first)
 				t.Run(name, func(t *testing.T) {
-					s := &faultStorage{MemStorage: NewMemStorage()}
+					s := newMemFaultStorage()
 					f, err := OpenFeed(s, "f/", nil)
 					if err != nil {
 						t.Fatal(err)
@@ -243,7 +258,7 @@ func TestWriterWriteFaultsLoseNoAcknowledgedAppend(t *testing.T) {
 					if acked, err = faultAppend(t, f, acked, 10); !errors.Is(err, syscall.ENOSPC) {
 						t.Fatalf("append with a failing %s %s: %v, want ENOSPC", file, op, err)
 					}
-					checkFaultFeed(t, memCopy(s.MemStorage), "f/", acked, op == "write", name+", right after the failure")
+					checkFaultFeed(t, memCopy(s.mem), "f/", acked, op == "write", name+", right after the failure")
 					refused := false
 					for _, n := range []int{1, 3, 10, 2} {
 						var err error
@@ -266,7 +281,7 @@ func TestWriterWriteFaultsLoseNoAcknowledgedAppend(t *testing.T) {
 						t.Fatal("appends after a failed write that was undone were refused")
 					}
 					checkFaultEntries(t, f, acked, "same feed")
-					checkAfterFault(t, s.MemStorage, "f/", acked, op == "write", name)
+					checkAfterFault(t, s.mem, "f/", acked, op == "write", name)
 				})
 			}
 		}
@@ -278,7 +293,7 @@ func TestWriterWriteFaultsLoseNoAcknowledgedAppend(t *testing.T) {
 func TestWriterKeyFaultFailsOpenAndOpenAgainWorks(t *testing.T) {
 	for _, op := range []string{"write", "sync"} {
 		t.Run(op, func(t *testing.T) {
-			s := &faultStorage{MemStorage: NewMemStorage()}
+			s := newMemFaultStorage()
 			s.arm("key", op)
 			if f, err := OpenFeed(s, "f/", nil); err == nil {
 				f.Close()
@@ -296,7 +311,7 @@ func TestWriterKeyFaultFailsOpenAndOpenAgainWorks(t *testing.T) {
 				t.Fatal(err)
 			}
 			f.Close()
-			checkAfterFault(t, s.MemStorage, "f/", acked, false, "key "+op)
+			checkAfterFault(t, s.mem, "f/", acked, false, "key "+op)
 		})
 	}
 }
@@ -371,7 +386,7 @@ func TestReplicaWriteFaultsLoseNoAcknowledgedPut(t *testing.T) {
 				}
 				name := fmt.Sprintf("%s %s %s", file, op, oname)
 				t.Run(name, func(t *testing.T) {
-					s := &faultStorage{MemStorage: NewMemStorage()}
+					s := newMemFaultStorage()
 					r, err := OpenFeed(s, "r/", &FeedOptions{Key: w.Key()})
 					if err != nil {
 						t.Fatal(err)
@@ -397,7 +412,7 @@ func TestReplicaWriteFaultsLoseNoAcknowledgedPut(t *testing.T) {
 					if err := put(order[1]); !errors.Is(err, syscall.ENOSPC) {
 						t.Fatalf("put with a failing %s %s: %v, want ENOSPC", file, op, err)
 					}
-					checkFaultReplica(t, memCopy(s.MemStorage), w.Key(), held, length, op == "write", name+", right after the failure")
+					checkFaultReplica(t, memCopy(s.mem), w.Key(), held, length, op == "write", name+", right after the failure")
 					refused := false
 					for _, k := range []int{order[1], order[2]} {
 						if err := put(k); err != nil {
@@ -414,9 +429,9 @@ func TestReplicaWriteFaultsLoseNoAcknowledgedPut(t *testing.T) {
 						t.Fatal("puts after a failed write that was undone were refused")
 					}
 					rng := rand.New(rand.NewPCG(3, uint64(len(name))))
-					clones := crashClones(s.MemStorage, rng, 16)
+					clones := crashClones(s.mem, rng, 16)
 					r.Close()
-					checkFaultReplica(t, s.MemStorage, w.Key(), held, length, op == "write", name+", reopened")
+					checkFaultReplica(t, s.mem, w.Key(), held, length, op == "write", name+", reopened")
 					for i, c := range clones {
 						checkFaultReplica(t, c, w.Key(), held, length, false, fmt.Sprintf("%s, after crash %d", name, i))
 					}
@@ -440,7 +455,7 @@ func TestCoreWriteFaultsLoseNoAcknowledgedFeed(t *testing.T) {
 				}
 				name := fmt.Sprintf("%s %s %s", file, op, add)
 				t.Run(name, func(t *testing.T) {
-					s := &faultStorage{MemStorage: NewMemStorage()}
+					s := newMemFaultStorage()
 					c, err := New(s, nil)
 					if err != nil {
 						t.Fatal(err)
@@ -481,11 +496,11 @@ func TestCoreWriteFaultsLoseNoAcknowledgedFeed(t *testing.T) {
 						t.Fatalf("append to an existing writer after the failure: %v", err)
 					}
 					rng := rand.New(rand.NewPCG(5, uint64(len(name))))
-					clones := crashClones(s.MemStorage, rng, 16)
+					clones := crashClones(s.mem, rng, 16)
 					if err := c.Close(); err != nil {
 						t.Fatal(err)
 					}
-					for i, st := range append([]*MemStorage{s.MemStorage}, clones...) {
+					for i, st := range append([]*MemStorage{s.mem}, clones...) {
 						where := fmt.Sprintf("%s, storage %d", name, i)
 						c2, err := New(st, nil)
 						if err != nil {
@@ -522,7 +537,7 @@ func checkCoreWriter(t *testing.T, c *Core, name string, acked uint64, where str
 // feeds is cut back: a later add of fewer feeds cannot leave a record of
 // one that failed behind its own, to be loaded on the next open.
 func TestFailedManifestWriteLeavesNoRecordOfFeedsNotAdded(t *testing.T) {
-	s := &faultStorage{MemStorage: NewMemStorage()}
+	s := newMemFaultStorage()
 	c, err := New(s, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -540,7 +555,7 @@ func TestFailedManifestWriteLeavesNoRecordOfFeedsNotAdded(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	c2, err := New(s.MemStorage, nil)
+	c2, err := New(s.mem, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -552,5 +567,75 @@ func TestFailedManifestWriteLeavesNoRecordOfFeedsNotAdded(t *testing.T) {
 	want := []string{a.String()[:8], fmt.Sprintf("%x", k3.PublicKey)[:8]}
 	if fmt.Sprint(got) != fmt.Sprint(want) || len(c2.Damaged()) > 0 || len(c2.Repairs()) > 0 {
 		t.Fatalf("reopened with feeds %v, damage %v, repairs %v; want feeds %v and nothing else", got, c2.Damaged(), c2.Repairs(), want)
+	}
+}
+
+// When undoing a failed write fails too, the feed refuses appends until it
+// is opened again: an append over a tree still holding the failed one's
+// leaves would leave some of them behind it.
+func TestFailedUndoRefusesAppendsUntilReopened(t *testing.T) {
+	s := newMemFaultStorage()
+	f, err := OpenFeed(s, "f/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked, err := faultAppend(t, f, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.arm("signatures", "write")
+	s.arm("tree", "truncate")
+	if acked, err = faultAppend(t, f, acked, 10); !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "undo") {
+		t.Fatalf("append with the signature write and the undo failing: %v, want ENOSPC, naming the undo", err)
+	}
+	if _, err = faultAppend(t, f, acked, 1); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("append after a failed undo: %v, want it refused", err)
+	}
+	f.Close()
+	checkAfterFault(t, s.mem, "f/", acked, false, "failed undo")
+}
+
+// The reproduction on a real directory, through a database: the
+// writer loads again with every acknowledged entry.
+func TestFailedSignatureWriteOnADirectoryLeavesWriterLoadable(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	ds, err := OpenDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &faultStorage{Storage: ds}
+	c, err := New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := mustWriter(t, c, "w")
+	acked, err := faultAppend(t, w, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.arm("signatures", "write")
+	if acked, err = faultAppend(t, w, acked, 10); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("append with the signature write failing: %v, want ENOSPC", err)
+	}
+	if acked, err = faultAppend(t, w, acked, 1); err != nil {
+		t.Fatalf("append after the disk has room again: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ds.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if r := c.Repairs(); len(r) > 0 {
+		t.Fatalf("reopening repaired %v: the failed write was not undone", r)
+	}
+	checkCoreWriter(t, c, "w", acked, "reopened")
+	if w, _ := c.Writer("w"); w.Len() != acked {
+		t.Fatalf("length %d, want %d", w.Len(), acked)
 	}
 }
