@@ -1,6 +1,7 @@
 package kappa
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -637,5 +638,51 @@ func TestFailedSignatureWriteOnADirectoryLeavesWriterLoadable(t *testing.T) {
 	checkCoreWriter(t, c, "w", acked, "reopened")
 	if w, _ := c.Writer("w"); w.Len() != acked {
 		t.Fatalf("length %d, want %d", w.Len(), acked)
+	}
+}
+
+// A write or sync failing in a new database's kappa or manifest file fails
+// New; opening again makes the database, which then keeps what it
+// acknowledges across a crash.
+func TestNewDatabaseFaultsFailNewAndOpenAgainWorks(t *testing.T) {
+	for _, file := range []string{"kappa", "manifest"} {
+		for _, op := range []string{"write", "sync"} {
+			name := file + " " + op
+			t.Run(name, func(t *testing.T) {
+				s := newMemFaultStorage()
+				s.arm(file, op)
+				if c, err := New(s, nil); err == nil {
+					c.Close()
+					t.Fatalf("new database with a failing %s: no error", name)
+				}
+				if !s.disarm() {
+					t.Fatalf("%s was not done", name)
+				}
+				c, err := New(s, nil)
+				if err != nil {
+					t.Fatalf("open again: %v", err)
+				}
+				key := c.SharedKey()
+				acked, err := faultAppend(t, mustWriter(t, c, "a"), 0, 3)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rng := rand.New(rand.NewPCG(9, uint64(len(name))))
+				clones := crashClones(s.mem, rng, 16)
+				c.Close()
+				for i, st := range append([]*MemStorage{s.mem}, clones...) {
+					where := fmt.Sprintf("%s, storage %d", name, i)
+					c2, err := New(st, nil)
+					if err != nil {
+						t.Fatalf("%s: reopen: %v", where, err)
+					}
+					if !bytes.Equal(c2.SharedKey(), key) {
+						t.Fatalf("%s: the shared key changed", where)
+					}
+					checkCoreWriter(t, c2, "a", acked, where)
+					c2.Close()
+				}
+			})
+		}
 	}
 }

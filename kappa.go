@@ -673,6 +673,11 @@ func (c *Core) loadKey(hasFeeds bool) error {
 	if c.opts.ValueEncoding != "" && c.opts.ValueEncoding != c.enc {
 		return fmt.Errorf("%w: opened as %s, created as %s", ErrEncodingMismatch, c.opts.ValueEncoding, c.enc)
 	}
+	if !hasFeeds {
+		// Its creation may have failed at syncing this file: it must
+		// be durable before a feed is added.
+		return c.sync(c.meta)
+	}
 	return nil
 }
 
