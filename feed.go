@@ -2220,6 +2220,14 @@ func (f *Feed) Put(p *Proof) error {
 	if len(p.Blocks) > 0 {
 		undo.bitLo, undo.bitHi = p.Start/bitPageEntries, (end-1)/bitPageEntries+1
 	}
+	if f.keyDirty {
+		// A new replica's key file is made durable first: data under a
+		// key file that a crash could lose would be damage.
+		if err := f.ws.meta.Sync(); err != nil {
+			f.scratch().failed = err
+			return fmt.Errorf("feed %x: sync key file: %w", f.key[:4], err)
+		}
+	}
 	var files []File
 	if len(p.Blocks) > 0 {
 		// The blocks' records are contiguous in the data file: they are
@@ -2300,9 +2308,6 @@ func (f *Feed) Put(p *Proof) error {
 	newLen := curLen
 	if p.Signature != nil {
 		newLen = max(curLen, p.Length)
-	}
-	if f.keyDirty {
-		files = append(files, f.ws.meta)
 	}
 	if len(p.Blocks) > 0 || bitPages(newLen) > f.bitPages {
 		// The bits claim blocks: with sync on, they are written only once

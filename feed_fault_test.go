@@ -686,3 +686,43 @@ func TestNewDatabaseFaultsFailNewAndOpenAgainWorks(t *testing.T) {
 		}
 	}
 }
+
+// A new replica's key file is synced by its first Put: that sync failing
+// fails the Put, later ones are refused, and the database opens again, now
+// or after a crash, with the replica and no damage.
+func TestReplicaKeySyncFaultOnFirstPut(t *testing.T) {
+	w, proofs := faultProofs(t)
+	s := newMemFaultStorage()
+	c, err := New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r, err := c.AddFeed(w.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.arm("key", "sync")
+	if err := r.Put(proofs[0]); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("put with the key sync failing: %v, want ENOSPC", err)
+	}
+	if err := r.Put(proofs[0]); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("put after a failed sync: %v, want it refused", err)
+	}
+	clones := crashClones(s.mem, rand.New(rand.NewPCG(11, 12)), 16)
+	c.Close()
+	for i, st := range append([]*MemStorage{s.mem}, clones...) {
+		c2, err := New(st, nil)
+		if err != nil {
+			t.Fatalf("storage %d: reopen: %v", i, err)
+		}
+		if d := c2.Damaged(); len(d) > 0 || c2.Feed(w.Key()) == nil {
+			t.Fatalf("storage %d: damage %v, replica loaded: %v", i, d, c2.Feed(w.Key()) != nil)
+		}
+		// It takes the proof now.
+		if err := c2.Feed(w.Key()).Put(proofs[0]); err != nil {
+			t.Fatalf("storage %d: put after reopen: %v", i, err)
+		}
+		c2.Close()
+	}
+}
