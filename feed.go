@@ -292,6 +292,13 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	if !fresh && blank && !f.cfg.noSync && !o.lazy {
+		// A feed whose creation failed at syncing its key file: the
+		// key must be durable before anything is appended under it.
+		if err := meta.Sync(); err != nil {
+			return err
+		}
+	}
 	// A writer's secret key is read again when it next appends, unless it
 	// is new or the key file does not hold it.
 	f.writable = secret != nil
@@ -1596,7 +1603,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrClosed)
 	}
 	if err := f.failed(); err != nil {
-		return 0, fmt.Errorf("feed %x: append after failed sync: %w", f.key[:4], err)
+		return 0, fmt.Errorf("feed %x: append refused after a failed write; reopen the feed: %w", f.key[:4], err)
 	}
 	var n, size uint64
 	for _, r := range batch {
@@ -1684,6 +1691,16 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	// the lowest of them and the run were written lately, they are known,
 	// and the run grows down to that parent: one write instead of several.
 	treeStart := runStart
+	// A failed write is undone (see failWrite): the new parents of older
+	// roots, below the signed tree's end, were absent before.
+	allEarly := early
+	undo := &writeUndo{length: start, byteLen: byteLen, nodes: func() []uint64 {
+		idx := make([]uint64, len(allEarly))
+		for i := range allEarly {
+			idx[i] = allEarly[i].Index
+		}
+		return idx
+	}}
 	if len(early) > 0 {
 		if ext, ok := ws.recent.extend(ws.ex[:0], early, runStart, run); ok {
 			ws.ex = ext[:0]
@@ -1692,18 +1709,16 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	}
 
 	if _, err := f.fdata().WriteAt(data, dataPos(start, byteLen)); err != nil {
-		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
+		return 0, f.failWrite(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
 	}
 	if _, err := f.ftree().WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
-		ws.recent.forget() // the file may hold part of the write
-		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
+		return 0, f.failWrite(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
 	}
 	var rec [nodeSize]byte
 	for i := range early {
 		encodeNode(rec[:], &early[i])
 		if _, err := f.ftree().WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
-			ws.recent.forget()
-			return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
+			return 0, f.failWrite(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
 		}
 	}
 	ws.recent.remember(treeStart, run)
@@ -1714,7 +1729,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	length := start + n
 	sig := signRoots(secret, treeHash(newRoots), length)
 	if err := f.writeSignature(length, sig, f.fdata(), f.ftree()); err != nil {
-		return 0, err
+		return 0, f.failWrite(undo, err)
 	}
 	f.publish(length, off, newRoots, sig, nil)
 	return start, nil
@@ -2205,13 +2220,13 @@ func (f *Feed) Put(p *Proof) error {
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()
 	f.mu.RLock()
-	closed, curLen := f.closed, f.length
+	closed, curLen, curBytes := f.closed, f.length, f.byteLen
 	f.mu.RUnlock()
 	if closed {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrClosed)
 	}
 	if err := f.failed(); err != nil {
-		return fmt.Errorf("feed %x: put after failed sync: %w", f.key[:4], err)
+		return fmt.Errorf("feed %x: put refused after a failed write; reopen the feed: %w", f.key[:4], err)
 	}
 	if p.Signature == nil && p.Length > curLen {
 		return fmt.Errorf("feed %x: put: %w: unsigned proof past length %d", f.key[:4], ErrBadProof, curLen)
@@ -2264,7 +2279,32 @@ func (f *Feed) Put(p *Proof) error {
 		}
 	}
 	// Data first, then the nodes that vouch for it, then (synced) the
-	// bitfield and signature that make it visible.
+	// bitfield and signature that make it visible. A failed write is
+	// undone (see failWrite): the new nodes were absent, and the bitfield
+	// pages are written back from the blocks held.
+	undo := &writeUndo{length: curLen, byteLen: curBytes, bitPages: f.bitPages, nodes: func() []uint64 {
+		var idx []uint64
+		for i, isNew := range sc.isNew {
+			if isNew {
+				idx = append(idx, span.lo+uint64(i))
+			}
+		}
+		for i := range sc.fresh {
+			idx = append(idx, sc.fresh[i].Index)
+		}
+		return idx
+	}}
+	if len(p.Blocks) > 0 {
+		undo.bitLo, undo.bitHi = p.Start/bitPageEntries, (end-1)/bitPageEntries+1
+	}
+	if f.keyDirty {
+		// A new replica's key file is made durable first: data under a
+		// key file that a crash could lose would be damage.
+		if err := f.ws.meta.Sync(); err != nil {
+			f.scratch().failed = err
+			return fmt.Errorf("feed %x: sync key file: %w", f.key[:4], err)
+		}
+	}
 	var files []File
 	if len(p.Blocks) > 0 {
 		// The blocks' records are contiguous in the data file: they are
@@ -2274,7 +2314,7 @@ func (f *Feed) Put(p *Proof) error {
 		data := sc.data[:0]
 		flush := func(b []byte) error {
 			if _, err := f.fdata().WriteAt(b, off); err != nil {
-				return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+				return f.failWrite(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
 			}
 			off += int64(len(b))
 			return nil
@@ -2314,7 +2354,7 @@ func (f *Feed) Put(p *Proof) error {
 			j++
 		}
 		if _, err := f.ftree().WriteAt(span.buf[i*nodeSize:j*nodeSize], headerSize+int64(span.lo+uint64(i))*nodeSize); err != nil {
-			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+			return f.failWrite(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
 		}
 		wroteTree = true
 		i = j
@@ -2333,7 +2373,7 @@ func (f *Feed) Put(p *Proof) error {
 				encodeNode(run[(k-i)*nodeSize:], &fresh[k])
 			}
 			if _, err := f.ftree().WriteAt(run, headerSize+int64(fresh[i].Index)*nodeSize); err != nil {
-				return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+				return f.failWrite(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
 			}
 			i = j
 		}
@@ -2346,9 +2386,6 @@ func (f *Feed) Put(p *Proof) error {
 	if p.Signature != nil {
 		newLen = max(curLen, p.Length)
 	}
-	if f.keyDirty {
-		files = append(files, f.ws.meta)
-	}
 	if len(p.Blocks) > 0 || bitPages(newLen) > f.bitPages {
 		// The bits claim blocks: with sync on, they are written only once
 		// the data and nodes under them are durable.
@@ -2356,13 +2393,13 @@ func (f *Feed) Put(p *Proof) error {
 			for _, file := range files {
 				if err := file.Sync(); err != nil {
 					f.scratch().failed = err
-					return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
+					return f.failWrite(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
 				}
 			}
 			files = nil
 		}
 		if err := f.writeBits(p.Start, end, newLen); err != nil {
-			return err
+			return f.failWrite(undo, err)
 		}
 	}
 	length, byteLen, roots, sig := curLen, uint64(0), []storedNode(nil), []byte(nil)
@@ -2372,14 +2409,14 @@ func (f *Feed) Put(p *Proof) error {
 			byteLen += r.Size
 		}
 		if err := f.writeSignature(length, sig, append(files, f.fbits())...); err != nil {
-			return err
+			return f.failWrite(undo, err)
 		}
 		f.sigReplaced(length)
 	} else if !f.cfg.noSync {
 		for _, file := range append(files, f.fbits()) {
 			if err := file.Sync(); err != nil {
 				f.scratch().failed = err
-				return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
+				return f.failWrite(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
 			}
 		}
 	}

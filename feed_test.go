@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -646,8 +648,104 @@ func TestSingleAppendWritesEachFileOnce(t *testing.T) {
 	}
 }
 
+// holdSyncStorage holds the first Sync of the file called name until
+// released: a commit in progress, for appends to queue behind.
+type holdSyncStorage struct {
+	*MemStorage
+	name    string
+	armed   atomic.Bool // set once the feed is open
+	once    sync.Once
+	held    chan struct{} // closed when the Sync is held
+	release chan struct{}
+}
+
+func (s *holdSyncStorage) Open(name string, create bool) (File, error) {
+	f, err := s.MemStorage.Open(name, create)
+	if err != nil || name != s.name {
+		return f, err
+	}
+	return &holdSyncFile{File: f, s: s}, nil
+}
+
+type holdSyncFile struct {
+	File
+	s *holdSyncStorage
+}
+
+func (f *holdSyncFile) Sync() error {
+	if !f.s.armed.Load() {
+		return f.File.Sync()
+	}
+	f.s.once.Do(func() {
+		close(f.s.held)
+		<-f.s.release
+	})
+	return f.File.Sync()
+}
+
+// queued returns the number of Append calls waiting for the next commit.
+func (f *Feed) queued() int {
+	q := f.queue.Load()
+	if q == nil {
+		return 0
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.reqs)
+}
+
 func TestConcurrentAppendsAreCoalescedAndOrdered(t *testing.T) {
-	f := newFeed(t, NewMemStorage(), nil)
+	// Appends that arrive while a commit syncs share the next one: one
+	// signature record for all of them.
+	hs := &holdSyncStorage{MemStorage: NewMemStorage(), name: "f/data", held: make(chan struct{}), release: make(chan struct{})}
+	f := newFeed(t, hs, nil)
+	hs.armed.Store(true)
+	first := make(chan error, 1)
+	go func() {
+		_, err := f.Append([]byte("first"))
+		first <- err
+	}()
+	deadline := time.After(60 * time.Second)
+	select {
+	case <-hs.held:
+	case <-deadline:
+		t.Fatal("the first append never synced its data")
+	}
+	const queued = 16
+	done := make(chan error, queued)
+	for i := range queued {
+		go func() {
+			_, err := f.Append([]byte(fmt.Sprint("queued ", i)))
+			done <- err
+		}()
+	}
+	for f.queued() < queued {
+		select {
+		case <-deadline:
+			t.Fatalf("%d appends queued, want %d", f.queued(), queued)
+		default:
+			runtime.Gosched()
+		}
+	}
+	close(hs.release)
+	for range queued {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	sigs := mustFileBytes(t, hs.MemStorage, "f/signatures")
+	if records := (len(sigs) - headerSize) / sigRecordSize; records != 2 {
+		t.Fatalf("%d signature records for %d appends queued behind one commit, want 2", records, queued+1)
+	}
+	if f.Len() != queued+1 {
+		t.Fatalf("len %d, want %d", f.Len(), queued+1)
+	}
+
+	// Many writers: each value lands where its Append said.
+	f = newFeed(t, NewMemStorage(), nil)
 	const writers, each = 8, 50
 	errc := make(chan error, writers)
 	for w := range writers {

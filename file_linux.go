@@ -125,7 +125,7 @@ func (d rootDir) open(name string, create bool) (osFile, error) {
 	}
 	dir, rel := d.at(name)
 	for {
-		fd, err := syscall.Openat(dir, rel, flags, 0o644)
+		fd, err := syscall.Openat(dir, rel, flags, uint32(filePerm))
 		if err == nil {
 			return osFile{fd: fd}, nil
 		}
@@ -185,6 +185,17 @@ func (f *osFile) Size() (int64, error) {
 
 func (f *osFile) Sync() error {
 	return retryEINTR("sync", func() error { return syscall.Fsync(f.fd) })
+}
+
+// linked reports whether the file still has a name in the file system: one
+// whose directory was deleted has none, and what it holds is lost when it
+// is closed, synced or not.
+func (f *osFile) linked() (bool, error) {
+	var st syscall.Stat_t
+	if err := retryEINTR("stat", func() error { return syscall.Fstat(f.fd, &st) }); err != nil {
+		return false, err
+	}
+	return st.Nlink > 0, nil
 }
 
 // Close closes the descriptor. It is not retried on EINTR: on Linux the

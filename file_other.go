@@ -3,6 +3,8 @@
 package kappa
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -38,7 +40,7 @@ func (d rootDir) open(name string, create bool) (osFile, error) {
 	if create {
 		flags |= os.O_CREATE | os.O_EXCL
 	}
-	f, err := os.OpenFile(path, flags, 0o644)
+	f, err := os.OpenFile(path, flags, filePerm)
 	if err != nil {
 		return osFile{}, err
 	}
@@ -52,4 +54,22 @@ func (f *osFile) Size() (int64, error) {
 		return 0, err
 	}
 	return fi.Size(), nil
+}
+
+// linked reports whether the file's path still names it: one whose
+// directory was deleted is gone, and what it holds is lost when it is
+// closed, synced or not.
+func (f *osFile) linked() (bool, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	named, err := os.Stat(f.Name())
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fi, named), nil
 }

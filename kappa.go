@@ -87,6 +87,10 @@ type Core struct {
 
 	addMu sync.Mutex // serializes adding feeds (and writing the manifest)
 	slots int        // manifest records, used or not; guarded by addMu
+	// addFailed is why adding feeds is refused until the database is
+	// opened again: a manifest sync failed, or undoing a failed manifest
+	// write did. Guarded by addMu.
+	addFailed error
 
 	mu           sync.RWMutex
 	feeds        []*Feed
@@ -240,6 +244,12 @@ func openCore(s Storage, opts *Options) (*Core, error) {
 			}
 		}
 		return nil, err
+	}
+	// Permissions OpenDir tightened on a database's secret files.
+	if ds, ok := s.(*DirStorage); ok {
+		for _, r := range ds.takeRepairs() {
+			c.repaired(r)
+		}
 	}
 	return c, nil
 }
@@ -697,6 +707,11 @@ func (c *Core) loadKey(hasFeeds bool) error {
 	if c.opts.ValueEncoding != "" && c.opts.ValueEncoding != c.enc {
 		return fmt.Errorf("%w: opened as %s, created as %s", ErrEncodingMismatch, c.opts.ValueEncoding, c.enc)
 	}
+	if !hasFeeds {
+		// Its creation may have failed at syncing this file: it must
+		// be durable before a feed is added.
+		return c.sync(c.meta)
+	}
 	return nil
 }
 
@@ -847,6 +862,9 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 	if closed {
 		return nil, ErrClosed
 	}
+	if c.addFailed != nil {
+		return nil, fmt.Errorf("add feed refused after a failed manifest write; reopen the database: %w", c.addFailed)
+	}
 	out := make([]*Feed, len(reqs))
 	// Slots whose feed files lost their manifest record get a reserved
 	// record, so they are never reused.
@@ -963,9 +981,11 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 		}
 	}
 	if _, err := c.manifest.WriteAt(recs, int64(headerSize+c.slots*manifestRecord)); err != nil {
-		return fail(err)
+		return fail(c.undoManifest(err))
 	}
 	if err := c.sync(c.manifest); err != nil {
+		// The records may land yet: they are left as they are.
+		c.addFailed = err
 		return fail(err)
 	}
 	c.slots = slot

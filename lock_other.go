@@ -38,7 +38,7 @@ func lockDir(dir string, shared bool) (*dirLock, error) {
 		}
 		return &dirLock{}, nil
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
 	if errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("%w: held by another process, or left by one that died (if no process has it open, remove %s)", ErrLocked, path)
 	}

@@ -31,7 +31,7 @@ func lockDir(dir string, shared bool) (*dirLock, error) {
 	if shared {
 		flag, how = os.O_RDONLY, syscall.LOCK_SH
 	}
-	f, err := os.OpenFile(filepath.Join(dir, storageLockName), flag, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, storageLockName), flag, filePerm)
 	if shared && errors.Is(err, fs.ErrNotExist) {
 		return &dirLock{}, nil
 	}

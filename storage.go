@@ -60,6 +60,7 @@ var (
 	errStorageNegativeSize   = fmt.Errorf("negative size: %w", fs.ErrInvalid)
 	errStorageTooLarge       = fmt.Errorf("file would be too large: %w", fs.ErrInvalid)
 	errStorageRemoved        = fmt.Errorf("file was removed: %w", fs.ErrNotExist)
+	errStorageUnlinked       = fmt.Errorf("file is no longer in the storage's directory (was the directory deleted?): %w", fs.ErrNotExist)
 	errStorageIsDir          = errors.New("is a directory")
 	errStorageNotDir         = errors.New("a parent is a file, not a directory")
 )

@@ -31,7 +31,9 @@ type DirOptions struct {
 	// NoSync stops the storage from fsyncing on its own: a file with
 	// unsynced writes is closed without fsync when it leaves the handle
 	// cache or the storage closes. Sync still fsyncs. Use it with feeds
-	// opened with NoSync, which never call Sync: then nothing fsyncs.
+	// opened with NoSync, which never call Sync: then nothing fsyncs, and
+	// nothing notices files deleted from under the storage (a file's Sync
+	// fails once it is no longer in the directory).
 	NoSync bool
 
 	// ReadOnly opens an existing directory without changing it: it is not
@@ -50,6 +52,12 @@ type DirOptions struct {
 //
 // A created file and any directories created for it become durable on the
 // file's first Sync, so callers that never sync pay no directory fsyncs.
+//
+// Files are created with mode 0600 and directories 0700 (less the umask):
+// a database holds secret keys. OpenDir takes group and other permissions
+// away from an existing directory, and from its files kappa and
+// feeds/*/key; a Core opened on the storage reports each change as a
+// Repair.
 type DirStorage struct {
 	dir    string // absolute
 	max    int
@@ -79,6 +87,47 @@ type DirStorage struct {
 	// rootSync lists directories to fsync on the first Sync of any file:
 	// the parents of the directories OpenDir created.
 	rootSync []string
+
+	// repairs are the changes OpenDir made (see tightenPerms), until a
+	// Core opened on the storage reports them. Guarded by mu.
+	repairs []Repair
+
+	// trace, if set (by tests, before the storage is used), sees each
+	// file created, directory made, write, truncate, file fsync and
+	// directory fsync, as it happens. See dirEvent.
+	trace func(dirEvent)
+}
+
+// dirEvent is one operation of a DirStorage seen by its trace: Op is
+// "create", "mkdir", "write", "truncate", "sync" (a file's fsync) or
+// "syncdir" (a directory's fsync); Name is the file's name in the storage,
+// or the directory's absolute path.
+type dirEvent struct {
+	Op, Name string
+}
+
+// fsync fsyncs an open file of the storage: the one place a file's data is
+// made durable, so that a trace sees every fsync.
+func (s *DirStorage) fsync(f *osFile, name string) error {
+	if s.trace != nil {
+		s.trace(dirEvent{"sync", name})
+	}
+	return f.Sync()
+}
+
+// fsyncDir fsyncs a directory; see syncStorageDir.
+func (s *DirStorage) fsyncDir(dir string) error {
+	if s.trace != nil {
+		s.trace(dirEvent{"syncdir", dir})
+	}
+	return syncStorageDir(dir)
+}
+
+// traced passes an event to the storage's trace, if set.
+func (s *DirStorage) traced(op, name string) {
+	if s.trace != nil {
+		s.trace(dirEvent{op, name})
+	}
 }
 
 var _ Storage = (*DirStorage)(nil)
@@ -182,7 +231,7 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 		p = parent
 	}
 	if !readOnly {
-		if err := os.MkdirAll(abs, 0o755); err != nil {
+		if err := os.MkdirAll(abs, dirPerm); err != nil {
 			return nil, fmt.Errorf("open storage %s: create directory: %w", abs, unwrapPathError(err))
 		}
 	}
@@ -221,6 +270,11 @@ func OpenDir(dir string, opts *DirOptions) (*DirStorage, error) {
 		rootSync: rootSync,
 	}
 	s.cond.L = &s.mu
+	if s.repairs, err = s.tightenPerms(readOnly); err != nil {
+		root.close()
+		lock.unlock()
+		return nil, fmt.Errorf("open storage %s: make the database private: %w", abs, err)
+	}
 	heldDirs.m[s] = heldDir{fi: fi, readOnly: readOnly}
 	return s, nil
 }
@@ -316,6 +370,7 @@ func (s *DirStorage) openPath(name, local string, create bool) (osFile, []string
 	for try := 0; ; try++ {
 		f, err = s.openFile(name, true)
 		if err == nil {
+			s.traced("create", name)
 			// The file's directory, then those holding the
 			// directories created, deepest first.
 			dirs = append(dirs, filepath.Dir(path))
@@ -344,7 +399,8 @@ func (s *DirStorage) openPath(name, local string, create bool) (osFile, []string
 			}
 			parent := p
 			p = filepath.Join(p, e)
-			if err := os.Mkdir(p, 0o755); err == nil {
+			if err := os.Mkdir(p, dirPerm); err == nil {
+				s.traced("mkdir", p)
 				dirs = append(dirs, parent)
 			} else if !errors.Is(err, fs.ErrExist) {
 				return osFile{}, nil, err
@@ -397,7 +453,7 @@ func (s *DirStorage) Remove(name string) error {
 	s.mu.Unlock()
 	s.finishAll(victims)
 	if removed {
-		if err := syncStorageDir(filepath.Dir(path)); err != nil {
+		if err := s.fsyncDir(filepath.Dir(path)); err != nil {
 			return fmt.Errorf("storage %s: remove %s: sync directory: %w", s.dir, name, unwrapPathError(err))
 		}
 	}
@@ -524,7 +580,7 @@ func (s *DirStorage) finishAll(victims []*dirHandle) {
 func (s *DirStorage) finish(h *dirHandle) error {
 	var err error
 	if h.needSync {
-		err = h.f.Sync()
+		err = s.fsync(&h.f, h.n.name)
 	}
 	if cerr := h.f.Close(); err == nil {
 		err = cerr
@@ -667,6 +723,7 @@ func (f *dirFile) WriteAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, f.errorf("write", err)
 	}
+	f.s.traced("write", f.n.name)
 	n, err := h.f.WriteAt(p, off)
 	f.markDirty()
 	f.s.release(h)
@@ -688,6 +745,7 @@ func (f *dirFile) Truncate(size int64) error {
 	if err != nil {
 		return f.errorf("truncate", err)
 	}
+	f.s.traced("truncate", f.n.name)
 	err = h.f.Truncate(size)
 	f.markDirty()
 	f.s.release(h)
@@ -713,7 +771,9 @@ func (f *dirFile) Size() (int64, error) {
 
 // Sync makes the file's writes durable, and on the first Sync after the
 // file was created, its directory entry (and those of any directories
-// created for it).
+// created for it). It fails with an error wrapping fs.ErrNotExist if the
+// file is no longer in the storage's directory (the directory was deleted
+// while open): what it holds would be lost.
 func (f *dirFile) Sync() error {
 	s := f.s
 	s.mu.Lock()
@@ -742,7 +802,15 @@ func (f *dirFile) Sync() error {
 		return f.errorf("sync", err)
 	}
 	f.n.dirty.Store(false)
-	err = h.f.Sync()
+	err = s.fsync(&h.f, f.n.name)
+	if err == nil {
+		// What a file without a name holds is lost: a sync must not
+		// promise it is durable.
+		var ok bool
+		if ok, err = h.f.linked(); err == nil && !ok {
+			err = errStorageUnlinked
+		}
+	}
 	f.s.release(h)
 	if err != nil {
 		f.markDirty()
@@ -756,7 +824,7 @@ func (f *dirFile) Sync() error {
 		dirs = pending.dirs
 	}
 	for _, d := range slices.Concat(dirs, root) {
-		if err := syncStorageDir(d); err != nil {
+		if err := s.fsyncDir(d); err != nil {
 			return f.errorf("sync directory", err)
 		}
 	}

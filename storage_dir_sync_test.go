@@ -1,0 +1,238 @@
+package kappa
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// syncTrace records the events of a DirStorage (see DirStorage.trace).
+type syncTrace struct {
+	mu  sync.Mutex
+	evs []dirEvent
+}
+
+func traceDir(t *testing.T, s *DirStorage) *syncTrace {
+	tr := new(syncTrace)
+	s.trace = func(e dirEvent) {
+		tr.mu.Lock()
+		tr.evs = append(tr.evs, e)
+		tr.mu.Unlock()
+	}
+	return tr
+}
+
+// take returns the events since the last take.
+func (tr *syncTrace) take() []dirEvent {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	evs := tr.evs
+	tr.evs = nil
+	return evs
+}
+
+// traceIndex returns the index of the first (or, with last, the last) event
+// of evs in [from, to) with op on name, or -1.
+func traceIndex(evs []dirEvent, op, name string, last bool) int {
+	found := -1
+	for i, e := range evs {
+		if e.Op == op && e.Name == name {
+			if !last {
+				return i
+			}
+			found = i
+		}
+	}
+	return found
+}
+
+// requireSyncedBefore checks that each of files was written, and fsynced
+// after its last write or truncate and before event limit.
+func requireSyncedBefore(t *testing.T, evs []dirEvent, limit int, what string, files ...string) {
+	t.Helper()
+	for _, file := range files {
+		lw := max(traceIndex(evs[:limit], "write", file, true), traceIndex(evs[:limit], "truncate", file, true))
+		if lw < 0 {
+			t.Fatalf("%s: %s was not written before event %d:\n%s", what, file, limit, formatTrace(evs))
+		}
+		if s := traceIndex(evs[lw:limit], "sync", file, false); s < 0 {
+			t.Fatalf("%s: %s was not fsynced after its last write (event %d) and before event %d:\n%s", what, file, lw, limit, formatTrace(evs))
+		}
+	}
+}
+
+// requireDirsSynced checks that the directory holding each file created,
+// and each directory made, was fsynced after it and before event limit,
+// and that no directory was fsynced more often than entries were made in
+// it.
+func requireDirsSynced(t *testing.T, evs []dirEvent, root string, limit int, what string) {
+	t.Helper()
+	made := map[string]int{}
+	for i, e := range evs {
+		var parent string
+		switch e.Op {
+		case "create":
+			parent = filepath.Dir(filepath.Join(root, filepath.FromSlash(e.Name)))
+		case "mkdir":
+			parent = filepath.Dir(e.Name)
+		default:
+			continue
+		}
+		made[parent]++
+		if i >= limit || traceIndex(evs[i:limit], "syncdir", parent, false) < 0 {
+			t.Fatalf("%s: directory %s not fsynced after %s %s (event %d) and before event %d:\n%s", what, parent, e.Op, e.Name, i, limit, formatTrace(evs))
+		}
+	}
+	synced := map[string]int{}
+	for _, e := range evs {
+		if e.Op == "syncdir" {
+			synced[e.Name]++
+		}
+	}
+	for dir, n := range synced {
+		if n > made[dir] {
+			t.Fatalf("%s: directory %s fsynced %d times, %d entries were made in it:\n%s", what, dir, n, made[dir], formatTrace(evs))
+		}
+	}
+}
+
+func formatTrace(evs []dirEvent) string {
+	var b strings.Builder
+	for i, e := range evs {
+		fmt.Fprintf(&b, "\t%d %s %s\n", i, e.Op, e.Name)
+	}
+	return b.String()
+}
+
+// TestDirStorageSyncsWhatTheWriteOrderNeeds records each write and fsync of
+// a database on a real directory while it is created, a writer is added
+// and appended to, and a replica is added and given a proof; and checks the
+// durability rule of doc/FORMAT.md ("Write order") against them.
+func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
+	if !canSyncDir {
+		t.Skip("directories cannot be fsynced here")
+	}
+	dir := filepath.Join(t.TempDir(), "db")
+	s, err := OpenDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tr := traceDir(t, s)
+	root := s.Dir()
+
+	// A new database: its files and directory are durable before New
+	// returns.
+	c, err := New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// OpenDir made the database's directory, before the trace was set.
+	evs := append([]dirEvent{{"mkdir", root}}, tr.take()...)
+	requireSyncedBefore(t, evs, len(evs), "new database", "kappa", "manifest")
+	requireDirsSynced(t, evs, root, len(evs), "new database")
+	if slices.ContainsFunc(evs[1:], func(e dirEvent) bool { return e.Op == "mkdir" }) {
+		t.Fatalf("new database made directories inside its own:\n%s", formatTrace(evs))
+	}
+
+	// A new writer: its files and directories are durable before its
+	// manifest record is written, which is durable before Writer returns.
+	w, err := c.Writer("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs = tr.take()
+	rec := traceIndex(evs, "write", "manifest", false)
+	if rec < 0 {
+		t.Fatalf("new writer: no manifest record written:\n%s", formatTrace(evs))
+	}
+	requireSyncedBefore(t, evs, rec, "new writer, before its manifest record", "feeds/0/key", "feeds/0/data", "feeds/0/tree", "feeds/0/signatures")
+	requireDirsSynced(t, evs, root, rec, "new writer, before its manifest record")
+	requireSyncedBefore(t, evs, len(evs), "new writer", "manifest")
+
+	// Appends: data and tree durable before the signature record, which
+	// is durable before Append returns; no directory is fsynced again.
+	for i := range 3 {
+		what := fmt.Sprintf("append %d", i)
+		if _, err := w.Append([]byte(what), []byte("and more")); err != nil {
+			t.Fatal(err)
+		}
+		evs = tr.take()
+		sig := traceIndex(evs, "write", "feeds/0/signatures", false)
+		if sig < 0 {
+			t.Fatalf("%s: no signature record written:\n%s", what, formatTrace(evs))
+		}
+		requireSyncedBefore(t, evs, sig, what+", before its signature record", "feeds/0/data", "feeds/0/tree")
+		requireSyncedBefore(t, evs, len(evs), what, "feeds/0/signatures")
+		requireDirsSynced(t, evs, root, len(evs), what)
+	}
+
+	// A new replica: its manifest record is durable before AddFeed
+	// returns. (Its files are made durable by its first Put: its record
+	// can write its key file again.)
+	src := newFeed(t, NewMemStorage(), nil)
+	for i := range 5 {
+		mustAppend(t, src, fmt.Sprint(i))
+	}
+	r, err := c.AddFeed(src.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := tr.take()
+	requireSyncedBefore(t, added, len(added), "new replica", "manifest")
+
+	// A put: data, tree and key durable before the bitfield; the
+	// bitfield durable before the signature record, which is durable
+	// before Put returns.
+	p, err := src.Proof(0, 5, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Put(p); err != nil {
+		t.Fatal(err)
+	}
+	evs = tr.take()
+	bits := traceIndex(evs, "write", "feeds/1/bitfield", false)
+	sig := traceIndex(evs, "write", "feeds/1/signatures", false)
+	if bits < 0 || sig < 0 {
+		t.Fatalf("put: no bitfield or no signature write:\n%s", formatTrace(evs))
+	}
+	requireSyncedBefore(t, evs, bits, "put, before the bitfield", "feeds/1/data", "feeds/1/tree")
+	if traceIndex(evs[:bits], "sync", "feeds/1/key", false) < 0 {
+		t.Fatalf("put: the new replica's key file was not fsynced before the bitfield:\n%s", formatTrace(evs))
+	}
+	requireSyncedBefore(t, evs, sig, "put, before the signature record", "feeds/1/bitfield")
+	requireSyncedBefore(t, evs, len(evs), "put", "feeds/1/signatures")
+	// The replica's files, created by AddFeed, and their directories
+	// are durable before its first signature record.
+	both := append(added, evs...)
+	requireDirsSynced(t, both, root, len(added)+sig, "new replica and its first put")
+}
+
+// Remove is durable when it returns: the directory that held the file is
+// fsynced.
+func TestDirStorageRemoveSyncsTheDirectory(t *testing.T) {
+	if !canSyncDir {
+		t.Skip("directories cannot be fsynced here")
+	}
+	s, err := OpenDir(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	f := storageMustOpen(t, s, "feeds/0/key", true)
+	storageMustSync(t, f)
+	f.Close()
+	tr := traceDir(t, s)
+	if err := s.Remove("feeds/0/key"); err != nil {
+		t.Fatal(err)
+	}
+	evs := tr.take()
+	if traceIndex(evs, "syncdir", filepath.Join(s.Dir(), "feeds", "0"), false) < 0 {
+		t.Fatalf("remove did not fsync the file's directory:\n%s", formatTrace(evs))
+	}
+}
