@@ -1,0 +1,399 @@
+package kappa
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// VerifyOptions configure Core.Verify. Both hooks may be nil.
+type VerifyOptions struct {
+	// OnDamage receives each problem found: what a read would refuse.
+	OnDamage func(Damage)
+	// OnFeed receives each loaded feed's counts once it is checked.
+	OnFeed func(f *Feed, st VerifyStats)
+}
+
+// VerifyStats counts what Core.Verify checked and found.
+type VerifyStats struct {
+	Feeds      int    // loaded feeds checked
+	Entries    uint64 // entries held whose value matched its leaf hash
+	Bytes      uint64 // the bytes of those entries
+	Missing    uint64 // entries of replicas not held here
+	Nodes      uint64 // tree records checked, leaves and parents
+	Signatures int    // signature records whose signature verified against the tree
+	// Unchecked counts intact signature records whose signature cannot be
+	// checked: this replica does not hold the roots of their length.
+	Unchecked int
+	// Stale counts records whose CRC was stale over an intact value: not
+	// damage (the value matches its leaf hash); the CRC was rewritten and
+	// reported as a Repair.
+	Stale    int
+	Problems int // damage found, each passed to OnDamage
+}
+
+func (s *VerifyStats) add(o VerifyStats) {
+	s.Feeds += o.Feeds
+	s.Entries += o.Entries
+	s.Bytes += o.Bytes
+	s.Missing += o.Missing
+	s.Nodes += o.Nodes
+	s.Signatures += o.Signatures
+	s.Unchecked += o.Unchecked
+	s.Stale += o.Stale
+	s.Problems += o.Problems
+}
+
+// Verify checks everything the database holds that any read checks: every
+// manifest record; and in every loaded feed, every entry held (its leaf's
+// CRC, its record's length against the leaf and its value against the leaf
+// hash, and its record's CRC), every tree record (a writer must hold every
+// node of its tree), every signature record (its CRC, and its signature
+// against the tree's roots at its length where the feed holds them) and,
+// for a replica, every bitfield page. The damage listed by Damaged that is
+// not one entry's (feeds that did not load, for example) is passed on too.
+//
+// Each problem found is passed to OnDamage and counted; a damaged entry is
+// also marked as a read marks it (see Damaged). A record whose CRC is stale
+// over an intact value is no problem: its CRC is rewritten, as a view's
+// read would, and reported as a Repair. Verify returns an error only if
+// ctx ends, the database is closed or a file cannot be read.
+func (c *Core) Verify(ctx context.Context, opts *VerifyOptions) (VerifyStats, error) {
+	var o VerifyOptions
+	if opts != nil {
+		o = *opts
+	}
+	var st VerifyStats
+	seen := map[string]bool{}
+	problem := func(d Damage) {
+		if seen[d.Error()] {
+			return
+		}
+		seen[d.Error()] = true
+		st.Problems++
+		if o.OnDamage != nil {
+			o.OnDamage(d)
+		}
+	}
+	select {
+	case <-c.done:
+		return st, fmt.Errorf("verify: %w", ErrClosed)
+	default:
+	}
+	for _, d := range c.Damaged() {
+		if !d.Entry {
+			problem(d)
+		}
+	}
+	if err := c.verifyManifest(problem); err != nil {
+		return st, err
+	}
+	for _, f := range c.Feeds() {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		fs, err := f.verify(ctx, func(d Damage) {
+			d.Slot, d.Key, d.Name = feedSlot(f), f.Key(), f.writer
+			problem(d)
+		})
+		if err != nil {
+			return st, fmt.Errorf("verify feed %x: %w", f.key[:4], err)
+		}
+		fs.Feeds = 1
+		if o.OnFeed != nil {
+			o.OnFeed(f, fs)
+		}
+		fs.Problems = 0 // counted by problem
+		st.add(fs)
+	}
+	return st, nil
+}
+
+// verifyManifest checks the CRC of every manifest record.
+func (c *Core) verifyManifest(problem func(Damage)) error {
+	c.addMu.Lock()
+	defer c.addMu.Unlock()
+	size, err := c.manifest.Size()
+	if err != nil {
+		return fmt.Errorf("verify manifest: %w", err)
+	}
+	n := max(size-headerSize, 0) / manifestRecord
+	buf := make([]byte, n*manifestRecord)
+	if _, err := c.manifest.ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("verify manifest: %w", err)
+	}
+	for i := range n {
+		if _, _, _, ok := decodeManifestRec(buf[i*manifestRecord : (i+1)*manifestRecord]); !ok {
+			off := headerSize + i*manifestRecord
+			problem(Damage{Slot: int(i), Err: &CorruptError{File: fileManifest, Offset: off, Reason: "record is damaged; the feed is kept but not loaded"}})
+		}
+	}
+	return nil
+}
+
+// verifyChunk bounds the entries and bytes verify reads at once.
+const (
+	verifyChunk      = 1024
+	verifyChunkBytes = 4 << 20
+)
+
+// verify checks f as Core.Verify says, passing each problem to problem
+// (Slot, Key and Name unset). The counts it returns include the problems.
+func (f *Feed) verify(ctx context.Context, problem func(Damage)) (VerifyStats, error) {
+	var st VerifyStats
+	bad := func(d Damage) {
+		st.Problems++
+		problem(d)
+	}
+	f.mu.RLock()
+	length := f.length
+	var held []span
+	if f.have == nil {
+		if length > 0 {
+			held = []span{{0, length}}
+		}
+	} else {
+		for s := f.have.nextSet(0, length); s < length; {
+			e := f.have.nextClear(s, length)
+			held = append(held, span{s, e})
+			s = f.have.nextSet(e, length)
+		}
+	}
+	f.mu.RUnlock()
+	st.Missing = length
+	for _, h := range held {
+		st.Missing -= h.end - h.start
+		for s := h.start; s < h.end; {
+			if err := ctx.Err(); err != nil {
+				return st, err
+			}
+			n, err := f.verifyEntries(s, min(h.end, s+verifyChunk), &st, bad)
+			if err != nil {
+				return st, err
+			}
+			s += n
+		}
+	}
+	if err := f.verifyNodes(ctx, length, &st, bad); err != nil {
+		return st, err
+	}
+	if err := f.verifySignatures(ctx, length, &st, bad); err != nil {
+		return st, err
+	}
+	if f.have != nil {
+		if err := f.verifyBitfield(length, bad); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+// verifyEntries checks the held entries from start on, up to end or a
+// chunk's worth of bytes, and returns how many it checked.
+func (f *Feed) verifyEntries(start, end uint64, st *VerifyStats, bad func(Damage)) (uint64, error) {
+	count := end - start
+	recs := make([]byte, (2*count-1)*nodeSize)
+	got, err := f.ftree().ReadAt(recs, headerSize+int64(2*start)*nodeSize)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return 0, err
+	}
+	clear(recs[got:])
+	// The leaves, and the span of the data file their records take.
+	leaves := make([]storedNode, 0, count)
+	ok := make([]bool, 0, count)
+	var lo, hi int64 = -1, -1
+	var total uint64
+	for k := range count {
+		seq := start + k
+		off := headerSize + int64(2*seq)*nodeSize
+		n, err := decodeNode(2*seq, recs[2*k*nodeSize:], f.name, off)
+		if errors.Is(err, errNoNode) {
+			err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
+		}
+		st.Nodes++
+		if err != nil {
+			var ce *CorruptError
+			if !errors.As(err, &ce) {
+				return 0, err
+			}
+			f.markDamaged(seq, ce)
+			bad(Damage{Entry: true, Seq: seq, Err: ce})
+			leaves, ok = append(leaves, n), append(ok, false)
+			continue
+		}
+		if k > 0 && total+n.Size > verifyChunkBytes {
+			break
+		}
+		total += n.Size
+		pos := dataPos(seq, n.Offset)
+		if lo < 0 || pos < lo {
+			lo = pos
+		}
+		hi = max(hi, pos+dataFrame+int64(n.Size))
+		leaves, ok = append(leaves, n), append(ok, true)
+	}
+	if lo < 0 {
+		return uint64(len(leaves)), nil
+	}
+	raw := make([]byte, hi-lo)
+	got, err = f.fdata().ReadAt(raw, lo)
+	if got < len(raw) && err != nil && !errors.Is(err, io.EOF) {
+		return 0, err
+	}
+	h := newLeafHasher()
+	for k := range leaves {
+		if !ok[k] {
+			continue
+		}
+		n := &leaves[k]
+		seq := start + uint64(k)
+		pos := dataPos(seq, n.Offset)
+		at := pos - lo
+		var ce *CorruptError
+		var v []byte
+		if at+dataFrame+int64(n.Size) > int64(got) {
+			ce = &CorruptError{File: f.name + fileData, Offset: lo + int64(got), Reason: fmt.Sprintf("data file ends inside entry %d", seq)}
+		} else if v, err = f.leafValue(h, raw[at:], n, pos); err != nil {
+			errors.As(err, &ce)
+		}
+		if ce != nil {
+			f.markDamaged(seq, ce)
+			bad(Damage{Entry: true, Seq: seq, Err: ce})
+			continue
+		}
+		st.Entries++
+		st.Bytes += n.Size
+		rec := raw[at : at+dataFrame+int64(n.Size)]
+		if dataChecksum(seq, rec[:dataLenLen+n.Size]) != binary.BigEndian.Uint32(rec[dataLenLen+n.Size:]) {
+			st.Stale++
+			f.rewriteChecksum(seq, pos, v)
+		}
+	}
+	return uint64(len(leaves)), nil
+}
+
+// verifyNodes checks the tree records that verifyEntries does not: parents,
+// and the leaves of entries a replica does not hold. A record is checked
+// where the tree of length has a node whose subtree is complete; a writer
+// must hold every such node, a replica those its proofs carried.
+func (f *Feed) verifyNodes(ctx context.Context, length uint64, st *VerifyStats, bad func(Damage)) error {
+	if length == 0 {
+		return nil
+	}
+	last := 2*length - 1 // nodes [0, last)
+	const chunk = 4096
+	buf := make([]byte, chunk*nodeSize)
+	for lo := uint64(0); lo < last; lo += chunk {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		hi := min(last, lo+chunk)
+		b := buf[:(hi-lo)*nodeSize]
+		got, err := f.ftree().ReadAt(b, headerSize+int64(lo)*nodeSize)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		clear(b[got:])
+		for i := lo; i < hi; i++ {
+			if _, e := flatBlocks(i); e > length {
+				continue // not a node of this tree yet
+			}
+			if i%2 == 0 && f.holdsEntry(i/2) {
+				continue // checked with its entry
+			}
+			off := headerSize + int64(i)*nodeSize
+			_, err := decodeNode(i, b[(i-lo)*nodeSize:], f.name, off)
+			if errors.Is(err, errNoNode) {
+				if f.writable {
+					bad(Damage{Err: &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("node %d of a writer's tree is missing", i)}})
+				}
+				continue
+			}
+			st.Nodes++
+			var ce *CorruptError
+			if errors.As(err, &ce) {
+				bad(Damage{Err: ce})
+			} else if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// verifySignatures checks every signature record: its CRC, and its
+// signature against the roots the tree holds at its length.
+func (f *Feed) verifySignatures(ctx context.Context, length uint64, st *VerifyStats, bad func(Damage)) error {
+	file := f.fsigs()
+	size, err := file.Size()
+	if err != nil {
+		return err
+	}
+	n := max(size-headerSize, 0) / sigRecordSize
+	var rec [sigRecordSize]byte
+	for k := range n {
+		if k%256 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		off := headerSize + k*sigRecordSize
+		if _, err := file.ReadAt(rec[:], off); err != nil {
+			return err
+		}
+		l, sig, _, ok := decodeSigRecord(rec[:])
+		if !ok {
+			bad(Damage{Err: &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: fmt.Sprintf("signature record %d fails its checksum", k)}})
+			continue
+		}
+		if l == 0 || l > length {
+			st.Unchecked++
+			continue
+		}
+		roots, err := f.readRoots(l)
+		if err != nil {
+			// Roots not held (a replica), or damaged (reported with
+			// the tree's records).
+			st.Unchecked++
+			continue
+		}
+		if !verifyRoots(f.key, treeHash(roots), l, sig) {
+			bad(Damage{Err: &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: fmt.Sprintf("the signature of length %d does not verify against the tree", l)}})
+			continue
+		}
+		st.Signatures++
+	}
+	return nil
+}
+
+// verifyBitfield checks every page of a replica's bitfield below length.
+func (f *Feed) verifyBitfield(length uint64, bad func(Damage)) error {
+	pages := bitPages(length)
+	if pages == 0 {
+		return nil
+	}
+	buf := make([]byte, pages*bitPageSize)
+	got, err := f.fbits().ReadAt(buf, headerSize)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	for p := range pages {
+		off := headerSize + int64(p)*bitPageSize
+		rec := buf[p*bitPageSize : (p+1)*bitPageSize]
+		if uint64(got) < (p+1)*bitPageSize {
+			bad(Damage{Err: &CorruptError{File: f.name + fileBitfield, Offset: off, Reason: fmt.Sprintf("bitfield page %d is missing", p)}})
+		} else if !bitPageValid(p, rec) {
+			bad(Damage{Err: &CorruptError{File: f.name + fileBitfield, Offset: off, Reason: fmt.Sprintf("bitfield page %d fails its checksum", p)}})
+		}
+	}
+	return nil
+}
+
+// holdsEntry reports whether entry seq is held, damaged or not.
+func (f *Feed) holdsEntry(seq uint64) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.hasLocked(seq)
+}
