@@ -299,17 +299,21 @@ func TestReplicaHealsDamagedBlockFromPeer(t *testing.T) {
 	}
 	rdb := &damageDB{s: base, values: db.values}
 	for _, tc := range []struct {
-		name string
-		file string
-		at   int64
+		name   string
+		file   string
+		at     int64
+		sparse bool
 	}{
-		{"value", wData, rdb.recordPos(seq) + dataLenLen + 1},
-		{"length", wData, rdb.recordPos(seq) + 3},
-		{"leaf", "feeds/0/" + fileTree, headerSize + 2*seq*nodeSize + 7},
+		{"value", wData, rdb.recordPos(seq) + dataLenLen + 1, false},
+		{"length", wData, rdb.recordPos(seq) + 3, false},
+		{"leaf", "feeds/0/" + fileTree, headerSize + 2*seq*nodeSize + 7, false},
+		{"sparse", wData, rdb.recordPos(seq) + dataLenLen + 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ev events
-			c := openDamaged(t, rdb.flipped(t, tc.file, tc.at, 3), ev.options(db.key))
+			opts := ev.options(db.key)
+			opts.Sparse = tc.sparse
+			c := openDamaged(t, rdb.flipped(t, tc.file, tc.at, 3), opts)
 			// A read finds the damage (a view reading from the start
 			// checks record checksums, not leaves).
 			if _, err := c.Feed(db.feed).Get(ctxT(t), seq); !errors.Is(err, ErrCorrupt) {
