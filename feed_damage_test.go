@@ -244,6 +244,10 @@ func TestDamagedValueIsSkippedByViewsAndListed(t *testing.T) {
 	if w.Has(seq) || w.Downloaded() != 199 || w.NextMissing(0) != seq || w.NextPresent(seq) != seq+1 {
 		t.Fatalf("the damaged entry is still present: has %v, downloaded %d", w.Has(seq), w.Downloaded())
 	}
+	// Nor is it in the ranges a have sends to peers.
+	if got := w.presentSpans(200); !slices.Equal(got, []span{{0, seq}, {seq + 1, 200}}) {
+		t.Fatalf("present ranges %v", got)
+	}
 	// Reported once, however often it is read.
 	check("reported after reads", ev.damaged())
 }
@@ -325,6 +329,9 @@ func TestReplicaHealsDamagedBlockFromPeer(t *testing.T) {
 			}
 			if ds := c.Damaged(); len(ds) != 1 || ds[0].Seq != seq {
 				t.Fatalf("damaged: %v", ds)
+			}
+			if got := c.Feed(db.feed).presentSpans(120); !slices.Equal(got, []span{{0, seq}, {seq + 1, 120}}) {
+				t.Fatalf("present ranges %v", got)
 			}
 			mustReplicate(t, "pipe", c, healthy)
 			if ds := c.Damaged(); len(ds) != 0 {
