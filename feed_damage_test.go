@@ -340,6 +340,9 @@ func TestReplicaHealsDamagedBlockFromPeer(t *testing.T) {
 			if !ev.repaired(fmt.Sprintf("entry %d: damaged record rewritten from a verified copy", seq)) {
 				t.Fatalf("no repair reported: %v", ev.repairs)
 			}
+			if tc.name == "leaf" && !ev.repaired("damaged tree record at offset") {
+				t.Fatalf("the leaf's rewrite was not reported: %v", ev.repairs)
+			}
 			r := c.Feed(db.feed)
 			if got, err := r.Get(ctxT(t), seq); err != nil || !bytes.Equal(got, db.values[seq]) {
 				t.Fatalf("get %d after healing: %q, %v", seq, got, err)
@@ -450,5 +453,46 @@ func TestEveryBitFlipOfADataRecordIsFoundOneWay(t *testing.T) {
 				c3.Close()
 			}
 		}
+	}
+}
+
+// Verify finds damage done after the database was opened in every kind of
+// record a read checks, including those only opening reads (bitfield pages,
+// manifest records), and marks a damaged entry as a read would.
+func TestVerifyFindsDamageInEveryKindOfRecord(t *testing.T) {
+	db := newDamageDB(t, numbered(20, 4), 0)
+	healthy := openDamaged(t, damageCopy(db.s), &Options{SharedKey: db.key})
+	s := NewMemStorage()
+	c := openDamaged(t, s, &Options{SharedKey: db.key})
+	mustReplicate(t, "pipe", c, healthy)
+	st, err := c.Verify(ctxT(t), nil)
+	if err != nil || st.Problems != 0 || st.Entries != 20 || st.Signatures != 1 || st.Feeds != 1 {
+		t.Fatalf("verify of a healthy replica: %+v, %v", st, err)
+	}
+	rdb := &damageDB{s: s, values: db.values}
+	for _, tc := range []struct {
+		file string
+		at   int64
+	}{
+		{"feeds/0/" + fileBitfield, headerSize + 1},
+		{fileManifest, headerSize + 10},
+		{"feeds/0/" + fileTree, headerSize + 1*nodeSize + 5}, // a parent
+		{"feeds/0/" + fileSignatures, headerSize + 30},
+		{wData, rdb.recordPos(7) + dataLenLen},
+	} {
+		b, _ := s.fileBytes(tc.file)
+		b[tc.at] ^= 2
+		s.setFileBytes(tc.file, b)
+		var got []Damage
+		st, err := c.Verify(ctxT(t), &VerifyOptions{OnDamage: func(d Damage) { got = append(got, d) }})
+		var ce *CorruptError
+		if err != nil || st.Problems != 1 || len(got) != 1 || !errors.As(got[0].Err, &ce) || ce.File != tc.file {
+			t.Fatalf("verify after damaging %s: %+v, %v, %v", tc.file, st, err, got)
+		}
+		b[tc.at] ^= 2
+		s.setFileBytes(tc.file, b)
+	}
+	if ds := c.Damaged(); len(ds) != 1 || !ds[0].Entry || ds[0].Seq != 7 {
+		t.Fatalf("verify did not mark the damaged entry: %v", ds)
 	}
 }
