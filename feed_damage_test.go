@@ -496,3 +496,49 @@ func TestVerifyFindsDamageInEveryKindOfRecord(t *testing.T) {
 		t.Fatalf("verify did not mark the damaged entry: %v", ds)
 	}
 }
+
+// A view indexes an entry that healed even while another entry, indexed
+// before it was found damaged, is damaged.
+func TestViewIndexesAHealedEntryWhileAnotherIsDamaged(t *testing.T) {
+	db := newDamageDB(t, numbered(20, 4), 0)
+	healthy := openDamaged(t, damageCopy(db.s), &Options{SharedKey: db.key})
+	base := NewMemStorage()
+	rc := openDamaged(t, base, &Options{SharedKey: db.key})
+	mustReplicate(t, "pipe", rc, healthy)
+	rc.Close()
+	rdb := &damageDB{s: base, values: db.values}
+	s := rdb.flipped(t, wData, rdb.recordPos(10)+dataLenLen, 1)
+	c := openDamaged(t, s, &Options{SharedKey: db.key})
+	x, v := indexed(t, c, "v")
+	if got := v.seqs(db.feed); !slices.Equal(got, allBut(20, 10)) {
+		t.Fatalf("the view mapped %v", got)
+	}
+	// Entry 5, indexed, is damaged now.
+	b, _ := s.fileBytes(wData)
+	b[rdb.recordPos(5)+dataLenLen] ^= 1
+	s.setFileBytes(wData, b)
+	r := c.Feed(db.feed)
+	if _, err := r.Get(ctxT(t), 5); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("get 5: %v", err)
+	}
+	// Entry 10 heals.
+	p, err := healthy.Feed(db.feed).Proof(10, 11, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Put(p); err != nil {
+		t.Fatal(err)
+	}
+	// A read of entry 10 that found it damaged before the Put, and marks
+	// it only now, finds it intact.
+	r.markDamaged(10, &CorruptError{File: wData, Reason: "a read before the Put"})
+	if err := x.Ready(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.seqs(db.feed); !slices.Equal(got, allBut(20)) {
+		t.Fatalf("after healing entry 10 the view mapped %v", got)
+	}
+	if ds := c.Damaged(); len(ds) != 1 || ds[0].Seq != 5 {
+		t.Fatalf("damaged: %v", ds)
+	}
+}
