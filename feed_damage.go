@@ -41,18 +41,60 @@ func (f *Feed) entryDamaged(seq uint64, ce *CorruptError) error {
 
 // markDamaged records that the held entry seq is damaged, as ce says, and
 // reports it the first time. Subscribers are signalled: the entry is no
-// longer present.
+// longer present. The entry is checked again first, while no Put can
+// rewrite it: one may have healed it since the caller read it.
 func (f *Feed) markDamaged(seq uint64, ce *CorruptError) {
+	f.mu.RLock()
+	skip := f.closed || f.isDamagedLocked(seq) || !f.hasLocked(seq)
+	f.mu.RUnlock()
+	if skip {
+		return
+	}
+	f.writeMu.Lock()
+	if f.entryIntact(seq) {
+		f.writeMu.Unlock()
+		return
+	}
 	f.mu.Lock()
 	i, found := slices.BinarySearch(f.damaged, seq)
-	if f.closed || found || !f.hasLocked(seq) {
+	if f.closed || found {
 		f.mu.Unlock()
+		f.writeMu.Unlock()
 		return
 	}
 	f.damaged = slices.Insert(f.damaged, i, seq)
 	f.notifyLocked()
 	f.mu.Unlock()
+	f.writeMu.Unlock()
 	f.reportDamage(Damage{Entry: true, Seq: seq, Err: ce})
+}
+
+// entryIntact reports whether entry seq passes the one rule: its leaf is
+// stored and intact, its record has the leaf's size and its value hashes
+// to the leaf.
+func (f *Feed) entryIntact(seq uint64) bool {
+	n, err := f.readNode(2 * seq)
+	if err != nil {
+		return false
+	}
+	rec := make([]byte, dataFrame+n.Size)
+	pos := dataPos(seq, n.Offset)
+	if f.readData(rec, pos) != nil {
+		return false
+	}
+	_, err = f.leafValue(newLeafHasher(), rec, &n, pos)
+	return err == nil
+}
+
+// heldCount returns how many entries below Len are stored locally,
+// damaged or not.
+func (f *Feed) heldCount() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.have == nil {
+		return f.length
+	}
+	return f.have.count()
 }
 
 // clearDamagedLocked removes the marks of the entries in [start, end) and

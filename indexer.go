@@ -851,7 +851,9 @@ func (x *Index) pickLocked() (*feedProgress, uint64, uint64) {
 		if p == nil {
 			return nil, 0, 0
 		}
-		if p.reading || p.broken || p.n >= p.feed.Downloaded() {
+		// Entries held count, damaged or not: one indexed before it
+		// was found damaged still counts in p.n.
+		if p.reading || p.broken || p.n >= p.feed.heldCount() {
 			continue // a feed being read is queued again once mapped
 		}
 		if start, end := p.nextRun(x.maxBatch); start < end {
