@@ -158,6 +158,9 @@ type Repair struct {
 }
 
 func (r Repair) String() string {
+	if r.From == r.To {
+		return fmt.Sprintf("%s: %s", r.File, r.Reason)
+	}
 	return fmt.Sprintf("%s cut from %d to %d bytes: %s", r.File, r.From, r.To, r.Reason)
 }
 
