@@ -102,8 +102,11 @@ func verifyCore(ctx context.Context, core *kappa.Core, w io.Writer, feedLine fun
 	opts := &kappa.VerifyOptions{
 		OnDamage: func(d kappa.Damage) {
 			if !d.Entry {
+				var ce *kappa.CorruptError
 				if f := core.Feed(d.Key); d.Key != nil && f != nil {
 					fmt.Fprintf(w, "damaged: %s: %s\n", feedName(core, f), where(core, d.Err))
+				} else if errors.As(d.Err, &ce) && ce.File == "manifest" {
+					fmt.Fprintf(w, "damaged: manifest record of slot %d: %s\n", d.Slot, where(core, d.Err))
 				} else {
 					fmt.Fprintf(w, "damaged: feed in slot %d not loaded: %s\n", d.Slot, describe(core, d))
 				}
