@@ -77,17 +77,22 @@ func (f *Feed) verifyEntries(start, end uint64, st *VerifyStats, bad func(Damage
 		return 0, err
 	}
 	clear(recs[got:])
-	// The leaves, and the span of the data file their records take.
+	// The leaves, whose records lie end to end in the data file from lo to
+	// hi. A leaf that fails, or does not follow the one before it, is
+	// damage to its entry (as for readRange), and ends the chunk.
 	leaves := make([]storedNode, 0, count)
-	ok := make([]bool, 0, count)
 	var lo, hi int64 = -1, -1
 	var total uint64
+	stop := uint64(0) // entries checked past the leaves: the one that ended the chunk
 	for k := range count {
 		seq := start + k
 		off := headerSize + int64(2*seq)*nodeSize
 		n, err := decodeNode(2*seq, recs[2*k*nodeSize:], f.name, off)
 		if errors.Is(err, errNoNode) {
 			err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
+		}
+		if err == nil && k > 0 && n.Offset != leaves[k-1].Offset+leaves[k-1].Size {
+			err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("leaf of entry %d: offsets are not contiguous", seq)}
 		}
 		st.Nodes++
 		if err != nil {
@@ -97,22 +102,23 @@ func (f *Feed) verifyEntries(start, end uint64, st *VerifyStats, bad func(Damage
 			}
 			f.markDamaged(seq, ce)
 			bad(Damage{Entry: true, Seq: seq, Err: ce})
-			leaves, ok = append(leaves, n), append(ok, false)
-			continue
+			stop = 1
+			break
 		}
 		if k > 0 && total+n.Size > verifyChunkBytes {
+			st.Nodes--
 			break
 		}
 		total += n.Size
 		pos := dataPos(seq, n.Offset)
-		if lo < 0 || pos < lo {
+		if lo < 0 {
 			lo = pos
 		}
-		hi = max(hi, pos+dataFrame+int64(n.Size))
-		leaves, ok = append(leaves, n), append(ok, true)
+		hi = pos + dataFrame + int64(n.Size)
+		leaves = append(leaves, n)
 	}
-	if lo < 0 {
-		return uint64(len(leaves)), nil
+	if len(leaves) == 0 {
+		return stop, nil
 	}
 	raw := make([]byte, hi-lo)
 	got, err = f.fdata().ReadAt(raw, lo)
@@ -121,9 +127,6 @@ func (f *Feed) verifyEntries(start, end uint64, st *VerifyStats, bad func(Damage
 	}
 	h := newLeafHasher()
 	for k := range leaves {
-		if !ok[k] {
-			continue
-		}
 		n := &leaves[k]
 		seq := start + uint64(k)
 		pos := dataPos(seq, n.Offset)
@@ -148,7 +151,7 @@ func (f *Feed) verifyEntries(start, end uint64, st *VerifyStats, bad func(Damage
 			f.rewriteChecksum(seq, pos, v)
 		}
 	}
-	return uint64(len(leaves)), nil
+	return uint64(len(leaves)) + stop, nil
 }
 
 // verifyNodes checks the tree records that verifyEntries does not: parents,

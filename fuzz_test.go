@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -614,6 +616,24 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 	}
 	if f.Downloaded() != present {
 		t.Fatalf("%s: Downloaded %d, present %d", sc.name, f.Downloaded(), present)
+	}
+	// Verify finds damaged exactly the entries the reads did (a leaf that
+	// does not follow the one before it only in a range, as GetBatch's).
+	var marked, reported []uint64
+	for seq := uint64(0); seq < length; seq++ {
+		if f.isDamaged(seq) {
+			marked = append(marked, seq)
+		}
+	}
+	if _, err := f.verify(ctx, func(d Damage) {
+		if d.Entry && !strings.Contains(d.Err.Error(), "not contiguous") {
+			reported = append(reported, d.Seq)
+		}
+	}); err != nil {
+		t.Fatalf("%s: verify: %v", sc.name, err)
+	}
+	if !slices.Equal(marked, reported) {
+		t.Fatalf("%s: the reads found entries %v damaged, verify %v", sc.name, marked, reported)
 	}
 	// A view reads from entry 0 through the data file alone, in batches
 	// that end before the feed does and at its end.
