@@ -41,3 +41,45 @@ func TestShortNotAvailableLeavesTheRestWanted(t *testing.T) {
 		})
 	}
 }
+
+// A server whose proof of a request needs a damaged tree node answers not
+// available, reports the damage, and goes on serving what it can prove.
+func TestServingWithADamagedTreeNodeAnswersNotAvailable(t *testing.T) {
+	db := newDamageDB(t, numbered(8, 3), 0)
+	// Node 5 is the parent of entries 2 and 3: a proof of entry 0 needs it,
+	// one of entries 4 and 5 does not.
+	s := db.flipped(t, "feeds/0/"+fileTree, headerSize+5*nodeSize+2, 0)
+	for _, kind := range connKinds {
+		t.Run(kind, func(t *testing.T) {
+			var ev events
+			honest := openDamaged(t, damageCopy(s), ev.options(db.key))
+			h := meetHostile(t, kind, honest, nil)
+			h.until(msgSynced)
+			if err := h.send([]byte{msgSynced}, requestMsg(0, 0, 1, 0)); err != nil {
+				t.Fatal(err)
+			}
+			msg := h.until(msgNotAvailable)
+			d := &decoder{b: msg[1:]}
+			if id, start, end := d.uvarint(), d.uvarint(), d.uvarint(); id != 0 || start != 0 || end != 1 {
+				t.Fatalf("not available for feed %d [%d, %d), want feed 0 [0, 1)", id, start, end)
+			}
+			var ce *CorruptError
+			if ds := ev.damaged(); len(ds) != 1 || ds[0].Entry || !errors.As(ds[0].Err, &ce) ||
+				ce.File != "feeds/0/"+fileTree || ce.Offset != headerSize+5*nodeSize {
+				t.Fatalf("the server reported %v, want node 5's damage", ds)
+			}
+			if err := h.send(requestMsg(0, 4, 6, 0)); err != nil {
+				t.Fatal(err)
+			}
+			msg = h.until(msgData)
+			d = &decoder{b: msg[1:]}
+			d.uvarint()
+			p, err := decodeData(d)
+			if err != nil || p.Start != 4 || len(p.Blocks) != 2 {
+				t.Fatalf("the answer for [4, 6): %v, %v", p, err)
+			}
+			h.raw.Close()
+			h.result()
+		})
+	}
+}
