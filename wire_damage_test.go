@@ -1,8 +1,11 @@
 package kappa
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -81,5 +84,51 @@ func TestServingWithADamagedTreeNodeAnswersNotAvailable(t *testing.T) {
 			h.raw.Close()
 			h.result()
 		})
+	}
+}
+
+// In a live session, an entry a read finds damaged is fetched again from
+// the peer and heals, without a new session.
+func TestLiveSessionHealsAnEntryFoundDamagedDuringIt(t *testing.T) {
+	db := newDamageDB(t, numbered(40, 5), 0)
+	healthy := openDamaged(t, damageCopy(db.s), &Options{SharedKey: db.key})
+	s := NewMemStorage()
+	repairs := make(chan Repair, 10)
+	c := openDamaged(t, s, &Options{SharedKey: db.key, OnRepair: func(r Repair) { repairs <- r }})
+	mustReplicate(t, "pipe", c, healthy)
+
+	ctx, cancel := context.WithCancel(ctxT(t))
+	a, b := connPair(t, "pipe")
+	done := make(chan error, 2)
+	go func() { done <- c.Replicate(ctx, a, true, &ReplicateOptions{Live: true}) }()
+	go func() { done <- healthy.Replicate(ctx, b, false, &ReplicateOptions{Live: true}) }()
+	defer func() {
+		cancel()
+		<-done
+		<-done
+	}()
+
+	const seq = 17
+	rdb := &damageDB{s: s, values: db.values}
+	b2, _ := s.fileBytes(wData)
+	b2[rdb.recordPos(seq)+dataLenLen] ^= 4
+	s.setFileBytes(wData, b2)
+	r := c.Feed(db.feed)
+	if _, err := r.Get(ctx, seq); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("get %d: %v, want ErrCorrupt", seq, err)
+	}
+	for {
+		select {
+		case rep := <-repairs:
+			if !strings.Contains(rep.Reason, fmt.Sprintf("entry %d: damaged record rewritten", seq)) {
+				continue
+			}
+		case <-ctx.Done():
+			t.Fatalf("entry %d did not heal: %v", seq, c.Damaged())
+		}
+		break
+	}
+	if got, err := r.Get(ctx, seq); err != nil || !bytes.Equal(got, db.values[seq]) {
+		t.Fatalf("get %d after healing: %q, %v", seq, got, err)
 	}
 }
