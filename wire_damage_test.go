@@ -108,12 +108,25 @@ func TestLiveSessionHealsAnEntryFoundDamagedDuringIt(t *testing.T) {
 		<-done
 	}()
 
+	// Once an entry appended to the healthy writer arrives, the session is
+	// past its first exchange: what it fetches now, it fetches because
+	// of what happens in the session.
+	r := c.Feed(db.feed)
+	changed := make(chan struct{}, 1)
+	defer r.Subscribe(changed)()
+	mustAppend(t, mustWriter(t, healthy, "w"), "one more")
+	for !r.Has(40) {
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			t.Fatal("the appended entry did not arrive")
+		}
+	}
 	const seq = 17
 	rdb := &damageDB{s: s, values: db.values}
 	b2, _ := s.fileBytes(wData)
 	b2[rdb.recordPos(seq)+dataLenLen] ^= 4
 	s.setFileBytes(wData, b2)
-	r := c.Feed(db.feed)
 	if _, err := r.Get(ctx, seq); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("get %d: %v, want ErrCorrupt", seq, err)
 	}
