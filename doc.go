@@ -77,6 +77,16 @@
 // Options.OnRepair; a read-only database lists what it would change, and
 // changes nothing.
 //
+// Damage to one entry of a loaded feed, found by any read, stays with that
+// entry. An entry is intact when its record's length matches its leaf and
+// its value hashes to the leaf, whatever the record's CRC says (a stale CRC
+// is rewritten and reported as a repair). A damaged entry is reported once
+// (a Damage with Entry set, listed by Core.Damaged) and becomes a hole:
+// views index every other entry, Ready does not wait for it, peers are told
+// it is not available while the rest is served, and a replica fetches it
+// again from its peers, which heals it. Core.Verify checks everything the
+// reads check.
+//
 // # Where a view keeps its files
 //
 // A database made by Open owns its directory (Core.Dir) except for

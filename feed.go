@@ -120,6 +120,7 @@ type Feed struct {
 	byteLen uint64
 	signed  *signedState                  // nil until used: see signedNow
 	have    *bitset                       // replicas only: the blocks held; nil for a writer
+	damaged []uint64                      // held entries a read found damaged, sorted; nil if none (see feed_damage.go)
 	changed atomic.Pointer[chan struct{}] // closed on a change if waiting > 0; made by the first waiter
 	waiting atomic.Int32                  // calls blocked in wait
 	nextSub int32
@@ -1086,43 +1087,51 @@ func (f *Feed) ByteLen() uint64 {
 	return f.byteLen
 }
 
-// Has reports whether the entry seq is stored locally.
+// Has reports whether the entry seq is stored locally. An entry a read
+// found damaged is not, until a verified copy replaces it.
 func (f *Feed) Has(seq uint64) bool {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return f.hasLocked(seq)
+	return f.hasLocked(seq) && !f.isDamagedLocked(seq)
 }
 
-// HasRange reports whether every entry in [start, end) is stored locally.
+// HasRange reports whether every entry in [start, end) is stored locally
+// (and not found damaged).
 func (f *Feed) HasRange(start, end uint64) bool {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return f.hasRangeLocked(start, end)
+	return f.hasRangeLocked(start, end) && f.nextDamagedLocked(start) >= end
 }
 
-// Downloaded returns how many entries below Len are stored locally.
+// Downloaded returns how many entries below Len are stored locally, not
+// counting those found damaged.
 func (f *Feed) Downloaded() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	bad := f.countDamagedLocked(f.length)
 	if f.have == nil {
-		return f.length
+		return f.length - bad
 	}
-	return f.have.count()
+	return f.have.count() - bad
 }
 
 // NextMissing returns the first entry at or after seq, below Len, that is
-// not stored locally, or Len if there is none.
+// not stored locally (or was found damaged), or Len if there is none.
 func (f *Feed) NextMissing(seq uint64) uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if f.have == nil || seq >= f.length {
+	if seq >= f.length {
 		return max(seq, f.length)
 	}
-	return f.have.nextClear(seq, f.length)
+	m := f.length
+	if f.have != nil {
+		m = f.have.nextClear(seq, f.length)
+	}
+	return min(m, f.nextDamagedLocked(seq))
 }
 
 // presentSpans returns the runs of entries below end (and the length) that
-// are stored locally, in order, read under one lock.
+// are stored locally and not found damaged, in order, read under one lock.
 func (f *Feed) presentSpans(end uint64) []span {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -1131,7 +1140,7 @@ func (f *Feed) presentSpans(end uint64) []span {
 		if end == 0 {
 			return nil
 		}
-		return []span{{0, end}}
+		return f.withoutDamagedLocked([]span{{0, end}})
 	}
 	var out []span
 	for s := f.have.nextSet(0, end); s < end; {
@@ -1139,21 +1148,24 @@ func (f *Feed) presentSpans(end uint64) []span {
 		out = append(out, span{s, e})
 		s = f.have.nextSet(e, end)
 	}
-	return out
+	return f.withoutDamagedLocked(out)
 }
 
 // NextPresent returns the first entry at or after seq that is stored
-// locally, or Len if there is none.
+// locally (and not found damaged), or Len if there is none.
 func (f *Feed) NextPresent(seq uint64) uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if seq >= f.length {
-		return f.length
+	for seq < f.length {
+		if f.have != nil {
+			seq = f.have.nextSet(seq, f.length)
+		}
+		if seq >= f.length || !f.isDamagedLocked(seq) {
+			break
+		}
+		seq++
 	}
-	if f.have == nil {
-		return seq
-	}
-	return f.have.nextSet(seq, f.length)
+	return min(seq, f.length)
 }
 
 func (f *Feed) hasLocked(seq uint64) bool {
@@ -1173,7 +1185,10 @@ func (f *Feed) hasRangeLocked(start, end uint64) bool {
 // Get returns entry seq. On a replica that lacks it, Get waits until the
 // entry arrives, the context ends or the feed is closed; on a writable feed
 // a seq at or past Len is ErrOutOfRange. Every value read is checked
-// against its leaf hash; a mismatch is ErrCorrupt.
+// against its leaf hash; a mismatch is ErrCorrupt (a *CorruptError naming
+// the file and offset), returned without waiting. The entry is then
+// damaged: reported to the Core (see Core.Damaged) and, on a replica,
+// fetched again from peers.
 func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	if seq >= maxTreeLength {
 		return nil, fmt.Errorf("feed %x: get %d: %w", f.key[:4], seq, ErrOutOfRange)
@@ -1203,14 +1218,12 @@ func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	ra.mu.Unlock()
 	end := seq + 1
 	if sequential {
-		end = min(seq+readAheadEntries, f.NextMissing(seq))
+		end = max(seq+1, min(seq+readAheadEntries, f.NextMissing(seq)))
 	}
+	// Damage ahead ends the window, but does not fail a read of an intact
+	// entry: readRange returns the entries before it.
 	values, err := f.readRange(seq, end, readAheadBytes)
-	if err != nil && end > seq+1 {
-		// Damage ahead must not fail a read of an intact entry.
-		values, err = f.readRange(seq, seq+1, readAheadBytes)
-	}
-	if err != nil {
+	if len(values) == 0 {
 		return nil, err
 	}
 	if len(values) > 1 {
@@ -1250,7 +1263,11 @@ func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error
 	if err := f.wait(ctx, start, end); err != nil {
 		return nil, err
 	}
-	return f.readRange(start, end, math.MaxUint64)
+	values, err := f.readRange(start, end, math.MaxUint64)
+	if err != nil {
+		return nil, err
+	}
+	return values, nil
 }
 
 // scanBatch returns the present entries [start, end), as a view reads
@@ -1259,13 +1276,22 @@ func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error
 // checked against its record's checksum rather than hashed again. Reading
 // a feed that a view has not seen then opens one file, not two. Elsewhere
 // it reads as GetBatch does.
+//
+// A record that fails its checksum (or does not parse) is checked against
+// its leaf, the one rule for every read: intact, it is used and its stale
+// checksum rewritten; else the entry is damaged. Damage ends the batch:
+// scanBatch returns the entries before the damaged one, without error (it
+// is marked, so the view's next batch starts past it).
 func (f *Feed) scanBatch(start, end uint64) ([][]byte, error) {
 	f.mu.RLock()
 	present := start == 0 && end > 0 && f.hasRangeLocked(0, end)
 	length, byteLen := f.length, f.byteLen
 	f.mu.RUnlock()
 	if !present {
-		return f.GetBatch(context.Background(), start, end)
+		if err := f.wait(context.Background(), start, end); err != nil {
+			return nil, err
+		}
+		return intactPrefix(f.readRange(start, end, math.MaxUint64))
 	}
 	// The records of all entries lie below limit. For fewer than all, read
 	// as much as end records of the mean size take, and a quarter more.
@@ -1283,19 +1309,25 @@ func (f *Feed) scanBatch(start, end uint64) ([][]byte, error) {
 	raw = raw[:n]
 	out := make([][]byte, 0, end)
 	pos := 0
-	for seq := range end {
+	for seq := uint64(0); seq < end; seq++ {
 		v, size, ok, err := decodeDataRecord(seq, raw[pos:], f.name, headerSize+int64(pos))
 		if err != nil {
-			return nil, f.readErr(err, seq)
+			// Checked through the tree: intact, the checksum is stale.
+			one, err := f.readRange(seq, seq+1, math.MaxUint64)
+			if err != nil {
+				rest, err := intactPrefix(one, err)
+				return append(out, rest...), err
+			}
+			f.rewriteChecksum(seq, headerSize+int64(pos), one[0])
+			out = append(out, one[0])
+			pos += dataFrame + len(one[0])
+			continue
 		}
 		if !ok {
 			// The read ended inside this record: the rest is read
 			// with the tree, which also tells damage from a short guess.
-			rest, err := f.readRange(seq, end, math.MaxUint64)
-			if err != nil {
-				return nil, err
-			}
-			return append(out, rest...), nil
+			rest, err := intactPrefix(f.readRange(seq, end, math.MaxUint64))
+			return append(out, rest...), err
 		}
 		out = append(out, v)
 		pos += size
@@ -1303,33 +1335,55 @@ func (f *Feed) scanBatch(start, end uint64) ([][]byte, error) {
 	return out, nil
 }
 
+// intactPrefix returns what readRange read before damage to an entry
+// ended it, without error; other errors are returned as they are.
+func intactPrefix(values [][]byte, err error) ([][]byte, error) {
+	var ed *entryDamage
+	if err != nil && !errors.As(err, &ed) {
+		return nil, err
+	}
+	return values, nil
+}
+
 // readRange reads present entries from start on, up to end or until they
 // add up to more than maxBytes (but at least one), checking each against
-// its leaf.
+// its leaf. An entry that fails (its leaf is missing or fails its CRC, or
+// its record does not match the leaf) is marked damaged: readRange then
+// returns the entries before it with an error wrapping *entryDamage.
 func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 	count := end - start
 	sc := readScratchPool.Get().(*readScratch)
 	defer putReadScratch(sc)
 	recs := slices.Grow(sc.recs[:0], int((2*count-1)*nodeSize))[:(2*count-1)*nodeSize]
 	sc.recs = recs
-	if _, err := f.ftree().ReadAt(recs, headerSize+int64(2*start)*nodeSize); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = errNoNode // the tree ends before a leaf of the range
-		}
+	got, err := f.ftree().ReadAt(recs, headerSize+int64(2*start)*nodeSize)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, f.readErr(err, start)
 	}
+	clear(recs[got:]) // past the end of the tree file: no leaf
 	nodes := slices.Grow(sc.nodes[:0], int(count))
 	defer func() { sc.nodes = nodes[:0] }()
 	var total uint64
+	var bad error // damage to entry start+len(nodes), which ends the range
 	for k := range count {
-		off := headerSize + int64(2*(start+k))*nodeSize
-		n, err := decodeNode(2*(start+k), recs[2*k*nodeSize:], f.name, off)
+		seq := start + k
+		off := headerSize + int64(2*seq)*nodeSize
+		n, err := decodeNode(2*seq, recs[2*k*nodeSize:], f.name, off)
+		if errors.Is(err, errNoNode) {
+			err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
+		}
 		if err != nil {
-			return nil, f.readErr(err, start+k)
+			var ce *CorruptError
+			if !errors.As(err, &ce) {
+				return nil, f.readErr(err, seq)
+			}
+			bad = f.entryDamaged(seq, ce)
+			break
 		}
 		if k > 0 && n.Offset != nodes[k-1].Offset+nodes[k-1].Size {
 			// Each value is sliced out of one read by its offset.
-			return nil, &CorruptError{File: f.name + fileTree, Offset: off, Reason: "leaf offsets are not contiguous"}
+			bad = f.entryDamaged(seq, &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("leaf of entry %d: offsets are not contiguous", seq)})
+			break
 		}
 		if k > 0 && total+n.Size > maxBytes {
 			break
@@ -1337,23 +1391,36 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 		nodes = append(nodes, n)
 		total += n.Size
 	}
+	if len(nodes) == 0 {
+		return nil, f.readErr(bad, start)
+	}
 	count = uint64(len(nodes))
 	// The entries' records are contiguous in the data file: read them with
 	// one call, and check each where it lies against its leaf.
 	first := dataPos(start, nodes[0].Offset)
 	raw := make([]byte, total+count*dataFrame)
-	if err := f.readData(raw, first); err != nil {
+	got, err = f.fdata().ReadAt(raw, first)
+	if got < len(raw) && err != nil && !errors.Is(err, io.EOF) {
 		return nil, f.readErr(err, start)
 	}
-	out := make([][]byte, count)
+	out := make([][]byte, 0, count)
 	for k := range nodes {
 		n := &nodes[k]
-		at := dataPos(start+uint64(k), n.Offset) - first
+		seq := start + uint64(k)
+		at := dataPos(seq, n.Offset) - first
+		if at+dataFrame+int64(n.Size) > int64(got) {
+			bad = f.entryDamaged(seq, &CorruptError{File: f.name + fileData, Offset: first + int64(got), Reason: fmt.Sprintf("data file ends inside entry %d", seq)})
+			break
+		}
 		v, err := f.leafValue(sc.hasher, raw[at:], n, first+at)
 		if err != nil {
-			return nil, f.readErr(err, start+uint64(k))
+			bad = f.entryDamaged(seq, err.(*CorruptError))
+			break
 		}
-		out[k] = v
+		out = append(out, v)
+	}
+	if bad != nil {
+		return out, f.readErr(bad, start+uint64(len(out)))
 	}
 	return out, nil
 }
@@ -2217,6 +2284,14 @@ func (f *Feed) Put(p *Proof) error {
 	if p.Signature != nil && !verifyRoots(f.key, treeHash(t.roots), p.Length, p.Signature) {
 		return fmt.Errorf("feed %x: put at length %d: %w", f.key[:4], p.Length, ErrBadSignature)
 	}
+	// Damaged entries and tree records that this Put rewrote from its
+	// verified copy are reported healed once the locks are released.
+	var healed []uint64
+	var corrupt, fixed []*CorruptError
+	defer func() {
+		f.reportHealedEntries(healed)
+		f.reportFixedNodes(fixed)
+	}()
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()
 	f.mu.RLock()
@@ -2255,6 +2330,13 @@ func (f *Feed) Put(p *Proof) error {
 	for i := range t.nodes {
 		n := &t.nodes[i]
 		old, err := span.node(f, n.Index)
+		var ce *CorruptError
+		if errors.As(err, &ce) {
+			// A stored record that fails its CRC is no node: it is
+			// rewritten from the verified one.
+			corrupt = append(corrupt, ce)
+			err = errNoNode
+		}
 		switch {
 		case errors.Is(err, errNoNode):
 			if span != nil && n.Index >= span.lo && n.Index-span.lo < uint64(len(sc.isNew)) {
@@ -2429,7 +2511,11 @@ func (f *Feed) Put(p *Proof) error {
 			return fmt.Errorf("feed %x: close key file: %w", f.key[:4], err)
 		}
 	}
-	f.publish(length, byteLen, roots, sig, func(b *bitset) { b.setRange(p.Start, end) })
+	f.publish(length, byteLen, roots, sig, func(b *bitset) {
+		b.setRange(p.Start, end)
+		healed = f.clearDamagedLocked(p.Start, end)
+	})
+	fixed = corrupt
 	if p.Signature != nil && p.Length < curLen {
 		f.keepOlderSignature(p.Length, p.Signature)
 	}

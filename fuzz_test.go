@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -591,7 +593,10 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 		present++
 		v, err := f.Get(ctx, seq)
 		checkValue("get", seq, v, err)
-		end := f.NextMissing(seq)
+		if err != nil && f.Has(seq) {
+			t.Fatalf("%s: get %d: %v, but the entry is still present", sc.name, seq, err)
+		}
+		end := max(seq+1, f.NextMissing(seq))
 		vs, err := f.GetBatch(ctx, seq, end)
 		if err != nil {
 			checkValue("get batch from", seq, nil, err)
@@ -602,8 +607,33 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 			checkValue("batch entry", seq+uint64(k), v, nil)
 		}
 	}
+	// Entries the reads found damaged are no longer present.
+	present = 0
+	for seq := uint64(0); seq < length; seq++ {
+		if f.Has(seq) {
+			present++
+		}
+	}
 	if f.Downloaded() != present {
 		t.Fatalf("%s: Downloaded %d, present %d", sc.name, f.Downloaded(), present)
+	}
+	// Verify finds damaged exactly the entries the reads did (a leaf that
+	// does not follow the one before it only in a range, as GetBatch's).
+	var marked, reported []uint64
+	for seq := uint64(0); seq < length; seq++ {
+		if f.isDamaged(seq) {
+			marked = append(marked, seq)
+		}
+	}
+	if _, err := f.verify(ctx, func(d Damage) {
+		if d.Entry && !strings.Contains(d.Err.Error(), "not contiguous") {
+			reported = append(reported, d.Seq)
+		}
+	}); err != nil {
+		t.Fatalf("%s: verify: %v", sc.name, err)
+	}
+	if !slices.Equal(marked, reported) {
+		t.Fatalf("%s: the reads found entries %v damaged, verify %v", sc.name, marked, reported)
 	}
 	// A view reads from entry 0 through the data file alone, in batches
 	// that end before the feed does and at its end.
@@ -612,7 +642,9 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 			vs, err := f.scanBatch(0, end)
 			if err != nil {
 				checkValue("view read up to", end, nil, err)
-			} else if uint64(len(vs)) != end {
+			} else if n := uint64(len(vs)); n != end && !f.isDamaged(n) {
+				// Damage ends a view's batch early, at an entry
+				// marked damaged.
 				t.Fatalf("%s: view read of [0, %d) returned %d entries", sc.name, end, len(vs))
 			}
 			for k, v := range vs {

@@ -341,7 +341,9 @@ func (x *Index) checkWaiterLocked(w *readyWaiter, key string) {
 			return
 		}
 		if !p.broken {
-			for _, s := range spans {
+			// Entries found damaged are holes: Ready does not wait
+			// for them.
+			for _, s := range p.feed.withoutDamaged(spans) {
 				if !p.covers(s) {
 					return
 				}
@@ -795,7 +797,7 @@ func (x *Index) drain(done <-chan struct{}) {
 		m, err := x.mapBatch(b)
 		x.mu.Lock()
 		b.p.reading = false
-		if m != nil {
+		if m != nil && m.end > m.start {
 			// The feed's next batch starts past this one, but the
 			// batch counts (for Ready and Status) only once commit
 			// stored it.
@@ -803,8 +805,10 @@ func (x *Index) drain(done <-chan struct{}) {
 			group = append(group, m)
 			groupBytes += m.bytes
 		} else if err == nil {
-			// The feed broke. In the step that releases who waited
-			// for it, no batch is in flight unless the group has one.
+			// The feed broke, or its batch began with a damaged entry,
+			// which is a hole now.
+			// In the step that releases who waited for it, no batch
+			// is in flight unless the group has one.
 			if len(group) == 0 {
 				x.endBatchesLocked()
 			}
@@ -847,7 +851,9 @@ func (x *Index) pickLocked() (*feedProgress, uint64, uint64) {
 		if p == nil {
 			return nil, 0, 0
 		}
-		if p.reading || p.broken || p.n >= p.feed.Downloaded() {
+		// Entries held count, damaged or not: one indexed before it
+		// was found damaged still counts in p.n.
+		if p.reading || p.broken || p.n >= p.feed.heldCount() {
 			continue // a feed being read is queued again once mapped
 		}
 		if start, end := p.nextRun(x.maxBatch); start < end {
@@ -867,7 +873,8 @@ type mappedBatch struct {
 
 // mapBatch maps the entries of b, for drain to add to its group. It
 // returns no batch for a feed that could not be read (which is reported and
-// skipped) or when Map failed.
+// skipped) or when Map failed, and an empty one when the batch's first
+// entry was found damaged.
 func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 	p, start, end := b.p, b.start, b.end
 	key := p.feed.Key()
@@ -882,6 +889,9 @@ func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 		x.mu.Unlock()
 		return nil, nil
 	}
+	// A damaged entry ends the batch early (see Feed.scanBatch): it is
+	// reported, and left out of the view until it heals.
+	end = start + uint64(len(values))
 	m := &mappedBatch{p: p, start: start, end: end}
 	entries := make([]Entry, 0, len(values))
 	code := x.enc.code()

@@ -948,12 +948,13 @@ func TestViewReadsRecordsFromTheStart(t *testing.T) {
 // nothing of that feed rather than a wrong value.
 func TestViewReportsADamagedRecordFromTheStart(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		at   func(rec int64) int64 // the byte to flip, given the record's offset
+		name   string
+		at     func(rec int64) int64 // the byte to flip, given the record's offset
+		intact bool                  // the value still matches its leaf
 	}{
-		{"length", func(rec int64) int64 { return rec + 1 }},
-		{"value", func(rec int64) int64 { return rec + dataLenLen + 1 }},
-		{"crc", func(rec int64) int64 { return rec + dataLenLen + 3 + 2 }},
+		{"length", func(rec int64) int64 { return rec + 1 }, false},
+		{"value", func(rec int64) int64 { return rec + dataLenLen + 1 }, false},
+		{"crc", func(rec int64) int64 { return rec + dataLenLen + 3 + 2 }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := NewMemStorage()
@@ -972,7 +973,8 @@ func TestViewReportsADamagedRecordFromTheStart(t *testing.T) {
 			s.setFileBytes(name, b)
 
 			errs := make(chan error, 10)
-			c, err = New(s, &Options{OnError: func(err error) { errs <- err }})
+			repairs := make(chan Repair, 10)
+			c, err = New(s, &Options{OnError: func(err error) { errs <- err }, OnRepair: func(r Repair) { repairs <- r }})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -985,18 +987,38 @@ func TestViewReportsADamagedRecordFromTheStart(t *testing.T) {
 			if err := x.Ready(ctxT(t)); err != nil {
 				t.Fatal(err)
 			}
-			// A skipped feed is reported before Ready is released.
+			// The damaged entry is reported before Ready is released;
+			// every other entry is mapped. A stale checksum over an
+			// intact value is no damage: it is rewritten.
 			err = nil
 			select {
 			case err = <-errs:
 			default:
 			}
-			var ce *CorruptError
-			if !errors.As(err, &ce) || ce.File != name || ce.Offset != rec {
-				t.Fatalf("reported %v, want a *CorruptError for %s at %d", err, name, rec)
+			if tc.intact {
+				if err != nil {
+					t.Fatalf("reported %v for an intact value", err)
+				}
+				if n := mapped.Load(); n != 4 {
+					t.Fatalf("the view mapped %d entries, want 4", n)
+				}
+				select {
+				case r := <-repairs:
+					if r.File != name || !strings.Contains(r.Reason, "entry 2: stale record checksum") {
+						t.Fatalf("repair %v", r)
+					}
+				default:
+					t.Fatal("the stale checksum was not reported as a repair")
+				}
+				return
 			}
-			if n := mapped.Load(); n != 0 {
-				t.Fatalf("the view mapped %d entries of the damaged batch", n)
+			var ce *CorruptError
+			var d Damage
+			if !errors.As(err, &ce) || ce.File != name || ce.Offset != rec || !errors.As(err, &d) || !d.Entry || d.Seq != 2 {
+				t.Fatalf("reported %v, want entry 2's *CorruptError for %s at %d", err, name, rec)
+			}
+			if n := mapped.Load(); n != 3 {
+				t.Fatalf("the view mapped %d entries, want the 3 undamaged ones", n)
 			}
 		})
 	}

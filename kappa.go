@@ -43,14 +43,17 @@ type Options struct {
 	NoSync bool
 
 	// OnError receives errors that no call returns: a view's Map or state
-	// failing, a feed that could not be loaded. It is called from
-	// background goroutines and must not block for long. A view's error
-	// reaches it before Ready returns it or Status shows it. Damage found
-	// while opening is also listed by Core.Damaged.
+	// failing, a feed that could not be loaded, an entry found damaged (a
+	// Damage with Entry set, reported once, by whichever read found it). It
+	// is called from background goroutines and must not block for long. A
+	// view's error reaches it before Ready returns it or Status shows it.
+	// Damage is also listed by Core.Damaged.
 	OnError func(error)
 
 	// OnRepair receives each change that opening made to stored files to
-	// recover from a crash (a torn tail cut back); see Repair. Core.Repairs
+	// recover from a crash (a torn tail cut back), and each one made later
+	// to heal stored records (a stale checksum rewritten, a damaged entry
+	// rewritten from a peer's verified copy); see Repair. Core.Repairs
 	// lists them too. It may be called from several goroutines at once
 	// (feeds added together are opened side by side).
 	OnRepair func(Repair)
@@ -157,11 +160,14 @@ func (d Damage) Error() string {
 // Unwrap returns Err.
 func (d Damage) Unwrap() error { return d.Err }
 
-// Repair is a change that opening made to a stored file: a tail that a
-// crash left torn, cut back to the last state that verifies. Repairs are
-// expected after a crash; they never remove anything that an Append or Put
-// had acknowledged as durable. A read-only database (Options.ReadOnly)
-// reports the repairs it would make, and leaves the files as they are.
+// Repair is a change made to a stored file: by opening, a tail that a crash
+// left torn, cut back to the last state that verifies; later, a record
+// rewritten in place (a stale checksum over an intact value, a damaged
+// entry or tree record replaced by a verified copy from a peer), for which
+// From and To are both the file's size. Repairs never remove anything that
+// an Append or Put had acknowledged as durable. A read-only database
+// (Options.ReadOnly) reports the repairs it would make, and leaves the
+// files as they are.
 type Repair struct {
 	File   string // the file's name in its Storage
 	From   int64  // its size before
@@ -170,6 +176,9 @@ type Repair struct {
 }
 
 func (r Repair) String() string {
+	if r.From == r.To {
+		return fmt.Sprintf("%s: %s", r.File, r.Reason)
+	}
 	return fmt.Sprintf("%s cut from %d to %d bytes: %s", r.File, r.From, r.To, r.Reason)
 }
 

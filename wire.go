@@ -1101,11 +1101,15 @@ func (s *session) handle(msg []byte) error {
 		if err != nil {
 			return err
 		}
-		if end != r.end {
+		if end <= start || end > r.end {
 			return protoErr("not-available for [%d, %d) answers a request for [%d, %d)", start, end, r.start, r.end)
 		}
 		// Refused: not wanted from this peer until it says it has more.
+		// A prefix (the peer's damaged entry) leaves the rest wanted.
 		r.pf.refused = append(r.pf.refused, span{start, end})
+		if end < r.end {
+			s.trimWants(r.pf)
+		}
 	case msgDone:
 		if err := d.end(); err != nil {
 			return err
@@ -1133,7 +1137,7 @@ func (s *session) peerFeed(id uint64) (*peerFeed, error) {
 // of the peer's feeds that are f: calls may have started waiting for
 // entries of f.
 func (s *session) trimWantsOf(f *Feed) {
-	if s.core.opts.Sparse {
+	if s.core.opts.Sparse || f.hasDamage() {
 		for _, pf := range s.peersOf[f] {
 			s.trimWants(pf)
 		}
@@ -1150,7 +1154,8 @@ func (s *session) trimWants(pf *peerFeed) {
 	}
 	want := pf.have
 	if s.core.opts.Sparse {
-		want = intersectSpans(want, pf.local.wantedRanges())
+		// Entries found damaged are wanted too: a copy heals them.
+		want = intersectSpans(want, mergeSpans(pf.local.wantedRanges(), pf.local.damagedSpans()))
 	}
 	for _, w := range want {
 		for a := pf.local.NextMissing(w.start); a < w.end; {
@@ -1367,27 +1372,51 @@ func (s *session) serve(d *decoder) error {
 		return protoErr("a request with %d answers unread: more than %d requests in flight", queued, maxOutstanding)
 	}
 	f := s.mine[id]
-	notAvailable := func() error {
+	notAvailable := func(end uint64) error {
 		msg := binary.AppendUvarint([]byte{msgNotAvailable}, id)
 		msg = binary.AppendUvarint(msg, start)
 		s.send(binary.AppendUvarint(msg, end))
 		return nil
 	}
-	e := min(end, f.NextMissing(start))
-	if e <= start {
-		return notAvailable()
-	}
-	e = answerEnd(f, start, e)
-	p, err := f.Proof(start, e, known)
-	if err != nil {
-		if errors.Is(err, ErrNotAvailable) || errors.Is(err, ErrOutOfRange) {
-			return notAvailable()
+	// Local damage never ends the session: a damaged entry (found before
+	// or by this answer's reads, which mark it) is not available, alone,
+	// so that the peer asks again for the entries after it; damage to the
+	// tree above the entries makes the whole request not available.
+	var p *Proof
+	for tries := 0; ; tries++ {
+		e := min(end, f.NextMissing(start))
+		if e <= start {
+			if f.isDamaged(start) {
+				return notAvailable(start + 1)
+			}
+			return notAvailable(end)
 		}
-		return fmt.Errorf("serve feed %x: %w", f.Key()[:4], err)
+		var err error
+		p, err = f.Proof(start, answerEnd(f, start, e), known)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrNotAvailable) || errors.Is(err, ErrOutOfRange) {
+			return notAvailable(end)
+		}
+		if !errors.Is(err, ErrCorrupt) {
+			return fmt.Errorf("serve feed %x: %w", f.Key()[:4], err)
+		}
+		var ed *entryDamage
+		if !errors.As(err, &ed) || tries >= maxServeRetries {
+			var ce *CorruptError
+			if errors.As(err, &ce) {
+				err = ce
+			}
+			f.reportDamage(Damage{Err: err})
+			return notAvailable(end)
+		}
+		// The damaged entry is marked now: try again without it.
 	}
 	if k := answerPrefix(p.Blocks); k < len(p.Blocks) {
+		var err error
 		if p, err = f.Proof(start, start+uint64(k), known); err != nil {
-			return notAvailable()
+			return notAvailable(end)
 		}
 	}
 	s.send(encodeData(id, p))

@@ -208,8 +208,8 @@ func runDemo(ctx context.Context, out io.Writer, dir string, keep bool) (err err
 			return err
 		}
 		fmt.Fprintf(out, "%s: %s\n", p.name, rep)
-		if len(rep.problems) > 0 {
-			return fmt.Errorf("%s: verification found %d problems", p.name, len(rep.problems))
+		if rep.Problems > 0 {
+			return fmt.Errorf("%s: verification found %d problems", p.name, rep.Problems)
 		}
 	}
 	for _, p := range peers {

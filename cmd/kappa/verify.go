@@ -13,16 +13,24 @@ import (
 var verifyCommand = &command{
 	name:    "verify",
 	args:    "[-db DIR] [-v]",
-	summary: "re-hash every entry and check every signature",
+	summary: "check every entry, tree node, signature and bitfield page",
 	help: `
-Verify reads every entry held here and checks it against its leaf hash in
-the feed's merkle tree, checks each feed's newest signature against the
-tree's roots, and lists the feeds that failed to load when the database was
-opened. It prints one line per problem, naming the feed, the entry's
-sequence number and the damaged file, then a summary, and exits with status
-1 if it found any problem. Nothing is changed: the database is opened
-read-only, and damaged data, like a tail torn by a crash that opening for
-writing would cut, is reported and kept as it is.`,
+Verify checks everything that any read checks: every entry held here (its
+leaf in the feed's merkle tree, its record's length and value against that
+leaf, and its record's checksum), every tree node's checksum (a writer must
+hold every node of its tree), every stored signature record (its checksum,
+and its signature against the tree's roots at its length where this
+database holds them; those it cannot check are counted), every bitfield
+page of a replica and every manifest record; and it lists the feeds that
+failed to load when the database was opened. It prints one line per
+problem, naming the feed, the entry's sequence number and the damaged file
+and offset, then a summary, and exits with status 1 exactly when it found
+a problem: something a read would refuse. Damaged data is reported and kept
+as it is. The database is opened read-only: nothing is changed, and
+a tail torn by a crash, which opening for writing would cut, is reported.
+A record whose checksum is stale but whose value matches its leaf
+hash is intact: it is printed as a stale checksum, not a problem (a read of a
+database opened for writing rewrites it).`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
 		verbose := fl.Bool("v", false, "print a line for every feed")
@@ -37,11 +45,12 @@ writing would cut, is reported and kept as it is.`,
 		for _, r := range core.Repairs() {
 			fmt.Fprintf(e.stdout, "not repaired (opened read-only): %s\n", r)
 		}
-		var feedLine func(f *kappa.Feed, r feedCheck)
+		var feedLine func(f *kappa.Feed, st kappa.VerifyStats)
 		if *verbose {
-			feedLine = func(f *kappa.Feed, r feedCheck) {
-				fmt.Fprintf(e.stdout, "%s: %d entries (%d bytes) re-hashed, signature at length %d checked\n",
-					feedName(core, f), r.entries, r.bytes, r.sigLength)
+			feedLine = func(f *kappa.Feed, st kappa.VerifyStats) {
+				fmt.Fprintf(e.stdout, "%s: %d %s (%d bytes) re-hashed, %d tree %s and %d %s checked\n",
+					feedName(core, f), st.Entries, plural(int(st.Entries), "entry", "entries"), st.Bytes,
+					st.Nodes, plural(int(st.Nodes), "node", "nodes"), st.Signatures, plural(st.Signatures, "signature", "signatures"))
 			}
 		}
 		rep, err := verifyCore(e.ctx, core, e.stdout, feedLine)
@@ -49,7 +58,7 @@ writing would cut, is reported and kept as it is.`,
 			return err
 		}
 		fmt.Fprintln(e.stdout, rep)
-		if n := len(rep.problems); n > 0 {
+		if n := rep.Problems; n > 0 {
 			return fmt.Errorf("%s: %d %s found", e.db, n, plural(n, "problem", "problems"))
 		}
 		return core.Close()
@@ -58,112 +67,76 @@ writing would cut, is reported and kept as it is.`,
 
 // verifyReport is what verifyCore found.
 type verifyReport struct {
-	feeds      int    // feeds checked
-	signatures int    // signatures that verified
-	entries    uint64 // entries whose hash matched
-	bytes      uint64 // and their bytes
-	missing    uint64 // entries of replicas not held here
-	problems   []string
+	kappa.VerifyStats
 }
 
 func (r *verifyReport) String() string {
 	s := fmt.Sprintf("verified %d %s: %d %s (%d bytes) re-hashed, %d %s checked",
-		r.feeds, plural(r.feeds, "feed", "feeds"), r.entries, plural(int(r.entries), "entry", "entries"),
-		r.bytes, r.signatures, plural(r.signatures, "signature", "signatures"))
-	if r.missing > 0 {
-		s += fmt.Sprintf(", %d %s of replicas not held here", r.missing, plural(int(r.missing), "entry", "entries"))
+		r.Feeds, plural(r.Feeds, "feed", "feeds"), r.Entries, plural(int(r.Entries), "entry", "entries"),
+		r.Bytes, r.Signatures, plural(r.Signatures, "signature", "signatures"))
+	if r.Unchecked > 0 {
+		s += fmt.Sprintf(", %d %s at lengths whose tree is not held here", r.Unchecked, plural(r.Unchecked, "signature", "signatures"))
 	}
-	if n := len(r.problems); n > 0 {
+	if r.Stale > 0 {
+		s += fmt.Sprintf(", %d stale %s over intact values", r.Stale, plural(r.Stale, "checksum", "checksums"))
+	}
+	if r.Missing > 0 {
+		s += fmt.Sprintf(", %d %s of replicas not held here", r.Missing, plural(int(r.Missing), "entry", "entries"))
+	}
+	if n := r.Problems; n > 0 {
 		s += fmt.Sprintf("; %d %s", n, plural(n, "problem", "problems"))
 	}
 	return s
-}
-
-// feedCheck is what verifyCore found in one feed.
-type feedCheck struct {
-	entries, bytes, sigLength uint64
 }
 
 // maxReported bounds the damaged entries listed per feed; the rest are
 // counted.
 const maxReported = 20
 
-// verifyCore checks every feed of core: the newest signature against the
-// tree (Feed.Verify of Feed.Signature), and every entry held against its
-// leaf hash (GetBatch checks each entry it reads), reading in chunks and,
-// when a chunk fails, entry by entry to name the damaged ones. It also
-// counts the feeds that did not load (Core.Damaged) as problems. Problems
-// are printed to w as they are found, and listed in the report; feedLine,
-// if set, is called after each feed. The error is only for the context
-// ending.
-func verifyCore(ctx context.Context, core *kappa.Core, w io.Writer, feedLine func(*kappa.Feed, feedCheck)) (*verifyReport, error) {
+// verifyCore checks core with Core.Verify, printing each problem to w as it
+// is found ("damaged: ...") and each stale checksum found over an intact
+// value ("not repaired (opened read-only): ..."); feedLine, if set, is called after each feed. The
+// error is only for the context ending or a file that cannot be read.
+func verifyCore(ctx context.Context, core *kappa.Core, w io.Writer, feedLine func(*kappa.Feed, kappa.VerifyStats)) (*verifyReport, error) {
 	rep := &verifyReport{}
-	problem := func(format string, args ...any) {
-		line := fmt.Sprintf(format, args...)
-		rep.problems = append(rep.problems, line)
-		fmt.Fprintf(w, "damaged: %s\n", line)
-	}
-	for _, d := range core.Damaged() {
-		problem("feed in slot %d not loaded: %s", d.Slot, describe(core, d))
-	}
-	for _, f := range core.Feeds() {
-		rep.feeds++
-		var fc feedCheck
-		name := feedName(core, f)
-		length, sig := f.Signature()
-		fc.sigLength = length
-		if length > 0 {
-			if err := f.Verify(length, sig); err != nil {
-				problem("%s: signature at length %d: %s", name, length, where(core, err))
-			} else {
-				rep.signatures++
+	before := len(core.Repairs())
+	entries := map[string]int{} // damaged entries listed, by feed key
+	opts := &kappa.VerifyOptions{
+		OnDamage: func(d kappa.Damage) {
+			if !d.Entry {
+				var ce *kappa.CorruptError
+				if f := core.Feed(d.Key); d.Key != nil && f != nil {
+					fmt.Fprintf(w, "damaged: %s: %s\n", feedName(core, f), where(core, d.Err))
+				} else if errors.As(d.Err, &ce) && ce.File == "manifest" {
+					fmt.Fprintf(w, "damaged: manifest record of slot %d: %s\n", d.Slot, where(core, d.Err))
+				} else {
+					fmt.Fprintf(w, "damaged: feed in slot %d not loaded: %s\n", d.Slot, describe(core, d))
+				}
+				return
 			}
-		}
-		chunk := chunkEntries(f)
-		bad := 0
-		for s := f.NextPresent(0); s < length; s = f.NextPresent(s) {
-			stop := min(f.NextMissing(s), length)
-			for s < stop {
-				n := min(stop-s, chunk)
-				values, err := f.GetBatch(ctx, s, s+n)
-				if err == nil {
-					for _, v := range values {
-						fc.bytes += uint64(len(v))
-					}
-					fc.entries += n
-					s += n
-					continue
-				}
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
-				// Name each damaged entry: read the chunk one by one.
-				for end := s + n; s < end; s++ {
-					v, err := f.GetBatch(ctx, s, s+1)
-					if err == nil {
-						fc.bytes += uint64(len(v[0]))
-						fc.entries++
-						continue
-					}
-					if ctx.Err() != nil {
-						return nil, ctx.Err()
-					}
-					if bad++; bad <= maxReported {
-						problem("%s seq %d: %s", name, s, where(core, err))
-					}
-				}
+			f := core.Feed(d.Key)
+			if n := entries[string(d.Key)]; n == maxReported {
+				fmt.Fprintf(w, "damaged: %s: more damaged entries not listed\n", feedName(core, f))
 			}
-		}
-		if bad > maxReported {
-			problem("%s: %d more damaged entries not listed", name, bad-maxReported)
-		}
-		rep.missing += length - f.Downloaded()
-		rep.entries += fc.entries
-		rep.bytes += fc.bytes
-		if feedLine != nil {
-			feedLine(f, fc)
-		}
+			if entries[string(d.Key)]++; entries[string(d.Key)] <= maxReported {
+				fmt.Fprintf(w, "damaged: %s seq %d: %s\n", feedName(core, f), d.Seq, where(core, d.Err))
+			}
+		},
+		OnFeed: func(f *kappa.Feed, st kappa.VerifyStats) {
+			for _, r := range core.Repairs()[before:] {
+				fmt.Fprintf(w, "not repaired (opened read-only): %s\n", r)
+			}
+			before = len(core.Repairs())
+			if feedLine != nil {
+				feedLine(f, st)
+			}
+		},
 	}
+	st, err := core.Verify(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	rep.VerifyStats = st
 	return rep, nil
 }
 
