@@ -293,7 +293,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	if !fresh && blank && !f.cfg.noSync && !o.lazy {
+	if !fresh && blank && !f.cfg.noSync && !f.cfg.readOnly && !o.lazy {
 		// A feed whose creation failed at syncing its key file: the
 		// key must be durable before anything is appended under it.
 		if err := meta.Sync(); err != nil {

@@ -289,8 +289,8 @@ func (c *Core) reportOpenDamage(f *Feed) {
 		return
 	}
 	bad.reported = true
-	if bad.healed {
-		f.sigDamage = nil
+	if bad.healed && !f.cfg.readOnly {
+		f.sigDamage = nil // a read-only feed did not rewrite the record: Verify skips it
 	}
 	d := bad.damage
 	f.writeMu.Unlock()

@@ -725,7 +725,7 @@ func (c *Core) loadKey(hasFeeds bool) error {
 }
 
 func (c *Core) sync(f File) error {
-	if c.opts.NoSync {
+	if c.opts.NoSync || c.opts.ReadOnly {
 		return nil
 	}
 	return f.Sync()

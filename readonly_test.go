@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -243,12 +244,14 @@ func TestReadOnlyOpenReportsRepairsAndChangesNoFile(t *testing.T) {
 	}
 	defer w.Close()
 	db.check(t, w)
-	made := repairStrings(w.Repairs())
+	// (The copy's files have the modes copyDir gave them: the permissions
+	// the writable open tightens are not the read-only open's business.)
+	made := slices.DeleteFunc(repairStrings(w.Repairs()), func(s string) bool { return strings.Contains(s, "permissions") })
 	if !slices.Equal(roRepairs, made) {
 		t.Errorf("read-only open reported repairs\n%q\na writable open made\n%q", roRepairs, made)
 	}
 	for _, want := range []string{"manifest", "feeds/0/signatures", "feeds/0/tree", "feeds/0/data", "feeds/1/bitfield"} {
-		if !slices.ContainsFunc(made, func(s string) bool { return len(s) > len(want) && s[:len(want)+1] == want+" " }) {
+		if !slices.ContainsFunc(made, func(s string) bool { return strings.HasPrefix(s, want+" ") || strings.HasPrefix(s, want+":") }) {
 			t.Errorf("no repair of %s in %q: the database was not torn as meant", want, made)
 		}
 	}
