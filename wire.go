@@ -245,9 +245,17 @@ type storeJob struct {
 }
 
 type storeResult struct {
-	r        request
-	err      error
-	unsigned bool // the answer's proof had no signature
+	r          request
+	err        error
+	unsignedAt uint64 // the length of the answer's proof if it had no signature, else 0
+}
+
+// unsignedAt returns p's length if p has no signature, else 0.
+func unsignedAt(p *Proof) uint64 {
+	if p.Signature != nil {
+		return 0
+	}
+	return p.Length
 }
 
 type addResult struct {
@@ -1493,7 +1501,7 @@ func (s *session) storeLoop() {
 		} else {
 			err = j.r.pf.local.Put(j.p)
 		}
-		s.stored <- storeResult{r: j.r, err: err, unsigned: j.p.Signature == nil}
+		s.stored <- storeResult{r: j.r, err: err, unsignedAt: unsignedAt(j.p)}
 	}
 }
 
@@ -1507,11 +1515,11 @@ func (s *session) storedAnswer(res storeResult) error {
 	case errors.Is(res.err, ErrForked):
 		s.isolate(r.pf, res.err)
 		return nil
-	case res.unsigned && r.known > 0 && errors.Is(res.err, ErrVerify):
-		// A proof against the length this side said it holds that does
-		// not meet this side's tree: the peer may hold another history
-		// of the feed. Asked again with known = 0, it must send signed
-		// proofs, which verify or are evidence of a fork.
+	case r.known > 0 && res.unsignedAt == r.known && errors.Is(res.err, ErrVerify):
+		// An unsigned proof at the length this side said it holds that
+		// does not meet this side's tree: the peer may hold another
+		// history of the feed. Asked again with known = 0, it must send
+		// signed proofs, which verify or are evidence of a fork.
 		r.pf.signedOnly = true
 		s.trimWants(r.pf)
 		return nil
