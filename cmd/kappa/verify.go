@@ -18,7 +18,8 @@ var verifyCommand = &command{
 Verify reads every entry held here and checks it against its leaf hash in
 the feed's merkle tree, checks each feed's newest signature against the
 tree's roots, and lists the feeds that failed to load when the database was
-opened. It prints one line per problem, naming the feed, the entry's
+opened, and the feeds found forked (their writer's key signed two
+histories). It prints one line per problem, naming the feed, the entry's
 sequence number and the damaged file, then a summary, and exits with status
 1 if it found any problem. Nothing is changed: damaged data is reported and
 kept as it is.`,
@@ -103,6 +104,10 @@ func verifyCore(ctx context.Context, core *kappa.Core, w io.Writer, feedLine fun
 		fmt.Fprintf(w, "damaged: %s\n", line)
 	}
 	for _, d := range core.Damaged() {
+		if errors.Is(d.Err, kappa.ErrForked) {
+			problem("%s", forkProblem(core, d))
+			continue
+		}
 		problem("feed in slot %d not loaded: %s", d.Slot, describe(core, d))
 	}
 	for _, f := range core.Feeds() {
