@@ -101,4 +101,3 @@ func TestFeedsAndVerifyReportAFork(t *testing.T) {
 		t.Errorf("verify calls the forked feed not loaded:\n%s", r.stdout)
 	}
 }
-
