@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"slices"
 )
 
 // Forks. A writer's key that signed two histories that disagree (the same
@@ -240,11 +241,9 @@ func onePeerBlock(key []byte, p *Proof, t *provenTree, i uint64) *Proof {
 		byIndex[n.Index] = n.Node
 	}
 	end := p.Start + uint64(len(p.Blocks))
-	for _, b := range forkBlocks(i, p.Length, func(lo, hi uint64) uint64 {
-		if s := max(lo, p.Start); s < min(hi, end) {
-			return s
-		}
-		return hi
+	for _, b := range forkBlocks(i, p.Length, func(lo, hi uint64) (uint64, uint64, bool) {
+		first, stop := max(lo, p.Start), min(hi, end)
+		return first, stop - 1, first < stop
 	}) {
 		q := &Proof{Start: b, Blocks: [][]byte{p.Blocks[b-p.Start]}, Length: p.Length, Signature: p.Signature}
 		ok := true
@@ -267,24 +266,30 @@ func onePeerBlock(key []byte, p *Proof, t *provenTree, i uint64) *Proof {
 }
 
 // forkBlocks returns the blocks whose one-block proofs at length may
-// determine node i: the first held (as first reports: the first held block
-// in [lo, hi), or hi if none) under i, under its sibling, and below length.
-func forkBlocks(i, length uint64, first func(lo, hi uint64) uint64) []uint64 {
-	var out []uint64
+// determine node i: the first and last held (as held reports for a range
+// of blocks [lo, hi)) under i, under its sibling, and below length (if i
+// is a root, any block's proof determines it). The blocks of the last
+// proof a replica stored have every node of their paths, so the last held
+// block is worth a try where the first lacks one.
+func forkBlocks(i, length uint64, held func(lo, hi uint64) (first, last uint64, ok bool)) []uint64 {
 	lo, hi := flatBlocks(i)
 	if hi > length {
 		return nil // node i is not in the tree of length
 	}
-	if b := first(lo, hi); b < hi {
-		out = append(out, b)
-	}
+	ranges := [][2]uint64{{lo, hi}}
 	if slo, shi := flatBlocks(flatSibling(i)); shi <= length {
-		if b := first(slo, shi); b < shi {
-			out = append(out, b)
-		}
+		ranges = append(ranges, [2]uint64{slo, shi})
 	}
-	if b := first(0, length); b < length {
-		out = append(out, b) // any block, if node i is a root
+	ranges = append(ranges, [2]uint64{0, length})
+	var out []uint64
+	for _, r := range ranges {
+		if first, last, ok := held(r[0], r[1]); ok {
+			for _, b := range []uint64{first, last} {
+				if !slices.Contains(out, b) {
+					out = append(out, b)
+				}
+			}
+		}
 	}
 	return out
 }
@@ -300,8 +305,13 @@ func (f *Feed) localForkProof(i uint64, peer *Proof) *Proof {
 	}
 	var found *Proof
 	f.keptSignatures(func(length uint64, sig []byte) bool {
-		for _, b := range forkBlocks(i, length, func(lo, hi uint64) uint64 {
-			return min(f.NextPresent(lo), hi)
+		for _, b := range forkBlocks(i, length, func(lo, hi uint64) (uint64, uint64, bool) {
+			spans := f.presentSpans(hi)
+			k := len(spans) - 1
+			if k < 0 || spans[k].end <= lo {
+				return 0, 0, false
+			}
+			return max(f.NextPresent(lo), lo), spans[k].end - 1, true
 		}) {
 			if !f.HasRange(b, b+1) {
 				continue

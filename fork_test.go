@@ -112,19 +112,20 @@ func checkForked(t *testing.T, c *Core, history *Feed) {
 	}
 }
 
-// offered replicates c with d and returns the keys c offered to d.
-func offered(t *testing.T, kind string, c, d *Core) [][]byte {
+// offered replicates c with d and returns the keys c offered to d, and how
+// many of d's feeds c took.
+func offered(t *testing.T, kind string, c, d *Core) (keys [][]byte, took int) {
 	t.Helper()
-	var keys [][]byte
 	accept := func(key []byte) bool {
 		keys = append(keys, bytes.Clone(key))
 		return true
 	}
-	ec, ed := replicatePair(t, kind, c, d, nil, &ReplicateOptions{Accept: accept})
+	progress := func(p ReplicateProgress) { took = p.Feeds }
+	ec, ed := replicatePair(t, kind, c, d, &ReplicateOptions{Progress: progress}, &ReplicateOptions{Accept: accept})
 	if ec != nil || ed != nil {
 		t.Fatalf("replicate: %v / %v", ec, ed)
 	}
-	return keys
+	return keys, took
 }
 
 func hasKey(keys [][]byte, key []byte) bool {
@@ -155,7 +156,7 @@ func TestForkIsolatesOneFeedAndTheSessionGoesOn(t *testing.T) {
 				t.Fatalf("reopened: %d forks reported, want 1", n)
 			}
 		}
-		keys := offered(t, kind, w.c, w.d)
+		keys, took := offered(t, kind, w.c, w.d)
 		for _, dst := range []*Core{w.c, w.d} {
 			sameFeed(t, w.ua, dst)
 			sameFeed(t, w.ub, dst)
@@ -169,8 +170,13 @@ func TestForkIsolatesOneFeedAndTheSessionGoesOn(t *testing.T) {
 			if n := len(w.cLog.forks()); n != 1 {
 				t.Fatalf("%d forks reported to OnError, want 1", n)
 			}
-		} else if hasKey(keys, w.kp.PublicKey) {
-			t.Fatalf("session %d: C offered its forked feed", i)
+		} else {
+			if hasKey(keys, w.kp.PublicKey) {
+				t.Fatalf("session %d: C offered its forked feed", i)
+			}
+			if took != 2 {
+				t.Fatalf("session %d: C took %d of D's feeds, want 2 (declining x)", i, took)
+			}
 		}
 		// The unrelated feeds grow between sessions.
 		appendN(t, w.ua, 2, fmt.Sprintf("ua%d-", i))
@@ -456,5 +462,59 @@ func TestForkEvidenceVerify(t *testing.T) {
 		if err := e.Verify(); !errors.Is(err, ErrVerify) {
 			t.Errorf("%s: %v, want ErrVerify", name, err)
 		}
+	}
+}
+
+// A replica that holds entry 0 (from a proof whose signature it no longer
+// keeps) and [4, 8) at length 8 proves its root over [0, 8) with entry 7,
+// whose proof at 8 it holds every node of; entry 0's lacks the node over
+// [2, 4). So a signed proof of another history past 8 still leaves
+// evidence.
+func TestForkEvidenceFromAnyHeldEntryThatProvesTheNode(t *testing.T) {
+	kp := mustKeyPair(t)
+	var ws [2]*Feed
+	for i := range ws {
+		w, err := OpenFeed(NewMemStorage(), "w/", &FeedOptions{Key: kp.PublicKey, SecretKey: kp.SecretKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		ws[i] = w
+	}
+	appendN(t, ws[0], 3, "a")
+	p3, err := ws[0].Proof(0, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, ws[0], 5, "a")
+	appendN(t, ws[1], 12, "b")
+	s := NewMemStorage()
+	r, err := OpenFeed(s, "r/", &FeedOptions{Key: kp.PublicKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p48, err := ws[0].Proof(4, 8, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*Proof{p48, p3} {
+		if err := r.Put(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Remove("r/" + fileOlderSigs); err != nil {
+		t.Fatal(err)
+	}
+	q, err := ws[1].Proof(8, 12, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fe *ForkError
+	if err := r.Put(q); !errors.As(err, &fe) || fe.Evidence == nil {
+		t.Fatalf("put of the other history: %v, want a fork with evidence", err)
+	}
+	if ev := fe.Evidence; ev.Verify() != nil || ev.Node != 7 || ev.Local.Start != 7 || ev.Local.Length != 8 {
+		t.Fatalf("evidence of node %d from entry %d at %d: %v", ev.Node, ev.Local.Start, ev.Local.Length, ev.Verify())
 	}
 }
