@@ -83,6 +83,9 @@ func checkForked(t *testing.T, c *Core, history *Feed) {
 	if !bytes.Equal(ev.Key, history.Key()) {
 		t.Fatalf("evidence for key %x", ev.Key[:4])
 	}
+	if len(ev.Local.Blocks) != 1 || len(ev.Peer.Blocks) != 1 {
+		t.Fatalf("evidence of %d and %d blocks, want one each", len(ev.Local.Blocks), len(ev.Peer.Blocks))
+	}
 	var listed []Damage
 	for _, d := range c.Damaged() {
 		if errors.Is(d.Err, ErrForked) {
