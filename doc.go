@@ -87,6 +87,16 @@
 // again from its peers, which heals it. Core.Verify checks everything the
 // reads check.
 //
+// # Forks
+//
+// A writer's key that signed two histories (used by two databases, or a
+// copied key file) forks its feed. A replica that holds one history and is
+// sent the other keeps the evidence (Feed.Fork, a ForkEvidence anyone can
+// Verify), marks the feed forked (Feed.Forked; Core.Damaged and
+// Options.OnError with a *ForkError matching ErrForked), and no longer
+// replicates it; it still reads and indexes its own history, and every
+// other feed replicates as before.
+//
 // # Where a view keeps its files
 //
 // A database made by Open owns its directory (Core.Dir) except for

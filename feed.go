@@ -130,6 +130,8 @@ type Feed struct {
 	// Made on first use, so that an idle feed stays small.
 	ahead atomic.Pointer[readAhead]
 	wants atomic.Pointer[wantSet]
+
+	fork atomic.Pointer[forkState] // nil unless forked, or the fork file is damaged; see feed_fork.go
 }
 
 // signedState is a feed's newest signed tree. A feed that was opened and
@@ -349,6 +351,9 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 		}
 	}
 	if err := f.recover(); err != nil {
+		return err
+	}
+	if err := f.loadFork(); err != nil {
 		return err
 	}
 	if dirty {
@@ -2272,6 +2277,9 @@ func (f *Feed) Put(p *Proof) error {
 	if f.cfg.readOnly {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrReadOnly)
 	}
+	if err := f.forkedErr(); err != nil {
+		return err
+	}
 	// Scratch buffers come from a pool shared by all feeds: an idle
 	// replica keeps none.
 	sc := putScratchPool.Get().(*putScratch)
@@ -2292,6 +2300,8 @@ func (f *Feed) Put(p *Proof) error {
 		f.reportHealedEntries(healed)
 		f.reportFixedNodes(fixed)
 	}()
+	var fork *ForkError // found by this Put: reported once writeMu is released
+	defer func() { f.reportFork(fork) }()
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()
 	f.mu.RLock()
@@ -2302,6 +2312,9 @@ func (f *Feed) Put(p *Proof) error {
 	}
 	if err := f.failed(); err != nil {
 		return fmt.Errorf("feed %x: put refused after a failed write; reopen the feed: %w", f.key[:4], err)
+	}
+	if err := f.forkedErr(); err != nil {
+		return err // forked while this Put waited
 	}
 	if p.Signature == nil && p.Length > curLen {
 		return fmt.Errorf("feed %x: put: %w: unsigned proof past length %d", f.key[:4], ErrBadProof, curLen)
@@ -2349,6 +2362,13 @@ func (f *Feed) Put(p *Proof) error {
 		case err != nil:
 			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 		case old.Hash != n.Hash || old.Size != n.Size || old.Offset != n.Offset:
+			if p.Signature != nil { // the key signed both: a fork
+				var err error
+				if fork, err = f.forkFound(p, t, n.Index); err != nil {
+					return fmt.Errorf("feed %x: put: %w (%v)", f.key[:4], fork, err)
+				}
+				return fmt.Errorf("feed %x: put: %w", f.key[:4], fork)
+			}
 			return fmt.Errorf("feed %x: put: %w: node %d contradicts the stored tree", f.key[:4], ErrBadProof, n.Index)
 		}
 	}

@@ -26,6 +26,7 @@ var (
 	magicSigs      = [8]byte{'K', 'A', 'P', 'P', 'S', 'I', 'G', 'S'}
 	magicBits      = [8]byte{'K', 'A', 'P', 'P', 'B', 'I', 'T', 'S'}
 	magicOlderSigs = [8]byte{'K', 'A', 'P', 'P', 'O', 'L', 'D', 'S'}
+	magicFork      = [8]byte{'K', 'A', 'P', 'P', 'F', 'O', 'R', 'K'}
 )
 
 func encodeHeader(magic [8]byte, recSize uint32) [headerSize]byte {
@@ -439,4 +440,66 @@ func decodeIndexState(b []byte) (*indexState, error) {
 		return nil, fmt.Errorf("%w: %d trailing bytes", errBadState, len(r))
 	}
 	return st, nil
+}
+
+// Fork file "fork": header (record size 0) ‖ node u64 ‖ for the local proof,
+// then the peer's: length u32 ‖ the proof, encoded as the body of a data
+// message after its feed id (wire.go appendProof) ‖ CRC u32 of the bytes
+// after the header and before it. Both proofs are signed and hold at least
+// one block.
+const forkFixed = headerSize + 8 + 4 + 4 + 4
+
+func encodeForkFile(node uint64, local, peer *Proof) []byte {
+	hdr := encodeHeader(magicFork, 0)
+	b := append([]byte(nil), hdr[:]...)
+	b = binary.BigEndian.AppendUint64(b, node)
+	for _, p := range []*Proof{local, peer} {
+		at := len(b)
+		b = append(b, 0, 0, 0, 0)
+		b = appendProof(b, p)
+		binary.BigEndian.PutUint32(b[at:], uint32(len(b)-at-4))
+	}
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b[headerSize:], castagnoli))
+}
+
+var errBadFork = errors.New("bad fork file")
+
+// decodeForkFile decodes a fork file. It checks the header, the CRC and
+// that each proof decodes exactly and is signed, not that the proofs
+// verify (ForkEvidence.Verify does).
+func decodeForkFile(b []byte) (node uint64, local, peer *Proof, err error) {
+	hdr := encodeHeader(magicFork, 0)
+	switch {
+	case len(b) < forkFixed:
+		return 0, nil, nil, fmt.Errorf("%w: %d bytes", errBadFork, len(b))
+	case [headerSize]byte(b[:headerSize]) != hdr:
+		return 0, nil, nil, fmt.Errorf("%w: bad header", errBadFork)
+	}
+	body, sum := b[headerSize:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return 0, nil, nil, fmt.Errorf("%w: CRC mismatch", errBadFork)
+	}
+	node, body = binary.BigEndian.Uint64(body), body[8:]
+	var proofs [2]*Proof
+	for i := range proofs {
+		if len(body) < 4 {
+			return 0, nil, nil, fmt.Errorf("%w: proof %d is cut", errBadFork, i)
+		}
+		n := binary.BigEndian.Uint32(body)
+		if uint64(n) > uint64(len(body)-4) {
+			return 0, nil, nil, fmt.Errorf("%w: proof %d is cut", errBadFork, i)
+		}
+		p, err := decodeData(&decoder{b: body[4 : 4+n]})
+		if err != nil {
+			return 0, nil, nil, fmt.Errorf("%w: proof %d: %v", errBadFork, i, err)
+		}
+		if p.Signature == nil {
+			return 0, nil, nil, fmt.Errorf("%w: proof %d is not signed", errBadFork, i)
+		}
+		proofs[i], body = p, body[4+n:]
+	}
+	if len(body) != 0 {
+		return 0, nil, nil, fmt.Errorf("%w: %d bytes after the proofs", errBadFork, len(body))
+	}
+	return node, proofs[0], proofs[1], nil
 }

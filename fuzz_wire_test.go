@@ -279,7 +279,7 @@ func wireFuzzSession(t testing.TB, c *Core, x, own *Feed, live bool) *session {
 	if err := s.fetch(); err != nil {
 		t.Fatal(err)
 	}
-	if len(s.outstanding) != 1 || s.outstanding[0] != (request{pf: s.peers[0], start: 8, end: 16}) {
+	if len(s.outstanding) != 1 || s.outstanding[0] != (request{pf: s.peers[0], start: 8, end: 16, known: 16}) {
 		t.Fatalf("in flight: %v", s.outstanding)
 	}
 	s.out = nil // what a writer would have sent
@@ -296,7 +296,7 @@ func settleStores(s *session) error {
 	for {
 		select {
 		case j := <-s.storeJobs:
-			if err := s.storedAnswer(storeResult{r: j.r, err: j.r.pf.local.Put(j.p)}); err != nil {
+			if err := s.storedAnswer(storeResult{r: j.r, err: j.r.pf.local.Put(j.p), unsignedAt: unsignedAt(j.p)}); err != nil {
 				return err
 			}
 		default:

@@ -533,6 +533,7 @@ func (c *Core) load() error {
 		}
 		c.addLocked(f, local, name)
 		c.reportOpenDamage(f)
+		f.reportLoadedFork()
 	}
 	c.slots = n
 	// Slots past the manifest hold feeds whose records were cut from it:
@@ -945,7 +946,7 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 			return fail(&CorruptError{File: feedPrefix(slot), Offset: 0, Reason: "a feed without a manifest record appeared in the next free slot"})
 		}
 		prefix := feedPrefix(slot)
-		for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs} {
+		for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs, fileFork} {
 			if !exists {
 				break // a slot nobody used: nothing to clear
 			}

@@ -257,6 +257,18 @@ type peerFeed struct {
 	queued  bool   // in s.wants
 
 	blockBytes uint64 // mean block size of the last answer, 0 before one
+
+	// signedOnly: an unsigned answer did not meet this side's tree, so
+	// requests carry known = 0 and the answers come signed. cut: a signed
+	// answer contradicted it (a fork): nothing more is exchanged of the
+	// feed in this session. See isolated.
+	signedOnly, cut bool
+}
+
+// isolated reports whether the session no longer exchanges pf: its local
+// feed is forked, or an answer showed a fork this side could not prove.
+func (pf *peerFeed) isolated() bool {
+	return pf.cut || (pf.local != nil && pf.local.Forked())
 }
 
 type pendingFeed struct {
@@ -273,8 +285,17 @@ type storeJob struct {
 }
 
 type storeResult struct {
-	r   request
-	err error
+	r          request
+	err        error
+	unsignedAt uint64 // the length of the answer's proof if it had no signature, else 0
+}
+
+// unsignedAt returns p's length if p has no signature, else 0.
+func unsignedAt(p *Proof) uint64 {
+	if p.Signature != nil {
+		return 0
+	}
+	return p.Length
 }
 
 type addResult struct {
@@ -286,6 +307,7 @@ type request struct {
 	pf         *peerFeed
 	start, end uint64
 	bytes      uint64 // expected (in flight) or actual (storing) size
+	known      uint64 // the length the request said this side holds
 }
 
 func (s *session) run(ctx context.Context) (err error) {
@@ -909,8 +931,8 @@ func (s *session) readErr(ctx context.Context, err error) error {
 // announce sends the local feeds not announced yet, with what they hold.
 func (s *session) announce() {
 	for _, f := range s.core.Feeds() {
-		if _, ok := s.mineID[f]; ok {
-			continue
+		if _, ok := s.mineID[f]; ok || f.Forked() {
+			continue // a forked feed is no longer exchanged
 		}
 		id := uint64(len(s.mine))
 		s.mine = append(s.mine, f)
@@ -965,6 +987,9 @@ func (s *session) takeChanged() []*Feed {
 
 // sendHave sends the ranges f holds, unless they are what was sent last.
 func (s *session) sendHave(f *Feed) {
+	if f.Forked() {
+		return
+	}
 	st := haveState{f.Len(), f.Downloaded()}
 	if old, ok := s.sentHave[f]; ok && old == st {
 		return
@@ -1040,6 +1065,9 @@ func (s *session) handle(msg []byte) error {
 		s.peers = append(s.peers, pf)
 		if s.opts.Accept != nil && !s.opts.Accept(pf.key) {
 			return nil
+		}
+		if f := s.core.Feed(pf.key); f != nil && f.Forked() {
+			return nil // declined: a forked feed is no longer exchanged
 		}
 		if !s.mayAdd(pf.key) {
 			return nil
@@ -1149,8 +1177,8 @@ func (s *session) trimWantsOf(f *Feed) {
 // sparse database, only what a local call waits for.
 func (s *session) trimWants(pf *peerFeed) {
 	pf.want = pf.want[:0]
-	if pf.local == nil || pf.local.Writable() {
-		return // declined, or written here: nothing to fetch
+	if pf.local == nil || pf.local.Writable() || pf.isolated() {
+		return // declined, written here, or forked: nothing to fetch
 	}
 	want := pf.have
 	if s.core.opts.Sparse {
@@ -1279,14 +1307,17 @@ func (s *session) fetch() error {
 			s.next = 0
 		}
 		pf := s.wants[s.next]
-		if len(pf.want) == 0 || pf.local == nil {
+		if len(pf.want) == 0 || pf.local == nil || pf.isolated() {
 			pf.queued = false
 			s.wants = append(s.wants[:s.next], s.wants[s.next+1:]...)
 			continue
 		}
 		w := &pf.want[0]
 		end := min(w.end, w.start+requestBlocks(pf))
-		r := request{pf: pf, start: w.start, end: end, bytes: (end - w.start) * pf.blockBytes}
+		r := request{pf: pf, start: w.start, end: end, bytes: (end - w.start) * pf.blockBytes, known: pf.local.Len()}
+		if pf.signedOnly {
+			r.known = 0
+		}
 		if w.start = end; w.start >= w.end {
 			pf.want = pf.want[1:]
 		}
@@ -1294,7 +1325,7 @@ func (s *session) fetch() error {
 		msg := binary.AppendUvarint([]byte{msgRequest}, pf.id)
 		msg = binary.AppendUvarint(msg, r.start)
 		msg = binary.AppendUvarint(msg, r.end)
-		msg = binary.AppendUvarint(msg, pf.local.Len())
+		msg = binary.AppendUvarint(msg, r.known)
 		s.send(msg)
 		s.next++
 	}
@@ -1377,6 +1408,9 @@ func (s *session) serve(d *decoder) error {
 		msg = binary.AppendUvarint(msg, start)
 		s.send(binary.AppendUvarint(msg, end))
 		return nil
+	}
+	if f.Forked() {
+		return notAvailable(end) // a forked feed is no longer exchanged
 	}
 	// Local damage never ends the session: a damaged entry (found before
 	// or by this answer's reads, which mark it) is not available, alone,
@@ -1480,6 +1514,12 @@ func encodeData(id uint64, p *Proof) []byte {
 	msg := make([]byte, 0, size)
 	msg = append(msg, msgData)
 	msg = binary.AppendUvarint(msg, id)
+	return appendProof(msg, p)
+}
+
+// appendProof appends p encoded as a data message's body after its feed id
+// (the fork file holds proofs in this form too).
+func appendProof(msg []byte, p *Proof) []byte {
 	msg = binary.AppendUvarint(msg, p.Start)
 	msg = binary.AppendUvarint(msg, uint64(len(p.Blocks)))
 	for _, b := range p.Blocks {
@@ -1562,8 +1602,11 @@ func (s *session) receive(d *decoder) error {
 	for _, b := range p.Blocks {
 		size += uint64(len(b))
 	}
+	if r.pf.isolated() {
+		return nil // forked since it was asked for: dropped
+	}
 	r.pf.blockBytes = max(size/n, 1)
-	got := request{pf: r.pf, start: r.start, end: r.start + n, bytes: size}
+	got := request{pf: r.pf, start: r.start, end: r.start + n, bytes: size, known: r.known}
 	s.storing = append(s.storing, got)
 	s.storeJobs <- storeJob{r: got, p: p}
 	if got.end < r.end {
@@ -1581,7 +1624,7 @@ func (s *session) storeLoop() {
 		} else {
 			err = storageErr(j.r.pf.local.Put(j.p))
 		}
-		s.stored <- storeResult{r: j.r, err: err}
+		s.stored <- storeResult{r: j.r, err: err, unsignedAt: unsignedAt(j.p)}
 	}
 }
 
@@ -1591,10 +1634,38 @@ func (s *session) storedAnswer(res storeResult) error {
 	if k := slices.Index(s.storing, r); k >= 0 {
 		s.storing = slices.Delete(s.storing, k, k+1)
 	}
-	if res.err != nil {
+	switch {
+	case errors.Is(res.err, ErrForked):
+		s.isolate(r.pf, res.err)
+		return nil
+	case r.known > 0 && res.unsignedAt == r.known && errors.Is(res.err, ErrVerify):
+		// An unsigned proof at the length this side said it holds that
+		// does not meet this side's tree: the peer may hold another
+		// history of the feed. Asked again with known = 0, it must send
+		// signed proofs, which verify or are evidence of a fork.
+		r.pf.signedOnly = true
+		s.trimWants(r.pf)
+		return nil
+	case res.err != nil:
 		return fmt.Errorf("feed %x from the peer: %w", r.pf.key[:4], res.err)
 	}
 	s.progress.BlocksReceived += r.end - r.start
 	s.report()
 	return nil
+}
+
+// isolate stops exchanging pf's feed in this session, after storing an
+// answer showed a fork (err): nothing more is requested of it, answers in
+// flight are dropped, and the session goes on with the other feeds. A fork
+// with evidence marked the feed, and its Core reported it; one without is
+// reported here.
+func (s *session) isolate(pf *peerFeed, err error) {
+	for _, q := range s.peersOf[pf.local] {
+		q.cut, q.want = true, nil
+	}
+	pf.cut, pf.want = true, nil
+	if !pf.local.Forked() {
+		s.core.report(fmt.Errorf("replicate: feed %x from the peer: %w", pf.key[:4], err))
+	}
+	s.report()
 }

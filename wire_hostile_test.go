@@ -637,8 +637,9 @@ func TestHostileMessageForAFeedNeverOffered(t *testing.T) {
 
 // The honest side holds w's tree at length 16 with blocks [0, 8), so it
 // asks for [8, 16) knowing length 16, and the answer is a proof without a
-// signature that must meet the tree it holds. Tampered, it is ErrBadProof
-// naming the feed.
+// signature that must meet the tree it holds. Tampered, it is asked for
+// again with known = 0 (unless it claims another length); tampered again
+// (and still unsigned), it is ErrBadProof naming the feed.
 func TestHostileBadProof(t *testing.T) {
 	tamper := []struct {
 		name string
@@ -675,6 +676,17 @@ func TestHostileBadProof(t *testing.T) {
 					t.Fatalf("want an unsigned proof with nodes: %+v", p)
 				}
 				tc.f(p)
+				if p.Length == r.known {
+					// An unsigned answer at the length asked that misses
+					// the tree may come from a peer with another history
+					// (a fork): it is asked again with known = 0, and an
+					// unsigned answer to that is the error.
+					h.send(encodeData(r.id, p))
+					again := parseRequest(t, h.until(msgRequest))
+					if again != (wireRequest{0, 8, 16, 0}) {
+						t.Fatalf("asked again %+v, want [8, 16) knowing 0", again)
+					}
+				}
 				h.drain()
 				h.send(encodeData(r.id, p))
 				err = h.result()

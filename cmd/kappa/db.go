@@ -81,7 +81,13 @@ func (e *env) openDBWith(warn bool, opts *kappa.Options) (*kappa.Core, error) {
 		return nil, err
 	}
 	if d := core.Damaged(); warn && len(d) > 0 {
-		fmt.Fprintf(e.stderr, "kappa: warning: %d damaged feed(s) were not loaded (kappa verify lists them)\n", len(d))
+		n := forked(d)
+		if n < len(d) {
+			fmt.Fprintf(e.stderr, "kappa: warning: %d damaged feed(s) were not loaded (kappa verify lists them)\n", len(d)-n)
+		}
+		if n > 0 {
+			fmt.Fprintf(e.stderr, "kappa: warning: %d feed(s) are forked and no longer replicated (kappa verify says more)\n", n)
+		}
 	}
 	return core, nil
 }
@@ -371,7 +377,8 @@ var feedsCommand = &command{
 	help: `
 Feeds lists every feed: its public key, the local writer's name (or "-" for
 a feed replicated from a peer), its length, the entries held here (a replica
-may lack some), the bytes of its entries, and whether it is writable here.`,
+may lack some), the bytes of its entries, and whether it is writable here;
+a forked feed (its writer's key signed two histories) is marked "forked".`,
 	run: func(e *env, c *command, args []string) error {
 		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
 			return err
@@ -391,6 +398,9 @@ may lack some), the bytes of its entries, and whether it is writable here.`,
 			writable := "no"
 			if f.Writable() {
 				writable = "yes"
+			}
+			if f.Forked() {
+				writable += "\tforked (see kappa verify)"
 			}
 			fmt.Fprintf(tw, "%x\t%s\t%d\t%d\t%d\t%s\n", f.Key(), name, f.Len(), f.Downloaded(), f.ByteLen(), writable)
 		}

@@ -22,7 +22,8 @@ hold every node of its tree), every stored signature record (its checksum,
 and its signature against the tree's roots at its length where this
 database holds them; those it cannot check are counted), every bitfield
 page of a replica and every manifest record; and it lists the feeds that
-failed to load when the database was opened. It prints one line per
+failed to load when the database was opened, and the feeds found forked
+(their writer's key signed two histories). It prints one line per
 problem, naming the feed, the entry's sequence number and the damaged file
 and offset, then a summary, and exits with status 1 exactly when it found
 a problem: something a read would refuse. Damaged data is reported and kept
@@ -103,6 +104,10 @@ func verifyCore(ctx context.Context, core *kappa.Core, w io.Writer, feedLine fun
 	entries := map[string]int{} // damaged entries listed, by feed key
 	opts := &kappa.VerifyOptions{
 		OnDamage: func(d kappa.Damage) {
+			if errors.Is(d.Err, kappa.ErrForked) {
+				fmt.Fprintf(w, "damaged: %s\n", forkProblem(core, d))
+				return
+			}
 			if !d.Entry {
 				var ce *kappa.CorruptError
 				if f := core.Feed(d.Key); d.Key != nil && f != nil {
