@@ -392,6 +392,15 @@ func (s *session) run(ctx context.Context) (err error) {
 	return err
 }
 
+// liveAfterDone moves a live session to its "live" phase once both sides
+// said done: at once, so that a goodbye read right after the peer's done
+// finds the first exchange over.
+func (s *session) liveAfterDone() {
+	if s.opts.Live && s.sentDone && s.peerDone && s.progress.Phase != "live" {
+		s.setPhase("live")
+	}
+}
+
 func (s *session) setPhase(p string) {
 	s.progress.Phase = p
 	s.report()
@@ -821,9 +830,6 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 		if !s.opts.Live && s.sentDone && s.peerDone {
 			return nil
 		}
-		if s.opts.Live && s.sentDone && s.peerDone && s.progress.Phase != "live" {
-			s.setPhase("live")
-		}
 		var feedsChanged <-chan struct{}
 		if s.opts.Live {
 			feedsChanged = changed
@@ -1146,6 +1152,7 @@ func (s *session) handle(msg []byte) error {
 			return protoErr("done twice")
 		}
 		s.peerDone = true
+		s.liveAfterDone()
 	case msgPing:
 		return d.end()
 	default:
@@ -1331,6 +1338,7 @@ func (s *session) fetch() error {
 	}
 	if !s.sentDone && s.peerSynced && len(s.pendingNew) == 0 && len(s.adding) == 0 && len(s.outstanding) == 0 && len(s.storing) == 0 && len(s.wants) == 0 {
 		s.sentDone = true
+		s.liveAfterDone()
 		s.send([]byte{msgDone})
 		s.report()
 	}
@@ -1434,7 +1442,7 @@ func (s *session) serve(d *decoder) error {
 			return notAvailable(end)
 		}
 		if !errors.Is(err, ErrCorrupt) {
-			return fmt.Errorf("serve feed %x: %w", f.Key()[:4], err)
+			return fmt.Errorf("serve feed %x: %w", f.Key()[:4], storageErr(err))
 		}
 		var ed *entryDamage
 		if !errors.As(err, &ed) || tries >= maxServeRetries {
