@@ -492,7 +492,10 @@ func diskUsage(dir string) (files int, size int64, err error) {
 // readEntries calls fn with every entry of f in [start, end) that is held
 // here, in order, reading them in chunks with GetBatch (which checks each
 // entry against its leaf hash). It never waits for an entry a replica lacks.
-func readEntries(ctx context.Context, f *kappa.Feed, start, end uint64, fn func(seq uint64, value []byte) error) error {
+//
+// An entry found damaged (ErrCorrupt) is passed to damaged, if it is set,
+// and skipped, as a view skips it; without damaged it ends the read.
+func readEntries(ctx context.Context, f *kappa.Feed, start, end uint64, fn func(seq uint64, value []byte) error, damaged func(seq uint64, err error)) error {
 	chunk := chunkEntries(f)
 	for s := f.NextPresent(start); s < end; {
 		stop := min(f.NextMissing(s), end)
@@ -500,7 +503,26 @@ func readEntries(ctx context.Context, f *kappa.Feed, start, end uint64, fn func(
 			n := min(stop-c, chunk)
 			values, err := f.GetBatch(ctx, c, c+n)
 			if err != nil {
-				return err
+				if damaged == nil || !errors.Is(err, kappa.ErrCorrupt) {
+					return err
+				}
+				// Entry by entry, to skip the damaged ones: a damaged
+				// entry's Get fails at once, it does not wait.
+				for k := c; k < c+n; k++ {
+					v, err := f.Get(ctx, k)
+					if errors.Is(err, kappa.ErrCorrupt) {
+						damaged(k, err)
+						continue
+					}
+					if err != nil {
+						return err
+					}
+					if err := fn(k, v); err != nil {
+						return err
+					}
+				}
+				c += n
+				continue
 			}
 			for i, v := range values {
 				if err := fn(c+uint64(i), v); err != nil {

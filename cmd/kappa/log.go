@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"unicode"
 	"unicode/utf8"
@@ -58,14 +59,14 @@ replica's entries are printed in order: an entry waits for the ones before it.`,
 		if err != nil {
 			return err
 		}
-		p := &logPrinter{w: bufio.NewWriter(e.stdout), json: *asJSON, enc: enc, core: core}
+		p := &logPrinter{w: bufio.NewWriter(e.stdout), errs: e.stderr, json: *asJSON, enc: enc, core: core}
 		if *follow {
 			ctx, stop := e.untilInterrupted()
 			err = p.follow(ctx, *peer)
 			stop()
 		} else {
 			for _, f := range core.Feeds() {
-				if err = readEntries(e.ctx, f, 0, f.Len(), p.printer(f)); err != nil {
+				if err = readEntries(e.ctx, f, 0, f.Len(), p.printer(f), p.skip(f)); err != nil {
 					err = readError(core, f, err)
 					break
 				}
@@ -73,6 +74,9 @@ replica's entries are printed in order: an entry waits for the ones before it.`,
 		}
 		if ferr := p.w.Flush(); err == nil {
 			err = ferr
+		}
+		if err == nil && p.damaged > 0 {
+			err = fmt.Errorf("%d damaged %s skipped (kappa verify lists them)", p.damaged, plural(p.damaged, "entry", "entries"))
 		}
 		if err != nil {
 			return err
@@ -83,10 +87,23 @@ replica's entries are printed in order: an entry waits for the ones before it.`,
 
 // logPrinter prints entries for log.
 type logPrinter struct {
-	w    *bufio.Writer
-	json bool
-	enc  kappa.Encoding
-	core *kappa.Core
+	w       *bufio.Writer
+	errs    io.Writer // where skipped damaged entries are told
+	damaged int       // how many were skipped
+	json    bool
+	enc     kappa.Encoding
+	core    *kappa.Core
+}
+
+// skip returns what log does with a damaged entry of f: it tells it on
+// standard error, counts it, and goes on with the next entry, as a view
+// does (the command then exits non-zero).
+func (p *logPrinter) skip(f *kappa.Feed) func(seq uint64, err error) {
+	return func(seq uint64, err error) {
+		p.damaged++
+		p.w.Flush()
+		fmt.Fprintf(p.errs, "kappa: log: %s seq %d skipped: %s\n", feedName(p.core, f), seq, where(p.core, err))
+	}
 }
 
 // jsonEntry is a line of "log -json".
@@ -188,7 +205,7 @@ func (p *logPrinter) follow(ctx context.Context, peer string) error {
 			}
 			start := next[f]
 			end := f.NextMissing(start)
-			if err := readEntries(ctx, f, start, end, p.printer(f)); err != nil {
+			if err := readEntries(ctx, f, start, end, p.printer(f), p.skip(f)); err != nil {
 				return readError(p.core, f, err)
 			}
 			next[f] = end

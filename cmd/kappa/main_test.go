@@ -722,7 +722,7 @@ func TestLogJSONLinesForEachEncoding(t *testing.T) {
 		}
 		var out bytes.Buffer
 		p := &logPrinter{w: bufio.NewWriter(&out), json: true, enc: c.enc, core: core}
-		if err := readEntries(context.Background(), w, 0, w.Len(), p.printer(w)); err != nil {
+		if err := readEntries(context.Background(), w, 0, w.Len(), p.printer(w), nil); err != nil {
 			t.Fatal(err)
 		}
 		p.w.Flush()
