@@ -891,8 +891,9 @@ func writeBenchFeeds(b *testing.B, c *Core, feeds, perFeed, size int) {
 }
 
 // benchmarkReplicate replicates a source of feeds×perFeed entries of size
-// bytes into a fresh database per iteration.
-func benchmarkReplicate(b *testing.B, feeds, perFeed, size int) {
+// bytes into a fresh database per iteration, which syncs what it stores if
+// sync is set (the default of a database) and not otherwise.
+func benchmarkReplicate(b *testing.B, feeds, perFeed, size int, sync bool) {
 	fixture := benchDB(b, "replicate", feeds, perFeed, size)
 	src, err := Open(fixture.dir, &Options{NoSync: true})
 	if err != nil {
@@ -906,7 +907,7 @@ func benchmarkReplicate(b *testing.B, feeds, perFeed, size int) {
 	for i := 0; b.Loop(); i++ {
 		b.StopTimer()
 		dir := filepath.Join(tmp, fmt.Sprint(i))
-		dst, err := Open(dir, &Options{NoSync: true, SharedKey: fixture.key})
+		dst, err := Open(dir, &Options{NoSync: !sync, SharedKey: fixture.key})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -947,18 +948,32 @@ func benchmarkReplicate(b *testing.B, feeds, perFeed, size int) {
 
 // BenchmarkReplicate1Feed100k: one feed of 100,000 entries of 100 bytes.
 // Target: at least 1,000,000 entries/s (JS kappa-core: about 19,000/s).
-func BenchmarkReplicate1Feed100k(b *testing.B) { benchmarkReplicate(b, 1, 100_000, benchValueSize) }
+func BenchmarkReplicate1Feed100k(b *testing.B) {
+	benchmarkReplicate(b, 1, 100_000, benchValueSize, false)
+}
+
+// BenchmarkReplicate1Feed100kSync is BenchmarkReplicate1Feed100k into a
+// database with sync on, the default: every stored answer is durable.
+func BenchmarkReplicate1Feed100kSync(b *testing.B) {
+	benchmarkReplicate(b, 1, 100_000, benchValueSize, true)
+}
 
 // BenchmarkReplicate100Feedsx1000: 100 feeds of 1,000 entries of 100 bytes.
 // Target: at least 500,000 entries/s with a peak heap under 100 MB (JS:
 // about 13,600/s at about 740 MB).
 func BenchmarkReplicate100Feedsx1000(b *testing.B) {
-	benchmarkReplicate(b, 100, 1_000, benchValueSize)
+	benchmarkReplicate(b, 100, 1_000, benchValueSize, false)
+}
+
+// BenchmarkReplicate100Feedsx1000Sync is BenchmarkReplicate100Feedsx1000
+// into a database with sync on, the default.
+func BenchmarkReplicate100Feedsx1000Sync(b *testing.B) {
+	benchmarkReplicate(b, 100, 1_000, benchValueSize, true)
 }
 
 // BenchmarkReplicate256x1MiB: one feed of 256 entries of 1 MiB. Target: at
 // least 300 MB/s; compare BenchmarkRefTLSLoopback.
-func BenchmarkReplicate256x1MiB(b *testing.B) { benchmarkReplicate(b, 1, 256, 1<<20) }
+func BenchmarkReplicate256x1MiB(b *testing.B) { benchmarkReplicate(b, 1, 256, 1<<20, false) }
 
 // BenchmarkRefTLSLoopback is the reference for replication: TLS 1.3 as
 // Replicate sets it up, moving 256 writes of 1 MiB per iteration (as much
