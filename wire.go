@@ -1192,17 +1192,22 @@ func (s *session) trimWants(pf *peerFeed) {
 		// Entries found damaged are wanted too: a copy heals them.
 		want = intersectSpans(want, mergeSpans(pf.local.wantedRanges(), pf.local.damagedSpans()))
 	}
+	// A store running beside the loop may make entries present between
+	// the two look-ups: a run that came out empty is skipped, so that no
+	// request asks for nothing.
 	for _, w := range want {
 		for a := pf.local.NextMissing(w.start); a < w.end; {
 			b := w.end
 			if a < pf.local.Len() {
 				b = min(pf.local.NextPresent(a), w.end)
 			}
-			pf.want = append(pf.want, span{a, b})
+			if b > a {
+				pf.want = append(pf.want, span{a, b})
+			}
 			if b >= w.end {
 				break
 			}
-			a = pf.local.NextMissing(b)
+			a = pf.local.NextMissing(max(b, a+1))
 		}
 	}
 	for _, r := range pf.refused {

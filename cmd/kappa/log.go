@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"unicode"
 	"unicode/utf8"
@@ -59,7 +58,7 @@ replica's entries are printed in order: an entry waits for the ones before it.`,
 		if err != nil {
 			return err
 		}
-		p := &logPrinter{w: bufio.NewWriter(e.stdout), errs: e.stderr, json: *asJSON, enc: enc, core: core}
+		p := &logPrinter{w: bufio.NewWriter(e.stdout), json: *asJSON, enc: enc, core: core}
 		if *follow {
 			ctx, stop := e.untilInterrupted()
 			err = p.follow(ctx, *peer)
@@ -76,7 +75,12 @@ replica's entries are printed in order: an entry waits for the ones before it.`,
 			err = ferr
 		}
 		if err == nil && p.damaged > 0 {
-			err = fmt.Errorf("%d damaged %s skipped (kappa verify lists them)", p.damaged, plural(p.damaged, "entry", "entries"))
+			first := "the first: "
+			if p.damaged == 1 {
+				first = ""
+			}
+			err = fmt.Errorf("%d damaged %s skipped, %s%s (kappa verify lists every damaged entry)",
+				p.damaged, plural(p.damaged, "entry", "entries"), first, p.firstDamage)
 		}
 		if err != nil {
 			return err
@@ -87,22 +91,22 @@ replica's entries are printed in order: an entry waits for the ones before it.`,
 
 // logPrinter prints entries for log.
 type logPrinter struct {
-	w       *bufio.Writer
-	errs    io.Writer // where skipped damaged entries are told
-	damaged int       // how many were skipped
-	json    bool
-	enc     kappa.Encoding
-	core    *kappa.Core
+	w           *bufio.Writer
+	damaged     int    // damaged entries skipped
+	firstDamage string // the first of them
+	json        bool
+	enc         kappa.Encoding
+	core        *kappa.Core
 }
 
-// skip returns what log does with a damaged entry of f: it tells it on
-// standard error, counts it, and goes on with the next entry, as a view
-// does (the command then exits non-zero).
+// skip returns what log does with a damaged entry of f: it counts it and
+// goes on with the next entry, as a view does; the command then exits
+// non-zero, naming the first.
 func (p *logPrinter) skip(f *kappa.Feed) func(seq uint64, err error) {
 	return func(seq uint64, err error) {
-		p.damaged++
-		p.w.Flush()
-		fmt.Fprintf(p.errs, "kappa: log: %s seq %d skipped: %s\n", feedName(p.core, f), seq, where(p.core, err))
+		if p.damaged++; p.damaged == 1 {
+			p.firstDamage = fmt.Sprintf("%s seq %d: %s", feedName(p.core, f), seq, where(p.core, err))
+		}
 	}
 }
 

@@ -38,8 +38,9 @@ func TestLogSkipsADamagedEntryAndPrintsTheRest(t *testing.T) {
 	if !strings.Contains(r.stdout, "v006") || !strings.Contains(r.stdout, "v008") {
 		t.Fatalf("log lacks the entries around the damaged one:\n%s", r.stdout)
 	}
-	want := fmt.Sprintf("seq 7 skipped: %s at offset %d", data, rec)
-	if !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "1 damaged entry skipped") {
+	checkOneErrorLine(t, "log", r.stderr)
+	want := fmt.Sprintf("1 damaged entry skipped, feed %s (writer \"default\") seq 7: %s at offset %d", lines[0][:8], data, rec)
+	if !strings.Contains(r.stderr, want) {
 		t.Fatalf("log's stderr lacks %q:\n%s", want, r.stderr)
 	}
 }

@@ -417,7 +417,8 @@ func TestVerifyNamesTheDamagedEntry(t *testing.T) {
 	if !strings.Contains(r.stdout, "2 entries (8 bytes) re-hashed, 1 signature checked; 1 problem") {
 		t.Errorf("verify's summary:\n%s", r.stdout)
 	}
-	// log stops at the damage with one line naming it.
+	// log prints the other entries, and exits non-zero with one line
+	// naming the damaged one.
 	if msg := mustFail(t, dir, "", "log", "-db", db); !strings.Contains(msg, data) {
 		t.Errorf("log of a damaged feed: %q", msg)
 	}
