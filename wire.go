@@ -258,6 +258,11 @@ type peerFeed struct {
 
 	blockBytes uint64 // mean block size of the last answer, 0 before one
 
+	// unlinked: answers whose signed proof would have raised the length
+	// without reaching this side's roots (errNoLink); set aside until the
+	// local length changes. See linkWants.
+	unlinked []unlinkedSpan
+
 	// signedOnly: an unsigned answer did not meet this side's tree, so
 	// requests carry known = 0 and the answers come signed. cut: a signed
 	// answer contradicted it (a fork): nothing more is exchanged of the
@@ -288,6 +293,7 @@ type storeResult struct {
 	r          request
 	err        error
 	unsignedAt uint64 // the length of the answer's proof if it had no signature, else 0
+	lenBefore  uint64 // the local feed's length before the answer was stored
 }
 
 // unsignedAt returns p's length if p has no signature, else 0.
@@ -1170,10 +1176,12 @@ func (s *session) peerFeed(id uint64) (*peerFeed, error) {
 
 // trimWantsOf works out again, in a sparse database, what this side wants
 // of the peer's feeds that are f: calls may have started waiting for
-// entries of f.
+// entries of f. It does so in any database for a peer feed with answers
+// set aside as unlinked: f may have grown.
 func (s *session) trimWantsOf(f *Feed) {
-	if s.core.opts.Sparse || f.hasDamage() {
-		for _, pf := range s.peersOf[f] {
+	sparse := s.core.opts.Sparse || f.hasDamage()
+	for _, pf := range s.peersOf[f] {
+		if sparse || len(pf.unlinked) > 0 {
 			s.trimWants(pf)
 		}
 	}
@@ -1208,6 +1216,7 @@ func (s *session) trimWants(pf *peerFeed) {
 	for _, r := range pf.refused {
 		pf.want = subtractSpan(pf.want, r)
 	}
+	pf.want = pf.linkWants(pf.want)
 	for _, r := range s.outstanding {
 		if r.pf == pf {
 			pf.want = subtractSpan(pf.want, span{r.start, r.end})
@@ -1627,12 +1636,13 @@ func (s *session) receive(d *decoder) error {
 func (s *session) storeLoop() {
 	for j := range s.storeJobs {
 		var err error
+		before := j.r.pf.local.Len()
 		if s.stopping.Load() {
 			err = ErrClosed // the session is over; nobody reads this
 		} else {
 			err = storageErr(j.r.pf.local.Put(j.p))
 		}
-		s.stored <- storeResult{r: j.r, err: err, unsignedAt: unsignedAt(j.p)}
+		s.stored <- storeResult{r: j.r, err: err, unsignedAt: unsignedAt(j.p), lenBefore: before}
 	}
 }
 
@@ -1654,9 +1664,13 @@ func (s *session) storedAnswer(res storeResult) error {
 		r.pf.signedOnly = true
 		s.trimWants(r.pf)
 		return nil
+	case errors.Is(res.err, errNoLink):
+		s.setAsideUnlinked(r, res.lenBefore)
+		return nil
 	case res.err != nil:
 		return fmt.Errorf("feed %x from the peer: %w", r.pf.key[:4], res.err)
 	}
+	s.linked(r.pf)
 	s.progress.BlocksReceived += r.end - r.start
 	s.report()
 	return nil
