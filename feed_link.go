@@ -62,21 +62,72 @@ func (s *session) linked(pf *peerFeed) {
 	}
 }
 
-// linkWants returns want less the ranges set aside as unlinked at the
-// local feed's current length; the others, set aside at another length,
-// are forgotten (so wanted again).
-func (pf *peerFeed) linkWants(want []span) []span {
+// linkWants takes out of pf.want the ranges set aside as unlinked at the
+// local feed's current length n, and forgets those set aside at another
+// length (so they are wanted again). While some are set aside, it has a
+// link asked for, once per length: one entry e of the peer in the last full
+// root of n, [n − lowbit(n), n) (one held here if any), or n itself, with
+// known = 0. The proof of
+// e at the peer's length takes the other roots of n as its left nodes and
+// computes the last one (an ancestor of e), so its Put raises the length if
+// the histories agree, and the ranges set aside are wanted again. No link
+// is asked while a request that starts there and reaches past n is in
+// flight or being stored (the first chunk of a range past n): it does the
+// same.
+func (s *session) linkWants(pf *peerFeed) {
 	if len(pf.unlinked) == 0 {
-		return want
+		return
 	}
 	n := pf.local.Len()
 	kept := pf.unlinked[:0]
 	for _, u := range pf.unlinked {
 		if u.at == n {
 			kept = append(kept, u)
-			want = subtractSpan(want, u.span)
+			pf.want = subtractSpan(pf.want, u.span)
 		}
 	}
 	pf.unlinked = kept
-	return want
+	if len(kept) == 0 {
+		pf.link = nil
+		return
+	}
+	if pf.link != nil || pf.linkAsked == n+1 || n == 0 {
+		return
+	}
+	lo := n - n&-n
+	for _, q := range [][]request{s.outstanding, s.storing} {
+		for _, r := range q {
+			if r.pf == pf && lo <= r.start && r.start <= n && (r.end > n || r.known == 0) {
+				return
+			}
+		}
+	}
+	in := intersectSpans(pf.have, []span{{lo, n + 1}})
+	for _, r := range pf.refused {
+		in = subtractSpan(in, r)
+	}
+	if len(in) == 0 {
+		return // the peer holds none: the ranges stay aside
+	}
+	// An entry held here adds no block to a sparse replica.
+	e := in[len(in)-1].end - 1
+	for _, c := range in {
+		if h := pf.local.NextPresent(c.start); h < min(c.end, n) {
+			e = h
+			break
+		}
+	}
+	pf.link, pf.linkAsked = &span{e, e + 1}, n+1
+}
+
+// linkRequest returns the link request linkWants set for pf, if any, and
+// clears it.
+func (pf *peerFeed) linkRequest() (request, bool) {
+	l := pf.link
+	if l == nil {
+		return request{}, false
+	}
+	pf.link = nil
+	// known = 0: the answer is signed, at the peer's length.
+	return request{pf: pf, start: l.start, end: l.end, bytes: pf.blockBytes}, true
 }

@@ -260,8 +260,12 @@ type peerFeed struct {
 
 	// unlinked: answers whose signed proof would have raised the length
 	// without reaching this side's roots (errNoLink); set aside until the
-	// local length changes. See linkWants.
-	unlinked []unlinkedSpan
+	// local length changes. link: a request whose answer reaches them, to
+	// send next; linkAsked: 1 + the local length one was last asked at.
+	// See linkWants.
+	unlinked  []unlinkedSpan
+	link      *span
+	linkAsked uint64
 
 	// signedOnly: an unsigned answer did not meet this side's tree, so
 	// requests carry known = 0 and the answers come signed. cut: a signed
@@ -1216,7 +1220,7 @@ func (s *session) trimWants(pf *peerFeed) {
 	for _, r := range pf.refused {
 		pf.want = subtractSpan(pf.want, r)
 	}
-	pf.want = pf.linkWants(pf.want)
+	s.linkWants(pf)
 	for _, r := range s.outstanding {
 		if r.pf == pf {
 			pf.want = subtractSpan(pf.want, span{r.start, r.end})
@@ -1227,7 +1231,7 @@ func (s *session) trimWants(pf *peerFeed) {
 			pf.want = subtractSpan(pf.want, span{r.start, r.end})
 		}
 	}
-	if len(pf.want) > 0 && !pf.queued {
+	if (len(pf.want) > 0 || pf.link != nil) && !pf.queued {
 		pf.queued = true
 		s.wants = append(s.wants, pf)
 	}
@@ -1323,19 +1327,22 @@ func (s *session) fetch() error {
 			s.next = 0
 		}
 		pf := s.wants[s.next]
-		if len(pf.want) == 0 || pf.local == nil || pf.isolated() {
+		if (len(pf.want) == 0 && pf.link == nil) || pf.local == nil || pf.isolated() {
 			pf.queued = false
 			s.wants = append(s.wants[:s.next], s.wants[s.next+1:]...)
 			continue
 		}
-		w := &pf.want[0]
-		end := min(w.end, w.start+requestBlocks(pf))
-		r := request{pf: pf, start: w.start, end: end, bytes: (end - w.start) * pf.blockBytes, known: pf.local.Len()}
-		if pf.signedOnly {
-			r.known = 0
-		}
-		if w.start = end; w.start >= w.end {
-			pf.want = pf.want[1:]
+		r, ok := pf.linkRequest()
+		if !ok {
+			w := &pf.want[0]
+			end := min(w.end, w.start+requestBlocks(pf))
+			r = request{pf: pf, start: w.start, end: end, bytes: (end - w.start) * pf.blockBytes, known: pf.local.Len()}
+			if pf.signedOnly {
+				r.known = 0
+			}
+			if w.start = end; w.start >= w.end {
+				pf.want = pf.want[1:]
+			}
 		}
 		s.outstanding = append(s.outstanding, r)
 		msg := binary.AppendUvarint([]byte{msgRequest}, pf.id)

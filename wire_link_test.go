@@ -1,9 +1,11 @@
 package kappa
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 )
 
 // linkSession is a session whose peer announced a writer w of 3,000
@@ -173,6 +175,79 @@ func TestReplicateAForkPastTheReplicasLengthNeverMixesTheHistories(t *testing.T)
 				t.Fatalf("the replica's proof at its length: %v", err)
 			}
 			sameFeed(t, wa, fresh)
+		})
+	}
+}
+
+// A sparse replica at length 100 downloads an entry of a writer that grew
+// to 3,000: the proof of that entry alone does not reach the replica's
+// roots, so the session asks for one entry that does (in the last root
+// of 100, with known = 0), which raises the length, and then for the
+// entry again.
+func TestReplicateSparseReplicaReachesAnEntryPastItsLength(t *testing.T) {
+	a, b := sharedPair(t, &Options{Sparse: true, NoSync: true})
+	w := mustWriter(t, a, "w")
+	appendN(t, w, 100, "v")
+	r, err := b.AddFeed(w.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, r, w, 0, 1)
+	appendN(t, w, 2900, "v")
+	ca, cb := connPair(t, "pipe")
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	errs := make(chan error, 2)
+	live := &ReplicateOptions{Live: true}
+	go func() { errs <- a.Replicate(ctx, ca, true, live) }()
+	go func() { errs <- b.Replicate(ctx, cb, false, live) }()
+	dl, stop := context.WithTimeout(ctx, 30*time.Second) // only to turn a hang into a failure
+	defer stop()
+	if err := r.Download(dl, 2500, 2501); err != nil {
+		t.Fatalf("download of entry 2500: %v", err)
+	}
+	cancel()
+	for range 2 {
+		if err := <-errs; err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("live session ended with %v", err)
+		}
+	}
+	got, err := r.Get(context.Background(), 2500)
+	if err != nil || string(got) != "v2400" || r.Len() != 3000 {
+		t.Fatalf("Get(2500) = %q, %v; length %d", got, err, r.Len())
+	}
+}
+
+// A replica at length 100 meets a partial replica that holds only [1500,
+// 3000) of the writer's 3,000 entries: none of its answers reaches the
+// roots of 100, and it holds no entry that would, so they are set aside
+// and the non-live session still ends, both sides with nil; the replica
+// stays at 100 and the peer got [0, 100).
+func TestReplicateEndsWhenNoAnswerReachesTheRootsHeld(t *testing.T) {
+	for _, kind := range connKinds {
+		t.Run(kind, func(t *testing.T) {
+			b, c := sharedPair(t, &Options{NoSync: true})
+			w := newFeed(t, NewMemStorage(), nil)
+			appendN(t, w, 100, "v")
+			rb, err := b.AddFeed(w.Key())
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustPut(t, rb, w, 0, 100)
+			appendN(t, w, 2900, "v")
+			rc, err := c.AddFeed(w.Key())
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustPut(t, rc, w, 1500, 2524)
+			mustPut(t, rc, w, 2524, 3000)
+			mustReplicate(t, kind, b, c)
+			if rb.Len() != 100 || rb.Downloaded() != 100 {
+				t.Fatalf("replica: length %d, held %d", rb.Len(), rb.Downloaded())
+			}
+			if rc.Len() != 3000 || !rc.HasRange(0, 100) || !rc.HasRange(1500, 3000) {
+				t.Fatalf("partial replica: length %d, held %d", rc.Len(), rc.Downloaded())
+			}
 		})
 	}
 }
