@@ -65,9 +65,9 @@ func (s *session) linked(pf *peerFeed) {
 // linkWants takes out of pf.want the ranges set aside as unlinked at the
 // local feed's current length n, and forgets those set aside at another
 // length (so they are wanted again). While some are set aside, it has a
-// link asked for, once per length: one entry e of the peer in the last full
-// root of n, [n − lowbit(n), n) (one held here if any), or n itself, with
-// known = 0. The proof of
+// link asked for, once per length: one entry e of the peer in [n −
+// lowbit(n), n] (the last full root of n, and n), the lowest held here if
+// any, else the greatest; with known = 0. The proof of
 // e at the peer's length takes the other roots of n as its left nodes and
 // computes the last one (an ancestor of e), so its Put raises the length if
 // the histories agree, and the ranges set aside are wanted again. No link
