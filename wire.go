@@ -1151,8 +1151,8 @@ func (s *session) handle(msg []byte) error {
 		// Refused: not wanted from this peer until it says it has more.
 		// A prefix (the peer's damaged entry) leaves the rest wanted.
 		r.pf.refused = append(r.pf.refused, span{start, end})
-		if end < r.end {
-			s.trimWants(r.pf)
+		if end < r.end || len(r.pf.unlinked) > 0 {
+			s.trimWants(r.pf) // (a link may be asked now: see linkWants)
 		}
 	case msgDone:
 		if err := d.end(); err != nil {

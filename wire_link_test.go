@@ -251,3 +251,37 @@ func TestReplicateEndsWhenNoAnswerReachesTheRootsHeld(t *testing.T) {
 		})
 	}
 }
+
+// With an answer set aside and no request in flight that would raise the
+// length, the session asks for a link: one entry in the last root of the
+// length (one it holds: no block for a sparse replica), signed. It asks
+// once per length: an answer that does not raise the length is not
+// followed by another link.
+func TestReplicateAsksForOneLinkPerLength(t *testing.T) {
+	s, pf, w, _ := linkSession(t)
+	pf.have = []span{{90, 3000}}
+	s.trimWants(pf)
+	if err := linkStore(t, s, pf, w, 1124, 2148); !errors.Is(err, errNoLink) {
+		t.Fatalf("the later chunk: %v, want errNoLink", err)
+	}
+	pf.want = nil // only the link is asked for
+	if err := s.fetch(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.outstanding) != 1 || s.outstanding[0].start != 96 || s.outstanding[0].end != 97 || s.outstanding[0].known != 0 {
+		t.Fatalf("requests %+v, want one for [96, 97) with known 0", s.outstanding)
+	}
+	// Its answer, stored, did not raise the length (an older one).
+	link := s.outstanding[0]
+	s.outstanding = nil
+	if err := s.storedAnswer(storeResult{r: link, lenBefore: 100}); err != nil {
+		t.Fatal(err)
+	}
+	pf.want = nil
+	if err := s.fetch(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.outstanding) != 0 || pf.link != nil {
+		t.Fatalf("asked %+v again at the same length", s.outstanding)
+	}
+}
