@@ -73,8 +73,10 @@ type damageFeed struct {
 	signed []uint64          // the lengths of its signature records, ascending
 	sigs   map[uint64][]byte // the writer's signature of each of them
 
-	// A replica's proofs from its writer at length: of no block (the
-	// length only), and of every block.
+	// A replica's proofs from its writer at length: of blocks it holds,
+	// reaching the roots of each of its older signed lengths (so that its
+	// Put raises the length from any of them and adds no block; see
+	// damageLengthProof), and of every block.
 	lengthProof, fullProof *Proof
 }
 
@@ -156,6 +158,48 @@ func damagePut(tb testing.TB, src, r *Feed, start, end uint64) {
 	}
 }
 
+// damageLengthProof returns a proof at src's length of blocks r holds that
+// determines every root of each length in signed below it: a proof that
+// raises a replica's length must reach the roots it holds, and the replica
+// may be back at any of those lengths after damage. It is the proof of one
+// block if one will do, else of everything r holds, which must then be
+// every entry.
+func damageLengthProof(tb testing.TB, src, r *Feed, signed []uint64) *Proof {
+	tb.Helper()
+	reaches := func(p *Proof) bool {
+		t, err := proofTree(p, newLeafHasher(), nil)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, l := range signed {
+			if _, ok := t.unreachedRoot(l); l < p.Length && !ok {
+				return false
+			}
+		}
+		return true
+	}
+	for s := range r.Len() {
+		if !r.Has(s) {
+			continue
+		}
+		p, err := src.Proof(s, s+1, 0)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if reaches(p) {
+			return p
+		}
+	}
+	if !r.HasRange(0, r.Len()) {
+		tb.Fatalf("no block the replica holds reaches the roots of %v", signed)
+	}
+	p, err := src.Proof(0, r.Len(), 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
 // damageKeyPair is the key pair of the fixture writer called name: fixed, so
 // that fixtures built by different processes (fuzz workers) are the same
 // bytes.
@@ -232,9 +276,7 @@ func buildDamageFixture(tb testing.TB, small bool) *damageFixture {
 		if d.length != src.Len() {
 			tb.Fatalf("replica of %s has length %d, its writer %d", who, d.length, src.Len())
 		}
-		if d.lengthProof, err = src.Proof(0, 0, 0); err != nil {
-			tb.Fatal(err)
-		}
+		d.lengthProof = damageLengthProof(tb, src, r, d.signed)
 		if d.fullProof, err = src.Proof(0, d.length, 0); err != nil {
 			tb.Fatal(err)
 		}
@@ -246,12 +288,12 @@ func buildDamageFixture(tb testing.TB, small bool) *damageFixture {
 	}
 	if small {
 		writer("alice", []int{1, 2, 1})
-		replica("dave", []int{3, 2, 3}, map[int][][2]uint64{1: {{1, 3}}, 2: {{6, 7}}})
+		replica("dave", []int{3, 2, 3}, map[int][][2]uint64{1: {{1, 3}}, 2: {{4, 5}, {6, 7}}}) // 4 reaches the roots of 5
 	} else {
 		writer("alice", []int{1, 3, 1, 2})
 		writer("bob", []int{2, 1})
 		replica("carol", []int{2, 3, 4}, map[int][][2]uint64{0: {{0, 2}}, 1: {{2, 5}}, 2: {{5, 9}}})
-		replica("dave", []int{3, 2, 3}, map[int][][2]uint64{1: {{1, 3}}, 2: {{6, 7}}})
+		replica("dave", []int{3, 2, 3}, map[int][][2]uint64{1: {{1, 3}}, 2: {{4, 5}, {6, 7}}}) // 4 reaches the roots of 5
 	}
 	writer("erin", nil) // a writer with no entry yet
 	if err := c.Close(); err != nil {

@@ -28,7 +28,8 @@
 // writer signs the hash of the tree's roots and its length with ed25519. A
 // peer that holds only the public key verifies any entry it is given
 // through a Proof: the entries, the tree nodes linking them to the roots,
-// and the signature. Put stores nothing that does not verify. Hashes are
+// and the signature. Put stores nothing that does not verify, and raises a
+// replica's length only with a proof that reaches the roots it holds. Hashes are
 // SHA-256 with a type byte for leaves, parents and roots, so the format is
 // hypercore's in structure, not byte for byte.
 //

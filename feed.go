@@ -2266,7 +2266,11 @@ func (sc *putScratch) release() {
 // Put verifies a proof from a peer and stores its entries and nodes. Nothing
 // is written unless the proof's hashes lead to roots that its signature
 // signs under this feed's key (or, for a proof without signature, to roots
-// this feed already holds), and no node contradicts one already stored.
+// this feed already holds), and no node contradicts one already stored. A
+// signed proof that raises the length must also determine every full root
+// of the length the feed holds (the proof of the first entries past it
+// does), so that the new tree is known to contain the old one; one that
+// does not is refused, with nothing written.
 func (f *Feed) Put(p *Proof) error {
 	if p == nil {
 		return fmt.Errorf("feed %x: put: %w: nil proof", f.key[:4], ErrBadProof)
@@ -2373,6 +2377,13 @@ func (f *Feed) Put(p *Proof) error {
 		}
 	}
 	sc.fresh = fresh
+	if p.Signature != nil && p.Length > curLen && curLen > 0 {
+		// The new roots must be shown to contain the tree held: each root
+		// of curLen is among the nodes compared above.
+		if r, ok := t.unreachedRoot(curLen); !ok {
+			return fmt.Errorf("feed %x: put at length %d: %w: it does not determine node %d, a root of length %d", f.key[:4], p.Length, errNoLink, r, curLen)
+		}
+	}
 	if p.Signature == nil {
 		for _, r := range t.roots {
 			if _, err := f.readNode(r.Index); err != nil {

@@ -156,6 +156,7 @@ func buildBitfieldFixture() (*bitfieldFixture, error) {
 		func() error { return grow(5000) },
 		func() error { return put(0, 40) },
 		func() error { return grow(bitPageEntries + 300 - 5000) },
+		func() error { return put(4999, 5000) }, // raises the length: it reaches the roots of 5000
 		func() error { return put(4000, 4010) },
 		func() error { return put(bitPageEntries-5, bitPageEntries+200) },
 		func() error { return put(bitPageEntries+298, bitPageEntries+300) },

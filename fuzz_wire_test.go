@@ -296,7 +296,8 @@ func settleStores(s *session) error {
 	for {
 		select {
 		case j := <-s.storeJobs:
-			if err := s.storedAnswer(storeResult{r: j.r, err: j.r.pf.local.Put(j.p), unsignedAt: unsignedAt(j.p)}); err != nil {
+			before := j.r.pf.local.Len()
+			if err := s.storedAnswer(storeResult{r: j.r, err: j.r.pf.local.Put(j.p), unsignedAt: unsignedAt(j.p), lenBefore: before}); err != nil {
 				return err
 			}
 		default:

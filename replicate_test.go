@@ -212,14 +212,17 @@ func TestReplicateForwardsFromAPartialReplica(t *testing.T) {
 	appendN(t, w, 10, "x")
 	mustReplicate(t, "pipe", a, b) // b holds [0, 10) at length 10
 	appendN(t, w, 10, "y")
-	// b learns length 20 through block 15 alone.
+	// b learns length 20 through block 9 (which reaches the roots of 10)
+	// and block 15.
 	r := b.Feed(w.Key())
-	p, err := w.Proof(15, 16, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Put(p); err != nil {
-		t.Fatal(err)
+	for _, s := range []uint64{9, 15} {
+		p, err := w.Proof(s, s+1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Put(p); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if r.Len() != 20 {
 		t.Fatalf("length %d", r.Len())

@@ -258,6 +258,15 @@ type peerFeed struct {
 
 	blockBytes uint64 // mean block size of the last answer, 0 before one
 
+	// unlinked: answers whose signed proof would have raised the length
+	// without reaching this side's roots (errNoLink); set aside until the
+	// local length changes. link: a request whose answer reaches them, to
+	// send next; linkAsked: 1 + the local length one was last asked at.
+	// See linkWants.
+	unlinked  []unlinkedSpan
+	link      *span
+	linkAsked uint64
+
 	// signedOnly: an unsigned answer did not meet this side's tree, so
 	// requests carry known = 0 and the answers come signed. cut: a signed
 	// answer contradicted it (a fork): nothing more is exchanged of the
@@ -288,6 +297,7 @@ type storeResult struct {
 	r          request
 	err        error
 	unsignedAt uint64 // the length of the answer's proof if it had no signature, else 0
+	lenBefore  uint64 // the local feed's length before the answer was stored
 }
 
 // unsignedAt returns p's length if p has no signature, else 0.
@@ -1141,8 +1151,8 @@ func (s *session) handle(msg []byte) error {
 		// Refused: not wanted from this peer until it says it has more.
 		// A prefix (the peer's damaged entry) leaves the rest wanted.
 		r.pf.refused = append(r.pf.refused, span{start, end})
-		if end < r.end {
-			s.trimWants(r.pf)
+		if end < r.end || len(r.pf.unlinked) > 0 {
+			s.trimWants(r.pf) // (a link may be asked now: see linkWants)
 		}
 	case msgDone:
 		if err := d.end(); err != nil {
@@ -1170,10 +1180,12 @@ func (s *session) peerFeed(id uint64) (*peerFeed, error) {
 
 // trimWantsOf works out again, in a sparse database, what this side wants
 // of the peer's feeds that are f: calls may have started waiting for
-// entries of f.
+// entries of f. It does so in any database for a peer feed with answers
+// set aside as unlinked: f may have grown.
 func (s *session) trimWantsOf(f *Feed) {
-	if s.core.opts.Sparse || f.hasDamage() {
-		for _, pf := range s.peersOf[f] {
+	sparse := s.core.opts.Sparse || f.hasDamage()
+	for _, pf := range s.peersOf[f] {
+		if sparse || len(pf.unlinked) > 0 {
 			s.trimWants(pf)
 		}
 	}
@@ -1213,6 +1225,7 @@ func (s *session) trimWants(pf *peerFeed) {
 	for _, r := range pf.refused {
 		pf.want = subtractSpan(pf.want, r)
 	}
+	s.linkWants(pf)
 	for _, r := range s.outstanding {
 		if r.pf == pf {
 			pf.want = subtractSpan(pf.want, span{r.start, r.end})
@@ -1223,7 +1236,7 @@ func (s *session) trimWants(pf *peerFeed) {
 			pf.want = subtractSpan(pf.want, span{r.start, r.end})
 		}
 	}
-	if len(pf.want) > 0 && !pf.queued {
+	if (len(pf.want) > 0 || pf.link != nil) && !pf.queued {
 		pf.queued = true
 		s.wants = append(s.wants, pf)
 	}
@@ -1319,19 +1332,22 @@ func (s *session) fetch() error {
 			s.next = 0
 		}
 		pf := s.wants[s.next]
-		if len(pf.want) == 0 || pf.local == nil || pf.isolated() {
+		if (len(pf.want) == 0 && pf.link == nil) || pf.local == nil || pf.isolated() {
 			pf.queued = false
 			s.wants = append(s.wants[:s.next], s.wants[s.next+1:]...)
 			continue
 		}
-		w := &pf.want[0]
-		end := min(w.end, w.start+requestBlocks(pf))
-		r := request{pf: pf, start: w.start, end: end, bytes: (end - w.start) * pf.blockBytes, known: pf.local.Len()}
-		if pf.signedOnly {
-			r.known = 0
-		}
-		if w.start = end; w.start >= w.end {
-			pf.want = pf.want[1:]
+		r, ok := pf.linkRequest()
+		if !ok {
+			w := &pf.want[0]
+			end := min(w.end, w.start+requestBlocks(pf))
+			r = request{pf: pf, start: w.start, end: end, bytes: (end - w.start) * pf.blockBytes, known: pf.local.Len()}
+			if pf.signedOnly {
+				r.known = 0
+			}
+			if w.start = end; w.start >= w.end {
+				pf.want = pf.want[1:]
+			}
 		}
 		s.outstanding = append(s.outstanding, r)
 		msg := binary.AppendUvarint([]byte{msgRequest}, pf.id)
@@ -1632,12 +1648,13 @@ func (s *session) receive(d *decoder) error {
 func (s *session) storeLoop() {
 	for j := range s.storeJobs {
 		var err error
+		before := j.r.pf.local.Len()
 		if s.stopping.Load() {
 			err = ErrClosed // the session is over; nobody reads this
 		} else {
 			err = storageErr(j.r.pf.local.Put(j.p))
 		}
-		s.stored <- storeResult{r: j.r, err: err, unsignedAt: unsignedAt(j.p)}
+		s.stored <- storeResult{r: j.r, err: err, unsignedAt: unsignedAt(j.p), lenBefore: before}
 	}
 }
 
@@ -1659,9 +1676,13 @@ func (s *session) storedAnswer(res storeResult) error {
 		r.pf.signedOnly = true
 		s.trimWants(r.pf)
 		return nil
+	case errors.Is(res.err, errNoLink):
+		s.setAsideUnlinked(r, res.lenBefore)
+		return nil
 	case res.err != nil:
 		return fmt.Errorf("feed %x from the peer: %w", r.pf.key[:4], res.err)
 	}
+	s.linked(r.pf)
 	s.progress.BlocksReceived += r.end - r.start
 	s.report()
 	return nil

@@ -99,7 +99,7 @@ func storageErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	for _, peers := range []error{ErrVerify, ErrForked, ErrOutOfRange, ErrFull, ErrBlockTooLarge, ErrInvalidValue, ErrNotWritable, ErrClosed} {
+	for _, peers := range []error{ErrVerify, ErrForked, errNoLink, ErrOutOfRange, ErrFull, ErrBlockTooLarge, ErrInvalidValue, ErrNotWritable, ErrClosed} {
 		if errors.Is(err, peers) {
 			return err
 		}
