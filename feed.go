@@ -2347,15 +2347,17 @@ func (f *Feed) Put(p *Proof) error {
 	for i := range t.nodes {
 		n := &t.nodes[i]
 		old, err := span.node(f, n.Index)
-		var ce *CorruptError
-		if errors.As(err, &ce) {
+		if err != nil && err != errNoNode {
 			// A stored record that fails its CRC is no node: it is
-			// rewritten from the verified one.
-			corrupt = append(corrupt, ce)
-			err = errNoNode
+			// rewritten from the verified one. (Tested only here, off
+			// the path of nodes that are stored or absent.)
+			if ce := (*CorruptError)(nil); errors.As(err, &ce) {
+				corrupt = append(corrupt, ce)
+				err = errNoNode
+			}
 		}
 		switch {
-		case errors.Is(err, errNoNode):
+		case err == errNoNode:
 			if span != nil && n.Index >= span.lo && n.Index-span.lo < uint64(len(sc.isNew)) {
 				k := n.Index - span.lo
 				encodeNode(span.buf[k*nodeSize:], n)
