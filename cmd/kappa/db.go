@@ -33,6 +33,9 @@ func checkDB(dir string) error {
 	if dir == "" {
 		return usagef("-db is empty")
 	}
+	if err := checkNotFile(dir); err != nil {
+		return err
+	}
 	none := fmt.Errorf("no database in %s (kappa init -db %s creates one)", dir, dir)
 	f, err := os.Open(filepath.Join(dir, dbFile))
 	switch {
@@ -186,6 +189,9 @@ UTF-8 text, or any bytes (binary, the default).`,
 		}
 		if e.db == "" {
 			return usagef("-db is empty")
+		}
+		if err := checkNotFile(e.db); err != nil {
+			return err
 		}
 		if checkDB(e.db) == nil {
 			return fmt.Errorf("%s already holds a database", e.db)
