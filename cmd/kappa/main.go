@@ -22,7 +22,10 @@
 //
 // Every command but demo and version works on the database in ./kappa.db, or the one
 // named by -db (before the command or after it). Only init creates one.
-// "kappa COMMAND -h" describes a command.
+// "kappa COMMAND -h" describes a command. Flags go before a command's
+// arguments: an argument that starts with "-" after the first one is
+// refused unless a "--" comes before it, so that a flag put after a value
+// ("kappa append v -writer w") is not taken as a value.
 //
 // A database is locked while a command has it open: while "kappa serve"
 // runs, other commands on the same directory fail with "database is
