@@ -61,6 +61,28 @@ type View interface {
 // more than 128 feeds StoreState runs once for a group of batches (one per
 // 64 feeds, or fewer when no more work is ready): a view that buffers Map's
 // changes until StoreState must buffer every batch since the last one.
+//
+// Concurrency: FetchState, ClearIndex, Map, StoreState and Indexed of one
+// view all run on that view's goroutine, one at a time, so StoreState
+// never runs at the same time as Map or another StoreState of the same
+// view; the indexer holds none of its locks meanwhile. Each view has a
+// goroutine of its own, so methods of two views can run at the same time
+// (views that share a file or a database must lock it), and the
+// application's queries run whenever it makes them (a view guards its
+// data against them itself). An error from StoreState stops the view as
+// Map's does (see Index.Retry); the batches since the last StoreState that
+// succeeded are mapped again.
+//
+// The state slice is the view's: it is allocated for that call and the
+// indexer never reads or changes it afterwards, so StoreState may keep it
+// without copying. FetchState's result is decoded as soon as FetchState
+// returns and not kept: the view may reuse it afterwards.
+//
+// Files: the package creates no directory or file for a view. A database
+// made by Open leaves the "views" directory in Core.Dir to views (see
+// Core.Dir); a view that keeps its files under views/<name>/ creates that
+// directory itself (and syncs the directory entries, if it must survive a
+// crash), before Core.Use.
 type StateStorer interface {
 	FetchState() ([]byte, error)
 	StoreState(state []byte) error

@@ -33,6 +33,9 @@ func checkDB(dir string) error {
 	if dir == "" {
 		return usagef("-db is empty")
 	}
+	if err := checkNotFile(dir); err != nil {
+		return err
+	}
 	none := fmt.Errorf("no database in %s (kappa init -db %s creates one)", dir, dir)
 	f, err := os.Open(filepath.Join(dir, dbFile))
 	switch {
@@ -187,6 +190,9 @@ UTF-8 text, or any bytes (binary, the default).`,
 		if e.db == "" {
 			return usagef("-db is empty")
 		}
+		if err := checkNotFile(e.db); err != nil {
+			return err
+		}
 		if checkDB(e.db) == nil {
 			return fmt.Errorf("%s already holds a database", e.db)
 		}
@@ -252,7 +258,10 @@ in a json database, for one:
 
   kappa append 1 '"two"' '{"n": 3}'
 
-Put "--" before a value that starts with "-".`,
+Flags go before the values. A value that starts with "-" needs a "--"
+before it ("kappa append -- -1" or "kappa append 1 -- -2"); without one,
+append refuses it and appends nothing, so that a flag put after the values
+("kappa append v -writer w") is not appended as a value, for good.`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
 		writer := fl.String("writer", "default", "the local writer's `NAME`")

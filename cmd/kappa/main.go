@@ -18,10 +18,14 @@
 //	sync     replicate once with a peer
 //	verify   re-hash every entry and check every signature
 //	stat     count feeds, entries and bytes on disk
+//	version  print the module, format and protocol versions
 //
-// Every command but demo works on the database in ./kappa.db, or the one
+// Every command but demo and version works on the database in ./kappa.db, or the one
 // named by -db (before the command or after it). Only init creates one.
-// "kappa COMMAND -h" describes a command.
+// "kappa COMMAND -h" describes a command. Flags go before a command's
+// arguments: an argument that starts with "-" after the first one is
+// refused unless a "--" comes before it, so that a flag put after a value
+// ("kappa append v -writer w") is not taken as a value.
 //
 // A database is locked while a command has it open: while "kappa serve"
 // runs, other commands on the same directory fail with "database is
@@ -77,6 +81,7 @@ type command struct {
 var commands = []*command{
 	demoCommand, initCommand, keyCommand, appendCommand, logCommand,
 	feedsCommand, serveCommand, syncCommand, verifyCommand, statCommand,
+	versionCommand,
 }
 
 // untilInterrupted returns e.ctx, ended by SIGINT or SIGTERM, for commands
@@ -171,7 +176,8 @@ func (e *env) flags(c *command, withDB bool) *flag.FlagSet {
 }
 
 // parse parses c's flags and returns the arguments after them. For -h it
-// prints c's usage and returns flag.ErrHelp.
+// prints c's usage and returns flag.ErrHelp. An argument that looks like a
+// flag after the first argument is refused (see afterFlags).
 func (e *env) parse(c *command, fl *flag.FlagSet, args []string) ([]string, error) {
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -180,7 +186,7 @@ func (e *env) parse(c *command, fl *flag.FlagSet, args []string) ([]string, erro
 		}
 		return nil, usagef("%v", err)
 	}
-	return fl.Args(), nil
+	return afterFlags(fl, args)
 }
 
 func (e *env) usage() {
@@ -193,7 +199,7 @@ func (e *env) usage() {
 }
 
 func (e *env) commandUsage(c *command, fl *flag.FlagSet) {
-	fmt.Fprintf(e.stdout, "Usage: kappa %s %s\n\n%s\n", c.name, c.args, strings.TrimSpace(c.help))
+	fmt.Fprintf(e.stdout, "Usage: %s\n\n%s\n", strings.TrimSpace("kappa "+c.name+" "+c.args), strings.TrimSpace(c.help))
 	n := 0
 	fl.VisitAll(func(*flag.Flag) { n++ })
 	if n == 0 {

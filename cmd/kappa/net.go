@@ -25,8 +25,9 @@ func dialReplicate(ctx context.Context, core *kappa.Core, addr string, live bool
 }
 
 // dialReplicateWith runs one session with the serve at addr, with opts.
+// A non-zero opts.Timeout bounds the dial too.
 func dialReplicateWith(ctx context.Context, core *kappa.Core, addr string, opts *kappa.ReplicateOptions) error {
-	var d net.Dialer
+	d := net.Dialer{Timeout: opts.Timeout}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return err
@@ -196,10 +197,17 @@ have the same shared key (see kappa key and kappa init -key).
 Progress goes to standard error: a bar on a terminal, otherwise a line now
 and then once the peers have met. A summary goes to standard output. Sync
 adds at most -max-new-feeds feeds the database lacks; the summary says
-how many more the peer offered (a later sync adds them).`,
+how many more the peer offered (a later sync adds them).
+
+Sync gives up when connecting takes longer than -timeout, or when nothing
+arrives from the peer for that long, the handshake included ("peer timed
+out"). A serve pings every 5 s while it has nothing to send,
+so a -timeout under 5 s can end a session with a busy but live peer.`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
 		maxNew := maxNewFeedsFlag(fl)
+		timeout := fl.Duration("timeout", 30*time.Second,
+			"give up when connecting takes longer than `DURATION`, or nothing arrives from the peer for that long (e.g. 5s, 2m)")
 		args, err := e.parse(c, fl, args)
 		if err != nil {
 			return err
@@ -207,6 +215,9 @@ how many more the peer offered (a later sync adds them).`,
 		limit, err := newFeedsLimit(*maxNew)
 		if err != nil {
 			return err
+		}
+		if *timeout <= 0 {
+			return usagef("-timeout wants a positive duration, such as 10s")
 		}
 		if len(args) != 1 {
 			return usagef("want one ADDR (host:port), got %d arguments", len(args))
@@ -223,7 +234,7 @@ how many more the peer offered (a later sync adds them).`,
 		}
 		defer core.Close()
 		pr := newProgress(e.stderr, isTerminal(e.stderr))
-		err = dialReplicateWith(ctx, core, addr, &kappa.ReplicateOptions{Progress: pr.update, MaxNewFeeds: limit})
+		err = dialReplicateWith(ctx, core, addr, &kappa.ReplicateOptions{Progress: pr.update, MaxNewFeeds: limit, Timeout: *timeout})
 		p := pr.stop()
 		if err != nil {
 			return fmt.Errorf("peer %s: %w", addr, err)
