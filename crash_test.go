@@ -279,9 +279,9 @@ func TestSimulatedCrashesLoseNoAcknowledgedAppend(t *testing.T) {
 			f.Close()
 		}
 		if rng.IntN(4) == 0 {
-			disk = disk.CrashClone(nil)
+			disk = disk.crashClone(nil)
 		} else {
-			disk = disk.CrashClone(rng)
+			disk = disk.crashClone(rng)
 		}
 		acked = checkRecoveredFeed(t, disk, "f/", acked, where)
 	}

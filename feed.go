@@ -850,14 +850,6 @@ func (f *Feed) load(length uint64, roots []storedNode, sig []byte, sigsEnd int64
 	return f.loadBitfield(length)
 }
 
-func truncateBeyond(file File, end int64) error {
-	size, err := file.Size()
-	if err != nil || size <= end {
-		return err
-	}
-	return file.Truncate(end)
-}
-
 // loadBitfield reads a replica's bitfield pages below length. A page whose
 // checksum fails, or that is missing, is rebuilt from the tree and the data
 // (each entry whose leaf is stored and whose bytes match it is held), and

@@ -176,9 +176,9 @@ func checkFaultEntries(t *testing.T, f *Feed, acked uint64, where string) {
 func checkAfterFault(t *testing.T, s *MemStorage, prefix string, acked uint64, noRepair bool, where string) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(uint64(len(where)), 7))
-	clones := []*MemStorage{s.CrashClone(nil)}
+	clones := []*MemStorage{s.crashClone(nil)}
 	for range 32 {
-		clones = append(clones, s.CrashClone(rng))
+		clones = append(clones, s.crashClone(rng))
 	}
 	checkFaultFeed(t, s, prefix, acked, noRepair, where+", reopened")
 	for i, c := range clones {
@@ -189,9 +189,9 @@ func checkAfterFault(t *testing.T, s *MemStorage, prefix string, acked uint64, n
 // crashClones returns n states a crash now could leave m in, the first
 // with nothing unsynced.
 func crashClones(m *MemStorage, rng *rand.Rand, n int) []*MemStorage {
-	clones := []*MemStorage{m.CrashClone(nil)}
+	clones := []*MemStorage{m.crashClone(nil)}
 	for range n - 1 {
-		clones = append(clones, m.CrashClone(rng))
+		clones = append(clones, m.crashClone(rng))
 	}
 	return clones
 }

@@ -25,10 +25,9 @@ import (
 // to a log at once and StoreState writes the state on its own:
 // at-least-once.
 type fileView struct {
-	dir     string
-	atomic  bool
-	seen    []delivery // atomic mode: everything durable plus the batches in flight
-	pending int
+	dir    string
+	atomic bool
+	seen   []delivery // atomic mode: everything durable plus the batches in flight
 }
 
 // delivery is an entry a fileView mapped: the first 8 bytes of its feed's

@@ -465,7 +465,7 @@ func TestStoredProgressPastAFeedsEndRebuildsTheView(t *testing.T) {
 	}
 	c.Close()
 
-	crashed := s.CrashClone(nil)
+	crashed := s.crashClone(nil)
 	c = open(crashed, false)
 	defer c.Close()
 	w, _ = c.Writer("w")

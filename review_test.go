@@ -476,7 +476,7 @@ func TestAddFeedsInOneCall(t *testing.T) {
 	c.Close()
 	// A crash that loses the replicas' unsynced files loses no feed: the
 	// manifest holds their keys.
-	crashed := s.CrashClone(nil)
+	crashed := s.crashClone(nil)
 	for _, n := range crashed.names() {
 		if strings.HasPrefix(n, "feeds/7/") {
 			crashed.setFileBytes(n, nil)

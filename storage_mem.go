@@ -15,11 +15,10 @@ import (
 // for databases that need not outlive the process. The zero value is not
 // ready to use; call NewMemStorage.
 //
-// It models durability so crash tests can run in-process: each file has a
-// durable state and a log of operations since its last Sync (its creation
-// too). Reads see everything; Sync makes the log durable; CrashClone shows
-// what a power loss could leave. Remove is durable at once. Fault
-// injection (FailNextWrite, FailNextSync) makes the next operation fail.
+// It models durability, so that this package's tests can simulate a crash
+// in-process: each file has a durable state and a log of operations since
+// its last Sync (its creation too). Reads see everything; Sync makes the
+// log durable. Remove is durable at once.
 //
 // Unsynced writes cost little extra memory: the log keeps the bytes they
 // overwrote, not the bytes written, and appends merge. When a file's log
@@ -187,7 +186,7 @@ func (m *MemStorage) Remove(name string) error {
 }
 
 // Close closes the storage: its Files fail with ErrClosed afterwards. The
-// content stays available to CrashClone.
+// content stays available to crashClone.
 func (m *MemStorage) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -198,15 +197,15 @@ func (m *MemStorage) Close() error {
 	return nil
 }
 
-// CrashClone returns a new, independent, open MemStorage holding what the
+// crashClone returns a new, independent, open MemStorage holding what the
 // disk could hold after a power loss now. Each file gets its durable state
 // and, if r is not nil, a random prefix of its unsynced operations applied
 // in order, the last of which, if a write, may be torn (only a prefix of
 // its bytes lands). With r nil no unsynced operation survives, and a file
 // never synced since it was created is absent. m is not changed and its
-// Files keep working on m only. CrashClone works on a closed MemStorage
+// Files keep working on m only. crashClone works on a closed MemStorage
 // too.
-func (m *MemStorage) CrashClone(r *rand.Rand) *MemStorage {
+func (m *MemStorage) crashClone(r *rand.Rand) *MemStorage {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c := NewMemStorage()
@@ -271,17 +270,17 @@ func memWriteAt(data, p []byte, off int) []byte {
 	return data
 }
 
-// FailNextWrite makes the next WriteAt, on any file, return an error
+// failNextWrite makes the next WriteAt, on any file, return an error
 // wrapping err and change nothing. A nil err cancels it.
-func (m *MemStorage) FailNextWrite(err error) {
+func (m *MemStorage) failNextWrite(err error) {
 	m.mu.Lock()
 	m.failWrite = err
 	m.mu.Unlock()
 }
 
-// FailNextSync makes the next Sync, on any file, return an error wrapping
+// failNextSync makes the next Sync, on any file, return an error wrapping
 // err and make nothing durable. A nil err cancels it.
-func (m *MemStorage) FailNextSync(err error) {
+func (m *MemStorage) failNextSync(err error) {
 	m.mu.Lock()
 	m.failSync = err
 	m.mu.Unlock()
@@ -458,7 +457,7 @@ func (f *memFile) Size() (int64, error) {
 }
 
 // Sync makes the file's content durable, unless a failure was injected
-// with FailNextSync.
+// with failNextSync.
 func (f *memFile) Sync() error {
 	f.m.mu.Lock()
 	defer f.m.mu.Unlock()

@@ -910,7 +910,7 @@ func TestMemStorageCrashCloneWithoutRandKeepsExactlySyncedData(t *testing.T) {
 	never := storageMustOpen(t, m, "never/synced", true)
 	storageMustWriteAt(t, never, "gone", 0)
 
-	c := m.CrashClone(nil)
+	c := m.crashClone(nil)
 	if got, ok := memStorageContent(c, "synced"); got != "durable" {
 		t.Errorf("synced = %q (exists %v), want %q", got, ok, "durable")
 	}
@@ -918,7 +918,7 @@ func TestMemStorageCrashCloneWithoutRandKeepsExactlySyncedData(t *testing.T) {
 		t.Errorf("shrunk = %q, want %q", got, "0123456789")
 	}
 	if _, ok := memStorageContent(c, "never/synced"); ok {
-		t.Error("a file never synced survived CrashClone(nil)")
+		t.Error("a file never synced survived crashClone(nil)")
 	}
 	if got := c.names(); !slices.Equal(got, []string{"shrunk", "synced"}) {
 		t.Errorf("clone names %q", got)
@@ -931,7 +931,7 @@ func TestMemStorageCrashCloneWithoutRandKeepsExactlySyncedData(t *testing.T) {
 
 // memRefOp is an operation of the reference model that
 // TestMemStorageCrashCloneLeavesAStateBetweenSyncedAndCurrent checks
-// CrashClone against.
+// crashClone against.
 type memRefOp struct {
 	truncate bool
 	off      int // write offset or new size
@@ -1001,7 +1001,7 @@ func TestMemStorageCrashCloneLeavesAStateBetweenSyncedAndCurrent(t *testing.T) {
 
 	seen := map[string]int{}
 	for seed := range uint64(1000) {
-		c := m.CrashClone(rand.New(rand.NewPCG(seed, 2)))
+		c := m.crashClone(rand.New(rand.NewPCG(seed, 2)))
 		got, ok := memStorageContent(c, "f")
 		if !ok || !allowed[got] {
 			t.Fatalf("seed %d: crash left f = %q (exists %v), not a state between synced and current", seed, got, ok)
@@ -1021,7 +1021,7 @@ func TestMemStorageCrashCloneLeavesAStateBetweenSyncedAndCurrent(t *testing.T) {
 		t.Errorf("only %d distinct crash states in 1000 tries", len(seen))
 	}
 	if got := storageReadAll(t, f); got != current {
-		t.Fatalf("CrashClone changed the original: %q", got)
+		t.Fatalf("crashClone changed the original: %q", got)
 	}
 }
 
@@ -1060,12 +1060,12 @@ func TestMemStorageBoundsTheUnsyncedLogOfRepeatedOverwrites(t *testing.T) {
 		t.Fatalf("the log collapsed %d times in 8 MiB of overwrites of a 6 KiB file", collapses)
 	}
 	current := storageReadAll(t, f)
-	if got, _ := memStorageContent(m.CrashClone(nil), "f"); got != string(durable) {
-		t.Fatalf("CrashClone(nil) after collapsing the log lost the durable content: %d bytes", len(got))
+	if got, _ := memStorageContent(m.crashClone(nil), "f"); got != string(durable) {
+		t.Fatalf("crashClone(nil) after collapsing the log lost the durable content: %d bytes", len(got))
 	}
 	seen := map[string]bool{}
 	for seed := range uint64(50) {
-		got, _ := memStorageContent(m.CrashClone(rand.New(rand.NewPCG(seed, 4))), "f")
+		got, _ := memStorageContent(m.crashClone(rand.New(rand.NewPCG(seed, 4))), "f")
 		if got != string(durable) && got != current {
 			t.Fatalf("seed %d: crash left neither the durable nor the current content", seed)
 		}
@@ -1077,7 +1077,7 @@ func TestMemStorageBoundsTheUnsyncedLogOfRepeatedOverwrites(t *testing.T) {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := memStorageContent(m.CrashClone(nil), "f"); got != current {
+	if got, _ := memStorageContent(m.crashClone(nil), "f"); got != current {
 		t.Fatal("Sync after collapsing the log did not make the current content durable")
 	}
 }
@@ -1088,7 +1088,7 @@ func TestMemStorageCrashCloneMayDropFilesNeverSynced(t *testing.T) {
 	storageMustWriteAt(t, f, "data", 0)
 	present, absent := 0, 0
 	for seed := range uint64(100) {
-		c := m.CrashClone(rand.New(rand.NewPCG(seed, 3)))
+		c := m.crashClone(rand.New(rand.NewPCG(seed, 3)))
 		got, ok := memStorageContent(c, "new")
 		if !ok {
 			absent++
@@ -1105,7 +1105,7 @@ func TestMemStorageCrashCloneMayDropFilesNeverSynced(t *testing.T) {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	if got, ok := memStorageContent(m.CrashClone(nil), "new"); got != "data" {
+	if got, ok := memStorageContent(m.crashClone(nil), "new"); got != "data" {
 		t.Errorf("after Sync: %q (exists %v), want %q", got, ok, "data")
 	}
 }
@@ -1115,7 +1115,7 @@ func TestMemStorageCrashCloneIsIndependentOfOriginal(t *testing.T) {
 	f := storageMustOpen(t, m, "f", true)
 	storageMustWriteAt(t, f, "abc", 0)
 	storageMustSync(t, f)
-	c := m.CrashClone(nil)
+	c := m.crashClone(nil)
 	cf := storageMustOpen(t, c, "f", false)
 	storageMustWriteAt(t, cf, "CLONE", 0)
 	storageMustWriteAt(t, f, "orig", 0)
@@ -1126,7 +1126,7 @@ func TestMemStorageCrashCloneIsIndependentOfOriginal(t *testing.T) {
 		t.Errorf("clone reads %q, want %q", got, "CLONE")
 	}
 	// The clone starts with everything durable and nothing injected.
-	if got, _ := memStorageContent(c.CrashClone(nil), "f"); got != "abc" {
+	if got, _ := memStorageContent(c.crashClone(nil), "f"); got != "abc" {
 		t.Errorf("clone's durable content %q, want %q", got, "abc")
 	}
 	if err := c.Close(); err != nil {
@@ -1145,7 +1145,7 @@ func TestMemStorageRemoveIsDurable(t *testing.T) {
 	if err := m.Remove("f"); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := memStorageContent(m.CrashClone(rand.New(rand.NewPCG(1, 1))), "f"); ok {
+	if _, ok := memStorageContent(m.crashClone(rand.New(rand.NewPCG(1, 1))), "f"); ok {
 		t.Error("removed file came back after a crash")
 	}
 }
@@ -1158,7 +1158,7 @@ func TestMemStorageClosedCanStillCrashClone(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	c := m.CrashClone(nil)
+	c := m.crashClone(nil)
 	g, err := c.Open("f", false)
 	if err != nil {
 		t.Fatalf("clone of a closed storage is not usable: %v", err)
@@ -1174,9 +1174,9 @@ func TestMemStorageFailNextWriteFailsOnceWithoutEffect(t *testing.T) {
 	g := storageMustOpen(t, m, "g", true)
 	storageMustWriteAt(t, f, "abc", 0)
 	injected := errors.New("disk full")
-	m.FailNextWrite(injected)
+	m.failNextWrite(injected)
 	if n, err := g.WriteAt([]byte("xyz"), 0); !errors.Is(err, injected) || n != 0 {
-		t.Fatalf("first write after FailNextWrite = %d, %v; want 0 and the injected error", n, err)
+		t.Fatalf("first write after failNextWrite = %d, %v; want 0 and the injected error", n, err)
 	}
 	if got := storageReadAll(t, g); got != "" {
 		t.Fatalf("failed write changed g to %q", got)
@@ -1185,8 +1185,8 @@ func TestMemStorageFailNextWriteFailsOnceWithoutEffect(t *testing.T) {
 	if got := storageReadAll(t, f); got != "Abc" {
 		t.Fatalf("write after the failed one: %q, want %q", got, "Abc")
 	}
-	m.FailNextWrite(injected)
-	m.FailNextWrite(nil)
+	m.failNextWrite(injected)
+	m.failNextWrite(nil)
 	storageMustWriteAt(t, f, "B", 0)
 }
 
@@ -1199,17 +1199,17 @@ func TestMemStorageFailNextSyncFailsOnceWithoutEffect(t *testing.T) {
 	}
 	storageMustWriteAt(t, f, "XYZ", 0)
 	injected := errors.New("EIO")
-	m.FailNextSync(injected)
+	m.failNextSync(injected)
 	if err := f.Sync(); !errors.Is(err, injected) {
-		t.Fatalf("first Sync after FailNextSync = %v; want the injected error", err)
+		t.Fatalf("first Sync after failNextSync = %v; want the injected error", err)
 	}
-	if got, _ := memStorageContent(m.CrashClone(nil), "f"); got != "abc" {
+	if got, _ := memStorageContent(m.crashClone(nil), "f"); got != "abc" {
 		t.Fatalf("failed Sync made %q durable, want %q still", got, "abc")
 	}
 	if err := f.Sync(); err != nil {
 		t.Fatalf("second Sync: %v", err)
 	}
-	if got, _ := memStorageContent(m.CrashClone(nil), "f"); got != "XYZ" {
+	if got, _ := memStorageContent(m.crashClone(nil), "f"); got != "XYZ" {
 		t.Fatalf("after a good Sync durable content is %q, want %q", got, "XYZ")
 	}
 }
@@ -1237,11 +1237,11 @@ func TestMemStorageExposesAndReplacesFileBytes(t *testing.T) {
 	if got := storageReadAll(t, f); got != "jello" {
 		t.Errorf("open File reads %q after setFileBytes, want %q", got, "jello")
 	}
-	if got, _ := memStorageContent(m.CrashClone(nil), "b/f"); got != "jello" {
+	if got, _ := memStorageContent(m.crashClone(nil), "b/f"); got != "jello" {
 		t.Errorf("setFileBytes content is not durable: %q", got)
 	}
 	m.setFileBytes("c", []byte("new"))
-	if got, ok := memStorageContent(m.CrashClone(nil), "c"); got != "new" {
+	if got, ok := memStorageContent(m.crashClone(nil), "c"); got != "new" {
 		t.Errorf("setFileBytes of a new file: %q (exists %v)", got, ok)
 	}
 	m.setFileBytes("../bad", []byte("x"))

@@ -438,7 +438,7 @@ func TestStorageFailureDuringSessionIsErrStorage(t *testing.T) {
 	if _, err := b.AddFeed(w.Key()); err != nil {
 		t.Fatal(err)
 	}
-	ms.FailNextWrite(syscall.ENOSPC)
+	ms.failNextWrite(syscall.ENOSPC)
 	_, eb := replicatePair(t, "pipe", a, b, nil, nil)
 	t.Logf("b: %v", eb)
 	if !errors.Is(eb, ErrStorage) || !errors.Is(eb, syscall.ENOSPC) {
