@@ -64,6 +64,10 @@ const (
 
 var helloMagic = []byte("KAPPA")
 
+// helloLen is the length of a hello of this version (type, magic, version,
+// mac), without its length prefix; a peer's may be longer.
+const helloLen = 1 + 5 + 2 + 32
+
 // ReplicateOptions configure a replication session. The zero value (and
 // nil) means non-live, accepting every feed the peer offers.
 type ReplicateOptions struct {
@@ -584,11 +588,13 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	if err != nil {
 		return handshakeErr(err)
 	}
-	if len(msg) != 1+len(helloMagic)+2+32 || msg[0] != msgHello || !bytes.Equal(msg[1:1+len(helloMagic)], helloMagic) {
+	// A later minor version may append fields after the mac (up to the
+	// 64-byte limit): they are ignored (PROTOCOL.md §1).
+	if len(msg) < helloLen || msg[0] != msgHello || !bytes.Equal(msg[1:1+len(helloMagic)], helloMagic) {
 		return fmt.Errorf("%w: not a kappa hello", ErrProtocol)
 	}
 	var refusal error
-	peerMAC := msg[3+len(helloMagic):]
+	peerMAC := msg[3+len(helloMagic) : helloLen]
 	if major := msg[1+len(helloMagic)]; major != protoMajor {
 		refusal = fmt.Errorf("%w: peer speaks %d.%d, this side %d.%d", ErrVersion, major, msg[2+len(helloMagic)], protoMajor, protoMinor)
 	} else if !hmac.Equal(peerMAC, helloMAC(s.core.key, ekm, !s.initiator)) {
@@ -1079,6 +1085,9 @@ func (s *session) handle(msg []byte) error {
 		}
 		pf := &peerFeed{id: id, key: bytes.Clone(key)}
 		s.peers = append(s.peers, pf)
+		if s.peerSynced && !s.opts.Live {
+			return nil // not in the snapshot taken when the sides met
+		}
 		if s.opts.Accept != nil && !s.opts.Accept(pf.key) {
 			return nil
 		}
