@@ -51,7 +51,7 @@ const (
 
 // Message types.
 const (
-	msgHello        = 0 // "KAPPA" ‖ major u8 ‖ minor u8 ‖ HMAC (32)
+	msgHello        = 0 // "KAPPA" ‖ major u8 ‖ minor u8 ‖ HMAC (32) ‖ a later minor version's fields
 	msgFeed         = 1 // id ‖ public key (32)
 	msgHave         = 2 // id ‖ length ‖ ranges: count, then (gap, len) pairs
 	msgSynced       = 3 // every feed and range of the sender's snapshot was sent
@@ -84,7 +84,9 @@ type ReplicateOptions struct {
 	// its progress changes. It must not block.
 	Progress func(ReplicateProgress)
 
-	// KeepAlive is how often a quiet session sends a ping (default 5 s).
+	// KeepAlive is how often a quiet session sends a ping (default 5 s):
+	// every KeepAlive/2 the session pings if it wrote nothing since the
+	// last look, and checks Timeout.
 	// Timeout ends the session with ErrTimeout when nothing arrives from
 	// the peer for that long, or a write to it moves no byte for that long
 	// (default 30 s). Bytes count as they move, not as whole messages: a

@@ -118,4 +118,3 @@ func TestNonLiveIgnoresFeedsAnnouncedAfterSynced(t *testing.T) {
 		})
 	}
 }
-
