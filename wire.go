@@ -51,7 +51,7 @@ const (
 
 // Message types.
 const (
-	msgHello        = 0 // "KAPPA" ‖ major u8 ‖ minor u8 ‖ HMAC (32)
+	msgHello        = 0 // "KAPPA" ‖ major u8 ‖ minor u8 ‖ HMAC (32) ‖ a later minor version's fields
 	msgFeed         = 1 // id ‖ public key (32)
 	msgHave         = 2 // id ‖ length ‖ ranges: count, then (gap, len) pairs
 	msgSynced       = 3 // every feed and range of the sender's snapshot was sent
@@ -63,6 +63,10 @@ const (
 )
 
 var helloMagic = []byte("KAPPA")
+
+// helloLen is the length of a hello of this version (type, magic, version,
+// mac), without its length prefix; a peer's may be longer.
+const helloLen = 1 + 5 + 2 + 32
 
 // ReplicateOptions configure a replication session. The zero value (and
 // nil) means non-live, accepting every feed the peer offers.
@@ -80,7 +84,9 @@ type ReplicateOptions struct {
 	// its progress changes. It must not block.
 	Progress func(ReplicateProgress)
 
-	// KeepAlive is how often a quiet session sends a ping (default 5 s).
+	// KeepAlive is how often a quiet session sends a ping (default 5 s):
+	// every KeepAlive/2 the session pings if it wrote nothing since the
+	// last look, and checks Timeout.
 	// Timeout ends the session with ErrTimeout when nothing arrives from
 	// the peer for that long, or a write to it moves no byte for that long
 	// (default 30 s). Bytes count as they move, not as whole messages: a
@@ -584,11 +590,13 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	if err != nil {
 		return handshakeErr(err)
 	}
-	if len(msg) != 1+len(helloMagic)+2+32 || msg[0] != msgHello || !bytes.Equal(msg[1:1+len(helloMagic)], helloMagic) {
+	// A later minor version may append fields after the mac (up to the
+	// 64-byte limit): they are ignored (PROTOCOL.md §1).
+	if len(msg) < helloLen || msg[0] != msgHello || !bytes.Equal(msg[1:1+len(helloMagic)], helloMagic) {
 		return fmt.Errorf("%w: not a kappa hello", ErrProtocol)
 	}
 	var refusal error
-	peerMAC := msg[3+len(helloMagic):]
+	peerMAC := msg[3+len(helloMagic) : helloLen]
 	if major := msg[1+len(helloMagic)]; major != protoMajor {
 		refusal = fmt.Errorf("%w: peer speaks %d.%d, this side %d.%d", ErrVersion, major, msg[2+len(helloMagic)], protoMajor, protoMinor)
 	} else if !hmac.Equal(peerMAC, helloMAC(s.core.key, ekm, !s.initiator)) {
@@ -1079,6 +1087,9 @@ func (s *session) handle(msg []byte) error {
 		}
 		pf := &peerFeed{id: id, key: bytes.Clone(key)}
 		s.peers = append(s.peers, pf)
+		if s.peerSynced && !s.opts.Live {
+			return nil // not in the snapshot taken when the sides met
+		}
 		if s.opts.Accept != nil && !s.opts.Accept(pf.key) {
 			return nil
 		}
