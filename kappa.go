@@ -398,17 +398,13 @@ func checkWriterKey(s Storage, prefix string, key []byte) error {
 	return nil // a damaged record is OpenFeed's to report
 }
 
+// load opens the database's files and loads it, in steps: the shared key,
+// the manifest's header, its records and the feed of each, and the slots
+// past the manifest's end. Damage that spares the rest of the database is
+// reported (see Damaged); an error is returned only for damage that leaves
+// nothing to open.
 func (c *Core) load() error {
-	ro := c.opts.ReadOnly
-	var err error
-	if c.meta, err = c.store.Open(fileDB, !ro); ro && errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: there is no database here: %w", ErrReadOnly, err)
-	} else if err != nil {
-		return err
-	}
-	if c.manifest, err = c.store.Open(fileManifest, !ro); ro && errors.Is(err, fs.ErrNotExist) {
-		c.manifest = &memFileRO{} // as if created
-	} else if err != nil {
+	if err := c.openFiles(); err != nil {
 		return err
 	}
 	msize, err := c.manifest.Size()
@@ -426,43 +422,22 @@ func (c *Core) load() error {
 	if err := c.loadKey(hasFeeds); err != nil {
 		return err
 	}
-	c.feedCfg = &feedConfig{store: c.store, enc: c.enc, noSync: c.opts.NoSync, readOnly: ro, damaged: c.feedDamaged, healed: c.feedHealed}
-	hdr := encodeHeader(magicManifest, manifestRecord)
+	c.feedCfg = &feedConfig{store: c.store, enc: c.enc, noSync: c.opts.NoSync, readOnly: c.opts.ReadOnly, damaged: c.feedDamaged, healed: c.feedHealed}
 	headerCut := msize < headerSize
-	recordLost := false // a damaged record (not a torn last one)
 	if headerCut {
 		// New, or its header was cut: it holds no record, and slots that
 		// hold feed files are reported below.
-		if ro {
-			c.manifest.Close()
-			c.manifest = &memFileRO{data: hdr[:]} // as written
-		} else if _, err := c.manifest.WriteAt(hdr[:], 0); err != nil {
-			return err
-		} else if err := c.sync(c.manifest); err != nil {
+		if err := c.writeManifestHeader(); err != nil {
 			return err
 		}
 		msize = headerSize
 	}
-	var got [headerSize]byte
-	if _, err := c.manifest.ReadAt(got[:], 0); err != nil {
+	if err := c.checkManifestHeader(); err != nil {
 		return err
 	}
-	if got != hdr {
-		return &CorruptError{File: fileManifest, Offset: 0, Reason: "bad header"}
-	}
-	n := int((msize - headerSize) / manifestRecord)
-	partial := (msize-headerSize)%manifestRecord != 0
-	if partial {
-		n++ // a partial record: a torn append, unless its slot holds data
-	}
-	buf := make([]byte, n*manifestRecord)
-	if _, err := c.manifest.ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
+	recs, partial, err := c.readManifest(msize)
+	if err != nil {
 		return err
-	}
-	recs := make([]manifestEntry, n)
-	for i := range recs {
-		e := &recs[i]
-		e.flags, e.key, e.name, e.ok = decodeManifestRec(buf[i*manifestRecord : (i+1)*manifestRecord])
 	}
 	opened := c.openSlots(recs)
 	defer func() {
@@ -472,82 +447,175 @@ func (c *Core) load() error {
 			}
 		}
 	}()
-	for i := range n {
-		off := int64(headerSize + i*manifestRecord)
-		flags, key, name, ok := recs[i].flags, recs[i].key, recs[i].name, recs[i].ok
-		if !ok {
+	n, torn, recordLost, err := c.loadRecords(recs, opened)
+	if err != nil {
+		return err
+	}
+	if torn {
+		partial = false
+	}
+	c.slots = n
+	// A partial last record that holds (its lost bytes were zeros) ends the
+	// manifest as well: no feed was added after it.
+	return c.loadPastEnd(n, headerCut || recordLost || partial)
+}
+
+// openFiles opens the database's key file and its manifest, creating them
+// unless the database is read-only. A read-only database without a
+// manifest reads as one with an empty manifest.
+func (c *Core) openFiles() error {
+	ro := c.opts.ReadOnly
+	var err error
+	if c.meta, err = c.store.Open(fileDB, !ro); ro && errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: there is no database here: %w", ErrReadOnly, err)
+	} else if err != nil {
+		return err
+	}
+	if c.manifest, err = c.store.Open(fileManifest, !ro); ro && errors.Is(err, fs.ErrNotExist) {
+		c.manifest = &memFileRO{} // as if created
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// writeManifestHeader writes the header of a new manifest, or of one whose
+// header a crash cut; a read-only database reads it as written.
+func (c *Core) writeManifestHeader() error {
+	hdr := encodeHeader(magicManifest, manifestRecord)
+	if c.opts.ReadOnly {
+		c.manifest.Close()
+		c.manifest = &memFileRO{data: hdr[:]} // as written
+		return nil
+	}
+	if _, err := c.manifest.WriteAt(hdr[:], 0); err != nil {
+		return err
+	}
+	return c.sync(c.manifest)
+}
+
+// checkManifestHeader reports a manifest header that is not this format's.
+func (c *Core) checkManifestHeader() error {
+	hdr := encodeHeader(magicManifest, manifestRecord)
+	var got [headerSize]byte
+	if _, err := c.manifest.ReadAt(got[:], 0); err != nil {
+		return err
+	}
+	if got != hdr {
+		return &CorruptError{File: fileManifest, Offset: 0, Reason: "bad header"}
+	}
+	return nil
+}
+
+// readManifest reads and decodes the records of a manifest of msize bytes.
+// partial reports a last record cut short, which is decoded as if its
+// missing bytes were zeros: a torn append, unless its slot holds data.
+func (c *Core) readManifest(msize int64) (recs []manifestEntry, partial bool, err error) {
+	n := int((msize - headerSize) / manifestRecord)
+	partial = (msize-headerSize)%manifestRecord != 0
+	if partial {
+		n++
+	}
+	buf := make([]byte, n*manifestRecord)
+	if _, err := c.manifest.ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
+		return nil, false, err
+	}
+	recs = make([]manifestEntry, n)
+	for i := range recs {
+		e := &recs[i]
+		e.flags, e.key, e.name, e.ok = decodeManifestRec(buf[i*manifestRecord : (i+1)*manifestRecord])
+	}
+	return recs, partial, nil
+}
+
+// loadRecords loads, in manifest order, the feed of each record, taking
+// those openSlots opened. It returns how many records the manifest holds:
+// all of recs, less a torn last record (torn) whose slot holds no data, as
+// its feed was never handed out. recordLost reports a damaged record, or
+// feed files whose record was lost.
+func (c *Core) loadRecords(recs []manifestEntry, opened []slotOpen) (n int, torn, recordLost bool, err error) {
+	n = len(recs)
+	for i, rec := range recs {
+		switch {
+		case !rec.ok:
 			_, hasData, err := slotState(c.store, i)
 			if err != nil {
-				return err
+				return 0, false, false, err
 			}
 			if i == n-1 && !hasData {
 				// A torn last record: its feed was never handed out.
-				n--
-				partial = false
-				break
+				return n - 1, true, recordLost, nil
 			}
 			// A torn record cannot explain a slot that holds data, nor
 			// a bad record before the last: damage, kept as it is.
-			c.damage(Damage{Slot: i, Err: &CorruptError{File: fileManifest, Offset: off, Reason: "record is damaged; the feed is kept but not loaded"}})
+			c.damage(Damage{Slot: i, Err: &CorruptError{File: fileManifest, Offset: int64(headerSize + i*manifestRecord), Reason: "record is damaged; the feed is kept but not loaded"}})
 			recordLost = true
-			continue
-		}
-		if flags&flagReserved != 0 {
+		case rec.flags&flagReserved != 0:
 			if exists, _, err := slotState(c.store, i); err != nil {
-				return err
+				return 0, false, false, err
 			} else if exists {
 				recordLost = true
 				c.damage(Damage{Slot: i, Err: &CorruptError{File: feedPrefix(i), Offset: 0, Reason: "feed files whose manifest record was lost; kept but not loaded"}})
 			}
-			continue
+		default:
+			c.loadRecord(i, rec, &opened[i])
 		}
-		key = bytes.Clone(key)
-		local := flags&flagLocal != 0
-		var f *Feed
-		var err error
-		switch j := &opened[i]; {
-		case j.started:
-			f, err = j.f, j.err
-			j.f = nil
-			for _, r := range j.repairs {
-				c.repaired(r)
-			}
-		case c.byKey[string(key)] != nil || (local && c.byName[name] != nil):
-			err = &CorruptError{File: fileManifest, Offset: off, Reason: "record names a feed or writer that an earlier record holds"}
-		default: // the earlier record of its key or name failed to load
-			f, err = c.openSlot(i, key, local, c.repaired)
-		}
-		if err != nil {
-			d := Damage{Slot: i, Key: key, Err: err}
-			if local {
-				d.Name = name
-				if c.byName[name] == nil {
-					c.lost[name] = err
-				}
-			}
-			c.damage(d)
-			continue
-		}
-		if local {
-			delete(c.lost, name) // an earlier record of the name was damaged
-		}
-		c.addLocked(f, local, name)
-		c.reportOpenDamage(f)
-		f.reportLoadedFork()
 	}
-	c.slots = n
-	// Slots past the manifest hold feeds whose records were cut from it:
-	// they are reported, and reserved when the next feed is added. The
-	// exception is a creation torn by a crash (a feed's files are written
-	// before its record; AddFeeds writes several): slots past the end that
-	// hold no data, behind a manifest that shows no other damage. The next
-	// feed added clears them. Where records were lost, an empty slot is no
-	// proof of a torn creation, and may hold a writer's key: it is kept.
+	return n, false, recordLost, nil
+}
+
+// loadRecord loads the feed of the record in slot i, which j holds if
+// openSlots opened it; a feed that does not load is reported as damage.
+func (c *Core) loadRecord(i int, rec manifestEntry, j *slotOpen) {
+	off := int64(headerSize + i*manifestRecord)
+	key, name := bytes.Clone(rec.key), rec.name
+	local := rec.flags&flagLocal != 0
+	var f *Feed
+	var err error
+	switch {
+	case j.started:
+		f, err = j.f, j.err
+		j.f = nil
+		for _, r := range j.repairs {
+			c.repaired(r)
+		}
+	case c.byKey[string(key)] != nil || (local && c.byName[name] != nil):
+		err = &CorruptError{File: fileManifest, Offset: off, Reason: "record names a feed or writer that an earlier record holds"}
+	default: // the earlier record of its key or name failed to load
+		f, err = c.openSlot(i, key, local, c.repaired)
+	}
+	if err != nil {
+		d := Damage{Slot: i, Key: key, Err: err}
+		if local {
+			d.Name = name
+			if c.byName[name] == nil {
+				c.lost[name] = err
+			}
+		}
+		c.damage(d)
+		return
+	}
+	if local {
+		delete(c.lost, name) // an earlier record of the name was damaged
+	}
+	c.addLocked(f, local, name)
+	c.reportOpenDamage(f)
+	f.reportLoadedFork()
+}
+
+// loadPastEnd looks at the slots past the manifest's n records, after a
+// manifest that lost records or not (lost).
+//
+// Slots past the manifest hold feeds whose records were cut from it:
+// they are reported, and reserved when the next feed is added. The
+// exception is a creation torn by a crash (a feed's files are written
+// before its record; AddFeeds writes several): slots past the end that
+// hold no data, behind a manifest that shows no other damage. The next
+// feed added clears them. Where records were lost, an empty slot is no
+// proof of a torn creation, and may hold a writer's key: it is kept.
+func (c *Core) loadPastEnd(n int, lost bool) error {
 	c.reserveTo = n
 	var past []int
-	// A partial last record that holds (its lost bytes were zeros) ends the
-	// manifest as well: no feed was added after it.
-	lost := headerCut || recordLost || partial
 	for slot := n; ; slot++ {
 		exists, hasData, err := slotState(c.store, slot)
 		if err != nil {
