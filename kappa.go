@@ -930,118 +930,177 @@ type feedReq struct {
 }
 
 // add returns the feeds asked for, creating those the database does not
-// hold, with one manifest write for all of them.
+// hold, with one manifest write for all of them. In steps: plan a slot and
+// a manifest record for each new feed (planFeed), create their files side
+// by side (createFeeds), then write and sync the records (commitAdd).
 func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 	c.addMu.Lock()
 	defer c.addMu.Unlock()
-	c.mu.RLock()
-	closed := c.closed
-	c.mu.RUnlock()
-	if closed {
-		return nil, ErrClosed
-	}
-	if c.addFailed != nil {
-		return nil, fmt.Errorf("add feed refused after a failed manifest write; reopen the database: %w", c.addFailed)
+	if err := c.addAllowed(); err != nil {
+		return nil, err
 	}
 	out := make([]*Feed, len(reqs))
-	// Slots whose feed files lost their manifest record get a reserved
-	// record, so they are never reused.
-	var recs []byte
-	for c.slots+len(recs)/manifestRecord < c.reserveTo {
-		recs = append(recs, manifestRec(flagReserved, nil, "")...)
+	p := c.newAddPlan()
+	jobOf := make([]int, len(reqs)) // per request without a feed yet, its job
+	for i, r := range reqs {
+		if out[i] = c.existing(r); out[i] != nil {
+			continue
+		}
+		j, err := c.planFeed(p, r)
+		if err != nil {
+			return nil, err
+		}
+		jobOf[i] = j
 	}
-	slot := c.slots + len(recs)/manifestRecord
-	var created []*Feed
-	var jobs []openJob
-	fail := func(err error) ([]*Feed, error) {
+	if len(p.jobs) == 0 {
+		return out, nil
+	}
+	created, err := c.createFeeds(p.jobs)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		if out[i] == nil {
+			out[i] = p.jobs[jobOf[i]].f
+		}
+	}
+	if err := c.commitAdd(p, created); err != nil {
 		for _, f := range created {
 			f.Close()
 		}
 		return nil, err
 	}
-	batch := map[string]int{}       // jobs of this call, by name or key
-	jobOf := make([]int, len(reqs)) // per request without a feed yet, its job
-	for i, r := range reqs {
-		id := "k" + string(r.key)
-		if r.local {
-			id = "n" + r.name
-		}
-		c.mu.RLock()
-		f := c.byKey[string(r.key)]
-		if r.local {
-			f = c.byName[r.name]
-		}
-		c.mu.RUnlock()
-		if f != nil {
-			out[i] = f
-			continue
-		}
-		if c.opts.ReadOnly {
-			return fail(fmt.Errorf("%w: cannot create a feed", ErrReadOnly))
-		}
-		if j, ok := batch[id]; ok {
-			jobOf[i] = j // filled in once its feed is open
-			continue
-		}
-		opts := c.feedOptions()
-		key := r.key
-		if r.local {
-			kp := r.kp
-			if kp == nil {
-				k, err := NewKeyPair()
-				if err != nil {
-					return fail(err)
-				}
-				kp = &k
-			}
-			key = kp.PublicKey
-			opts.SecretKey = kp.SecretKey
-			if _, ok := batch["k"+string(key)]; ok || c.Feed(key) != nil {
-				return fail(fmt.Errorf("%w: feed %x is already in the database as a replica", ErrKeyMismatch, key[:4]))
-			}
-		} else {
-			// A replica's key file can be written again from its
-			// manifest record, so it need not be synced before it.
-			opts.Key = key
-			opts.lazy = true
-		}
-		// The slot past the manifest's end may hold a feed whose record
-		// was torn away by a crash before it held data: clear it first.
-		exists, hasData, serr := slotState(c.store, slot)
-		if serr != nil {
-			return fail(serr)
-		} else if hasData {
-			return fail(&CorruptError{File: feedPrefix(slot), Offset: 0, Reason: "a feed without a manifest record appeared in the next free slot"})
-		}
-		prefix := feedPrefix(slot)
-		for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs, fileFork} {
-			if !exists {
-				break // a slot nobody used: nothing to clear
-			}
-			if err := c.store.Remove(prefix + name); err != nil {
-				return fail(err)
-			}
-		}
-		var flags byte
-		if r.local {
-			flags = flagLocal
-		}
-		recs = append(recs, manifestRec(flags, key, r.name)...)
-		jobOf[i] = len(jobs)
-		batch[id] = len(jobs)
-		batch["k"+string(key)] = len(jobs)
-		jobs = append(jobs, openJob{prefix: prefix, opts: opts, name: r.name})
-		slot++
+	return out, nil
+}
+
+// addAllowed reports why add may not add feeds: the database is closed,
+// or an earlier manifest write failed.
+func (c *Core) addAllowed() error {
+	c.mu.RLock()
+	closed := c.closed
+	c.mu.RUnlock()
+	if closed {
+		return ErrClosed
 	}
-	if len(jobs) == 0 {
-		return out, nil
+	if c.addFailed != nil {
+		return fmt.Errorf("add feed refused after a failed manifest write; reopen the database: %w", c.addFailed)
 	}
-	// New feeds' files are created side by side: each create waits on the
-	// file system, not on the CPU.
+	return nil
+}
+
+// addPlan is what one add writes: the manifest records it appends and the
+// feeds it creates.
+type addPlan struct {
+	recs  []byte         // the records to append to the manifest
+	slot  int            // the next free slot
+	jobs  []openJob      // the feeds to create, one per new slot
+	batch map[string]int // jobs, by name ("n"+name) or key ("k"+key)
+}
+
+// newAddPlan starts a plan. Slots whose feed files lost their manifest
+// record get a reserved record, so they are never reused.
+func (c *Core) newAddPlan() *addPlan {
+	p := &addPlan{batch: map[string]int{}}
+	for c.slots+len(p.recs)/manifestRecord < c.reserveTo {
+		p.recs = append(p.recs, manifestRec(flagReserved, nil, "")...)
+	}
+	p.slot = c.slots + len(p.recs)/manifestRecord
+	return p
+}
+
+// existing returns the feed of the database that r asks for, or nil.
+func (c *Core) existing(r feedReq) *Feed {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if r.local {
+		return c.byName[r.name]
+	}
+	return c.byKey[string(r.key)]
+}
+
+// planFeed adds to p the feed that r asks for, which the database does not
+// hold, and returns its job: a job of p that creates the same feed already,
+// or a new one in the next free slot.
+func (c *Core) planFeed(p *addPlan, r feedReq) (int, error) {
+	if c.opts.ReadOnly {
+		return 0, fmt.Errorf("%w: cannot create a feed", ErrReadOnly)
+	}
+	id := "k" + string(r.key)
+	if r.local {
+		id = "n" + r.name
+	}
+	if j, ok := p.batch[id]; ok {
+		return j, nil // filled in once its feed is open
+	}
+	opts := c.feedOptions()
+	key := r.key
+	if r.local {
+		kp := r.kp
+		if kp == nil {
+			k, err := NewKeyPair()
+			if err != nil {
+				return 0, err
+			}
+			kp = &k
+		}
+		key = kp.PublicKey
+		opts.SecretKey = kp.SecretKey
+		if _, ok := p.batch["k"+string(key)]; ok || c.Feed(key) != nil {
+			return 0, fmt.Errorf("%w: feed %x is already in the database as a replica", ErrKeyMismatch, key[:4])
+		}
+	} else {
+		// A replica's key file can be written again from its
+		// manifest record, so it need not be synced before it.
+		opts.Key = key
+		opts.lazy = true
+	}
+	if err := c.clearSlot(p.slot); err != nil {
+		return 0, err
+	}
+	var flags byte
+	if r.local {
+		flags = flagLocal
+	}
+	p.recs = append(p.recs, manifestRec(flags, key, r.name)...)
+	j := len(p.jobs)
+	p.batch[id] = j
+	p.batch["k"+string(key)] = j
+	p.jobs = append(p.jobs, openJob{prefix: feedPrefix(p.slot), opts: opts, name: r.name})
+	p.slot++
+	return j, nil
+}
+
+// clearSlot readies a slot past the manifest's end for a new feed. The slot
+// may hold a feed whose record was torn away by a crash before it held
+// data: its files are removed. One that holds data is damage.
+func (c *Core) clearSlot(slot int) error {
+	exists, hasData, err := slotState(c.store, slot)
+	if err != nil {
+		return err
+	} else if hasData {
+		return &CorruptError{File: feedPrefix(slot), Offset: 0, Reason: "a feed without a manifest record appeared in the next free slot"}
+	}
+	if !exists {
+		return nil // a slot nobody used: nothing to clear
+	}
+	prefix := feedPrefix(slot)
+	for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs, fileFork} {
+		if err := c.store.Remove(prefix + name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// createFeeds creates the feeds of jobs, side by side: each create waits on
+// the file system, not on the CPU. It returns them in the order of jobs, or
+// the first error, having closed those it created.
+func (c *Core) createFeeds(jobs []openJob) ([]*Feed, error) {
 	inParallel(len(jobs), maxParallelOpens, func(i int) {
 		j := &jobs[i]
 		j.f, j.err = OpenFeed(c.store, j.prefix, j.opts)
 	})
+	var created []*Feed
 	var openErr error
 	for i := range jobs {
 		if j := &jobs[i]; j.err != nil {
@@ -1051,27 +1110,31 @@ func (c *Core) add(reqs []feedReq) ([]*Feed, error) {
 		}
 	}
 	if openErr != nil {
-		return fail(openErr)
-	}
-	for i := range out {
-		if out[i] == nil {
-			out[i] = jobs[jobOf[i]].f
+		for _, f := range created {
+			f.Close()
 		}
+		return nil, openErr
 	}
-	if _, err := c.manifest.WriteAt(recs, int64(headerSize+c.slots*manifestRecord)); err != nil {
-		return fail(c.undoManifest(err))
+	return created, nil
+}
+
+// commitAdd appends p's records to the manifest, syncs it, and publishes
+// the feeds created for p. On error the caller closes them.
+func (c *Core) commitAdd(p *addPlan, created []*Feed) error {
+	if _, err := c.manifest.WriteAt(p.recs, int64(headerSize+c.slots*manifestRecord)); err != nil {
+		return c.undoManifest(err)
 	}
 	if err := c.sync(c.manifest); err != nil {
 		// The records may land yet: they are left as they are.
 		c.addFailed = err
-		return fail(err)
+		return err
 	}
-	c.slots = slot
+	c.slots = p.slot
 	c.reserveTo = 0
 	for i, f := range created {
-		c.addLocked(f, f.Writable(), jobs[i].name)
+		c.addLocked(f, f.Writable(), p.jobs[i].name)
 	}
-	return out, nil
+	return nil
 }
 
 // maxParallelOpens bounds the feeds one add creates at once.
