@@ -738,35 +738,11 @@ func readAll(jobs <-chan *batchRead) {
 // groupLimitLocked): the state names every feed, so storing it after each
 // batch would cost work in proportion to all feeds for every batch.
 func (x *Index) drain(done <-chan struct{}) {
-	var ahead []*batchRead
-	var aheadSize uint64
-	var group []*mappedBatch
-	var groupBytes uint64
 	// The readers, started as batches are read ahead; they end when drain
 	// does, after the batches it waits for below.
-	jobs := make(chan *batchRead, batchesAhead)
-	started := 0
-	defer close(jobs)
-	defer func() {
-		// Batches read but not mapped: their feeds go back to the queue.
-		for _, b := range ahead {
-			<-b.done
-			x.mu.Lock()
-			b.p.reading = false
-			x.mu.Unlock()
-			x.queue(b.p, false)
-		}
-	}()
-	// commit stores the group's progress and ends the group; after an
-	// error the view stops.
-	commit := func() bool {
-		err := x.commit(group)
-		group, groupBytes = group[:0], 0
-		if err != nil && !errors.Is(err, ErrClosed) {
-			x.fail(err)
-		}
-		return err == nil
-	}
+	d := &drainer{x: x, jobs: make(chan *batchRead, batchesAhead)}
+	defer close(d.jobs)
+	defer d.requeueAhead()
 	for {
 		stop := false
 		select {
@@ -776,82 +752,150 @@ func (x *Index) drain(done <-chan struct{}) {
 		}
 		x.mu.Lock()
 		stop = stop || x.paused > 0 || x.err != nil || x.rebuild
-		for !stop && len(ahead) < batchesAhead && (len(ahead) == 0 || aheadSize < bytesAhead) {
-			p, start, end := x.pickLocked()
-			if p == nil {
-				break
-			}
-			p.reading = true
-			b := &batchRead{p: p, start: start, end: end, done: make(chan struct{})}
-			if n := p.feed.Len(); n > 0 {
-				b.size = (end - start) * (p.feed.ByteLen() / n)
-			}
-			aheadSize += b.size
-			ahead = append(ahead, b)
-			if started < min(len(ahead), readers) {
-				started++
-				go readAll(jobs)
-			}
-			jobs <- b
+		if !stop {
+			d.readAheadLocked()
 		}
-		if stop || len(ahead) == 0 {
+		if stop || len(d.ahead) == 0 {
 			x.mu.Unlock()
-			grouped := len(group) > 0
-			if !commit() || stop {
+			if !d.pauseOrIdle(stop) {
 				return
 			}
-			if grouped {
-				continue // more work may have waited for the group
-			}
-			x.mu.Lock()
-			x.checkWaitersLocked("") // idle
-			x.changedLocked()
-			x.mu.Unlock()
-			return
+			continue
 		}
-		b := ahead[0]
-		ahead = ahead[1:]
-		aheadSize -= b.size
+		b := d.ahead[0]
+		d.ahead = d.ahead[1:]
+		d.aheadSize -= b.size
 		x.busy = true
 		x.mu.Unlock()
-
-		<-b.done
-		m, err := x.mapBatch(b)
-		x.mu.Lock()
-		b.p.reading = false
-		if m != nil && m.end > m.start {
-			// The feed's next batch starts past this one, but the
-			// batch counts (for Ready and Status) only once commit
-			// stored it.
-			m.p.spans = m.p.with(span{m.start, m.end})
-			group = append(group, m)
-			groupBytes += m.bytes
-		} else if err == nil {
-			// The feed broke, or its batch began with a damaged entry,
-			// which is a hole now.
-			// In the step that releases who waited for it, no batch
-			// is in flight unless the group has one.
-			if len(group) == 0 {
-				x.endBatchesLocked()
-			}
-			x.checkWaitersLocked(b.p.key)
-		}
-		full := len(group) >= x.groupLimitLocked() || groupBytes >= bytesAhead
-		x.mu.Unlock()
-		// The feed may have more: its turn comes again after the others'.
-		// After an error this is the batch that Retry retries.
-		x.queue(b.p, false)
-		if err != nil {
-			// What the group mapped before is stored first.
-			if commit() && !errors.Is(err, ErrClosed) {
-				x.fail(err)
-			}
-			return
-		}
-		if full && !commit() {
+		if !d.mapNext(b) {
 			return
 		}
 	}
+}
+
+// drainer is the state of one drain: the batches read ahead of their turn,
+// and the group of batches mapped whose progress is not stored yet.
+type drainer struct {
+	x          *Index
+	ahead      []*batchRead
+	aheadSize  uint64
+	group      []*mappedBatch
+	groupBytes uint64
+	jobs       chan *batchRead // to the readers
+	started    int             // readers started
+}
+
+// requeueAhead puts the feeds of batches read but not mapped back in the
+// queue, once their reads are done.
+func (d *drainer) requeueAhead() {
+	x := d.x
+	for _, b := range d.ahead {
+		<-b.done
+		x.mu.Lock()
+		b.p.reading = false
+		x.mu.Unlock()
+		x.queue(b.p, false)
+	}
+}
+
+// readAheadLocked picks the next batches to read, up to batchesAhead and
+// about bytesAhead bytes, and hands them to the readers, starting readers
+// as needed.
+func (d *drainer) readAheadLocked() {
+	x := d.x
+	for len(d.ahead) < batchesAhead && (len(d.ahead) == 0 || d.aheadSize < bytesAhead) {
+		p, start, end := x.pickLocked()
+		if p == nil {
+			break
+		}
+		p.reading = true
+		b := &batchRead{p: p, start: start, end: end, done: make(chan struct{})}
+		if n := p.feed.Len(); n > 0 {
+			b.size = (end - start) * (p.feed.ByteLen() / n)
+		}
+		d.aheadSize += b.size
+		d.ahead = append(d.ahead, b)
+		if d.started < min(len(d.ahead), readers) {
+			d.started++
+			go readAll(d.jobs)
+		}
+		d.jobs <- b
+	}
+}
+
+// commit stores the group's progress and ends the group; after an error
+// the view stops. It reports whether the progress was stored.
+func (d *drainer) commit() bool {
+	err := d.x.commit(d.group)
+	d.group, d.groupBytes = d.group[:0], 0
+	if err != nil && !errors.Is(err, ErrClosed) {
+		d.x.fail(err)
+	}
+	return err == nil
+}
+
+// pauseOrIdle is drain's step when it stops (stop) or has nothing to read:
+// it stores the group, and reports whether drain goes on, as work may have
+// waited for the group. Otherwise the view is idle, and its waiters are
+// told.
+func (d *drainer) pauseOrIdle(stop bool) bool {
+	x := d.x
+	grouped := len(d.group) > 0
+	if !d.commit() || stop {
+		return false
+	}
+	if grouped {
+		return true // more work may have waited for the group
+	}
+	x.mu.Lock()
+	x.checkWaitersLocked("") // idle
+	x.changedLocked()
+	x.mu.Unlock()
+	return false
+}
+
+// mapNext maps batch b, once read, adds it to the group, and stores the
+// group when it is full. It reports whether drain goes on: not after an
+// error.
+func (d *drainer) mapNext(b *batchRead) bool {
+	x := d.x
+	<-b.done
+	m, err := x.mapBatch(b)
+	x.mu.Lock()
+	b.p.reading = false
+	if m != nil && m.end > m.start {
+		// The feed's next batch starts past this one, but the
+		// batch counts (for Ready and Status) only once commit
+		// stored it.
+		m.p.spans = m.p.with(span{m.start, m.end})
+		d.group = append(d.group, m)
+		d.groupBytes += m.bytes
+	} else if err == nil {
+		// The feed broke, or its batch began with a damaged entry,
+		// which is a hole now.
+		// In the step that releases who waited for it, no batch
+		// is in flight unless the group has one.
+		if len(d.group) == 0 {
+			x.endBatchesLocked()
+		}
+		x.checkWaitersLocked(b.p.key)
+	}
+	full := len(d.group) >= x.groupLimitLocked() || d.groupBytes >= bytesAhead
+	x.mu.Unlock()
+	// The feed may have more: its turn comes again after the others'.
+	// After an error this is the batch that Retry retries.
+	x.queue(b.p, false)
+	if err != nil {
+		// What the group mapped before is stored first.
+		if d.commit() && !errors.Is(err, ErrClosed) {
+			x.fail(err)
+		}
+		return false
+	}
+	if full && !d.commit() {
+		return false
+	}
+	return true
 }
 
 // groupLimitLocked is how many batches drain maps before it stores their
