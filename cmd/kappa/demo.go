@@ -80,25 +80,14 @@ type demoPeer struct {
 	numbers []int
 }
 
+// runDemo runs the demo, in steps: make the directories (demoDirs), open
+// and fill both databases (startPeer), print the sums, replicate
+// (replicateDemo), print the sums again, verify both (verifyDemo).
 func runDemo(ctx context.Context, out io.Writer, dir string, keep bool) (err error) {
 	// Where the databases go, and what to remove at the end.
-	var remove []string
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "kappa-demo-"); err != nil {
-			return err
-		}
-		remove = []string{dir}
-	} else {
-		for _, name := range []string{"alice", "bob"} {
-			if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("%s already exists: demo makes new databases", filepath.Join(dir, name))
-			}
-		}
-		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-			remove = []string{dir}
-		} else {
-			remove = []string{filepath.Join(dir, "alice"), filepath.Join(dir, "bob")}
-		}
+	dir, remove, err := demoDirs(dir)
+	if err != nil {
+		return err
 	}
 	defer func() {
 		if keep {
@@ -119,65 +108,122 @@ func runDemo(ctx context.Context, out io.Writer, dir string, keep bool) (err err
 	}
 	var key []byte // bob joins alice's database: the same shared key
 	for _, p := range peers {
-		p.core, err = kappa.Open(filepath.Join(dir, p.name), &kappa.Options{ValueEncoding: kappa.JSON, SharedKey: key})
+		err := startPeer(out, p, dir, key)
+		if p.core != nil {
+			defer p.core.Close()
+		}
 		if err != nil {
 			return err
 		}
-		defer p.core.Close()
 		key = p.core.SharedKey()
-		p.sum = &sumView{}
-		if _, err := p.core.Use("sum", 1, p.sum); err != nil {
-			return err
-		}
-		w, err := p.core.Writer(p.name)
-		if err != nil {
-			return err
-		}
-		for _, n := range p.numbers {
-			// One Append per number: each is signed.
-			if _, err := w.Append([]byte(strconv.Itoa(n))); err != nil {
-				return err
-			}
-		}
-		fmt.Fprintf(out, "%s's writer (feed %s) appended %v\n", p.name, shortKey(w.Key()), p.numbers)
 	}
 	if err := printSums(ctx, out, "before", peers); err != nil {
 		return err
 	}
+	if err := replicateDemo(ctx, out, peers); err != nil {
+		return err
+	}
+	if err := printSums(ctx, out, "after", peers); err != nil {
+		return err
+	}
+	if err := verifyDemo(ctx, out, peers); err != nil {
+		return err
+	}
+	for _, p := range peers {
+		if err := p.core.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
-	// Bob listens on 127.0.0.1, alice dials; one non-live session each.
+// demoDirs returns the directory the databases go in (a new temporary one
+// if dir is ""), and what to remove at the end. The databases must be new.
+func demoDirs(dir string) (string, []string, error) {
+	if dir == "" {
+		dir, err := os.MkdirTemp("", "kappa-demo-")
+		if err != nil {
+			return "", nil, err
+		}
+		return dir, []string{dir}, nil
+	}
+	for _, name := range []string{"alice", "bob"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, fs.ErrNotExist) {
+			return "", nil, fmt.Errorf("%s already exists: demo makes new databases", filepath.Join(dir, name))
+		}
+	}
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return dir, []string{dir}, nil
+	}
+	return dir, []string{filepath.Join(dir, "alice"), filepath.Join(dir, "bob")}, nil
+}
+
+// startPeer opens p's database under dir with the shared key (a new one if
+// key is nil), installs its sum view and appends its numbers. p.core is
+// set once the database is open, even if a later step fails.
+func startPeer(out io.Writer, p *demoPeer, dir string, key []byte) error {
+	core, err := kappa.Open(filepath.Join(dir, p.name), &kappa.Options{ValueEncoding: kappa.JSON, SharedKey: key})
+	if err != nil {
+		return err
+	}
+	p.core = core
+	p.sum = &sumView{}
+	if _, err := p.core.Use("sum", 1, p.sum); err != nil {
+		return err
+	}
+	w, err := p.core.Writer(p.name)
+	if err != nil {
+		return err
+	}
+	for _, n := range p.numbers {
+		// One Append per number: each is signed.
+		if _, err := w.Append([]byte(strconv.Itoa(n))); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "%s's writer (feed %s) appended %v\n", p.name, shortKey(w.Key()), p.numbers)
+	return nil
+}
+
+// demoResult is how one side's replication session ended.
+type demoResult struct {
+	err      error
+	progress kappa.ReplicateProgress
+}
+
+// demoSession runs one non-live replication session of p over conn.
+func demoSession(ctx context.Context, p *demoPeer, conn net.Conn, initiator bool) demoResult {
+	var r demoResult
+	var mu sync.Mutex
+	opts := &kappa.ReplicateOptions{Progress: func(rp kappa.ReplicateProgress) {
+		mu.Lock()
+		r.progress = rp
+		mu.Unlock()
+	}}
+	err := p.core.Replicate(ctx, conn, initiator, opts)
+	mu.Lock()
+	defer mu.Unlock()
+	r.err = err
+	return r
+}
+
+// replicateDemo replicates the two peers over TCP: the second listens on
+// 127.0.0.1, the first dials; one non-live session each.
+func replicateDemo(ctx context.Context, out io.Writer, peers []*demoPeer) error {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	defer l.Close()
 	fmt.Fprintf(out, "replicating over TCP: bob listens on %s, alice dials\n", l.Addr())
-	type result struct {
-		err      error
-		progress kappa.ReplicateProgress
-	}
-	session := func(p *demoPeer, conn net.Conn, initiator bool) result {
-		var r result
-		var mu sync.Mutex
-		opts := &kappa.ReplicateOptions{Progress: func(rp kappa.ReplicateProgress) {
-			mu.Lock()
-			r.progress = rp
-			mu.Unlock()
-		}}
-		err := p.core.Replicate(ctx, conn, initiator, opts)
-		mu.Lock()
-		defer mu.Unlock()
-		r.err = err
-		return r
-	}
-	bobDone := make(chan result, 1)
+	bobDone := make(chan demoResult, 1)
 	go func() {
 		conn, err := l.Accept()
 		if err != nil {
-			bobDone <- result{err: err}
+			bobDone <- demoResult{err: err}
 			return
 		}
-		bobDone <- session(peers[1], conn, false)
+		bobDone <- demoSession(ctx, peers[1], conn, false)
 	}()
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", l.Addr().String())
@@ -186,7 +232,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, keep bool) (err err
 		<-bobDone
 		return err
 	}
-	results := []result{session(peers[0], conn, true)}
+	results := []demoResult{demoSession(ctx, peers[0], conn, true)}
 	if results[0].err != nil {
 		l.Close() // in case bob never got the connection
 	}
@@ -198,10 +244,11 @@ func runDemo(ctx context.Context, out io.Writer, dir string, keep bool) (err err
 		fmt.Fprintf(out, "%s received %d entries and sent %d, every one checked against its feed's signed tree\n",
 			peers[i].name, r.progress.BlocksReceived, r.progress.BlocksSent)
 	}
-	if err := printSums(ctx, out, "after", peers); err != nil {
-		return err
-	}
+	return nil
+}
 
+// verifyDemo verifies each peer's database and prints the report.
+func verifyDemo(ctx context.Context, out io.Writer, peers []*demoPeer) error {
 	for _, p := range peers {
 		rep, err := verifyCore(ctx, p.core, out, nil)
 		if err != nil {
@@ -210,11 +257,6 @@ func runDemo(ctx context.Context, out io.Writer, dir string, keep bool) (err err
 		fmt.Fprintf(out, "%s: %s\n", p.name, rep)
 		if rep.Problems > 0 {
 			return fmt.Errorf("%s: verification found %d problems", p.name, rep.Problems)
-		}
-	}
-	for _, p := range peers {
-		if err := p.core.Close(); err != nil {
-			return err
 		}
 	}
 	return nil
