@@ -9,11 +9,13 @@ type bitset struct {
 	n     uint64 // members
 }
 
+// get reports whether i is in the set.
 func (b *bitset) get(i uint64) bool {
 	w := i / 64
 	return w < uint64(len(b.words)) && b.words[w]&(1<<(i%64)) != 0
 }
 
+// setRange adds [start, end) to the set, growing it as needed.
 func (b *bitset) setRange(start, end uint64) {
 	if start >= end {
 		return

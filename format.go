@@ -369,6 +369,10 @@ func appendSpans(b []byte, spans []span) []byte {
 
 var errBadState = errors.New("bad index state")
 
+// decodeIndexState decodes a view's stored progress as indexState.encode
+// writes it (see indexState). Anything else is errBadState: a bad magic or
+// checksum, keys out of order, a feed without spans, an empty span, spans
+// that touch or overlap or end past maxTreeLength, trailing bytes.
 func decodeIndexState(b []byte) (*indexState, error) {
 	if len(b) < len(magicIndexState)+4 || string(b[:4]) != string(magicIndexState) {
 		return nil, fmt.Errorf("%w: no magic", errBadState)

@@ -209,6 +209,9 @@ func New(s Storage, opts *Options) (*Core, error) {
 	return c, nil
 }
 
+// openCore opens the database held in s with opts (nil for defaults): it
+// checks the options, loads the database (see load), and on failure closes
+// whatever it opened. Open and New call it.
 func openCore(s Storage, opts *Options) (*Core, error) {
 	if s == nil {
 		return nil, fmt.Errorf("%w: nil storage", ErrInvalidValue)

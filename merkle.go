@@ -232,6 +232,7 @@ func (t *provenTree) offsetOf(i uint64) uint64 {
 	return 0
 }
 
+// proofWalker walks the tree of a Proof to verify it; see node.
 type proofWalker struct {
 	p    *Proof
 	end  uint64
@@ -240,6 +241,12 @@ type proofWalker struct {
 	out  []storedNode
 }
 
+// node returns node i of the proven tree, whose bytes start at off, and
+// appends it and every node below it that it computes to w.out. A node
+// outside the proof's blocks is the next proof node, which must be node i:
+// proof nodes are taken in the order of this walk (left before right, each
+// root in turn), and any other order is ErrBadProof. A node over the
+// blocks is computed from its children, a leaf from its block.
 func (w *proofWalker) node(i, off uint64) (Node, error) {
 	lo, hi := flatBlocks(i)
 	if hi <= w.p.Start || lo >= w.end || w.p.Start == w.end { // as coverNode

@@ -122,6 +122,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return 1
 }
 
+// dispatch parses the global flags (-db) and runs the command args name,
+// with "kappa help COMMAND" as "kappa COMMAND -h".
 func (e *env) dispatch(args []string) error {
 	top := flag.NewFlagSet("kappa", flag.ContinueOnError)
 	top.SetOutput(io.Discard)

@@ -295,6 +295,8 @@ func (p *progress) update(rp kappa.ReplicateProgress) {
 	p.mu.Unlock()
 }
 
+// loop shows the progress every second (every 100 ms on a terminal) until
+// stop, and on a terminal once more at the end, ending the line.
 func (p *progress) loop() {
 	defer close(p.stopped)
 	every := time.Second
@@ -328,6 +330,8 @@ func (p *progress) stop() kappa.ReplicateProgress {
 	return p.last
 }
 
+// show prints the last progress: on a terminal, a bar redrawn in place;
+// otherwise a line, only when the progress changed past the handshake.
 func (p *progress) show() {
 	p.mu.Lock()
 	rp, changed := p.last, p.changed
