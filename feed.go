@@ -96,6 +96,11 @@ type Feed struct {
 	writable    bool       // the feed has a secret key (ws.secret, or in the key file)
 
 	// writeMu serializes the writers (Append commits, Put) and Close.
+	//
+	// Naming: an unexported method whose name ends in WriteLocked must be
+	// called with writeMu held (or while opening, before the feed is
+	// shared); one ending in Locked (without Write) must be called with mu
+	// held.
 	writeMu  sync.Mutex
 	queue    atomic.Pointer[appendQueue] // made by the first Append
 	ws       *writeScratch               // made on the first write, under writeMu
@@ -125,7 +130,7 @@ type Feed struct {
 
 // signedState is a feed's newest signed tree. A feed that was opened and
 // not used since does not hold it: it is read again from the files (see
-// signedNow and commitValues).
+// signedNow and commitValuesWriteLocked).
 type signedState struct {
 	roots []storedNode // nil for a replica, which never appends
 	sig   []byte
@@ -182,7 +187,7 @@ func (f *Feed) fbits() *lazyFile { return &f.lazy[lazyBits] }
 
 // writeScratch is what a feed's writes reuse, under writeMu.
 type writeScratch struct {
-	secret ed25519.PrivateKey // a writer's, read on first use (see secretKey)
+	secret ed25519.PrivateKey // a writer's, read on first use (see secretKeyWriteLocked)
 	meta   File               // the key file, while it is not synced (keyDirty)
 	older  File               // older signatures, opened on first use
 	failed error              // a sync failed: the feed refuses further writes
@@ -193,17 +198,17 @@ type writeScratch struct {
 	sig            [sigRecordSize]byte
 }
 
-// failed returns the error of a sync that failed, after which the feed
+// failedWriteLocked returns the error of a sync that failed, after which the feed
 // refuses writes. Called under writeMu.
-func (f *Feed) failed() error {
+func (f *Feed) failedWriteLocked() error {
 	if f.ws == nil {
 		return nil
 	}
 	return f.ws.failed
 }
 
-// scratch returns the feed's write scratch. Called under writeMu.
-func (f *Feed) scratch() *writeScratch {
+// scratchWriteLocked returns the feed's write scratch. Called under writeMu.
+func (f *Feed) scratchWriteLocked() *writeScratch {
 	if f.ws == nil {
 		f.ws = &writeScratch{hasher: newLeafHasher()}
 	}
@@ -288,7 +293,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 	// is new or the key file does not hold it.
 	f.writable = secret != nil
 	if secret != nil && (fresh || !inFile) {
-		f.scratch().secret = secret
+		f.scratchWriteLocked().secret = secret
 	}
 	files := []struct {
 		name  string
@@ -340,7 +345,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 	}
 	if dirty {
 		f.keyDirty = true
-		f.scratch().meta = meta
+		f.scratchWriteLocked().meta = meta
 		return nil
 	}
 	err, meta = meta.Close(), nil

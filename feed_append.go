@@ -61,25 +61,25 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 		batch := q.reqs
 		q.reqs = nil
 		q.mu.Unlock()
-		f.commit(batch)
+		f.commitWriteLocked(batch)
 	}
 	return req.seq, req.err
 }
 
-func (f *Feed) commit(batch []*appendReq) {
-	seq, err := f.commitValues(batch)
+func (f *Feed) commitWriteLocked(batch []*appendReq) {
+	seq, err := f.commitValuesWriteLocked(batch)
 	for _, r := range batch {
 		r.seq, r.err, r.done = seq, err, true
 		seq += uint64(len(r.values))
 	}
 }
 
-// commitValues writes the values of a batch as one append. It runs under
+// commitValuesWriteLocked writes the values of a batch as one append. It runs under
 // writeMu; it changes the published state only when every write succeeded.
 // recentNodes holds the tree records a writer wrote last, by index, so that
 // an append can rewrite the nodes between a new parent of an older root and
 // its run of new nodes in the same write. It is empty after open and after a
-// failed write; it is only a cache of what the tree file holds.
+// failedWriteLocked write; it is only a cache of what the tree file holds.
 type recentNodes struct {
 	recs *[recentSize]recentRecord
 }
@@ -140,14 +140,14 @@ func (r *recentNodes) extend(dst []byte, early []storedNode, runStart uint64, ru
 	return append(dst, run...), true
 }
 
-func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
+func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	f.mu.RLock()
 	closed, start, signed, byteLen := f.closed, f.length, f.signed, f.byteLen
 	f.mu.RUnlock()
 	if closed {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrClosed)
 	}
-	if err := f.failed(); err != nil {
+	if err := f.failedWriteLocked(); err != nil {
 		return 0, fmt.Errorf("feed %x: append refused after a failed write; reopen the feed: %w", f.key[:4], err)
 	}
 	var n, size uint64
@@ -163,7 +163,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	if start+n > maxTreeLength || byteLen+size > maxTreeBytes {
 		return 0, fmt.Errorf("feed %x: append %d entries at %d: %w", f.key[:4], n, start, ErrFull)
 	}
-	secret, err := f.secretKey()
+	secret, err := f.secretKeyWriteLocked()
 	if err != nil {
 		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 	}
@@ -173,13 +173,13 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	} else if start > 0 {
 		// Opened and not appended to since (a proof may have read the
 		// signature alone).
-		if roots, err = f.signedRoots(start); err != nil {
+		if roots, err = f.signedRootsWriteLocked(start); err != nil {
 			return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
 		}
 	}
 
 	// Data: one write of all values' records.
-	ws := f.scratch()
+	ws := f.scratchWriteLocked()
 	data := ws.data[:0]
 	seq := start
 	for _, r := range batch {
@@ -236,7 +236,7 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	// the lowest of them and the run were written lately, they are known,
 	// and the run grows down to that parent: one write instead of several.
 	treeStart := runStart
-	// A failed write is undone (see failWrite): the new parents of older
+	// A failed write is undone (see abortWriteLocked): the new parents of older
 	// roots, below the signed tree's end, were absent before.
 	allEarly := early
 	undo := &writeUndo{length: start, byteLen: byteLen, nodes: func() []uint64 {
@@ -254,16 +254,16 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	}
 
 	if _, err := f.fdata().WriteAt(data, dataPos(start, byteLen)); err != nil {
-		return 0, f.failWrite(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
+		return 0, f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
 	}
 	if _, err := f.ftree().WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
-		return 0, f.failWrite(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
+		return 0, f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
 	}
 	var rec [nodeSize]byte
 	for i := range early {
 		encodeNode(rec[:], &early[i])
 		if _, err := f.ftree().WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
-			return 0, f.failWrite(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
+			return 0, f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
 		}
 	}
 	ws.recent.remember(treeStart, run)
@@ -273,25 +273,25 @@ func (f *Feed) commitValues(batch []*appendReq) (uint64, error) {
 	}
 	length := start + n
 	sig := signRoots(secret, treeHash(newRoots), length)
-	if err := f.writeSignature(length, sig, f.fdata(), f.ftree()); err != nil {
-		return 0, f.failWrite(undo, err)
+	if err := f.writeSignatureWriteLocked(length, sig, f.fdata(), f.ftree()); err != nil {
+		return 0, f.abortWriteLocked(undo, err)
 	}
-	f.publish(length, off, newRoots, sig, nil)
+	f.publishWriteLocked(length, off, newRoots, sig, nil)
 	return start, nil
 }
 
-// writeSignature makes the files durable (when syncing), then appends and
+// writeSignatureWriteLocked makes the files durable (when syncing), then appends and
 // syncs the signature record for length.
-func (f *Feed) writeSignature(length uint64, sig []byte, files ...File) error {
+func (f *Feed) writeSignatureWriteLocked(length uint64, sig []byte, files ...File) error {
 	if !f.cfg.noSync {
 		for _, file := range files {
 			if err := file.Sync(); err != nil {
-				f.scratch().failed = err
+				f.scratchWriteLocked().failed = err
 				return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
 			}
 		}
 	}
-	rec := f.scratch().sig[:]
+	rec := f.scratchWriteLocked().sig[:]
 	var flags uint32
 	if !f.cfg.noSync {
 		flags = sigSynced
@@ -302,7 +302,7 @@ func (f *Feed) writeSignature(length uint64, sig []byte, files ...File) error {
 	}
 	if !f.cfg.noSync {
 		if err := f.fsigs().Sync(); err != nil {
-			f.scratch().failed = err
+			f.scratchWriteLocked().failed = err
 			return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
 		}
 	}
@@ -310,10 +310,10 @@ func (f *Feed) writeSignature(length uint64, sig []byte, files ...File) error {
 	return nil
 }
 
-// publish makes a new state visible and wakes waiters and subscribers.
+// publishWriteLocked makes a new state visible and wakes waiters and subscribers.
 // Length and roots change only if length grew; got marks blocks a replica
 // received.
-func (f *Feed) publish(length, byteLen uint64, roots []storedNode, sig []byte, got func(*bitset)) {
+func (f *Feed) publishWriteLocked(length, byteLen uint64, roots []storedNode, sig []byte, got func(*bitset)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {

@@ -114,10 +114,10 @@ func (f *Feed) createKeys(meta File, o *FeedOptions) (ed25519.PrivateKey, error)
 	return secret, nil
 }
 
-// secretKey returns a writable feed's secret key, reading it from the key
+// secretKeyWriteLocked returns a writable feed's secret key, reading it from the key
 // file on first use: an idle writer does not hold it. Called under writeMu.
-func (f *Feed) secretKey() (ed25519.PrivateKey, error) {
-	ws := f.scratch()
+func (f *Feed) secretKeyWriteLocked() (ed25519.PrivateKey, error) {
+	ws := f.scratchWriteLocked()
 	if ws.secret != nil {
 		return ws.secret, nil
 	}

@@ -66,37 +66,37 @@ func (f *Feed) subscribe(sub subscriber) (cancel func()) {
 // want records that [start, end) is wanted until the returned function is
 // called, and signals the subscribers.
 func (f *Feed) want(start, end uint64) (done func()) {
-	ws := f.wants.Load()
-	if ws == nil {
+	wset := f.wants.Load()
+	if wset == nil {
 		f.wants.CompareAndSwap(nil, &wantSet{wanted: make(map[uint64]span)})
-		ws = f.wants.Load()
+		wset = f.wants.Load()
 	}
-	ws.mu.Lock()
-	id := ws.next
-	ws.next++
-	ws.wanted[id] = span{start, end}
-	ws.mu.Unlock()
+	wset.mu.Lock()
+	id := wset.next
+	wset.next++
+	wset.wanted[id] = span{start, end}
+	wset.mu.Unlock()
 	f.signal()
 	return func() {
-		ws.mu.Lock()
-		delete(ws.wanted, id)
-		ws.mu.Unlock()
+		wset.mu.Lock()
+		delete(wset.wanted, id)
+		wset.mu.Unlock()
 	}
 }
 
 // wantedRanges returns the ranges that calls are waiting for, sorted and
 // merged.
 func (f *Feed) wantedRanges() []span {
-	ws := f.wants.Load()
-	if ws == nil {
+	wset := f.wants.Load()
+	if wset == nil {
 		return nil
 	}
-	ws.mu.Lock()
-	out := make([]span, 0, len(ws.wanted))
-	for _, w := range ws.wanted {
+	wset.mu.Lock()
+	out := make([]span, 0, len(wset.wanted))
+	for _, w := range wset.wanted {
 		out = append(out, w)
 	}
-	ws.mu.Unlock()
+	wset.mu.Unlock()
 	slices.SortFunc(out, func(a, b span) int { return cmp.Compare(a.start, b.start) })
 	merged := out[:0]
 	for _, w := range out {

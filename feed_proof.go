@@ -42,7 +42,7 @@ func (f *Feed) signedNow() (length uint64, sig []byte, err error) {
 	if closed {
 		return length, nil, ErrClosed
 	}
-	if sig, err = f.newestSignature(length); err != nil {
+	if sig, err = f.newestSignatureWriteLocked(length); err != nil {
 		return length, nil, err
 	}
 	f.mu.Lock()
@@ -53,9 +53,9 @@ func (f *Feed) signedNow() (length uint64, sig []byte, err error) {
 	return length, sig, nil
 }
 
-// newestSignature reads the newest signature record, which must cover
+// newestSignatureWriteLocked reads the newest signature record, which must cover
 // length. Called under writeMu.
-func (f *Feed) newestSignature(length uint64) ([]byte, error) {
+func (f *Feed) newestSignatureWriteLocked(length uint64) ([]byte, error) {
 	var rec [sigRecordSize]byte
 	off := f.sigsEnd - sigRecordSize
 	if off < headerSize {
@@ -71,12 +71,12 @@ func (f *Feed) newestSignature(length uint64) ([]byte, error) {
 	return bytes.Clone(sig), nil
 }
 
-// signedRoots reads the roots of the tree at length, the feed's newest,
+// signedRootsWriteLocked reads the roots of the tree at length, the feed's newest,
 // and checks them against the newest signature, for a writer whose roots
 // are not held (it was opened and has not appended since). Called under
 // writeMu.
-func (f *Feed) signedRoots(length uint64) ([]storedNode, error) {
-	sig, err := f.newestSignature(length)
+func (f *Feed) signedRootsWriteLocked(length uint64) ([]storedNode, error) {
+	sig, err := f.newestSignatureWriteLocked(length)
 	if err != nil {
 		return nil, err
 	}

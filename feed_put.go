@@ -96,7 +96,7 @@ func (f *Feed) Put(p *Proof) error {
 	if closed {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrClosed)
 	}
-	if err := f.failed(); err != nil {
+	if err := f.failedWriteLocked(); err != nil {
 		return fmt.Errorf("feed %x: put refused after a failed write; reopen the feed: %w", f.key[:4], err)
 	}
 	if err := f.forkedErr(); err != nil {
@@ -152,7 +152,7 @@ func (f *Feed) Put(p *Proof) error {
 		case old.Hash != n.Hash || old.Size != n.Size || old.Offset != n.Offset:
 			if p.Signature != nil { // the key signed both: a fork
 				var err error
-				if fork, err = f.forkFound(p, t, n.Index); err != nil {
+				if fork, err = f.forkFoundWriteLocked(p, t, n.Index); err != nil {
 					return fmt.Errorf("feed %x: put: %w (%v)", f.key[:4], fork, err)
 				}
 				return fmt.Errorf("feed %x: put: %w", f.key[:4], fork)
@@ -177,7 +177,7 @@ func (f *Feed) Put(p *Proof) error {
 	}
 	// Data first, then the nodes that vouch for it, then (synced) the
 	// bitfield and signature that make it visible. A failed write is
-	// undone (see failWrite): the new nodes were absent, and the bitfield
+	// undone (see abortWriteLocked): the new nodes were absent, and the bitfield
 	// pages are written back from the blocks held.
 	undo := &writeUndo{length: curLen, byteLen: curBytes, bitPages: f.bitPages, nodes: func() []uint64 {
 		var idx []uint64
@@ -198,7 +198,7 @@ func (f *Feed) Put(p *Proof) error {
 		// A new replica's key file is made durable first: data under a
 		// key file that a crash could lose would be damage.
 		if err := f.ws.meta.Sync(); err != nil {
-			f.scratch().failed = err
+			f.scratchWriteLocked().failed = err
 			return fmt.Errorf("feed %x: sync key file: %w", f.key[:4], err)
 		}
 	}
@@ -211,7 +211,7 @@ func (f *Feed) Put(p *Proof) error {
 		data := sc.data[:0]
 		flush := func(b []byte) error {
 			if _, err := f.fdata().WriteAt(b, off); err != nil {
-				return f.failWrite(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
+				return f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
 			}
 			off += int64(len(b))
 			return nil
@@ -251,7 +251,7 @@ func (f *Feed) Put(p *Proof) error {
 			j++
 		}
 		if _, err := f.ftree().WriteAt(span.buf[i*nodeSize:j*nodeSize], headerSize+int64(span.lo+uint64(i))*nodeSize); err != nil {
-			return f.failWrite(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
+			return f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
 		}
 		wroteTree = true
 		i = j
@@ -270,7 +270,7 @@ func (f *Feed) Put(p *Proof) error {
 				encodeNode(run[(k-i)*nodeSize:], &fresh[k])
 			}
 			if _, err := f.ftree().WriteAt(run, headerSize+int64(fresh[i].Index)*nodeSize); err != nil {
-				return f.failWrite(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
+				return f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
 			}
 			i = j
 		}
@@ -289,14 +289,14 @@ func (f *Feed) Put(p *Proof) error {
 		if !f.cfg.noSync && len(p.Blocks) > 0 {
 			for _, file := range files {
 				if err := file.Sync(); err != nil {
-					f.scratch().failed = err
-					return f.failWrite(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
+					f.scratchWriteLocked().failed = err
+					return f.abortWriteLocked(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
 				}
 			}
 			files = nil
 		}
-		if err := f.writeBits(p.Start, end, newLen); err != nil {
-			return f.failWrite(undo, err)
+		if err := f.writeBitsWriteLocked(p.Start, end, newLen); err != nil {
+			return f.abortWriteLocked(undo, err)
 		}
 	}
 	length, byteLen, roots, sig := curLen, uint64(0), []storedNode(nil), []byte(nil)
@@ -305,15 +305,15 @@ func (f *Feed) Put(p *Proof) error {
 		for _, r := range roots {
 			byteLen += r.Size
 		}
-		if err := f.writeSignature(length, sig, append(files, f.fbits())...); err != nil {
-			return f.failWrite(undo, err)
+		if err := f.writeSignatureWriteLocked(length, sig, append(files, f.fbits())...); err != nil {
+			return f.abortWriteLocked(undo, err)
 		}
-		f.sigReplaced(length)
+		f.sigReplacedWriteLocked(length)
 	} else if !f.cfg.noSync {
 		for _, file := range append(files, f.fbits()) {
 			if err := file.Sync(); err != nil {
-				f.scratch().failed = err
-				return f.failWrite(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
+				f.scratchWriteLocked().failed = err
+				return f.abortWriteLocked(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
 			}
 		}
 	}
@@ -326,25 +326,25 @@ func (f *Feed) Put(p *Proof) error {
 			return fmt.Errorf("feed %x: close key file: %w", f.key[:4], err)
 		}
 	}
-	f.publish(length, byteLen, roots, sig, func(b *bitset) {
+	f.publishWriteLocked(length, byteLen, roots, sig, func(b *bitset) {
 		b.setRange(p.Start, end)
 		healed = f.clearDamagedLocked(p.Start, end)
 	})
 	fixed = corrupt
 	if p.Signature != nil && p.Length < curLen {
-		f.keepOlderSignature(p.Length, p.Signature)
+		f.keepOlderSignatureWriteLocked(p.Length, p.Signature)
 	}
 	return nil
 }
 
-// keepOlderSignature records a verified signature of a length below the
+// keepOlderSignatureWriteLocked records a verified signature of a length below the
 // feed's, so that the feed can later prove entries at that length (a
 // replica may lack the nodes to prove them at its newest). The file of
 // older signatures is a cache: it is never synced, never part of recovery,
 // and its records are checked again by whoever receives a proof made with
 // one. Called under writeMu; a failure only loses the cache.
-func (f *Feed) keepOlderSignature(length uint64, sig []byte) {
-	ws := f.scratch()
+func (f *Feed) keepOlderSignatureWriteLocked(length uint64, sig []byte) {
+	ws := f.scratchWriteLocked()
 	if ws.older == nil {
 		file, err := f.cfg.store.Open(f.name+fileOlderSigs, true)
 		if err != nil {
@@ -370,10 +370,10 @@ func (f *Feed) keepOlderSignature(length uint64, sig []byte) {
 	older.WriteAt(rec[:], end)
 }
 
-// writeBits records blocks [start, end) in the bitfield file, and makes the
+// writeBitsWriteLocked records blocks [start, end) in the bitfield file, and makes the
 // file cover every page below length, so that a page missing from it is
 // damage. It rewrites whole pages, each with its checksum.
-func (f *Feed) writeBits(start, end, length uint64) error {
+func (f *Feed) writeBitsWriteLocked(start, end, length uint64) error {
 	lo, hi := f.bitPages, bitPages(length)
 	if start < end {
 		lo, hi = min(lo, start/bitPageEntries), max(hi, (end-1)/bitPageEntries+1)

@@ -65,7 +65,7 @@ func sigRecordTorn(rec []byte, off, size int64) bool {
 // resignLength): nothing it acknowledged is lost. A replica, which cannot
 // sign, loads at length and keeps its tree and data past it, listing the
 // damage until a Put of a peer's signature replaces the record (see
-// sigReplaced). Either way the damage is reported.
+// sigReplacedWriteLocked). Either way the damage is reported.
 func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode, sig []byte) error {
 	file := f.name + fileSignatures
 	claimed := binary.BigEndian.Uint64(bad.rec[:sigSigOff])
@@ -95,7 +95,7 @@ func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode
 		if err := f.checkTail(bad.number, newLen, true); err != nil {
 			return err
 		}
-		secret, err := f.secretKey()
+		secret, err := f.secretKeyWriteLocked()
 		if err != nil {
 			return err
 		}
@@ -260,11 +260,11 @@ func (f *Feed) holdSig(err error, sig []byte) error {
 	return err
 }
 
-// sigReplaced is called by Put after it wrote the signature record of
+// sigReplacedWriteLocked is called by Put after it wrote the signature record of
 // length: if that replaced a damaged record that recovery found (the
 // record was written in its place) and reaches the length it had lost,
 // the damage is healed. Called under writeMu.
-func (f *Feed) sigReplaced(length uint64) {
+func (f *Feed) sigReplacedWriteLocked(length uint64) {
 	bad := f.sigDamage
 	if bad == nil || bad.healed || length < bad.lost {
 		return
