@@ -70,6 +70,7 @@ func (f *Feed) Put(p *Proof) error {
 	// replica keeps none.
 	sc := putScratchPool.Get().(*putScratch)
 	defer sc.release()
+	// Verify: the proof's hashes lead to roots its signature signs.
 	t, err := proofTree(p, sc.hasher(), sc.nodes[:0])
 	if err != nil {
 		return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
@@ -105,21 +106,68 @@ func (f *Feed) Put(p *Proof) error {
 	if p.Signature == nil && p.Length > curLen {
 		return fmt.Errorf("feed %x: put: %w: unsigned proof past length %d", f.key[:4], ErrBadProof, curLen)
 	}
-	// Every node the proof determines must agree with what is stored; an
-	// unsigned proof must meet stored roots.
+	// Compare with the stored tree.
+	span, corrupt, fork, err := f.putCompareWriteLocked(p, t, sc, curLen)
+	if err != nil {
+		return err
+	}
+	// Write: data first, then the nodes that vouch for it, then (synced)
+	// the bitfield and signature that make it visible. A failed write is
+	// undone (see abortWriteLocked): the new nodes were absent, and the
+	// bitfield pages are written back from the blocks held.
+	end := p.Start + uint64(len(p.Blocks))
+	undo := &writeUndo{length: curLen, byteLen: curBytes, bitPages: f.bitPages, nodes: func() []uint64 {
+		var idx []uint64
+		for i, isNew := range sc.isNew {
+			if isNew {
+				idx = append(idx, span.lo+uint64(i))
+			}
+		}
+		for i := range sc.fresh {
+			idx = append(idx, sc.fresh[i].Index)
+		}
+		return idx
+	}}
+	if len(p.Blocks) > 0 {
+		undo.bitLo, undo.bitHi = p.Start/bitPageEntries, (end-1)/bitPageEntries+1
+	}
+	files, err := f.putWriteWriteLocked(p, t, sc, span, undo)
+	if err != nil {
+		return err
+	}
+	// Commit.
+	if healed, err = f.putCommitWriteLocked(p, t, files, curLen, undo); err != nil {
+		return err
+	}
+	fixed = corrupt
+	if p.Signature != nil && p.Length < curLen {
+		f.keepOlderSignatureWriteLocked(p.Length, p.Signature)
+	}
+	return nil
+}
+
+// putCompareWriteLocked is Put's second step: every node the proof
+// determines must agree with what is stored, and an unsigned proof must
+// meet stored roots. It returns the span of tree records under the blocks,
+// with the new nodes of the span encoded in place in it (marked in
+// sc.isNew); the new nodes outside it are in sc.fresh. It also returns the
+// stored records that failed their CRC, rewritten from the verified ones,
+// and the fork found if a signed node contradicts a stored one.
+func (f *Feed) putCompareWriteLocked(p *Proof, t *provenTree, sc *putScratch, curLen uint64) (*nodeSpan, []*CorruptError, *ForkError, error) {
 	// The nodes under the blocks fill one span of the tree file, read in
 	// one call; a new node of the span is encoded in place in it, and each
 	// run of new ones written from there. The few others (uncles and
 	// ancestors) are read one by one.
 	end := p.Start + uint64(len(p.Blocks))
 	var span *nodeSpan
+	var corrupt []*CorruptError
 	sc.isNew = sc.isNew[:0]
 	if len(p.Blocks) > 0 {
 		lo, hi := 2*p.Start, 2*end-1
 		sc.tree = slices.Grow(sc.tree[:0], int((hi-lo)*nodeSize))[:(hi-lo)*nodeSize]
 		n, err := f.ftree().ReadAt(sc.tree, headerSize+int64(lo)*nodeSize)
 		if err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+			return nil, nil, nil, fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 		}
 		span = &nodeSpan{lo: lo, n: uint64(n) / nodeSize, buf: sc.tree}
 		sc.isNew = slices.Grow(sc.isNew[:0], int(hi-lo))[:hi-lo]
@@ -148,16 +196,16 @@ func (f *Feed) Put(p *Proof) error {
 			}
 			fresh = append(fresh, *n)
 		case err != nil:
-			return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+			return nil, nil, nil, fmt.Errorf("feed %x: put: %w", f.key[:4], err)
 		case old.Hash != n.Hash || old.Size != n.Size || old.Offset != n.Offset:
 			if p.Signature != nil { // the key signed both: a fork
-				var err error
-				if fork, err = f.forkFoundWriteLocked(p, t, n.Index); err != nil {
-					return fmt.Errorf("feed %x: put: %w (%v)", f.key[:4], fork, err)
+				fork, err := f.forkFoundWriteLocked(p, t, n.Index)
+				if err != nil {
+					return nil, nil, fork, fmt.Errorf("feed %x: put: %w (%v)", f.key[:4], fork, err)
 				}
-				return fmt.Errorf("feed %x: put: %w", f.key[:4], fork)
+				return nil, nil, fork, fmt.Errorf("feed %x: put: %w", f.key[:4], fork)
 			}
-			return fmt.Errorf("feed %x: put: %w: node %d contradicts the stored tree", f.key[:4], ErrBadProof, n.Index)
+			return nil, nil, nil, fmt.Errorf("feed %x: put: %w: node %d contradicts the stored tree", f.key[:4], ErrBadProof, n.Index)
 		}
 	}
 	sc.fresh = fresh
@@ -165,82 +213,91 @@ func (f *Feed) Put(p *Proof) error {
 		// The new roots must be shown to contain the tree held: each root
 		// of curLen is among the nodes compared above.
 		if r, ok := t.unreachedRoot(curLen); !ok {
-			return fmt.Errorf("feed %x: put at length %d: %w: it does not determine node %d, a root of length %d", f.key[:4], p.Length, errNoLink, r, curLen)
+			return nil, nil, nil, fmt.Errorf("feed %x: put at length %d: %w: it does not determine node %d, a root of length %d", f.key[:4], p.Length, errNoLink, r, curLen)
 		}
 	}
 	if p.Signature == nil {
 		for _, r := range t.roots {
 			if _, err := f.readNode(r.Index); err != nil {
-				return fmt.Errorf("feed %x: put: %w: unsigned proof does not reach a stored root", f.key[:4], ErrBadProof)
+				return nil, nil, nil, fmt.Errorf("feed %x: put: %w: unsigned proof does not reach a stored root", f.key[:4], ErrBadProof)
 			}
 		}
 	}
-	// Data first, then the nodes that vouch for it, then (synced) the
-	// bitfield and signature that make it visible. A failed write is
-	// undone (see abortWriteLocked): the new nodes were absent, and the bitfield
-	// pages are written back from the blocks held.
-	undo := &writeUndo{length: curLen, byteLen: curBytes, bitPages: f.bitPages, nodes: func() []uint64 {
-		var idx []uint64
-		for i, isNew := range sc.isNew {
-			if isNew {
-				idx = append(idx, span.lo+uint64(i))
-			}
-		}
-		for i := range sc.fresh {
-			idx = append(idx, sc.fresh[i].Index)
-		}
-		return idx
-	}}
-	if len(p.Blocks) > 0 {
-		undo.bitLo, undo.bitHi = p.Start/bitPageEntries, (end-1)/bitPageEntries+1
-	}
+	return span, corrupt, nil, nil
+}
+
+// putWriteWriteLocked is Put's third step: it makes a new replica's key
+// file durable, then writes the proof's blocks and the new nodes that
+// putCompareWriteLocked found. It returns the files written, which are not
+// synced yet.
+func (f *Feed) putWriteWriteLocked(p *Proof, t *provenTree, sc *putScratch, span *nodeSpan, undo *writeUndo) ([]File, error) {
 	if f.keyDirty {
 		// A new replica's key file is made durable first: data under a
 		// key file that a crash could lose would be damage.
 		if err := f.ws.meta.Sync(); err != nil {
 			f.scratchWriteLocked().failed = err
-			return fmt.Errorf("feed %x: sync key file: %w", f.key[:4], err)
+			return nil, fmt.Errorf("feed %x: sync key file: %w", f.key[:4], err)
 		}
 	}
 	var files []File
 	if len(p.Blocks) > 0 {
-		// The blocks' records are contiguous in the data file: they are
-		// gathered into one write, but a large block is written as it
-		// is rather than copied, between its record's length and CRC.
-		off := dataPos(p.Start, t.offsetOf(2*p.Start))
-		data := sc.data[:0]
-		flush := func(b []byte) error {
-			if _, err := f.fdata().WriteAt(b, off); err != nil {
-				return f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
-			}
-			off += int64(len(b))
-			return nil
+		if err := f.putBlocksWriteLocked(p, t, sc, undo); err != nil {
+			return nil, err
 		}
-		for i, b := range p.Blocks {
-			seq := p.Start + uint64(i)
-			if len(b) < putDirectWrite {
-				data = appendDataRecord(data, seq, b)
-				continue
-			}
-			var l [dataLenLen]byte
-			binary.BigEndian.PutUint32(l[:], uint32(len(b)))
-			if err := flush(append(data, l[:]...)); err != nil {
-				return err
-			}
-			if err := flush(b); err != nil {
-				return err
-			}
-			data = binary.BigEndian.AppendUint32(data[:0], dataChecksumParts(seq, l, b))
-		}
-		if err := flush(data); err != nil {
-			return err
-		}
-		sc.data = data[:0]
 		files = append(files, f.fdata())
 	}
+	wroteTree, err := f.putNodesWriteLocked(sc, span, undo)
+	if err != nil {
+		return nil, err
+	}
+	if wroteTree {
+		files = append(files, f.ftree())
+	}
+	return files, nil
+}
+
+// putBlocksWriteLocked writes the records of the proof's blocks to the
+// data file. They are contiguous there: they are gathered into one write,
+// but a large block is written as it is rather than copied, between its
+// record's length and CRC.
+func (f *Feed) putBlocksWriteLocked(p *Proof, t *provenTree, sc *putScratch, undo *writeUndo) error {
+	off := dataPos(p.Start, t.offsetOf(2*p.Start))
+	data := sc.data[:0]
+	flush := func(b []byte) error {
+		if _, err := f.fdata().WriteAt(b, off); err != nil {
+			return f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
+		}
+		off += int64(len(b))
+		return nil
+	}
+	for i, b := range p.Blocks {
+		seq := p.Start + uint64(i)
+		if len(b) < putDirectWrite {
+			data = appendDataRecord(data, seq, b)
+			continue
+		}
+		var l [dataLenLen]byte
+		binary.BigEndian.PutUint32(l[:], uint32(len(b)))
+		if err := flush(append(data, l[:]...)); err != nil {
+			return err
+		}
+		if err := flush(b); err != nil {
+			return err
+		}
+		data = binary.BigEndian.AppendUint32(data[:0], dataChecksumParts(seq, l, b))
+	}
+	if err := flush(data); err != nil {
+		return err
+	}
+	sc.data = data[:0]
+	return nil
+}
+
+// putNodesWriteLocked writes the new nodes to the tree file, one write per
+// run of consecutive new nodes: in the span, from its buffer; the others
+// (sc.fresh) encoded one run at a time. It reports whether it wrote any.
+func (f *Feed) putNodesWriteLocked(sc *putScratch, span *nodeSpan, undo *writeUndo) (bool, error) {
 	wroteTree := false
-	// One write per run of consecutive new nodes: in the span, from its
-	// buffer; the others encoded one run at a time.
 	for i := 0; i < len(sc.isNew); {
 		if !sc.isNew[i] {
 			i++
@@ -251,11 +308,12 @@ func (f *Feed) Put(p *Proof) error {
 			j++
 		}
 		if _, err := f.ftree().WriteAt(span.buf[i*nodeSize:j*nodeSize], headerSize+int64(span.lo+uint64(i))*nodeSize); err != nil {
-			return f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
+			return false, f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
 		}
 		wroteTree = true
 		i = j
 	}
+	fresh := sc.fresh
 	if len(fresh) > 0 {
 		slices.SortFunc(fresh, func(a, b storedNode) int { return cmp.Compare(a.Index, b.Index) })
 		var rec [nodeSize]byte
@@ -270,15 +328,21 @@ func (f *Feed) Put(p *Proof) error {
 				encodeNode(run[(k-i)*nodeSize:], &fresh[k])
 			}
 			if _, err := f.ftree().WriteAt(run, headerSize+int64(fresh[i].Index)*nodeSize); err != nil {
-				return f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
+				return false, f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
 			}
 			i = j
 		}
 		wroteTree = true
 	}
-	if wroteTree {
-		files = append(files, f.ftree())
-	}
+	return wroteTree, nil
+}
+
+// putCommitWriteLocked is Put's last step: it writes the bitfield (once
+// the data and nodes under it are durable, with sync on) and, for a signed
+// proof that raises the length, the signature record; then it publishes
+// the new state. It returns the damaged entries that the blocks healed.
+func (f *Feed) putCommitWriteLocked(p *Proof, t *provenTree, files []File, curLen uint64, undo *writeUndo) ([]uint64, error) {
+	end := p.Start + uint64(len(p.Blocks))
 	newLen := curLen
 	if p.Signature != nil {
 		newLen = max(curLen, p.Length)
@@ -290,13 +354,13 @@ func (f *Feed) Put(p *Proof) error {
 			for _, file := range files {
 				if err := file.Sync(); err != nil {
 					f.scratchWriteLocked().failed = err
-					return f.abortWriteLocked(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
+					return nil, f.abortWriteLocked(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
 				}
 			}
 			files = nil
 		}
 		if err := f.writeBitsWriteLocked(p.Start, end, newLen); err != nil {
-			return f.abortWriteLocked(undo, err)
+			return nil, f.abortWriteLocked(undo, err)
 		}
 	}
 	length, byteLen, roots, sig := curLen, uint64(0), []storedNode(nil), []byte(nil)
@@ -306,14 +370,14 @@ func (f *Feed) Put(p *Proof) error {
 			byteLen += r.Size
 		}
 		if err := f.writeSignatureWriteLocked(length, sig, append(files, f.fbits())...); err != nil {
-			return f.abortWriteLocked(undo, err)
+			return nil, f.abortWriteLocked(undo, err)
 		}
 		f.sigReplacedWriteLocked(length)
 	} else if !f.cfg.noSync {
 		for _, file := range append(files, f.fbits()) {
 			if err := file.Sync(); err != nil {
 				f.scratchWriteLocked().failed = err
-				return f.abortWriteLocked(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
+				return nil, f.abortWriteLocked(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
 			}
 		}
 	}
@@ -323,18 +387,15 @@ func (f *Feed) Put(p *Proof) error {
 		f.ws.meta = nil
 		if err := meta.Close(); err != nil {
 			f.ws.failed = err
-			return fmt.Errorf("feed %x: close key file: %w", f.key[:4], err)
+			return nil, fmt.Errorf("feed %x: close key file: %w", f.key[:4], err)
 		}
 	}
+	var healed []uint64
 	f.publishWriteLocked(length, byteLen, roots, sig, func(b *bitset) {
 		b.setRange(p.Start, end)
 		healed = f.clearDamagedLocked(p.Start, end)
 	})
-	fixed = corrupt
-	if p.Signature != nil && p.Length < curLen {
-		f.keepOlderSignatureWriteLocked(p.Length, p.Signature)
-	}
-	return nil
+	return healed, nil
 }
 
 // keepOlderSignatureWriteLocked records a verified signature of a length below the
