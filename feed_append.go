@@ -74,12 +74,10 @@ func (f *Feed) commitWriteLocked(batch []*appendReq) {
 	}
 }
 
-// commitValuesWriteLocked writes the values of a batch as one append. It runs under
-// writeMu; it changes the published state only when every write succeeded.
 // recentNodes holds the tree records a writer wrote last, by index, so that
 // an append can rewrite the nodes between a new parent of an older root and
 // its run of new nodes in the same write. It is empty after open and after a
-// failedWriteLocked write; it is only a cache of what the tree file holds.
+// failed write; it is only a cache of what the tree file holds.
 type recentNodes struct {
 	recs *[recentSize]recentRecord
 }
@@ -140,6 +138,11 @@ func (r *recentNodes) extend(dst []byte, early []storedNode, runStart uint64, ru
 	return append(dst, run...), true
 }
 
+// commitValuesWriteLocked writes the values of a batch as one append: it
+// builds the tree (buildAppendWriteLocked), writes the data and the nodes
+// (writeAppendWriteLocked), then signs the new length, writes the signature
+// record and publishes. It changes the published state only when every
+// write succeeded.
 func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	f.mu.RLock()
 	closed, start, signed, byteLen := f.closed, f.length, f.signed, f.byteLen
@@ -178,6 +181,44 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 		}
 	}
 
+	b := f.buildAppendWriteLocked(batch, start, n, byteLen, roots)
+	// A failed write is undone (see abortWriteLocked): the new parents of older
+	// roots, below the signed tree's end, were absent before.
+	allEarly := b.early
+	undo := &writeUndo{length: start, byteLen: byteLen, nodes: func() []uint64 {
+		idx := make([]uint64, len(allEarly))
+		for i := range allEarly {
+			idx[i] = allEarly[i].Index
+		}
+		return idx
+	}}
+	if err := f.writeAppendWriteLocked(&b, start, byteLen, undo); err != nil {
+		return 0, err
+	}
+	length := start + n
+	sig := signRoots(secret, treeHash(b.newRoots), length)
+	if err := f.writeSignatureWriteLocked(length, sig, f.fdata(), f.ftree()); err != nil {
+		return 0, f.abortWriteLocked(undo, err)
+	}
+	f.publishWriteLocked(length, b.off, b.newRoots, sig, nil)
+	return start, nil
+}
+
+// appendBuild is what buildAppendWriteLocked makes of a batch: the records
+// to write, in the write scratch's buffers, and the new tree's roots.
+type appendBuild struct {
+	data     []byte       // the values' data records, from dataPos(start, byteLen)
+	run      []byte       // the contiguous run of new tree records, from index runStart
+	runStart uint64       // the index of the run's first record
+	early    []storedNode // new parents of older roots, before the run, in decreasing index order
+	newRoots []storedNode // the roots of the tree after the append
+	off      uint64       // the byte length after the append
+}
+
+// buildAppendWriteLocked builds the records of an append of the n values
+// of batch at length start (byteLen bytes, under roots): the data records,
+// the leaves and the parents they complete.
+func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint64, roots []storedNode) appendBuild {
 	// Data: one write of all values' records.
 	ws := f.scratchWriteLocked()
 	data := ws.data[:0]
@@ -232,38 +273,38 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 		}
 	}
 	ws.tree = run[:0]
+	return appendBuild{data: data, run: run, runStart: runStart, early: early, newRoots: newRoots, off: off}
+}
+
+// writeAppendWriteLocked writes an append that buildAppendWriteLocked
+// built at length start (byteLen bytes): the data records, then the tree
+// records, and remembers the tree records written. A failed write is undone
+// with undo.
+func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, undo *writeUndo) error {
+	ws := f.scratchWriteLocked()
+	run, early := b.run, b.early
 	// The parents of older roots lie before the run. If the nodes between
 	// the lowest of them and the run were written lately, they are known,
 	// and the run grows down to that parent: one write instead of several.
-	treeStart := runStart
-	// A failed write is undone (see abortWriteLocked): the new parents of older
-	// roots, below the signed tree's end, were absent before.
-	allEarly := early
-	undo := &writeUndo{length: start, byteLen: byteLen, nodes: func() []uint64 {
-		idx := make([]uint64, len(allEarly))
-		for i := range allEarly {
-			idx[i] = allEarly[i].Index
-		}
-		return idx
-	}}
+	treeStart := b.runStart
 	if len(early) > 0 {
-		if ext, ok := ws.recent.extend(ws.ex[:0], early, runStart, run); ok {
+		if ext, ok := ws.recent.extend(ws.ex[:0], early, b.runStart, run); ok {
 			ws.ex = ext[:0]
 			run, treeStart, early = ext, early[len(early)-1].Index, nil
 		}
 	}
 
-	if _, err := f.fdata().WriteAt(data, dataPos(start, byteLen)); err != nil {
-		return 0, f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
+	if _, err := f.fdata().WriteAt(b.data, dataPos(start, byteLen)); err != nil {
+		return f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
 	}
 	if _, err := f.ftree().WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
-		return 0, f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
+		return f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
 	}
 	var rec [nodeSize]byte
 	for i := range early {
 		encodeNode(rec[:], &early[i])
 		if _, err := f.ftree().WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
-			return 0, f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
+			return f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
 		}
 	}
 	ws.recent.remember(treeStart, run)
@@ -271,13 +312,7 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 		encodeNode(rec[:], &early[i])
 		ws.recent.remember(early[i].Index, rec[:])
 	}
-	length := start + n
-	sig := signRoots(secret, treeHash(newRoots), length)
-	if err := f.writeSignatureWriteLocked(length, sig, f.fdata(), f.ftree()); err != nil {
-		return 0, f.abortWriteLocked(undo, err)
-	}
-	f.publishWriteLocked(length, off, newRoots, sig, nil)
-	return start, nil
+	return nil
 }
 
 // writeSignatureWriteLocked makes the files durable (when syncing), then appends and

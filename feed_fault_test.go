@@ -20,7 +20,7 @@ var errInjected = fmt.Errorf("injected: %w", syscall.ENOSPC)
 // the next WriteAt, Truncate or Sync (op "write", "truncate" or "sync") of
 // a file whose name ends in /file (or is file). A failed write first lands
 // half of its bytes, as a write that ran out of space part way does; a
-// failedWriteLocked truncate or sync does nothing.
+// failed truncate or sync does nothing.
 type faultStorage struct {
 	Storage
 	mem    *MemStorage // the Storage, if it is one
