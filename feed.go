@@ -586,3 +586,9 @@ func isZero(b []byte) bool {
 	}
 	return true
 }
+
+// opError returns err, the cause of a failed op on the feed, as a
+// *FeedError.
+func (f *Feed) opError(op string, err error) error {
+	return &FeedError{Key: f.key, Op: op, Err: err}
+}

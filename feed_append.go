@@ -27,20 +27,20 @@ type appendReq struct {
 func (f *Feed) Append(values ...[]byte) (uint64, error) {
 	for i, v := range values {
 		if v == nil {
-			return 0, fmt.Errorf("feed %x: append value %d: %w: nil", f.key[:4], i, ErrInvalidValue)
+			return 0, f.opError(fmt.Sprintf("append value %d", i), fmt.Errorf("%w: nil", ErrInvalidValue))
 		}
 		if len(v) > MaxBlockSize {
-			return 0, fmt.Errorf("feed %x: append value %d: %w: %d bytes", f.key[:4], i, ErrBlockTooLarge, len(v))
+			return 0, f.opError(fmt.Sprintf("append value %d", i), fmt.Errorf("%w: %d bytes", ErrBlockTooLarge, len(v)))
 		}
 		if err := f.cfg.enc.check(v); err != nil {
-			return 0, fmt.Errorf("feed %x: append value %d: %w", f.key[:4], i, err)
+			return 0, f.opError(fmt.Sprintf("append value %d", i), err)
 		}
 	}
 	if !f.writable {
-		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrNotWritable)
+		return 0, f.opError("append", ErrNotWritable)
 	}
 	if f.cfg.readOnly {
-		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrReadOnly)
+		return 0, f.opError("append", ErrReadOnly)
 	}
 	req := &appendReq{values: values}
 	q := f.queue.Load()
@@ -148,10 +148,10 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	closed, start, signed, byteLen := f.closed, f.length, f.signed, f.byteLen
 	f.mu.RUnlock()
 	if closed {
-		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], ErrClosed)
+		return 0, f.opError("append", ErrClosed)
 	}
 	if err := f.failedWriteLocked(); err != nil {
-		return 0, fmt.Errorf("feed %x: append refused after a failed write; reopen the feed: %w", f.key[:4], err)
+		return 0, f.opError("append", fmt.Errorf("refused after a failed write; reopen the feed: %w", err))
 	}
 	var n, size uint64
 	for _, r := range batch {
@@ -164,11 +164,11 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 		return start, nil
 	}
 	if start+n > maxTreeLength || byteLen+size > maxTreeBytes {
-		return 0, fmt.Errorf("feed %x: append %d entries at %d: %w", f.key[:4], n, start, ErrFull)
+		return 0, f.opError(fmt.Sprintf("append %d entries at %d", n, start), ErrFull)
 	}
 	secret, err := f.secretKeyWriteLocked()
 	if err != nil {
-		return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
+		return 0, f.opError("append", err)
 	}
 	var roots []storedNode
 	if signed != nil && signed.roots != nil {
@@ -177,7 +177,7 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 		// Opened and not appended to since (a proof may have read the
 		// signature alone).
 		if roots, err = f.signedRootsWriteLocked(start); err != nil {
-			return 0, fmt.Errorf("feed %x: append: %w", f.key[:4], err)
+			return 0, f.opError("append", err)
 		}
 	}
 
@@ -295,16 +295,16 @@ func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, und
 	}
 
 	if _, err := f.fdata().WriteAt(b.data, dataPos(start, byteLen)); err != nil {
-		return f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
+		return f.abortWriteLocked(undo, f.opError("append", err))
 	}
 	if _, err := f.ftree().WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
-		return f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
+		return f.abortWriteLocked(undo, f.opError("append", err))
 	}
 	var rec [nodeSize]byte
 	for i := range early {
 		encodeNode(rec[:], &early[i])
 		if _, err := f.ftree().WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
-			return f.abortWriteLocked(undo, fmt.Errorf("feed %x: append: %w", f.key[:4], err))
+			return f.abortWriteLocked(undo, f.opError("append", err))
 		}
 	}
 	ws.recent.remember(treeStart, run)
@@ -322,7 +322,7 @@ func (f *Feed) writeSignatureWriteLocked(length uint64, sig []byte, files ...Fil
 		for _, file := range files {
 			if err := file.Sync(); err != nil {
 				f.scratchWriteLocked().failed = err
-				return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
+				return f.opError("sync", err)
 			}
 		}
 	}
@@ -333,12 +333,12 @@ func (f *Feed) writeSignatureWriteLocked(length uint64, sig []byte, files ...Fil
 	}
 	encodeSigRecord(rec, length, sig, flags)
 	if _, err := f.fsigs().WriteAt(rec, f.sigsEnd); err != nil {
-		return fmt.Errorf("feed %x: write signature: %w", f.key[:4], err)
+		return f.opError("write signature", err)
 	}
 	if !f.cfg.noSync {
 		if err := f.fsigs().Sync(); err != nil {
 			f.scratchWriteLocked().failed = err
-			return fmt.Errorf("feed %x: sync: %w", f.key[:4], err)
+			return f.opError("sync", err)
 		}
 	}
 	f.sigsEnd += sigRecordSize

@@ -135,7 +135,7 @@ func (f *Feed) Fork() *ForkEvidence {
 // forkedErr returns the error Put returns for a forked feed, or nil.
 func (f *Feed) forkedErr() error {
 	if ev := f.Fork(); ev != nil {
-		return fmt.Errorf("feed %x: put: %w", f.key[:4], &ForkError{Key: f.key, Evidence: ev})
+		return f.opError("put", &ForkError{Key: f.key, Evidence: ev})
 	}
 	return nil
 }

@@ -123,7 +123,7 @@ func (f *Feed) signal() {
 // writable feed it returns at once, or ErrOutOfRange past its length.
 func (f *Feed) Download(ctx context.Context, start, end uint64) error {
 	if start > end || end > maxTreeLength {
-		return fmt.Errorf("feed %x: download [%d, %d): %w", f.key[:4], start, end, ErrOutOfRange)
+		return f.opError(fmt.Sprintf("download [%d, %d)", start, end), ErrOutOfRange)
 	}
 	if start == end {
 		return nil

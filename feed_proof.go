@@ -94,14 +94,14 @@ func (f *Feed) signedRootsWriteLocked(length uint64) ([]storedNode, error) {
 // its key. It returns ErrVerify if not.
 func (f *Feed) Verify(length uint64, sig []byte) error {
 	if length == 0 || length > f.Len() {
-		return fmt.Errorf("feed %x: verify length %d: %w", f.key[:4], length, ErrOutOfRange)
+		return f.opError(fmt.Sprintf("verify length %d", length), ErrOutOfRange)
 	}
 	roots, err := f.readRoots(length)
 	if err != nil {
-		return fmt.Errorf("feed %x: verify: %w", f.key[:4], err)
+		return f.opError("verify", err)
 	}
 	if !verifyRoots(f.key, treeHash(roots), length, sig) {
-		return fmt.Errorf("feed %x: signature for length %d: %w", f.key[:4], length, ErrBadSignature)
+		return f.opError(fmt.Sprintf("verify length %d", length), ErrBadSignature)
 	}
 	return nil
 }
@@ -117,14 +117,14 @@ func (f *Feed) Proof(start, end, remoteLength uint64) (*Proof, error) {
 	ok := f.hasRangeLocked(start, end) // still true at a later length
 	f.mu.RUnlock()
 	if closed {
-		return nil, fmt.Errorf("feed %x: proof: %w", f.key[:4], ErrClosed)
+		return nil, f.opError("proof", ErrClosed)
 	}
 	length, sig, err := f.signedNow()
 	if err != nil {
-		return nil, fmt.Errorf("feed %x: proof: %w", f.key[:4], err)
+		return nil, f.opError("proof", err)
 	}
 	if !ok || length == 0 {
-		return nil, fmt.Errorf("feed %x: proof of [%d, %d) with length %d: %w", f.key[:4], start, end, length, ErrOutOfRange)
+		return nil, f.opError(fmt.Sprintf("proof of [%d, %d) with length %d", start, end, length), ErrOutOfRange)
 	}
 	if remoteLength > 0 && end <= remoteLength && remoteLength <= length {
 		if p, err := f.proofAt(start, end, remoteLength); err == nil {
@@ -211,7 +211,7 @@ func (f *Feed) olderProof(start, end, length uint64) (*Proof, error) {
 	if p := try(older, false); p != nil {
 		return p, nil
 	}
-	return nil, fmt.Errorf("feed %x: proof of [%d, %d): %w", f.key[:4], start, end, err)
+	return nil, f.opError(fmt.Sprintf("proof of [%d, %d)", start, end), err)
 }
 
 func (f *Feed) proofAt(start, end, length uint64) (*Proof, error) {
@@ -226,7 +226,7 @@ func (f *Feed) proofAt(start, end, length uint64) (*Proof, error) {
 			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("feed %x: proof of [%d, %d) at length %d: %w", f.key[:4], start, end, length, err)
+			return nil, f.opError(fmt.Sprintf("proof of [%d, %d) at length %d", start, end, length), err)
 		}
 		p.Nodes = append(p.Nodes, n.Node)
 	}

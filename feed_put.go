@@ -55,13 +55,13 @@ func (sc *putScratch) release() {
 // does not is refused, with nothing written.
 func (f *Feed) Put(p *Proof) error {
 	if p == nil {
-		return fmt.Errorf("feed %x: put: %w: nil proof", f.key[:4], ErrBadProof)
+		return f.opError("put", fmt.Errorf("%w: nil proof", ErrBadProof))
 	}
 	if f.writable {
-		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrNotWritable)
+		return f.opError("put", ErrNotWritable)
 	}
 	if f.cfg.readOnly {
-		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrReadOnly)
+		return f.opError("put", ErrReadOnly)
 	}
 	if err := f.forkedErr(); err != nil {
 		return err
@@ -73,11 +73,11 @@ func (f *Feed) Put(p *Proof) error {
 	// Verify: the proof's hashes lead to roots its signature signs.
 	t, err := proofTree(p, sc.hasher(), sc.nodes[:0])
 	if err != nil {
-		return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+		return f.opError("put", err)
 	}
 	sc.nodes = t.nodes
 	if p.Signature != nil && !verifyRoots(f.key, treeHash(t.roots), p.Length, p.Signature) {
-		return fmt.Errorf("feed %x: put at length %d: %w", f.key[:4], p.Length, ErrBadSignature)
+		return f.opError(fmt.Sprintf("put at length %d", p.Length), ErrBadSignature)
 	}
 	// Damaged entries and tree records that this Put rewrote from its
 	// verified copy are reported healed once the locks are released.
@@ -95,16 +95,16 @@ func (f *Feed) Put(p *Proof) error {
 	closed, curLen, curBytes := f.closed, f.length, f.byteLen
 	f.mu.RUnlock()
 	if closed {
-		return fmt.Errorf("feed %x: put: %w", f.key[:4], ErrClosed)
+		return f.opError("put", ErrClosed)
 	}
 	if err := f.failedWriteLocked(); err != nil {
-		return fmt.Errorf("feed %x: put refused after a failed write; reopen the feed: %w", f.key[:4], err)
+		return f.opError("put", fmt.Errorf("refused after a failed write; reopen the feed: %w", err))
 	}
 	if err := f.forkedErr(); err != nil {
 		return err // forked while this Put waited
 	}
 	if p.Signature == nil && p.Length > curLen {
-		return fmt.Errorf("feed %x: put: %w: unsigned proof past length %d", f.key[:4], ErrBadProof, curLen)
+		return f.opError("put", fmt.Errorf("%w: unsigned proof past length %d", ErrBadProof, curLen))
 	}
 	// Compare with the stored tree.
 	span, corrupt, fork, err := f.putCompareWriteLocked(p, t, sc, curLen)
@@ -167,7 +167,7 @@ func (f *Feed) putCompareWriteLocked(p *Proof, t *provenTree, sc *putScratch, cu
 		sc.tree = slices.Grow(sc.tree[:0], int((hi-lo)*nodeSize))[:(hi-lo)*nodeSize]
 		n, err := f.ftree().ReadAt(sc.tree, headerSize+int64(lo)*nodeSize)
 		if err != nil && !errors.Is(err, io.EOF) {
-			return nil, nil, nil, fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+			return nil, nil, nil, f.opError("put", err)
 		}
 		span = &nodeSpan{lo: lo, n: uint64(n) / nodeSize, buf: sc.tree}
 		sc.isNew = slices.Grow(sc.isNew[:0], int(hi-lo))[:hi-lo]
@@ -196,16 +196,16 @@ func (f *Feed) putCompareWriteLocked(p *Proof, t *provenTree, sc *putScratch, cu
 			}
 			fresh = append(fresh, *n)
 		case err != nil:
-			return nil, nil, nil, fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+			return nil, nil, nil, f.opError("put", err)
 		case old.Hash != n.Hash || old.Size != n.Size || old.Offset != n.Offset:
 			if p.Signature != nil { // the key signed both: a fork
 				fork, err := f.forkFoundWriteLocked(p, t, n.Index)
 				if err != nil {
-					return nil, nil, fork, fmt.Errorf("feed %x: put: %w (%v)", f.key[:4], fork, err)
+					return nil, nil, fork, f.opError("put", fmt.Errorf("%w (%w)", fork, err))
 				}
-				return nil, nil, fork, fmt.Errorf("feed %x: put: %w", f.key[:4], fork)
+				return nil, nil, fork, f.opError("put", fork)
 			}
-			return nil, nil, nil, fmt.Errorf("feed %x: put: %w: node %d contradicts the stored tree", f.key[:4], ErrBadProof, n.Index)
+			return nil, nil, nil, f.opError("put", fmt.Errorf("%w: node %d contradicts the stored tree", ErrBadProof, n.Index))
 		}
 	}
 	sc.fresh = fresh
@@ -213,13 +213,13 @@ func (f *Feed) putCompareWriteLocked(p *Proof, t *provenTree, sc *putScratch, cu
 		// The new roots must be shown to contain the tree held: each root
 		// of curLen is among the nodes compared above.
 		if r, ok := t.unreachedRoot(curLen); !ok {
-			return nil, nil, nil, fmt.Errorf("feed %x: put at length %d: %w: it does not determine node %d, a root of length %d", f.key[:4], p.Length, errNoLink, r, curLen)
+			return nil, nil, nil, f.opError(fmt.Sprintf("put at length %d", p.Length), fmt.Errorf("%w: it does not determine node %d, a root of length %d", errNoLink, r, curLen))
 		}
 	}
 	if p.Signature == nil {
 		for _, r := range t.roots {
 			if _, err := f.readNode(r.Index); err != nil {
-				return nil, nil, nil, fmt.Errorf("feed %x: put: %w: unsigned proof does not reach a stored root", f.key[:4], ErrBadProof)
+				return nil, nil, nil, f.opError("put", fmt.Errorf("%w: unsigned proof does not reach a stored root", ErrBadProof))
 			}
 		}
 	}
@@ -236,7 +236,7 @@ func (f *Feed) putWriteWriteLocked(p *Proof, t *provenTree, sc *putScratch, span
 		// key file that a crash could lose would be damage.
 		if err := f.ws.meta.Sync(); err != nil {
 			f.scratchWriteLocked().failed = err
-			return nil, fmt.Errorf("feed %x: sync key file: %w", f.key[:4], err)
+			return nil, f.opError("sync key file", err)
 		}
 	}
 	var files []File
@@ -265,7 +265,7 @@ func (f *Feed) putBlocksWriteLocked(p *Proof, t *provenTree, sc *putScratch, und
 	data := sc.data[:0]
 	flush := func(b []byte) error {
 		if _, err := f.fdata().WriteAt(b, off); err != nil {
-			return f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
+			return f.abortWriteLocked(undo, f.opError("put", err))
 		}
 		off += int64(len(b))
 		return nil
@@ -308,7 +308,7 @@ func (f *Feed) putNodesWriteLocked(sc *putScratch, span *nodeSpan, undo *writeUn
 			j++
 		}
 		if _, err := f.ftree().WriteAt(span.buf[i*nodeSize:j*nodeSize], headerSize+int64(span.lo+uint64(i))*nodeSize); err != nil {
-			return false, f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
+			return false, f.abortWriteLocked(undo, f.opError("put", err))
 		}
 		wroteTree = true
 		i = j
@@ -328,7 +328,7 @@ func (f *Feed) putNodesWriteLocked(sc *putScratch, span *nodeSpan, undo *writeUn
 				encodeNode(run[(k-i)*nodeSize:], &fresh[k])
 			}
 			if _, err := f.ftree().WriteAt(run, headerSize+int64(fresh[i].Index)*nodeSize); err != nil {
-				return false, f.abortWriteLocked(undo, fmt.Errorf("feed %x: put: %w", f.key[:4], err))
+				return false, f.abortWriteLocked(undo, f.opError("put", err))
 			}
 			i = j
 		}
@@ -354,7 +354,7 @@ func (f *Feed) putCommitWriteLocked(p *Proof, t *provenTree, files []File, curLe
 			for _, file := range files {
 				if err := file.Sync(); err != nil {
 					f.scratchWriteLocked().failed = err
-					return nil, f.abortWriteLocked(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
+					return nil, f.abortWriteLocked(undo, f.opError("sync", err))
 				}
 			}
 			files = nil
@@ -377,7 +377,7 @@ func (f *Feed) putCommitWriteLocked(p *Proof, t *provenTree, files []File, curLe
 		for _, file := range append(files, f.fbits()) {
 			if err := file.Sync(); err != nil {
 				f.scratchWriteLocked().failed = err
-				return nil, f.abortWriteLocked(undo, fmt.Errorf("feed %x: sync: %w", f.key[:4], err))
+				return nil, f.abortWriteLocked(undo, f.opError("sync", err))
 			}
 		}
 	}
@@ -387,7 +387,7 @@ func (f *Feed) putCommitWriteLocked(p *Proof, t *provenTree, files []File, curLe
 		f.ws.meta = nil
 		if err := meta.Close(); err != nil {
 			f.ws.failed = err
-			return nil, fmt.Errorf("feed %x: close key file: %w", f.key[:4], err)
+			return nil, f.opError("close key file", err)
 		}
 	}
 	var healed []uint64
@@ -455,7 +455,7 @@ func (f *Feed) writeBitsWriteLocked(start, end, length uint64) error {
 		encodeBitPage(rec, p)
 	}
 	if _, err := f.fbits().WriteAt(out, headerSize+int64(lo)*bitPageSize); err != nil {
-		return fmt.Errorf("feed %x: put: %w", f.key[:4], err)
+		return f.opError("put", err)
 	}
 	f.bitPages = max(f.bitPages, hi)
 	return nil

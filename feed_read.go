@@ -21,7 +21,7 @@ import (
 // fetched again from peers.
 func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	if seq >= maxTreeLength {
-		return nil, fmt.Errorf("feed %x: get %d: %w", f.key[:4], seq, ErrOutOfRange)
+		return nil, f.opError(fmt.Sprintf("get %d", seq), ErrOutOfRange)
 	}
 	if err := f.wait(ctx, seq, seq+1); err != nil {
 		return nil, err
@@ -85,7 +85,7 @@ type readAhead struct {
 // does. It reads each file once, so it is much faster than a loop of Get.
 func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error) {
 	if start > end || end-start > maxTreeLength {
-		return nil, fmt.Errorf("feed %x: get [%d, %d): %w", f.key[:4], start, end, ErrOutOfRange)
+		return nil, f.opError(fmt.Sprintf("get [%d, %d)", start, end), ErrOutOfRange)
 	}
 	if start == end {
 		return nil, nil
@@ -281,7 +281,7 @@ func putReadScratch(sc *readScratch) {
 func (f *Feed) Head(ctx context.Context) ([]byte, error) {
 	n := f.Len()
 	if n == 0 {
-		return nil, fmt.Errorf("feed %x: head: %w", f.key[:4], ErrEmpty)
+		return nil, f.opError("head", ErrEmpty)
 	}
 	return f.Get(ctx, n-1)
 }
@@ -293,7 +293,7 @@ func (f *Feed) wait(ctx context.Context, start, end uint64) error {
 		f.mu.RLock()
 		if f.closed {
 			f.mu.RUnlock()
-			return fmt.Errorf("feed %x: %w", f.key[:4], ErrClosed)
+			return f.opError("wait", ErrClosed)
 		}
 		if f.hasRangeLocked(start, end) {
 			f.mu.RUnlock()
@@ -301,7 +301,7 @@ func (f *Feed) wait(ctx context.Context, start, end uint64) error {
 		}
 		if f.have == nil && end > f.length {
 			f.mu.RUnlock()
-			return fmt.Errorf("feed %x: get %d of %d: %w", f.key[:4], end-1, f.length, ErrOutOfRange)
+			return f.opError(fmt.Sprintf("get %d of %d", end-1, f.length), ErrOutOfRange)
 		}
 		f.waiting.Add(1)
 		ch := f.changedChan()
@@ -317,7 +317,7 @@ func (f *Feed) wait(ctx context.Context, start, end uint64) error {
 			f.waiting.Add(-1)
 		case <-ctx.Done():
 			f.waiting.Add(-1)
-			return fmt.Errorf("feed %x: waiting for %d: %w", f.key[:4], start, ctx.Err())
+			return f.opError(fmt.Sprintf("waiting for %d", start), ctx.Err())
 		}
 	}
 }
@@ -354,5 +354,5 @@ func (f *Feed) readErr(err error, seq uint64) error {
 	if errors.Is(err, errNoNode) {
 		err = &CorruptError{File: f.name + fileTree, Offset: headerSize + int64(2*seq)*nodeSize, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
 	}
-	return fmt.Errorf("feed %x: read %d: %w", f.key[:4], seq, err)
+	return f.opError(fmt.Sprintf("read %d", seq), err)
 }

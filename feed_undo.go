@@ -46,7 +46,7 @@ func (f *Feed) abortWriteLocked(u *writeUndo, err error) error {
 		return err
 	}
 	if uerr := f.undoWriteWriteLocked(u); uerr != nil {
-		uerr = fmt.Errorf("feed %x: undo a failed write: %w", f.key[:4], uerr)
+		uerr = f.opError("undo a failed write", uerr)
 		ws.failed = uerr
 		return errors.Join(err, uerr)
 	}
