@@ -198,8 +198,8 @@ type writeScratch struct {
 	sig            [sigRecordSize]byte
 }
 
-// failedWriteLocked returns the error of a sync that failed, after which the feed
-// refuses writes. Called under writeMu.
+// failedWriteLocked returns the error of a sync that failed, after which the
+// feed refuses writes. Called under writeMu.
 func (f *Feed) failedWriteLocked() error {
 	if f.ws == nil {
 		return nil

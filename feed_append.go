@@ -315,8 +315,8 @@ func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, und
 	return nil
 }
 
-// writeSignatureWriteLocked makes the files durable (when syncing), then appends and
-// syncs the signature record for length.
+// writeSignatureWriteLocked makes the files durable (when syncing), then
+// appends and syncs the signature record for length.
 func (f *Feed) writeSignatureWriteLocked(length uint64, sig []byte, files ...File) error {
 	if !f.cfg.noSync {
 		for _, file := range files {
@@ -345,9 +345,9 @@ func (f *Feed) writeSignatureWriteLocked(length uint64, sig []byte, files ...Fil
 	return nil
 }
 
-// publishWriteLocked makes a new state visible and wakes waiters and subscribers.
-// Length and roots change only if length grew; got marks blocks a replica
-// received.
+// publishWriteLocked makes a new state visible and wakes waiters and
+// subscribers. Length and roots change only if length grew; got marks blocks
+// a replica received.
 func (f *Feed) publishWriteLocked(length, byteLen uint64, roots []storedNode, sig []byte, got func(*bitset)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

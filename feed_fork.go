@@ -205,11 +205,11 @@ func (f *Feed) reportFork(fe *ForkError) {
 	}
 }
 
-// forkFoundWriteLocked builds the evidence of a fork from a signed proof p (whose
-// tree is t) that determines node i differently from the stored tree,
+// forkFoundWriteLocked builds the evidence of a fork from a signed proof p
+// (whose tree is t) that determines node i differently from the stored tree,
 // stores it and marks the feed forked. It returns the fork, with nil
-// Evidence if no signature the feed kept proves its own node i. Called
-// under writeMu.
+// Evidence if no signature the feed kept proves its own node i. Called under
+// writeMu.
 func (f *Feed) forkFoundWriteLocked(p *Proof, t *provenTree, i uint64) (*ForkError, error) {
 	fe := &ForkError{Key: f.key}
 	peer := onePeerBlock(f.key, p, t, i)
@@ -294,10 +294,10 @@ func forkBlocks(i, length uint64, held func(lo, hi uint64) (first, last uint64, 
 	return out
 }
 
-// localForkProofWriteLocked returns a proof of one block from this feed's stored tree
-// at a length whose signature it kept (its newest first, then older ones)
-// that determines node i differently from the peer's proof; nil if there is
-// none. Called under writeMu.
+// localForkProofWriteLocked returns a proof of one block from this feed's
+// stored tree at a length whose signature it kept (its newest first, then
+// older ones) that determines node i differently from the peer's proof; nil
+// if there is none. Called under writeMu.
 func (f *Feed) localForkProofWriteLocked(i uint64, peer *Proof) *Proof {
 	theirs, err := forkNode(f.key, peer, i)
 	if err != nil {
@@ -331,10 +331,10 @@ func (f *Feed) localForkProofWriteLocked(i uint64, peer *Proof) *Proof {
 	return found
 }
 
-// keptSignaturesWriteLocked calls fn with the feed's newest signed length and its
-// signature, then with older ones from the signatures file (newest first)
-// and the file of older signatures, at most maxOlderProofs of each, until
-// fn returns false. Called under writeMu.
+// keptSignaturesWriteLocked calls fn with the feed's newest signed length
+// and its signature, then with older ones from the signatures file (newest
+// first) and the file of older signatures, at most maxOlderProofs of each,
+// until fn returns false. Called under writeMu.
 func (f *Feed) keptSignaturesWriteLocked(fn func(length uint64, sig []byte) bool) {
 	f.mu.RLock()
 	length, signed := f.length, f.signed

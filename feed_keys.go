@@ -114,8 +114,9 @@ func (f *Feed) createKeys(meta File, o *FeedOptions) (ed25519.PrivateKey, error)
 	return secret, nil
 }
 
-// secretKeyWriteLocked returns a writable feed's secret key, reading it from the key
-// file on first use: an idle writer does not hold it. Called under writeMu.
+// secretKeyWriteLocked returns a writable feed's secret key, reading it from
+// the key file on first use: an idle writer does not hold it. Called under
+// writeMu.
 func (f *Feed) secretKeyWriteLocked() (ed25519.PrivateKey, error) {
 	ws := f.scratchWriteLocked()
 	if ws.secret != nil {

@@ -53,8 +53,8 @@ func (f *Feed) signedNow() (length uint64, sig []byte, err error) {
 	return length, sig, nil
 }
 
-// newestSignatureWriteLocked reads the newest signature record, which must cover
-// length. Called under writeMu.
+// newestSignatureWriteLocked reads the newest signature record, which must
+// cover length. Called under writeMu.
 func (f *Feed) newestSignatureWriteLocked(length uint64) ([]byte, error) {
 	var rec [sigRecordSize]byte
 	off := f.sigsEnd - sigRecordSize
@@ -71,10 +71,10 @@ func (f *Feed) newestSignatureWriteLocked(length uint64) ([]byte, error) {
 	return bytes.Clone(sig), nil
 }
 
-// signedRootsWriteLocked reads the roots of the tree at length, the feed's newest,
-// and checks them against the newest signature, for a writer whose roots
-// are not held (it was opened and has not appended since). Called under
-// writeMu.
+// signedRootsWriteLocked reads the roots of the tree at length, the feed's
+// newest, and checks them against the newest signature, for a writer whose
+// roots are not held (it was opened and has not appended since). Called
+// under writeMu.
 func (f *Feed) signedRootsWriteLocked(length uint64) ([]storedNode, error) {
 	sig, err := f.newestSignatureWriteLocked(length)
 	if err != nil {

@@ -398,9 +398,9 @@ func (f *Feed) putCommitWriteLocked(p *Proof, t *provenTree, files []File, curLe
 	return healed, nil
 }
 
-// keepOlderSignatureWriteLocked records a verified signature of a length below the
-// feed's, so that the feed can later prove entries at that length (a
-// replica may lack the nodes to prove them at its newest). The file of
+// keepOlderSignatureWriteLocked records a verified signature of a length
+// below the feed's, so that the feed can later prove entries at that length
+// (a replica may lack the nodes to prove them at its newest). The file of
 // older signatures is a cache: it is never synced, never part of recovery,
 // and its records are checked again by whoever receives a proof made with
 // one. Called under writeMu; a failure only loses the cache.
@@ -431,9 +431,9 @@ func (f *Feed) keepOlderSignatureWriteLocked(length uint64, sig []byte) {
 	older.WriteAt(rec[:], end)
 }
 
-// writeBitsWriteLocked records blocks [start, end) in the bitfield file, and makes the
-// file cover every page below length, so that a page missing from it is
-// damage. It rewrites whole pages, each with its checksum.
+// writeBitsWriteLocked records blocks [start, end) in the bitfield file, and
+// makes the file cover every page below length, so that a page missing from
+// it is damage. It rewrites whole pages, each with its checksum.
 func (f *Feed) writeBitsWriteLocked(start, end, length uint64) error {
 	lo, hi := f.bitPages, bitPages(length)
 	if start < end {

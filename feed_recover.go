@@ -260,9 +260,9 @@ func (f *Feed) holdSig(err error, sig []byte) error {
 	return err
 }
 
-// sigReplacedWriteLocked is called by Put after it wrote the signature record of
-// length: if that replaced a damaged record that recovery found (the
-// record was written in its place) and reaches the length it had lost,
+// sigReplacedWriteLocked is called by Put after it wrote the signature
+// record of length: if that replaced a damaged record that recovery found
+// (the record was written in its place) and reaches the length it had lost,
 // the damage is healed. Called under writeMu.
 func (f *Feed) sigReplacedWriteLocked(length uint64) {
 	bad := f.sigDamage

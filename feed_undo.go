@@ -8,7 +8,7 @@ import (
 // A write of an Append or a Put that fails leaves the feed's files as they
 // were in its published (signed) state, or the feed refuses writes:
 //
-//   - After a failed write, undoWriteWriteLocked puts the files back: it cuts the
+//   - After a failed write, rollbackWriteLocked puts the files back: it cuts the
 //     signatures, tree and data files (and a replica's bitfield) back to
 //     where the published state ends, zeroes the tree nodes the write added
 //     below that end (they were absent), writes back the bitfield pages it
@@ -22,7 +22,7 @@ import (
 //     opened again, when recovery finds what landed. The same holds when
 //     undoing a failed write fails.
 
-// writeUndo is what undoWriteWriteLocked needs to put a feed's files back: the
+// writeUndo is what rollbackWriteLocked needs to put a feed's files back: the
 // published state a write started from, and what it wrote below its end.
 type writeUndo struct {
 	length, byteLen uint64
@@ -35,17 +35,17 @@ type writeUndo struct {
 	bitLo, bitHi uint64
 }
 
-// abortWriteLocked undoes a failed write (see writeUndo) and returns err. A failed
-// sync was recorded in ws.failed already (see writeSignatureWriteLocked and Put): then
-// nothing is undone. A failed undo is recorded there too, and named in the
-// error. Called under writeMu.
+// abortWriteLocked undoes a failed write (see writeUndo) and returns err. A
+// failed sync was recorded in ws.failed already (see
+// writeSignatureWriteLocked and Put): then nothing is undone. A failed undo
+// is recorded there too, and named in the error. Called under writeMu.
 func (f *Feed) abortWriteLocked(u *writeUndo, err error) error {
 	ws := f.scratchWriteLocked()
 	ws.recent.forget()
 	if ws.failed != nil {
 		return err
 	}
-	if uerr := f.undoWriteWriteLocked(u); uerr != nil {
+	if uerr := f.rollbackWriteLocked(u); uerr != nil {
 		uerr = f.opError("undo a failed write", uerr)
 		ws.failed = uerr
 		return errors.Join(err, uerr)
@@ -53,8 +53,8 @@ func (f *Feed) abortWriteLocked(u *writeUndo, err error) error {
 	return err
 }
 
-// undoWriteWriteLocked puts the files back in the state u describes.
-func (f *Feed) undoWriteWriteLocked(u *writeUndo) error {
+// rollbackWriteLocked puts the files back in the state u describes.
+func (f *Feed) rollbackWriteLocked(u *writeUndo) error {
 	var errs []error
 	// The signature record first: once it is gone, what follows is
 	// unsigned whatever happens next.
