@@ -164,6 +164,7 @@ type FeedError struct {
 	Err error  // the cause
 }
 
+// Error returns "feed <key prefix>: <op>: <cause>".
 func (e *FeedError) Error() string {
 	return fmt.Sprintf("feed %x: %s: %v", e.Key[:min(len(e.Key), 4)], e.Op, e.Err)
 }
