@@ -152,3 +152,22 @@ func (e *CorruptError) Error() string {
 
 // Is reports whether target is ErrCorrupt.
 func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
+
+// FeedError records an error from an operation on a feed: the feed, the
+// operation and the cause, as *os.PathError does for a file. Its message
+// reads "feed <the key's first 4 bytes, in hex>: <op>: <cause>". It
+// unwraps to its cause, so errors.Is(err, ErrClosed) and errors.As(err,
+// &corruptErr) see through it.
+type FeedError struct {
+	Key []byte // the feed's public key; not to be modified
+	Op  string // the operation and its arguments, such as "get 12" or "put"
+	Err error  // the cause
+}
+
+// Error returns "feed <key prefix>: <op>: <cause>".
+func (e *FeedError) Error() string {
+	return fmt.Sprintf("feed %x: %s: %v", e.Key[:min(len(e.Key), 4)], e.Op, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *FeedError) Unwrap() error { return e.Err }

@@ -220,7 +220,7 @@ func (f *Feed) rewriteChecksum(seq uint64, pos int64, v []byte) {
 	f.mu.RLock()
 	closed := f.closed
 	f.mu.RUnlock()
-	if closed || f.failed() != nil {
+	if closed || f.failedWriteLocked() != nil {
 		f.writeMu.Unlock()
 		return
 	}
@@ -230,7 +230,7 @@ func (f *Feed) rewriteChecksum(seq uint64, pos int64, v []byte) {
 	}
 	if !f.cfg.noSync {
 		if err := f.fdata().Sync(); err != nil {
-			f.scratch().failed = err
+			f.scratchWriteLocked().failed = err
 			f.writeMu.Unlock()
 			return
 		}

@@ -135,7 +135,7 @@ func (f *Feed) Fork() *ForkEvidence {
 // forkedErr returns the error Put returns for a forked feed, or nil.
 func (f *Feed) forkedErr() error {
 	if ev := f.Fork(); ev != nil {
-		return fmt.Errorf("feed %x: put: %w", f.key[:4], &ForkError{Key: f.key, Evidence: ev})
+		return f.opError("put", &ForkError{Key: f.key, Evidence: ev})
 	}
 	return nil
 }
@@ -205,24 +205,24 @@ func (f *Feed) reportFork(fe *ForkError) {
 	}
 }
 
-// forkFound builds the evidence of a fork from a signed proof p (whose
-// tree is t) that determines node i differently from the stored tree,
+// forkFoundWriteLocked builds the evidence of a fork from a signed proof p
+// (whose tree is t) that determines node i differently from the stored tree,
 // stores it and marks the feed forked. It returns the fork, with nil
-// Evidence if no signature the feed kept proves its own node i. Called
-// under writeMu.
-func (f *Feed) forkFound(p *Proof, t *provenTree, i uint64) (*ForkError, error) {
+// Evidence if no signature the feed kept proves its own node i. Called under
+// writeMu.
+func (f *Feed) forkFoundWriteLocked(p *Proof, t *provenTree, i uint64) (*ForkError, error) {
 	fe := &ForkError{Key: f.key}
 	peer := onePeerBlock(f.key, p, t, i)
 	if peer == nil {
 		return fe, nil // cannot happen: p determines node i
 	}
-	local := f.localForkProof(i, peer)
+	local := f.localForkProofWriteLocked(i, peer)
 	if local == nil {
 		return fe, nil
 	}
 	fe.Evidence = &ForkEvidence{Key: f.key, Node: i, Local: local, Peer: peer}
 	f.fork.Store(&forkState{ev: fe.Evidence})
-	if err := f.writeFork(fe.Evidence); err != nil {
+	if err := f.writeForkWriteLocked(fe.Evidence); err != nil {
 		return fe, fmt.Errorf("evidence not stored: %w", err)
 	}
 	return fe, nil
@@ -294,17 +294,17 @@ func forkBlocks(i, length uint64, held func(lo, hi uint64) (first, last uint64, 
 	return out
 }
 
-// localForkProof returns a proof of one block from this feed's stored tree
-// at a length whose signature it kept (its newest first, then older ones)
-// that determines node i differently from the peer's proof; nil if there is
-// none. Called under writeMu.
-func (f *Feed) localForkProof(i uint64, peer *Proof) *Proof {
+// localForkProofWriteLocked returns a proof of one block from this feed's
+// stored tree at a length whose signature it kept (its newest first, then
+// older ones) that determines node i differently from the peer's proof; nil
+// if there is none. Called under writeMu.
+func (f *Feed) localForkProofWriteLocked(i uint64, peer *Proof) *Proof {
 	theirs, err := forkNode(f.key, peer, i)
 	if err != nil {
 		return nil
 	}
 	var found *Proof
-	f.keptSignatures(func(length uint64, sig []byte) bool {
+	f.keptSignaturesWriteLocked(func(length uint64, sig []byte) bool {
 		for _, b := range forkBlocks(i, length, func(lo, hi uint64) (uint64, uint64, bool) {
 			spans := f.presentSpans(hi)
 			k := len(spans) - 1
@@ -331,11 +331,11 @@ func (f *Feed) localForkProof(i uint64, peer *Proof) *Proof {
 	return found
 }
 
-// keptSignatures calls fn with the feed's newest signed length and its
-// signature, then with older ones from the signatures file (newest first)
-// and the file of older signatures, at most maxOlderProofs of each, until
-// fn returns false. Called under writeMu.
-func (f *Feed) keptSignatures(fn func(length uint64, sig []byte) bool) {
+// keptSignaturesWriteLocked calls fn with the feed's newest signed length
+// and its signature, then with older ones from the signatures file (newest
+// first) and the file of older signatures, at most maxOlderProofs of each,
+// until fn returns false. Called under writeMu.
+func (f *Feed) keptSignaturesWriteLocked(fn func(length uint64, sig []byte) bool) {
 	f.mu.RLock()
 	length, signed := f.length, f.signed
 	f.mu.RUnlock()
@@ -345,7 +345,7 @@ func (f *Feed) keptSignatures(fn func(length uint64, sig []byte) bool) {
 	var sig []byte
 	if signed != nil {
 		sig = signed.sig
-	} else if s, err := f.newestSignature(length); err == nil {
+	} else if s, err := f.newestSignatureWriteLocked(length); err == nil {
 		sig = s
 	}
 	if sig != nil && !fn(length, sig) {
@@ -384,10 +384,10 @@ func (f *Feed) keptSignatures(fn func(length uint64, sig []byte) bool) {
 	}
 }
 
-// writeFork stores the evidence in the feed's fork file, replacing
+// writeForkWriteLocked stores the evidence in the feed's fork file, replacing
 // whatever it held, and syncs it (unless sync is off). Called under
 // writeMu.
-func (f *Feed) writeFork(ev *ForkEvidence) error {
+func (f *Feed) writeForkWriteLocked(ev *ForkEvidence) error {
 	b := encodeForkFile(ev.Node, ev.Local, ev.Peer)
 	file, err := f.cfg.store.Open(f.name+fileFork, true)
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 	"fmt"
 )
 
-// Recovery from a damaged newest signature record. See recover (feed.go)
+// Recovery from a damaged newest signature record. See recover (below)
 // for the walk back over the records, and doc/FORMAT.md, "Recovery on
 // open", for the rule written down.
 
@@ -65,7 +65,7 @@ func sigRecordTorn(rec []byte, off, size int64) bool {
 // resignLength): nothing it acknowledged is lost. A replica, which cannot
 // sign, loads at length and keeps its tree and data past it, listing the
 // damage until a Put of a peer's signature replaces the record (see
-// sigReplaced). Either way the damage is reported.
+// sigReplacedWriteLocked). Either way the damage is reported.
 func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode, sig []byte) error {
 	file := f.name + fileSignatures
 	claimed := binary.BigEndian.Uint64(bad.rec[:sigSigOff])
@@ -95,7 +95,7 @@ func (f *Feed) recoverDamaged(bad *damagedSig, length uint64, roots []storedNode
 		if err := f.checkTail(bad.number, newLen, true); err != nil {
 			return err
 		}
-		secret, err := f.secretKey()
+		secret, err := f.secretKeyWriteLocked()
 		if err != nil {
 			return err
 		}
@@ -260,11 +260,11 @@ func (f *Feed) holdSig(err error, sig []byte) error {
 	return err
 }
 
-// sigReplaced is called by Put after it wrote the signature record of
-// length: if that replaced a damaged record that recovery found (the
-// record was written in its place) and reaches the length it had lost,
+// sigReplacedWriteLocked is called by Put after it wrote the signature
+// record of length: if that replaced a damaged record that recovery found
+// (the record was written in its place) and reaches the length it had lost,
 // the damage is healed. Called under writeMu.
-func (f *Feed) sigReplaced(length uint64) {
+func (f *Feed) sigReplacedWriteLocked(length uint64) {
 	bad := f.sigDamage
 	if bad == nil || bad.healed || length < bad.lost {
 		return
@@ -300,4 +300,179 @@ func (c *Core) reportOpenDamage(f *Feed) {
 	}
 	d.Slot, d.Key, d.Name = feedSlot(f), f.Key(), f.writer
 	c.report(d)
+}
+
+// maxTornRecords bounds how far back Open looks for a signature that
+// verifies, so that opening never scans a whole log.
+const maxTornRecords = 64
+
+// truncate cuts file name to size if it is longer, and reports the repair.
+// A read-only feed reports it and leaves the file as it is: what it reads
+// is bounded by the state loaded, not by the file's size.
+func (f *Feed) truncate(file File, name string, size int64, why string) error {
+	old, err := file.Size()
+	if err != nil || old <= size {
+		return err
+	}
+	if f.cfg.readOnly {
+		f.repaired(Repair{File: f.name + name, From: old, To: size, Reason: why})
+		return nil
+	}
+	if err := file.Truncate(size); err != nil {
+		return err
+	}
+	f.repaired(Repair{File: f.name + name, From: old, To: size, Reason: why})
+	return nil
+}
+
+func (f *Feed) repaired(r Repair) {
+	if f.onRepair != nil {
+		f.onRepair(r)
+	}
+}
+
+// recover finds the newest signature record that verifies against the
+// tree, cuts everything newer, and loads the state it signs.
+//
+// With sync on, a signature record is written only after the one before it
+// was durable, and an append's data and tree only after the record before
+// it: so at most the newest record can be torn, and the tree past the
+// signed length holds the leaves of one append at most. Anything else is
+// damage, reported as ErrCorrupt and left as it is; but a newest record
+// that fails its checksum though no crash could have torn it (see
+// sigRecordTorn) is damage that recovery works around: see recoverDamaged.
+func (f *Feed) recover() error {
+	size, err := f.fsigs().Size()
+	if err != nil {
+		return err
+	}
+	n := (size - headerSize) / sigRecordSize
+	var bad *damagedSig // the newest record, if damaged rather than torn
+	for k := n - 1; k >= 0 && k >= n-maxTornRecords; k-- {
+		var rec [sigRecordSize]byte
+		off := headerSize + k*sigRecordSize
+		if _, err := f.fsigs().ReadAt(rec[:], off); err != nil {
+			return err
+		}
+		length, sig, flags, ok := decodeSigRecord(rec[:])
+		if !ok {
+			if !f.cfg.noSync && k < n-1 {
+				return &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: "a signature record before the newest is damaged"}
+			}
+			if f.cfg.noSync || sigRecordTorn(rec[:], off, size) {
+				continue // torn while being written
+			}
+			// With sync on, a crash cannot explain it: damage, which
+			// must not cut what the record covered (see recoverDamaged).
+			bad = &damagedSig{number: uint64(k + 1), off: off, rec: rec, fileSize: size}
+			continue
+		}
+		synced := flags&sigSynced != 0
+		roots, err := f.readRoots(length)
+		switch {
+		case err == nil && verifyRoots(f.key, treeHash(roots), length, sig):
+			if bad != nil {
+				return f.recoverDamaged(bad, length, roots, bytes.Clone(sig))
+			}
+			if err := f.checkTail(uint64(k+1), length, synced && !f.cfg.noSync); err != nil {
+				return err
+			}
+			return f.load(length, roots, bytes.Clone(sig), off+sigRecordSize)
+		case err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, errNoNode):
+			return err
+		case synced && errors.Is(err, errNoNode):
+			return &CorruptError{File: f.name + fileTree, Offset: headerSize, Reason: fmt.Sprintf("a root of the signed length %d is missing", length)}
+		case synced && err != nil:
+			return err // a damaged root, named by file and offset
+		case synced:
+			// What this record covers was durable before it was
+			// written: a mismatch is damage, not a torn write.
+			return &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: fmt.Sprintf("signature for length %d does not verify against the tree", length)}
+		}
+		// Written without sync: the tree it covers may not have landed.
+	}
+	if n > 1 {
+		// With none of the newest intact the feed was damaged, not torn.
+		return &CorruptError{File: f.name + fileSignatures, Offset: headerSize, Reason: "no signature verifies against the tree"}
+	}
+	if bad != nil {
+		return f.recoverDamaged(bad, 0, nil, nil)
+	}
+	if err := f.checkTail(0, 0, !f.cfg.noSync); err != nil {
+		return err
+	}
+	return f.load(0, nil, nil, headerSize)
+}
+
+// checkTail checks, for a writer, that the tree past the signed length
+// holds the leaves of one append at most: the one after signature record
+// number records. Each leaf of a writer's tree records the number of the
+// signature record that covers it. Only with strict (the record was
+// synced, and the feed is opened with sync on) is more than one append
+// past the record damage; without sync a power loss may lose several.
+func (f *Feed) checkTail(records, length uint64, strict bool) error {
+	if !f.writable || !strict {
+		return nil
+	}
+	size, err := f.ftree().Size()
+	if err != nil {
+		return err
+	}
+	nodes := uint64(max(size-headerSize, 0)) / nodeSize
+	if 2*length >= nodes {
+		return nil
+	}
+	last := nodes - 1
+	if last%2 == 1 {
+		last--
+	}
+	for _, i := range []uint64{2 * length, last} {
+		var rec [nodeSize]byte
+		off := headerSize + int64(i)*nodeSize
+		if _, err := f.ftree().ReadAt(rec[:], off); err != nil {
+			return err
+		}
+		if present, valid := nodeRecordState(i, rec[:]); !present || !valid {
+			continue // part of the torn append
+		}
+		if ord := nodeOrdinal(rec[:]); ord != 0 && uint64(ord) != records+1 {
+			return &CorruptError{File: f.name + fileSignatures, Offset: headerSize + int64(records)*sigRecordSize,
+				Reason: fmt.Sprintf("signature records are missing: the tree holds entry %d of append %d, the newest record is number %d", i/2, ord, records)}
+		}
+	}
+	return nil
+}
+
+// load installs a recovered state and cuts the files back to it.
+func (f *Feed) load(length uint64, roots []storedNode, sig []byte, sigsEnd int64) error {
+	// The roots and signature verified here are read again when used:
+	// an idle feed does not hold them.
+	f.length, f.sigsEnd = length, sigsEnd
+	for _, r := range roots {
+		f.byteLen += r.Size
+	}
+	why := fmt.Sprintf("torn tail past length %d, the newest that verifies", length)
+	if err := f.truncate(f.fsigs(), fileSignatures, sigsEnd, why); err != nil {
+		return err
+	}
+	treeEnd := int64(headerSize)
+	if length > 0 {
+		treeEnd += int64(2*length-1) * nodeSize
+	}
+	if err := f.truncate(f.ftree(), fileTree, treeEnd, why); err != nil {
+		return err
+	}
+	dataEnd := dataPos(length, f.byteLen)
+	if err := f.truncate(f.fdata(), fileData, dataEnd, why); err != nil {
+		return err
+	}
+	if f.have == nil {
+		if size, err := f.fdata().Size(); err != nil {
+			return err
+		} else if size < dataEnd {
+			return &CorruptError{File: f.name + fileData, Offset: size, Reason: fmt.Sprintf("data ends before the %d bytes the signed tree covers", f.byteLen)}
+		}
+		return nil
+	}
+	return f.loadBitfield(length)
 }

@@ -8,7 +8,7 @@ import (
 // A write of an Append or a Put that fails leaves the feed's files as they
 // were in its published (signed) state, or the feed refuses writes:
 //
-//   - After a failed write, undoWrite puts the files back: it cuts the
+//   - After a failed write, rollbackWriteLocked puts the files back: it cuts the
 //     signatures, tree and data files (and a replica's bitfield) back to
 //     where the published state ends, zeroes the tree nodes the write added
 //     below that end (they were absent), writes back the bitfield pages it
@@ -22,7 +22,7 @@ import (
 //     opened again, when recovery finds what landed. The same holds when
 //     undoing a failed write fails.
 
-// writeUndo is what undoWrite needs to put a feed's files back: the
+// writeUndo is what rollbackWriteLocked needs to put a feed's files back: the
 // published state a write started from, and what it wrote below its end.
 type writeUndo struct {
 	length, byteLen uint64
@@ -35,26 +35,26 @@ type writeUndo struct {
 	bitLo, bitHi uint64
 }
 
-// failWrite undoes a failed write (see writeUndo) and returns err. A failed
-// sync was recorded in ws.failed already (see writeSignature and Put): then
-// nothing is undone. A failed undo is recorded there too, and named in the
-// error. Called under writeMu.
-func (f *Feed) failWrite(u *writeUndo, err error) error {
-	ws := f.scratch()
+// abortWriteLocked undoes a failed write (see writeUndo) and returns err. A
+// failed sync was recorded in ws.failed already (see
+// writeSignatureWriteLocked and Put): then nothing is undone. A failed undo
+// is recorded there too, and named in the error. Called under writeMu.
+func (f *Feed) abortWriteLocked(u *writeUndo, err error) error {
+	ws := f.scratchWriteLocked()
 	ws.recent.forget()
 	if ws.failed != nil {
 		return err
 	}
-	if uerr := f.undoWrite(u); uerr != nil {
-		uerr = fmt.Errorf("feed %x: undo a failed write: %w", f.key[:4], uerr)
+	if uerr := f.rollbackWriteLocked(u); uerr != nil {
+		uerr = f.opError("undo a failed write", uerr)
 		ws.failed = uerr
 		return errors.Join(err, uerr)
 	}
 	return err
 }
 
-// undoWrite puts the files back in the state u describes.
-func (f *Feed) undoWrite(u *writeUndo) error {
+// rollbackWriteLocked puts the files back in the state u describes.
+func (f *Feed) rollbackWriteLocked(u *writeUndo) error {
 	var errs []error
 	// The signature record first: once it is gone, what follows is
 	// unsigned whatever happens next.
@@ -83,7 +83,7 @@ func (f *Feed) undoWrite(u *writeUndo) error {
 	errs = append(errs, cutFile(f.ftree(), treeEnd))
 	errs = append(errs, cutFile(f.fdata(), dataPos(u.length, u.byteLen)))
 	if !f.writable && (u.bitHi > u.bitLo || f.bitPages != u.bitPages) {
-		errs = append(errs, f.restoreBits(u))
+		errs = append(errs, f.restoreBitsWriteLocked(u))
 	}
 	return errors.Join(errs...)
 }
@@ -97,10 +97,10 @@ func cutFile(file File, size int64) error {
 	return file.Truncate(size)
 }
 
-// restoreBits writes back the bitfield pages a failed Put may have
+// restoreBitsWriteLocked writes back the bitfield pages a failed Put may have
 // rewritten, from the blocks the feed held before it, and cuts the pages it
 // added.
-func (f *Feed) restoreBits(u *writeUndo) error {
+func (f *Feed) restoreBitsWriteLocked(u *writeUndo) error {
 	f.bitPages = u.bitPages
 	if err := cutFile(f.fbits(), headerSize+int64(u.bitPages)*bitPageSize); err != nil {
 		return err

@@ -1,0 +1,358 @@
+package kappa
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"sync"
+)
+
+// Get returns entry seq. On a replica that lacks it, Get waits until the
+// entry arrives, the context ends or the feed is closed; on a writable feed
+// a seq at or past Len is ErrOutOfRange. Every value read is checked
+// against its leaf hash; a mismatch is ErrCorrupt (a *CorruptError naming
+// the file and offset), returned without waiting. The entry is then
+// damaged: reported to the Core (see Core.Damaged) and, on a replica,
+// fetched again from peers.
+func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
+	if seq >= maxTreeLength {
+		return nil, f.opError(fmt.Sprintf("get %d", seq), ErrOutOfRange)
+	}
+	if err := f.wait(ctx, seq, seq+1); err != nil {
+		return nil, err
+	}
+	// A reader going through the feed in order is served from a window of
+	// the entries ahead, read (and verified) with one call per file.
+	ra := f.ahead.Load()
+	if ra == nil {
+		f.ahead.CompareAndSwap(nil, new(readAhead))
+		ra = f.ahead.Load()
+	}
+	ra.mu.Lock()
+	if seq >= ra.start && seq-ra.start < uint64(len(ra.values)) {
+		v := bytes.Clone(ra.values[seq-ra.start])
+		if seq-ra.start == uint64(len(ra.values))-1 {
+			ra.values = nil // used up: an idle feed keeps no window
+		}
+		ra.next = seq + 1
+		ra.mu.Unlock()
+		return v, nil
+	}
+	sequential := seq > 0 && seq == ra.next
+	ra.next = seq + 1
+	ra.mu.Unlock()
+	end := seq + 1
+	if sequential {
+		end = max(seq+1, min(seq+readAheadEntries, f.NextMissing(seq)))
+	}
+	// Damage ahead ends the window, but does not fail a read of an intact
+	// entry: readRange returns the entries before it.
+	values, err := f.readRange(seq, end, readAheadBytes)
+	if len(values) == 0 {
+		return nil, err
+	}
+	if len(values) > 1 {
+		ra.mu.Lock()
+		ra.start, ra.values = seq, values
+		ra.mu.Unlock()
+		return bytes.Clone(values[0]), nil
+	}
+	return values[0], nil
+}
+
+// Read-ahead bounds for sequential Get: a window is at most this many
+// entries and bytes (but always at least one entry).
+const (
+	readAheadEntries = 256
+	readAheadBytes   = 32 << 10
+)
+
+// readAhead is the window of entries a sequential reader will ask for
+// next. Entries in it are present, so they never change.
+type readAhead struct {
+	mu     sync.Mutex
+	start  uint64
+	values [][]byte
+	next   uint64 // the entry a sequential reader asks for next
+}
+
+// GetBatch returns the entries [start, end), waiting for missing ones as Get
+// does. It reads each file once, so it is much faster than a loop of Get.
+func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error) {
+	if start > end || end-start > maxTreeLength {
+		return nil, f.opError(fmt.Sprintf("get [%d, %d)", start, end), ErrOutOfRange)
+	}
+	if start == end {
+		return nil, nil
+	}
+	if err := f.wait(ctx, start, end); err != nil {
+		return nil, err
+	}
+	values, err := f.readRange(start, end, math.MaxUint64)
+	if err != nil {
+		return nil, err
+	}
+	return values, nil
+}
+
+// scanBatch returns the present entries [start, end), as a view reads
+// them. From entry 0 it reads the data file alone: the records lie end to
+// end after the file's header, so their bounds need no tree, and each is
+// checked against its record's checksum rather than hashed again. Reading
+// a feed that a view has not seen then opens one file, not two. Elsewhere
+// it reads as GetBatch does.
+//
+// A record that fails its checksum (or does not parse) is checked against
+// its leaf, the one rule for every read: intact, it is used and its stale
+// checksum rewritten; else the entry is damaged. Damage ends the batch:
+// scanBatch returns the entries before the damaged one, without error (it
+// is marked, so the view's next batch starts past it).
+func (f *Feed) scanBatch(start, end uint64) ([][]byte, error) {
+	f.mu.RLock()
+	present := start == 0 && end > 0 && f.hasRangeLocked(0, end)
+	length, byteLen := f.length, f.byteLen
+	f.mu.RUnlock()
+	if !present {
+		if err := f.wait(context.Background(), start, end); err != nil {
+			return nil, err
+		}
+		return intactPrefix(f.readRange(start, end, math.MaxUint64))
+	}
+	// The records of all entries lie below limit. For fewer than all, read
+	// as much as end records of the mean size take, and a quarter more.
+	limit := uint64(dataPos(length, byteLen) - headerSize)
+	want := limit
+	if end < length {
+		mean := byteLen/length + dataFrame
+		want = min(limit, mean*end+mean*end/4+64)
+	}
+	raw := make([]byte, want)
+	n, err := f.fdata().ReadAt(raw, headerSize)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, f.readErr(err, start)
+	}
+	raw = raw[:n]
+	out := make([][]byte, 0, end)
+	pos := 0
+	for seq := uint64(0); seq < end; seq++ {
+		v, size, ok, err := decodeDataRecord(seq, raw[pos:], f.name, headerSize+int64(pos))
+		if err != nil {
+			// Checked through the tree: intact, the checksum is stale.
+			one, err := f.readRange(seq, seq+1, math.MaxUint64)
+			if err != nil {
+				rest, err := intactPrefix(one, err)
+				return append(out, rest...), err
+			}
+			f.rewriteChecksum(seq, headerSize+int64(pos), one[0])
+			out = append(out, one[0])
+			pos += dataFrame + len(one[0])
+			continue
+		}
+		if !ok {
+			// The read ended inside this record: the rest is read
+			// with the tree, which also tells damage from a short guess.
+			rest, err := intactPrefix(f.readRange(seq, end, math.MaxUint64))
+			return append(out, rest...), err
+		}
+		out = append(out, v)
+		pos += size
+	}
+	return out, nil
+}
+
+// intactPrefix returns what readRange read before damage to an entry
+// ended it, without error; other errors are returned as they are.
+func intactPrefix(values [][]byte, err error) ([][]byte, error) {
+	var ed *entryDamage
+	if err != nil && !errors.As(err, &ed) {
+		return nil, err
+	}
+	return values, nil
+}
+
+// readRange reads present entries from start on, up to end or until they
+// add up to more than maxBytes (but at least one), checking each against
+// its leaf. An entry that fails (its leaf is missing or fails its CRC, or
+// its record does not match the leaf) is marked damaged: readRange then
+// returns the entries before it with an error wrapping *entryDamage.
+func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
+	count := end - start
+	sc := readScratchPool.Get().(*readScratch)
+	defer putReadScratch(sc)
+	recs := slices.Grow(sc.recs[:0], int((2*count-1)*nodeSize))[:(2*count-1)*nodeSize]
+	sc.recs = recs
+	got, err := f.ftree().ReadAt(recs, headerSize+int64(2*start)*nodeSize)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, f.readErr(err, start)
+	}
+	clear(recs[got:]) // past the end of the tree file: no leaf
+	nodes := slices.Grow(sc.nodes[:0], int(count))
+	defer func() { sc.nodes = nodes[:0] }()
+	var total uint64
+	var bad error // damage to entry start+len(nodes), which ends the range
+	for k := range count {
+		seq := start + k
+		off := headerSize + int64(2*seq)*nodeSize
+		n, err := decodeNode(2*seq, recs[2*k*nodeSize:], f.name, off)
+		if errors.Is(err, errNoNode) {
+			err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
+		}
+		if err != nil {
+			var ce *CorruptError
+			if !errors.As(err, &ce) {
+				return nil, f.readErr(err, seq)
+			}
+			bad = f.entryDamaged(seq, ce)
+			break
+		}
+		if k > 0 && n.Offset != nodes[k-1].Offset+nodes[k-1].Size {
+			// Each value is sliced out of one read by its offset.
+			bad = f.entryDamaged(seq, &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("leaf of entry %d: offsets are not contiguous", seq)})
+			break
+		}
+		if k > 0 && total+n.Size > maxBytes {
+			break
+		}
+		nodes = append(nodes, n)
+		total += n.Size
+	}
+	if len(nodes) == 0 {
+		return nil, f.readErr(bad, start)
+	}
+	count = uint64(len(nodes))
+	// The entries' records are contiguous in the data file: read them with
+	// one call, and check each where it lies against its leaf.
+	first := dataPos(start, nodes[0].Offset)
+	raw := make([]byte, total+count*dataFrame)
+	got, err = f.fdata().ReadAt(raw, first)
+	if got < len(raw) && err != nil && !errors.Is(err, io.EOF) {
+		return nil, f.readErr(err, start)
+	}
+	out := make([][]byte, 0, count)
+	for k := range nodes {
+		n := &nodes[k]
+		seq := start + uint64(k)
+		at := dataPos(seq, n.Offset) - first
+		if at+dataFrame+int64(n.Size) > int64(got) {
+			bad = f.entryDamaged(seq, &CorruptError{File: f.name + fileData, Offset: first + int64(got), Reason: fmt.Sprintf("data file ends inside entry %d", seq)})
+			break
+		}
+		v, err := f.leafValue(sc.hasher, raw[at:], n, first+at)
+		if err != nil {
+			bad = f.entryDamaged(seq, err.(*CorruptError))
+			break
+		}
+		out = append(out, v)
+	}
+	if bad != nil {
+		return out, f.readErr(bad, start+uint64(len(out)))
+	}
+	return out, nil
+}
+
+// readScratch is what readRange reuses between calls. Large buffers are
+// not kept: see putReadScratch.
+type readScratch struct {
+	recs   []byte
+	nodes  []storedNode
+	hasher *leafHasher
+}
+
+var readScratchPool = sync.Pool{New: func() any { return &readScratch{hasher: newLeafHasher()} }}
+
+// putReadScratch returns sc to the pool, without buffers larger than those
+// of a batch of 1,024 entries.
+func putReadScratch(sc *readScratch) {
+	if cap(sc.recs) > 2048*nodeSize {
+		sc.recs = nil
+	}
+	if cap(sc.nodes) > 1024 {
+		sc.nodes = nil
+	}
+	readScratchPool.Put(sc)
+}
+
+// Head returns the last entry; ErrEmpty if the feed has none.
+func (f *Feed) Head(ctx context.Context) ([]byte, error) {
+	n := f.Len()
+	if n == 0 {
+		return nil, f.opError("head", ErrEmpty)
+	}
+	return f.Get(ctx, n-1)
+}
+
+// wait blocks until every entry in [start, end) is present.
+func (f *Feed) wait(ctx context.Context, start, end uint64) error {
+	registered := false
+	for {
+		f.mu.RLock()
+		if f.closed {
+			f.mu.RUnlock()
+			return f.opError("wait", ErrClosed)
+		}
+		if f.hasRangeLocked(start, end) {
+			f.mu.RUnlock()
+			return nil
+		}
+		if f.have == nil && end > f.length {
+			f.mu.RUnlock()
+			return f.opError(fmt.Sprintf("get %d of %d", end-1, f.length), ErrOutOfRange)
+		}
+		f.waiting.Add(1)
+		ch := f.changedChan()
+		f.mu.RUnlock()
+		if !registered && f.have != nil {
+			// A replica records what it waits for, so that replication
+			// sessions of a sparse database fetch it.
+			registered = true
+			defer f.want(start, end)()
+		}
+		select {
+		case <-ch:
+			f.waiting.Add(-1)
+		case <-ctx.Done():
+			f.waiting.Add(-1)
+			return f.opError(fmt.Sprintf("waiting for %d", start), ctx.Err())
+		}
+	}
+}
+
+// readData fills dst from the data file at pos.
+func (f *Feed) readData(dst []byte, pos int64) error {
+	n, err := f.fdata().ReadAt(dst, pos)
+	if n == len(dst) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return &CorruptError{File: f.name + fileData, Offset: pos + int64(n), Reason: "data file ends inside a stored entry"}
+	}
+	return err
+}
+
+// leafValue returns the value in rec, which starts with the data record
+// (found at pos) of leaf n's entry, checked against the leaf: the record's
+// length against the leaf's size, the value against its hash (which makes
+// the record's CRC redundant here).
+func (f *Feed) leafValue(h *leafHasher, rec []byte, n *storedNode, pos int64) ([]byte, error) {
+	why := "has a record length that does not match its leaf"
+	if uint64(binary.BigEndian.Uint32(rec)) == n.Size {
+		v := rec[dataLenLen : dataLenLen+n.Size : dataLenLen+n.Size]
+		if h.sum(v) == n.Hash {
+			return v, nil
+		}
+		why = "does not match its hash"
+	}
+	return nil, &CorruptError{File: f.name + fileData, Offset: pos, Reason: fmt.Sprintf("entry %d %s", n.Index/2, why)}
+}
+
+func (f *Feed) readErr(err error, seq uint64) error {
+	if errors.Is(err, errNoNode) {
+		err = &CorruptError{File: f.name + fileTree, Offset: headerSize + int64(2*seq)*nodeSize, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
+	}
+	return f.opError(fmt.Sprintf("read %d", seq), err)
+}
