@@ -49,25 +49,6 @@ const (
 	exporterLabel = "EXPORTER-kappa-replicate-v1"
 )
 
-// Message types.
-const (
-	msgHello        = 0 // "KAPPA" ‖ major u8 ‖ minor u8 ‖ HMAC (32) ‖ a later minor version's fields
-	msgFeed         = 1 // id ‖ public key (32)
-	msgHave         = 2 // id ‖ length ‖ ranges: count, then (gap, len) pairs
-	msgSynced       = 3 // every feed and range of the sender's snapshot was sent
-	msgRequest      = 4 // id (the receiver's) ‖ start ‖ end ‖ length the requester holds
-	msgData         = 5 // id ‖ start ‖ blocks ‖ nodes ‖ length ‖ signature
-	msgNotAvailable = 6 // id ‖ start ‖ end
-	msgDone         = 7 // the sender wants nothing more
-	msgPing         = 8
-)
-
-var helloMagic = []byte("KAPPA")
-
-// helloLen is the length of a hello of this version (type, magic, version,
-// mac), without its length prefix; a peer's may be longer.
-const helloLen = 1 + 5 + 2 + 32
-
 // ReplicateOptions configure a replication session. The zero value (and
 // nil) means non-live, accepting every feed the peer offers.
 type ReplicateOptions struct {
@@ -592,13 +573,14 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	}
 	// A later minor version may append fields after the mac (up to the
 	// 64-byte limit): they are ignored (PROTOCOL.md §1).
-	if len(msg) < helloLen || msg[0] != msgHello || !bytes.Equal(msg[1:1+len(helloMagic)], helloMagic) {
-		return fmt.Errorf("%w: not a kappa hello", ErrProtocol)
+	hello, err := decodeHello(msg)
+	if err != nil {
+		return err
 	}
 	var refusal error
-	peerMAC := msg[3+len(helloMagic) : helloLen]
-	if major := msg[1+len(helloMagic)]; major != protoMajor {
-		refusal = fmt.Errorf("%w: peer speaks %d.%d, this side %d.%d", ErrVersion, major, msg[2+len(helloMagic)], protoMajor, protoMinor)
+	peerMAC := hello.mac
+	if hello.major != protoMajor {
+		refusal = fmt.Errorf("%w: peer speaks %d.%d, this side %d.%d", ErrVersion, hello.major, hello.minor, protoMajor, protoMinor)
 	} else if !hmac.Equal(peerMAC, helloMAC(s.core.key, ekm, !s.initiator)) {
 		refusal = ErrUnauthorized
 		if s.initiator && bytes.Equal(peerMAC, make([]byte, 32)) {
@@ -633,13 +615,6 @@ func (s *session) handshake(ctx context.Context) (err error) {
 		return handshakeErr(werr2)
 	}
 	return nil
-}
-
-// helloMsg is a hello of this side's version with mac.
-func helloMsg(mac []byte) []byte {
-	hello := append([]byte{msgHello}, helloMagic...)
-	hello = append(hello, protoMajor, protoMinor)
-	return append(hello, mac...)
 }
 
 // helloMAC proves knowledge of the shared key, bound to this TLS session
@@ -823,7 +798,7 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 	s.setPhase("exchange")
 	changed := s.core.FeedsChanged()
 	s.announce()
-	s.send([]byte{msgSynced})
+	s.send(syncedMessage{}.encode())
 
 	var local chan struct{}
 	var cancels []func()
@@ -904,7 +879,7 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 				return fmt.Errorf("%w: nothing received for %v", ErrTimeout, s.opts.Timeout)
 			}
 			if out := s.bytesOut.Load(); out == lastSent {
-				s.send([]byte{msgPing})
+				s.send(pingMessage{}.encode())
 			} else {
 				lastSent = out
 			}
@@ -961,8 +936,7 @@ func (s *session) announce() {
 		id := uint64(len(s.mine))
 		s.mine = append(s.mine, f)
 		s.mineID[f] = id
-		msg := binary.AppendUvarint([]byte{msgFeed}, id)
-		s.send(append(msg, f.Key()...))
+		s.send(feedMessage{id, f.Key()}.encode())
 		s.sendHave(f)
 		if testHookAnnounced != nil {
 			testHookAnnounced(f)
@@ -1019,165 +993,100 @@ func (s *session) sendHave(f *Feed) {
 		return
 	}
 	s.sentHave[f] = st
-	msg := binary.AppendUvarint([]byte{msgHave}, s.mineID[f])
-	msg = binary.AppendUvarint(msg, st.length)
 	// Ranges stop at the length sent, even if the feed grew meanwhile:
 	// the peer rejects a range past it.
-	s.send(appendSpans(msg, f.presentSpans(st.length)))
-}
-
-// decoder reads the fields of one message.
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = fmt.Errorf("%w: bad varint", ErrProtocol)
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) bytes(n uint64) []byte {
-	if d.err != nil {
-		return nil
-	}
-	if n > uint64(len(d.b)) {
-		d.err = fmt.Errorf("%w: message too short", ErrProtocol)
-		return nil
-	}
-	v := d.b[:n:n]
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) end() error {
-	if d.err == nil && len(d.b) != 0 {
-		d.err = fmt.Errorf("%w: %d trailing bytes", ErrProtocol, len(d.b))
-	}
-	return d.err
-}
-
-func protoErr(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
+	s.send(haveMessage{s.mineID[f], st.length, f.presentSpans(st.length)}.encode())
 }
 
 // handle acts on one message from the peer.
 func (s *session) handle(msg []byte) error {
-	if len(msg) == 0 {
-		return protoErr("empty message") // readFrame returns none
+	m, err := decodeMessage(msg)
+	if err != nil {
+		return err
 	}
-	d := &decoder{b: msg[1:]}
-	switch msg[0] {
-	case msgFeed:
-		id := d.uvarint()
-		key := d.bytes(PublicKeySize)
-		if err := d.end(); err != nil {
-			return err
-		}
-		if id != uint64(len(s.peers)) {
-			return protoErr("feed announced as %d, expected %d", id, len(s.peers))
-		}
-		pf := &peerFeed{id: id, key: bytes.Clone(key)}
-		s.peers = append(s.peers, pf)
-		if s.peerSynced && !s.opts.Live {
-			return nil // not in the snapshot taken when the sides met
-		}
-		if s.opts.Accept != nil && !s.opts.Accept(pf.key) {
-			return nil
-		}
-		if f := s.core.Feed(pf.key); f != nil && f.Forked() {
-			return nil // declined: a forked feed is no longer exchanged
-		}
-		if !s.mayAdd(pf.key) {
-			return nil
-		}
-		s.pendingNew = append(s.pendingNew, pendingFeed{pf})
-	case msgHave:
-		id := d.uvarint()
-		length := d.uvarint()
-		n := d.uvarint()
-		if d.err == nil && n > uint64(len(d.b))/2 {
-			return protoErr("have of %d ranges in %d bytes", n, len(d.b))
-		}
-		ranges := make([]span, 0, n)
-		var prev uint64
-		for i := uint64(0); i < n && d.err == nil; i++ {
-			gap, l := d.uvarint(), d.uvarint()
-			if l == 0 || gap > length || l > length || prev+gap+l > length || (i > 0 && gap == 0) {
-				return protoErr("bad range in have of feed %d", id)
-			}
-			ranges = append(ranges, span{prev + gap, prev + gap + l})
-			prev += gap + l
-		}
-		if err := d.end(); err != nil {
-			return err
-		}
-		pf, err := s.peerFeed(id)
-		if err != nil {
-			return err
-		}
-		if length > maxTreeLength {
-			return protoErr("feed %d claims length %d", id, length)
-		}
-		if s.peerSynced && !s.opts.Live {
-			return nil // wants come from the snapshot taken when the sides met
-		}
-		pf.length = max(pf.length, length)
-		pf.have = ranges
-		pf.refused = nil
-		s.trimWants(pf)
-	case msgSynced:
-		if err := d.end(); err != nil {
-			return err
-		}
+	switch m := m.(type) {
+	case feedMessage:
+		return s.takeFeed(m)
+	case haveMessage:
+		return s.takeHave(m)
+	case syncedMessage:
 		if s.peerSynced {
 			return protoErr("synced twice")
 		}
 		s.peerSynced = true
-	case msgRequest:
-		return s.serve(d)
-	case msgData:
-		return s.receive(d)
-	case msgNotAvailable:
-		id := d.uvarint()
-		start, end := d.uvarint(), d.uvarint()
-		if err := d.end(); err != nil {
-			return err
-		}
-		r, err := s.answer(id, start)
-		if err != nil {
-			return err
-		}
-		if end <= start || end > r.end {
-			return protoErr("not-available for [%d, %d) answers a request for [%d, %d)", start, end, r.start, r.end)
-		}
-		// Refused: not wanted from this peer until it says it has more.
-		// A prefix (the peer's damaged entry) leaves the rest wanted.
-		r.pf.refused = append(r.pf.refused, span{start, end})
-		if end < r.end || len(r.pf.unlinked) > 0 {
-			s.trimWants(r.pf) // (a link may be asked now: see linkWants)
-		}
-	case msgDone:
-		if err := d.end(); err != nil {
-			return err
-		}
+	case requestMessage:
+		return s.serve(m)
+	case dataMessage:
+		return s.receive(m)
+	case notAvailableMessage:
+		return s.takeNotAvailable(m)
+	case doneMessage:
 		if s.peerDone {
 			return protoErr("done twice")
 		}
 		s.peerDone = true
 		s.liveAfterDone()
-	case msgPing:
-		return d.end()
-	default:
-		return protoErr("unknown message type %d", msg[0])
+	}
+	return nil
+}
+
+// takeFeed takes a feed the peer announced: it is added, unless declined.
+func (s *session) takeFeed(m feedMessage) error {
+	if m.id != uint64(len(s.peers)) {
+		return protoErr("feed announced as %d, expected %d", m.id, len(s.peers))
+	}
+	pf := &peerFeed{id: m.id, key: m.key}
+	s.peers = append(s.peers, pf)
+	if s.peerSynced && !s.opts.Live {
+		return nil // not in the snapshot taken when the sides met
+	}
+	if s.opts.Accept != nil && !s.opts.Accept(pf.key) {
+		return nil
+	}
+	if f := s.core.Feed(pf.key); f != nil && f.Forked() {
+		return nil // declined: a forked feed is no longer exchanged
+	}
+	if !s.mayAdd(pf.key) {
+		return nil
+	}
+	s.pendingNew = append(s.pendingNew, pendingFeed{pf})
+	return nil
+}
+
+// takeHave takes what the peer holds of one of its feeds.
+func (s *session) takeHave(m haveMessage) error {
+	pf, err := s.peerFeed(m.id)
+	if err != nil {
+		return err
+	}
+	if m.length > maxTreeLength {
+		return protoErr("feed %d claims length %d", m.id, m.length)
+	}
+	if s.peerSynced && !s.opts.Live {
+		return nil // wants come from the snapshot taken when the sides met
+	}
+	pf.length = max(pf.length, m.length)
+	pf.have = m.ranges
+	pf.refused = nil
+	s.trimWants(pf)
+	return nil
+}
+
+// takeNotAvailable takes the peer's refusal of the oldest request.
+func (s *session) takeNotAvailable(m notAvailableMessage) error {
+	start, end := m.start, m.end
+	r, err := s.answer(m.id, start)
+	if err != nil {
+		return err
+	}
+	if end <= start || end > r.end {
+		return protoErr("not-available for [%d, %d) answers a request for [%d, %d)", start, end, r.start, r.end)
+	}
+	// Refused: not wanted from this peer until it says it has more.
+	// A prefix (the peer's damaged entry) leaves the rest wanted.
+	r.pf.refused = append(r.pf.refused, span{start, end})
+	if end < r.end || len(r.pf.unlinked) > 0 {
+		s.trimWants(r.pf) // (a link may be asked now: see linkWants)
 	}
 	return nil
 }
@@ -1361,17 +1270,13 @@ func (s *session) fetch() error {
 			}
 		}
 		s.outstanding = append(s.outstanding, r)
-		msg := binary.AppendUvarint([]byte{msgRequest}, pf.id)
-		msg = binary.AppendUvarint(msg, r.start)
-		msg = binary.AppendUvarint(msg, r.end)
-		msg = binary.AppendUvarint(msg, r.known)
-		s.send(msg)
+		s.send(requestMessage{pf.id, r.start, r.end, r.known}.encode())
 		s.next++
 	}
 	if !s.sentDone && s.peerSynced && len(s.pendingNew) == 0 && len(s.adding) == 0 && len(s.outstanding) == 0 && len(s.storing) == 0 && len(s.wants) == 0 {
 		s.sentDone = true
 		s.liveAfterDone()
-		s.send([]byte{msgDone})
+		s.send(doneMessage{}.encode())
 		s.report()
 	}
 	return nil
@@ -1413,12 +1318,8 @@ func (s *session) answer(id, start uint64) (request, error) {
 }
 
 // serve answers a request from the peer.
-func (s *session) serve(d *decoder) error {
-	id := d.uvarint()
-	start, end, known := d.uvarint(), d.uvarint(), d.uvarint()
-	if err := d.end(); err != nil {
-		return err
-	}
+func (s *session) serve(m requestMessage) error {
+	id, start, end, known := m.id, m.start, m.end, m.known
 	if id >= uint64(len(s.mine)) {
 		return protoErr("request for feed %d, which was never announced", id)
 	}
@@ -1444,9 +1345,7 @@ func (s *session) serve(d *decoder) error {
 	}
 	f := s.mine[id]
 	notAvailable := func(end uint64) error {
-		msg := binary.AppendUvarint([]byte{msgNotAvailable}, id)
-		msg = binary.AppendUvarint(msg, start)
-		s.send(binary.AppendUvarint(msg, end))
+		s.send(notAvailableMessage{id, start, end}.encode())
 		return nil
 	}
 	if f.Forked() {
@@ -1493,7 +1392,7 @@ func (s *session) serve(d *decoder) error {
 			return notAvailable(end)
 		}
 	}
-	s.send(encodeData(id, p))
+	s.send(dataMessage{id, p}.encode())
 	s.progress.BlocksSent += uint64(len(p.Blocks))
 	return nil
 }
@@ -1546,91 +1445,11 @@ func answerPrefix(blocks [][]byte) int {
 	return len(blocks)
 }
 
-func encodeData(id uint64, p *Proof) []byte {
-	size := 64 + 64 + len(p.Nodes)*48
-	for _, b := range p.Blocks {
-		size += len(b) + 4
-	}
-	msg := make([]byte, 0, size)
-	msg = append(msg, msgData)
-	msg = binary.AppendUvarint(msg, id)
-	return appendProof(msg, p)
-}
-
-// appendProof appends p encoded as a data message's body after its feed id
-// (the fork file holds proofs in this form too).
-func appendProof(msg []byte, p *Proof) []byte {
-	msg = binary.AppendUvarint(msg, p.Start)
-	msg = binary.AppendUvarint(msg, uint64(len(p.Blocks)))
-	for _, b := range p.Blocks {
-		msg = binary.AppendUvarint(msg, uint64(len(b)))
-		msg = append(msg, b...)
-	}
-	msg = binary.AppendUvarint(msg, uint64(len(p.Nodes)))
-	for _, n := range p.Nodes {
-		msg = binary.AppendUvarint(msg, n.Index)
-		msg = binary.AppendUvarint(msg, n.Size)
-		msg = append(msg, n.Hash[:]...)
-	}
-	msg = binary.AppendUvarint(msg, p.Length)
-	if p.Signature != nil {
-		msg = append(msg, 1)
-		msg = append(msg, p.Signature...)
-	} else {
-		msg = append(msg, 0)
-	}
-	return msg
-}
-
-// decodeData decodes a data message's body after its feed id.
-func decodeData(d *decoder) (*Proof, error) {
-	p := &Proof{Start: d.uvarint()}
-	nb := d.uvarint()
-	if d.err == nil && (nb == 0 || nb > maxRequestBlocks) {
-		return nil, protoErr("data of %d blocks", nb)
-	}
-	p.Blocks = make([][]byte, 0, min(nb, uint64(len(d.b))))
-	for range nb {
-		p.Blocks = append(p.Blocks, d.bytes(d.uvarint()))
-	}
-	nn := d.uvarint()
-	if d.err == nil && nn > uint64(len(d.b))/34 {
-		return nil, protoErr("%d nodes in %d bytes", nn, len(d.b))
-	}
-	p.Nodes = make([]Node, 0, nn)
-	for range nn {
-		var n Node
-		n.Index = d.uvarint()
-		n.Size = d.uvarint()
-		copy(n.Hash[:], d.bytes(32))
-		p.Nodes = append(p.Nodes, n)
-	}
-	p.Length = d.uvarint()
-	switch flag := d.bytes(1); {
-	case d.err != nil:
-	case flag[0] == 1:
-		p.Signature = d.bytes(64)
-	case flag[0] != 0:
-		return nil, protoErr("bad signature flag %d", flag[0])
-	}
-	if err := d.end(); err != nil {
-		return nil, err
-	}
-	return p, nil
-}
-
 // receive takes an answer from the peer and hands it to the storers,
 // which verify and store it.
-func (s *session) receive(d *decoder) error {
-	id := d.uvarint()
-	if d.err != nil {
-		return d.err
-	}
-	p, err := decodeData(d)
-	if err != nil {
-		return err
-	}
-	r, err := s.answer(id, p.Start)
+func (s *session) receive(m dataMessage) error {
+	p := m.p
+	r, err := s.answer(m.id, p.Start)
 	if err != nil {
 		return err
 	}
