@@ -135,16 +135,16 @@ func FuzzWireSession(f *testing.F) {
 	bad.Nodes = append([]Node(nil), p816.Nodes...)
 	bad.Nodes[0].Hash[0] ^= 1
 	other := bytes.Repeat([]byte{1}, 32)
-	offer := [][]byte{feedMsg(0, w.Key()), haveMsg(0, 16, span{0, 16}), {msgSynced}}
+	offer := [][]byte{feedMsg(0, w.Key()), haveMsg(0, 16, span{0, 16}), syncedMessage{}.encode()}
 	seeds := [][][]byte{
-		{{msgSynced}, {msgDone}},
+		{syncedMessage{}.encode(), doneMessage{}.encode()},
 		offer,
-		append(offer, encodeData(0, p816), []byte{msgDone}),
+		append(offer, encodeData(0, p816), doneMessage{}.encode()),
 		append(offer, encodeData(0, &bad)),
-		append(offer, notAvailableMsg(0, 8, 16), []byte{msgDone}),
-		{requestMsg(0, 0, 8, 0), requestMsg(1, 0, 3, 0), requestMsg(0, 8, 16, 16), {msgSynced}, {msgDone}},
-		{feedMsg(0, other), haveMsg(0, 5, span{0, 2}, span{3, 5}), {msgSynced}, {msgPing}, {msgDone}},
-		{feedMsg(0, w.Key()), feedMsg(1, w.Key()), haveMsg(1, 16, span{8, 16}), {msgSynced}, notAvailableMsg(1, 8, 16), {msgDone}},
+		append(offer, notAvailableMsg(0, 8, 16), doneMessage{}.encode()),
+		{requestMsg(0, 0, 8, 0), requestMsg(1, 0, 3, 0), requestMsg(0, 8, 16, 16), syncedMessage{}.encode(), doneMessage{}.encode()},
+		{feedMsg(0, other), haveMsg(0, 5, span{0, 2}, span{3, 5}), syncedMessage{}.encode(), pingMessage{}.encode(), doneMessage{}.encode()},
+		{feedMsg(0, w.Key()), feedMsg(1, w.Key()), haveMsg(1, 16, span{8, 16}), syncedMessage{}.encode(), notAvailableMsg(1, 8, 16), doneMessage{}.encode()},
 		{haveMsg(0, 1, span{0, 1})},
 		{{9}},
 	}
@@ -344,9 +344,9 @@ func FuzzWireMessage(f *testing.F) {
 		requestMsg(0, 8, 16, 16),
 		requestMsg(1, 0, 3, 0),
 		requestMsg(1, 1, 2, 2),
-		{msgSynced},
-		{msgDone},
-		{msgPing},
+		syncedMessage{}.encode(),
+		doneMessage{}.encode(),
+		pingMessage{}.encode(),
 		{msgHello},
 		{9},
 		{},

@@ -96,11 +96,11 @@ func TestNonLiveIgnoresFeedsAnnouncedAfterSynced(t *testing.T) {
 			before := imageOf(t, ff.honest)
 			h := meetHostile(t, kind, ff.honest, nil)
 			h.until(msgSynced)
-			if err := h.send([]byte{msgSynced}); err != nil {
+			if err := h.send(syncedMessage{}.encode()); err != nil {
 				t.Fatal(err)
 			}
 			h.until(msgDone) // the honest side has taken the synced
-			if err := h.send(feedMsg(0, late.Key()), haveMsg(0, 3, span{0, 3}), []byte{msgDone}); err != nil {
+			if err := h.send(feedMsg(0, late.Key()), haveMsg(0, 3, span{0, 3}), doneMessage{}.encode()); err != nil {
 				t.Fatal(err)
 			}
 			h.drain()

@@ -655,7 +655,7 @@ func TestLiveSideAnswersAGoodbyeWithItsOwn(t *testing.T) {
 				t.Fatal(err)
 			}
 			h := &hostile{t: t, raw: raw, tls: s.tls, br: s.br, honest: res}
-			if err := h.send([]byte{msgSynced}, []byte{msgDone}); err != nil {
+			if err := h.send(syncedMessage{}.encode(), doneMessage{}.encode()); err != nil {
 				t.Fatal(err)
 			}
 			h.until(msgDone)
@@ -695,7 +695,7 @@ func TestContextEndCutsTheWaitForAGoodbye(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &hostile{t: t, raw: mine, tls: s.tls, br: s.br, honest: res}
-	if err := h.send([]byte{msgSynced}, []byte{msgDone}); err != nil {
+	if err := h.send(syncedMessage{}.encode(), doneMessage{}.encode()); err != nil {
 		t.Fatal(err)
 	}
 	h.drain()

@@ -56,7 +56,7 @@ func TestForkDropsTheFeedsAnswersInFlightAndTheSessionGoesOn(t *testing.T) {
 			h := meetHostile(t, kind, honest, nil)
 			h.until(msgSynced)
 			if err := h.send(feedMsg(0, kp.PublicKey), haveMsg(0, 3000, span{0, 3000}),
-				feedMsg(1, u.Key()), haveMsg(1, 5, span{0, 5}), []byte{msgSynced}); err != nil {
+				feedMsg(1, u.Key()), haveMsg(1, 5, span{0, 5}), syncedMessage{}.encode()); err != nil {
 				t.Fatal(err)
 			}
 			var reqs []wireRequest
@@ -106,7 +106,7 @@ func TestForkDropsTheFeedsAnswersInFlightAndTheSessionGoesOn(t *testing.T) {
 						t.Fatalf("not available %v, want for [0, 3) of feed 0", msg)
 					}
 					answered = true
-					if err := h.send([]byte{msgDone}); err != nil {
+					if err := h.send(doneMessage{}.encode()); err != nil {
 						t.Fatal(err)
 					}
 				case msgDone:
@@ -190,7 +190,7 @@ func TestUnprovenForkDropsTheFeedForTheSession(t *testing.T) {
 
 			h := meetHostile(t, kind, honest, nil)
 			h.until(msgSynced)
-			if err := h.send(feedMsg(0, kp.PublicKey), haveMsg(0, 2056, span{0, 2056}), []byte{msgSynced}); err != nil {
+			if err := h.send(feedMsg(0, kp.PublicKey), haveMsg(0, 2056, span{0, 2056}), syncedMessage{}.encode()); err != nil {
 				t.Fatal(err)
 			}
 			var reqs []wireRequest
@@ -237,7 +237,7 @@ func TestUnprovenForkDropsTheFeedForTheSession(t *testing.T) {
 // already: done, then read until the honest side's done and close_notify.
 func (h *hostile) endCleanlyAfterSynced() {
 	h.t.Helper()
-	if err := h.send([]byte{msgDone}); err != nil {
+	if err := h.send(doneMessage{}.encode()); err != nil {
 		h.t.Fatal(err)
 	}
 	for {
