@@ -46,6 +46,11 @@ func tlsConfig() (*tls.Config, error) {
 // handshake runs TLS, then exchanges hellos: version and proof of the
 // shared key. Nothing else is sent before the peer's proof checked out.
 func (s *session) handshake(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			s.raw.Close()
+		}
+	}()
 	cfg, err := tlsConfig()
 	if err != nil {
 		return err
@@ -69,6 +74,13 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	return s.hellos(ekm)
+}
+
+// hellos exchanges the hellos of the handshake over the TLS session whose
+// exported keying material is ekm, and refuses a peer of another major
+// version or without the shared key (see peerRefusal).
+func (s *session) hellos(ekm []byte) (err error) {
 	mine := helloMsg(helloMAC(s.core.key, ekm, s.initiator))
 	// The initiator proves first; the responder checks that proof before
 	// it sends its own, so that a peer without the shared key never sees a
@@ -105,17 +117,7 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	var refusal error
-	peerMAC := hello.mac
-	if hello.major != protoMajor {
-		refusal = fmt.Errorf("%w: peer speaks %d.%d, this side %d.%d", ErrVersion, hello.major, hello.minor, protoMajor, protoMinor)
-	} else if !hmac.Equal(peerMAC, helloMAC(s.core.key, ekm, !s.initiator)) {
-		refusal = ErrUnauthorized
-		if s.initiator && bytes.Equal(peerMAC, make([]byte, 32)) {
-			refusal = fmt.Errorf("%w: the peer refused this side's proof", ErrUnauthorized)
-		}
-	}
-	if refusal != nil {
+	if refusal := s.peerRefusal(hello, ekm); refusal != nil {
 		if !s.initiator {
 			// A refusal: this side's version, and no mac.
 			sendHello(helloMsg(make([]byte, 32)))
@@ -141,6 +143,22 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	werr <- nil // for the deferred wait
 	if werr2 != nil {
 		return handshakeErr(werr2)
+	}
+	return nil
+}
+
+// peerRefusal is why this side refuses the peer's hello, or nil: another
+// major version (ErrVersion), or a mac that proves no knowledge of the
+// shared key (ErrUnauthorized).
+func (s *session) peerRefusal(hello helloMessage, ekm []byte) error {
+	if hello.major != protoMajor {
+		return fmt.Errorf("%w: peer speaks %d.%d, this side %d.%d", ErrVersion, hello.major, hello.minor, protoMajor, protoMinor)
+	}
+	if !hmac.Equal(hello.mac, helloMAC(s.core.key, ekm, !s.initiator)) {
+		if s.initiator && bytes.Equal(hello.mac, make([]byte, 32)) {
+			return fmt.Errorf("%w: the peer refused this side's proof", ErrUnauthorized)
+		}
+		return ErrUnauthorized
 	}
 	return nil
 }
