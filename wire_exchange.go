@@ -60,21 +60,7 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 		}
 		select {
 		case f, ok := <-in:
-			if err := s.take(ctx, f, ok); err != nil {
-				return err
-			}
-			// Take whatever else arrived before acting on it.
-			for more := true; more; {
-				select {
-				case f, ok := <-in:
-					if err := s.take(ctx, f, ok); err != nil {
-						return err
-					}
-				default:
-					more = false
-				}
-			}
-			if err := s.addPending(); err != nil {
+			if err := s.takeArrived(ctx, f, ok, in); err != nil {
 				return err
 			}
 		case res := <-s.stored:
@@ -99,17 +85,8 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 				s.trimWantsOf(f)
 			}
 		case <-tick.C:
-			now := time.Now().UnixNano()
-			if w := s.writing.Load(); w != 0 && time.Duration(now-w) > s.opts.Timeout {
-				return fmt.Errorf("%w: a write has been blocked for %v", ErrTimeout, s.opts.Timeout)
-			}
-			if time.Duration(now-s.lastRead.Load()) > s.opts.Timeout {
-				return fmt.Errorf("%w: nothing received for %v", ErrTimeout, s.opts.Timeout)
-			}
-			if out := s.bytesOut.Load(); out == lastSent {
-				s.send(pingMessage{}.encode())
-			} else {
-				lastSent = out
+			if err := s.keepAlive(&lastSent); err != nil {
+				return err
 			}
 		case <-ctx.Done():
 			return ctx.Err()
@@ -117,6 +94,45 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 			return fmt.Errorf("the database was closed: %w", ErrClosed)
 		}
 	}
+}
+
+// takeArrived takes the frame f (ok as for take), then whatever else
+// arrived, before the loop acts on them.
+func (s *session) takeArrived(ctx context.Context, f frame, ok bool, in <-chan frame) error {
+	if err := s.take(ctx, f, ok); err != nil {
+		return err
+	}
+	for more := true; more; {
+		select {
+		case f, ok := <-in:
+			if err := s.take(ctx, f, ok); err != nil {
+				return err
+			}
+		default:
+			more = false
+		}
+	}
+	return s.addPending()
+}
+
+// keepAlive runs every KeepAlive/2: it ends the session with ErrTimeout
+// if a write moved nothing, or nothing arrived, for the timeout, and
+// pings if nothing was written since the last look (lastSent: the bytes
+// sent then).
+func (s *session) keepAlive(lastSent *uint64) error {
+	now := time.Now().UnixNano()
+	if w := s.writing.Load(); w != 0 && time.Duration(now-w) > s.opts.Timeout {
+		return fmt.Errorf("%w: a write has been blocked for %v", ErrTimeout, s.opts.Timeout)
+	}
+	if time.Duration(now-s.lastRead.Load()) > s.opts.Timeout {
+		return fmt.Errorf("%w: nothing received for %v", ErrTimeout, s.opts.Timeout)
+	}
+	if out := s.bytesOut.Load(); out == *lastSent {
+		s.send(pingMessage{}.encode())
+	} else {
+		*lastSent = out
+	}
+	return nil
 }
 
 // take handles one frame from the reader; ok false means the reader ended.
