@@ -272,6 +272,10 @@ type pendingFeed struct {
 	pf *peerFeed
 }
 
+// run runs the session: the handshake, bounded by the timeout and cut off
+// when ctx ends; then the reader, writer and storers beside the loop; and
+// the goodbye. It returns why the session ended, nil for a complete one
+// or a peer's goodbye.
 func (s *session) run(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -83,8 +83,9 @@ func TestServingWithADamagedTreeNodeAnswersNotAvailable(t *testing.T) {
 	}
 }
 
-// In a live session, an entry a read finds damaged is fetched again from
-// the peer and heals, without a new session.
+// TestLiveSessionHealsAnEntryFoundDamagedDuringIt: in a live session, an
+// entry a read finds damaged is fetched again from the peer and heals,
+// without a new session.
 func TestLiveSessionHealsAnEntryFoundDamagedDuringIt(t *testing.T) {
 	db := newDamageDB(t, numbered(40, 5), 0)
 	healthy := openDamaged(t, damageCopy(db.s), &Options{SharedKey: db.key})

@@ -7,10 +7,10 @@ import (
 	"testing"
 )
 
-// The worked example of doc/PROTOCOL.md §3, *Proof order*: entries [3, 5)
-// of a feed of 11 entries whose entry i is i+1 bytes long. The walk sends
-// nodes 1, 4, 10, 13, 17 and 20, in that order, with these sizes; and the
-// order is checked.
+// TestProofOrderWorkedExample: the worked example of doc/PROTOCOL.md §3,
+// *Proof order*: entries [3, 5) of a feed of 11 entries whose entry i is
+// i+1 bytes long. The walk sends nodes 1, 4, 10, 13, 17 and 20, in that
+// order, with these sizes; and the order is checked.
 func TestProofOrderWorkedExample(t *testing.T) {
 	c, _ := sharedPair(t, nil)
 	w := mustWriter(t, c, "w")

@@ -154,14 +154,15 @@ func notServedAfterFork(t testing.TB, h *hostile) {
 	}
 }
 
-// The honest side holds entry 0 of x from a proof at length 3 whose
-// signature it no longer keeps (its file of older signatures is gone), and
-// entries [4, 8) at length 8. The peer, with another history of x, answers
-// its first request for x with a signed proof that contradicts entry 0's
-// leaf: no signature the honest side kept proves its own leaf, so it
-// cannot keep evidence. It refuses the answer, reports the error, marks
-// nothing, and drops the answers for x still in flight (which would have
-// given evidence); the session ends cleanly.
+// TestUnprovenForkDropsTheFeedForTheSession: the honest side holds entry 0
+// of x from a proof at length 3 whose signature it no longer keeps (its
+// file of older signatures is gone), and entries [4, 8) at length 8. The
+// peer, with another history of x, answers its first request for x with a
+// signed proof that contradicts entry 0's leaf: no signature the honest
+// side kept proves its own leaf, so it cannot keep evidence. It refuses the
+// answer, reports the error, marks nothing, and drops the answers for x
+// still in flight (which would have given evidence); the session ends
+// cleanly.
 func TestUnprovenForkDropsTheFeedForTheSession(t *testing.T) {
 	for _, kind := range connKinds {
 		t.Run(kind, func(t *testing.T) {

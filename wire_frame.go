@@ -108,6 +108,10 @@ func (s *session) stopWriter(goodbye bool) {
 	}
 }
 
+// writeLoop is the writer goroutine: it frames and writes what send
+// queues, a batch at a time, noting when a write began (see keepAlive);
+// once stopWriter was called and the queue is drained, it stops, with
+// goodbye first closing the TLS stream for writing.
 func (s *session) writeLoop() {
 	w := bufio.NewWriterSize(s.tls, 64<<10)
 	var lenBuf [binary.MaxVarintLen64]byte

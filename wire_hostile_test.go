@@ -327,6 +327,10 @@ func (h *hostile) offer(key []byte, have []byte) wireRequest {
 
 func keyTag(key []byte) string { return fmt.Sprintf("%x", key[:4]) }
 
+// TestHostileGarbageInsteadOfHandshake: a peer that sends no TLS, or
+// anything but a well-formed hello of at most 64 bytes first, ends the
+// honest side's session with ErrProtocol, and leaves its files as they
+// were.
 func TestHostileGarbageInsteadOfHandshake(t *testing.T) {
 	cases := []struct {
 		name string
@@ -584,7 +588,8 @@ func TestHostileHelloCutOff(t *testing.T) {
 	}
 }
 
-// Messages about feeds the hostile side never offered, or out of turn.
+// TestHostileMessageForAFeedNeverOffered: messages about feeds the hostile
+// side never offered, or out of turn.
 func TestHostileMessageForAFeedNeverOffered(t *testing.T) {
 	cases := []struct {
 		name string
@@ -630,11 +635,12 @@ func TestHostileMessageForAFeedNeverOffered(t *testing.T) {
 	}
 }
 
-// The honest side holds w's tree at length 16 with blocks [0, 8), so it
-// asks for [8, 16) knowing length 16, and the answer is a proof without a
-// signature that must meet the tree it holds. Tampered, it is asked for
-// again with known = 0 (unless it claims another length); tampered again
-// (and still unsigned), it is ErrBadProof naming the feed.
+// TestHostileBadProof: the honest side holds w's tree at length 16 with
+// blocks [0, 8), so it asks for [8, 16) knowing length 16, and the answer
+// is a proof without a signature that must meet the tree it holds.
+// Tampered, it is asked for again with known = 0 (unless it claims another
+// length); tampered again (and still unsigned), it is ErrBadProof naming
+// the feed.
 func TestHostileBadProof(t *testing.T) {
 	tamper := []struct {
 		name string
@@ -695,9 +701,10 @@ func TestHostileBadProof(t *testing.T) {
 	}
 }
 
-// The honest side holds an empty replica, so the answer carries a
-// signature. Anything tampered under it, a node hash included, changes the
-// roots, and the signature no longer signs them: ErrBadSignature.
+// TestHostileBadSignature: the honest side holds an empty replica, so the
+// answer carries a signature. Anything tampered under it, a node hash
+// included, changes the roots, and the signature no longer signs them:
+// ErrBadSignature.
 func TestHostileBadSignature(t *testing.T) {
 	tamper := []struct {
 		name string
@@ -747,13 +754,14 @@ func TestHostileBadSignature(t *testing.T) {
 	}
 }
 
-// The hostile side claims 11 entries of a feed whose writer signed 10, and
-// answers the request for entry 10 with a forged block. The message is well
-// formed and answers the request, so it is not a protocol error: it is the
-// proof that cannot reach the block. A block past the length the proof
-// claims, or a longer length without a signature, is ErrBadProof; a longer
-// length with the signature of the shorter one is ErrBadSignature. An
-// answer at another position than asked is ErrProtocol.
+// TestHostileBlockPastTheSignedLength: the hostile side claims 11 entries
+// of a feed whose writer signed 10, and answers the request for entry 10
+// with a forged block. The message is well formed and answers the request,
+// so it is not a protocol error: it is the proof that cannot reach the
+// block. A block past the length the proof claims, or a longer length
+// without a signature, is ErrBadProof; a longer length with the signature
+// of the shorter one is ErrBadSignature. An answer at another position than
+// asked is ErrProtocol.
 func TestHostileBlockPastTheSignedLength(t *testing.T) {
 	cases := []struct {
 		name string
@@ -857,9 +865,9 @@ func bigWriter(t testing.TB, c *Core, n, size int) *Feed {
 	return w
 }
 
-// A peer that asks for 64 MiB and stops reading (while it keeps sending
-// pings, so the honest side hears from it) blocks the honest side's
-// writes: ErrTimeout.
+// TestHostileStopsReading: a peer that asks for 64 MiB and stops reading
+// (while it keeps sending pings, so the honest side hears from it) blocks
+// the honest side's writes: ErrTimeout.
 func TestHostileStopsReading(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits out time-outs of seconds")
@@ -933,8 +941,9 @@ func TestHostileRequestFlood(t *testing.T) {
 	}
 }
 
-// The bound is not hit by a peer that uses all of its maxOutstanding
-// requests at once and reads the answers late.
+// TestHostileFullPipelineIsNotAFlood: the bound is not hit by a peer that
+// uses all of its maxOutstanding requests at once and reads the answers
+// late.
 func TestHostileFullPipelineIsNotAFlood(t *testing.T) {
 	for _, kind := range connKinds {
 		t.Run(kind, func(t *testing.T) {
@@ -1021,8 +1030,9 @@ func TestSlowMessageIsNotATimeout(t *testing.T) {
 	}
 }
 
-// A slow link is not a blocked write: a peer that reads a 4 MiB answer a
-// little at a time, for several times Timeout, gets all of it.
+// TestSlowReaderIsNotATimeout: a slow link is not a blocked write: a peer
+// that reads a 4 MiB answer a little at a time, for several times Timeout,
+// gets all of it.
 func TestSlowReaderIsNotATimeout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits out time-outs of seconds")
