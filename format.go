@@ -425,7 +425,7 @@ func decodeIndexState(b []byte) (*indexState, error) {
 
 // Fork file "fork": header (record size 0) ‖ node u64 ‖ for the local proof,
 // then the peer's: length u32 ‖ the proof, encoded as the body of a data
-// message after its feed id (wire.go appendProof) ‖ CRC u32 of the bytes
+// message after its feed id (wire_codec.go appendProof) ‖ CRC u32 of the bytes
 // after the header and before it. Both proofs are signed and hold at least
 // one block.
 const forkFixed = headerSize + 8 + 4 + 4 + 4
