@@ -22,15 +22,7 @@ func (s *session) serve(m requestMessage) error {
 	// answers than maxOutstanding wait in the queue for the writer; more
 	// is a peer asking without reading, which would grow the queue
 	// without bound.
-	s.outMu.Lock()
-	queued := 0
-	for _, m := range s.out {
-		if m[0] == msgData || m[0] == msgNotAvailable {
-			queued++
-		}
-	}
-	s.outMu.Unlock()
-	if queued >= maxOutstanding {
+	if queued := s.answersQueued(); queued >= maxOutstanding {
 		return protoErr("a request with %d answers unread: more than %d requests in flight", queued, maxOutstanding)
 	}
 	f := s.mine[id]
@@ -85,6 +77,20 @@ func (s *session) serve(m requestMessage) error {
 	s.send(dataMessage{id, p}.encode())
 	s.progress.BlocksSent += uint64(len(p.Blocks))
 	return nil
+}
+
+// answersQueued is how many answers (data, not available) wait in the
+// queue for the writer.
+func (s *session) answersQueued() int {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	queued := 0
+	for _, m := range s.out {
+		if m[0] == msgData || m[0] == msgNotAvailable {
+			queued++
+		}
+	}
+	return queued
 }
 
 // answerEnd returns the end of the answer to a request for the present
