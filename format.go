@@ -413,31 +413,12 @@ func decodeIndexState(b []byte) (*indexState, error) {
 			return nil, fmt.Errorf("%w: keys out of order", errBadState)
 		}
 		prevKey = key
-		nspans, err := next()
-		if err != nil {
-			return nil, err
+		d := &decoder{b: r} // spans as in a have message (wire_codec.go)
+		spans, err := decodeSpans(d, maxTreeLength)
+		if err != nil || len(spans) == 0 {
+			return nil, fmt.Errorf("%w: bad spans (%d): %v", errBadState, len(spans), err)
 		}
-		if nspans == 0 || nspans > uint64(len(r))/2 {
-			return nil, fmt.Errorf("%w: %d spans in %d bytes", errBadState, nspans, len(r))
-		}
-		spans := make([]span, 0, nspans)
-		var prev uint64
-		for i := range nspans {
-			gap, err := next()
-			if err != nil {
-				return nil, err
-			}
-			n, err := next()
-			if err != nil {
-				return nil, err
-			}
-			if (i > 0 && gap == 0) || n == 0 || gap > maxTreeLength || n > maxTreeLength || prev+gap+n > maxTreeLength {
-				return nil, fmt.Errorf("%w: bad span", errBadState)
-			}
-			s := span{prev + gap, prev + gap + n}
-			spans = append(spans, s)
-			prev = s.end
-		}
+		r = d.b
 		st.feeds[key] = spans
 	}
 	if len(r) != 0 {
@@ -448,7 +429,7 @@ func decodeIndexState(b []byte) (*indexState, error) {
 
 // Fork file "fork": header (record size 0) ‖ node u64 ‖ for the local proof,
 // then the peer's: length u32 ‖ the proof, encoded as the body of a data
-// message after its feed id (wire.go appendProof) ‖ CRC u32 of the bytes
+// message after its feed id (wire_codec.go appendProof) ‖ CRC u32 of the bytes
 // after the header and before it. Both proofs are signed and hold at least
 // one block.
 const forkFixed = headerSize + 8 + 4 + 4 + 4

@@ -127,27 +127,7 @@ func isSessionError(err error) bool {
 func FuzzWireSession(f *testing.F) {
 	src := newWireFuzzSource(f)
 	w := src.w
-	p816, err := w.Proof(8, 16, 16) // unsigned: the honest side knows length 16
-	if err != nil {
-		f.Fatal(err)
-	}
-	bad := *p816
-	bad.Nodes = append([]Node(nil), p816.Nodes...)
-	bad.Nodes[0].Hash[0] ^= 1
-	other := bytes.Repeat([]byte{1}, 32)
-	offer := [][]byte{feedMsg(0, w.Key()), haveMsg(0, 16, span{0, 16}), {msgSynced}}
-	seeds := [][][]byte{
-		{{msgSynced}, {msgDone}},
-		offer,
-		append(offer, encodeData(0, p816), []byte{msgDone}),
-		append(offer, encodeData(0, &bad)),
-		append(offer, notAvailableMsg(0, 8, 16), []byte{msgDone}),
-		{requestMsg(0, 0, 8, 0), requestMsg(1, 0, 3, 0), requestMsg(0, 8, 16, 16), {msgSynced}, {msgDone}},
-		{feedMsg(0, other), haveMsg(0, 5, span{0, 2}, span{3, 5}), {msgSynced}, {msgPing}, {msgDone}},
-		{feedMsg(0, w.Key()), feedMsg(1, w.Key()), haveMsg(1, 16, span{8, 16}), {msgSynced}, notAvailableMsg(1, 8, 16), {msgDone}},
-		{haveMsg(0, 1, span{0, 1})},
-		{{9}},
-	}
+	seeds := wireSessionSeeds(f, w)
 	for _, live := range []bool{false, true} {
 		for _, s := range seeds {
 			f.Add(live, frames(s...))
@@ -188,24 +168,7 @@ func FuzzWireSession(f *testing.F) {
 		if err := s.handshake(ctx); err != nil {
 			t.Fatalf("handshake: %v", err)
 		}
-		// Read the honest side: a token for each request, and the end.
-		reqs := make(chan struct{}, 1024)
-		eof := make(chan struct{})
-		go func() {
-			defer close(eof)
-			for {
-				msg, err := readFrame(s.br, maxMessage)
-				if err != nil {
-					return
-				}
-				if msg[0] == msgRequest {
-					select {
-					case reqs <- struct{}{}:
-					default:
-					}
-				}
-			}
-		}()
+		reqs, eof := readRequests(s)
 		// settled waits until the honest side ended, or waits having
 		// handled the written messages (or, with a request, sent one).
 		var written uint64
@@ -252,6 +215,57 @@ func FuzzWireSession(f *testing.F) {
 		}
 		src.intact(t, c, x, own)
 	})
+}
+
+// wireSessionSeeds are FuzzWireSession's seeds: streams of messages of a
+// peer that offers w's feed, answers, requests, refuses, and breaks the
+// rules.
+func wireSessionSeeds(f *testing.F, w *Feed) [][][]byte {
+	p816, err := w.Proof(8, 16, 16) // unsigned: the honest side knows length 16
+	if err != nil {
+		f.Fatal(err)
+	}
+	bad := *p816
+	bad.Nodes = append([]Node(nil), p816.Nodes...)
+	bad.Nodes[0].Hash[0] ^= 1
+	other := bytes.Repeat([]byte{1}, 32)
+	offer := [][]byte{feedMsg(0, w.Key()), haveMsg(0, 16, span{0, 16}), syncedMessage{}.encode()}
+	seeds := [][][]byte{
+		{syncedMessage{}.encode(), doneMessage{}.encode()},
+		offer,
+		append(offer, encodeData(0, p816), doneMessage{}.encode()),
+		append(offer, encodeData(0, &bad)),
+		append(offer, notAvailableMsg(0, 8, 16), doneMessage{}.encode()),
+		{requestMsg(0, 0, 8, 0), requestMsg(1, 0, 3, 0), requestMsg(0, 8, 16, 16), syncedMessage{}.encode(), doneMessage{}.encode()},
+		{feedMsg(0, other), haveMsg(0, 5, span{0, 2}, span{3, 5}), syncedMessage{}.encode(), pingMessage{}.encode(), doneMessage{}.encode()},
+		{feedMsg(0, w.Key()), feedMsg(1, w.Key()), haveMsg(1, 16, span{8, 16}), syncedMessage{}.encode(), notAvailableMsg(1, 8, 16), doneMessage{}.encode()},
+		{haveMsg(0, 1, span{0, 1})},
+		{{9}},
+	}
+	return seeds
+}
+
+// readRequests reads the honest side's messages from s in the background:
+// a token on reqs for each request, and eof closed at the end.
+func readRequests(s *session) (reqs, eof chan struct{}) {
+	reqs = make(chan struct{}, 1024)
+	eof = make(chan struct{})
+	go func() {
+		defer close(eof)
+		for {
+			msg, err := readFrame(s.br, maxMessage)
+			if err != nil {
+				return
+			}
+			if msg[0] == msgRequest {
+				select {
+				case reqs <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return reqs, eof
 }
 
 // wireFuzzSession is a session of c that has done no network I/O, in the
@@ -344,9 +358,9 @@ func FuzzWireMessage(f *testing.F) {
 		requestMsg(0, 8, 16, 16),
 		requestMsg(1, 0, 3, 0),
 		requestMsg(1, 1, 2, 2),
-		{msgSynced},
-		{msgDone},
-		{msgPing},
+		syncedMessage{}.encode(),
+		doneMessage{}.encode(),
+		pingMessage{}.encode(),
 		{msgHello},
 		{9},
 		{},

@@ -58,13 +58,12 @@ func TestServingWithADamagedTreeNodeAnswersNotAvailable(t *testing.T) {
 			honest := openDamaged(t, damageCopy(s), ev.options(db.key))
 			h := meetHostile(t, kind, honest, nil)
 			h.until(msgSynced)
-			if err := h.send([]byte{msgSynced}, requestMsg(0, 0, 1, 0)); err != nil {
+			if err := h.send(syncedMessage{}.encode(), requestMsg(0, 0, 1, 0)); err != nil {
 				t.Fatal(err)
 			}
 			msg := h.until(msgNotAvailable)
-			d := &decoder{b: msg[1:]}
-			if id, start, end := d.uvarint(), d.uvarint(), d.uvarint(); id != 0 || start != 0 || end != 1 {
-				t.Fatalf("not available for feed %d [%d, %d), want feed 0 [0, 1)", id, start, end)
+			if na := parseMessage[notAvailableMessage](t, msg); na != (notAvailableMessage{0, 0, 1}) {
+				t.Fatalf("not available for feed %d [%d, %d), want feed 0 [0, 1)", na.id, na.start, na.end)
 			}
 			var ce *CorruptError
 			if ds := ev.damaged(); len(ds) != 1 || ds[0].Entry || !errors.As(ds[0].Err, &ce) ||
@@ -75,11 +74,8 @@ func TestServingWithADamagedTreeNodeAnswersNotAvailable(t *testing.T) {
 				t.Fatal(err)
 			}
 			msg = h.until(msgData)
-			d = &decoder{b: msg[1:]}
-			d.uvarint()
-			p, err := decodeData(d)
-			if err != nil || p.Start != 4 || len(p.Blocks) != 2 {
-				t.Fatalf("the answer for [4, 6): %v, %v", p, err)
+			if p := parseMessage[dataMessage](t, msg).p; p.Start != 4 || len(p.Blocks) != 2 {
+				t.Fatalf("the answer for [4, 6): %v", p)
 			}
 			h.raw.Close()
 			h.result()
@@ -87,8 +83,9 @@ func TestServingWithADamagedTreeNodeAnswersNotAvailable(t *testing.T) {
 	}
 }
 
-// In a live session, an entry a read finds damaged is fetched again from
-// the peer and heals, without a new session.
+// TestLiveSessionHealsAnEntryFoundDamagedDuringIt: in a live session, an
+// entry a read finds damaged is fetched again from the peer and heals,
+// without a new session.
 func TestLiveSessionHealsAnEntryFoundDamagedDuringIt(t *testing.T) {
 	db := newDamageDB(t, numbered(40, 5), 0)
 	healthy := openDamaged(t, damageCopy(db.s), &Options{SharedKey: db.key})

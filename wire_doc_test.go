@@ -7,10 +7,10 @@ import (
 	"testing"
 )
 
-// The worked example of doc/PROTOCOL.md §3, *Proof order*: entries [3, 5)
-// of a feed of 11 entries whose entry i is i+1 bytes long. The walk sends
-// nodes 1, 4, 10, 13, 17 and 20, in that order, with these sizes; and the
-// order is checked.
+// TestProofOrderWorkedExample: the worked example of doc/PROTOCOL.md §3,
+// *Proof order*: entries [3, 5) of a feed of 11 entries whose entry i is
+// i+1 bytes long. The walk sends nodes 1, 4, 10, 13, 17 and 20, in that
+// order, with these sizes; and the order is checked.
 func TestProofOrderWorkedExample(t *testing.T) {
 	c, _ := sharedPair(t, nil)
 	w := mustWriter(t, c, "w")
@@ -96,11 +96,11 @@ func TestNonLiveIgnoresFeedsAnnouncedAfterSynced(t *testing.T) {
 			before := imageOf(t, ff.honest)
 			h := meetHostile(t, kind, ff.honest, nil)
 			h.until(msgSynced)
-			if err := h.send([]byte{msgSynced}); err != nil {
+			if err := h.send(syncedMessage{}.encode()); err != nil {
 				t.Fatal(err)
 			}
 			h.until(msgDone) // the honest side has taken the synced
-			if err := h.send(feedMsg(0, late.Key()), haveMsg(0, 3, span{0, 3}), []byte{msgDone}); err != nil {
+			if err := h.send(feedMsg(0, late.Key()), haveMsg(0, 3, span{0, 3}), doneMessage{}.encode()); err != nil {
 				t.Fatal(err)
 			}
 			h.drain()

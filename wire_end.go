@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"time"
 )
 
@@ -105,107 +104,4 @@ func storageErr(err error) error {
 		}
 	}
 	return fmt.Errorf("%w: %w", ErrStorage, err)
-}
-
-// writeSlices writes p to a net.Conn a slice of time at a time: each
-// Write has a deadline a quarter of the timeout away, and one that times
-// out has still written what it could, so the rest goes on in the next
-// slice. A fast link writes p in one call; a slow one shows its progress
-// every slice. A deadline crypto/tls set (to bound its close_notify) is
-// kept.
-func (c *progressConn) writeSlices(p []byte) (int, error) {
-	slice := max(c.s.opts.Timeout/4, time.Millisecond)
-	var done int
-	for {
-		dl := time.Now().Add(slice)
-		outer := c.outer.Load()
-		if outer != 0 && outer < dl.UnixNano() {
-			dl = time.Unix(0, outer)
-		}
-		if err := c.Conn.SetWriteDeadline(dl); err != nil {
-			// A conn without deadlines after all.
-			c.pieces = true
-			n, err := c.writePieces(p)
-			return done + n, err
-		}
-		n, err := c.Conn.Write(p)
-		done += n
-		if n > 0 {
-			c.moved()
-		}
-		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || (outer != 0 && time.Now().UnixNano() >= outer) {
-			return done, err
-		}
-		p = p[n:]
-	}
-}
-
-// SetWriteDeadline notes the deadline crypto/tls sets for writeSlices.
-func (c *progressConn) SetWriteDeadline(t time.Time) error {
-	c.setOuter(t)
-	return nil
-}
-
-// SetDeadline sets the read deadline, and notes the write one.
-func (c *progressConn) SetDeadline(t time.Time) error {
-	c.setOuter(t)
-	return c.Conn.SetReadDeadline(t)
-}
-
-func (c *progressConn) setOuter(t time.Time) {
-	if t.IsZero() {
-		c.outer.Store(0)
-	} else {
-		c.outer.Store(t.UnixNano())
-	}
-}
-
-// writePieces writes p to a connection without deadlines a piece at a
-// time, noting progress after each.
-func (c *progressConn) writePieces(p []byte) (int, error) {
-	piece := writePiece(c.s.opts.Timeout)
-	var done int
-	for len(p) > 0 {
-		n, err := c.Conn.Write(p[:min(len(p), piece)])
-		done += n
-		if n > 0 {
-			c.moved()
-		}
-		if err != nil {
-			return done, err
-		}
-		p = p[n:]
-	}
-	return done, nil
-}
-
-// writePiece is how much of a write goes at once to a connection without
-// deadlines, so that a write on a slow link shows progress: as much as
-// moves in the timeout at 64 bytes/s, at least 256 bytes and at most
-// 16 KiB.
-func writePiece(timeout time.Duration) int {
-	return min(max(int(timeout.Seconds()*64), 256), 16<<10)
-}
-
-// mayAdd reports whether the session may take the peer's feed with key:
-// always if the database holds it, otherwise while it took fewer new feeds
-// than ReplicateOptions.MaxNewFeeds. Past that the feed is declined and
-// counted in ReplicateProgress.FeedsNotAdded.
-func (s *session) mayAdd(key []byte) bool {
-	if s.core.Feed(key) != nil {
-		return true
-	}
-	bound := s.opts.MaxNewFeeds
-	if bound == 0 {
-		bound = DefaultMaxNewFeeds
-	}
-	if bound > 0 && s.newFeeds >= bound {
-		s.progress.FeedsNotAdded++
-		if s.progress.FeedsNotAdded == 1 {
-			s.report()
-		}
-		return false
-	}
-	s.newFeeds++
-	return true
 }

@@ -261,11 +261,12 @@ func TestSilentLinkIsTimeout(t *testing.T) {
 	}
 }
 
-// A link that moves a steady 500 bytes/s is slow, not dead: a message that
-// takes several times Timeout to cross it gets there. (TLS sends records
-// of about 1.2 KiB at first: one takes more than Timeout to write.) Over a
-// net.Conn (here net.Pipe, which buffers nothing) writes have deadlines;
-// over any other io.ReadWriteCloser they go in pieces.
+// TestSlowMovingLinkIsNotATimeout: a link that moves a steady 500 bytes/s
+// is slow, not dead: a message that takes several times Timeout to cross it
+// gets there. (TLS sends records of about 1.2 KiB at first: one takes more
+// than Timeout to write.) Over a net.Conn (here net.Pipe, which buffers
+// nothing) writes have deadlines; over any other io.ReadWriteCloser they go
+// in pieces.
 func TestSlowMovingLinkIsNotATimeout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("moves 4 KiB at 500 bytes/s")
@@ -449,9 +450,9 @@ func TestStorageFailureDuringSessionIsErrStorage(t *testing.T) {
 	}
 }
 
-// A peer with the shared key that offers many new feeds gets at most
-// MaxNewFeeds of them added per session; feeds the database holds do not
-// count, and the session goes on.
+// TestFeedFloodIsBoundedPerSession: a peer with the shared key that offers
+// many new feeds gets at most MaxNewFeeds of them added per session; feeds
+// the database holds do not count, and the session goes on.
 func TestFeedFloodIsBoundedPerSession(t *testing.T) {
 	for _, kind := range connKinds {
 		t.Run(kind, func(t *testing.T) {
@@ -536,10 +537,10 @@ func readMessages(br *bufio.Reader) ([][]byte, error) {
 	}
 }
 
-// A responder shows nothing that depends on the shared key to an
-// initiator that has not proven it: a wrong proof gets a hello with no
-// mac, no proof at all gets nothing. So a peer cannot test guesses of the
-// key offline.
+// TestResponderShowsNoProofToAnUnprovenInitiator: a responder shows nothing
+// that depends on the shared key to an initiator that has not proven it: a
+// wrong proof gets a hello with no mac, no proof at all gets nothing. So a
+// peer cannot test guesses of the key offline.
 func TestResponderShowsNoProofToAnUnprovenInitiator(t *testing.T) {
 	for _, kind := range connKinds {
 		t.Run(kind+"/wrong proof", func(t *testing.T) {
@@ -655,7 +656,7 @@ func TestLiveSideAnswersAGoodbyeWithItsOwn(t *testing.T) {
 				t.Fatal(err)
 			}
 			h := &hostile{t: t, raw: raw, tls: s.tls, br: s.br, honest: res}
-			if err := h.send([]byte{msgSynced}, []byte{msgDone}); err != nil {
+			if err := h.send(syncedMessage{}.encode(), doneMessage{}.encode()); err != nil {
 				t.Fatal(err)
 			}
 			h.until(msgDone)
@@ -695,7 +696,7 @@ func TestContextEndCutsTheWaitForAGoodbye(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &hostile{t: t, raw: mine, tls: s.tls, br: s.br, honest: res}
-	if err := h.send([]byte{msgSynced}, []byte{msgDone}); err != nil {
+	if err := h.send(syncedMessage{}.encode(), doneMessage{}.encode()); err != nil {
 		t.Fatal(err)
 	}
 	h.drain()

@@ -103,10 +103,7 @@ func helloWith(t testing.TB, c *tls.Conn, initiator bool, key []byte, major, min
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := append([]byte{msgHello}, helloMagic...)
-	msg = append(msg, major, minor)
-	msg = append(msg, helloMAC(key, ekm, initiator)...)
-	return frames(msg)
+	return frames(helloMessage{major, minor, helloMAC(key, ekm, initiator)}.encode())
 }
 
 // frames length-prefixes each message, as the writer does.
@@ -180,7 +177,7 @@ func waitHonest(t testing.TB, res <-chan error) error {
 // read until the honest side's close_notify and close.
 func (h *hostile) endCleanly() {
 	h.t.Helper()
-	if err := h.send([]byte{msgSynced}, []byte{msgDone}); err != nil {
+	if err := h.send(syncedMessage{}.encode(), doneMessage{}.encode()); err != nil {
 		h.t.Fatal(err)
 	}
 	if h.drained == nil {
@@ -196,42 +193,40 @@ func (h *hostile) endCleanly() {
 	h.raw.Close()
 }
 
-func feedMsg(id uint64, key []byte) []byte {
-	return append(binary.AppendUvarint([]byte{msgFeed}, id), key...)
-}
+func feedMsg(id uint64, key []byte) []byte { return feedMessage{id, key}.encode() }
 
 func haveMsg(id, length uint64, ranges ...span) []byte {
-	msg := binary.AppendUvarint([]byte{msgHave}, id)
-	msg = binary.AppendUvarint(msg, length)
-	return appendSpans(msg, ranges)
+	return haveMessage{id, length, ranges}.encode()
 }
 
 func requestMsg(id, start, end, known uint64) []byte {
-	msg := binary.AppendUvarint([]byte{msgRequest}, id)
-	msg = binary.AppendUvarint(msg, start)
-	msg = binary.AppendUvarint(msg, end)
-	return binary.AppendUvarint(msg, known)
+	return requestMessage{id, start, end, known}.encode()
 }
 
 func notAvailableMsg(id, start, end uint64) []byte {
-	msg := binary.AppendUvarint([]byte{msgNotAvailable}, id)
-	msg = binary.AppendUvarint(msg, start)
-	return binary.AppendUvarint(msg, end)
+	return notAvailableMessage{id, start, end}.encode()
 }
 
-type wireRequest struct{ id, start, end, known uint64 }
+type wireRequest = requestMessage
 
+// parseRequest decodes a request the honest side sent.
 func parseRequest(t testing.TB, msg []byte) wireRequest {
 	t.Helper()
-	if msg[0] != msgRequest {
-		t.Fatalf("message type %d, want a request", msg[0])
+	return parseMessage[requestMessage](t, msg)
+}
+
+// parseMessage decodes a message the honest side sent, which must be an M.
+func parseMessage[M message](t testing.TB, msg []byte) M {
+	t.Helper()
+	m, err := decodeMessage(msg)
+	if err != nil {
+		t.Fatalf("the honest side's message: %v", err)
 	}
-	d := &decoder{b: msg[1:]}
-	r := wireRequest{d.uvarint(), d.uvarint(), d.uvarint(), d.uvarint()}
-	if err := d.end(); err != nil {
-		t.Fatalf("the honest side's request: %v", err)
+	mm, ok := m.(M)
+	if !ok {
+		t.Fatalf("the honest side sent %T, want %T", m, mm)
 	}
-	return r
+	return mm
 }
 
 // dbImage is everything a database holds: each file's bytes, and each
@@ -324,7 +319,7 @@ func newFeedFixture(t testing.TB, n int, start, end uint64, more int) *feedFixtu
 func (h *hostile) offer(key []byte, have []byte) wireRequest {
 	h.t.Helper()
 	h.until(msgSynced)
-	if err := h.send(feedMsg(0, key), have, []byte{msgSynced}); err != nil {
+	if err := h.send(feedMsg(0, key), have, syncedMessage{}.encode()); err != nil {
 		h.t.Fatal(err)
 	}
 	return parseRequest(h.t, h.until(msgRequest))
@@ -332,6 +327,10 @@ func (h *hostile) offer(key []byte, have []byte) wireRequest {
 
 func keyTag(key []byte) string { return fmt.Sprintf("%x", key[:4]) }
 
+// TestHostileGarbageInsteadOfHandshake: a peer that sends no TLS, or
+// anything but a well-formed hello of at most 64 bytes first, ends the
+// honest side's session with ErrProtocol, and leaves its files as they
+// were.
 func TestHostileGarbageInsteadOfHandshake(t *testing.T) {
 	cases := []struct {
 		name string
@@ -589,7 +588,8 @@ func TestHostileHelloCutOff(t *testing.T) {
 	}
 }
 
-// Messages about feeds the hostile side never offered, or out of turn.
+// TestHostileMessageForAFeedNeverOffered: messages about feeds the hostile
+// side never offered, or out of turn.
 func TestHostileMessageForAFeedNeverOffered(t *testing.T) {
 	cases := []struct {
 		name string
@@ -611,8 +611,8 @@ func TestHostileMessageForAFeedNeverOffered(t *testing.T) {
 			return [][]byte{feedMsg(0, ff.w.Key()), feedMsg(0, ff.w.Key())}
 		}},
 		{"unknown message type", func(*feedFixture) [][]byte { return [][]byte{{9}} }},
-		{"synced twice", func(*feedFixture) [][]byte { return [][]byte{{msgSynced}, {msgSynced}} }},
-		{"done twice", func(*feedFixture) [][]byte { return [][]byte{{msgDone}, {msgDone}} }},
+		{"synced twice", func(*feedFixture) [][]byte { return [][]byte{syncedMessage{}.encode(), syncedMessage{}.encode()} }},
+		{"done twice", func(*feedFixture) [][]byte { return [][]byte{doneMessage{}.encode(), doneMessage{}.encode()} }},
 		{"ping with a body", func(*feedFixture) [][]byte { return [][]byte{{msgPing, 0}} }},
 	}
 	for _, kind := range connKinds {
@@ -635,11 +635,12 @@ func TestHostileMessageForAFeedNeverOffered(t *testing.T) {
 	}
 }
 
-// The honest side holds w's tree at length 16 with blocks [0, 8), so it
-// asks for [8, 16) knowing length 16, and the answer is a proof without a
-// signature that must meet the tree it holds. Tampered, it is asked for
-// again with known = 0 (unless it claims another length); tampered again
-// (and still unsigned), it is ErrBadProof naming the feed.
+// TestHostileBadProof: the honest side holds w's tree at length 16 with
+// blocks [0, 8), so it asks for [8, 16) knowing length 16, and the answer
+// is a proof without a signature that must meet the tree it holds.
+// Tampered, it is asked for again with known = 0 (unless it claims another
+// length); tampered again (and still unsigned), it is ErrBadProof naming
+// the feed.
 func TestHostileBadProof(t *testing.T) {
 	tamper := []struct {
 		name string
@@ -700,9 +701,10 @@ func TestHostileBadProof(t *testing.T) {
 	}
 }
 
-// The honest side holds an empty replica, so the answer carries a
-// signature. Anything tampered under it, a node hash included, changes the
-// roots, and the signature no longer signs them: ErrBadSignature.
+// TestHostileBadSignature: the honest side holds an empty replica, so the
+// answer carries a signature. Anything tampered under it, a node hash
+// included, changes the roots, and the signature no longer signs them:
+// ErrBadSignature.
 func TestHostileBadSignature(t *testing.T) {
 	tamper := []struct {
 		name string
@@ -752,13 +754,14 @@ func TestHostileBadSignature(t *testing.T) {
 	}
 }
 
-// The hostile side claims 11 entries of a feed whose writer signed 10, and
-// answers the request for entry 10 with a forged block. The message is well
-// formed and answers the request, so it is not a protocol error: it is the
-// proof that cannot reach the block. A block past the length the proof
-// claims, or a longer length without a signature, is ErrBadProof; a longer
-// length with the signature of the shorter one is ErrBadSignature. An
-// answer at another position than asked is ErrProtocol.
+// TestHostileBlockPastTheSignedLength: the hostile side claims 11 entries
+// of a feed whose writer signed 10, and answers the request for entry 10
+// with a forged block. The message is well formed and answers the request,
+// so it is not a protocol error: it is the proof that cannot reach the
+// block. A block past the length the proof claims, or a longer length
+// without a signature, is ErrBadProof; a longer length with the signature
+// of the shorter one is ErrBadSignature. An answer at another position than
+// asked is ErrProtocol.
 func TestHostileBlockPastTheSignedLength(t *testing.T) {
 	cases := []struct {
 		name string
@@ -826,7 +829,7 @@ func TestHostileFloodOfUnrequestedData(t *testing.T) {
 			h.until(msgSynced)
 			h.drain()
 			var msgs [][]byte
-			msgs = append(msgs, feedMsg(0, ff.w.Key()), haveMsg(0, 5, span{0, 5}), []byte{msgSynced})
+			msgs = append(msgs, feedMsg(0, ff.w.Key()), haveMsg(0, 5, span{0, 5}), syncedMessage{}.encode())
 			for i := range 200 {
 				s := uint64(5 + i%5)
 				p, err := ff.w.Proof(s, s+1, 0)
@@ -862,9 +865,9 @@ func bigWriter(t testing.TB, c *Core, n, size int) *Feed {
 	return w
 }
 
-// A peer that asks for 64 MiB and stops reading (while it keeps sending
-// pings, so the honest side hears from it) blocks the honest side's
-// writes: ErrTimeout.
+// TestHostileStopsReading: a peer that asks for 64 MiB and stops reading
+// (while it keeps sending pings, so the honest side hears from it) blocks
+// the honest side's writes: ErrTimeout.
 func TestHostileStopsReading(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits out time-outs of seconds")
@@ -895,7 +898,7 @@ func TestHostileStopsReading(t *testing.T) {
 				case err = <-h.honest:
 					done = true
 				case <-ping.C:
-					h.send([]byte{msgPing})
+					h.send(pingMessage{}.encode())
 				case <-deadline.C:
 					t.Fatalf("the honest side's session did not end in %v", hostileWait)
 				}
@@ -938,8 +941,9 @@ func TestHostileRequestFlood(t *testing.T) {
 	}
 }
 
-// The bound is not hit by a peer that uses all of its maxOutstanding
-// requests at once and reads the answers late.
+// TestHostileFullPipelineIsNotAFlood: the bound is not hit by a peer that
+// uses all of its maxOutstanding requests at once and reads the answers
+// late.
 func TestHostileFullPipelineIsNotAFlood(t *testing.T) {
 	for _, kind := range connKinds {
 		t.Run(kind, func(t *testing.T) {
@@ -967,13 +971,13 @@ func TestHostileFullPipelineIsNotAFlood(t *testing.T) {
 				await(t, considered, "the honest side taking the requests")
 				for i := range maxOutstanding {
 					msg := h.until(msgData)
-					d := &decoder{b: msg[1:]}
-					if id := d.uvarint(); id != 0 {
-						t.Fatalf("round %d, answer %d: feed %d", round, i, id)
+					m := parseMessage[dataMessage](t, msg)
+					if m.id != 0 {
+						t.Fatalf("round %d, answer %d: feed %d", round, i, m.id)
 					}
-					p, err := decodeData(d)
-					if err != nil || len(p.Blocks) != 64 {
-						t.Fatalf("round %d, answer %d: %v", round, i, err)
+					p := m.p
+					if len(p.Blocks) != 64 {
+						t.Fatalf("round %d, answer %d: %d blocks", round, i, len(p.Blocks))
 					}
 					if !bytes.Equal(p.Blocks[63], bytes.Repeat([]byte{63}, 4<<10)) {
 						t.Fatal("a wrong block")
@@ -1026,8 +1030,9 @@ func TestSlowMessageIsNotATimeout(t *testing.T) {
 	}
 }
 
-// A slow link is not a blocked write: a peer that reads a 4 MiB answer a
-// little at a time, for several times Timeout, gets all of it.
+// TestSlowReaderIsNotATimeout: a slow link is not a blocked write: a peer
+// that reads a 4 MiB answer a little at a time, for several times Timeout,
+// gets all of it.
 func TestSlowReaderIsNotATimeout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits out time-outs of seconds")
@@ -1050,7 +1055,7 @@ func TestSlowReaderIsNotATimeout(t *testing.T) {
 			case <-stopPings:
 				return
 			case <-time.After(50 * time.Millisecond):
-				h.send([]byte{msgPing})
+				h.send(pingMessage{}.encode())
 			}
 		}
 	}()
@@ -1072,10 +1077,8 @@ func TestSlowReaderIsNotATimeout(t *testing.T) {
 	if time.Since(start) < 3*opts.Timeout {
 		t.Fatalf("the answer took only %v", time.Since(start))
 	}
-	d := &decoder{b: msg[1:]}
-	d.uvarint()
-	if p, err := decodeData(d); err != nil || len(p.Blocks) != 64 {
-		t.Fatalf("the answer: %v", err)
+	if m := parseMessage[dataMessage](t, msg); len(m.p.Blocks) != 64 {
+		t.Fatalf("the answer: %d blocks", len(m.p.Blocks))
 	}
 	h.br = slow // what it buffered is the honest side's too
 	h.endCleanly()
