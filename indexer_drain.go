@@ -1,0 +1,295 @@
+package kappa
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Draining: reading batches ahead, mapping them in turn, grouping their
+// progress.
+
+// Batches drain reads ahead of the one it maps: at most batchesAhead, and
+// (by the feeds' mean entry size) about bytesAhead bytes, though always
+// one. A new view over many small feeds spends most of its time opening
+// and reading files, which up to readers goroutines then do side by side,
+// in the order drain maps them.
+const (
+	batchesAhead = 64
+	bytesAhead   = 4 << 20
+	readers      = 8
+)
+
+// batchRead is a batch read ahead of its turn to be mapped.
+type batchRead struct {
+	p          *feedProgress
+	start, end uint64
+	size       uint64 // its estimated size in bytes
+	values     [][]byte
+	err        error
+	done       chan struct{} // closed once read
+}
+
+func (b *batchRead) read() {
+	b.values, b.err = b.p.feed.scanBatch(b.start, b.end)
+	close(b.done)
+}
+
+// readAll reads the batches of jobs in order, until it is closed.
+func readAll(jobs <-chan *batchRead) {
+	for b := range jobs {
+		b.read()
+	}
+}
+
+// drain maps batches until there is no work or the view is stopped. It
+// reads the next few batches, of other feeds, while it maps one. With
+// StateStorer, progress is stored for a group of batches at once (see
+// groupLimitLocked): the state names every feed, so storing it after each
+// batch would cost work in proportion to all feeds for every batch.
+func (x *Index) drain(done <-chan struct{}) {
+	// The readers, started as batches are read ahead; they end when drain
+	// does, after the batches it waits for below.
+	d := &drainer{x: x, jobs: make(chan *batchRead, batchesAhead)}
+	defer close(d.jobs)
+	defer d.requeueAhead()
+	for {
+		stop := false
+		select {
+		case <-done:
+			stop = true
+		default:
+		}
+		x.mu.Lock()
+		stop = stop || x.paused > 0 || x.err != nil || x.rebuild
+		if !stop {
+			d.readAheadLocked()
+		}
+		if stop || len(d.ahead) == 0 {
+			x.mu.Unlock()
+			if !d.pauseOrIdle(stop) {
+				return
+			}
+			continue
+		}
+		b := d.ahead[0]
+		d.ahead = d.ahead[1:]
+		d.aheadSize -= b.size
+		x.busy = true
+		x.mu.Unlock()
+		if !d.mapNext(b) {
+			return
+		}
+	}
+}
+
+// drainer is the state of one drain: the batches read ahead of their turn,
+// and the group of batches mapped whose progress is not stored yet.
+type drainer struct {
+	x          *Index
+	ahead      []*batchRead
+	aheadSize  uint64
+	group      []*mappedBatch
+	groupBytes uint64
+	jobs       chan *batchRead // to the readers
+	started    int             // readers started
+}
+
+// requeueAhead puts the feeds of batches read but not mapped back in the
+// queue, once their reads are done.
+func (d *drainer) requeueAhead() {
+	x := d.x
+	for _, b := range d.ahead {
+		<-b.done
+		x.mu.Lock()
+		b.p.reading = false
+		x.mu.Unlock()
+		x.queue(b.p, false)
+	}
+}
+
+// readAheadLocked picks the next batches to read, up to batchesAhead and
+// about bytesAhead bytes, and hands them to the readers, starting readers
+// as needed.
+func (d *drainer) readAheadLocked() {
+	x := d.x
+	for len(d.ahead) < batchesAhead && (len(d.ahead) == 0 || d.aheadSize < bytesAhead) {
+		p, start, end := x.pickLocked()
+		if p == nil {
+			break
+		}
+		p.reading = true
+		b := &batchRead{p: p, start: start, end: end, done: make(chan struct{})}
+		if n := p.feed.Len(); n > 0 {
+			b.size = (end - start) * (p.feed.ByteLen() / n)
+		}
+		d.aheadSize += b.size
+		d.ahead = append(d.ahead, b)
+		if d.started < min(len(d.ahead), readers) {
+			d.started++
+			go readAll(d.jobs)
+		}
+		d.jobs <- b
+	}
+}
+
+// commit stores the group's progress and ends the group; after an error
+// the view stops. It reports whether the progress was stored.
+func (d *drainer) commit() bool {
+	err := d.x.commit(d.group)
+	d.group, d.groupBytes = d.group[:0], 0
+	if err != nil && !errors.Is(err, ErrClosed) {
+		d.x.fail(err)
+	}
+	return err == nil
+}
+
+// pauseOrIdle is drain's step when it stops (stop) or has nothing to read:
+// it stores the group, and reports whether drain goes on, as work may have
+// waited for the group. Otherwise the view is idle, and its waiters are
+// told.
+func (d *drainer) pauseOrIdle(stop bool) bool {
+	x := d.x
+	grouped := len(d.group) > 0
+	if !d.commit() || stop {
+		return false
+	}
+	if grouped {
+		return true // more work may have waited for the group
+	}
+	x.mu.Lock()
+	x.checkWaitersLocked("") // idle
+	x.changedLocked()
+	x.mu.Unlock()
+	return false
+}
+
+// mapNext maps batch b, once read, adds it to the group, and stores the
+// group when it is full. It reports whether drain goes on: not after an
+// error.
+func (d *drainer) mapNext(b *batchRead) bool {
+	x := d.x
+	<-b.done
+	m, err := x.mapBatch(b)
+	x.mu.Lock()
+	b.p.reading = false
+	if m != nil && m.end > m.start {
+		// The feed's next batch starts past this one, but the
+		// batch counts (for Ready and Status) only once commit
+		// stored it.
+		m.p.spans = m.p.with(span{m.start, m.end})
+		d.group = append(d.group, m)
+		d.groupBytes += m.bytes
+	} else if err == nil {
+		// The feed broke, or its batch began with a damaged entry,
+		// which is a hole now.
+		// In the step that releases who waited for it, no batch
+		// is in flight unless the group has one.
+		if len(d.group) == 0 {
+			x.endBatchesLocked()
+		}
+		x.checkWaitersLocked(b.p.key)
+	}
+	full := len(d.group) >= x.groupLimitLocked() || d.groupBytes >= bytesAhead
+	x.mu.Unlock()
+	// The feed may have more: its turn comes again after the others'.
+	// After an error this is the batch that Retry retries.
+	x.queue(b.p, false)
+	if err != nil {
+		// What the group mapped before is stored first.
+		if d.commit() && !errors.Is(err, ErrClosed) {
+			x.fail(err)
+		}
+		return false
+	}
+	if full && !d.commit() {
+		return false
+	}
+	return true
+}
+
+// groupLimitLocked is how many batches drain maps before it stores their
+// progress: one without StateStorer or with few feeds, else enough that the
+// state stored per batch stays about 64 feeds' worth.
+func (x *Index) groupLimitLocked() int {
+	if x.states == nil {
+		return 1
+	}
+	return max(1, x.segCount/64)
+}
+
+// pickLocked chooses the next batch: the first run of entries to index of
+// the first feed in the queue that has one. Feeds without are dropped from
+// the queue until they change.
+func (x *Index) pickLocked() (*feedProgress, uint64, uint64) {
+	for {
+		p := x.next()
+		if p == nil {
+			return nil, 0, 0
+		}
+		// Entries held count, damaged or not: one indexed before it
+		// was found damaged still counts in p.n.
+		if p.reading || p.broken || p.n >= p.feed.heldCount() {
+			continue // a feed being read is queued again once mapped
+		}
+		if start, end := p.nextRun(x.maxBatch); start < end {
+			return p, start, end
+		}
+	}
+}
+
+// mappedBatch is a batch that Map took, whose progress is not stored yet.
+type mappedBatch struct {
+	p          *feedProgress
+	start, end uint64
+	entries    []Entry // for IndexedNotifier only
+	bytes      uint64  // the size of entries' values
+	bad        []error // entries left out
+}
+
+// mapBatch maps the entries of b, for drain to add to its group. It
+// returns no batch for a feed that could not be read (which is reported and
+// skipped) or when Map failed, and an empty one when the batch's first
+// entry was found damaged.
+func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
+	p, start, end := b.p, b.start, b.end
+	key := p.feed.Key()
+	values, err := b.values, b.err
+	if err != nil {
+		if errors.Is(err, ErrClosed) {
+			return nil, err
+		}
+		x.host.report(fmt.Errorf("view %q: feed %x skipped: %w", x.name, key[:4], err))
+		x.mu.Lock()
+		p.broken = true // drain releases the Ready calls waiting for it
+		x.mu.Unlock()
+		return nil, nil
+	}
+	// A damaged entry ends the batch early (see Feed.scanBatch): it is
+	// reported, and left out of the view until it heals.
+	end = start + uint64(len(values))
+	m := &mappedBatch{p: p, start: start, end: end}
+	entries := make([]Entry, 0, len(values))
+	code := x.enc.code()
+	for i, v := range values {
+		seq := start + uint64(i)
+		if x.enc != Binary {
+			if err := x.enc.check(v); err != nil {
+				m.bad = append(m.bad, fmt.Errorf("view %q: feed %x entry %d left out: %w", x.name, key[:4], seq, err))
+				continue
+			}
+		}
+		entries = append(entries, Entry{Key: key, Seq: seq, Value: v, enc: code})
+	}
+	if len(entries) > 0 {
+		if err := x.view.Map(entries); err != nil {
+			return nil, fmt.Errorf("map %d entries of feed %x from %d: %w", len(entries), key[:4], start, err)
+		}
+	}
+	if _, ok := x.view.(IndexedNotifier); ok {
+		m.entries = entries
+		for _, e := range entries {
+			m.bytes += uint64(len(e.Value))
+		}
+	}
+	return m, nil
+}
