@@ -269,13 +269,13 @@ func TestSilentLinkIsTimeout(t *testing.T) {
 // in pieces.
 func TestSlowMovingLinkIsNotATimeout(t *testing.T) {
 	if testing.Short() {
-		t.Skip("moves 4 KiB at 500 bytes/s")
+		t.Skip("moves 5 KiB at 500 bytes/s")
 	}
 	for _, kind := range []string{"pipe", "rwc"} {
 		t.Run(kind, func(t *testing.T) {
 			a, b := sharedPair(t, nil)
 			w := mustWriter(t, a, "w")
-			if _, err := w.Append(bytes.Repeat([]byte("slow"), 1<<10)); err != nil {
+			if _, err := w.Append(bytes.Repeat([]byte("slow"), 1280)); err != nil {
 				t.Fatal(err)
 			}
 			const perTick, tick = 50, 100 * time.Millisecond // 500 bytes/s
@@ -307,7 +307,9 @@ func TestSlowMovingLinkIsNotATimeout(t *testing.T) {
 			}
 			var once sync.Once
 			var start time.Time
-			opts := &ReplicateOptions{Timeout: 2 * time.Second, KeepAlive: 500 * time.Millisecond}
+			// A timeout long enough that a busy machine's pause is not a
+			// dead link, and a block that takes two of them to move.
+			opts := &ReplicateOptions{Timeout: 4 * time.Second, KeepAlive: time.Second}
 			ob := *opts
 			ob.Progress = func(p ReplicateProgress) {
 				if p.Phase == "exchange" {
