@@ -100,7 +100,7 @@ func (fx *damageFixture) restore() *MemStorage {
 }
 
 // damageCopy returns a new MemStorage holding the current content of every
-// file of s.
+// file of s (synced or not), as a clean shutdown now would leave them.
 func damageCopy(s *MemStorage) *MemStorage {
 	c := NewMemStorage()
 	for _, name := range s.names() {

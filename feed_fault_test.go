@@ -196,17 +196,6 @@ func crashClones(m *MemStorage, rng *rand.Rand, n int) []*MemStorage {
 	return clones
 }
 
-// memCopy returns a new MemStorage holding the current content of m's
-// files (synced or not), as a clean shutdown now would leave them.
-func memCopy(m *MemStorage) *MemStorage {
-	c := NewMemStorage()
-	for _, name := range m.names() {
-		b, _ := m.fileBytes(name)
-		c.setFileBytes(name, b)
-	}
-	return c
-}
-
 // The reproduction: a signature write that fails (a full disk)
 // after ten entries, then an append of one that succeeds. The feed must
 // load again with all eleven.
@@ -259,7 +248,7 @@ func TestWriterWriteFaultsLoseNoAcknowledgedAppend(t *testing.T) {
 					if acked, err = faultAppend(t, f, acked, 10); !errors.Is(err, syscall.ENOSPC) {
 						t.Fatalf("append with a failing %s %s: %v, want ENOSPC", file, op, err)
 					}
-					checkFaultFeed(t, memCopy(s.mem), "f/", acked, op == "write", name+", right after the failure")
+					checkFaultFeed(t, damageCopy(s.mem), "f/", acked, op == "write", name+", right after the failure")
 					refused := false
 					for _, n := range []int{1, 3, 10, 2} {
 						var err error
@@ -413,7 +402,7 @@ func TestReplicaWriteFaultsLoseNoAcknowledgedPut(t *testing.T) {
 					if err := put(order[1]); !errors.Is(err, syscall.ENOSPC) {
 						t.Fatalf("put with a failing %s %s: %v, want ENOSPC", file, op, err)
 					}
-					checkFaultReplica(t, memCopy(s.mem), w.Key(), held, length, op == "write", name+", right after the failure")
+					checkFaultReplica(t, damageCopy(s.mem), w.Key(), held, length, op == "write", name+", right after the failure")
 					refused := false
 					for _, k := range []int{order[1], order[2]} {
 						if err := put(k); err != nil {
