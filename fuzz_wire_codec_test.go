@@ -22,7 +22,11 @@ func codecMessage(typ byte, a, b, c, d uint64, data []byte) any {
 	}
 	switch typ % 9 {
 	case msgHello:
-		return helloMessage{byte(a), byte(b), take(32)}
+		h := helloMessage{major: byte(a), minor: byte(b), mac: take(32)}
+		if h.minor >= 2 { // a node id is read from 1.2 on
+			copy(h.node[:], take(16))
+		}
+		return h
 	case msgFeed:
 		return feedMessage{a, take(PublicKeySize)}
 	case msgHave:

@@ -2,6 +2,7 @@ package kappa
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -103,6 +104,13 @@ type Core struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
+
+	node nodeID // this opening of the database, for the peers it meets
+
+	swarmMu sync.Mutex
+	swarms  map[*Swarm]bool // open swarms, closed by Close
+	// swarmsClosed: Close began, no swarm may start.
+	swarmsClosed bool
 }
 
 // Files of a database, besides each feed's files under "feeds/N/".
@@ -224,6 +232,9 @@ func openCore(s Storage, opts *Options) (*Core, error) {
 		views:        make(map[string]*Index),
 		feedsChanged: make(chan struct{}),
 		done:         make(chan struct{}),
+	}
+	if _, err := rand.Read(c.node[:]); err != nil {
+		return nil, err
 	}
 	if opts != nil {
 		c.opts = *opts
@@ -394,6 +405,7 @@ func (c *Core) Dir() string {
 // from several goroutines; every call returns once the database is closed.
 func (c *Core) Close() error {
 	c.closeOnce.Do(func() {
+		c.closeSwarms()
 		c.addMu.Lock()
 		c.mu.Lock()
 		c.closed = true

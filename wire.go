@@ -27,7 +27,7 @@ import (
 
 const (
 	protoMajor = 1
-	protoMinor = 1
+	protoMinor = 2
 
 	// maxMessage is the largest message either side accepts: one block of
 	// MaxBlockSize with its proof fits.
@@ -135,10 +135,17 @@ func (c *Core) Replicate(ctx context.Context, conn io.ReadWriteCloser, initiator
 	if conn == nil {
 		return fmt.Errorf("replicate: %w: nil connection", ErrInvalidValue)
 	}
-	s := &session{core: c, raw: conn, initiator: initiator}
+	s := &session{core: c, raw: conn, initiator: initiator, calls: make(chan func()), loopDone: make(chan struct{})}
 	if opts != nil {
 		s.opts = *opts
 	}
+	return c.replicateSession(ctx, s)
+}
+
+// replicateSession runs the session s, made by Replicate or replicateWith.
+func (c *Core) replicateSession(ctx context.Context, s *session) error {
+	defer close(s.loopDone)
+	conn := s.raw
 	if s.opts.KeepAlive <= 0 {
 		s.opts.KeepAlive = 5 * time.Second
 	}
@@ -163,12 +170,44 @@ func (c *Core) Replicate(ctx context.Context, conn io.ReadWriteCloser, initiator
 	return nil
 }
 
+// sessionHooks tie a session to the swarm that runs it (swarm*.go); a
+// session that Replicate runs has none.
+type sessionHooks struct {
+	// hello runs once both hellos went through (s.peerNode is set): an
+	// error ends the session before either side sent anything more.
+	hello func(s *session) error
+	// changed runs on the session's loop after it acted on something
+	// (messages, stored answers, local changes); it must not block.
+	changed func()
+}
+
+// replicateWith is Replicate for a session run with hooks.
+func (c *Core) replicateWith(ctx context.Context, conn io.ReadWriteCloser, initiator bool, opts *ReplicateOptions, hooks *sessionHooks, started func(*session)) error {
+	s := &session{core: c, raw: conn, initiator: initiator, hooks: hooks, calls: make(chan func()), loopDone: make(chan struct{})}
+	if opts != nil {
+		s.opts = *opts
+	}
+	if started != nil {
+		started(s)
+	}
+	return c.replicateSession(ctx, s)
+}
+
 // session is one replication session.
 type session struct {
 	core      *Core
 	raw       io.ReadWriteCloser
 	initiator bool
 	opts      ReplicateOptions
+	hooks     *sessionHooks
+	peerNode  nodeID // the peer's node id, from its hello; zero if it sent none
+	ekm       []byte // the TLS exporter value of the handshake
+
+	// calls are functions run on the session's loop, for a swarm that
+	// asks about the session's state; loopDone is closed when the loop
+	// stopped taking them.
+	calls    chan func()
+	loopDone chan struct{}
 
 	// In a live session, the feeds of this side that changed since the
 	// loop last sent haves; feeds add to it from their callbacks.

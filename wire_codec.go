@@ -38,12 +38,24 @@ type message interface {
 	encode() []byte
 }
 
-// helloMessage is the hello of the handshake: version and proof of the
-// shared key (32 bytes; zeros in a refusal).
+// helloMessage is the hello of the handshake: version, proof of the
+// shared key (32 bytes; zeros in a refusal) and, from version 1.2, the
+// sender's node id (none in a refusal, or from an older peer).
 type helloMessage struct {
 	major, minor byte
 	mac          []byte
+	node         nodeID // zero if the hello has none
 }
+
+// nodeID names one open database for the peers it meets: 16 random bytes,
+// made anew each time the database is opened. Swarms use it to keep one
+// session per pair of nodes and to never connect a node to itself.
+type nodeID [16]byte
+
+func (n nodeID) isZero() bool { return n == nodeID{} }
+
+// String is the node id in hex, for messages and Peers.
+func (n nodeID) String() string { return fmt.Sprintf("%x", n[:]) }
 
 // feedMessage announces a feed under the sender's next id.
 type feedMessage struct {
@@ -87,25 +99,36 @@ type pingMessage struct{}
 func (m helloMessage) encode() []byte {
 	hello := append([]byte{msgHello}, helloMagic...)
 	hello = append(hello, m.major, m.minor)
-	return append(hello, m.mac...)
+	hello = append(hello, m.mac...)
+	if !m.node.isZero() {
+		hello = append(hello, m.node[:]...)
+	}
+	return hello
 }
 
-// helloMsg is a hello of this side's version with mac.
-func helloMsg(mac []byte) []byte {
-	return helloMessage{protoMajor, protoMinor, mac}.encode()
+// helloMsg is a hello of this side's version with mac and node (a zero
+// node: none, as in a refusal).
+func helloMsg(mac []byte, node nodeID) []byte {
+	return helloMessage{protoMajor, protoMinor, mac, node}.encode()
 }
 
-// decodeHello decodes a hello (msg holds its type). A later minor version
-// may append fields after the mac: they are ignored (PROTOCOL.md §1).
+// decodeHello decodes a hello (msg holds its type). A hello of minor
+// version 2 or later with at least 16 bytes after the mac carries the
+// sender's node id in them; anything after that, or after the mac of an
+// older hello, is ignored (PROTOCOL.md §1).
 func decodeHello(msg []byte) (helloMessage, error) {
 	if len(msg) < helloLen || msg[0] != msgHello || !bytes.Equal(msg[1:1+len(helloMagic)], helloMagic) {
 		return helloMessage{}, fmt.Errorf("%w: not a kappa hello", ErrProtocol)
 	}
-	return helloMessage{
+	h := helloMessage{
 		major: msg[1+len(helloMagic)],
 		minor: msg[2+len(helloMagic)],
 		mac:   msg[3+len(helloMagic) : helloLen],
-	}, nil
+	}
+	if h.minor >= 2 && len(msg) >= helloLen+len(h.node) {
+		copy(h.node[:], msg[helloLen:])
+	}
+	return h, nil
 }
 
 func (m feedMessage) encode() []byte {

@@ -88,12 +88,33 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 			if err := s.keepAlive(&lastSent); err != nil {
 				return err
 			}
+		case f := <-s.calls:
+			f()
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.core.done:
 			return fmt.Errorf("the database was closed: %w", ErrClosed)
 		}
+		if s.hooks != nil && s.hooks.changed != nil {
+			s.hooks.changed()
+		}
 	}
+}
+
+// onLoop runs f on the session's loop, where the session's state may be
+// read, and returns true once it ran; false if the session ended first or
+// ctx did. Before the first exchange starts, it waits for it.
+func (s *session) onLoop(ctx context.Context, f func()) bool {
+	ran := make(chan struct{})
+	select {
+	case s.calls <- func() { f(); close(ran) }:
+	case <-s.loopDone:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+	<-ran
+	return true
 }
 
 // takeArrived takes the frame f (ok as for take), then whatever else

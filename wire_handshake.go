@@ -74,6 +74,7 @@ func (s *session) handshake(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	s.ekm = ekm
 	return s.hellos(ekm)
 }
 
@@ -81,7 +82,7 @@ func (s *session) handshake(ctx context.Context) (err error) {
 // exported keying material is ekm, and refuses a peer of another major
 // version or without the shared key (see peerRefusal).
 func (s *session) hellos(ekm []byte) (err error) {
-	mine := helloMsg(helloMAC(s.core.key, ekm, s.initiator))
+	mine := helloMsg(helloMAC(s.core.key, ekm, s.initiator), s.core.node)
 	// The initiator proves first; the responder checks that proof before
 	// it sends its own, so that a peer without the shared key never sees a
 	// mac of it from a responder (PROTOCOL.md §1). Writes go on their own
@@ -120,7 +121,7 @@ func (s *session) hellos(ekm []byte) (err error) {
 	if refusal := s.peerRefusal(hello, ekm); refusal != nil {
 		if !s.initiator {
 			// A refusal: this side's version, and no mac.
-			sendHello(helloMsg(make([]byte, 32)))
+			sendHello(helloMsg(make([]byte, 32), nodeID{}))
 		}
 		// Say nothing more; let the peer read the hello, so that it
 		// learns why too (closing with its bytes unread could reset the
@@ -143,6 +144,10 @@ func (s *session) hellos(ekm []byte) (err error) {
 	werr <- nil // for the deferred wait
 	if werr2 != nil {
 		return handshakeErr(werr2)
+	}
+	s.peerNode = hello.node
+	if s.hooks != nil && s.hooks.hello != nil {
+		return s.hooks.hello(s)
 	}
 	return nil
 }

@@ -103,7 +103,7 @@ func helloWith(t testing.TB, c *tls.Conn, initiator bool, key []byte, major, min
 	if err != nil {
 		t.Fatal(err)
 	}
-	return frames(helloMessage{major, minor, helloMAC(key, ekm, initiator)}.encode())
+	return frames(helloMessage{major: major, minor: minor, mac: helloMAC(key, ekm, initiator)}.encode())
 }
 
 // frames length-prefixes each message, as the writer does.

@@ -1,0 +1,246 @@
+package kappa
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// The swarm's sessions: accepted or dialled, one per pair of nodes.
+
+// errDuplicate ends a session that another session with the same peer
+// node replaces (see keepFirst); errSelf one whose peer is this node.
+var (
+	errDuplicate = errors.New("another session with the same peer node is kept")
+	errSelf      = errors.New("the peer is this node")
+	errTooMany   = errors.New("too many peers")
+)
+
+// swarmSession is one session of the swarm, dialled or accepted.
+type swarmSession struct {
+	sw      *Swarm
+	addr    string  // the address dialled, or the peer's remote address
+	inbound bool    // accepted, not dialled
+	t       *target // the target dialled, nil for an accepted session
+	s       *session
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the session ended
+
+	mu       sync.Mutex
+	state    PeerState // PeerHandshaking, then PeerSyncing (Peers refines it)
+	since    time.Time
+	running  time.Time // when the hellos went through; zero before
+	node     nodeID
+	progress ReplicateProgress
+	wasLive  bool  // reached the live phase: the first exchange was over
+	err      error // why it ended
+	ended    time.Time
+	released bool // its handshake token was given back
+}
+
+// acceptLoop accepts peers until the swarm closes. A connection past
+// MaxPeers is closed at once; the others wait for a handshake token.
+func (sw *Swarm) acceptLoop() {
+	for delay := time.Duration(0); ; {
+		conn, err := sw.ln.Accept()
+		if err != nil {
+			if sw.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors or the like: pause and retry,
+			// as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			select {
+			case <-sw.ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			continue
+		}
+		delay = 0
+		if sw.opts.acceptedBeforeHandshake != nil {
+			sw.opts.acceptedBeforeHandshake(conn)
+		}
+		ss := &swarmSession{sw: sw, addr: conn.RemoteAddr().String(), inbound: true}
+		if !sw.admit(ss) {
+			conn.Close()
+			continue
+		}
+		sw.wg.Add(1)
+		go func() {
+			defer sw.wg.Done()
+			ss.run(conn)
+		}()
+	}
+}
+
+// admit counts ss among the swarm's sessions, unless the swarm is closed
+// or holds MaxPeers sessions already.
+func (sw *Swarm) admit(ss *swarmSession) bool {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if sw.closed || len(sw.sessions) >= sw.opts.MaxPeers {
+		return false
+	}
+	ss.done = make(chan struct{})
+	ss.state, ss.since = PeerHandshaking, time.Now()
+	sw.sessions[ss] = true
+	return true
+}
+
+// run runs the admitted session ss over conn until it ends: it waits for
+// a handshake token, then replicates.
+func (ss *swarmSession) run(conn net.Conn) error {
+	sw := ss.sw
+	defer close(ss.done)
+	ctx, cancel := context.WithCancel(sw.ctx)
+	defer cancel()
+	ss.mu.Lock()
+	ss.cancel = cancel
+	ss.mu.Unlock()
+	var err error
+	select {
+	case sw.hs <- struct{}{}:
+		opts := sw.rep
+		user := opts.Progress
+		opts.Progress = func(p ReplicateProgress) {
+			ss.mu.Lock()
+			ss.progress = p
+			ss.wasLive = ss.wasLive || p.Phase == "live"
+			ss.mu.Unlock()
+			if user != nil {
+				user(p)
+			}
+		}
+		hooks := &sessionHooks{hello: ss.hello, changed: sw.notify}
+		err = sw.core.replicateWith(ctx, conn, !ss.inbound, &opts, hooks, func(s *session) { ss.s = s })
+		ss.release()
+	case <-ctx.Done():
+		conn.Close()
+		err = ctx.Err()
+	}
+	sw.ended(ss, err)
+	return err
+}
+
+// release gives back ss's handshake token, once.
+func (ss *swarmSession) release() {
+	ss.mu.Lock()
+	r := ss.released
+	ss.released = true
+	ss.mu.Unlock()
+	if !r {
+		<-ss.sw.hs
+	}
+}
+
+// hello runs when both hellos of ss's session went through: the handshake
+// token is given back, and the session is kept unless the peer is this
+// node, or another session with the peer's node is kept instead (see
+// keepFirst). A peer that sent no node id cannot be matched: its session
+// is kept.
+func (ss *swarmSession) hello(s *session) error {
+	ss.release()
+	sw := ss.sw
+	node := s.peerNode
+	if node == sw.core.node {
+		if ss.t != nil {
+			sw.mu.Lock()
+			sw.self[ss.t.addr] = true
+			sw.mu.Unlock()
+		}
+		return errSelf
+	}
+	sw.mu.Lock()
+	ss.mu.Lock()
+	ss.node, ss.state, ss.since, ss.running = node, PeerSyncing, time.Now(), time.Now()
+	ss.mu.Unlock()
+	if ss.t != nil && !node.isZero() {
+		ss.t.node = node
+	}
+	var drop *swarmSession
+	if !node.isZero() {
+		if other := sw.byNode[node]; other != nil && other != ss {
+			if keepFirst(other, ss, sw.core.node) {
+				sw.mu.Unlock()
+				return errDuplicate
+			}
+			drop = other
+		}
+		sw.byNode[node] = ss
+	}
+	sw.mu.Unlock()
+	if drop != nil {
+		drop.stop(errDuplicate)
+	}
+	sw.notify()
+	return nil
+}
+
+// keepFirst decides which of two sessions between this node (self) and
+// the same peer node survives, the same way on both sides: the one whose
+// initiator has the smaller node id; if both were dialled by the same
+// side, the one whose TLS exporter value is smaller. It reports whether
+// a survives.
+func keepFirst(a, b *swarmSession, self nodeID) bool {
+	initiator := func(ss *swarmSession) nodeID {
+		if ss.inbound {
+			return ss.node
+		}
+		return self
+	}
+	ia, ib := initiator(a), initiator(b)
+	if c := bytes.Compare(ia[:], ib[:]); c != 0 {
+		return c < 0
+	}
+	return bytes.Compare(a.s.ekm[:], b.s.ekm[:]) <= 0
+}
+
+// stop ends ss's session (saying goodbye) with why as its reason.
+func (ss *swarmSession) stop(why error) {
+	ss.mu.Lock()
+	if ss.err == nil {
+		ss.err = why
+	}
+	cancel := ss.cancel
+	ss.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// ended records that ss's session ended with err.
+func (sw *Swarm) ended(ss *swarmSession, err error) {
+	ss.mu.Lock()
+	if ss.err == nil { // (stop may have said why first)
+		ss.err = err
+	}
+	ss.ended = time.Now()
+	node := ss.node
+	ss.mu.Unlock()
+	sw.mu.Lock()
+	delete(sw.sessions, ss)
+	if !node.isZero() && sw.byNode[node] == ss {
+		delete(sw.byNode, node)
+	}
+	sw.mu.Unlock()
+	if sw.opts.onSessionEnd != nil {
+		sw.opts.onSessionEnd(ss.addr, err)
+	}
+	sw.notify()
+}
+
+// sessionErr is the error a session ended with, as the swarm says it.
+func sessionErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errDuplicate):
+		return fmt.Errorf("replaced: %w", errDuplicate)
+	}
+	return err
+}
