@@ -48,6 +48,13 @@ type SwarmOptions struct {
 	// accepted connection waits for its turn, a dial too.
 	MaxHandshakes int
 
+	// OnPeer, if set, is told when a session with a peer starts (State
+	// PeerSyncing, once the handshake went through) and when it ends
+	// (State PeerBackingOff, or PeerFailed for a peer not dialled again
+	// for a while, with Err saying why; nil when the peer said goodbye).
+	// It is called from the swarm's goroutines and must not block.
+	OnPeer func(PeerStatus)
+
 	// Tests only: beacons go through lanTransport instead of multicast,
 	// and the backoff bounds and LAN timings are theirs.
 	lanTransport             beaconTransport

@@ -178,7 +178,33 @@ func (ss *swarmSession) hello(s *session) error {
 		drop.stop(errDuplicate)
 	}
 	sw.notify()
+	sw.event(ss, PeerSyncing, nil)
 	return nil
+}
+
+// event tells SwarmOptions.OnPeer that ss's session started or ended.
+func (sw *Swarm) event(ss *swarmSession, state PeerState, err error) {
+	if sw.opts.OnPeer == nil {
+		return
+	}
+	p := PeerStatus{Addr: ss.addr, Source: "inbound", Inbound: ss.inbound, State: state, Since: time.Now(), Err: err}
+	if ss.t != nil {
+		p.Source = "lan"
+		sw.mu.Lock()
+		if ss.t.static {
+			p.Source = "static"
+		}
+		sw.mu.Unlock()
+	}
+	ss.mu.Lock()
+	pr, node := ss.progress, ss.node
+	ss.mu.Unlock()
+	if !node.isZero() {
+		p.Node = node.String()
+	}
+	p.EntriesIn, p.EntriesOut = pr.BlocksReceived, pr.BlocksSent
+	p.BytesIn, p.BytesOut = pr.BytesReceived, pr.BytesSent
+	sw.opts.OnPeer(p)
 }
 
 // keepFirst decides which of two sessions between this node (self) and
@@ -220,8 +246,16 @@ func (sw *Swarm) ended(ss *swarmSession, err error) {
 		ss.err = err
 	}
 	ss.ended = time.Now()
-	node := ss.node
+	node, running := ss.node, !ss.running.IsZero()
+	why := ss.err
 	ss.mu.Unlock()
+	if running && !errors.Is(why, errDuplicate) {
+		state := PeerBackingOff
+		if refused(why) {
+			state = PeerFailed
+		}
+		defer sw.event(ss, state, sessionErr(why))
+	}
 	sw.mu.Lock()
 	delete(sw.sessions, ss)
 	if !node.isZero() && sw.byNode[node] == ss {
