@@ -608,7 +608,7 @@ func TestInitiatorMeetsA10Responder(t *testing.T) {
 			}
 			cs := c.ConnectionState()
 			ekm, _ := cs.ExportKeyingMaterial(exporterLabel, nil, 32)
-			if !bytes.Equal(msg[3+len(helloMagic):], helloMAC(honest.SharedKey(), ekm, true)) {
+			if !bytes.Equal(msg[3+len(helloMagic):helloLen], helloMAC(honest.SharedKey(), ekm, true)) {
 				t.Fatal("the initiator's hello does not prove the key")
 			}
 			h := &hostile{t: t, raw: raw, tls: c, br: br, honest: res}
