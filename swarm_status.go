@@ -202,16 +202,14 @@ func (sw *Swarm) Synced(ctx context.Context) error {
 				continue
 			}
 			ok := false
-			if !ss.s.onLoop(ctx, func() { ok = ss.s.reached(g) }) {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				delete(goals, ss) // it ended
-				continue
-			}
-			if ok {
+			if ss.s.onLoop(ctx, func() { ok = ss.s.reached(g) }) && ok {
 				delete(goals, ss)
 			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// (A session whose loop has not started, or just ended, is
+			// looked at again at the next change: its end is one.)
 		}
 		if len(goals) == 0 {
 			return nil

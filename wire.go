@@ -208,6 +208,7 @@ type session struct {
 	// stopped taking them.
 	calls    chan func()
 	loopDone chan struct{}
+	inLoop   atomic.Bool // the loop has started taking calls
 
 	// In a live session, the feeds of this side that changed since the
 	// loop last sent haves; feeds add to it from their callbacks.

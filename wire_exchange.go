@@ -24,6 +24,7 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 	s.mineID = map[*Feed]uint64{}
 	s.sentHave = map[*Feed]haveState{}
 	s.setPhase("exchange")
+	s.inLoop.Store(true)
 	changed := s.core.FeedsChanged()
 	s.announce()
 	s.send(syncedMessage{}.encode())
@@ -102,9 +103,12 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 }
 
 // onLoop runs f on the session's loop, where the session's state may be
-// read, and returns true once it ran; false if the session ended first or
-// ctx did. Before the first exchange starts, it waits for it.
+// read, and returns true once it ran; false if the loop has not started
+// yet, or the session ended first, or ctx did.
 func (s *session) onLoop(ctx context.Context, f func()) bool {
+	if !s.inLoop.Load() {
+		return false
+	}
 	ran := make(chan struct{})
 	select {
 	case s.calls <- func() { f(); close(ran) }:
