@@ -40,8 +40,11 @@ func TestHistoryByTimeThenLiveInArrivalOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	say(bob, "bob", "second", 2*time.Second)
+	// Each feed is indexed in its order: alice's two messages come
+	// together, whichever feed comes first.
 	say(alice, "alice", "first", time.Second)
+	say(alice, "alice", "third", 3*time.Second)
+	say(bob, "bob", "second", 2*time.Second)
 	if _, err := alice.Append([]byte(`{"not":"a message"}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +69,7 @@ func TestHistoryByTimeThenLiveInArrivalOrder(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	want := []string{"alice: first", "bob: second", "bob: late, stamped before all"}
+	want := []string{"alice: first", "bob: second", "alice: third", "bob: late, stamped before all"}
 	if !slices.Equal(shown, want) {
 		t.Errorf("shown %q, want %q", shown, want)
 	}
