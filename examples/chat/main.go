@@ -205,7 +205,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if fresh && cfg.key == nil {
 		con.say("* shared key: %x", core.SharedKey())
 		con.say("* to join: go run ./examples/chat -db OTHER_DIR -name OTHER_NAME -key %x%s",
-			core.SharedKey(), peerHint(sw.Addr()))
+			core.SharedKey(), peerHint(sw.Addr(), cfg.lan))
 	}
 
 	lines := readLines(stdin, con)
@@ -330,8 +330,9 @@ func lanFailure(err error) (error, bool) {
 	return err, true
 }
 
-// peerHint says how to reach this node with -peer, for a listening node.
-func peerHint(a net.Addr) string {
+// peerHint says how to reach this node with -peer, for a listening node:
+// needed without LAN discovery, and where it does not work.
+func peerHint(a net.Addr, lan bool) string {
 	ta, ok := a.(*net.TCPAddr)
 	if !ok {
 		return ""
@@ -340,7 +341,11 @@ func peerHint(a net.Addr) string {
 	if !ta.IP.IsUnspecified() {
 		host = ta.IP.String()
 	}
-	return fmt.Sprintf(" (add -peer %s if the LAN does not find this one)", net.JoinHostPort(host, fmt.Sprint(ta.Port)))
+	peer := "-peer " + net.JoinHostPort(host, fmt.Sprint(ta.Port))
+	if !lan {
+		return " " + peer
+	}
+	return " (add " + peer + " if the LAN does not find this one)"
 }
 
 // ownName returns the name of the database's local writer, when it has
