@@ -11,7 +11,8 @@
 //
 //	go run ./examples/chat -db bob.db -name bob -key KEY
 //
-// Each line typed is a message; "/peers" lists the peers. End with EOF
+// Each line typed is a message; "/peers" lists the peers, "/peer HOST:PORT"
+// dials one more. End with EOF
 // (Ctrl-D) or Ctrl-C. Run again with the same -db to go on (no -key or
 // -name needed): the chat shows what was said so far, then goes on.
 //
@@ -238,6 +239,9 @@ func handle(line string, w *kappa.Feed, name string, sw *kappa.Swarm, con *conso
 	switch strings.TrimSpace(line) {
 	case "":
 		return nil
+	case "/peer":
+		con.say("* /peer HOST:PORT dials a peer")
+		return nil
 	case "/peers":
 		peers := sw.Peers()
 		if len(peers) == 0 {
@@ -245,6 +249,12 @@ func handle(line string, w *kappa.Feed, name string, sw *kappa.Swarm, con *conso
 		}
 		for _, p := range peers {
 			con.say("* %s", p)
+		}
+		return nil
+	}
+	if addr, ok := strings.CutPrefix(line, "/peer "); ok {
+		if err := sw.AddPeer(strings.TrimSpace(addr)); err != nil {
+			con.say("* %v", err)
 		}
 		return nil
 	}
@@ -275,11 +285,13 @@ func readLines(stdin io.Reader, con *console) <-chan string {
 }
 
 // peerEvents returns the swarm's OnPeer: it says when a peer node connects
-// and when it leaves. A node reached twice at once (both sides dialled)
-// is said once; nothing is said once the chat is closing.
+// and when it leaves; nothing once the chat is closing. The swarm runs one
+// session per peer node: when both sides dialled, the session that
+// replaces another starts without the other ending (the swarm tells no end
+// of a replaced session), so a node said connected is not said again.
 func peerEvents(con *console, closing *atomic.Bool) func(kappa.PeerStatus) {
 	var mu sync.Mutex
-	in := map[string]int{} // sessions by node
+	in := map[string]bool{} // nodes said connected
 	return func(p kappa.PeerStatus) {
 		if closing.Load() {
 			return
@@ -292,23 +304,20 @@ func peerEvents(con *console, closing *atomic.Bool) func(kappa.PeerStatus) {
 		}
 		switch p.State {
 		case kappa.PeerSyncing:
-			in[p.Node]++
-			if in[p.Node] > 1 {
+			if in[p.Node] {
 				return
 			}
+			in[p.Node] = true
 			how := "to"
 			if p.Inbound {
 				how = "from"
 			}
 			con.say("* peer %s connected %s %s", node, how, p.Addr)
 		default:
-			if in[p.Node] == 0 {
+			if !in[p.Node] {
 				return
 			}
-			in[p.Node]--
-			if in[p.Node] > 0 {
-				return
-			}
+			delete(in, p.Node)
 			if p.Err == nil {
 				con.say("* peer %s left", node)
 			} else {

@@ -14,8 +14,11 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	kappa "github.com/kappa-db/kappa-go"
 )
 
 // These tests run the chat as built processes, two at a time, the way
@@ -294,5 +297,31 @@ func TestBadFlagsCreateNothing(t *testing.T) {
 		if _, serr := os.Stat(dir); !errors.Is(serr, fs.ErrNotExist) {
 			t.Errorf("%q: %v; the database directory was created (%v)", args, err, serr)
 		}
+	}
+}
+
+// A peer node is said connected once, even when a second session replaces
+// the first (both sides dialled: the swarm tells the new one's start and
+// no end of the old one), and said gone when its session ends; nothing is
+// said once the chat is closing.
+func TestAPeerIsSaidConnectedOnceAndGoneOnce(t *testing.T) {
+	var out bytes.Buffer
+	var closing atomic.Bool
+	event := peerEvents(&console{stdout: &out, stderr: &out}, &closing)
+	node := strings.Repeat("ab", 16)
+	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:7000", State: kappa.PeerSyncing})
+	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:41000", Inbound: true, State: kappa.PeerSyncing}) // replaces it
+	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:41000", Inbound: true, State: kappa.PeerBackingOff})
+	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:7000", State: kappa.PeerSyncing})
+	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:7000", State: kappa.PeerBackingOff, Err: errors.New("timed out")})
+	closing.Store(true)
+	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:7000", State: kappa.PeerSyncing})
+	want := `* peer abababab connected to 10.0.0.2:7000
+* peer abababab left
+* peer abababab connected to 10.0.0.2:7000
+* peer abababab lost: timed out
+`
+	if got := out.String(); got != want {
+		t.Errorf("got:\n%swant:\n%s", got, want)
 	}
 }
