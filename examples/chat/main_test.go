@@ -167,6 +167,26 @@ func (p *chatProc) waitFor(t *testing.T, re string) []string {
 	}
 }
 
+// waitForAll reads the chat's output until each of res matched a line,
+// in any order, and returns each one's submatches.
+func (p *chatProc) waitForAll(t *testing.T, res ...string) [][]string {
+	t.Helper()
+	found := make([][]string, len(res))
+	for left := len(res); left > 0; {
+		line := p.next(t)
+		for i, re := range res {
+			if found[i] == nil {
+				if m := regexp.MustCompile(re).FindStringSubmatch(line); m != nil {
+					found[i] = m
+					left--
+					break
+				}
+			}
+		}
+	}
+	return found
+}
+
 // say types a line into the chat.
 func (p *chatProc) say(t *testing.T, line string) {
 	t.Helper()
@@ -214,8 +234,15 @@ func TestTwoProcessesChatWithStaticPeers(t *testing.T) {
 
 	bob := startChat(t, ctx, "bob", "-db", bobDB, "-name", "bob", "-key", key, "-peer", addr, "-listen", "127.0.0.1:0", "-lan=false")
 	bob.waitFor(t, `^\* .*: joined the chat as bob$`)
-	bob.waitFor(t, `^\* peer [0-9a-f]{8} connected to `+regexp.QuoteMeta(addr)+`$`)
+	// The swarm may connect before the chat says where it listens.
+	bobAddr := bob.waitForAll(t, `^\* listening on (127\.0\.0\.1:\d+)$`,
+		`^\* peer [0-9a-f]{8} connected to `+regexp.QuoteMeta(addr)+`$`)[0][1]
 	alice.waitFor(t, `^\* peer [0-9a-f]{8} connected from 127\.0\.0\.1:\d+$`)
+
+	// Alice dials Bob too: the swarm keeps one session between them.
+	alice.say(t, "/peer "+bobAddr)
+	alice.say(t, "/peers")
+	alice.waitFor(t, `^\* `+regexp.QuoteMeta(bobAddr)+` \S+ \(static`)
 
 	alice.say(t, "hi Bob")
 	alice.waitFor(t, stamp+`alice: hi Bob$`)
