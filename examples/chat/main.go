@@ -1,240 +1,386 @@
-// Chat is a two-person chat over kappa. Alice and Bob each keep a database
-// of their own with one writer in it, and post messages to it while they
-// are apart. Now and then the two databases replicate over a TCP
-// connection on 127.0.0.1; then each prints the merged conversation from
-// its own copy: every message of both writers, ordered by the time stamp
-// the message carries.
+// Chat is a chat over kappa, one process per person. Each keeps a database
+// of their own with one writer in it; the databases find each other on the
+// LAN (or dial the addresses given with -peer) and stay in sync, so each
+// shows the other's messages as they arrive.
 //
-//	go run ./examples/chat [-dir DIR]
+// Start the first one; it creates the database and prints its shared key:
 //
-// The databases go in a temporary directory that is removed at the end, or
-// in DIR, which is kept.
+//	go run ./examples/chat -db alice.db -name alice
+//
+// Start the second in another terminal, with that key:
+//
+//	go run ./examples/chat -db bob.db -name bob -key KEY
+//
+// Each line typed is a message; "/peers" lists the peers, "/peer HOST:PORT"
+// dials one more. End with EOF
+// (Ctrl-D) or Ctrl-C. Run again with the same -db to go on (no -key or
+// -name needed): the chat shows what was said so far, then goes on.
+//
+// Flags:
+//
+//	-db DIR       the database directory (created if missing)
+//	-name NAME    your name: the writer's, and the author of your messages
+//	-key KEY      the shared key (hex) of the chat to join, for a new DIR
+//	-listen ADDR  the TCP address to accept peers on (default ":0", any free port)
+//	-peer ADDR    a peer's address, host:port, to dial; repeatable
+//	-lan=false    do not look for peers on the LAN
+//
+// Output: messages as "[15:04:05] bob: hi" (history first, ordered by time
+// stamp, then live ones in the order they arrive), and lines starting with
+// "* " about the chat and its peers. Errors go to stderr.
 package main
 
 import (
-	"cmp"
+	"bufio"
 	"context"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"os"
-	"path/filepath"
+	"os/signal"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	kappa "github.com/kappa-db/kappa-go"
 )
 
 func main() {
-	dir := flag.String("dir", "", "keep the databases in `DIR`")
-	flag.Parse()
-	path := *dir
-	if path == "" {
-		tmp, err := os.MkdirTemp("", "kappa-chat-")
-		if err != nil {
-			log.Fatal(err)
-		}
-		defer os.RemoveAll(tmp)
-		path = tmp
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
 	}
-	if err := run(context.Background(), path, os.Stdout); err != nil {
-		log.Print(err)
-		os.RemoveAll(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "chat:", err)
 		os.Exit(1)
 	}
 }
 
-// message is the value of every entry: JSON, as the databases' encoding
-// requires.
-type message struct {
-	Time   time.Time `json:"time"`
-	Author string    `json:"author"`
-	Text   string    `json:"text"`
+// config is what the flags say.
+type config struct {
+	db, name, listen string
+	key              []byte
+	peers            []string
+	lan              bool
 }
 
-// post is a message as the view keeps it, with where it came from.
-type post struct {
-	message
-	feed string // the writer's public key
-	seq  uint64
-}
-
-// chatView collects the messages of every feed.
-type chatView struct {
-	mu    sync.Mutex
-	posts []post
-}
-
-// Map keeps each entry that is a message; anything else in a feed is
-// skipped.
-func (v *chatView) Map(entries []kappa.Entry) error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	for _, e := range entries {
-		var m message
-		if err := e.Decode(&m); err != nil || m.Author == "" {
-			continue
-		}
-		v.posts = append(v.posts, post{message: m, feed: string(e.Key), seq: e.Seq})
-	}
-	return nil
-}
-
-// conversation returns the messages in the order they were written: by
-// time stamp, then (for equal stamps) by writer and sequence number, so
-// that every copy shows the same order.
-func (v *chatView) conversation() []post {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	posts := slices.Clone(v.posts)
-	slices.SortFunc(posts, func(a, b post) int {
-		return cmp.Or(a.Time.Compare(b.Time), cmp.Compare(a.feed, b.feed), cmp.Compare(a.seq, b.seq))
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c config
+	var key string
+	fs.StringVar(&c.db, "db", "", "the database `directory` (created if missing)")
+	fs.StringVar(&c.name, "name", "", "your `name`: required for a new database")
+	fs.StringVar(&key, "key", "", "the shared `key` (hex) of the chat to join; none: a new chat")
+	fs.StringVar(&c.listen, "listen", ":0", "the TCP `address` to accept peers on; empty: do not listen")
+	fs.Func("peer", "a peer's `address` (host:port) to dial; repeatable", func(s string) error {
+		c.peers = append(c.peers, s)
+		return nil
 	})
-	return posts
-}
-
-// member is one person: a database, a writer in it and the chat view.
-type member struct {
-	name string
-	core *kappa.Core
-	out  *kappa.Feed
-	chat *chatView
-}
-
-// join opens name's database under dir. A nil key starts a new chat;
-// otherwise the database joins the chat with that shared key.
-func join(dir, name string, key []byte) (*member, error) {
-	core, err := kappa.Open(filepath.Join(dir, name), &kappa.Options{ValueEncoding: kappa.JSON, SharedKey: key})
-	if err != nil {
+	fs.BoolVar(&c.lan, "lan", true, "look for peers on the LAN")
+	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	m := &member{name: name, core: core, chat: &chatView{}}
-	if _, err := core.Use("chat", 1, m.chat); err != nil {
-		core.Close()
-		return nil, err
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if m.out, err = core.Writer(name); err != nil {
-		core.Close()
-		return nil, err
+	if c.db == "" {
+		return nil, errors.New("-db DIR is required")
 	}
-	return m, nil
+	if key != "" {
+		k, err := hex.DecodeString(key)
+		if err != nil || len(k) != 32 {
+			return nil, fmt.Errorf("-key: want 64 hex digits, the key the chat's first instance printed")
+		}
+		c.key = k
+	}
+	return &c, nil
 }
 
-// say posts a message, stamped with the current time.
-func (m *member) say(text string) error {
-	b, err := json.Marshal(message{Time: time.Now().UTC(), Author: m.name, Text: text})
+// console writes the chat's output, one whole line at a time, from
+// whichever goroutine has something to say.
+type console struct {
+	mu             sync.Mutex
+	stdout, stderr io.Writer
+}
+
+// say writes a line to stdout.
+func (c *console) say(format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fmt.Fprintf(c.stdout, format+"\n", args...)
+}
+
+// complain writes an error to stderr.
+func (c *console) complain(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fmt.Fprintln(c.stderr, "chat:", err)
+}
+
+// run is the chat: it returns when stdin ends or ctx does (nil), or on an
+// error.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	cfg, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
 	}
-	_, err = m.out.Append(b)
+	con := &console{stdout: stdout, stderr: stderr}
+	fresh, err := isEmpty(cfg.db)
+	if err != nil {
+		return err
+	}
+	if fresh && cfg.name == "" {
+		return errors.New("-name NAME is required for a new chat")
+	}
+	core, err := kappa.Open(cfg.db, &kappa.Options{
+		ValueEncoding: kappa.JSON,
+		SharedKey:     cfg.key,
+		OnError: func(err error) {
+			if why, ok := lanFailure(err); ok {
+				con.say("* LAN discovery does not work here (%v): peers must be given with -peer", why)
+				return
+			}
+			con.complain(err)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer core.Close()
+	name := cfg.name
+	if name == "" {
+		if name, err = ownName(core); err != nil {
+			return err
+		}
+	}
+	w, err := core.Writer(name)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !fresh:
+		con.say("* %s: back in the chat as %s", cfg.db, name)
+	case cfg.key == nil:
+		con.say("* %s: a new chat, as %s", cfg.db, name)
+	default:
+		con.say("* %s: joined the chat as %s", cfg.db, name)
+	}
+
+	// The history, then live messages.
+	view := &chatView{}
+	if _, err := core.Use("chat", 1, view); err != nil {
+		return err
+	}
+	if err := core.Ready(ctx, "chat"); err != nil {
+		if ctx.Err() != nil {
+			return core.Close()
+		}
+		return err
+	}
+	view.goLive(func(p post) { con.say("%s", p.format()) })
+
+	// The swarm.
+	var closing atomic.Bool
+	sw, err := core.Swarm(&kappa.SwarmOptions{
+		Listen: cfg.listen,
+		Peers:  cfg.peers,
+		LAN:    cfg.lan,
+		OnPeer: peerEvents(con, &closing),
+	})
+	if err != nil {
+		return err
+	}
+	if a := sw.Addr(); a != nil {
+		con.say("* listening on %s", a)
+	}
+	if fresh && cfg.key == nil {
+		con.say("* shared key: %x", core.SharedKey())
+		con.say("* to join: go run ./examples/chat -db OTHER_DIR -name OTHER_NAME -key %x%s",
+			core.SharedKey(), peerHint(sw.Addr(), cfg.lan))
+	}
+
+	lines := readLines(stdin, con)
+	for done := false; !done; {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				done = true
+				break
+			}
+			if err := handle(line, w, name, sw, con); err != nil {
+				closing.Store(true)
+				sw.Close()
+				return err
+			}
+		case <-ctx.Done():
+			done = true
+		}
+	}
+	closing.Store(true)
+	if err := sw.Close(); err != nil {
+		return err
+	}
+	return core.Close()
+}
+
+// handle takes one line of input: a command, or a message to post.
+func handle(line string, w *kappa.Feed, name string, sw *kappa.Swarm, con *console) error {
+	line = strings.TrimRight(line, "\r")
+	switch strings.TrimSpace(line) {
+	case "":
+		return nil
+	case "/peer":
+		con.say("* /peer HOST:PORT dials a peer")
+		return nil
+	case "/peers":
+		peers := sw.Peers()
+		if len(peers) == 0 {
+			con.say("* no peers")
+		}
+		for _, p := range peers {
+			con.say("* %s", p)
+		}
+		return nil
+	}
+	if addr, ok := strings.CutPrefix(line, "/peer "); ok {
+		if err := sw.AddPeer(strings.TrimSpace(addr)); err != nil {
+			con.say("* %v", err)
+		}
+		return nil
+	}
+	b, err := json.Marshal(message{Time: time.Now().UTC(), Author: name, Text: line})
+	if err != nil {
+		return err
+	}
+	_, err = w.Append(b)
 	return err
 }
 
-// print prints the conversation as m's database holds it, once the view
-// has indexed every entry. The author is the local writer's name for m's
-// own messages (Core.WriterName); a peer's writer names are not
-// replicated, so for those it is the name in the message.
-func (m *member) print(ctx context.Context, w io.Writer) error {
-	if err := m.core.Ready(ctx, "chat"); err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "%s's copy:\n", m.name)
-	for _, p := range m.chat.conversation() {
-		author := p.Author
-		if name, ok := m.core.WriterName([]byte(p.feed)); ok {
-			author = name + " (me)"
+// readLines reads stdin line by line into the channel it returns, closed
+// at the end of stdin.
+func readLines(stdin io.Reader, con *console) <-chan string {
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdin)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			lines <- sc.Text()
 		}
-		fmt.Fprintf(w, "  %s  %-10s %s\n", p.Time.Format("15:04:05.000"), author, p.Text)
-	}
-	return nil
+		if err := sc.Err(); err != nil {
+			con.complain(fmt.Errorf("stdin: %w", err))
+		}
+	}()
+	return lines
 }
 
-// replicate runs one session between a and b over TCP on 127.0.0.1: b
-// listens, a dials. It returns once both hold what the other had.
-func replicate(ctx context.Context, a, b *member) error {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	done := make(chan error, 1)
-	go func() {
-		conn, err := l.Accept()
-		if err != nil {
-			done <- err
+// peerEvents returns the swarm's OnPeer: it says when a peer node connects
+// and when it leaves; nothing once the chat is closing. The swarm runs one
+// session per peer node: when both sides dialled, the session that
+// replaces another starts without the other ending (the swarm tells no end
+// of a replaced session), so a node said connected is not said again.
+func peerEvents(con *console, closing *atomic.Bool) func(kappa.PeerStatus) {
+	var mu sync.Mutex
+	in := map[string]bool{} // nodes said connected
+	return func(p kappa.PeerStatus) {
+		if closing.Load() {
 			return
 		}
-		done <- b.core.Replicate(ctx, conn, false, nil)
-	}()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", l.Addr().String())
-	if err != nil {
-		l.Close()
-		<-done
-		return err
+		mu.Lock()
+		defer mu.Unlock()
+		node := p.Node
+		if len(node) > 8 {
+			node = node[:8]
+		}
+		switch p.State {
+		case kappa.PeerSyncing:
+			if in[p.Node] {
+				return
+			}
+			in[p.Node] = true
+			how := "to"
+			if p.Inbound {
+				how = "from"
+			}
+			con.say("* peer %s connected %s %s", node, how, p.Addr)
+		default:
+			if !in[p.Node] {
+				return
+			}
+			delete(in, p.Node)
+			if p.Err == nil {
+				con.say("* peer %s left", node)
+			} else {
+				con.say("* peer %s lost: %v", node, p.Err)
+			}
+		}
 	}
-	errA := a.core.Replicate(ctx, conn, true, nil)
-	if errA != nil {
-		l.Close() // b may still be waiting for the connection
-	}
-	errB := <-done
-	if errA != nil {
-		return fmt.Errorf("%s: %w", a.name, errA)
-	}
-	if errB != nil {
-		return fmt.Errorf("%s: %w", b.name, errB)
-	}
-	return nil
 }
 
-// run plays a short conversation with the databases under dir and prints
-// both copies after each sync.
-func run(ctx context.Context, dir string, stdout io.Writer) error {
-	alice, err := join(dir, "alice", nil)
-	if err != nil {
-		return err
+// lanFailure reports whether err is the swarm saying that LAN discovery
+// cannot work here, and why.
+func lanFailure(err error) (error, bool) {
+	if !strings.Contains(err.Error(), "LAN discovery") {
+		return nil, false
 	}
-	defer alice.core.Close()
-	bob, err := join(dir, "bob", alice.core.SharedKey())
-	if err != nil {
-		return err
+	if why := errors.Unwrap(err); why != nil {
+		return why, true
 	}
-	defer bob.core.Close()
+	return err, true
+}
 
-	// Apart: each writes to their own database.
-	script := []struct {
-		who  *member
-		text string
-	}{
-		{alice, "hi Bob, are you there?"},
-		{bob, "hi Alice, I'm on the train, no signal"},
-		{alice, "let's sync when you're back"},
-		{bob, "will do"},
+// peerHint says how to reach this node with -peer, for a listening node:
+// needed without LAN discovery, and where it does not work.
+func peerHint(a net.Addr, lan bool) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return ""
 	}
-	steps := []int{3, 1} // messages before each sync
-	for _, n := range steps {
-		for _, line := range script[:n] {
-			if err := line.who.say(line.text); err != nil {
-				return err
-			}
-		}
-		script = script[n:]
-		if err := replicate(ctx, alice, bob); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, "-- synced")
-		for _, m := range []*member{alice, bob} {
-			if err := m.print(ctx, stdout); err != nil {
-				return err
-			}
+	host := "HOST"
+	if !ta.IP.IsUnspecified() {
+		host = ta.IP.String()
+	}
+	peer := "-peer " + net.JoinHostPort(host, fmt.Sprint(ta.Port))
+	if !lan {
+		return " " + peer
+	}
+	return " (add " + peer + " if the LAN does not find this one)"
+}
+
+// ownName returns the name of the database's local writer, when it has
+// exactly one.
+func ownName(core *kappa.Core) (string, error) {
+	var names []string
+	for _, f := range core.Feeds() {
+		if n, ok := core.WriterName(f.Key()); ok {
+			names = append(names, n)
 		}
 	}
-	if err := alice.core.Close(); err != nil {
-		return err
+	slices.Sort(names)
+	if len(names) != 1 {
+		return "", fmt.Errorf("-name NAME is required: the database has writers %q", names)
 	}
-	return bob.core.Close()
+	return names[0], nil
+}
+
+// isEmpty reports whether dir is missing or empty: a new chat.
+func isEmpty(dir string) (bool, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return len(ents) == 0, nil
 }
