@@ -76,12 +76,19 @@ func (e *env) openDBReadOnly(warn bool) (*kappa.Core, error) {
 }
 
 func (e *env) openDBWith(warn bool, opts *kappa.Options) (*kappa.Core, error) {
-	if err := checkDB(e.db); err != nil {
-		return nil, err
-	}
-	core, err := kappa.Open(e.db, opts)
-	if err != nil {
-		return nil, err
+	core := e.servedCore()
+	if core == nil {
+		if err := checkDB(e.db); err != nil {
+			return nil, err
+		}
+		var err error
+		core, err = kappa.Open(e.db, opts)
+		if errors.Is(err, kappa.ErrLocked) {
+			return nil, e.servedOr(err)
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	if d := core.Damaged(); warn && len(d) > 0 {
 		n := forked(d)
@@ -224,9 +231,10 @@ UTF-8 text, or any bytes (binary, the default).`,
 // key
 
 var keyCommand = &command{
-	name:    "key",
-	args:    "[-db DIR]",
-	summary: "print the shared key to hand to a peer",
+	name:     "key",
+	viaServe: true,
+	args:     "[-db DIR]",
+	summary:  "print the shared key to hand to a peer",
 	help: `
 Key prints the database's shared key in hex. A peer joins the database with
 "kappa init -key HEX"; only databases with the same key replicate. Keep it
@@ -240,16 +248,17 @@ secret: whoever has it can read and add feeds.`,
 			return err
 		}
 		fmt.Fprintf(e.stdout, "%x\n", core.SharedKey())
-		return core.Close()
+		return e.closeDB(core)
 	},
 }
 
 // append
 
 var appendCommand = &command{
-	name:    "append",
-	args:    "[-db DIR] [-writer NAME] [VALUE...]",
-	summary: "append values (arguments, or lines of standard input)",
+	name:     "append",
+	viaServe: true,
+	args:     "[-db DIR] [-writer NAME] [VALUE...]",
+	summary:  "append values (arguments, or lines of standard input)",
 	help: `
 Append appends each VALUE as one entry of the local writer NAME, creating
 the writer the first time. Without VALUEs it appends each line of standard
@@ -274,7 +283,7 @@ append refuses it and appends nothing, so that a flag put after the values
 		if err != nil {
 			return err
 		}
-		defer core.Close()
+		defer e.closeDB(core)
 		enc, err := storedEncoding(e.db)
 		if err != nil {
 			return err
@@ -317,11 +326,11 @@ append refuses it and appends nothing, so that a flag put after the values
 		}
 		if n == 0 {
 			fmt.Fprintln(e.stdout, "nothing to append")
-			return core.Close()
+			return e.closeDB(core)
 		}
 		fmt.Fprintf(e.stdout, "appended %d %s to writer %q (feed %s, seq %d to %d)\n",
 			n, plural(n, "entry", "entries"), name, shortKey(w.Key()), first, first+uint64(n)-1)
-		return core.Close()
+		return e.closeDB(core)
 	},
 }
 
@@ -380,9 +389,10 @@ func plural(n int, one, many string) string {
 // feeds
 
 var feedsCommand = &command{
-	name:    "feeds",
-	args:    "[-db DIR]",
-	summary: "list the feeds",
+	name:     "feeds",
+	viaServe: true,
+	args:     "[-db DIR]",
+	summary:  "list the feeds",
 	help: `
 Feeds lists every feed: its public key, the local writer's name (or "-" for
 a feed replicated from a peer), its length, the entries held here (a replica
@@ -396,7 +406,7 @@ a forked feed (its writer's key signed two histories) is marked "forked".`,
 		if err != nil {
 			return err
 		}
-		defer core.Close()
+		defer e.closeDB(core)
 		tw := tabwriter.NewWriter(e.stdout, 0, 8, 2, ' ', 0)
 		fmt.Fprintln(tw, "KEY\tWRITER\tLENGTH\tHELD\tBYTES\tWRITABLE")
 		for _, f := range core.Feeds() {
@@ -416,16 +426,17 @@ a forked feed (its writer's key signed two histories) is marked "forked".`,
 		if err := tw.Flush(); err != nil {
 			return err
 		}
-		return core.Close()
+		return e.closeDB(core)
 	},
 }
 
 // stat
 
 var statCommand = &command{
-	name:    "stat",
-	args:    "[-db DIR]",
-	summary: "count feeds, entries and bytes on disk",
+	name:     "stat",
+	viaServe: true,
+	args:     "[-db DIR]",
+	summary:  "count feeds, entries and bytes on disk",
 	help: `
 Stat prints the database's encoding, its feeds (local writers and
 replicas), their entries and the bytes of their values, and the bytes its
@@ -438,7 +449,7 @@ files take on disk.`,
 		if err != nil {
 			return err
 		}
-		defer core.Close()
+		defer e.closeDB(core)
 		enc, err := storedEncoding(e.db)
 		if err != nil {
 			return err
@@ -474,7 +485,7 @@ files take on disk.`,
 		if err := tw.Flush(); err != nil {
 			return err
 		}
-		return core.Close()
+		return e.closeDB(core)
 	},
 }
 

@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"strconv"
 	"unicode"
 	"unicode/utf8"
@@ -30,10 +32,17 @@ are not plain text are printed Go-quoted.
 where V is the value itself in a json database, and a string otherwise; a
 binary value that is not UTF-8 comes as "value_base64" instead of "value".
 
--follow goes on printing entries as they arrive until interrupted. The
-database is locked while log runs, so new entries come from replication:
--peer ADDR keeps a live session with "kappa serve" at ADDR meanwhile. A
-replica's entries are printed in order: an entry waits for the ones before it.`,
+-follow goes on printing entries as they arrive until interrupted. While
+a "kappa serve" runs on the database, log runs inside it (see kappa serve
+-h) and -follow prints what the serve's peers send and what "kappa append"
+adds. Otherwise the database is locked while log runs, so new entries
+come from replication: -peer ADDR keeps a live session with "kappa serve"
+at ADDR meanwhile, dialling it again, with backoff, whenever the session
+ends; a line on standard error says when the peer goes and comes back.
+-peer is refused when the database is being served: the serve replicates
+it (serve -peer ADDR). A replica's entries are printed in order: an entry
+waits for the ones before it.`,
+	viaServe: true,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
 		asJSON := fl.Bool("json", false, "print one JSON object per line")
@@ -45,6 +54,10 @@ replica's entries are printed in order: an entry waits for the ones before it.`,
 		if *peer != "" && !*follow {
 			return usagef("-peer goes with -follow")
 		}
+		if *peer != "" && e.served != nil {
+			return fmt.Errorf("-peer: the database is being served by process %d, which replicates it: "+
+				"run log -follow without -peer, or give serve -peer %s", os.Getpid(), *peer)
+		}
 		open := e.openDBReadOnly
 		if *peer != "" {
 			open = e.openDB // replicating stores what arrives
@@ -53,12 +66,12 @@ replica's entries are printed in order: an entry waits for the ones before it.`,
 		if err != nil {
 			return err
 		}
-		defer core.Close()
+		defer e.closeDB(core)
 		enc, err := storedEncoding(e.db)
 		if err != nil {
 			return err
 		}
-		p := &logPrinter{w: bufio.NewWriter(e.stdout), json: *asJSON, enc: enc, core: core}
+		p := &logPrinter{w: bufio.NewWriter(e.stdout), json: *asJSON, enc: enc, core: core, stderr: e.stderr}
 		if *follow {
 			ctx, stop := e.untilInterrupted()
 			err = p.follow(ctx, *peer)
@@ -85,7 +98,7 @@ replica's entries are printed in order: an entry waits for the ones before it.`,
 		if err != nil {
 			return err
 		}
-		return core.Close()
+		return e.closeDB(core)
 	},
 }
 
@@ -97,6 +110,7 @@ type logPrinter struct {
 	json        bool
 	enc         kappa.Encoding
 	core        *kappa.Core
+	stderr      io.Writer // follow's lines about its peer
 }
 
 // skip returns what log does with a damaged entry of f: it counts it and
@@ -178,19 +192,29 @@ func (p *logPrinter) text(value []byte) string {
 }
 
 // follow prints the entries of every feed, then new ones as they arrive,
-// until ctx ends. With peer set it also replicates live with peer; an end
-// of that session ends follow.
+// until ctx ends. With peer set it also replicates live with peer, in a
+// swarm of that one peer: a session that ends is dialled again, with
+// backoff, and a line on standard error says so.
 func (p *logPrinter) follow(ctx context.Context, peer string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	session := make(chan error, 1)
 	if peer != "" {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			session <- dialReplicate(ctx, p.core, peer, true, nil)
-		}()
-		defer func() { cancel(); <-done }()
+		lines := &lineWriter{w: p.stderr}
+		sw, err := p.core.Swarm(&kappa.SwarmOptions{Peers: []string{peer}, OnPeer: func(ps kappa.PeerStatus) {
+			switch {
+			case ps.State == kappa.PeerSyncing:
+				lines.printf("kappa: peer %s connected", peer)
+			case ctx.Err() != nil:
+			case ps.Err == nil:
+				lines.printf("kappa: peer %s said goodbye; dialling it again", peer)
+			default:
+				lines.printf("kappa: peer %s gone: %s; dialling it again", peer, cleanMsg(ps.Err))
+			}
+		}})
+		if err != nil {
+			return fmt.Errorf("peer %s: %w", peer, err)
+		}
+		defer sw.Close()
 	}
 	wake := make(chan struct{}, 1)
 	next := map[*kappa.Feed]uint64{} // the first entry of each feed not printed
@@ -220,14 +244,6 @@ func (p *logPrinter) follow(ctx context.Context, peer string) error {
 		select {
 		case <-wake:
 		case <-changed:
-		case err := <-session:
-			if ctx.Err() != nil {
-				return nil
-			}
-			if err == nil {
-				err = errors.New("the session ended")
-			}
-			return fmt.Errorf("peer %s: %w", peer, err)
 		case <-ctx.Done():
 			return nil
 		}

@@ -14,7 +14,8 @@
 //	append   append values (arguments, or lines of standard input)
 //	log      print the entries of every feed (-json, -follow)
 //	feeds    list the feeds
-//	serve    accept peers and replicate with them until interrupted
+//	serve    run the database as a swarm node until interrupted
+//	status   list a running serve's peers and their sync state
 //	sync     replicate once with a peer
 //	verify   re-hash every entry and check every signature
 //	stat     count feeds, entries and bytes on disk
@@ -27,12 +28,29 @@
 // refused unless a "--" comes before it, so that a flag put after a value
 // ("kappa append v -writer w") is not taken as a value.
 //
-// A database is locked while a command has it open: while "kappa serve"
-// runs, other commands on the same directory fail with "database is
-// locked". Peers replicate over TCP; each session is authenticated with the
-// database's shared key (see Core.Replicate). The side that dials sends one
-// byte before the session, saying whether it wants a live session or a
-// single one; serve runs each session as its peer asks.
+// A database is locked while a command has it open, and "kappa serve"
+// keeps it open. While a serve runs, append, log (-json, -follow; not
+// -peer), feeds, stat, key and status on the same database run inside it:
+// they find the database locked, connect to the unix socket DIR/control
+// (mode 0600, created by serve, removed when it stops) and print what they
+// would print on their own, with the same exit status (control.go has the
+// protocol). verify, sync and a second serve fail, saying the database is
+// being served by process N. A socket left by a serve that was killed is
+// ignored by the commands (they only try it when the database is locked)
+// and replaced by the next serve. Serve fails, saying so, if DIR/control
+// (tried as given, then absolute) or DIR/.control-N/s, where it is first
+// created, is longer than 103 bytes, the most a socket address holds
+// everywhere.
+//
+// Serve runs a swarm (Core.Swarm): it listens (-listen, default :7654),
+// dials its -peer addresses and, with -lan, the peers it finds on the
+// local network, keeps one live session with each peer and dials again,
+// with backoff, when one ends. Sessions run over TCP, each authenticated
+// with the database's shared key (see Core.Replicate); the dialling side
+// sends nothing before the session. A sync's session is not live: it ends
+// once both sides hold what the other had, and the serve's live side takes
+// that end as a goodbye. "kappa log -follow -peer ADDR" runs a swarm of
+// that one peer: it dials the peer again whenever its session ends.
 //
 // Errors are printed as one line on standard error, and the exit status is
 // 1 (2 for a bad command line).
@@ -65,6 +83,9 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	db     string
+
+	cmd    *command       // the command running
+	served *controlServer // set in a serve running a command for a client (control.go)
 }
 
 // A command is one verb of the tool. Its run function defines its flags
@@ -75,13 +96,17 @@ type command struct {
 	summary string
 	help    string // what -h prints after the synopsis
 	run     func(e *env, c *command, args []string) error
+
+	// viaServe: while a serve holds the database, the command runs
+	// inside it, through the control socket (control.go).
+	viaServe bool
 }
 
 // commands lists the verbs in the order "kappa -h" shows them.
 var commands = []*command{
 	demoCommand, initCommand, keyCommand, appendCommand, logCommand,
-	feedsCommand, serveCommand, syncCommand, verifyCommand, statCommand,
-	versionCommand,
+	feedsCommand, serveCommand, statusCommand, syncCommand, verifyCommand,
+	statCommand, versionCommand,
 }
 
 // untilInterrupted returns e.ctx, ended by SIGINT or SIGTERM, for commands
@@ -107,14 +132,22 @@ func usagef(format string, args ...any) error {
 // run runs the command line args and returns the exit status.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr, db: defaultDB}
+	return e.main(args)
+}
+
+// main runs the command line args in e and returns the exit status.
+func (e *env) main(args []string) int {
 	err := e.dispatch(args)
+	var ex *exitStatus
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, &ex):
+		return ex.code // what a serve's run of the command said
 	}
-	fmt.Fprintln(stderr, errorLine(err))
+	fmt.Fprintln(e.stderr, errorLine(err))
 	var ue *usageError
 	if errors.As(err, &ue) {
 		return 2
@@ -127,7 +160,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 func (e *env) dispatch(args []string) error {
 	top := flag.NewFlagSet("kappa", flag.ContinueOnError)
 	top.SetOutput(io.Discard)
-	top.StringVar(&e.db, "db", defaultDB, "")
+	dst := &e.db
+	if e.served != nil {
+		dst = new(string) // the serve's own database (see flags)
+	}
+	top.StringVar(dst, "db", e.db, "")
 	if err := top.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			e.usage()
@@ -155,7 +192,12 @@ func (e *env) dispatch(args []string) error {
 }
 
 func (e *env) runCommand(c *command, args []string) error {
+	e.cmd = c
 	err := c.run(e, c, args)
+	var se *servedError
+	if errors.As(err, &se) {
+		return e.runRemote(se.conn, c, args)
+	}
 	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return err
 	}
@@ -172,7 +214,13 @@ func (e *env) flags(c *command, withDB bool) *flag.FlagSet {
 	fl := flag.NewFlagSet(c.name, flag.ContinueOnError)
 	fl.SetOutput(io.Discard)
 	if withDB {
-		fl.StringVar(&e.db, "db", e.db, "the database `DIR`ectory")
+		dst := &e.db
+		if e.served != nil {
+			// A serve runs the command on its own database, whatever
+			// path the client named it by.
+			dst = new(string)
+		}
+		fl.StringVar(dst, "db", e.db, "the database `DIR`ectory")
 	}
 	return fl
 }

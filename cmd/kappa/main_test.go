@@ -342,7 +342,7 @@ func TestServeAndSyncEndWithTheSameEntries(t *testing.T) {
 	}
 	rest := srv.interrupt()
 	joined := strings.Join(rest, "\n")
-	for _, want := range []string{" connected", "ended: synced, the peer said goodbye (received 2 blocks, sent 3)", "stopped"} {
+	for _, want := range []string{" connected", "ended: the peer said goodbye (received 2 blocks, sent 3)", "stopped"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("serve's output lacks %q:\n%s", want, joined)
 		}
@@ -599,8 +599,10 @@ func TestSyncWithAPeerThatIsNotKappa(t *testing.T) {
 	if !strings.Contains(msg, "shared key") {
 		t.Errorf("sync with another key: %q", msg)
 	}
+	// A peer turned away in the handshake never was in session: the
+	// swarm's serve prints no line for it.
 	rest := strings.Join(srv.interrupt(), "\n")
-	if !strings.Contains(rest, "ended: ") || !strings.Contains(rest, "stopped") {
+	if strings.Contains(rest, "connected") || !strings.Contains(rest, "stopped") {
 		t.Errorf("serve's output:\n%s", rest)
 	}
 	if got := entries(t, dir, other); len(got) != 0 {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -57,27 +56,41 @@ func newFeedsLimit(n int) (int, error) {
 
 var serveCommand = &command{
 	name:    "serve",
-	args:    "[-db DIR] [-listen ADDR]",
-	summary: "accept peers and replicate with them until interrupted",
+	args:    "[-db DIR] [-listen ADDR] [-peer ADDR]... [-lan=false]",
+	summary: "run the database as a swarm node until interrupted",
 	help: `
-Serve listens on ADDR (host:port; port 0 picks a free one) and replicates
-with every peer that connects: a "kappa sync" gets one session that ends
-when both sides hold what the other had, a "kappa log -follow -peer" (or a
-program calling Core.Replicate) a live session that goes on, passing new
-entries both ways as they arrive. Only peers that know the database's
-shared key get in.
+Serve runs the database as a node of its swarm until interrupted: it
+listens on -listen (host:port; port 0 picks a free one), dials each -peer
+ADDR (the flag repeats) and, with -lan, finds the peers of this database on
+the local network and makes itself found. It keeps one live session with
+each peer, passing new entries both ways as they arrive, and dials a peer
+whose session ended again, with backoff. A "kappa sync" gets a session that
+ends when both sides hold what the other had; a "kappa log -follow -peer"
+(or a program calling Core.Replicate) one that goes on. Only peers that
+know the database's shared key get in.
 
 The first line printed is "listening on ADDR", then one line as each peer
-connects and one as its session ends, saying why: "synced" when a sync
-is done, "the peer said goodbye" when a live peer left, or the error (a
-peer that vanished without a goodbye: "connection closed before the
-session ended"). A session adds at most -max-new-feeds feeds the database
-lacks; the line says how many more the peer offered. Serve stops on SIGINT
-or SIGTERM, saying goodbye to its peers. The database is locked meanwhile:
-other commands on it fail.`,
+connects and one as its session ends, saying why: "the peer said goodbye"
+when it left in order (a sync that is done, a follower interrupted), or
+the error (a peer that vanished without a goodbye: "connection closed
+before the session ended"). If LAN discovery cannot work here, one line
+says so ("LAN discovery off: ...") and serve goes on with its -peer
+addresses. A session adds at most -max-new-feeds feeds the database lacks.
+Serve stops on SIGINT or SIGTERM, saying goodbye to its peers.
+
+The database stays locked while serve runs, but append, log (-json,
+-follow), feeds, stat, key and status still work on it: they run inside
+the serve, through the unix socket DIR/control (mode 0600, removed when
+serve stops), and print what they would print on their own. verify, sync
+and a second serve fail: stop the serve first. A socket path is limited
+to 103 bytes: if DIR/control is longer, as given and made absolute (or
+DIR/.control-N/s, where it is first created), serve fails, saying so.`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
-		listen := fl.String("listen", "127.0.0.1:7654", "listen on `ADDR` (host:port)")
+		listen := fl.String("listen", ":7654", "listen on `ADDR` (host:port; :7654 is every interface)")
+		var peers peerList
+		fl.Var(&peers, "peer", "dial the peer at `ADDR` (host:port), and again whenever its session ends; repeat for more")
+		lan := fl.Bool("lan", true, "find peers on the local network, and be found (-lan=false: only -peer)")
 		maxNew := maxNewFeedsFlag(fl)
 		if err := e.parseNoArgs(c, fl, args); err != nil {
 			return err
@@ -88,97 +101,124 @@ other commands on it fail.`,
 		}
 		ctx, stop := e.untilInterrupted()
 		defer stop()
-		core, err := e.openDB(true)
+		out := &lineWriter{w: e.stdout, held: true}
+		lanState := "on"
+		if !*lan {
+			lanState = "off (-lan=false)"
+		}
+		var lanMu sync.Mutex
+		onError := func(err error) {
+			msg := cleanMsg(err)
+			if i := strings.Index(msg, "LAN discovery: "); i >= 0 {
+				why := msg[i+len("LAN discovery: "):]
+				lanMu.Lock()
+				lanState = "off: " + why
+				lanMu.Unlock()
+				out.printf("LAN discovery off: %s", why)
+				return
+			}
+			out.printf("warning: %s", msg)
+		}
+		core, err := e.openDBWith(true, &kappa.Options{OnError: onError})
 		if err != nil {
 			return err
 		}
 		defer core.Close()
-		var lc net.ListenConfig
-		l, err := lc.Listen(ctx, "tcp", *listen)
+		sw, err := core.Swarm(&kappa.SwarmOptions{
+			Listen:    *listen,
+			Peers:     peers,
+			LAN:       *lan,
+			Replicate: &kappa.ReplicateOptions{MaxNewFeeds: limit},
+			OnPeer:    func(p kappa.PeerStatus) { peerLine(ctx, out, p) },
+		})
 		if err != nil {
 			return err
 		}
-		stopListening := context.AfterFunc(ctx, func() { l.Close() })
-		defer stopListening()
-		out := &lineWriter{w: e.stdout}
-		out.printf("listening on %s", l.Addr())
-
-		var wg sync.WaitGroup
-		for delay := time.Duration(0); ; {
-			conn, err := l.Accept()
-			if err != nil {
-				if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-					break
-				}
-				// Out of file descriptors or the like: pause and retry,
-				// as net/http does.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				select {
-				case <-ctx.Done():
-				case <-time.After(delay):
-				}
-				continue
-			}
-			delay = 0
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				servePeer(ctx, core, conn, out, limit)
-			}()
+		defer sw.Close()
+		addr := "(not listening)"
+		if a := sw.Addr(); a != nil {
+			addr = a.String()
 		}
-		wg.Wait()
+		cs, err := startControl(ctx, core, sw, e.db, func() serveStatus {
+			lanMu.Lock()
+			defer lanMu.Unlock()
+			return serveStatus{listen: addr, lan: lanState}
+		})
+		if err != nil {
+			return err
+		}
+		out.first("listening on %s", addr)
+		<-ctx.Done()
+		cs.close()
+		err = sw.Close()
 		out.printf("stopped")
-		return core.Close()
+		if cerr := core.Close(); err == nil {
+			err = cerr
+		}
+		return err
 	},
 }
 
-// lineWriter writes whole lines from many goroutines.
+// peerList is the repeatable -peer flag.
+type peerList []string
+
+func (l *peerList) String() string { return strings.Join(*l, ",") }
+
+func (l *peerList) Set(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" || port == "" {
+		return fmt.Errorf("want host:port, got %q", addr)
+	}
+	*l = append(*l, addr)
+	return nil
+}
+
+// lineWriter writes whole lines from many goroutines. While held, lines
+// wait until first prints the line that must come first.
 type lineWriter struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu   sync.Mutex
+	w    io.Writer
+	held bool
+	wait []string
 }
 
 func (lw *lineWriter) printf(format string, args ...any) {
 	lw.mu.Lock()
 	defer lw.mu.Unlock()
-	fmt.Fprintf(lw.w, format+"\n", args...)
+	line := fmt.Sprintf(format+"\n", args...)
+	if lw.held {
+		lw.wait = append(lw.wait, line)
+		return
+	}
+	io.WriteString(lw.w, line)
 }
 
-// servePeer runs a session with a peer that connected to serve and prints
-// a line when it starts and one when it ends, saying why it ended.
-func servePeer(ctx context.Context, core *kappa.Core, conn net.Conn, out *lineWriter, maxNewFeeds int) {
-	who := conn.RemoteAddr().String()
-	out.printf("peer %s connected", who)
-	var mu sync.Mutex
-	var last kappa.ReplicateProgress
-	wasLive := false // the first exchange was over: both sides said done
-	opts := &kappa.ReplicateOptions{Live: true, MaxNewFeeds: maxNewFeeds, Progress: func(p kappa.ReplicateProgress) {
-		mu.Lock()
-		last = p
-		wasLive = wasLive || p.Phase == "live"
-		mu.Unlock()
-	}}
-	err := core.Replicate(ctx, conn, false, opts)
-	// A session reports its progress once more as it ends: the counts
-	// are final.
-	mu.Lock()
-	p, live := last, wasLive
-	mu.Unlock()
-	counts := fmt.Sprintf("received %d %s, sent %d", p.BlocksReceived, plural(int(p.BlocksReceived), "block", "blocks"), p.BlocksSent)
-	if p.FeedsNotAdded > 0 {
-		counts += fmt.Sprintf("; %d new %s not added, past -max-new-feeds", p.FeedsNotAdded, plural(p.FeedsNotAdded, "feed", "feeds"))
+// first prints a line, then the lines held until now.
+func (lw *lineWriter) first(format string, args ...any) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	fmt.Fprintf(lw.w, format+"\n", args...)
+	for _, line := range lw.wait {
+		io.WriteString(lw.w, line)
 	}
+	lw.held, lw.wait = false, nil
+}
+
+// peerLine prints what serve says when a session with a peer starts or
+// ends (SwarmOptions.OnPeer); ctx ends when serve stops.
+func peerLine(ctx context.Context, out *lineWriter, p kappa.PeerStatus) {
+	if p.State == kappa.PeerSyncing {
+		out.printf("peer %s connected", p.Addr)
+		return
+	}
+	counts := fmt.Sprintf("received %d %s, sent %d", p.EntriesIn, plural(int(p.EntriesIn), "block", "blocks"), p.EntriesOut)
 	switch {
-	case err == nil && live:
-		// The peer said goodbye after the first exchange: a sync that
-		// is done, or a live peer that left after it.
-		out.printf("peer %s ended: synced, the peer said goodbye (%s)", who, counts)
-	case err == nil:
-		out.printf("peer %s ended: the peer said goodbye before the first exchange was over (%s)", who, counts)
 	case ctx.Err() != nil:
-		out.printf("peer %s ended: serve is stopping (%s)", who, counts)
+		out.printf("peer %s ended: serve is stopping (%s)", p.Addr, counts)
+	case p.Err == nil:
+		out.printf("peer %s ended: the peer said goodbye (%s)", p.Addr, counts)
 	default:
-		out.printf("peer %s ended: %s (%s)", who, cleanMsg(err), counts)
+		out.printf("peer %s ended: %s (%s)", p.Addr, cleanMsg(p.Err), counts)
 	}
 }
 

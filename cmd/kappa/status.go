@@ -1,0 +1,53 @@
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// status
+
+var statusCommand = &command{
+	name:     "status",
+	args:     "[-db DIR]",
+	summary:  "list a running serve's peers and their sync state",
+	viaServe: true,
+	help: `
+Status asks the "kappa serve" running on the database (through its control
+socket, see kappa serve -h) for its state: the serve's process id and
+address, whether LAN discovery runs, and one line per peer: its address,
+state (connecting, handshaking, syncing, synced, backing off, failed),
+where it came from (static: -peer; lan: found on the network; inbound: it
+dialled), its node id, how many entries each side lacks while in session
+(behind: this node lacks; ahead: the peer lacks), the entries and bytes
+received and sent, when it is dialled again, and the last error.
+
+Without a serve running, status prints "not serving" and exits 0.`,
+	run: func(e *env, c *command, args []string) error {
+		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
+			return err
+		}
+		if e.served == nil {
+			if err := checkDB(e.db); err != nil {
+				return err
+			}
+			conn, pid, err := dialControl(e.db)
+			if err != nil {
+				fmt.Fprintln(e.stdout, "not serving")
+				return nil
+			}
+			return &servedError{conn: conn, pid: pid}
+		}
+		st := e.served.status()
+		fmt.Fprintf(e.stdout, "serving: process %d, listening on %s\n", os.Getpid(), st.listen)
+		fmt.Fprintf(e.stdout, "LAN discovery: %s\n", st.lan)
+		peers := e.served.swarm.Peers()
+		if len(peers) == 0 {
+			fmt.Fprintln(e.stdout, "no peers")
+		}
+		for _, p := range peers {
+			fmt.Fprintf(e.stdout, "peer %s\n", p)
+		}
+		return nil
+	},
+}
