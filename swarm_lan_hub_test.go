@@ -29,6 +29,7 @@ type hubTransport struct {
 	done     chan struct{}
 	once     sync.Once
 	received func(b []byte) // if set, told of every datagram received
+	loopback bool           // its own sends come back to it, as multicast loopback does
 }
 
 // transport returns a new transport on the hub whose datagrams come from ip.
@@ -71,7 +72,11 @@ func (h *beaconHub) inject(b []byte, ip net.IP) {
 }
 
 func (t *hubTransport) send(b []byte) error {
-	t.hub.deliver(append([]byte(nil), b...), t.ip, t)
+	skip := t
+	if t.loopback {
+		skip = nil
+	}
+	t.hub.deliver(append([]byte(nil), b...), t.ip, skip)
 	return nil
 }
 

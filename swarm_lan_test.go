@@ -505,15 +505,17 @@ func TestLANReplayedBeaconIsIgnored(t *testing.T) {
 	}
 }
 
-// garbageListener accepts connections and answers each like a web server
-// that speaks no kappa; it counts the connections.
-func garbageListener(t *testing.T) (net.Listener, *atomic.Int64) {
+// garbageListener accepts connections and answers each, once release is
+// closed, like a web server that speaks no kappa; it counts the
+// connections, and tells of each on accepted.
+func garbageListener(t *testing.T, release <-chan struct{}) (net.Listener, *atomic.Int64, <-chan struct{}) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
 	var n atomic.Int64
+	accepted := make(chan struct{}, 100)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -521,42 +523,69 @@ func garbageListener(t *testing.T) (net.Listener, *atomic.Int64) {
 				return
 			}
 			n.Add(1)
+			accepted <- struct{}{}
 			go func() {
 				defer c.Close()
+				<-release
 				c.Write([]byte("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"))
 				io.Copy(io.Discard, c)
 			}()
 		}
 	}()
-	return ln, &n
+	return ln, &n, accepted
 }
 
 func TestLANBeaconNamingANonKappaPort(t *testing.T) {
 	ctx := swarmCtx(t)
 	hub := newBeaconHub()
+	var founds []chan nodeID
 	nodes := startLANNodes(t, 2, 1, nil, func(int) *SwarmOptions {
-		return &SwarmOptions{LAN: true, Listen: "127.0.0.1:0", lanTransport: hub.transport(localhost)}
+		hook, found := foundChan()
+		founds = append(founds, found)
+		return &SwarmOptions{LAN: true, Listen: "127.0.0.1:0", lanTransport: hub.transport(localhost), lanFoundHook: hook}
 	})
 	a, b := nodes[0], nodes[1]
 	converge(t, ctx, nodes, 1)
-	ln, accepts := garbageListener(t)
+	release := make(chan struct{})
+	ln, accepts, accepted := garbageListener(t, release)
 	port := uint16(ln.Addr().(*net.TCPAddr).Port)
 	key := a.core.SharedKey()
 	bogus := randomNode()
 	hub.inject(testBeacon(key, beaconKind, port, bogus), localhost)
+	for range 2 { // a and b dial it
+		select {
+		case <-accepted:
+		case <-ctx.Done():
+			t.Fatal("the non-kappa port was not dialled")
+		}
+	}
+	// A fresh beacon while the handshakes wait: it does not cut short
+	// the wait after they fail.
+	hub.inject(testBeacon(key, beaconKind, port, bogus), localhost)
+	m := randomNode()
+	hub.inject(testBeacon(key, beaconKind, 9, m), localhost)
+	for _, found := range founds {
+		waitFound(t, ctx, found, m)
+	}
+	close(release)
 	target := ln.Addr().String()
-	failed := func() (PeerStatus, bool) {
-		for _, p := range a.sw.Peers() {
+	failed := func(sw *Swarm) (PeerStatus, bool) {
+		for _, p := range sw.Peers() {
 			if p.Addr == target && p.State == PeerFailed {
 				return p, true
 			}
 		}
 		return PeerStatus{}, false
 	}
-	waitSwarms(t, ctx, []*Swarm{a.sw}, "the non-kappa port failed", func() bool { _, ok := failed(); return ok })
-	p, _ := failed()
-	if !errors.Is(p.Err, ErrProtocol) {
-		t.Fatalf("the failed peer's error: %v", p.Err)
+	waitSwarms(t, ctx, []*Swarm{a.sw, b.sw}, "the non-kappa port failed", func() bool {
+		_, okA := failed(a.sw)
+		_, okB := failed(b.sw)
+		return okA && okB
+	})
+	for _, sw := range []*Swarm{a.sw, b.sw} {
+		if p, _ := failed(sw); !errors.Is(p.Err, ErrProtocol) {
+			t.Fatalf("the failed peer's error: %v", p.Err)
+		}
 	}
 	// Rounds of syncing with b, with a fresh beacon naming that port in
 	// each: it is not dialled again.
@@ -574,7 +603,7 @@ func TestLANBeaconNamingANonKappaPort(t *testing.T) {
 	if n := accepts.Load(); n != 2 { // once by a, once by b
 		t.Fatalf("the non-kappa port was dialled %d times", n)
 	}
-	if _, ok := failed(); !ok {
+	if _, ok := failed(a.sw); !ok {
 		t.Fatal("the non-kappa port is no longer failed")
 	}
 }
@@ -674,5 +703,178 @@ func TestLANWithoutMulticastSaysSoOnceAndStaticPeersSync(t *testing.T) {
 	defer sa.mu.Unlock()
 	if sa.lanErr == nil {
 		t.Fatal("the swarm did not record why discovery fails")
+	}
+}
+
+// startTestLAN starts a discovery alone (no swarm) on tr, recording what
+// it finds; it is closed when the test ends.
+func startTestLAN(t *testing.T, key []byte, node nodeID, port int, tr beaconTransport) (*lan, chan nodeID) {
+	t.Helper()
+	found := make(chan nodeID, 1024)
+	l, err := startLAN(lanConfig{key: key, node: node, port: port, tr: tr,
+		found: func(addr string, n nodeID) {
+			select {
+			case found <- n:
+			default: // a test reads what it needs
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.close)
+	return l, found
+}
+
+func TestLANIgnoresItsOwnBeacons(t *testing.T) {
+	ctx := swarmCtx(t)
+	hub := newBeaconHub()
+	tr := hub.newTransport(localhost)
+	tr.loopback = true
+	key, self := randomKey(), randomNode()
+	l, found := startTestLAN(t, key, self, 7654, tr)
+	waitFor(t, ctx, "its three probes", func() bool { return l.stats.sent.Load() >= 3 })
+	m := randomNode()
+	hub.inject(testBeacon(key, beaconKind, 9, m), localhost)
+	for n := range found {
+		if n == self {
+			t.Fatal("found itself")
+		}
+		if n == m {
+			break
+		}
+	}
+	if l.stats.own.Load() < 3 {
+		t.Fatalf("%d own beacons dropped", l.stats.own.Load())
+	}
+}
+
+func TestLANAnswersProbesAtMostEvery250ms(t *testing.T) {
+	ctx := swarmCtx(t)
+	hub := newBeaconHub()
+	key := randomKey()
+	l, _ := startTestLAN(t, key, randomNode(), 7654, hub.transport(localhost))
+	start := time.Now()
+	// Valid probes, each fresh, as fast as the node takes them, until it
+	// answered three times.
+	for l.stats.answers.Load() < 3 {
+		hub.inject(testBeacon(key, probeKind, 0, randomNode()), net.IPv4(10, 4, 4, 4))
+		if ctx.Err() != nil {
+			t.Fatal("fewer than three answers")
+		}
+	}
+	elapsed := time.Since(start)
+	if elapsed < 2*answerGap {
+		t.Fatalf("three answers in %v", elapsed)
+	}
+	if a, most := l.stats.answers.Load(), 1+int64(time.Since(start)/answerGap); int64(a) > most {
+		t.Fatalf("%d answers in %v", a, time.Since(start))
+	}
+	t.Logf("%d probes taken in %v", l.stats.accepted.Load(), elapsed)
+}
+
+func TestLANNonListeningNodeIsNotDialledButFindsListeners(t *testing.T) {
+	ctx := swarmCtx(t)
+	hub := newBeaconHub()
+	key := randomKey()
+	la, foundA := startTestLAN(t, key, randomNode(), 7654, hub.transport(localhost))
+	b := randomNode()
+	_, foundB := startTestLAN(t, key, b, 0, hub.transport(net.IPv4(127, 0, 0, 2)))
+	// b's probes reach a, which answers: b finds a.
+	select {
+	case n := <-foundB:
+		if n != la.cfg.node {
+			t.Fatalf("b found %v", n)
+		}
+	case <-ctx.Done():
+		t.Fatal("b did not find a")
+	}
+	m := randomNode()
+	hub.inject(testBeacon(key, beaconKind, 9, m), localhost)
+	for n := range foundA {
+		if n == b {
+			t.Fatal("a found b, which does not listen")
+		}
+		if n == m {
+			break
+		}
+	}
+}
+
+func TestLANSendErrorIsReportedOnce(t *testing.T) {
+	ctx := swarmCtx(t)
+	ft := failingTransport{newBeaconHub().newTransport(localhost), make(chan struct{}, 16)}
+	var errs atomic.Int64
+	l, err := startLAN(lanConfig{key: randomKey(), node: randomNode(), port: 7654, tr: ft,
+		interval: 10 * time.Millisecond, onErr: func(error) { errs.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	for range 6 {
+		select {
+		case <-ft.sends:
+		case <-ctx.Done():
+			t.Fatal("no sends")
+		}
+	}
+	if n := errs.Load(); n != 1 {
+		t.Fatalf("reported %d times", n)
+	}
+}
+
+func TestLANPeerKeepsItsFirstAddressWhileItIsHeard(t *testing.T) {
+	ctx := swarmCtx(t)
+	hub := newBeaconHub()
+	key := randomKey()
+	type find struct {
+		addr string
+		node nodeID
+	}
+	found := make(chan find, 1024)
+	l, err := startLAN(lanConfig{key: key, node: randomNode(), port: 7654, tr: hub.transport(localhost),
+		interval: time.Second, found: func(addr string, n nodeID) { found <- find{addr, n} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	peer := randomNode()
+	next := func() find {
+		select {
+		case f := <-found:
+			return f
+		case <-ctx.Done():
+			t.Fatal("nothing found")
+		}
+		return find{}
+	}
+	// The peer beacons from two addresses (say IPv4 and IPv6): the first
+	// is kept.
+	for i := range 6 {
+		ip := net.ParseIP("fd00::5")
+		if i%2 == 0 {
+			ip = net.IPv4(10, 5, 5, 5)
+		}
+		hub.inject(testBeacon(key, beaconKind, 7000, peer), ip)
+		if f := next(); f.node != peer || f.addr != "10.5.5.5:7000" {
+			t.Fatalf("beacon %d: found %v", i, f)
+		}
+	}
+	// Once the first is silent for two intervals, the other replaces it.
+	start := time.Now()
+	pace := time.NewTicker(20 * time.Millisecond)
+	defer pace.Stop()
+	for {
+		<-pace.C
+		hub.inject(testBeacon(key, beaconKind, 7000, peer), net.ParseIP("fd00::5"))
+		f := next()
+		if f.addr == "[fd00::5]:7000" {
+			break
+		}
+		if f.addr != "10.5.5.5:7000" {
+			t.Fatalf("found %v", f)
+		}
+	}
+	if d := time.Since(start); d < 2*time.Second-100*time.Millisecond {
+		t.Fatalf("replaced after %v", d)
 	}
 }
