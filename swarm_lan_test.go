@@ -198,10 +198,11 @@ func TestLANFiveNodesConvergeOverMulticast(t *testing.T) {
 	})
 	converge(t, ctx, nodes, 3)
 	for _, n := range nodes {
-		if n.sw.lan == nil {
-			t.Fatal("no LAN discovery")
+		if _, ok := n.sw.lan.tr.(*udpTransport); !ok {
+			t.Fatalf("discovery over %T", n.sw.lan.tr)
 		}
 	}
+	t.Log(nodes[0].sw.Peers())
 }
 
 // testBeacon returns a sealed beacon under key.
@@ -326,6 +327,24 @@ func lanMarker(t *testing.T, ctx context.Context, hub *beaconHub, key []byte, ip
 	m := randomNode()
 	hub.inject(testBeacon(key, beaconKind, 9, m), ip)
 	waitFound(t, ctx, found, m)
+}
+
+// foundBefore reads found until marker, and reports whether node was
+// found before it.
+func foundBefore(t *testing.T, ctx context.Context, found <-chan nodeID, node, marker nodeID) bool {
+	t.Helper()
+	seen := false
+	for {
+		select {
+		case n := <-found:
+			seen = seen || n == node
+			if n == marker {
+				return seen
+			}
+		case <-ctx.Done():
+			t.Fatal("the marker was not found")
+		}
+	}
 }
 
 // waitFound waits until node is found.
@@ -735,13 +754,8 @@ func TestLANIgnoresItsOwnBeacons(t *testing.T) {
 	waitFor(t, ctx, "its three probes", func() bool { return l.stats.sent.Load() >= 3 })
 	m := randomNode()
 	hub.inject(testBeacon(key, beaconKind, 9, m), localhost)
-	for n := range found {
-		if n == self {
-			t.Fatal("found itself")
-		}
-		if n == m {
-			break
-		}
+	if foundBefore(t, ctx, found, self, m) {
+		t.Fatal("found itself")
 	}
 	if l.stats.own.Load() < 3 {
 		t.Fatalf("%d own beacons dropped", l.stats.own.Load())
@@ -790,13 +804,8 @@ func TestLANNonListeningNodeIsNotDialledButFindsListeners(t *testing.T) {
 	}
 	m := randomNode()
 	hub.inject(testBeacon(key, beaconKind, 9, m), localhost)
-	for n := range foundA {
-		if n == b {
-			t.Fatal("a found b, which does not listen")
-		}
-		if n == m {
-			break
-		}
+	if foundBefore(t, ctx, foundA, b, m) {
+		t.Fatal("a found b, which does not listen")
 	}
 }
 
