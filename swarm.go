@@ -17,7 +17,7 @@ import (
 //	swarm_dial.go     dialling a peer's address, again with backoff
 //	swarm_session.go  running sessions, one per pair of nodes
 //	swarm_status.go   Peers and Synced
-//	swarm_lan.go      LAN discovery: beacons over UDP multicast
+//	swarm_lan.go      LAN discovery: beacons, over swarm_lan_udp.go (UDP multicast)
 
 // SwarmOptions configure a swarm. Nil options mean: do not listen, no
 // static peers, LAN discovery on.

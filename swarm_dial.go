@@ -45,9 +45,11 @@ func (sw *Swarm) addTarget(addr, source string, node nodeID) {
 		if !node.isZero() {
 			t.node = node
 		}
-		// A beacon does not cut short the wait of a peer that refused
-		// this node; AddPeer does.
-		wake := source == "static" || t.state != PeerFailed
+		// A beacon cuts short the wait of a peer backing off, not that
+		// of a peer that refused this node, and does not wake a dial or
+		// session in progress (which would cut short the wait after
+		// it); AddPeer wakes any.
+		wake := source == "static" || t.state == PeerBackingOff
 		sw.mu.Unlock()
 		if !wake {
 			return
