@@ -65,7 +65,9 @@ var (
 	// ErrEmpty is returned by Head on a feed with no entries.
 	ErrEmpty = errors.New("kappa: feed is empty")
 
-	// ErrBlockTooLarge is returned by Append for a value over MaxBlockSize.
+	// ErrBlockTooLarge is returned by Append for a value over MaxBlockSize
+	// (or a causal context over 960 KiB), and by Put for a block over
+	// MaxBlockSize + 960 KiB.
 	ErrBlockTooLarge = errors.New("kappa: block too large")
 
 	// ErrInvalidValue is returned for an argument that is not acceptable:

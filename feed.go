@@ -155,6 +155,13 @@ type feedConfig struct {
 	// Core.feedDamaged and Core.feedHealed.
 	damaged func(f *Feed, d Damage)
 	healed  func(f *Feed, match func(Damage) bool, r Repair)
+
+	// context, if set, returns the causal context of a writer's next
+	// Append call (see block.go), called under its writeMu at commit;
+	// contextLost tells that a commit recording one failed. See
+	// Core.appendContext.
+	context     func(f *Feed) []Pos
+	contextLost func(f *Feed)
 }
 
 // reportDamage hands damage found in f to its Core, if it has one.
@@ -529,7 +536,9 @@ func (f *Feed) Len() uint64 {
 	return f.length
 }
 
-// ByteLen returns the number of bytes of all entries below Len.
+// ByteLen returns the number of bytes of the blocks of all entries below
+// Len: their values and the causal contexts recorded with them (see
+// doc/FORMAT.md), one byte at least per entry.
 func (f *Feed) ByteLen() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()

@@ -1,6 +1,7 @@
 package kappa
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sync"
 )
@@ -13,6 +14,7 @@ type appendQueue struct {
 
 type appendReq struct {
 	values [][]byte
+	prefix []byte // the first block's uvarint n ‖ context; nil for 0x00 (see commitWriteLocked)
 	seq    uint64
 	err    error
 	done   bool
@@ -20,7 +22,9 @@ type appendReq struct {
 
 // Append adds values to the end of a writable feed and returns the sequence
 // number of the first. All values of one call are covered by one signature;
-// concurrent calls may share one. With sync on (the default) the values are
+// concurrent calls may share one. In a Core, the first entry of each call
+// records the causal context of the call (see Entry.Deps): the heads of the
+// database's other feeds that this writer had not recorded before. With sync on (the default) the values are
 // durable when Append returns. A nil value is ErrInvalidValue, a value over
 // MaxBlockSize ErrBlockTooLarge; either way nothing is appended. Append with
 // no values appends nothing, writes no signature and returns Len.
@@ -67,11 +71,44 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 }
 
 func (f *Feed) commitWriteLocked(batch []*appendReq) {
+	batch, recorded := f.contextsWriteLocked(batch)
 	seq, err := f.commitValuesWriteLocked(batch)
+	if err != nil && recorded && f.cfg.contextLost != nil {
+		f.cfg.contextLost(f)
+	}
 	for _, r := range batch {
 		r.seq, r.err, r.done = seq, err, true
 		seq += uint64(len(r.values))
 	}
+}
+
+// contextsWriteLocked gives the first block of each call in batch its
+// causal context, from the Core's provider (none for a feed opened alone):
+// one context per call, computed now, at commit. A call whose context would
+// be over maxContextBytes fails alone with ErrBlockTooLarge and is left
+// out of the batch returned. recorded is true if a context was recorded.
+func (f *Feed) contextsWriteLocked(batch []*appendReq) (kept []*appendReq, recorded bool) {
+	if f.cfg.context == nil {
+		return batch, false
+	}
+	kept = batch[:0:0]
+	for _, r := range batch {
+		r.prefix = nil
+		if len(r.values) == 0 {
+			kept = append(kept, r)
+			continue
+		}
+		ctx := normalizeContext(f.cfg.context(f), f.key)
+		if size := contextSize(ctx); size > maxContextBytes {
+			r.err, r.done = f.opError("append", fmt.Errorf("%w: a causal context of %d feeds (%d bytes)", ErrBlockTooLarge, len(ctx), size)), true
+			continue
+		} else if size > 0 {
+			r.prefix = appendBlockPrefix(nil, ctx)
+			recorded = true
+		}
+		kept = append(kept, r)
+	}
+	return kept, recorded
 }
 
 // recentNodes holds the tree records a writer wrote last, by index, so that
@@ -157,7 +194,10 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	for _, r := range batch {
 		n += uint64(len(r.values))
 		for _, v := range r.values {
-			size += uint64(len(v))
+			size += uint64(len(v)) + 1 // the block's 0x00 prefix
+		}
+		if len(r.values) > 0 && r.prefix != nil {
+			size += uint64(len(r.prefix)) - 1
 		}
 	}
 	if n == 0 {
@@ -224,8 +264,12 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 	data := ws.data[:0]
 	seq := start
 	for _, r := range batch {
-		for _, v := range r.values {
-			data = appendDataRecord(data, seq, v)
+		for i, v := range r.values {
+			prefix := noContext
+			if i == 0 && r.prefix != nil {
+				prefix = r.prefix
+			}
+			data = appendBlockRecord(data, seq, prefix, v)
 			seq++
 		}
 	}
@@ -249,9 +293,14 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 	// Each leaf records the number of the signature record that will
 	// cover it; see checkTail.
 	ord := uint32((f.sigsEnd-headerSize)/sigRecordSize + 1)
+	pos := 0 // the record of entry seq in data
 	for _, r := range batch {
-		for _, v := range r.values {
-			cur := storedNode{Node{Index: 2 * seq, Hash: ws.hasher.sum(v), Size: uint64(len(v))}, off}
+		for range r.values {
+			// The leaf is over the block, as the record holds it.
+			size := uint64(binary.BigEndian.Uint32(data[pos:]))
+			block := data[pos+dataLenLen : pos+dataLenLen+int(size)]
+			pos += dataFrame + int(size)
+			cur := storedNode{Node{Index: 2 * seq, Hash: ws.hasher.sum(block), Size: size}, off}
 			encodeNodeOrd(run[(cur.Index-runStart)*nodeSize:], &cur, ord)
 			off += cur.Size
 			seq++

@@ -43,7 +43,7 @@ func (f *Feed) loadKeys(meta File, o *FeedOptions, blank bool) (fresh bool, secr
 		return false, nil, false, &CorruptError{File: f.name + fileKey, Offset: 0, Reason: "checksum mismatch"}
 	}
 	if version != formatVersion {
-		return false, nil, false, &CorruptError{File: f.name + fileKey, Offset: 8, Reason: fmt.Sprintf("unknown format version %d", version)}
+		return false, nil, false, &CorruptError{File: f.name + fileKey, Offset: 8, Reason: "feed of " + otherFormat(version)}
 	}
 	f.key = ed25519.PublicKey(bytes.Clone(pub))
 	if stored != nil {

@@ -231,7 +231,7 @@ func (f *Feed) proofAt(start, end, length uint64) (*Proof, error) {
 		p.Nodes = append(p.Nodes, n.Node)
 	}
 	if start < end {
-		blocks, err := f.GetBatch(context.Background(), start, end)
+		blocks, err := f.getBlocks(context.Background(), start, end)
 		if err != nil {
 			return nil, err
 		}

@@ -12,7 +12,8 @@ import (
 	"sync"
 )
 
-// Get returns entry seq. On a replica that lacks it, Get waits until the
+// Get returns the value of entry seq (without the causal context stored
+// with it: see Entry.Deps). On a replica that lacks it, Get waits until the
 // entry arrives, the context ends or the feed is closed; on a writable feed
 // a seq at or past Len is ErrOutOfRange. Every value read is checked
 // against its leaf hash; a mismatch is ErrCorrupt (a *CorruptError naming
@@ -56,6 +57,7 @@ func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	if len(values) == 0 {
 		return nil, err
 	}
+	blockValues(values)
 	if len(values) > 1 {
 		ra.mu.Lock()
 		ra.start, ra.values = seq, values
@@ -84,6 +86,26 @@ type readAhead struct {
 // GetBatch returns the entries [start, end), waiting for missing ones as Get
 // does. It reads each file once, so it is much faster than a loop of Get.
 func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error) {
+	blocks, err := f.getBlocks(ctx, start, end)
+	if err != nil {
+		return nil, err
+	}
+	return blockValues(blocks), nil
+}
+
+// blockValues replaces each block of blocks by its value (see blockValue)
+// and returns blocks.
+func blockValues(blocks [][]byte) [][]byte {
+	for i, b := range blocks {
+		blocks[i] = blockValue(b)
+	}
+	return blocks
+}
+
+// getBlocks returns the blocks [start, end) as stored (each a causal
+// context and a value, see block.go), waiting for missing ones as GetBatch
+// does.
+func (f *Feed) getBlocks(ctx context.Context, start, end uint64) ([][]byte, error) {
 	if start > end || end-start > maxTreeLength {
 		return nil, f.opError(fmt.Sprintf("get [%d, %d)", start, end), ErrOutOfRange)
 	}
@@ -100,8 +122,8 @@ func (f *Feed) GetBatch(ctx context.Context, start, end uint64) ([][]byte, error
 	return values, nil
 }
 
-// scanBatch returns the present entries [start, end), as a view reads
-// them. From entry 0 it reads the data file alone: the records lie end to
+// scanBatch returns the blocks of the present entries [start, end), as a
+// view reads them (see decodeBlock). From entry 0 it reads the data file alone: the records lie end to
 // end after the file's header, so their bounds need no tree, and each is
 // checked against its record's checksum rather than hashed again. Reading
 // a feed that a view has not seen then opens one file, not two. Elsewhere
@@ -175,7 +197,7 @@ func intactPrefix(values [][]byte, err error) ([][]byte, error) {
 	return values, nil
 }
 
-// readRange reads present entries from start on, up to end or until they
+// readRange reads the blocks of present entries from start on, up to end or until they
 // add up to more than maxBytes (but at least one), checking each against
 // its leaf. An entry that fails (its leaf is missing or fails its CRC, or
 // its record does not match the leaf) is marked damaged: readRange then

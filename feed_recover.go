@@ -177,7 +177,7 @@ func (f *Feed) resignLength(bad *damagedSig, length uint64, roots []storedNode) 
 			if err != nil {
 				return 0, nil, err
 			}
-			if n.Offset != byteOff || n.Size > MaxBlockSize {
+			if n.Offset != byteOff || n.Size > maxBlockBytes {
 				return 0, nil, corrupt(fileTree, off, "entry %d's leaf says %d bytes at byte %d, the entries before end at byte %d", seq, n.Size, n.Offset, byteOff)
 			}
 			pos := dataPos(seq, n.Offset)

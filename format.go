@@ -11,7 +11,14 @@ import (
 // The on-disk records, each as a paired encode and decode, in the order of
 // doc/FORMAT.md. All integers are big-endian; CRC is CRC-32C.
 
-const formatVersion = 3
+const formatVersion = 4
+
+// otherFormat says that a file is of format version v, which this build
+// does not read. Format 4 put the causal context into every block; a
+// database of format 3 is not converted.
+func otherFormat(v uint32) string {
+	return fmt.Sprintf("format version %d; this build reads only format version %d (see doc/FORMAT.md)", v, formatVersion)
+}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -164,6 +171,16 @@ func appendDataRecord(b []byte, seq uint64, v []byte) []byte {
 	return binary.BigEndian.AppendUint32(b, dataChecksum(seq, b[at:]))
 }
 
+// appendBlockRecord appends the record of entry seq whose block is
+// prefix ‖ v (see block.go) to b.
+func appendBlockRecord(b []byte, seq uint64, prefix, v []byte) []byte {
+	at := len(b)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(prefix)+len(v)))
+	b = append(b, prefix...)
+	b = append(b, v...)
+	return binary.BigEndian.AppendUint32(b, dataChecksum(seq, b[at:]))
+}
+
 // dataChecksum is the CRC of a data record's length and value, lv, of entry
 // seq: seeded with seq, so that a record copied to another place does not
 // pass.
@@ -188,7 +205,7 @@ func decodeDataRecord(seq uint64, b []byte, name string, off int64) (v []byte, s
 		return nil, 0, false, nil
 	}
 	n := binary.BigEndian.Uint32(b)
-	if n > MaxBlockSize {
+	if n > maxBlockBytes {
 		return nil, 0, false, &CorruptError{File: name + fileData, Offset: off, Reason: fmt.Sprintf("entry %d: record length %d is over the block limit", seq, n)}
 	}
 	size = dataFrame + int(n)
@@ -257,7 +274,7 @@ func decodeNode(i uint64, rec []byte, name string, off int64) (storedNode, error
 	n.Offset = binary.BigEndian.Uint64(rec[nodeOffOff:])
 	// A leaf's size bounds what Get allocates: no leaf can be larger than
 	// a block.
-	if n.Size > maxTreeBytes || n.Offset > maxTreeBytes || (i%2 == 0 && n.Size > MaxBlockSize) {
+	if n.Size > maxTreeBytes || n.Offset > maxTreeBytes || (i%2 == 0 && n.Size > maxBlockBytes) {
 		return n, &CorruptError{File: name + fileTree, Offset: off, Reason: "node size out of range"}
 	}
 	return n, nil

@@ -105,13 +105,23 @@ type MaxBatcher interface {
 // MaxBatcher.
 const DefaultMaxBatch = 100
 
-// Entry is one entry of a feed as a view sees it. Key is shared: do not
-// modify it.
+// Entry is one entry of a feed as a view sees it. Key and the Feed of each
+// Pos in Deps are shared: do not modify them.
 type Entry struct {
 	Key   ed25519.PublicKey // the feed's public key
 	Seq   uint64            // the entry's sequence number in its feed
 	Value []byte            // the entry's value
-	enc   byte              // the value encoding's code (see Encoding.code): an Entry stays 64 bytes
+
+	// Deps is the causal context recorded with the entry: for each other
+	// feed its writer had seen when it appended, the last entry it held
+	// of that feed, sorted by feed key. It is set only on the first entry
+	// of each Append call (the later entries of the call follow it as
+	// their own feed's successors), and only for the feeds whose head
+	// changed since the writer's previous context: empty for most
+	// entries. It is nil for an entry whose stored context is malformed.
+	Deps []Pos
+
+	enc byte // the value encoding's code (see Encoding.code)
 }
 
 // Decode decodes the value into v according to the database's value

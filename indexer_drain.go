@@ -270,15 +270,16 @@ func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 	m := &mappedBatch{p: p, start: start, end: end}
 	entries := make([]Entry, 0, len(values))
 	code := x.enc.code()
-	for i, v := range values {
+	for i, b := range values {
 		seq := start + uint64(i)
+		deps, v, _ := decodeBlock(b, key)
 		if x.enc != Binary {
 			if err := x.enc.check(v); err != nil {
 				m.bad = append(m.bad, fmt.Errorf("view %q: feed %x entry %d left out: %w", x.name, key[:4], seq, err))
 				continue
 			}
 		}
-		entries = append(entries, Entry{Key: key, Seq: seq, Value: v, enc: code})
+		entries = append(entries, Entry{Key: key, Seq: seq, Value: v, Deps: deps, enc: code})
 	}
 	if len(entries) > 0 {
 		if err := x.view.Map(entries); err != nil {

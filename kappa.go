@@ -107,6 +107,8 @@ type Core struct {
 
 	node nodeID // this opening of the database, for the peers it meets
 
+	contexts contextMemory // what each writer's causal contexts named (kappa_context.go)
+
 	swarmMu sync.Mutex
 	swarms  map[*Swarm]bool // open swarms, closed by Close
 	// swarmsClosed: Close began, no swarm may start.

@@ -87,7 +87,8 @@ func (c *Core) load() error {
 	if err := c.loadKey(hasFeeds); err != nil {
 		return err
 	}
-	c.feedCfg = &feedConfig{store: c.store, enc: c.enc, noSync: c.opts.NoSync, readOnly: c.opts.ReadOnly, damaged: c.feedDamaged, healed: c.feedHealed}
+	c.feedCfg = &feedConfig{store: c.store, enc: c.enc, noSync: c.opts.NoSync, readOnly: c.opts.ReadOnly, damaged: c.feedDamaged, healed: c.feedHealed,
+		context: c.appendContext, contextLost: c.contextLost}
 	headerCut := msize < headerSize
 	if headerCut {
 		// New, or its header was cut: it holds no record, and slots that
@@ -436,7 +437,7 @@ func (c *Core) loadKey(hasFeeds bool) error {
 		return c.sync(c.meta)
 	}
 	if v := binary.BigEndian.Uint32(buf[dbVersionAt:]); v != formatVersion {
-		return &CorruptError{File: fileDB, Offset: dbVersionAt, Reason: fmt.Sprintf("format version %d; this build reads version %d", v, formatVersion)}
+		return &CorruptError{File: fileDB, Offset: dbVersionAt, Reason: "database of " + otherFormat(v)}
 	}
 	enc, ok := encodingFromCode(buf[dbEncOff])
 	if !ok {

@@ -131,7 +131,9 @@ func treeHash(roots []storedNode) [32]byte {
 	return sha256.Sum256(buf[:n])
 }
 
-// MaxBlockSize is the largest value a feed accepts, as in hypercore.
+// MaxBlockSize is the largest value a feed accepts, as in hypercore. A
+// block, the value with the causal context stored before it (see
+// doc/FORMAT.md), may be larger by up to 960 KiB.
 const MaxBlockSize = 8 << 20
 
 // Proof is what a peer needs to verify entries of a feed it does not hold:
@@ -258,7 +260,7 @@ func (w *proofWalker) node(i, off uint64) (Node, error) {
 		if n.Index != i {
 			return Node{}, fmt.Errorf("%w: proof has node %d where %d belongs", ErrBadProof, n.Index, i)
 		}
-		if n.Size > maxTreeBytes || (flatDepth(i) == 0 && n.Size > MaxBlockSize) {
+		if n.Size > maxTreeBytes || (flatDepth(i) == 0 && n.Size > maxBlockBytes) {
 			return Node{}, fmt.Errorf("%w: node %d claims %d bytes", ErrBadProof, i, n.Size)
 		}
 		w.out = append(w.out, storedNode{n, off})
@@ -281,7 +283,7 @@ func (w *proofWalker) node(i, off uint64) (Node, error) {
 		return n, nil
 	}
 	data := w.p.Blocks[lo-w.p.Start]
-	if len(data) > MaxBlockSize {
+	if len(data) > maxBlockBytes {
 		return Node{}, fmt.Errorf("%w: block %d is %d bytes", ErrBlockTooLarge, lo, len(data))
 	}
 	n := Node{Index: i, Hash: w.h.sum(data), Size: uint64(len(data))}
