@@ -69,6 +69,7 @@ type damageFeed struct {
 	key    []byte            // its public key
 	length uint64            // its signed length
 	values [][]byte          // the writer's values, at least up to length
+	blocks [][]byte          // its blocks up to length: the values with their causal contexts (format 4)
 	held   []bool            // the entries below length stored here
 	signed []uint64          // the lengths of its signature records, ascending
 	sigs   map[uint64][]byte // the writer's signature of each of them
@@ -243,6 +244,7 @@ func buildDamageFixture(tb testing.TB, small bool) *damageFixture {
 			d.signed, d.sigs[l] = append(d.signed, l), sig
 		})
 		d.length = uint64(len(d.values))
+		d.blocks = mustBlocks(tb, w, d.length)
 		d.held = make([]bool, d.length)
 		for i := range d.held {
 			d.held[i] = true
@@ -276,6 +278,7 @@ func buildDamageFixture(tb testing.TB, small bool) *damageFixture {
 		if d.length != src.Len() {
 			tb.Fatalf("replica of %s has length %d, its writer %d", who, d.length, src.Len())
 		}
+		d.blocks = mustBlocks(tb, src, d.length)
 		d.lengthProof = damageLengthProof(tb, src, r, d.signed)
 		if d.fullProof, err = src.Proof(0, d.length, 0); err != nil {
 			tb.Fatal(err)
@@ -796,9 +799,10 @@ func checkLoadedFeed(res *damageResult, d *damageFeed, f *Feed, repairs []Repair
 			res.lost++
 		}
 	}
+	// Format 4: the byte length counts blocks, a value and its context.
 	var byteLen uint64
-	for _, v := range d.values[:length] {
-		byteLen += uint64(len(v))
+	for _, b := range d.blocks[:length] {
+		byteLen += uint64(len(b))
 	}
 	if f.ByteLen() != byteLen {
 		res.bad("feed %d: byte length %d at length %d, want %d", d.slot, f.ByteLen(), length, byteLen)

@@ -44,7 +44,7 @@ func newDamageDB(t testing.TB, values [][]byte, other int) *damageDB {
 func (db *damageDB) recordPos(seq int) int64 {
 	var off uint64
 	for _, v := range db.values[:seq] {
-		off += uint64(len(v))
+		off += uint64(bareBlockLen(v))
 	}
 	return dataPos(uint64(seq), off)
 }
@@ -176,7 +176,7 @@ func TestStaleChecksumIsRewrittenAndEveryEntryIndexed(t *testing.T) {
 	db := newDamageDB(t, numbered(150, 7), 0)
 	const seq = 42
 	pos := db.recordPos(seq)
-	crcAt := pos + dataLenLen + int64(len(db.values[seq])) + 2
+	crcAt := pos + dataLenLen + int64(bareBlockLen(db.values[seq])) + 2
 	s := db.flipped(t, wData, crcAt, 5)
 
 	// The library's Verify: a stale checksum, no problem.
@@ -373,7 +373,7 @@ func TestEveryBitFlipOfADataRecordIsFoundOneWay(t *testing.T) {
 	ctx := ctxT(t)
 	for seq := range values {
 		pos := db.recordPos(seq)
-		size := int64(dataFrame + len(values[seq]))
+		size := int64(dataFrame + bareBlockLen(values[seq]))
 		for at := pos; at < pos+size; at++ {
 			for bit := range uint(8) {
 				if testing.Short() && bit%3 != 0 {

@@ -65,8 +65,9 @@ func TestAppendReturnsSequence(t *testing.T) {
 			t.Fatalf("append %v returned %d, want %d", batch, got, want)
 		}
 	}
-	if f.Len() != 7 || f.ByteLen() != 7 {
-		t.Fatalf("len %d bytes %d, want 7 7", f.Len(), f.ByteLen())
+	// Format 4: each block is its value and the byte 0x00 (no context).
+	if f.Len() != 7 || f.ByteLen() != 14 {
+		t.Fatalf("len %d bytes %d, want 7 14", f.Len(), f.ByteLen())
 	}
 	for i, want := range []string{"a", "b", "c", "d", "e", "f", "g"} {
 		if got := mustGet(t, f, uint64(i)); got != want {
@@ -464,14 +465,15 @@ func TestDamagedDataIsReportedWithFileAndOffset(t *testing.T) {
 	f := newFeed(t, s, nil)
 	mustAppend(t, f, "first", "second", "third")
 	b := mustFileBytes(t, s, "f/data")
-	b[dataPos(1, uint64(len("first")))+dataLenLen+2] ^= 0xff // inside "second"
+	at := dataPos(1, uint64(bareBlockLen([]byte("first")))) // format 4: each block is 0x00 ‖ value
+	b[at+dataLenLen+2] ^= 0xff                              // inside "second"
 	s.setFileBytes("f/data", b)
 	_, err := f.Get(context.Background(), 1)
 	var ce *CorruptError
 	if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("get of damaged entry: %v, want *CorruptError", err)
 	}
-	if ce.File != "f/data" || ce.Offset != dataPos(1, uint64(len("first"))) {
+	if ce.File != "f/data" || ce.Offset != at {
 		t.Fatalf("corrupt error names %s at %d", ce.File, ce.Offset)
 	}
 	if _, err := f.GetBatch(context.Background(), 0, 3); !errors.Is(err, ErrCorrupt) {
@@ -794,7 +796,7 @@ func TestDamageUnderASyncedSignatureIsReportedNotCut(t *testing.T) {
 	if !errors.As(err, &ce) || ce.File != "f/tree" {
 		t.Fatalf("open over a damaged root: %v, want a *CorruptError for f/tree", err)
 	}
-	if b := mustFileBytes(t, s, "f/data"); int64(len(b)) != dataPos(4, 4) {
+	if b := mustFileBytes(t, s, "f/data"); int64(len(b)) != dataPos(4, 8) { // format 4: four blocks 0x00 ‖ one byte
 		t.Fatalf("the data was cut to %d bytes", len(b))
 	}
 }

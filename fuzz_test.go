@@ -47,6 +47,7 @@ type fuzzWriter struct {
 	feed    *Feed
 	storage *MemStorage
 	values  [][]byte
+	blocks  [][]byte            // the blocks stored: 0x00 ‖ value (format 4; a feed alone records no context)
 	signed  []uint64            // lengths with a signature, ascending
 	proofs  map[uint64][]*Proof // by length: proofs made at that length
 }
@@ -83,6 +84,9 @@ func buildFuzzWriter() (*fuzzWriter, error) {
 			return nil, err
 		}
 		w.values = append(w.values, batch...)
+		for _, v := range batch {
+			w.blocks = append(w.blocks, encodeBlock(nil, v))
+		}
 		length := uint64(len(w.values))
 		w.signed = append(w.signed, length)
 		// Proofs of every shape: empty ranges at the edges and inside,
@@ -249,7 +253,7 @@ func checkReplicaBlocks(t *testing.T, w *fuzzWriter, r *Feed, where string) {
 	}
 	var want uint64
 	for i := range length {
-		want += uint64(len(w.values[i]))
+		want += uint64(len(w.blocks[i])) // format 4: blocks, not values
 	}
 	if r.ByteLen() != want {
 		t.Fatalf("%s: replica byte length %d, writer's at %d is %d", where, r.ByteLen(), length, want)
@@ -357,8 +361,8 @@ func FuzzPut(f *testing.F) {
 		if putErr == nil {
 			for k, b := range p.Blocks {
 				seq := p.Start + uint64(k)
-				if seq >= w.len() || !bytes.Equal(b, w.values[seq]) {
-					t.Fatalf("put accepted block %d %q, the writer's is %q", seq, b, w.values[min(seq, w.len()-1)])
+				if seq >= w.len() || !bytes.Equal(b, w.blocks[seq]) {
+					t.Fatalf("put accepted block %d %q, the writer's is %q", seq, b, w.blocks[min(seq, w.len()-1)])
 				}
 				if !r.Has(seq) {
 					t.Fatalf("put accepted block %d but the replica lacks it", seq)
@@ -572,7 +576,7 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 	}
 	var byteLen uint64
 	for i := range length {
-		byteLen += uint64(len(w.values[i]))
+		byteLen += uint64(len(w.blocks[i])) // format 4: blocks, not values
 	}
 	if f.ByteLen() != byteLen {
 		t.Fatalf("%s: byte length %d at length %d, want %d", sc.name, f.ByteLen(), length, byteLen)
@@ -662,8 +666,8 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 				// marked damaged.
 				t.Fatalf("%s: view read of [0, %d) returned %d entries", sc.name, end, len(vs))
 			}
-			for k, v := range vs {
-				checkValue("view entry", uint64(k), v, nil)
+			for k, b := range vs {
+				checkValue("view entry", uint64(k), blockValue(b), nil) // scanBatch returns blocks (format 4)
 			}
 		}
 	}

@@ -954,7 +954,7 @@ func TestViewReportsADamagedRecordFromTheStart(t *testing.T) {
 	}{
 		{"length", func(rec int64) int64 { return rec + 1 }, false},
 		{"value", func(rec int64) int64 { return rec + dataLenLen + 1 }, false},
-		{"crc", func(rec int64) int64 { return rec + dataLenLen + 3 + 2 }, true},
+		{"crc", func(rec int64) int64 { return rec + dataLenLen + 4 + 2 }, true}, // format 4: the block 0x00 ‖ "ccc"
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := NewMemStorage()
@@ -966,7 +966,7 @@ func TestViewReportsADamagedRecordFromTheStart(t *testing.T) {
 			if err := c.Close(); err != nil {
 				t.Fatal(err)
 			}
-			rec := dataPos(2, 6) // "ccc"
+			rec := dataPos(2, 8) // "ccc", after two blocks 0x00 ‖ 3 bytes (format 4)
 			name := "feeds/0/" + fileData
 			b := mustFileBytes(t, s, name)
 			b[tc.at(rec)] ^= 0x40

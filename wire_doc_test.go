@@ -8,14 +8,14 @@ import (
 )
 
 // TestProofOrderWorkedExample: the worked example of doc/PROTOCOL.md §3,
-// *Proof order*: entries [3, 5) of a feed of 11 entries whose entry i is
-// i+1 bytes long. The walk sends nodes 1, 4, 10, 13, 17 and 20, in that
+// *Proof order*: entries [3, 5) of a feed of 11 entries whose block i is
+// i+1 bytes long (format 4: the byte 0x00, no context, and i bytes of value). The walk sends nodes 1, 4, 10, 13, 17 and 20, in that
 // order, with these sizes; and the order is checked.
 func TestProofOrderWorkedExample(t *testing.T) {
 	c, _ := sharedPair(t, nil)
 	w := mustWriter(t, c, "w")
 	for i := range 11 {
-		if _, err := w.Append(bytes.Repeat([]byte{'a' + byte(i)}, i+1)); err != nil {
+		if _, err := w.Append(bytes.Repeat([]byte{'a' + byte(i)}, i)); err != nil {
 			t.Fatal(err)
 		}
 	}

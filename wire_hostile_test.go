@@ -979,7 +979,8 @@ func TestHostileFullPipelineIsNotAFlood(t *testing.T) {
 					if len(p.Blocks) != 64 {
 						t.Fatalf("round %d, answer %d: %d blocks", round, i, len(p.Blocks))
 					}
-					if !bytes.Equal(p.Blocks[63], bytes.Repeat([]byte{63}, 4<<10)) {
+					// Format 4: the block is 0x00 (no context) ‖ the value.
+					if !bytes.Equal(p.Blocks[63], append([]byte{0}, bytes.Repeat([]byte{63}, 4<<10)...)) {
 						t.Fatal("a wrong block")
 					}
 				}

@@ -455,7 +455,7 @@ files take on disk.`,
 			return err
 		}
 		var writers, replicas int
-		var length, held, values uint64
+		var length, held, blocks uint64
 		for _, f := range core.Feeds() {
 			if f.Writable() {
 				writers++
@@ -464,7 +464,7 @@ files take on disk.`,
 			}
 			length += f.Len()
 			held += f.Downloaded()
-			values += f.ByteLen()
+			blocks += f.ByteLen()
 		}
 		files, disk, err := diskUsage(e.db)
 		if err != nil {
@@ -477,7 +477,7 @@ files take on disk.`,
 		fmt.Fprintf(tw, "feeds\t%d (%d local %s, %d %s)\n", writers+replicas,
 			writers, plural(writers, "writer", "writers"), replicas, plural(replicas, "replica", "replicas"))
 		fmt.Fprintf(tw, "entries\t%d (%d held here)\n", length, held)
-		fmt.Fprintf(tw, "values\t%d bytes\n", values)
+		fmt.Fprintf(tw, "blocks\t%d bytes (values and causal contexts)\n", blocks)
 		fmt.Fprintf(tw, "on disk\t%d bytes in %d files\n", disk, files)
 		if d := len(core.Damaged()); d > 0 {
 			fmt.Fprintf(tw, "damaged\t%d %s not loaded (see kappa verify)\n", d, plural(d, "feed", "feeds"))

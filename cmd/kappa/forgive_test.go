@@ -153,7 +153,7 @@ func TestVersionPrintsModuleFormatAndProtocol(t *testing.T) {
 			t.Errorf("kappa version lacks %q:\n%s", want, out)
 		}
 	}
-	if kappa.FormatVersion != 3 || kappa.ProtocolMajor != 1 || kappa.ProtocolMinor != 2 {
+	if kappa.FormatVersion != 4 || kappa.ProtocolMajor != 1 || kappa.ProtocolMinor != 2 {
 		t.Errorf("versions %d, %d.%d: update doc/FORMAT.md, doc/PROTOCOL.md and this test",
 			kappa.FormatVersion, kappa.ProtocolMajor, kappa.ProtocolMinor)
 	}

@@ -19,7 +19,7 @@ func TestLogSkipsADamagedEntryAndPrintsTheRest(t *testing.T) {
 	}
 	mustRun(t, dir, append([]string{"append", "-db", db}, values...)...)
 	data := filepath.Join(db, "feeds", "0", "data")
-	rec := int64(16 + 7*12) // header, then records of 4-byte length ‖ 4-byte value ‖ CRC
+	rec := int64(16 + 7*13) // header, then records of 4-byte length ‖ 5-byte block (0x00 ‖ 4-byte value, format 4) ‖ CRC
 	flipBit(t, data, rec+5, 0)
 
 	r := kappaRun(t, dir, "", "log", "-db", db)

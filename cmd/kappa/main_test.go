@@ -292,8 +292,8 @@ func TestDemoReplicatesSumsAndVerifies(t *testing.T) {
 		"sums before replication: alice 15 (1 feed), bob 60 (1 feed)",
 		"replicating over TCP: bob listens on 127.0.0.1:",
 		"sums after replication: alice 75 (2 feeds), bob 75 (2 feeds)",
-		"alice: verified 2 feeds: 8 entries (11 bytes) re-hashed, 6 signatures checked",
-		"bob: verified 2 feeds: 8 entries (11 bytes) re-hashed, 4 signatures checked",
+		"alice: verified 2 feeds: 8 entries (19 bytes) re-hashed, 6 signatures checked",
+		"bob: verified 2 feeds: 8 entries (19 bytes) re-hashed, 4 signatures checked",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
@@ -385,7 +385,8 @@ func TestVerifyNamesTheDamagedEntry(t *testing.T) {
 	db := newDB(t, dir, "db")
 	mustRun(t, dir, "append", "-db", db, "aaaa", "bbbb", "cccc")
 	out := mustRun(t, dir, "verify", "-db", db)
-	if !strings.Contains(out, "verified 1 feed: 3 entries (12 bytes) re-hashed, 1 signature checked") {
+	// Format 4: each block is 0x00 (no context) ‖ the value: 5 bytes.
+	if !strings.Contains(out, "verified 1 feed: 3 entries (15 bytes) re-hashed, 1 signature checked") {
 		t.Errorf("verify of a healthy database:\n%s", out)
 	}
 	if out := mustRun(t, dir, "stat", "-db", db); !strings.Contains(out, "entries   3 (3 held here)") {
@@ -394,14 +395,14 @@ func TestVerifyNamesTheDamagedEntry(t *testing.T) {
 	feed := entries(t, dir, db)[0][:8]
 
 	// Entry 1's record starts after the data file's 16-byte header and
-	// entry 0's record (its length, 4 bytes, its CRC); its value follows
-	// its own 4-byte length.
+	// entry 0's record (its length, its 5-byte block 0x00 ‖ 4 bytes, its
+	// CRC); its block follows its own 4-byte length.
 	data := filepath.Join(db, "feeds", "0", "data")
 	b, err := os.ReadFile(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b[16+(4+4+4)+4+2] ^= 0x20
+	b[16+(4+5+4)+4+2] ^= 0x20
 	if err := os.WriteFile(data, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -410,11 +411,11 @@ func TestVerifyNamesTheDamagedEntry(t *testing.T) {
 		t.Fatalf("verify passed a flipped byte:\n%s", r.stdout)
 	}
 	checkOneErrorLine(t, "verify", r.stderr)
-	want := fmt.Sprintf("damaged: feed %s (writer \"default\") seq 1: %s at offset 28", feed, data)
+	want := fmt.Sprintf("damaged: feed %s (writer \"default\") seq 1: %s at offset 29", feed, data)
 	if !strings.Contains(r.stdout, want) || strings.Count(r.stdout, "damaged:") != 1 {
 		t.Errorf("verify's report lacks %q, or names more:\n%s", want, r.stdout)
 	}
-	if !strings.Contains(r.stdout, "2 entries (8 bytes) re-hashed, 1 signature checked; 1 problem") {
+	if !strings.Contains(r.stdout, "2 entries (10 bytes) re-hashed, 1 signature checked; 1 problem") {
 		t.Errorf("verify's summary:\n%s", r.stdout)
 	}
 	// log prints the other entries, and exits non-zero with one line

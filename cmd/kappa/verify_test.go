@@ -54,7 +54,7 @@ func TestVerifyAgreesWithReadsOnFlippedRecordBits(t *testing.T) {
 	mustRun(t, dir, "append", "-db", base, "aaaa", "bbbb", "cccc")
 	feed := entries(t, dir, base)[0][:8]
 	for seq := range 3 {
-		rec := int64(16 + seq*12) // header, then 4-byte length ‖ 4-byte value ‖ CRC
+		rec := int64(16 + seq*13) // header, then 4-byte length ‖ block 0x00 ‖ 4-byte value (format 4) ‖ CRC
 		for _, part := range []struct {
 			name string
 			off  int64
@@ -67,7 +67,7 @@ func TestVerifyAgreesWithReadsOnFlippedRecordBits(t *testing.T) {
 				r := kappaRun(t, dir, "", "verify", "-db", db)
 				if part.name == "crc" {
 					if r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf("entry %d: stale record checksum, not rewritten (read-only)", seq)) ||
-						!strings.Contains(r.stdout, "3 entries (12 bytes) re-hashed, 1 signature checked, 1 stale checksum over intact values") {
+						!strings.Contains(r.stdout, "3 entries (15 bytes) re-hashed, 1 signature checked, 1 stale checksum over intact values") {
 						t.Fatalf("verify of a stale checksum: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 					}
 					if out := mustRun(t, dir, "verify", "-db", db); !strings.Contains(out, "1 stale checksum") {
@@ -81,7 +81,7 @@ func TestVerifyAgreesWithReadsOnFlippedRecordBits(t *testing.T) {
 				checkOneErrorLine(t, "verify", r.stderr)
 				want := fmt.Sprintf("damaged: feed %s (writer \"default\") seq %d: %s at offset %d", feed, seq, data, rec)
 				if !strings.Contains(r.stdout, want) || strings.Count(r.stdout, "damaged:") != 1 ||
-					!strings.Contains(r.stdout, "2 entries (8 bytes) re-hashed, 1 signature checked; 1 problem") {
+					!strings.Contains(r.stdout, "2 entries (10 bytes) re-hashed, 1 signature checked; 1 problem") {
 					t.Fatalf("verify's report lacks %q, or names more:\n%s", want, r.stdout)
 				}
 			})
@@ -98,7 +98,7 @@ func TestVerifyChecksTreeNodesAndEverySignatureRecord(t *testing.T) {
 		mustRun(t, dir, "append", "-db", base, v)
 	}
 	out := mustRun(t, dir, "verify", "-db", base)
-	if !strings.Contains(out, "4 entries (16 bytes) re-hashed, 4 signatures checked") {
+	if !strings.Contains(out, "4 entries (20 bytes) re-hashed, 4 signatures checked") {
 		t.Fatalf("verify of a healthy database:\n%s", out)
 	}
 	for _, tc := range []struct {
