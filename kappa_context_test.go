@@ -94,6 +94,12 @@ func TestFirstEntryOfAppendNamesTheHeadsTheWriterHeld(t *testing.T) {
 	if e := mustEntry(t, es, b, 0); string(e.Value) != "b0" {
 		t.Fatalf("Entry.Value of an entry with a context: %q", e.Value)
 	}
+	if vs, err := b.GetBatch(ctxT(t), 0, 2); err != nil || len(vs) != 2 || string(vs[0]) != "b0" || string(vs[1]) != "b1" {
+		t.Fatalf("GetBatch over an entry with a context: %q, %v; want the values alone", vs, err)
+	}
+	if v, err := a.Head(ctxT(t)); err != nil || string(v) != "a1" {
+		t.Fatalf("Head, an entry with a context: %q, %v; want the value alone", v, err)
+	}
 }
 
 // The delta: a writer's context leaves out the feeds whose head it named
