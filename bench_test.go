@@ -315,6 +315,36 @@ func benchmarkAppendSingle(b *testing.B, opts *FeedOptions) {
 	reportRate(b, int64(b.N), int64(b.N)*benchValueSize)
 }
 
+// 100 local writers of one database take turns appending one value each:
+// every Append records the heads of the other writers that changed since
+// this writer's previous one (here all 99: the heads are not reduced yet).
+// It reports entries/s and the context bytes per entry.
+func BenchmarkAppendContext100Writers(b *testing.B) {
+	c, err := Open(b.TempDir(), &Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ws := make([]*Feed, 100)
+	for i := range ws {
+		if ws[i], err = c.Writer(fmt.Sprint("w", i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	vals := benchValues(benchBatch, benchValueSize)
+	for i := 0; b.Loop(); i++ {
+		if _, err := ws[i%len(ws)].Append(vals[i%benchBatch]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportRate(b, int64(b.N), 0)
+	var blocks uint64
+	for _, w := range ws {
+		blocks += w.ByteLen()
+	}
+	b.ReportMetric(float64(blocks-uint64(b.N)*(1+benchValueSize))/float64(b.N), "context-B/entry")
+}
+
 // Reading.
 
 const benchReadLength = 200_000
@@ -873,9 +903,13 @@ func benchIndexDB(b *testing.B, name string, feeds, perFeed int) string {
 }
 
 // writeBenchFeeds adds writers "w0", "w1"… to c, each with perFeed entries
-// of size bytes, in appends of at most 1,000 entries and 16 MiB.
+// of size bytes, in appends of at most 1,000 entries and 16 MiB. The
+// writers record no causal context (see withoutContexts): each block is
+// 0x00 ‖ value, as if every feed came from a writer elsewhere that appended
+// alone, and the numbers stay comparable with those of format 3.
 func writeBenchFeeds(b *testing.B, c *Core, feeds, perFeed, size int) {
 	b.Helper()
+	withoutContexts(c)
 	vals := benchValues(min(perFeed, benchBatch, max(1, 16<<20/size)), size)
 	for i := range feeds {
 		w, err := c.Writer(fmt.Sprint("w", i))

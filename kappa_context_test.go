@@ -342,3 +342,12 @@ func TestFormat3DatabaseIsRefused(t *testing.T) {
 		t.Fatalf("open of a format-3 database: %v, want an error naming versions 3 and 4", err)
 	}
 }
+
+// withoutContexts makes c's writers record no causal context, as a
+// database of format 3 did: for tests and benchmark fixtures of many local
+// writers, where each writer's first append would name the heads of all
+// those before it (quadratic in the number of writers) and measure that
+// rather than what they are about. Call it before the first append.
+func withoutContexts(c *Core) {
+	c.feedCfg.context, c.feedCfg.contextLost = nil, nil
+}
