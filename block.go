@@ -26,13 +26,13 @@ type Pos struct {
 // served as any block, its value is what follows a prefix that fits (else
 // the whole block), and it has no context.
 
-// maxContextBytes bounds a block's context: a block of a value of
-// MaxBlockSize and its context, with the proof that carries it, fits in one
-// message of the protocol (maxMessage).
+// maxContextBytes bounds a block's prefix, uvarint n ‖ context (960 KiB):
+// a block of a value of MaxBlockSize and its context, with the proof that
+// carries it, fits in one message of the protocol (maxMessage).
 const maxContextBytes = 1<<20 - 64<<10
 
-// maxBlockBytes is the largest block: a value of MaxBlockSize with the
-// largest context, uvarint n included.
+// maxBlockBytes is the largest block: a value of MaxBlockSize after the
+// largest prefix.
 const maxBlockBytes = MaxBlockSize + maxContextBytes
 
 // posPairMin is the least size of a context pair: a key and a one-byte seq.

@@ -84,9 +84,9 @@ func (f *Feed) commitWriteLocked(batch []*appendReq) {
 
 // contextsWriteLocked gives the first block of each call in batch its
 // causal context, from the Core's provider (none for a feed opened alone):
-// one context per call, computed now, at commit. A call whose context would
-// be over maxContextBytes fails alone with ErrBlockTooLarge and is left
-// out of the batch returned. recorded is true if a context was recorded.
+// one context per call, computed now, at commit. A call whose block prefix
+// (uvarint n ‖ context) would be over maxContextBytes fails alone with
+// ErrBlockTooLarge and is left out of the batch returned. recorded is true if a context was recorded.
 func (f *Feed) contextsWriteLocked(batch []*appendReq) (kept []*appendReq, recorded bool) {
 	if f.cfg.context == nil {
 		return batch, false
@@ -99,7 +99,7 @@ func (f *Feed) contextsWriteLocked(batch []*appendReq) (kept []*appendReq, recor
 			continue
 		}
 		ctx := normalizeContext(f.cfg.context(f), f.key)
-		if size := contextSize(ctx); size > maxContextBytes {
+		if size := contextSize(ctx); uvarintLen(uint64(size))+size > maxContextBytes {
 			r.err, r.done = f.opError("append", fmt.Errorf("%w: a causal context of %d feeds (%d bytes)", ErrBlockTooLarge, len(ctx), size)), true
 			continue
 		} else if size > 0 {

@@ -296,7 +296,8 @@ func TestFailedAppendForgetsTheContextItRecorded(t *testing.T) {
 }
 
 // A context that would push a block past MaxBlockSize and its bound fails
-// the Append call, which appends nothing.
+// the Append call, which appends nothing; a value of MaxBlockSize with the
+// largest context is appended and read back.
 func TestAppendRefusesAContextOverItsBound(t *testing.T) {
 	f := newFeed(t, NewMemStorage(), nil)
 	n := maxContextBytes/(32+3) + 1 // each pair: a key and a 3-byte seq
@@ -315,9 +316,17 @@ func TestAppendRefusesAContextOverItsBound(t *testing.T) {
 	if f.Len() != 0 {
 		t.Fatalf("length %d after a refused append", f.Len())
 	}
-	n = maxContextBytes/(32+3) - 1
-	if _, err := f.Append([]byte("v")); err != nil {
+	n--
+	big := bytes.Repeat([]byte{'v'}, MaxBlockSize)
+	if _, err := f.Append(big); err != nil {
 		t.Fatalf("append with a context of %d feeds: %v", n, err)
+	}
+	f.cfg.context = nil
+	if v, err := f.Get(ctxT(t), 0); err != nil || !bytes.Equal(v, big) {
+		t.Fatalf("get of the largest value with the largest context: %d bytes, %v", len(v), err)
+	}
+	if got := f.ByteLen(); got <= MaxBlockSize+maxContextBytes-64 || got > maxBlockBytes {
+		t.Fatalf("the block is %d bytes: not near the largest, %d", got, maxBlockBytes)
 	}
 }
 
