@@ -19,7 +19,7 @@ type VerifyOptions struct {
 type VerifyStats struct {
 	Feeds      int    // loaded feeds checked
 	Entries    uint64 // entries held whose value matched its leaf hash
-	Bytes      uint64 // the bytes of those entries
+	Bytes      uint64 // the bytes of those entries' blocks (values and causal contexts)
 	Missing    uint64 // entries of replicas not held here
 	Nodes      uint64 // tree records checked, leaves and parents
 	Signatures int    // signature records whose signature verified against the tree

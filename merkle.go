@@ -142,7 +142,7 @@ const MaxBlockSize = 8 << 20
 // Signature links the entries to roots the receiver already trusts.
 type Proof struct {
 	Start     uint64   // sequence number of Blocks[0]
-	Blocks    [][]byte // entries Start, Start+1, …; may be empty to prove only Length
+	Blocks    [][]byte // the blocks of entries Start, Start+1, … (context and value, doc/FORMAT.md); may be empty to prove only Length
 	Nodes     []Node   // the other nodes: the largest subtrees holding none of the blocks, left to right
 	Length    uint64   // length of the tree the proof reaches
 	Signature []byte   // signature of the roots at Length, or nil
