@@ -360,3 +360,55 @@ func TestFormat3DatabaseIsRefused(t *testing.T) {
 func withoutContexts(c *Core) {
 	c.feedCfg.context, c.feedCfg.contextLost = nil, nil
 }
+
+// Writers appending at the same time each record contexts of their own:
+// every Pos names another feed's existing entry, and what a writer names
+// of a feed only grows.
+func TestConcurrentWritersRecordSaneContexts(t *testing.T) {
+	c := newCore(t, &Options{NoSync: true})
+	ws := make([]*Feed, 4)
+	for i := range ws {
+		ws[i] = mustWriter(t, c, fmt.Sprint("w", i))
+	}
+	const each = 50
+	var wg sync.WaitGroup
+	errs := make(chan error, len(ws))
+	for _, w := range ws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if _, err := w.Append([]byte(fmt.Sprint(i))); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	es := entriesOf(t, c)
+	named := 0
+	for _, w := range ws {
+		last := map[string]uint64{}
+		for seq := range uint64(each) {
+			for _, p := range mustEntry(t, es, w, seq).Deps {
+				g := c.Feed(p.Feed)
+				if g == nil || g == w || p.Seq >= g.Len() {
+					t.Fatalf("feed %x entry %d names %x@%d", w.Key()[:4], seq, p.Feed[:4], p.Seq)
+				}
+				if s, ok := last[string(p.Feed)]; ok && p.Seq <= s {
+					t.Fatalf("feed %x entry %d names %x@%d after @%d", w.Key()[:4], seq, p.Feed[:4], p.Seq, s)
+				}
+				last[string(p.Feed)] = p.Seq
+				named++
+			}
+		}
+	}
+	if named == 0 {
+		t.Fatal("no entry names another")
+	}
+}
