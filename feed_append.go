@@ -91,22 +91,27 @@ func (f *Feed) contextsWriteLocked(batch []*appendReq) (kept []*appendReq, recor
 	if f.cfg.context == nil {
 		return batch, false
 	}
-	kept = batch[:0:0]
-	for _, r := range batch {
+	for i, r := range batch {
 		r.prefix = nil
-		if len(r.values) == 0 {
+		if len(r.values) > 0 {
+			ctx := normalizeContext(f.cfg.context(f), f.key)
+			if size := contextSize(ctx); uvarintLen(uint64(size))+size > maxContextBytes {
+				r.err, r.done = f.opError("append", fmt.Errorf("%w: a causal context of %d feeds (%d bytes)", ErrBlockTooLarge, len(ctx), size)), true
+				if kept == nil {
+					kept = append(batch[:0:0], batch[:i]...)
+				}
+				continue
+			} else if size > 0 {
+				r.prefix = appendBlockPrefix(nil, ctx)
+				recorded = true
+			}
+		}
+		if kept != nil {
 			kept = append(kept, r)
-			continue
 		}
-		ctx := normalizeContext(f.cfg.context(f), f.key)
-		if size := contextSize(ctx); uvarintLen(uint64(size))+size > maxContextBytes {
-			r.err, r.done = f.opError("append", fmt.Errorf("%w: a causal context of %d feeds (%d bytes)", ErrBlockTooLarge, len(ctx), size)), true
-			continue
-		} else if size > 0 {
-			r.prefix = appendBlockPrefix(nil, ctx)
-			recorded = true
-		}
-		kept = append(kept, r)
+	}
+	if kept == nil {
+		return batch, recorded
 	}
 	return kept, recorded
 }
