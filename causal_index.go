@@ -1,0 +1,647 @@
+package kappa
+
+import (
+	"container/heap"
+	"runtime"
+	"sync"
+)
+
+// The causal index: happened-before between entries of all feeds, exact, in
+// memory, built as entries become available.
+//
+// Feeds are named by small dense ints (the Core's feed indexes), entries by
+// pos{feed, seq}. The index is fed append segments: add(F, s, e, deps) says
+// that F holds entries s..e-1, that entry s follows its predecessor (F, s-1)
+// and the entries deps, and that each of s+1..e-1 follows only its
+// predecessor. Segments may come in any order and with holes; an entry is
+// indexed once every entry in its causal past is held (added), that is once
+// its own feed is indexed up to it and every dep of every segment on the
+// way is indexed. Until then compare says Unknown and waitingOn says why.
+//
+// Representation. For each pair of feeds F ≠ G the index keeps the step
+// function knows[F][G]: seq of F → the number of G's entries in the causal
+// past of F's entry at that seq (they are always a prefix of G, since a
+// feed's entries follow each other). It is kept as its breakpoints, the
+// seqs of F where it rises, with the value from there on. Then exactly:
+//
+//	(G, sa) happened before (F, sb)  ⇔  sa < knows[F][G](sb)      (F ≠ G)
+//	(F, sa) happened before (F, sb)  ⇔  sa < sb
+//
+// so compare is two binary searches. Indexing F's segment at s with deps D
+// sets, for every G, knows[F][G](s) = max(knows[F][G](s-1), d.seq+1 for d in
+// D on G, knows[d.feed][G](d.seq) for d in D); only the G that rise get a
+// breakpoint, and a dep already in F's past (knows[F][d.feed](s-1) > d.seq)
+// costs nothing. A writer that talks with few others pays for those few
+// (unlike a vector per entry, which costs the number of feeds on every
+// entry); the entries of a segment after its first cost nothing (one
+// breakpoint covers them). Breakpoints are two uint32 while every seq and
+// count fits, two uint64 after that.
+//
+// Waiting. A feed's first segment not indexed waits on one dependency at a
+// time: the first of its deps not indexed yet, found by a cursor that only
+// moves forward, so a segment with n deps costs O(n) checks in all however
+// its deps arrive, and one waiter record (on the feed of that dependency,
+// woken when that feed's indexed length passes it). Memory per waiting
+// segment is its deps and O(1). A dependency that never comes (a future
+// entry, a cycle between feeds, a malformed context) leaves that feed's
+// segment waiting and touches nothing else: there is no loop to run and
+// nothing to deadlock.
+//
+// Long segments. A segment with many deps (a context may legally name
+// 100,000 feeds) is processed in chunks of causalChunk units of work; the
+// lock is released between chunks, so other feeds' adds and all compares go
+// on meanwhile; the segment's feed is marked busy so no one else touches it.
+// The work is done by the goroutine whose add made the segment ready.
+//
+// Concurrency: one sync.RWMutex; compare, follows, waitingOn and indexedLen
+// take it for reading, add for writing.
+
+// pos names an entry of the causal index: a feed index and a seq.
+type pos struct {
+	feed int
+	seq  uint64
+}
+
+// dep is a dependency of a segment: the entry it follows.
+type dep = pos
+
+// neverDep is a dependency that never comes: the Core gives it as the only
+// dep of an entry whose context is malformed, so that entry and its feed's
+// later entries never index (waitingOn says waitMalformed).
+var neverDep = dep{feed: -1}
+
+const (
+	// causalMaxFeed bounds feed indexes (they index a slice).
+	causalMaxFeed = 1<<31 - 1
+	// causalChunk is the work (deps checked, breakpoints read or written)
+	// done under the lock before it is released for others.
+	causalChunk = 1 << 14
+)
+
+// waitReason tells why an entry is not indexed.
+type waitReason int
+
+const (
+	waitNone      waitReason = iota // indexed
+	waitNotHeld                     // an entry in its causal past is not held (not added)
+	waitCycle                       // its causal past loops back on itself: never indexes
+	waitMalformed                   // a segment on the way has a malformed context (neverDep)
+	waitIndexing                    // held and ready, being indexed now (a long context)
+)
+
+// String returns the reason in words, for Wait.Reason.
+func (r waitReason) String() string {
+	switch r {
+	case waitNone:
+		return "indexed"
+	case waitNotHeld:
+		return "not held"
+	case waitCycle:
+		return "cycle"
+	case waitMalformed:
+		return "malformed context"
+	case waitIndexing:
+		return "indexing"
+	}
+	return "waitReason(?)"
+}
+
+// steps is the step function knows[F][G] for one G: breakpoints (at, n) with
+// at strictly increasing and n strictly increasing; the value at seq is the
+// n of the last breakpoint with at ≤ seq, 0 before the first.
+type steps struct {
+	g      int
+	narrow []uint32 // at0, n0, at1, n1, ... while every value fits in 32 bits
+	wide   []uint64 // the same once one does not (narrow is then nil)
+}
+
+// last returns the value after the last breakpoint.
+func (s *steps) last() uint64 {
+	if s.wide != nil {
+		return s.wide[len(s.wide)-1]
+	}
+	if len(s.narrow) == 0 {
+		return 0
+	}
+	return uint64(s.narrow[len(s.narrow)-1])
+}
+
+// count returns the value at seq.
+func (s *steps) count(seq uint64) uint64 {
+	if s.wide != nil {
+		a := s.wide
+		k := len(a) / 2
+		if a[2*k-2] <= seq {
+			return a[2*k-1]
+		}
+		lo, hi := 0, k-1 // the first breakpoint with at > seq is in [lo, hi]
+		for lo < hi {
+			m := int(uint(lo+hi) >> 1)
+			if a[2*m] <= seq {
+				lo = m + 1
+			} else {
+				hi = m
+			}
+		}
+		if lo == 0 {
+			return 0
+		}
+		return a[2*lo-1]
+	}
+	a := s.narrow
+	k := len(a) / 2
+	if k == 0 {
+		return 0
+	}
+	if seq > 1<<32-1 || uint64(a[2*k-2]) <= seq {
+		return uint64(a[2*k-1])
+	}
+	q := uint32(seq)
+	lo, hi := 0, k-1
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if a[2*m] <= q {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	if lo == 0 {
+		return 0
+	}
+	return uint64(a[2*lo-1])
+}
+
+// push adds the breakpoint (at, n); at and n exceed the last ones.
+func (s *steps) push(at, n uint64) {
+	if s.wide == nil && (at > 1<<32-1 || n > 1<<32-1) {
+		s.wide = make([]uint64, len(s.narrow), len(s.narrow)+2)
+		for i, v := range s.narrow {
+			s.wide[i] = uint64(v)
+		}
+		s.narrow = nil
+	}
+	if s.wide != nil {
+		s.wide = append(s.wide, at, n)
+		return
+	}
+	s.narrow = append(s.narrow, uint32(at), uint32(n))
+}
+
+// causalSegment is a held segment not indexed yet: entries start..end-1 of
+// its feed, start following deps.
+type causalSegment struct {
+	start, end uint64
+	deps       []dep
+	next       int // deps[:next] are known to be indexed (or implied)
+}
+
+// causalWaiter is a feed whose first segment not indexed waits for entry
+// seq of the feed whose heap holds it.
+type causalWaiter struct {
+	seq  uint64
+	feed int
+}
+
+// waitHeap is a min-heap of waiters by seq.
+type waitHeap []causalWaiter
+
+func (h waitHeap) Len() int           { return len(h) }
+func (h waitHeap) Less(i, j int) bool { return h[i].seq < h[j].seq }
+func (h waitHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *waitHeap) Push(x any)        { *h = append(*h, x.(causalWaiter)) }
+func (h *waitHeap) Pop() any {
+	old := *h
+	w := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return w
+}
+
+// causalFeed is the index of one feed.
+type causalFeed struct {
+	n       uint64                    // entries 0..n-1 are indexed
+	know    []steps                   // knows[F][G] for each G this feed's entries know
+	kpos    map[int]int32             // G → its index in know
+	pending map[uint64]*causalSegment // held segments not indexed, by start
+	waiters waitHeap                  // other feeds' segments waiting for an entry of this feed
+	busy    bool                      // a goroutine is indexing its segment pending[n] in chunks
+	waiting bool                      // pending[n] is registered in another feed's waiters
+}
+
+// steps returns knows[F][g], or nil if F knows no entry of g. The pointer is
+// valid until the next push to another G (under the lock).
+func (f *causalFeed) steps(g int) *steps {
+	i, ok := f.kpos[g]
+	if !ok {
+		return nil
+	}
+	return &f.know[i]
+}
+
+// current returns knows[F][g] at F's last indexed entry.
+func (f *causalFeed) current(g int) uint64 {
+	if s := f.steps(g); s != nil {
+		return s.last()
+	}
+	return 0
+}
+
+// push adds the breakpoint (at, n) to knows[F][g].
+func (f *causalFeed) push(g int, at, n uint64) {
+	i, ok := f.kpos[g]
+	if !ok {
+		if f.kpos == nil {
+			f.kpos = make(map[int]int32)
+		}
+		i = int32(len(f.know))
+		f.kpos[g] = i
+		f.know = append(f.know, steps{g: g})
+	}
+	f.know[i].push(at, n)
+}
+
+// put records the held segment start..end-1 (start following deps). A
+// segment, or the part of it, that is indexed already is dropped; one that
+// starts where another waits is merged with it (the larger end; the deps
+// first given win: an entry's deps are fixed by its signed block, so two
+// descriptions of one entry differ only by a caller's mistake).
+func (f *causalFeed) put(start, end uint64, deps []dep) {
+	if start < f.n {
+		if end <= f.n {
+			return
+		}
+		start, deps = f.n, nil
+	}
+	if p, ok := f.pending[start]; ok {
+		if end > p.end {
+			p.end = end
+		}
+		if len(p.deps) == 0 && len(deps) > 0 && !(f.busy && start == f.n) {
+			p.deps, p.next = deps, 0
+		}
+		return
+	}
+	if f.pending == nil {
+		f.pending = make(map[uint64]*causalSegment)
+	}
+	f.pending[start] = &causalSegment{start: start, end: end, deps: deps}
+}
+
+// causalMerge accumulates the new values of knows[F][·] for one segment.
+type causalMerge struct {
+	cand    []uint64 // candidate value per G (valid where stamp == epoch)
+	base    []uint64 // knows[F][G] before the segment
+	stamp   []uint32
+	epoch   uint32
+	touched []int
+}
+
+func (m *causalMerge) reset() {
+	m.epoch++
+	if m.epoch == 0 {
+		clear(m.stamp)
+		m.epoch = 1
+	}
+	m.touched = m.touched[:0]
+}
+
+// get returns the candidate for g (F's current value if untouched).
+func (m *causalMerge) get(f *causalFeed, g int) uint64 {
+	if g < len(m.stamp) && m.stamp[g] == m.epoch {
+		return m.cand[g]
+	}
+	return f.current(g)
+}
+
+// raise makes the candidate for g at least v.
+func (m *causalMerge) raise(f *causalFeed, g int, v uint64) {
+	if g >= len(m.stamp) {
+		n := max(g+1, 2*len(m.stamp))
+		m.cand = append(m.cand, make([]uint64, n-len(m.cand))...)
+		m.base = append(m.base, make([]uint64, n-len(m.base))...)
+		m.stamp = append(m.stamp, make([]uint32, n-len(m.stamp))...)
+	}
+	if m.stamp[g] != m.epoch {
+		m.stamp[g] = m.epoch
+		b := f.current(g)
+		m.base[g], m.cand[g] = b, b
+		m.touched = append(m.touched, g)
+	}
+	if v > m.cand[g] {
+		m.cand[g] = v
+	}
+}
+
+// causalIndex is the happened-before index of a database's feeds. The zero
+// value is empty and ready to use.
+type causalIndex struct {
+	mu    sync.RWMutex
+	feeds []*causalFeed
+	spare *causalMerge // a merge buffer to reuse (nil while in use)
+
+	// yield, if set, is called between the chunks of a long segment, with
+	// the lock not held (a test hook).
+	yield func()
+}
+
+// feed returns the index of feed i, or nil.
+func (x *causalIndex) feed(i int) *causalFeed {
+	if i < 0 || i >= len(x.feeds) {
+		return nil
+	}
+	return x.feeds[i]
+}
+
+// feedAt returns the index of feed i, creating it.
+func (x *causalIndex) feedAt(i int) *causalFeed {
+	if i >= len(x.feeds) {
+		x.feeds = append(x.feeds, make([]*causalFeed, i+1-len(x.feeds))...)
+	}
+	f := x.feeds[i]
+	if f == nil {
+		f = new(causalFeed)
+		x.feeds[i] = f
+	}
+	return f
+}
+
+// indexed tells whether entry p is indexed (x.mu held).
+func (x *causalIndex) indexed(p pos) bool {
+	f := x.feed(p.feed)
+	return f != nil && p.seq < f.n
+}
+
+// add records that feed holds entries start..end-1, entry start following
+// its predecessor and deps, each later one only its predecessor, and
+// indexes whatever that makes ready. deps may name entries not added yet
+// (the segment then waits), entries of feed itself before start (implied:
+// ignored) or neverDep. add keeps no reference to deps. A segment with
+// end ≤ start, or a feed outside 0..causalMaxFeed, is ignored.
+func (x *causalIndex) add(feed int, start, end uint64, deps []dep) {
+	if feed < 0 || feed > causalMaxFeed || end <= start {
+		return
+	}
+	var own []dep
+	if len(deps) > 0 {
+		own = append([]dep(nil), deps...)
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.feedAt(feed).put(start, end, own)
+	x.drain([]int{feed})
+}
+
+// drain indexes the ready segments of the feeds in work and of those their
+// indexing wakes (x.mu held for writing; released between chunks of long
+// segments).
+func (x *causalIndex) drain(work []int) {
+	for len(work) > 0 {
+		k := work[len(work)-1]
+		work = x.indexFeed(k, work[:len(work)-1])
+	}
+}
+
+// indexFeed indexes feed k's segments from its indexed length on while they
+// are held and ready, and returns work with the feeds it woke appended.
+func (x *causalIndex) indexFeed(k int, work []int) []int {
+	f := x.feeds[k]
+	for !f.busy {
+		seg := f.pending[f.n]
+		if seg == nil {
+			return work
+		}
+		f.busy = true
+		if !x.ready(k, f, seg) {
+			f.busy = false
+			return work
+		}
+		if len(seg.deps) > 0 {
+			x.merge(k, f, seg)
+		}
+		delete(f.pending, seg.start)
+		f.n = seg.end
+		f.busy = false
+		x.tidy(f, seg.start)
+		for len(f.waiters) > 0 && f.waiters[0].seq < f.n {
+			w := heap.Pop(&f.waiters).(causalWaiter).feed
+			x.feeds[w].waiting = false
+			work = append(work, w)
+		}
+	}
+	return work
+}
+
+// ready tells whether every dep of seg (feed k's next segment) is indexed.
+// If one is not, it registers k as waiting for it, unless it never comes.
+func (x *causalIndex) ready(k int, f *causalFeed, seg *causalSegment) bool {
+	units := 0
+	for seg.next < len(seg.deps) {
+		d := seg.deps[seg.next]
+		if !(d.feed == k && d.seq < seg.start) && !x.indexed(d) {
+			if d.feed >= 0 && d.feed <= causalMaxFeed && !f.waiting {
+				heap.Push(&x.feedAt(d.feed).waiters, causalWaiter{seq: d.seq, feed: k})
+				f.waiting = true
+			}
+			return false
+		}
+		seg.next++
+		if units++; units >= causalChunk {
+			units = 0
+			x.pause()
+		}
+	}
+	return true
+}
+
+// merge adds the breakpoints of seg (feed k's next segment, all deps
+// indexed) to knows[k][·].
+func (x *causalIndex) merge(k int, f *causalFeed, seg *causalSegment) {
+	m := x.spare
+	x.spare = nil
+	if m == nil {
+		m = new(causalMerge)
+	}
+	m.reset()
+	units := 0
+	for i := 0; i < len(seg.deps); i++ {
+		d := seg.deps[i]
+		if d.feed == k || m.get(f, d.feed) > d.seq {
+			continue // implied by the predecessor, or already in the past
+		}
+		m.raise(f, d.feed, d.seq+1)
+		h := x.feeds[d.feed]
+		for j := 0; j < len(h.know); j++ {
+			s := &h.know[j]
+			if s.g != k {
+				if v := s.count(d.seq); v > 0 {
+					m.raise(f, s.g, v)
+				}
+			}
+			if units++; units >= causalChunk {
+				units = 0
+				x.pause()
+			}
+		}
+	}
+	for _, g := range m.touched {
+		if m.cand[g] > m.base[g] {
+			f.push(g, seg.start, m.cand[g])
+		}
+		if units++; units >= causalChunk {
+			units = 0
+			x.pause()
+		}
+	}
+	x.spare = m
+}
+
+// pause lets others take the lock (x.mu held for writing).
+func (x *causalIndex) pause() {
+	x.mu.Unlock()
+	if x.yield != nil {
+		x.yield()
+	}
+	runtime.Gosched()
+	x.mu.Lock()
+}
+
+// tidy moves the segments waiting at a start that F's indexing has just
+// passed (from start on) to F's new indexed length: overlapping segments,
+// which only a caller's mistake makes.
+func (f *causalFeed) tidy(start uint64) {
+	if len(f.pending) == 0 || f.n-start < 2 {
+		return
+	}
+	var stale []*causalSegment
+	if uint64(len(f.pending)) < f.n-start-1 {
+		for s, p := range f.pending {
+			if s > start && s < f.n {
+				stale = append(stale, p)
+			}
+		}
+	} else {
+		for s := start + 1; s < f.n; s++ {
+			if p, ok := f.pending[s]; ok {
+				stale = append(stale, p)
+			}
+		}
+	}
+	for _, p := range stale {
+		delete(f.pending, p.start)
+		f.put(p.start, p.end, nil)
+	}
+}
+
+// tidy is causalFeed.tidy (x.mu held).
+func (x *causalIndex) tidy(f *causalFeed, start uint64) { f.tidy(start) }
+
+// compare tells how entries a and b are related: Unknown unless both are
+// indexed, then exactly Before, After, Concurrent or Same.
+func (x *causalIndex) compare(a, b pos) Order {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	fa, fb := x.feed(a.feed), x.feed(b.feed)
+	if fa == nil || fb == nil || a.seq >= fa.n || b.seq >= fb.n {
+		return Unknown
+	}
+	if a.feed == b.feed {
+		switch {
+		case a.seq < b.seq:
+			return Before
+		case a.seq > b.seq:
+			return After
+		}
+		return Same
+	}
+	if s := fb.steps(a.feed); s != nil && a.seq < s.count(b.seq) {
+		return Before
+	}
+	if s := fa.steps(b.feed); s != nil && b.seq < s.count(a.seq) {
+		return After
+	}
+	return Concurrent
+}
+
+// follows tells whether b happened before a (a is indexed and b is in its
+// causal past). It is false if a is not indexed, and for a == b.
+func (x *causalIndex) follows(a, b pos) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	fa := x.feed(a.feed)
+	if fa == nil || a.seq >= fa.n {
+		return false
+	}
+	if a.feed == b.feed {
+		return b.seq < a.seq
+	}
+	s := fa.steps(b.feed)
+	return s != nil && b.seq < s.count(a.seq)
+}
+
+// indexedLen returns how many entries of feed are indexed (a prefix).
+func (x *causalIndex) indexedLen(feed int) uint64 {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	if f := x.feed(feed); f != nil {
+		return f.n
+	}
+	return 0
+}
+
+// waitingOn tells why entry (feed, seq) is not indexed: on is the entry
+// its indexing waits for, followed through the chain of waiting segments to
+// its end: an entry not held (waitNotHeld; possibly (feed, seq) itself), an
+// entry of a cycle (waitCycle), neverDep (waitMalformed), or the first
+// entry of a segment being indexed now (waitIndexing). For an indexed entry
+// it returns waitNone. The chain visits each feed at most once.
+func (x *causalIndex) waitingOn(feed int, seq uint64) (on pos, why waitReason) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	t := pos{feed, seq}
+	if x.indexed(t) {
+		return pos{}, waitNone
+	}
+	var seen map[int]bool
+	for {
+		if t.feed < 0 || t.feed > causalMaxFeed {
+			return t, waitMalformed
+		}
+		f := x.feed(t.feed)
+		if f == nil || !f.holds(t.seq) {
+			return t, waitNotHeld
+		}
+		if seen[t.feed] {
+			return t, waitCycle
+		}
+		if seen == nil {
+			seen = make(map[int]bool)
+		}
+		seen[t.feed] = true
+		h := pos{t.feed, f.n} // the feed's first entry not indexed
+		seg := f.pending[f.n]
+		switch {
+		case seg == nil:
+			return h, waitNotHeld
+		case f.busy || seg.next >= len(seg.deps):
+			return h, waitIndexing
+		}
+		t = seg.deps[seg.next]
+	}
+}
+
+// holds tells whether entry seq of the feed is held (indexed or in a
+// pending segment).
+func (f *causalFeed) holds(seq uint64) bool {
+	if seq < f.n {
+		return true
+	}
+	if _, ok := f.pending[seq]; ok {
+		return true
+	}
+	for _, p := range f.pending {
+		if p.start <= seq && seq < p.end {
+			return true
+		}
+	}
+	return false
+}

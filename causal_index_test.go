@@ -1,0 +1,523 @@
+package kappa
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+)
+
+// causalSeg is one append segment of a generated history.
+type causalSeg struct {
+	feed       int
+	start, end uint64
+	deps       []dep
+}
+
+// causalHistory is a random multi-writer history with the vector clock of
+// every entry, computed by brute force: vc[f][s][g] is the number of g's
+// entries in the causal past of (f, s), itself included.
+type causalHistory struct {
+	writers int
+	segs    []causalSeg
+	vc      [][][]uint64
+}
+
+// genCausalHistory makes a history of writers writers: at each step one
+// writer either receives a random prefix of another's feed (random
+// delivery: what it holds need not be closed under causality), or appends
+// a segment of 1–4 entries whose deps are heads of what it holds — all of
+// them, a random subset, sometimes with a redundant dep on its own past.
+func genCausalHistory(rng *rand.Rand, writers, steps int) *causalHistory {
+	h := &causalHistory{writers: writers, vc: make([][][]uint64, writers)}
+	had := make([][]uint64, writers)
+	for w := range had {
+		had[w] = make([]uint64, writers)
+	}
+	for range steps {
+		w := rng.IntN(writers)
+		if rng.IntN(3) == 0 {
+			g := rng.IntN(writers)
+			if g != w {
+				n := uint64(len(h.vc[g]))
+				had[w][g] += rng.Uint64N(n - had[w][g] + 1)
+			}
+			continue
+		}
+		start := uint64(len(h.vc[w]))
+		var deps []dep
+		all := rng.IntN(2) == 0
+		for g, n := range had[w] {
+			if g != w && n > 0 && (all || rng.IntN(2) == 0) {
+				deps = append(deps, dep{g, n - 1 - rng.Uint64N(min(n, 2))})
+			}
+		}
+		if start > 0 && rng.IntN(5) == 0 {
+			deps = append(deps, dep{w, rng.Uint64N(start)})
+		}
+		rng.Shuffle(len(deps), func(i, j int) { deps[i], deps[j] = deps[j], deps[i] })
+		k := 1 + rng.Uint64N(4)
+		for s := start; s < start+k; s++ {
+			v := make([]uint64, writers)
+			if s > start {
+				copy(v, h.vc[w][s-1])
+			} else {
+				if s > 0 {
+					copy(v, h.vc[w][s-1])
+				}
+				for _, d := range deps {
+					for g, c := range h.vc[d.feed][d.seq] {
+						v[g] = max(v[g], c)
+					}
+				}
+			}
+			v[w] = s + 1
+			h.vc[w] = append(h.vc[w], v)
+		}
+		h.segs = append(h.segs, causalSeg{w, start, start + k, deps})
+	}
+	return h
+}
+
+// before tells by the vector clocks whether a happened before b.
+func (h *causalHistory) before(a, b pos) bool {
+	return a != b && h.vc[b.feed][b.seq][a.feed] > a.seq
+}
+
+// order is the expected compare(a, b) once both are indexed.
+func (h *causalHistory) order(a, b pos) Order {
+	switch {
+	case a == b:
+		return Same
+	case h.before(a, b):
+		return Before
+	case h.before(b, a):
+		return After
+	}
+	return Concurrent
+}
+
+// entries lists every entry of the history.
+func (h *causalHistory) entries() []pos {
+	var all []pos
+	for f, v := range h.vc {
+		for s := range v {
+			all = append(all, pos{f, uint64(s)})
+		}
+	}
+	return all
+}
+
+// checkCausalIndex checks x against the history given which entries were
+// added: an entry must be indexed exactly when its whole causal past
+// (itself included) is added, compare and follows must be exact between
+// indexed entries and Unknown/false otherwise, and waitingOn must name an
+// entry not added in the causal past of a waiting one.
+func checkCausalIndex(t *testing.T, h *causalHistory, x *causalIndex, added [][]bool, what string) {
+	t.Helper()
+	prefix := make([]uint64, h.writers)
+	for f := range added {
+		for prefix[f] < uint64(len(added[f])) && added[f][prefix[f]] {
+			prefix[f]++
+		}
+	}
+	ready := func(p pos) bool {
+		for g, c := range h.vc[p.feed][p.seq] {
+			if c > prefix[g] {
+				return false
+			}
+		}
+		return true
+	}
+	all := h.entries()
+	isReady := make(map[pos]bool, len(all))
+	for f := range h.vc {
+		n := uint64(0)
+		for n < uint64(len(h.vc[f])) && ready(pos{f, n}) {
+			n++
+		}
+		if got := x.indexedLen(f); got != n {
+			t.Fatalf("%s: indexedLen(%d) = %d, want %d", what, f, got, n)
+		}
+		for s := range n {
+			isReady[pos{f, s}] = true
+		}
+	}
+	for _, a := range all {
+		if !isReady[a] {
+			on, why := x.waitingOn(a.feed, a.seq)
+			if why != waitNotHeld {
+				t.Fatalf("%s: waitingOn(%v) = %v %v, want not held", what, a, on, why)
+			}
+			if on.feed < 0 || on.feed >= h.writers || (on.seq < uint64(len(added[on.feed])) && added[on.feed][on.seq]) {
+				t.Fatalf("%s: waitingOn(%v) = %v, which is held", what, a, on)
+			}
+			if on != a && !h.before(on, a) {
+				t.Fatalf("%s: waitingOn(%v) = %v, not in its causal past", what, a, on)
+			}
+		} else if on, why := x.waitingOn(a.feed, a.seq); why != waitNone {
+			t.Fatalf("%s: waitingOn(%v) = %v %v for an indexed entry", what, a, on, why)
+		}
+		for _, b := range all {
+			want := Unknown
+			if isReady[a] && isReady[b] {
+				want = h.order(a, b)
+			}
+			if got := x.compare(a, b); got != want {
+				t.Fatalf("%s: compare(%v, %v) = %v, want %v", what, a, b, got, want)
+			}
+			if got, want := x.follows(a, b), isReady[a] && h.before(b, a); got != want {
+				t.Fatalf("%s: follows(%v, %v) = %v, want %v", what, a, b, got, want)
+			}
+		}
+	}
+}
+
+// TestCausalIndexMatchesVectorClocks: random histories of 3–5 writers whose
+// segments are added in random orders (deps not added yet included, some
+// segments twice); after every add the index agrees exactly with brute-force
+// vector clocks on what is indexed, on compare and follows for every pair,
+// and waitingOn names a missing entry of the causal past.
+func TestCausalIndexMatchesVectorClocks(t *testing.T) {
+	trials := 300
+	if testing.Short() {
+		trials = 60
+	}
+	for trial := range trials {
+		seed := uint64(trial)
+		rng := rand.New(rand.NewPCG(seed, 18))
+		h := genCausalHistory(rng, 3+rng.IntN(3), 10+rng.IntN(30))
+		added := make([][]bool, h.writers)
+		for f := range added {
+			added[f] = make([]bool, len(h.vc[f]))
+		}
+		order := rng.Perm(len(h.segs))
+		var x causalIndex
+		for i, si := range order {
+			s := h.segs[si]
+			x.add(s.feed, s.start, s.end, s.deps)
+			for q := s.start; q < s.end; q++ {
+				added[s.feed][q] = true
+			}
+			if rng.IntN(8) == 0 { // again, as a duplicate delivery would
+				r := h.segs[order[rng.IntN(i+1)]]
+				x.add(r.feed, r.start, r.end, r.deps)
+			}
+			checkCausalIndex(t, h, &x, added, fmt.Sprintf("seed %d, after %d of %d adds", seed, i+1, len(order)))
+		}
+	}
+}
+
+// TestCausalIndexEntryByEntry: the same histories given one entry per add
+// (as Put delivers them), in random order, end exactly indexed.
+func TestCausalIndexEntryByEntry(t *testing.T) {
+	for seed := range uint64(50) {
+		rng := rand.New(rand.NewPCG(seed, 19))
+		h := genCausalHistory(rng, 3+rng.IntN(3), 40)
+		var single []causalSeg
+		for _, s := range h.segs {
+			for q := s.start; q < s.end; q++ {
+				var deps []dep
+				if q == s.start {
+					deps = s.deps
+				}
+				single = append(single, causalSeg{s.feed, q, q + 1, deps})
+			}
+		}
+		rng.Shuffle(len(single), func(i, j int) { single[i], single[j] = single[j], single[i] })
+		var x causalIndex
+		for _, s := range single {
+			x.add(s.feed, s.start, s.end, s.deps)
+		}
+		added := make([][]bool, h.writers)
+		for f := range added {
+			added[f] = make([]bool, len(h.vc[f]))
+			for q := range added[f] {
+				added[f][q] = true
+			}
+		}
+		checkCausalIndex(t, h, &x, added, fmt.Sprintf("seed %d", seed))
+		if n := x.waiterCount(); n != 0 {
+			t.Fatalf("seed %d: %d waiters left with everything indexed", seed, n)
+		}
+	}
+}
+
+// waiterCount returns the number of waiter records in all feeds.
+func (x *causalIndex) waiterCount() int {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	n := 0
+	for _, f := range x.feeds {
+		if f != nil {
+			n += len(f.waiters)
+		}
+	}
+	return n
+}
+
+// TestCausalIndexCycleStaysUnknown: two feeds naming each other's future
+// never index from there (no loop, no hang), waitingOn says cycle, and a
+// third feed is unaffected except where it depends on the cycle.
+func TestCausalIndexCycleStaysUnknown(t *testing.T) {
+	var x causalIndex
+	const a, b, c = 0, 1, 2
+	x.add(a, 0, 3, nil)
+	x.add(a, 3, 5, []dep{{b, 2}})    // a3 follows b2 ...
+	x.add(b, 0, 4, []dep{{a, 4}})    // ... which follows b0, which follows a4, which follows a3
+	x.add(c, 0, 2, []dep{{a, 1}})    // c0, c1 follow a1: fine
+	x.add(c, 2, 3, []dep{{a, 3}})    // c2 follows a3: waits
+	x.add(b, 4, 6, []dep{{c, 1}})    // b4 would follow b3: waits
+	x.add(c, 3, 4, []dep{{c, 5}})    // c3 follows its own future: waits (behind c2 anyway)
+	x.add(a+3, 0, 2, []dep{{c, 1}})  // a fourth feed on c1: fine
+	x.add(a+3, 2, 3, []dep{{a, 99}}) // and on a future entry: not held
+	for _, tc := range []struct {
+		a, b pos
+		want Order
+	}{
+		{pos{a, 1}, pos{c, 0}, Before},
+		{pos{a, 2}, pos{c, 0}, Concurrent},
+		{pos{c, 1}, pos{a + 3, 1}, Before},
+		{pos{a, 0}, pos{a + 3, 0}, Before},
+		{pos{a, 2}, pos{a, 1}, After},
+		{pos{c, 1}, pos{a, 2}, Concurrent},
+		{pos{a, 3}, pos{a, 0}, Unknown},
+		{pos{b, 0}, pos{b, 0}, Unknown},
+		{pos{b, 0}, pos{c, 0}, Unknown},
+		{pos{c, 2}, pos{c, 1}, Unknown},
+		{pos{a + 3, 2}, pos{a + 3, 0}, Unknown},
+	} {
+		if got := x.compare(tc.a, tc.b); got != tc.want {
+			t.Errorf("compare(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+	for f, n := range []uint64{3, 0, 2, 2} {
+		if got := x.indexedLen(f); got != n {
+			t.Errorf("indexedLen(%d) = %d, want %d", f, got, n)
+		}
+	}
+	for _, tc := range []struct {
+		e, on pos
+		why   waitReason
+	}{
+		{pos{a, 3}, pos{a, 4}, waitCycle},
+		{pos{b, 5}, pos{b, 2}, waitCycle},
+		{pos{c, 3}, pos{a, 4}, waitCycle},
+		{pos{a + 3, 2}, pos{a, 99}, waitNotHeld},
+		{pos{a + 3, 7}, pos{a + 3, 7}, waitNotHeld},
+		{pos{c, 1}, pos{}, waitNone},
+	} {
+		on, why := x.waitingOn(tc.e.feed, tc.e.seq)
+		if on != tc.on || why != tc.why {
+			t.Errorf("waitingOn(%v) = %v %v, want %v %v", tc.e, on, why, tc.on, tc.why)
+		}
+	}
+	// The rest of the world goes on: a new feed on c1 and a1.
+	x.add(5, 0, 1, []dep{{c, 1}, {a + 3, 1}})
+	if got := x.compare(pos{a, 1}, pos{5, 0}); got != Before {
+		t.Errorf("compare(a1, e0) = %v, want before", got)
+	}
+}
+
+// TestCausalIndexMalformedContext: an entry given neverDep never indexes,
+// stalls only what follows it, and waitingOn says malformed context.
+func TestCausalIndexMalformedContext(t *testing.T) {
+	var x causalIndex
+	x.add(0, 0, 2, nil)
+	x.add(0, 2, 3, []dep{neverDep})
+	x.add(0, 3, 5, nil)
+	x.add(1, 0, 1, []dep{{0, 1}})
+	x.add(2, 0, 1, []dep{{0, 3}})
+	if got := x.indexedLen(0); got != 2 {
+		t.Errorf("indexedLen(0) = %d, want 2", got)
+	}
+	if got := x.compare(pos{0, 1}, pos{1, 0}); got != Before {
+		t.Errorf("compare(0/1, 1/0) = %v, want before", got)
+	}
+	if got := x.compare(pos{0, 1}, pos{2, 0}); got != Unknown {
+		t.Errorf("compare(0/1, 2/0) = %v, want unknown", got)
+	}
+	if on, why := x.waitingOn(2, 0); on != neverDep || why != waitMalformed {
+		t.Errorf("waitingOn(2/0) = %v %v, want %v malformed context", on, why, neverDep)
+	}
+}
+
+// TestCausalIndexWideContextDoesNotStallOthers: a segment naming 100,000
+// feeds is indexed in chunks with the lock released between them: while it
+// is being indexed, another goroutine adds and compares other feeds' entries
+// to completion. Then every named entry happened before it.
+func TestCausalIndexWideContextDoesNotStallOthers(t *testing.T) {
+	const feeds = 100_000
+	var x causalIndex
+	deps := make([]dep, 0, feeds)
+	for g := 1; g <= feeds; g++ {
+		x.add(g, 0, 1, nil)
+		deps = append(deps, dep{g, 0})
+	}
+	x.add(feeds+1, 0, 1, nil)
+	var once sync.Once
+	var during Order
+	x.yield = func() {
+		once.Do(func() {
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				x.add(feeds+2, 0, 1, []dep{{feeds + 1, 0}})
+				during = x.compare(pos{feeds + 1, 0}, pos{feeds + 2, 0})
+			}()
+			select {
+			case <-done:
+			case <-time.After(60 * time.Second):
+				t.Error("another feed's add did not finish while a wide context was being indexed")
+			}
+		})
+	}
+	x.add(0, 0, 2, deps)
+	x.yield = nil
+	if during != Before {
+		t.Errorf("while the wide context was indexed, compare of two other entries = %v, want before", during)
+	}
+	if got := x.indexedLen(0); got != 2 {
+		t.Fatalf("indexedLen(0) = %d, want 2", got)
+	}
+	for _, g := range []int{1, 2, feeds / 2, feeds} {
+		if got := x.compare(pos{g, 0}, pos{0, 1}); got != Before {
+			t.Errorf("compare(%d/0, 0/1) = %v, want before", g, got)
+		}
+	}
+	if got := x.compare(pos{feeds + 1, 0}, pos{0, 0}); got != Concurrent {
+		t.Errorf("compare(%d/0, 0/0) = %v, want concurrent", feeds+1, got)
+	}
+}
+
+// TestCausalIndexWaitingSegmentMemoryBounded: a segment naming 100,000
+// entries that are not held holds one waiter record, however many of its
+// deps arrive (in the worst order) and however often more of its own feed
+// is added behind it; it indexes when the last arrives.
+func TestCausalIndexWaitingSegmentMemoryBounded(t *testing.T) {
+	const feeds = 100_000
+	var x causalIndex
+	deps := make([]dep, 0, feeds)
+	for g := 1; g <= feeds; g++ {
+		deps = append(deps, dep{g, 0})
+	}
+	x.add(0, 0, 1, deps)
+	for s := uint64(1); s < 1000; s++ {
+		x.add(0, s, s+1, []dep{{feeds + 1, s}})
+	}
+	if n := x.waiterCount(); n != 1 {
+		t.Fatalf("%d waiter records for one waiting segment, want 1", n)
+	}
+	for g := feeds; g >= 1; g-- {
+		x.add(g, 0, 1, nil)
+		if g%10_000 == 0 {
+			if n := x.waiterCount(); n != 1 {
+				t.Fatalf("%d waiter records for one waiting segment, want 1", n)
+			}
+		}
+	}
+	if got := x.indexedLen(0); got != 1 {
+		t.Fatalf("indexedLen(0) = %d, want 1", got)
+	}
+	if on, why := x.waitingOn(0, 1); on != (pos{feeds + 1, 1}) || why != waitNotHeld {
+		t.Errorf("waitingOn(0/1) = %v %v", on, why)
+	}
+}
+
+// TestCausalIndexConcurrentCompare: compares running while segments are
+// added from several goroutines only ever give Unknown or the exact answer
+// (run with -race).
+func TestCausalIndexConcurrentCompare(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 18))
+	h := genCausalHistory(rng, 5, 200)
+	all := h.entries()
+	var x causalIndex
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	for r := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rr := rand.New(rand.NewPCG(uint64(r), 1))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				a, b := all[rr.IntN(len(all))], all[rr.IntN(len(all))]
+				if got := x.compare(a, b); got != Unknown && got != h.order(a, b) {
+					errs <- fmt.Errorf("compare(%v, %v) = %v, want %v", a, b, got, h.order(a, b))
+					return
+				}
+				x.waitingOn(a.feed, a.seq)
+			}
+		}()
+	}
+	order := rng.Perm(len(h.segs))
+	var adders sync.WaitGroup
+	for part := range 2 {
+		adders.Add(1)
+		go func() {
+			defer adders.Done()
+			for i := part; i < len(order); i += 2 {
+				s := h.segs[order[i]]
+				x.add(s.feed, s.start, s.end, s.deps)
+			}
+		}()
+	}
+	adders.Wait()
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for _, a := range all {
+		for _, b := range all {
+			if got, want := x.compare(a, b), h.order(a, b); got != want {
+				t.Fatalf("compare(%v, %v) = %v, want %v", a, b, got, want)
+			}
+		}
+	}
+}
+
+// TestCausalIndexWideValues: seqs and counts past 32 bits switch a step
+// function to 64-bit breakpoints and stay exact.
+func TestCausalIndexWideValues(t *testing.T) {
+	var x causalIndex
+	big := uint64(1) << 33
+	x.add(1, 0, 10, nil)
+	x.add(0, 0, 5, []dep{{1, 3}})
+	x.add(0, 5, big, nil)
+	x.add(0, big, big+1, []dep{{1, 8}})
+	x.add(1, 10, big+10, nil)
+	x.add(0, big+1, big+2, []dep{{1, big + 5}})
+	for _, tc := range []struct {
+		a, b pos
+		want Order
+	}{
+		{pos{1, 3}, pos{0, 0}, Before},
+		{pos{1, 4}, pos{0, big - 1}, Concurrent},
+		{pos{1, 8}, pos{0, big}, Before},
+		{pos{1, 9}, pos{0, big}, Concurrent},
+		{pos{1, big + 5}, pos{0, big + 1}, Before},
+		{pos{0, big + 1}, pos{1, big + 6}, Concurrent},
+		{pos{0, big + 1}, pos{1, big + 5}, After},
+	} {
+		if got := x.compare(tc.a, tc.b); got != tc.want {
+			t.Errorf("compare(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
+
+// TestOrderString: the names of the orders.
+func TestOrderString(t *testing.T) {
+	for o, want := range map[Order]string{Unknown: "unknown", Before: "before", After: "after", Concurrent: "concurrent", Same: "same", 9: "Order(9)"} {
+		if got := o.String(); got != want {
+			t.Errorf("Order(%d).String() = %q, want %q", int(o), got, want)
+		}
+	}
+}
