@@ -106,86 +106,82 @@ func (r waitReason) String() string {
 	return "waitReason(?)"
 }
 
-// steps is the step function knows[F][G] for one G: breakpoints (at, n) with
-// at strictly increasing and n strictly increasing; the value at seq is the
-// n of the last breakpoint with at ≤ seq, 0 before the first.
+// steps is the step function knows[F][G] for one G: breakpoints (at[i],
+// n[i]) with at and n strictly increasing; the value at seq is the n of the
+// last breakpoint with at ≤ seq, 0 before the first. The two are kept in
+// separate slices so that a search reads only at.
 type steps struct {
-	g      int
-	narrow []uint32 // at0, n0, at1, n1, ... while every value fits in 32 bits
-	wide   []uint64 // the same once one does not (narrow is then nil)
+	g            int32
+	lastAt, topN uint32   // the last breakpoint, while narrow (saves a cache miss)
+	at           []uint32 // while every at and n fits in 32 bits
+	n            []uint32
+	wide         *wideSteps // once one does not (at and n are then nil)
 }
+
+// wideSteps are breakpoints past 32 bits.
+type wideSteps struct{ at, n []uint64 }
 
 // last returns the value after the last breakpoint.
 func (s *steps) last() uint64 {
 	if s.wide != nil {
-		return s.wide[len(s.wide)-1]
+		return s.wide.n[len(s.wide.n)-1]
 	}
-	if len(s.narrow) == 0 {
-		return 0
-	}
-	return uint64(s.narrow[len(s.narrow)-1])
+	return uint64(s.topN)
 }
 
 // count returns the value at seq.
 func (s *steps) count(seq uint64) uint64 {
 	if s.wide != nil {
-		a := s.wide
-		k := len(a) / 2
-		if a[2*k-2] <= seq {
-			return a[2*k-1]
+		if i := upper(s.wide.at, seq); i > 0 {
+			return s.wide.n[i-1]
 		}
-		lo, hi := 0, k-1 // the first breakpoint with at > seq is in [lo, hi]
-		for lo < hi {
-			m := int(uint(lo+hi) >> 1)
-			if a[2*m] <= seq {
-				lo = m + 1
-			} else {
-				hi = m
-			}
-		}
-		if lo == 0 {
-			return 0
-		}
-		return a[2*lo-1]
-	}
-	a := s.narrow
-	k := len(a) / 2
-	if k == 0 {
 		return 0
 	}
-	if seq > 1<<32-1 || uint64(a[2*k-2]) <= seq {
-		return uint64(a[2*k-1])
+	if seq > 1<<32-1 || uint64(s.lastAt) <= seq {
+		return uint64(s.topN) // 0 if there is no breakpoint
 	}
-	q := uint32(seq)
-	lo, hi := 0, k-1
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		if a[2*m] <= q {
-			lo = m + 1
-		} else {
-			hi = m
-		}
+	if i := upper(s.at, uint32(seq)); i > 0 {
+		return uint64(s.n[i-1])
 	}
-	if lo == 0 {
+	return 0
+}
+
+// upper returns the number of elements of a (sorted) that are ≤ q.
+func upper[T uint32 | uint64](a []T, q T) int {
+	if len(a) == 0 {
 		return 0
 	}
-	return uint64(a[2*lo-1])
+	base, n := 0, len(a)
+	for n > 1 {
+		half := n >> 1
+		if a[base+half] <= q {
+			base += half
+		}
+		n -= half
+	}
+	if a[base] <= q {
+		base++
+	}
+	return base
 }
 
 // push adds the breakpoint (at, n); at and n exceed the last ones.
 func (s *steps) push(at, n uint64) {
 	if s.wide == nil && (at > 1<<32-1 || n > 1<<32-1) {
-		s.wide = make([]uint64, len(s.narrow), len(s.narrow)+2)
-		for i, v := range s.narrow {
-			s.wide[i] = uint64(v)
+		w := &wideSteps{at: make([]uint64, len(s.at), len(s.at)+1), n: make([]uint64, len(s.n), len(s.n)+1)}
+		for i := range s.at {
+			w.at[i], w.n[i] = uint64(s.at[i]), uint64(s.n[i])
 		}
-		s.narrow = nil
+		s.wide, s.at, s.n = w, nil, nil
 	}
 	if s.wide != nil {
-		s.wide = append(s.wide, at, n)
+		s.wide.at = append(s.wide.at, at)
+		s.wide.n = append(s.wide.n, n)
 		return
 	}
-	s.narrow = append(s.narrow, uint32(at), uint32(n))
+	s.at = append(s.at, uint32(at))
+	s.n = append(s.n, uint32(n))
+	s.lastAt, s.topN = uint32(at), uint32(n)
 }
 
 // causalSegment is a held segment not indexed yet: entries start..end-1 of
@@ -221,7 +217,8 @@ func (h *waitHeap) Pop() any {
 type causalFeed struct {
 	n       uint64                    // entries 0..n-1 are indexed
 	know    []steps                   // knows[F][G] for each G this feed's entries know
-	kpos    map[int]int32             // G → its index in know
+	kdense  []int32                   // G → 1 + its index in know (0: none), while dense
+	kpos    map[int]int32             // G → its index in know, once not dense (kdense nil)
 	pending map[uint64]*causalSegment // held segments not indexed, by start
 	waiters waitHeap                  // other feeds' segments waiting for an entry of this feed
 	busy    bool                      // a goroutine is indexing its segment pending[n] in chunks
@@ -231,6 +228,14 @@ type causalFeed struct {
 // steps returns knows[F][g], or nil if F knows no entry of g. The pointer is
 // valid until the next push to another G (under the lock).
 func (f *causalFeed) steps(g int) *steps {
+	if f.kpos == nil {
+		if uint(g) < uint(len(f.kdense)) {
+			if i := f.kdense[g]; i > 0 {
+				return &f.know[i-1]
+			}
+		}
+		return nil
+	}
 	i, ok := f.kpos[g]
 	if !ok {
 		return nil
@@ -247,17 +252,35 @@ func (f *causalFeed) current(g int) uint64 {
 }
 
 // push adds the breakpoint (at, n) to knows[F][g].
+//
+// The G → know index is a slice while that costs at most about 64 bytes per
+// G known plus 512 (when the G known are mostly the low indexes), a map
+// after (for good).
 func (f *causalFeed) push(g int, at, n uint64) {
-	i, ok := f.kpos[g]
-	if !ok {
-		if f.kpos == nil {
-			f.kpos = make(map[int]int32)
-		}
-		i = int32(len(f.know))
-		f.kpos[g] = i
-		f.know = append(f.know, steps{g: g})
+	if s := f.steps(g); s != nil {
+		s.push(at, n)
+		return
 	}
+	i := len(f.know)
+	f.know = append(f.know, steps{g: int32(g)})
 	f.know[i].push(at, n)
+	if f.kpos == nil && g < 8*len(f.know)+64 {
+		if g >= len(f.kdense) {
+			f.kdense = append(f.kdense, make([]int32, max(g+1, 2*len(f.kdense))-len(f.kdense))...)
+		}
+		f.kdense[g] = int32(i + 1)
+		return
+	}
+	if f.kpos == nil {
+		f.kpos = make(map[int]int32, len(f.know))
+		for h, j := range f.kdense {
+			if j > 0 {
+				f.kpos[h] = j - 1
+			}
+		}
+		f.kdense = nil
+	}
+	f.kpos[g] = int32(i)
 }
 
 // put records the held segment start..end-1 (start following deps). A
@@ -472,9 +495,9 @@ func (x *causalIndex) merge(k int, f *causalFeed, seg *causalSegment) {
 		h := x.feeds[d.feed]
 		for j := 0; j < len(h.know); j++ {
 			s := &h.know[j]
-			if s.g != k {
+			if g := int(s.g); g != k {
 				if v := s.count(d.seq); v > 0 {
-					m.raise(f, s.g, v)
+					m.raise(f, g, v)
 				}
 			}
 			if units++; units >= causalChunk {

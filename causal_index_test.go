@@ -18,19 +18,36 @@ type causalSeg struct {
 // causalHistory is a random multi-writer history with the vector clock of
 // every entry, computed by brute force: vc[f][s][g] is the number of g's
 // entries in the causal past of (f, s), itself included.
+//
+// Writers are numbered 0..writers-1 in vc; the index knows writer w as
+// feed ids[w] (segs use ids), spread out when sparse is set so that the
+// index's sparse feed maps are exercised too.
 type causalHistory struct {
 	writers int
 	segs    []causalSeg
 	vc      [][][]uint64
+	ids     []int
+	writer  map[int]int // id → writer
 }
+
+// id translates p from writer numbers to the index's feed ids.
+func (h *causalHistory) id(p pos) pos { return pos{h.ids[p.feed], p.seq} }
 
 // genCausalHistory makes a history of writers writers: at each step one
 // writer either receives a random prefix of another's feed (random
 // delivery: what it holds need not be closed under causality), or appends
 // a segment of 1–4 entries whose deps are heads of what it holds — all of
 // them, a random subset, sometimes with a redundant dep on its own past.
-func genCausalHistory(rng *rand.Rand, writers, steps int) *causalHistory {
-	h := &causalHistory{writers: writers, vc: make([][][]uint64, writers)}
+func genCausalHistory(rng *rand.Rand, writers, steps int, sparse bool) *causalHistory {
+	h := &causalHistory{writers: writers, vc: make([][][]uint64, writers), writer: make(map[int]int)}
+	for w := range writers {
+		id := w
+		if sparse {
+			id = w*1000 + 100 + rng.IntN(900)
+		}
+		h.ids = append(h.ids, id)
+		h.writer[id] = w
+	}
 	had := make([][]uint64, writers)
 	for w := range had {
 		had[w] = make([]uint64, writers)
@@ -75,7 +92,10 @@ func genCausalHistory(rng *rand.Rand, writers, steps int) *causalHistory {
 			v[w] = s + 1
 			h.vc[w] = append(h.vc[w], v)
 		}
-		h.segs = append(h.segs, causalSeg{w, start, start + k, deps})
+		for i, d := range deps {
+			deps[i] = h.id(d)
+		}
+		h.segs = append(h.segs, causalSeg{h.ids[w], start, start + k, deps})
 	}
 	return h
 }
@@ -137,7 +157,7 @@ func checkCausalIndex(t *testing.T, h *causalHistory, x *causalIndex, added [][]
 		for n < uint64(len(h.vc[f])) && ready(pos{f, n}) {
 			n++
 		}
-		if got := x.indexedLen(f); got != n {
+		if got := x.indexedLen(h.ids[f]); got != n {
 			t.Fatalf("%s: indexedLen(%d) = %d, want %d", what, f, got, n)
 		}
 		for s := range n {
@@ -146,17 +166,22 @@ func checkCausalIndex(t *testing.T, h *causalHistory, x *causalIndex, added [][]
 	}
 	for _, a := range all {
 		if !isReady[a] {
-			on, why := x.waitingOn(a.feed, a.seq)
+			on, why := x.waitingOn(h.ids[a.feed], a.seq)
 			if why != waitNotHeld {
 				t.Fatalf("%s: waitingOn(%v) = %v %v, want not held", what, a, on, why)
 			}
+			w, ok := h.writer[on.feed]
+			if !ok {
+				t.Fatalf("%s: waitingOn(%v) = %v, no such feed", what, a, on)
+			}
+			on.feed = w
 			if on.feed < 0 || on.feed >= h.writers || (on.seq < uint64(len(added[on.feed])) && added[on.feed][on.seq]) {
 				t.Fatalf("%s: waitingOn(%v) = %v, which is held", what, a, on)
 			}
 			if on != a && !h.before(on, a) {
 				t.Fatalf("%s: waitingOn(%v) = %v, not in its causal past", what, a, on)
 			}
-		} else if on, why := x.waitingOn(a.feed, a.seq); why != waitNone {
+		} else if on, why := x.waitingOn(h.ids[a.feed], a.seq); why != waitNone {
 			t.Fatalf("%s: waitingOn(%v) = %v %v for an indexed entry", what, a, on, why)
 		}
 		for _, b := range all {
@@ -164,10 +189,10 @@ func checkCausalIndex(t *testing.T, h *causalHistory, x *causalIndex, added [][]
 			if isReady[a] && isReady[b] {
 				want = h.order(a, b)
 			}
-			if got := x.compare(a, b); got != want {
+			if got := x.compare(h.id(a), h.id(b)); got != want {
 				t.Fatalf("%s: compare(%v, %v) = %v, want %v", what, a, b, got, want)
 			}
-			if got, want := x.follows(a, b), isReady[a] && h.before(b, a); got != want {
+			if got, want := x.follows(h.id(a), h.id(b)), isReady[a] && h.before(b, a); got != want {
 				t.Fatalf("%s: follows(%v, %v) = %v, want %v", what, a, b, got, want)
 			}
 		}
@@ -187,7 +212,7 @@ func TestCausalIndexMatchesVectorClocks(t *testing.T) {
 	for trial := range trials {
 		seed := uint64(trial)
 		rng := rand.New(rand.NewPCG(seed, 18))
-		h := genCausalHistory(rng, 3+rng.IntN(3), 10+rng.IntN(30))
+		h := genCausalHistory(rng, 3+rng.IntN(3), 10+rng.IntN(30), trial%2 == 1)
 		added := make([][]bool, h.writers)
 		for f := range added {
 			added[f] = make([]bool, len(h.vc[f]))
@@ -198,7 +223,7 @@ func TestCausalIndexMatchesVectorClocks(t *testing.T) {
 			s := h.segs[si]
 			x.add(s.feed, s.start, s.end, s.deps)
 			for q := s.start; q < s.end; q++ {
-				added[s.feed][q] = true
+				added[h.writer[s.feed]][q] = true
 			}
 			if rng.IntN(8) == 0 { // again, as a duplicate delivery would
 				r := h.segs[order[rng.IntN(i+1)]]
@@ -209,35 +234,58 @@ func TestCausalIndexMatchesVectorClocks(t *testing.T) {
 	}
 }
 
-// TestCausalIndexEntryByEntry: the same histories given one entry per add
-// (as Put delivers them), in random order, end exactly indexed.
-func TestCausalIndexEntryByEntry(t *testing.T) {
-	for seed := range uint64(50) {
+// TestCausalIndexPiecesInAnyOrder: the same histories with each segment
+// given as a whole, entry by entry (as Put delivers them), or cut in
+// pieces, and some pieces given again or overlapping others (sub-ranges of
+// a segment, or its start with a shorter end), all in random order: after
+// every add the index is exact for what is held.
+func TestCausalIndexPiecesInAnyOrder(t *testing.T) {
+	for seed := range uint64(80) {
 		rng := rand.New(rand.NewPCG(seed, 19))
-		h := genCausalHistory(rng, 3+rng.IntN(3), 40)
-		var single []causalSeg
+		h := genCausalHistory(rng, 3+rng.IntN(3), 40, seed%2 == 1)
+		var pieces []causalSeg
+		piece := func(s causalSeg, a, b uint64) {
+			var deps []dep
+			if a == s.start {
+				deps = s.deps
+			}
+			pieces = append(pieces, causalSeg{s.feed, a, b, deps})
+		}
 		for _, s := range h.segs {
-			for q := s.start; q < s.end; q++ {
-				var deps []dep
-				if q == s.start {
-					deps = s.deps
+			switch rng.IntN(3) {
+			case 0:
+				piece(s, s.start, s.end)
+			case 1:
+				for q := s.start; q < s.end; q++ {
+					piece(s, q, q+1)
 				}
-				single = append(single, causalSeg{s.feed, q, q + 1, deps})
+			case 2:
+				for a := s.start; a < s.end; {
+					b := a + 1 + rng.Uint64N(s.end-a)
+					piece(s, a, b)
+					a = b
+				}
+			}
+			for range rng.IntN(3) {
+				a := s.start + rng.Uint64N(s.end-s.start)
+				piece(s, a, a+1+rng.Uint64N(s.end-a))
 			}
 		}
-		rng.Shuffle(len(single), func(i, j int) { single[i], single[j] = single[j], single[i] })
-		var x causalIndex
-		for _, s := range single {
-			x.add(s.feed, s.start, s.end, s.deps)
-		}
+		rng.Shuffle(len(pieces), func(i, j int) { pieces[i], pieces[j] = pieces[j], pieces[i] })
 		added := make([][]bool, h.writers)
 		for f := range added {
 			added[f] = make([]bool, len(h.vc[f]))
-			for q := range added[f] {
-				added[f][q] = true
+		}
+		var x causalIndex
+		for i, s := range pieces {
+			x.add(s.feed, s.start, s.end, s.deps)
+			for q := s.start; q < s.end; q++ {
+				added[h.writer[s.feed]][q] = true
+			}
+			if i%7 == 6 || i == len(pieces)-1 {
+				checkCausalIndex(t, h, &x, added, fmt.Sprintf("seed %d, after %d of %d adds", seed, i+1, len(pieces)))
 			}
 		}
-		checkCausalIndex(t, h, &x, added, fmt.Sprintf("seed %d", seed))
 		if n := x.waiterCount(); n != 0 {
 			t.Fatalf("seed %d: %d waiters left with everything indexed", seed, n)
 		}
@@ -341,6 +389,13 @@ func TestCausalIndexMalformedContext(t *testing.T) {
 	if on, why := x.waitingOn(2, 0); on != neverDep || why != waitMalformed {
 		t.Errorf("waitingOn(2/0) = %v %v, want %v malformed context", on, why, neverDep)
 	}
+	// Adds that mean nothing change nothing.
+	x.add(-1, 0, 1, nil)
+	x.add(3, 5, 5, nil)
+	x.add(causalMaxFeed+1, 0, 1, nil)
+	if got := x.indexedLen(3); got != 0 {
+		t.Errorf("indexedLen(3) = %d after an empty segment", got)
+	}
 }
 
 // TestCausalIndexWideContextDoesNotStallOthers: a segment naming 100,000
@@ -389,6 +444,19 @@ func TestCausalIndexWideContextDoesNotStallOthers(t *testing.T) {
 	if got := x.compare(pos{feeds + 1, 0}, pos{0, 0}); got != Concurrent {
 		t.Errorf("compare(%d/0, 0/0) = %v, want concurrent", feeds+1, got)
 	}
+	// A feed that follows the wide entry learns all of it, in chunks too.
+	chunks := 0
+	x.yield = func() { chunks++ }
+	x.add(feeds+3, 0, 1, []dep{{0, 1}})
+	x.yield = nil
+	if chunks < feeds/causalChunk {
+		t.Errorf("%d chunks to follow an entry that knows %d feeds", chunks, feeds)
+	}
+	for _, g := range []int{1, feeds / 3, feeds} {
+		if got := x.compare(pos{g, 0}, pos{feeds + 3, 0}); got != Before {
+			t.Errorf("compare(%d/0, %d/0) = %v, want before", g, feeds+3, got)
+		}
+	}
 }
 
 // TestCausalIndexWaitingSegmentMemoryBounded: a segment naming 100,000
@@ -430,7 +498,7 @@ func TestCausalIndexWaitingSegmentMemoryBounded(t *testing.T) {
 // (run with -race).
 func TestCausalIndexConcurrentCompare(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 18))
-	h := genCausalHistory(rng, 5, 200)
+	h := genCausalHistory(rng, 5, 200, true)
 	all := h.entries()
 	var x causalIndex
 	var wg sync.WaitGroup
@@ -448,11 +516,11 @@ func TestCausalIndexConcurrentCompare(t *testing.T) {
 				default:
 				}
 				a, b := all[rr.IntN(len(all))], all[rr.IntN(len(all))]
-				if got := x.compare(a, b); got != Unknown && got != h.order(a, b) {
+				if got := x.compare(h.id(a), h.id(b)); got != Unknown && got != h.order(a, b) {
 					errs <- fmt.Errorf("compare(%v, %v) = %v, want %v", a, b, got, h.order(a, b))
 					return
 				}
-				x.waitingOn(a.feed, a.seq)
+				x.waitingOn(h.ids[a.feed], a.seq)
 			}
 		}()
 	}
@@ -477,7 +545,7 @@ func TestCausalIndexConcurrentCompare(t *testing.T) {
 	}
 	for _, a := range all {
 		for _, b := range all {
-			if got, want := x.compare(a, b), h.order(a, b); got != want {
+			if got, want := x.compare(h.id(a), h.id(b)), h.order(a, b); got != want {
 				t.Fatalf("compare(%v, %v) = %v, want %v", a, b, got, want)
 			}
 		}
@@ -515,6 +583,11 @@ func TestCausalIndexWideValues(t *testing.T) {
 
 // TestOrderString: the names of the orders.
 func TestOrderString(t *testing.T) {
+	for r, want := range map[waitReason]string{waitNone: "indexed", waitNotHeld: "not held", waitCycle: "cycle", waitMalformed: "malformed context", waitIndexing: "indexing"} {
+		if got := r.String(); got != want {
+			t.Errorf("waitReason(%d).String() = %q, want %q", int(r), got, want)
+		}
+	}
 	for o, want := range map[Order]string{Unknown: "unknown", Before: "before", After: "after", Concurrent: "concurrent", Same: "same", 9: "Order(9)"} {
 		if got := o.String(); got != want {
 			t.Errorf("Order(%d).String() = %q, want %q", int(o), got, want)
