@@ -285,9 +285,10 @@ func (f *causalFeed) push(g int, at, n uint64) {
 
 // put records the held segment start..end-1 (start following deps). A
 // segment, or the part of it, that is indexed already is dropped; one that
-// starts where another waits is merged with it (the larger end; the deps
-// first given win: an entry's deps are fixed by its signed block, so two
-// descriptions of one entry differ only by a caller's mistake).
+// starts where another waits is merged with it (the larger end; deps given
+// win over none, and the first deps given over later ones: an entry's deps
+// are fixed by its signed block, so two descriptions of one entry differ
+// only by a caller's mistake).
 func (f *causalFeed) put(start, end uint64, deps []dep) {
 	if start < f.n {
 		if end <= f.n {

@@ -413,6 +413,8 @@ func TestCausalIndexWideContextDoesNotStallOthers(t *testing.T) {
 	x.add(feeds+1, 0, 1, nil)
 	var once sync.Once
 	var during Order
+	var duringOn pos
+	var duringWhy waitReason
 	x.yield = func() {
 		once.Do(func() {
 			done := make(chan struct{})
@@ -420,6 +422,7 @@ func TestCausalIndexWideContextDoesNotStallOthers(t *testing.T) {
 				defer close(done)
 				x.add(feeds+2, 0, 1, []dep{{feeds + 1, 0}})
 				during = x.compare(pos{feeds + 1, 0}, pos{feeds + 2, 0})
+				duringOn, duringWhy = x.waitingOn(0, 1)
 			}()
 			select {
 			case <-done:
@@ -432,6 +435,9 @@ func TestCausalIndexWideContextDoesNotStallOthers(t *testing.T) {
 	x.yield = nil
 	if during != Before {
 		t.Errorf("while the wide context was indexed, compare of two other entries = %v, want before", during)
+	}
+	if duringOn != (pos{0, 0}) || duringWhy != waitIndexing {
+		t.Errorf("while the wide context was indexed, waitingOn(0/1) = %v %v, want 0/0 indexing", duringOn, duringWhy)
 	}
 	if got := x.indexedLen(0); got != 2 {
 		t.Fatalf("indexedLen(0) = %d, want 2", got)
@@ -578,6 +584,37 @@ func TestCausalIndexWideValues(t *testing.T) {
 		if got := x.compare(tc.a, tc.b); got != tc.want {
 			t.Errorf("compare(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
 		}
+	}
+}
+
+// TestCausalIndexDenseThenSparse: a feed that knows low feed numbers, then
+// a high one, switches its G → steps index from a slice to a map and keeps
+// every answer.
+func TestCausalIndexDenseThenSparse(t *testing.T) {
+	var x causalIndex
+	for g := 1; g <= 3; g++ {
+		x.add(g, 0, 2, nil)
+	}
+	x.add(5000, 0, 2, nil)
+	x.add(0, 0, 1, []dep{{1, 0}, {2, 1}, {3, 0}})
+	x.add(0, 1, 2, []dep{{5000, 0}})
+	x.add(0, 2, 3, []dep{{1, 1}})
+	for _, tc := range []struct {
+		a    pos
+		want Order
+	}{
+		{pos{1, 0}, Before}, {pos{1, 1}, Concurrent}, {pos{2, 1}, Before}, {pos{3, 1}, Concurrent},
+		{pos{5000, 0}, Before}, {pos{5000, 1}, Concurrent},
+	} {
+		if got := x.compare(tc.a, pos{0, 1}); got != tc.want {
+			t.Errorf("compare(%v, 0/1) = %v, want %v", tc.a, got, tc.want)
+		}
+	}
+	if got := x.compare(pos{1, 1}, pos{0, 2}); got != Before {
+		t.Errorf("compare(1/1, 0/2) = %v, want before", got)
+	}
+	if x.feeds[0].kpos == nil {
+		t.Error("feed 0 still has a dense index after learning feed 5000")
 	}
 }
 
