@@ -1041,9 +1041,6 @@ func BenchmarkCausalCompare100Writers(b *testing.B) {
 	segs := causalBenchSegs(writers, perWriter)
 	rng := rand.New(rand.NewPCG(2, 18))
 	order := rng.Perm(len(segs))
-	runtime.GC()
-	var m0, m1 runtime.MemStats
-	runtime.ReadMemStats(&m0)
 	x := new(causalIndex)
 	start := time.Now()
 	for _, i := range order {
@@ -1051,8 +1048,6 @@ func BenchmarkCausalCompare100Writers(b *testing.B) {
 		x.add(s.feed, s.start, s.end, s.deps)
 	}
 	build := time.Since(start)
-	runtime.GC()
-	runtime.ReadMemStats(&m1)
 	for w := range writers {
 		if n := x.indexedLen(w); n != perWriter {
 			b.Fatalf("feed %d: %d entries indexed, want %d", w, n, perWriter)
@@ -1072,13 +1067,20 @@ func BenchmarkCausalCompare100Writers(b *testing.B) {
 		b.Fatalf("%d compares unknown", counts[Unknown])
 	}
 	b.ReportMetric(float64(writers*perWriter)/build.Seconds(), "build-entries/s")
-	b.ReportMetric(float64(m1.HeapAlloc-m0.HeapAlloc)/(writers*perWriter), "bytes/entry")
-	b.ReportMetric(float64(counts[Concurrent])/float64(i), "concurrent-fraction")
+	var with, without runtime.MemStats // the heap the index keeps: with it less without it
+	runtime.GC()
+	runtime.ReadMemStats(&with)
 	runtime.KeepAlive(x)
+	x = nil
+	runtime.GC()
+	runtime.ReadMemStats(&without)
+	b.ReportMetric(float64(with.HeapAlloc-without.HeapAlloc)/(writers*perWriter), "bytes/entry")
+	b.ReportMetric(float64(counts[Concurrent])/float64(i), "concurrent-fraction")
 }
 
 // causalBenchSegs makes the history of BenchmarkCausalCompare100Writers
-// (deterministic): it builds an index in order to compute the contexts.
+// (deterministic): it builds an index in order to compute the contexts
+// with reduce, as the Core will.
 func causalBenchSegs(writers int, perWriter uint64) []causalSeg {
 	rng := rand.New(rand.NewPCG(1, 18))
 	var x causalIndex
@@ -1092,7 +1094,7 @@ func causalBenchSegs(writers int, perWriter uint64) []causalSeg {
 		live[w] = w
 	}
 	var segs []causalSeg
-	var heads, keep []dep
+	var heads []dep
 	for len(live) > 0 {
 		li := rng.IntN(len(live))
 		w := live[li]
@@ -1108,30 +1110,13 @@ func causalBenchSegs(writers int, perWriter uint64) []causalSeg {
 		}
 		heads = heads[:0]
 		for g, n := range had[w] {
-			if g == w || n == 0 || (lens[w] > 0 && x.follows(pos{w, lens[w] - 1}, pos{g, n - 1})) {
-				continue
+			if n > 0 {
+				heads = append(heads, dep{g, n - 1})
 			}
-			heads = append(heads, dep{g, n - 1})
 		}
-		keep = keep[:0] // the heads no other follows
-	next:
-		for _, h := range heads {
-			for _, k := range keep {
-				if x.follows(k, h) {
-					continue next
-				}
-			}
-			j := 0
-			for _, k := range keep {
-				if !x.follows(h, k) {
-					keep[j] = k
-					j++
-				}
-			}
-			keep = append(keep[:j], h)
-		}
+		keep := x.reduce(w, lens[w], heads)
 		n := min(1+rng.Uint64N(10), perWriter-lens[w])
-		s := causalSeg{w, lens[w], lens[w] + n, append([]dep(nil), keep...)}
+		s := causalSeg{w, lens[w], lens[w] + n, keep}
 		x.add(s.feed, s.start, s.end, s.deps)
 		segs = append(segs, s)
 		lens[w] += n

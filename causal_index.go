@@ -591,7 +591,81 @@ func (x *causalIndex) compare(a, b pos) Order {
 func (x *causalIndex) follows(a, b pos) bool {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	fa := x.feed(a.feed)
+	return x.followsLocked(x.feed(a.feed), a, b)
+}
+
+// causalReducePairwise is the number of heads up to which reduce compares
+// them pairwise; above it, it merges what each knows.
+var causalReducePairwise = 32
+
+// reduce returns the context a writer of feed own, holding n entries of it,
+// records for its next append, from heads: the last entry it holds of each
+// other feed (at most one per feed). It keeps, in their order, the heads
+// that neither its own last entry (own, n-1) follows (none if n is 0) nor
+// another head follows. Heads of feed own are dropped. A head that is not
+// indexed yet (the writer holds it, not all of its past) is kept and
+// counts as following nothing (the context is then larger, never wrong).
+// Cost: a lookup per head, then for more than causalReducePairwise heads
+// left, the breakpoint lists of their feeds (at most the index's size).
+func (x *causalIndex) reduce(own int, n uint64, heads []dep) []dep {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var out []dep
+	fo := x.feed(own)
+	for _, h := range heads {
+		if h.feed == own {
+			continue
+		}
+		if n > 0 && x.followsLocked(fo, pos{own, n - 1}, h) {
+			continue
+		}
+		out = append(out, h)
+	}
+	if len(out) < 2 {
+		return out
+	}
+	if len(out) <= causalReducePairwise {
+		keep := out[:0:0]
+	next:
+		for i, h := range out {
+			for j, k := range out {
+				if j != i && x.followsLocked(x.feed(k.feed), k, h) {
+					continue next
+				}
+			}
+			keep = append(keep, h)
+		}
+		return keep
+	}
+	known := make(map[int]uint64, len(out)) // feed → how many of its entries another head follows
+	for _, h := range out {
+		known[h.feed] = 0
+	}
+	for _, k := range out {
+		f := x.feed(k.feed)
+		if f == nil || k.seq >= f.n {
+			continue
+		}
+		for i := range f.know {
+			s := &f.know[i]
+			if v, ok := known[int(s.g)]; ok {
+				if c := s.count(k.seq); c > v {
+					known[int(s.g)] = c
+				}
+			}
+		}
+	}
+	keep := out[:0]
+	for _, h := range out {
+		if h.seq >= known[h.feed] {
+			keep = append(keep, h)
+		}
+	}
+	return keep
+}
+
+// followsLocked is follows with x.mu held and fa the index of a's feed.
+func (x *causalIndex) followsLocked(fa *causalFeed, a, b pos) bool {
 	if fa == nil || a.seq >= fa.n {
 		return false
 	}

@@ -618,6 +618,66 @@ func TestCausalIndexDenseThenSparse(t *testing.T) {
 	}
 }
 
+// TestCausalIndexReduce: reduce keeps exactly the heads that neither the
+// writer's last entry nor another head follows (brute-force vector clocks),
+// comparing pairwise and by merging alike; a head not indexed is kept.
+func TestCausalIndexReduce(t *testing.T) {
+	defer func(n int) { causalReducePairwise = n }(causalReducePairwise)
+	for seed := range uint64(40) {
+		rng := rand.New(rand.NewPCG(seed, 20))
+		h := genCausalHistory(rng, 3+rng.IntN(8), 120, seed%2 == 1)
+		var x causalIndex
+		for _, s := range h.segs {
+			x.add(s.feed, s.start, s.end, s.deps)
+		}
+		for range 50 {
+			w := rng.IntN(h.writers)
+			n := rng.Uint64N(uint64(len(h.vc[w])) + 1)
+			var heads []dep
+			for g := range h.writers {
+				if len(h.vc[g]) > 0 && rng.IntN(4) != 0 {
+					heads = append(heads, dep{g, rng.Uint64N(uint64(len(h.vc[g])))})
+				}
+			}
+			rng.Shuffle(len(heads), func(i, j int) { heads[i], heads[j] = heads[j], heads[i] })
+			var want []dep
+		next:
+			for _, d := range heads {
+				if d.feed == w || (n > 0 && h.before(d, pos{w, n - 1})) {
+					continue
+				}
+				for _, k := range heads {
+					if k.feed != w && h.before(d, k) {
+						continue next
+					}
+				}
+				want = append(want, h.id(d))
+			}
+			ids := make([]dep, len(heads))
+			for i, d := range heads {
+				ids[i] = h.id(d)
+			}
+			for _, pairwise := range []int{32, 0} {
+				causalReducePairwise = pairwise
+				got := x.reduce(h.ids[w], n, ids)
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Fatalf("seed %d, pairwise %d: reduce(%d, %d, %v) = %v, want %v", seed, pairwise, h.ids[w], n, ids, got, want)
+				}
+			}
+		}
+	}
+	// A head not indexed is kept, and dominates nothing.
+	var x causalIndex
+	x.add(1, 0, 3, nil)
+	x.add(2, 0, 1, []dep{{1, 2}, {3, 0}})
+	for _, pairwise := range []int{32, 0} {
+		causalReducePairwise = pairwise
+		if got := x.reduce(0, 0, []dep{{1, 2}, {2, 0}}); fmt.Sprint(got) != fmt.Sprint([]dep{{1, 2}, {2, 0}}) {
+			t.Errorf("pairwise %d: reduce with an unindexed head = %v", pairwise, got)
+		}
+	}
+}
+
 // TestOrderString: the names of the orders.
 func TestOrderString(t *testing.T) {
 	for r, want := range map[waitReason]string{waitNone: "indexed", waitNotHeld: "not held", waitCycle: "cycle", waitMalformed: "malformed context", waitIndexing: "indexing"} {
