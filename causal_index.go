@@ -146,6 +146,21 @@ func (s *steps) count(seq uint64) uint64 {
 	return 0
 }
 
+// exceeds returns the first seq at which the value exceeds v, if any.
+func (s *steps) exceeds(v uint64) (uint64, bool) {
+	if s.wide != nil {
+		if i := upper(s.wide.n, v); i < len(s.wide.n) {
+			return s.wide.at[i], true
+		}
+		return 0, false
+	}
+	if v >= uint64(s.topN) {
+		return 0, false
+	}
+	i := upper(s.n, uint32(v)) // v < topN fits
+	return uint64(s.at[i]), true
+}
+
 // upper returns the number of elements of a (sorted) that are ≤ q.
 func upper[T uint32 | uint64](a []T, q T) int {
 	if len(a) == 0 {
@@ -674,6 +689,35 @@ func (x *causalIndex) followsLocked(fa *causalFeed, a, b pos) bool {
 	}
 	s := fa.steps(b.feed)
 	return s != nil && b.seq < s.count(a.seq)
+}
+
+// deliverable returns how many of feed's entries a causal view may have
+// received, given that it has received entries 0..from-1 of it and
+// delivered(g) entries of each other feed g: the largest end, from ≤ end ≤
+// indexedLen(feed), such that no entry from..end-1 has in its causal past
+// an entry of another feed beyond what was delivered. A view cuts its batch
+// of feed there. delivered is called with the index's read lock held, once
+// per feed that feed's entries know; it must not call the index. It
+// returns from if from ≥ indexedLen(feed). Cost: a binary search per feed
+// that feed's entries know.
+func (x *causalIndex) deliverable(feed int, from uint64, delivered func(g int) uint64) uint64 {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	f := x.feed(feed)
+	if f == nil || from >= f.n {
+		return from
+	}
+	end := f.n
+	for i := range f.know {
+		s := &f.know[i]
+		if at, ok := s.exceeds(delivered(int(s.g))); ok && at < end {
+			end = max(at, from)
+			if end == from {
+				break
+			}
+		}
+	}
+	return end
 }
 
 // indexedLen returns how many entries of feed are indexed (a prefix).
