@@ -194,6 +194,11 @@ func (s *steps) push(at, n uint64) {
 		s.wide.n = append(s.wide.n, n)
 		return
 	}
+	if len(s.at) == cap(s.at) { // grow by a quarter, not double: less slack
+		c := len(s.at) + len(s.at)/4 + 2
+		s.at = append(make([]uint32, 0, c), s.at...)
+		s.n = append(make([]uint32, 0, c), s.n...)
+	}
 	s.at = append(s.at, uint32(at))
 	s.n = append(s.n, uint32(n))
 	s.lastAt, s.topN = uint32(at), uint32(n)
@@ -458,6 +463,9 @@ func (x *causalIndex) indexFeed(k int, work []int) []int {
 			x.merge(k, f, seg)
 		}
 		delete(f.pending, seg.start)
+		if len(f.pending) == 0 {
+			f.pending = nil // a map never shrinks: let a drained one go
+		}
 		f.n = seg.end
 		f.busy = false
 		x.tidy(f, seg.start)
