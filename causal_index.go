@@ -47,14 +47,23 @@ import (
 // segment waiting and touches nothing else: there is no loop to run and
 // nothing to deadlock.
 //
-// Long segments. A segment with many deps (a context may legally name
-// 100,000 feeds) is processed in chunks of causalChunk units of work; the
-// lock is released between chunks, so other feeds' adds and all compares go
-// on meanwhile; the segment's feed is marked busy so no one else touches it.
-// The work is done by the goroutine whose add made the segment ready.
+// Long work. A segment with many deps (a context may legally name 100,000
+// feeds), or a long cascade of segments made ready by one add, is processed
+// in chunks of causalChunk units of work (a dep checked, a breakpoint read
+// or written, a segment indexed); the lock is released between chunks, so
+// other feeds' adds and all reads go on meanwhile; a feed whose segment is
+// being indexed is marked busy so no one else touches it. The work is done
+// by the goroutine whose add made it ready.
 //
-// Concurrency: one sync.RWMutex; compare, follows, waitingOn and indexedLen
-// take it for reading, add for writing.
+// Concurrency: one sync.RWMutex; add takes it for writing, every other
+// method for reading.
+//
+// Numbers (BenchmarkCausalCompare100Writers: 100 writers × 1,000 entries in
+// segments of 1–10, reduced contexts from random gossip): 6.3 breakpoints
+// and about 70 heap bytes per entry, where a dense vector per segment would
+// take 73 (and 40 kB per segment with 10,000 feeds whatever they talk to);
+// about 140 ns per compare of random entries (memory bound; 36 ns when the
+// two feeds' steps are in cache), 0.5–1.2 M entries/s to build.
 
 // pos names an entry of the causal index: a feed index and a seq.
 type pos struct {
@@ -382,6 +391,7 @@ type causalIndex struct {
 	mu    sync.RWMutex
 	feeds []*causalFeed
 	spare *causalMerge // a merge buffer to reuse (nil while in use)
+	spent int          // work done since the write lock was last let go
 
 	// yield, if set, is called between the chunks of a long segment, with
 	// the lock not held (a test hook).
@@ -474,6 +484,7 @@ func (x *causalIndex) indexFeed(k int, work []int) []int {
 			x.feeds[w].waiting = false
 			work = append(work, w)
 		}
+		x.spend() // a long cascade of segments lets others in too
 	}
 	return work
 }
@@ -481,7 +492,6 @@ func (x *causalIndex) indexFeed(k int, work []int) []int {
 // ready tells whether every dep of seg (feed k's next segment) is indexed.
 // If one is not, it registers k as waiting for it, unless it never comes.
 func (x *causalIndex) ready(k int, f *causalFeed, seg *causalSegment) bool {
-	units := 0
 	for seg.next < len(seg.deps) {
 		d := seg.deps[seg.next]
 		if !(d.feed == k && d.seq < seg.start) && !x.indexed(d) {
@@ -492,10 +502,7 @@ func (x *causalIndex) ready(k int, f *causalFeed, seg *causalSegment) bool {
 			return false
 		}
 		seg.next++
-		if units++; units >= causalChunk {
-			units = 0
-			x.pause()
-		}
+		x.spend()
 	}
 	return true
 }
@@ -509,7 +516,6 @@ func (x *causalIndex) merge(k int, f *causalFeed, seg *causalSegment) {
 		m = new(causalMerge)
 	}
 	m.reset()
-	units := 0
 	for i := 0; i < len(seg.deps); i++ {
 		d := seg.deps[i]
 		if d.feed == k || m.get(f, d.feed) > d.seq {
@@ -524,22 +530,25 @@ func (x *causalIndex) merge(k int, f *causalFeed, seg *causalSegment) {
 					m.raise(f, g, v)
 				}
 			}
-			if units++; units >= causalChunk {
-				units = 0
-				x.pause()
-			}
+			x.spend()
 		}
 	}
 	for _, g := range m.touched {
 		if m.cand[g] > m.base[g] {
 			f.push(g, seg.start, m.cand[g])
 		}
-		if units++; units >= causalChunk {
-			units = 0
-			x.pause()
-		}
+		x.spend()
 	}
 	x.spare = m
+}
+
+// spend counts a unit of work done under the write lock, and every
+// causalChunk units lets others take the lock.
+func (x *causalIndex) spend() {
+	if x.spent++; x.spent >= causalChunk {
+		x.spent = 0
+		x.pause()
+	}
 }
 
 // pause lets others take the lock (x.mu held for writing).

@@ -465,6 +465,27 @@ func TestCausalIndexWideContextDoesNotStallOthers(t *testing.T) {
 	}
 }
 
+// TestCausalIndexLongCascadeLetsOthersIn: one add that makes 100,000
+// waiting segments ready indexes them in chunks, releasing the lock between
+// them.
+func TestCausalIndexLongCascadeLetsOthersIn(t *testing.T) {
+	const n = 100_000
+	var x causalIndex
+	for s := uint64(n); s >= 1; s-- {
+		x.add(1, s, s+1, nil)
+	}
+	chunks := 0
+	x.yield = func() { chunks++ }
+	x.add(1, 0, 1, nil)
+	x.yield = nil
+	if got := x.indexedLen(1); got != n+1 {
+		t.Fatalf("indexedLen(1) = %d, want %d", got, n+1)
+	}
+	if chunks < n/causalChunk {
+		t.Errorf("%d chunks to index %d segments in one add, want at least %d", chunks, n, n/causalChunk)
+	}
+}
+
 // TestCausalIndexWaitingSegmentMemoryBounded: a segment naming 100,000
 // entries that are not held holds one waiter record, however many of its
 // deps arrive (in the worst order) and however often more of its own feed
