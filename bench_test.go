@@ -1074,7 +1074,7 @@ func BenchmarkCausalCompare100Writers(b *testing.B) {
 	x = nil
 	runtime.GC()
 	runtime.ReadMemStats(&without)
-	b.ReportMetric(float64(with.HeapAlloc-without.HeapAlloc)/(writers*perWriter), "bytes/entry")
+	b.ReportMetric(float64(int64(with.HeapAlloc)-int64(without.HeapAlloc))/(writers*perWriter), "bytes/entry")
 	b.ReportMetric(float64(counts[Concurrent])/float64(i), "concurrent-fraction")
 }
 
