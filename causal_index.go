@@ -441,8 +441,31 @@ func (x *causalIndex) add(feed int, start, end uint64, deps []dep) {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.feedAt(feed).put(start, end, own)
+	f := x.feedAt(feed)
+	if len(own) == 0 && start <= f.n && !f.busy && len(f.pending) == 0 {
+		// The common case (a writer's next entries, a replica's in
+		// order): nothing to merge, nothing pending; only waiters to wake.
+		if end > f.n {
+			f.n = end
+			if len(f.waiters) > 0 && f.waiters[0].seq < f.n {
+				x.drain(x.woken(f, nil))
+			}
+		}
+		return
+	}
+	f.put(start, end, own)
 	x.drain([]int{feed})
+}
+
+// woken pops the waiters of f that its indexed length has passed, and
+// returns work with their feeds appended.
+func (x *causalIndex) woken(f *causalFeed, work []int) []int {
+	for len(f.waiters) > 0 && f.waiters[0].seq < f.n {
+		w := heap.Pop(&f.waiters).(causalWaiter).feed
+		x.feeds[w].waiting = false
+		work = append(work, w)
+	}
+	return work
 }
 
 // drain indexes the ready segments of the feeds in work and of those their
@@ -479,11 +502,7 @@ func (x *causalIndex) indexFeed(k int, work []int) []int {
 		f.n = seg.end
 		f.busy = false
 		x.tidy(f, seg.start)
-		for len(f.waiters) > 0 && f.waiters[0].seq < f.n {
-			w := heap.Pop(&f.waiters).(causalWaiter).feed
-			x.feeds[w].waiting = false
-			work = append(work, w)
-		}
+		work = x.woken(f, work)
 		x.spend() // a long cascade of segments lets others in too
 	}
 	return work
