@@ -12,7 +12,7 @@ import (
 // entry's vector clock (for each feed, how many of its entries are in the
 // entry's causal past) from its Entry.Deps and its predecessor.
 type causalTruth struct {
-	deps map[string][]Pos            // entryName → Deps
+	deps map[string][]Pos             // entryName → Deps
 	vc   map[string]map[string]uint64 // entryName → feed key → count
 }
 
