@@ -317,8 +317,10 @@ func benchmarkAppendSingle(b *testing.B, opts *FeedOptions) {
 
 // 100 local writers of one database take turns appending one value each:
 // every Append records the heads of the other writers that changed since
-// this writer's previous one (here all 99: the heads are not reduced yet).
-// It reports entries/s and the context bytes per entry.
+// this writer's previous one (here all 99), reduced by the causal index to
+// those no other head follows (here one: the previous writer's last entry
+// follows all the others). It reports entries/s and the context bytes per
+// entry.
 func BenchmarkAppendContext100Writers(b *testing.B) {
 	c, err := Open(b.TempDir(), &Options{NoSync: true})
 	if err != nil {

@@ -3,6 +3,7 @@ package kappa
 import (
 	"container/heap"
 	"runtime"
+	"slices"
 	"sync"
 )
 
@@ -645,8 +646,8 @@ func (x *causalIndex) follows(a, b pos) bool {
 	return x.followsLocked(x.feed(a.feed), a, b)
 }
 
-// causalReducePairwise is the number of heads up to which reduce compares
-// them pairwise; above it, it merges what each knows.
+// causalReducePairwise bounds the heads reduce keeps as candidates while it
+// compares each head with them; past it, it merges what each head knows.
 var causalReducePairwise = 32
 
 // reduce returns the context a writer of feed own, holding n entries of it,
@@ -656,8 +657,10 @@ var causalReducePairwise = 32
 // another head follows. Heads of feed own are dropped. A head that is not
 // indexed yet (the writer holds it, not all of its past) is kept and
 // counts as following nothing (the context is then larger, never wrong).
-// Cost: a lookup per head, then for more than causalReducePairwise heads
-// left, the breakpoint lists of their feeds (at most the index's size).
+// Cost: a lookup per head, then a lookup per head and candidate kept (see
+// reduceMaximal: one each when the heads follow one another), and if more
+// than causalReducePairwise heads are candidates at once, the breakpoint
+// lists of their feeds (at most the index's size).
 func (x *causalIndex) reduce(own int, n uint64, heads []dep) []dep {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
@@ -675,17 +678,7 @@ func (x *causalIndex) reduce(own int, n uint64, heads []dep) []dep {
 	if len(out) < 2 {
 		return out
 	}
-	if len(out) <= causalReducePairwise {
-		keep := out[:0:0]
-	next:
-		for i, h := range out {
-			for j, k := range out {
-				if j != i && x.followsLocked(x.feed(k.feed), k, h) {
-					continue next
-				}
-			}
-			keep = append(keep, h)
-		}
+	if keep, ok := x.reduceMaximal(out); ok {
 		return keep
 	}
 	known := make(map[int]uint64, len(out)) // feed → how many of its entries another head follows
@@ -713,6 +706,35 @@ func (x *causalIndex) reduce(own int, n uint64, heads []dep) []dep {
 		}
 	}
 	return keep
+}
+
+// reduceMaximal returns the heads (in their order) that no other head
+// follows, keeping the candidates found so far: each head is compared with
+// them, dropped if one follows it, else it replaces those it follows. Heads
+// that follow one another (a writer that heard of many changes by gossip)
+// keep one candidate: a follows per head. ok is false, and nothing is
+// returned, once more than causalReducePairwise candidates are kept (x.mu
+// held).
+func (x *causalIndex) reduceMaximal(heads []dep) (keep []dep, ok bool) {
+	var cand []int // indexes into heads, in order
+next:
+	for i, h := range heads {
+		for _, j := range cand {
+			if k := heads[j]; x.followsLocked(x.feed(k.feed), k, h) {
+				continue next
+			}
+		}
+		fh := x.feed(h.feed)
+		cand = slices.DeleteFunc(cand, func(j int) bool { return x.followsLocked(fh, h, heads[j]) })
+		if cand = append(cand, i); len(cand) > causalReducePairwise {
+			return nil, false
+		}
+	}
+	keep = make([]dep, len(cand))
+	for n, j := range cand {
+		keep[n] = heads[j]
+	}
+	return keep, true
 }
 
 // followsLocked is follows with x.mu held and fa the index of a's feed.
