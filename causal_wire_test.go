@@ -324,3 +324,61 @@ func TestCompareMalformedBadPosAndClosed(t *testing.T) {
 		t.Fatalf("Compare after Close: %v", err)
 	}
 }
+
+// Compare inside Map: every entry a view is given is indexed already (the
+// index learns entries before they are published), so comparing it with
+// its predecessor and its Deps never says Unknown, while writers append.
+func TestCompareInsideMapKnowsTheEntriesMapped(t *testing.T) {
+	c := newCore(t, &Options{NoSync: true})
+	ws := []*Feed{mustWriter(t, c, "a"), mustWriter(t, c, "b"), mustWriter(t, c, "c")}
+	errs := make(chan error, 1)
+	bad := func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	}
+	x := mustUse(t, c, "cmp", 1, viewFunc(func(es []Entry) error {
+		for _, e := range es {
+			here := Pos{e.Key, e.Seq}
+			want := map[*Pos]Order{}
+			if e.Seq > 0 {
+				want[&Pos{e.Key, e.Seq - 1}] = Before
+			}
+			for i := range e.Deps {
+				want[&e.Deps[i]] = Before
+			}
+			for p, o := range want {
+				if got, err := c.Compare(*p, here); err != nil || got != o {
+					bad(fmt.Errorf("in Map: Compare(%x@%d, %x@%d) = %v, %v; want %v", p.Feed[:4], p.Seq, e.Key[:4], e.Seq, got, err, o))
+				}
+			}
+		}
+		return nil
+	}))
+	done := make(chan error, len(ws))
+	for i, w := range ws {
+		go func() {
+			for k := range 40 {
+				if _, err := w.Append([]byte(fmt.Sprint(i, k)), []byte("x")); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range ws {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := x.Ready(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+}
