@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 )
 
@@ -380,5 +381,59 @@ func TestCompareInsideMapKnowsTheEntriesMapped(t *testing.T) {
 	case err := <-errs:
 		t.Fatal(err)
 	default:
+	}
+}
+
+// The rebuild after open takes feeds in turns, a bounded step each: a
+// small feed is indexed before a huge one is done; Open does not wait for
+// it, and once it is done Compare answers as before the reopen.
+func TestRebuildTakesFeedsInTurns(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(dir, &Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, small := mustWriter(t, c, "big"), mustWriter(t, c, "small")
+	vals := make([][]byte, 12288) // three steps
+	for i := range vals {
+		vals[i] = []byte("v")
+	}
+	if _, err := big.Append(vals...); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, small, 3, "s") // names big's last entry
+	bigKey, smallKey := big.Key(), small.Key()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var steps []string
+	causalRebuildStepped = func(f *Feed, start, end uint64) {
+		mu.Lock()
+		defer mu.Unlock()
+		name := "big"
+		if string(f.Key()) == string(smallKey) {
+			name = "small"
+		}
+		steps = append(steps, fmt.Sprintf("%s[%d,%d)", name, start, end))
+	}
+	defer func() { causalRebuildStepped = nil }()
+	c, err = Open(dir, &Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.causalReady(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := fmt.Sprint(steps)
+	mu.Unlock()
+	want := fmt.Sprint([]string{"big[0,4096)", "small[0,3)", "big[4096,8192)", "big[8192,12288)"})
+	if got != want {
+		t.Fatalf("rebuild steps %s, want %s", got, want)
+	}
+	if o, err := c.Compare(Pos{bigKey, 0}, Pos{smallKey, 2}); err != nil || o != Before {
+		t.Fatalf("after the rebuild: Compare = %v, %v; want before", o, err)
 	}
 }

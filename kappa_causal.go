@@ -182,8 +182,15 @@ func (c *Core) rebuildStep(f *Feed, seq, end uint64) uint64 {
 		return seq + 1 // unreadable: that entry stays out of the index
 	}
 	f.storedBlocksCausal(c, seq, blocks)
+	if causalRebuildStepped != nil {
+		causalRebuildStepped(f, seq, seq+uint64(len(blocks)))
+	}
 	return seq + uint64(len(blocks))
 }
+
+// causalRebuildStepped, if set, is told of each step of a rebuild (a test
+// hook; set it before Open).
+var causalRebuildStepped func(f *Feed, start, end uint64)
 
 // storedBlocksCausal is storedBlocksWriteLocked for the rebuild, which
 // does not hold writeMu (the index takes its own lock).
