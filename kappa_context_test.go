@@ -355,9 +355,12 @@ func TestFormat3DatabaseIsRefused(t *testing.T) {
 
 // withoutContexts makes c's writers record no causal context, as a
 // database of format 3 did: for tests and benchmark fixtures of many local
-// writers, where each writer's first append would name the heads of all
-// those before it (quadratic in the number of writers) and measure that
-// rather than what they are about. Call it before the first append.
+// writers, where each writer's first append would look at the heads of all
+// those before it (quadratic in the number of writers: reduced, the context
+// is one head, but finding it reads every head, and each writer remembers
+// what it named of each feed; 10,000 writers take minutes rather than
+// seconds) and measure that rather than what they are about. Call it
+// before the first append.
 func withoutContexts(c *Core) {
 	c.feedCfg.context, c.feedCfg.contextLost = nil, nil
 }
