@@ -75,6 +75,12 @@ func (x *Index) checkWaiterLocked(w *readyWaiter, key string) {
 		if p == nil {
 			return
 		}
+		if x.causal {
+			if x.causalReadyLocked(p, spans) {
+				delete(w.pending, k)
+			}
+			return
+		}
 		if !p.broken {
 			// Entries found damaged are holes: Ready does not wait
 			// for them.
@@ -102,6 +108,11 @@ func (x *Index) checkWaiterLocked(w *readyWaiter, key string) {
 }
 
 func (x *Index) checkWaitersLocked(key string) {
+	if x.recheck {
+		// Causal: a new wait may make others dead, whichever feed
+		// changed.
+		key, x.recheck = "", false
+	}
 	for _, w := range x.waiters {
 		x.checkWaiterLocked(w, key)
 	}
