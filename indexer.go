@@ -233,7 +233,6 @@ type Index struct {
 	changed  chan struct{} // closed and replaced on every change of state
 	indexed  uint64
 	blocked  map[string][]*feedProgress // causal: feed key → feeds waiting on it
-	recheck  bool                       // causal: a feed began to wait since waiters were checked
 }
 
 // feedProgress is what one view has indexed of one feed: sorted, disjoint

@@ -182,7 +182,6 @@ func (x *Index) mapCausal(b *batchRead) (*mappedBatch, error) {
 		// batch is mapped again, from its start.
 		x.mu.Lock()
 		p.cwait = wait
-		x.recheck = true // a wait may make others dead: see checkWaitersLocked
 		if !wait.malformed {
 			if x.blocked == nil {
 				x.blocked = make(map[string][]*feedProgress)

@@ -465,6 +465,9 @@ func TestCausalViewRebuildsFromProgressThatIsNotAPrefix(t *testing.T) {
 	if got := v.names(); len(got) != 5 || got[0] != entryName(src.Key(), 0) {
 		t.Fatalf("the rebuilt causal view has %v", got)
 	}
+	if st := xv.Status(); st.Indexed != 5 {
+		t.Fatalf("the rebuilt causal view counts %d entries indexed, want 5", st.Indexed)
+	}
 }
 
 // The property: 3 to 5 writers on as many replicas append and exchange in

@@ -108,11 +108,6 @@ func (x *Index) checkWaiterLocked(w *readyWaiter, key string) {
 }
 
 func (x *Index) checkWaitersLocked(key string) {
-	if x.recheck {
-		// Causal: a new wait may make others dead, whichever feed
-		// changed.
-		key, x.recheck = "", false
-	}
 	for _, w := range x.waiters {
 		x.checkWaiterLocked(w, key)
 	}
