@@ -75,6 +75,8 @@ type causalWait struct {
 	seq       uint64
 	on        Pos
 	malformed bool
+	deps      []Pos // the entry's Deps; on is deps[at]: those before are delivered
+	at        int
 }
 
 // delivered returns how many entries of p's feed a causal view was given:
@@ -141,11 +143,8 @@ func (x *Index) mapCausal(b *batchRead) (*mappedBatch, error) {
 		if malformed {
 			wait = &causalWait{seq: seq, on: Pos{Feed: key, Seq: seq}, malformed: true}
 		}
-		for _, d := range deps {
-			if q := x.byKey[string(d.Feed)]; q == nil || q.delivered() <= d.Seq {
-				wait = &causalWait{seq: seq, on: d}
-				break
-			}
+		if at := x.undeliveredLocked(deps, 0); at < len(deps) {
+			wait = &causalWait{seq: seq, on: deps[at], deps: deps, at: at}
 		}
 		if wait != nil {
 			values = values[:i]
@@ -183,11 +182,7 @@ func (x *Index) mapCausal(b *batchRead) (*mappedBatch, error) {
 		x.mu.Lock()
 		p.cwait = wait
 		if !wait.malformed {
-			if x.blocked == nil {
-				x.blocked = make(map[string][]*feedProgress)
-			}
-			k := string(wait.on.Feed)
-			x.blocked[k] = append(x.blocked[k], p)
+			x.blockLocked(p)
 		}
 		x.mu.Unlock()
 	}
@@ -208,12 +203,23 @@ func (x *Index) releaseLocked(p *feedProgress) {
 		if w == nil || w.malformed || string(w.on.Feed) != p.key {
 			continue // released or reset since
 		}
-		if w.on.Seq < n {
-			q.cwait = nil
-			x.queue(q, false)
+		if w.on.Seq >= n {
+			kept = append(kept, q)
 			continue
 		}
-		kept = append(kept, q)
+		// The next Pos of the entry's Deps not delivered, if any: the
+		// entry's context is looked at once in all, however long.
+		if w.at = x.undeliveredLocked(w.deps, w.at+1); w.at < len(w.deps) {
+			w.on = w.deps[w.at]
+			if string(w.on.Feed) == p.key {
+				kept = append(kept, q) // cannot happen: keys differ
+				continue
+			}
+			x.blockLocked(q)
+			continue
+		}
+		q.cwait = nil
+		x.queue(q, false)
 	}
 	clear(ws[len(kept):])
 	if len(kept) == 0 {
@@ -221,6 +227,26 @@ func (x *Index) releaseLocked(p *feedProgress) {
 	} else {
 		x.blocked[p.key] = kept
 	}
+}
+
+// undeliveredLocked returns the index of the first Pos of deps from i on
+// that is not delivered to the view, or len(deps).
+func (x *Index) undeliveredLocked(deps []Pos, i int) int {
+	for ; i < len(deps); i++ {
+		if q := x.byKey[string(deps[i].Feed)]; q == nil || q.delivered() <= deps[i].Seq {
+			break
+		}
+	}
+	return i
+}
+
+// blockLocked makes p wait on the feed its cwait names.
+func (x *Index) blockLocked(p *feedProgress) {
+	if x.blocked == nil {
+		x.blocked = make(map[string][]*feedProgress)
+	}
+	k := string(p.cwait.on.Feed)
+	x.blocked[k] = append(x.blocked[k], p)
 }
 
 // resetWaitsLocked forgets every wait (progress was reset or went back):
