@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"slices"
@@ -569,5 +570,48 @@ func TestCausalViewPropertyRandomReplication(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// failingStore is a durableLog whose StoreState fails once, on its call
+// number failAt.
+type failingStore struct {
+	durableLog
+	calls, failAt int
+}
+
+func (v *failingStore) StoreState(s []byte) error {
+	v.calls++
+	if v.calls == v.failAt {
+		return fmt.Errorf("store state: %w", ErrStorage)
+	}
+	return v.durableLog.StoreState(s)
+}
+
+// A batch cut before an entry that waits, whose progress then fails to be
+// stored, is mapped again after Retry: the wait does not outlive the
+// progress that went back.
+func TestCausalViewMapsAgainABatchWhoseProgressWasNotStored(t *testing.T) {
+	a := rawFeed(t)
+	missing := bytes.Repeat([]byte{0x42}, 32)
+	appendRawBlocks(t, a, encodeBlock(nil, []byte("a0")), encodeBlock([]Pos{{Feed: missing, Seq: 0}}, []byte("a1")))
+	z := newCore(t, &Options{OnError: func(error) {}})
+	addRaw(t, z, a, 0, 2)
+	v := &failingStore{durableLog: durableLog{&causalLog{causal: true}}, failAt: 2}
+	xv := mustUse(t, z, "causal", 1, v)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := xv.Ready(ctx); err == nil || !errors.Is(err, ErrStorage) {
+		t.Fatalf("ready: %v, want the StoreState error", err)
+	}
+	if err := xv.Retry(); err != nil {
+		t.Fatal(err)
+	}
+	readyIn(t, xv)
+	if st := xv.Status(); st.Indexed != 1 || st.State != ViewIdle {
+		t.Fatalf("after Retry: %+v", st)
+	}
+	if ww := waitingOn(t, xv, a.Key()); ww.Seq != 1 || ww.Reason != "feed not held" {
+		t.Fatalf("Waiting: %s", fmtWaits(xv.Status().Waiting))
 	}
 }
