@@ -10,7 +10,7 @@ import (
 // Ready: waiting for a view to catch up with the entries present.
 
 // Ready waits until the view has indexed every entry present when Ready
-// was called; see Core.Ready. After the database closed it fails with
+// was called (for a causal view, see CausalViewer); see Core.Ready. After the database closed it fails with
 // ErrClosed.
 func (x *Index) Ready(ctx context.Context) error {
 	if err := x.closedErr("ready"); err != nil {
