@@ -10,8 +10,8 @@ import (
 // Ready: waiting for a view to catch up with the entries present.
 
 // Ready waits until the view has indexed every entry present when Ready
-// was called (for a causal view, see CausalViewer); see Core.Ready. After the database closed it fails with
-// ErrClosed.
+// was called (for a causal view, see CausalViewer); see Core.Ready. After
+// the database closed it fails with ErrClosed.
 func (x *Index) Ready(ctx context.Context) error {
 	if err := x.closedErr("ready"); err != nil {
 		return err

@@ -90,7 +90,7 @@ func (x *Index) load(rebuild bool) error {
 			}
 		}
 	}
-	if x.causal && !rebuild && st.version == x.version {
+	if x.causal && !rebuild {
 		for _, spans := range st.feeds {
 			if len(spans) > 1 || (len(spans) == 1 && spans[0].start != 0) {
 				x.host.report(fmt.Errorf("view %q: stored progress is not a prefix of every feed, as a causal view's is; rebuilding the view from the first entry", x.name))
