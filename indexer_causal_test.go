@@ -114,6 +114,27 @@ func waitingOn(t *testing.T, x *Index, key []byte) Wait {
 	return Wait{}
 }
 
+// namesNone fails unless the entry seq of feed key, as the view got it,
+// names none of the feeds others in its Deps: a writer names only entries
+// whose whole causal past is held.
+func namesNone(t *testing.T, v *causalLog, key []byte, seq uint64, others ...*Feed) {
+	t.Helper()
+	for _, e := range v.entries() {
+		if !bytes.Equal(e.Key, key) || e.Seq != seq {
+			continue
+		}
+		for _, d := range e.Deps {
+			for _, o := range others {
+				if bytes.Equal(d.Feed, o.Key()) {
+					t.Fatalf("entry %d names %x@%d, an entry whose causal past is not held", seq, d.Feed[:4], d.Seq)
+				}
+			}
+		}
+		return
+	}
+	t.Fatalf("the view did not get entry %d", seq)
+}
+
 func fmtWaits(ws []Wait) string {
 	var s []string
 	for _, w := range ws {
@@ -197,21 +218,22 @@ func TestCausalViewWaitsOnAnEntryNotHeldAndGoesOnWithOthers(t *testing.T) {
 	if ww.Seq != 0 || !bytes.Equal(ww.On.Feed, a.Key()) || ww.On.Seq != 2 || ww.Reason != "not held" {
 		t.Fatalf("Waiting: %s", fmtWaits(xv.Status().Waiting))
 	}
-	appendN(t, w, 1, "more") // names b@1: waits behind it
+	// b's entries wait on a@2, not held: a writer does not name them (it
+	// names only entries whose whole causal past is held), so its entries
+	// do not wait behind them.
+	appendN(t, w, 1, "more")
 	other := rawFeed(t)
 	appendRawBlocks(t, other, encodeBlock(nil, []byte("o")))
 	addRaw(t, z, other, 0, 1)
 	readyIn(t, xv)
-	if v.has(w.Key(), 2) || !v.has(other.Key(), 0) {
-		t.Fatalf("the view has %v: want a new feed's entry, and not w 2", v.names())
+	if !v.has(w.Key(), 2) || !v.has(other.Key(), 0) {
+		t.Fatalf("the view has %v: want w 2 and a new feed's entry", v.names())
 	}
-	if ww := waitingOn(t, xv, w.Key()); ww.Seq != 2 || !bytes.Equal(ww.On.Feed, b.Key()) || !ww.Dead {
-		t.Fatalf("Waiting: %s", fmtWaits(xv.Status().Waiting))
-	}
+	namesNone(t, v, w.Key(), 2, b)
 	mustPut(t, za, a, 2, 3)
 	readyIn(t, xv)
-	if !v.has(b.Key(), 1) || !v.has(w.Key(), 2) {
-		t.Fatalf("b and w 2 were not given once a 2 came: %v; Waiting %s", v.names(), fmtWaits(xv.Status().Waiting))
+	if !v.has(b.Key(), 1) {
+		t.Fatalf("b was not given once a 2 came: %v; Waiting %s", v.names(), fmtWaits(xv.Status().Waiting))
 	}
 	checkCausalOrder(t, v.entries())
 }
@@ -269,15 +291,18 @@ func TestCausalViewStallsOnlyACycleAndWhatFollowsIt(t *testing.T) {
 	if st := xv.Status(); st.State != ViewIdle || len(st.Waiting) != 3 {
 		t.Fatalf("status %+v", st)
 	}
-	appendN(t, w, 2, "w") // names a, b and c: waits behind the cycle
+	// The cycle's entries (and c 1, behind it) never have their causal
+	// past held: a writer does not name them, and is not stalled.
+	appendN(t, w, 2, "w")
 	other := rawFeed(t)
 	appendRawBlocks(t, other, encodeBlock(nil, []byte("o")))
 	addRaw(t, z, other, 0, 1)
 	readyIn(t, xv)
-	if v.has(w.Key(), 1) || !v.has(other.Key(), 0) {
-		t.Fatalf("the view has %v: want a new feed's entry, and not w 1", v.names())
+	if !v.has(w.Key(), 1) || !v.has(other.Key(), 0) {
+		t.Fatalf("the view has %v: want w 1 and a new feed's entry", v.names())
 	}
-	if ww := waitingOn(t, xv, w.Key()); ww.Seq != 1 || !ww.Dead || !strings.Contains(ww.Reason, "cycle") {
+	namesNone(t, v, w.Key(), 1, a, b)
+	if ww := waitingOn(t, xv, c.Key()); ww.Seq != 1 || !ww.Dead {
 		t.Fatalf("Waiting: %s", fmtWaits(xv.Status().Waiting))
 	}
 	checkCausalOrder(t, v.entries())
@@ -322,17 +347,25 @@ func TestCausalViewStallsAtAMalformedContext(t *testing.T) {
 	z := newCore(t, nil)
 	addRaw(t, z, a, 0, 3)
 	w := mustWriter(t, z, "w")
-	appendN(t, w, 1, "w") // names a@2: stalls behind a 1
+	// a 1 has a malformed context: its causal past is never held, so a
+	// writer names a 0 at most, and does not stall behind a 1.
+	appendN(t, w, 1, "w")
 	v := &causalLog{causal: true}
 	xv := mustUse(t, z, "causal", 1, v)
 	readyIn(t, xv)
-	if got := v.names(); !slices.Equal(got, []string{entryName(a.Key(), 0)}) {
-		t.Fatalf("the view has %v, want a 0 alone", got)
+	got := v.names()
+	slices.Sort(got)
+	want := []string{entryName(a.Key(), 0), entryName(w.Key(), 0)}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("the view has %v, want a 0 and w 0", got)
+	}
+	for _, e := range v.entries() {
+		if bytes.Equal(e.Key, w.Key()) && (len(e.Deps) != 1 || !bytes.Equal(e.Deps[0].Feed, a.Key()) || e.Deps[0].Seq != 0) {
+			t.Fatalf("w 0 names %v, want a 0", e.Deps)
+		}
 	}
 	if ww := waitingOn(t, xv, a.Key()); ww.Seq != 1 || ww.Reason != "malformed context" || !ww.Dead {
-		t.Fatalf("Waiting: %s", fmtWaits(xv.Status().Waiting))
-	}
-	if ww := waitingOn(t, xv, w.Key()); !ww.Dead || !strings.Contains(ww.Reason, "malformed context") {
 		t.Fatalf("Waiting: %s", fmtWaits(xv.Status().Waiting))
 	}
 }
@@ -375,14 +408,17 @@ func TestCausalViewStallsOnlyWhatFollowsAContextOf100000Feeds(t *testing.T) {
 		}
 	}
 	waitingOn(t, xv, d.Key())
-	appendN(t, w, 5, "w") // names the hostile feeds: waits
+	// The hostile entries' causal past is never held: a writer does not
+	// name them, and its entries are not stalled behind them.
+	appendN(t, w, 5, "w")
 	other := rawFeed(t)
 	appendRawBlocks(t, other, encodeBlock(nil, []byte("o")))
 	addRaw(t, z, other, 0, 1)
 	readyIn(t, xv)
-	if !v.has(other.Key(), 0) || v.has(w.Key(), 3) {
+	if !v.has(other.Key(), 0) || !v.has(w.Key(), 3) {
 		t.Fatalf("the view has %v", v.names())
 	}
+	namesNone(t, v, w.Key(), 3, hostile...)
 	checkCausalOrder(t, v.entries())
 }
 

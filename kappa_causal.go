@@ -44,6 +44,24 @@ type causalState struct {
 
 	rebuilt chan struct{} // closed when the rebuild after open is over
 	wg      sync.WaitGroup
+	// pending: feeds (by number) whose entries held at open the rebuild
+	// has not all added yet. Guarded by mu.
+	pending map[int]bool
+}
+
+// rebuilding reports whether the rebuild after open has not yet added
+// every entry feed n held at open.
+func (s *causalState) rebuilding(n int) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.pending[n]
+}
+
+// rebuiltFeed records that feed n's entries held at open are all added.
+func (s *causalState) rebuiltFeed(n int) {
+	s.mu.Lock()
+	delete(s.pending, n)
+	s.mu.Unlock()
 }
 
 // num returns key's number, giving it the next one if it has none.
@@ -129,8 +147,16 @@ func (c *Core) startCausal() {
 	c.mu.RLock()
 	feeds := append([]*Feed(nil), c.feeds...)
 	c.mu.RUnlock()
+	c.causal.mu.Lock()
+	c.causal.pending = map[int]bool{}
+	c.causal.mu.Unlock()
 	for _, f := range feeds {
-		c.causal.num(f.key)
+		n := c.causal.num(f.key)
+		if f.Len() > 0 {
+			c.causal.mu.Lock()
+			c.causal.pending[n] = true
+			c.causal.mu.Unlock()
+		}
 	}
 	c.causal.rebuilt = make(chan struct{})
 	c.causal.wg.Add(1)
@@ -161,6 +187,9 @@ func (c *Core) rebuildCausal(feeds []*Feed) {
 				continue
 			}
 			next[i] = c.rebuildStep(f, next[i], ends[i])
+			if next[i] >= ends[i] {
+				c.causal.rebuiltFeed(c.causal.num(f.key))
+			}
 			active = active || next[i] < ends[i]
 		}
 	}

@@ -30,7 +30,9 @@ func (m *contextMemory) writerNamed(w *Feed) map[string]uint64 {
 
 // appendContext is the causal context of writer w's next Append call (the
 // feedConfig's context), called at commit under w's writeMu: for each other
-// feed G of the database whose contiguous held prefix has h > 0 entries,
+// feed G of the database whose contiguous held prefix has h > 0 entries
+// (of which, once the causal index has added G's entries held at open,
+// only those whose whole causal past is held),
 // its head Pos{G, h-1}, left out when a context w recorded since the
 // database was opened named G at h-1 or more; then reduced by the causal
 // index (causalIndex.reduce): a head that w's own last entry, or another
@@ -54,6 +56,15 @@ func (c *Core) appendContext(w *Feed) []Pos {
 			continue
 		}
 		h := min(g.NextMissing(0), g.Len())
+		if n := c.causal.num(g.key); !c.causal.rebuilding(n) {
+			// Only entries whose whole causal past is held (indexed): an
+			// entry that waits on a dependency that may never come (a
+			// hostile writer's: a key nobody holds, a cycle, a malformed
+			// context) is not named, so it cannot stall this writer's
+			// entries in causal views. (Before the rebuild after open is
+			// over, the held prefix is named: the index cannot tell yet.)
+			h = min(h, c.causal.index.indexedLen(n))
+		}
 		if h == 0 {
 			continue
 		}
