@@ -35,9 +35,11 @@ const (
 	opAdd     = 1
 	opRemove  = 2
 	maxRecord = 1 << 31 // a body length beyond this is damage
-	// compactMin is the least file size worth compacting.
-	compactMin = 1 << 20
 )
+
+// compactMin is the least file size worth compacting (a variable for
+// tests).
+var compactMin int64 = 1 << 20
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
