@@ -76,8 +76,8 @@ func TestKeysInOrderFromAKeySkippingDeleted(t *testing.T) {
 func TestEntriesOfOtherApplicationsAreSkipped(t *testing.T) {
 	r := newReplica(t, &kappa.Options{ValueEncoding: kappa.JSON})
 	w := r.writer(t, "w")
-	others := []string{`{"kv":2,"k":"a","v":""}`, `{"k":"a","v":""}`, `{"kv":1,"v":""}`, `{"kv":1,"k":"a"}`,
-		`{"kv":1,"k":"a","v":"!!"}`, `{"kv":1,"k":"a","v":"","d":true}`, `[1]`, `"kv"`, `{"type":"chat"}`}
+	others := []string{`{"kv":2,"k":"o","v":""}`, `{"kv":0,"k":"o","v":""}`, `{"k":"o","v":""}`, `{"kv":1,"v":""}`, `{"kv":1,"k":"o"}`,
+		`{"kv":1,"k":"o","v":"!!"}`, `{"kv":1,"k":"o","v":"","d":true}`, `{"kv":1,"k":"o","d":false}`, `[1]`, `"kv"`, `{"type":"chat"}`}
 	for _, v := range others {
 		if _, err := w.Append([]byte(v)); err != nil {
 			t.Fatal(err)
@@ -90,6 +90,12 @@ func TestEntriesOfOtherApplicationsAreSkipped(t *testing.T) {
 	vs, _ := r.kv.Get("a")
 	if len(vs) != 1 || vs[0].Pos.Seq != uint64(len(others)) {
 		t.Fatalf("a: %s, want only the Put", fmtVersions(vs))
+	}
+	if vs, _ := r.kv.Get("o"); vs != nil {
+		t.Fatalf("o: %s, want none", fmtVersions(vs))
+	}
+	if vs, _ := r.kv.Get(""); vs != nil {
+		t.Fatalf("the empty key: %s, want none", fmtVersions(vs))
 	}
 }
 
@@ -173,13 +179,18 @@ func TestTornTailIsCutAndTheNextRecordIsRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A record torn by a crash: its length says more than is there.
-	torn := append(slices.Clone(good), encodeLogRecord([]op{{kind: opAdd, key: "torn", feed: make([]byte, 32)}}, []byte("s"))[:9]...)
+	big := encodeLogRecord([]op{{kind: opAdd, key: "torn", feed: make([]byte, 32), value: make([]byte, 4000)}}, []byte("s"))
+	torn := append(slices.Clone(good), big[:len(big)-1]...)
 	if err := os.WriteFile(path, torn, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r = reopen(t, &replica{dir: r.dir, core: r.core, kv: r.kv})
 	if vs, _ := r.kv.Get("torn"); vs != nil {
 		t.Fatalf("torn record applied: %s", fmtVersions(vs))
+	}
+	// The tail is cut: the file ends with its last whole record.
+	if fi, err := os.Stat(path); err != nil || fi.Size() != int64(len(good)) {
+		t.Fatalf("file after open: %v, %v; want %d bytes", fi.Size(), err, len(good))
 	}
 	w = r.writer(t, "w")
 	r.kv.Put(w, "b", []byte("2"))
