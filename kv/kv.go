@@ -418,3 +418,7 @@ func (s *KV) ClearIndex() error {
 	}
 	return nil
 }
+
+// MaxBatch is the view's batch size (kappa.MaxBatcher): each batch ends
+// with a record of the file and an fsync.
+func (s *KV) MaxBatch() int { return 1000 }
