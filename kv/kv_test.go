@@ -264,3 +264,26 @@ func TestTwoOfflineWritersForkAndAPutAfterBothResolves(t *testing.T) {
 		}
 	}
 }
+
+func TestClearIndexWipesDataAndProgress(t *testing.T) {
+	r := newReplica(t, nil)
+	w := r.writer(t, "w")
+	r.kv.Put(w, "a", []byte("1"))
+	r.ready(t)
+	if err := r.kv.index.Pause(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.kv.ClearIndex(); err != nil {
+		t.Fatal(err)
+	}
+	if vs, _ := r.kv.Get("a"); vs != nil {
+		t.Fatalf("after ClearIndex: %s", fmtVersions(vs))
+	}
+	if st, err := r.kv.FetchState(); st != nil || err != nil {
+		t.Fatalf("state after ClearIndex: %q, %v", st, err)
+	}
+	b, err := os.ReadFile(filepath.Join(r.dir, "kv", logName))
+	if err != nil || string(b) != logMagic {
+		t.Fatalf("file after ClearIndex: %q, %v", b, err)
+	}
+}
