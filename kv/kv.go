@@ -278,6 +278,11 @@ func (s *KV) setLocked(key string, old, nv []Version) {
 // everything they follow were delivered, so that is the database's causal
 // index catching up.
 func (s *KV) compare(a, b kappa.Pos) (order, error) {
+	if string(a.Feed) == string(b.Feed) {
+		// One feed: its order (the database may not have indexed
+		// them yet, after open).
+		return cmpOrder(a.Seq, b.Seq), nil
+	}
 	o, err := s.ord.compare(a, b)
 	if err != nil || o != orderUnknown || s.seen != nil {
 		if err == nil && o == orderUnknown {
@@ -295,6 +300,17 @@ func (s *KV) compare(a, b kappa.Pos) (order, error) {
 			return o, err
 		}
 	}
+}
+
+// cmpOrder is the order of seqs a and b of one feed.
+func cmpOrder(a, b uint64) order {
+	switch {
+	case a < b:
+		return orderBefore
+	case a > b:
+		return orderAfter
+	}
+	return orderSame
 }
 
 func samePos(a, b kappa.Pos) bool { return a.Seq == b.Seq && string(a.Feed) == string(b.Feed) }

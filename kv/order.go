@@ -91,13 +91,7 @@ func (d *depsOrder) past(p kappa.Pos) (map[string]uint64, bool) {
 
 func (d *depsOrder) compare(a, b kappa.Pos) (order, error) {
 	if string(a.Feed) == string(b.Feed) {
-		switch {
-		case a.Seq < b.Seq:
-			return orderBefore, nil
-		case a.Seq > b.Seq:
-			return orderAfter, nil
-		}
-		return orderSame, nil
+		return cmpOrder(a.Seq, b.Seq), nil
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

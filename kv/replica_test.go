@@ -88,3 +88,36 @@ func TestReplicasThatHoldTheSameEntriesAnswerTheSame(t *testing.T) {
 		})
 	}
 }
+
+func TestPutsWaitForTheEntriesTheyFollowAndTheViewGoesOn(t *testing.T) {
+	if !causalDelivery {
+		t.Skip("needs causal delivery")
+	}
+	opts := &kappa.Options{ValueEncoding: kappa.JSON}
+	alice := newReplica(t, opts)
+	opts.SharedKey = alice.core.SharedKey()
+	bob := newReplica(t, opts)
+	carol := newReplica(t, opts)
+	wa, wb, wc := alice.writer(t, "alice"), bob.writer(t, "bob"), carol.writer(t, "carol")
+	alice.kv.Put(wa, "q", []byte("question"))
+	syncPair(t, alice.core, bob.core, nil)
+	bob.ready(t)
+	bob.kv.Put(wb, "q", []byte("answer")) // follows alice's question
+	carol.kv.Put(wc, "c", []byte("carol's"))
+	// Carol takes bob's feed alone: his Put waits for alice's entry; her
+	// own goes on, and Ready does not wait for what is not held.
+	syncPair(t, bob.core, carol.core, onlyFeed(wb.Key()))
+	carol.ready(t)
+	if vs, _ := carol.kv.Get("q"); vs != nil {
+		t.Fatalf("q before alice's entry came: %s", fmtVersions(vs))
+	}
+	if vs, _ := carol.kv.Get("c"); len(vs) != 1 {
+		t.Fatalf("c: %s", fmtVersions(vs))
+	}
+	syncPair(t, alice.core, carol.core, onlyFeed(wa.Key()))
+	carol.ready(t)
+	vs, _ := carol.kv.Get("q")
+	if len(vs) != 1 || string(vs[0].Value) != "answer" {
+		t.Fatalf("q: %s, want bob's answer alone", fmtVersions(vs))
+	}
+}
