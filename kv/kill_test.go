@@ -15,7 +15,7 @@ import (
 
 // killWriters is how many writers the child of the kill test puts through,
 // in turns.
-const killWriters = 1
+const killWriters = 2
 
 // TestKillChild is the child of TestKilledViewAppliesEveryEntryExactlyOnce:
 // it puts in a loop and prints each put's number once it returned.

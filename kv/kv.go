@@ -56,7 +56,6 @@ type KV struct {
 	core  *kappa.Core
 	name  string
 	ord   orderer
-	seen  *depsOrder // non-nil while the view computes the order itself
 	index *kappa.Index
 
 	mu      sync.RWMutex
@@ -77,9 +76,7 @@ func Open(core *kappa.Core, name string, dir string) (*KV, error) {
 	if core == nil {
 		return nil, fmt.Errorf("kv: open %q: %w: no database", name, kappa.ErrInvalidValue)
 	}
-	s := &KV{core: core, name: name, data: map[string][]Version{}, dirty: true}
-	s.seen = newDepsOrder()
-	s.ord = s.seen
+	s := &KV{core: core, name: name, ord: core, data: map[string][]Version{}, dirty: true}
 	l, state, err := openLog(dir, s.replayOp)
 	if err != nil {
 		return nil, fmt.Errorf("kv: open %q: %w", name, err)
@@ -202,9 +199,6 @@ func (s *KV) Causal() bool { return true }
 // Map applies a batch of entries (kappa.View); the changes are written by
 // the next StoreState, together with the progress.
 func (s *KV) Map(entries []kappa.Entry) error {
-	if s.seen != nil {
-		s.seen.saw(entries)
-	}
 	for _, e := range entries {
 		r, ok := decodeRecord(e.Value)
 		if !ok {
@@ -231,9 +225,9 @@ func (s *KV) apply(p kappa.Pos, r record) error {
 			return err
 		}
 		switch o {
-		case orderSame, orderAfter:
+		case kappa.Same, kappa.After:
 			return nil // applied already, or a later version replaced it
-		case orderBefore:
+		case kappa.Before:
 			remove = append(remove, v)
 		}
 	}
@@ -277,40 +271,37 @@ func (s *KV) setLocked(key string, old, nv []Version) {
 // the database does not know yet: with causal delivery, both entries and
 // everything they follow were delivered, so that is the database's causal
 // index catching up.
-func (s *KV) compare(a, b kappa.Pos) (order, error) {
+func (s *KV) compare(a, b kappa.Pos) (kappa.Order, error) {
 	if string(a.Feed) == string(b.Feed) {
 		// One feed: its order (the database may not have indexed
 		// them yet, after open).
 		return cmpOrder(a.Seq, b.Seq), nil
 	}
-	o, err := s.ord.compare(a, b)
-	if err != nil || o != orderUnknown || s.seen != nil {
-		if err == nil && o == orderUnknown {
-			err = fmt.Errorf("kv: order of %x/%d and %x/%d unknown", a.Feed, a.Seq, b.Feed, b.Seq)
-		}
+	o, err := s.ord.Compare(a, b)
+	if err != nil || o != kappa.Unknown {
 		return o, err
 	}
 	deadline := time.Now().Add(unknownWait)
 	for d := time.Millisecond; ; d = min(2*d, 100*time.Millisecond) {
 		if time.Now().After(deadline) {
-			return orderUnknown, fmt.Errorf("kv: order of %x/%d and %x/%d still unknown after %v", a.Feed, a.Seq, b.Feed, b.Seq, unknownWait)
+			return kappa.Unknown, fmt.Errorf("kv: order of %x/%d and %x/%d still unknown after %v", a.Feed, a.Seq, b.Feed, b.Seq, unknownWait)
 		}
 		time.Sleep(d)
-		if o, err = s.ord.compare(a, b); err != nil || o != orderUnknown {
+		if o, err = s.ord.Compare(a, b); err != nil || o != kappa.Unknown {
 			return o, err
 		}
 	}
 }
 
 // cmpOrder is the order of seqs a and b of one feed.
-func cmpOrder(a, b uint64) order {
+func cmpOrder(a, b uint64) kappa.Order {
 	switch {
 	case a < b:
-		return orderBefore
+		return kappa.Before
 	case a > b:
-		return orderAfter
+		return kappa.After
 	}
-	return orderSame
+	return kappa.Same
 }
 
 func samePos(a, b kappa.Pos) bool { return a.Seq == b.Seq && string(a.Feed) == string(b.Feed) }
@@ -428,10 +419,6 @@ func (s *KV) ClearIndex() error {
 	}
 	clear(s.data)
 	s.pending, s.state, s.live, s.dirty = nil, nil, 0, true
-	if s.seen != nil {
-		s.seen = newDepsOrder()
-		s.ord = s.seen
-	}
 	return nil
 }
 
