@@ -192,6 +192,8 @@ func (s *KV) Close() error {
 	return err
 }
 
+var _ kappa.CausalViewer = (*KV)(nil)
+
 // Causal reports that the view wants causal delivery (kappa.CausalViewer):
 // it gets an entry only after every entry that entry causally follows.
 func (s *KV) Causal() bool { return true }

@@ -9,20 +9,12 @@ import (
 	kappa "github.com/kappa-db/kappa-go"
 )
 
-// causalDelivery is whether the database delivers entries to causal views
-// in causal order (the kv view then never sees an entry before one it
-// follows).
-const causalDelivery = false
-
 // onlyFeed returns an Accept that takes the feed key alone.
 func onlyFeed(key []byte) func([]byte) bool {
 	return func(k []byte) bool { return bytes.Equal(k, key) }
 }
 
 func TestReplicasThatHoldTheSameEntriesAnswerTheSame(t *testing.T) {
-	if !causalDelivery {
-		t.Skip("needs causal delivery: a feed arriving before the feeds it follows")
-	}
 	for seed := range uint64(4) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 18))
@@ -90,9 +82,6 @@ func TestReplicasThatHoldTheSameEntriesAnswerTheSame(t *testing.T) {
 }
 
 func TestPutsWaitForTheEntriesTheyFollowAndTheViewGoesOn(t *testing.T) {
-	if !causalDelivery {
-		t.Skip("needs causal delivery")
-	}
 	opts := &kappa.Options{ValueEncoding: kappa.JSON}
 	alice := newReplica(t, opts)
 	opts.SharedKey = alice.core.SharedKey()
