@@ -195,6 +195,10 @@ type indexHost interface {
 	// valueEncoding is the encoding every value was checked against
 	// when it was appended here; views decode entries with it.
 	valueEncoding() Encoding
+	// causalRebuilt returns a channel closed once the causal index holds
+	// every entry held when the host opened: a causal view starts then,
+	// so that Compare in its Map knows every entry it is given.
+	causalRebuilt() <-chan struct{}
 }
 
 // Index drives one view over every feed of a database. Use creates it.

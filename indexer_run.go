@@ -20,6 +20,14 @@ func (x *Index) run() {
 		x.mu.Unlock()
 	}()
 	done := x.host.closing()
+	if x.causal {
+		// Compare in Map must know every entry the view is given.
+		select {
+		case <-x.host.causalRebuilt():
+		case <-done:
+			return
+		}
+	}
 	var feedsChanged <-chan struct{} // nil: take the host's feeds again
 	for {
 		if x.prepare() {

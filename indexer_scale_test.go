@@ -200,6 +200,8 @@ func (h *fakeHost) report(err error) { h.log.add(err) }
 
 func (h *fakeHost) valueEncoding() Encoding { return h.enc }
 
+func (h *fakeHost) causalRebuilt() <-chan struct{} { return closedChan }
+
 // memFeed is a writable feed on its own MemStorage, closed with the test.
 func memFeed(t *testing.T, values ...string) *Feed {
 	t.Helper()

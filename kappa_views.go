@@ -14,6 +14,16 @@ func (c *Core) closing() <-chan struct{} { return c.done }
 // valueEncoding returns the stored value encoding.
 func (c *Core) valueEncoding() Encoding { return c.enc }
 
+func (c *Core) causalRebuilt() <-chan struct{} {
+	if c.causal.rebuilt == nil {
+		return closedChan
+	}
+	return c.causal.rebuilt
+}
+
+// closedChan is a channel that is closed.
+var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
+
 // waitViews waits until every view's goroutine has returned; Close calls
 // it once c.done is closed.
 func (c *Core) waitViews() {

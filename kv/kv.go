@@ -31,7 +31,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	kappa "github.com/kappa-db/kappa-go"
 )
@@ -46,10 +45,6 @@ type Version struct {
 // viewVersion is the version of the view's data, given to Core.Use: a new
 // version rebuilds the view from the first entry.
 const viewVersion = 1
-
-// unknownWait bounds how long the view waits for the database to know the
-// causal order of two entries it was given.
-const unknownWait = 30 * time.Second
 
 // KV is a key-value view. Its methods are safe for concurrent use.
 type KV struct {
@@ -269,30 +264,19 @@ func (s *KV) setLocked(key string, old, nv []Version) {
 	s.data[key] = nv
 }
 
-// compare tells how a and b are related, waiting (up to unknownWait) while
-// the database does not know yet: with causal delivery, both entries and
-// everything they follow were delivered, so that is the database's causal
-// index catching up.
+// compare tells how a and b are related. The view is causal: both
+// entries and everything they follow were delivered, and a causal view
+// starts only once the database's causal index holds every entry held at
+// open, so Compare knows them; Unknown is an error (the batch is retried).
 func (s *KV) compare(a, b kappa.Pos) (kappa.Order, error) {
 	if string(a.Feed) == string(b.Feed) {
-		// One feed: its order (the database may not have indexed
-		// them yet, after open).
 		return cmpOrder(a.Seq, b.Seq), nil
 	}
 	o, err := s.ord.Compare(a, b)
-	if err != nil || o != kappa.Unknown {
-		return o, err
+	if err == nil && o == kappa.Unknown {
+		err = fmt.Errorf("kv: the order of %x/%d and %x/%d is unknown", a.Feed[:4], a.Seq, b.Feed[:4], b.Seq)
 	}
-	deadline := time.Now().Add(unknownWait)
-	for d := time.Millisecond; ; d = min(2*d, 100*time.Millisecond) {
-		if time.Now().After(deadline) {
-			return kappa.Unknown, fmt.Errorf("kv: order of %x/%d and %x/%d still unknown after %v", a.Feed, a.Seq, b.Feed, b.Seq, unknownWait)
-		}
-		time.Sleep(d)
-		if o, err = s.ord.Compare(a, b); err != nil || o != kappa.Unknown {
-			return o, err
-		}
-	}
+	return o, err
 }
 
 // cmpOrder is the order of seqs a and b of one feed.
