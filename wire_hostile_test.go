@@ -1039,7 +1039,9 @@ func TestSlowReaderIsNotATimeout(t *testing.T) {
 		t.Skip("waits out time-outs of seconds")
 	}
 	_, honest := sharedPair(t, nil)
-	bigWriter(t, honest, 64, 64<<10)
+	// Values of 64 KiB − 1: blocks (0x00 ‖ value, format 4) of 64 KiB,
+	// so that all 64 fit the answer's bound of 4 MiB.
+	bigWriter(t, honest, 64, 64<<10-1)
 	before := imageOf(t, honest)
 	opts := &ReplicateOptions{Timeout: time.Second, KeepAlive: 100 * time.Millisecond}
 	h := meetHostile(t, "pipe", honest, opts) // no buffer in between
