@@ -87,13 +87,13 @@ func docOpenBeacon(shared, p []byte) (docBeacon, error) {
 }
 
 // docHear waits for the next datagram the test's own transport receives.
-func docHear(t *testing.T, ctx context.Context, ear *hubTransport) hubDatagram {
+func docHear(t *testing.T, ctx context.Context, ear *hubTransport, what string) hubDatagram {
 	t.Helper()
 	select {
 	case d := <-ear.in:
 		return d
 	case <-ctx.Done():
-		t.Fatal("no datagram came")
+		t.Fatalf("waiting for %s: no datagram came", what)
 	}
 	return hubDatagram{}
 }
@@ -125,7 +125,7 @@ func TestDocBeaconsAsDocumented(t *testing.T) {
 	var self [16]byte = a.core.node
 
 	// Its first datagram is a probe, sent at once from its IP.
-	d := docHear(t, ctx, ear)
+	d := docHear(t, ctx, ear, "the node's first probe")
 	b, err := docOpenBeacon(key, d.b)
 	if err != nil {
 		t.Fatalf("the node's first datagram (%d bytes): %v", len(d.b), err)
@@ -188,12 +188,26 @@ func TestDocBeaconsAsDocumented(t *testing.T) {
 		t.Fatalf("a beacon with port 0 was dialled: %v", got)
 	}
 
+	// A replay (the same datagram again) and a beacon with the node's own
+	// id (from another IP) propose nothing.
+	again := docNode()
+	dg := docSealBeacon(key, 'B', 4325, again)
+	hub.deliver(dg, netip.MustParseAddr("10.1.3.1"), nil)
+	waitFound(t, ctx, found, again)
+	hub.deliver(dg, netip.MustParseAddr("10.1.3.2"), nil)
+	hub.deliver(docSealBeacon(key, 'B', 4326, self), netip.MustParseAddr("10.1.3.3"), nil)
+	marker = docNode()
+	hub.deliver(docSealBeacon(key, 'B', 9, marker), netip.MustParseAddr("10.1.2.6"), nil)
+	if foundBefore(t, ctx, found, again, marker) || len(dl.dialled("10.1.3.2")) != 0 || len(dl.dialled("10.1.3.3")) != 0 {
+		t.Fatalf("a replayed or own beacon proposed an address: %v", dl.dialled("10.1.3."))
+	}
+
 	// A probe from a node that does not listen is answered by a beacon
 	// that opens with the document's keys and names this node and port.
 	hub.deliver(docSealBeacon(key, 'P', 0, docNode()), netip.MustParseAddr("10.1.2.7"), nil)
 	probes++
 	for {
-		d := docHear(t, ctx, ear)
+		d := docHear(t, ctx, ear, "the answer to the probe")
 		if d.from != netip.MustParseAddr("10.0.0.1") {
 			continue // what the test injected
 		}
