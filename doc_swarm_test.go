@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 )
 
 // Conformance of the swarm parts of doc/PROTOCOL.md: §1 (the 1.2 hello
@@ -498,4 +499,93 @@ func TestDocOneSessionPerPairSameInitiator(t *testing.T) {
 	if !bytes.Equal(ea, want) || !bytes.Equal(eb, want) {
 		t.Fatalf("kept EKM %x (A) and %x (B); the two sessions' are %x, the rule keeps the smaller", ea, eb, ekms)
 	}
+}
+
+// docMulticastIPv4 is an interface that is up, has multicast and an IPv4
+// address, and that address; the test is skipped without one.
+func docMulticastIPv4(t *testing.T) (*net.Interface, net.IP) {
+	t.Helper()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Skipf("no interfaces: %v", err)
+	}
+	for i := range ifs {
+		ifi := &ifs[i]
+		if ifi.Flags&net.FlagUp == 0 || ifi.Flags&net.FlagMulticast == 0 {
+			continue
+		}
+		addrs, _ := ifi.Addrs()
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
+				return ifi, ipn.IP.To4()
+			}
+		}
+	}
+	t.Skip("no interface with multicast and an IPv4 address")
+	return nil, nil
+}
+
+// §7 "Transport" over real UDP: the node's probes reach the IPv4 group
+// 239.192.76.55, port 7655, and open with the document's keys; a beacon
+// made from the document and sent to the group from an address of this
+// host is dialled at that address and the port it names.
+func TestDocBeaconOverMulticast(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real multicast: not in -short")
+	}
+	if ok, why := multicastWorks(t); !ok {
+		t.Skipf("multicast does not work on this machine: %s", why)
+	}
+	ctx := swarmCtx(t)
+	ifi, ip := docMulticastIPv4(t)
+	group := &net.UDPAddr{IP: net.IPv4(239, 192, 76, 55), Port: 7655}
+	ear, err := net.ListenMulticastUDP("udp4", ifi, group)
+	if err != nil {
+		t.Skipf("joining the group on %s: %v", ifi.Name, err)
+	}
+	defer ear.Close()
+	var dl dialLog
+	hook, found := foundChan()
+	a := startLANNodes(t, 1, 1, nil, func(int) *SwarmOptions {
+		return &SwarmOptions{LAN: true, Listen: ":0", dialer: dl.dial, lanFoundHook: hook}
+	})[0]
+	key := a.core.SharedKey()
+	port := uint16(a.sw.Addr().(*net.TCPAddr).Port)
+	var self [16]byte = a.core.node
+
+	// Other processes of this machine may beacon too: only what opens
+	// under this database's key counts.
+	ear.SetReadDeadline(time.Now().Add(30 * time.Second)) // a hang guard only
+	buf := make([]byte, 128)
+	for {
+		n, from, err := ear.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("waiting for the node's probe on %s: %v", ifi.Name, err)
+		}
+		b, err := docOpenBeacon(key, buf[:n])
+		if err != nil {
+			continue
+		}
+		if b.node != self || b.port != port || b.kind != 'P' {
+			t.Fatalf("a datagram of this database from %v: kind %q port %d node %x; want 'P', %d, %x",
+				from, b.kind, b.port, b.node, port, self)
+		}
+		break
+	}
+
+	s, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := setMulticastInterface(s, ifi, false); err != nil {
+		t.Fatal(err)
+	}
+	node := docNode()
+	if _, err := s.WriteToUDP(docSealBeacon(key, 'B', 4327, node), group); err != nil {
+		t.Fatal(err)
+	}
+	waitFound(t, ctx, found, node)
+	want := net.JoinHostPort(ip.String(), "4327")
+	waitFor(t, ctx, "a dial of "+want, func() bool { return len(dl.dialled(want)) > 0 })
 }
