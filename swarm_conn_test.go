@@ -543,3 +543,40 @@ func TestSwarmBoundsHandshakesInFlight(t *testing.T) {
 		t.Fatalf("%d silent connections timed out before the honest peer got through, want at least 2", timedOut)
 	}
 }
+
+func TestSwarmSyncedDoesNotWaitForAHandshakeInFlight(t *testing.T) {
+	ctx := swarmCtx(t)
+	a := openMemCore(t, nil)
+	wa, _ := a.Writer("a")
+	swarmAppend(t, wa, "a", 3)
+	// The handshakes never time out here.
+	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", Replicate: &ReplicateOptions{Timeout: time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	silent, err := net.Dial("tcp", sa.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	swarmWait(t, ctx, sa, "the silent connection handshaking", func() bool { n, _ := sessionCounts(sa); return n == 1 })
+	// No session runs: nil at once, not once the handshake times out.
+	if err := sa.Synced(ctx); err != nil {
+		t.Fatalf("Synced with a handshake in flight and no session: %v", err)
+	}
+	// With an honest peer in session too, Synced waits for that one only.
+	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
+	sb, err := b.Swarm(&SwarmOptions{Peers: []string{sa.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	swarmWait(t, ctx, sa, "b in session", func() bool { return len(connected(sa)) == 1 })
+	if err := sa.Synced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !holds(b, wa, 3) {
+		t.Fatal("Synced returned before b held a's entries")
+	}
+}
