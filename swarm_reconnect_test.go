@@ -143,7 +143,18 @@ func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 		return to, nil
 	}
 	const minB, maxB = 50 * time.Millisecond, 10 * time.Second
-	sa, err := a.Swarm(&SwarmOptions{Peers: []string{addr}, dialer: d.dial, minBackoff: minB, maxBackoff: maxB})
+	var events atomic.Pointer[[]PeerStatus]
+	events.Store(&[]PeerStatus{})
+	onPeer := func(p PeerStatus) {
+		for {
+			old := events.Load()
+			evs := append(append([]PeerStatus(nil), *old...), p)
+			if events.CompareAndSwap(old, &evs) {
+				return
+			}
+		}
+	}
+	sa, err := a.Swarm(&SwarmOptions{Peers: []string{addr}, dialer: d.dial, minBackoff: minB, maxBackoff: maxB, OnPeer: onPeer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,11 +180,12 @@ func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 	// kill -9: Peers shows the failure, and the dials back off.
 	child.kill()
 	dials, _ := d.count(addr)
+	var p PeerStatus
 	swarmWait(t, ctx, sa, "the child's address dialled in vain 3 times", func() bool {
 		n, _ := d.count(addr)
-		return n >= dials+3
+		p, _ = peerAt(sa, addr)
+		return n >= dials+3 && p.State != PeerConnecting
 	})
-	p, _ := peerAt(sa, addr)
 	if p.State != PeerBackingOff || p.Err == nil || p.Retry.IsZero() {
 		t.Fatalf("a's status of the killed child: %v, want backing off with an error", p)
 	}
@@ -181,6 +193,12 @@ func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 		t.Fatalf("backoff %v after 3 failed dials, want between %v and %v", b, 4*minB, maxB)
 	}
 	t.Log(p)
+	// OnPeer was told the session ended: the connection went without a
+	// goodbye.
+	evs := *events.Load()
+	if e := evs[len(evs)-1]; e.State != PeerBackingOff || !errors.Is(e.Err, ErrPeerClosed) || e.EntriesIn != 5 {
+		t.Fatalf("OnPeer's last event %v, want backing off with ErrPeerClosed after 5 entries in", e)
+	}
 	swarmAppend(t, wa, "a", 5)
 
 	// Restarted on the same address (or another if it was taken; then a
