@@ -1,6 +1,7 @@
 package kappa
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -104,14 +105,22 @@ func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
 		if len(connected(sa)) != 1 || len(connected(sb)) != 1 {
 			t.Fatalf("%s: Peers shows %v and %v, want one peer in session each", where, sa.Peers(), sb.Peers())
 		}
+		// Each side dialled once, and both chose the same survivor at
+		// once: the session dialled by the node of the smaller id.
 		da, _ := counters[0].count("")
 		db, _ := counters[1].count("")
-		if ssa.inbound {
-			won["b dialled"]++
-		} else {
-			won["a dialled"]++
+		if da != 1 || db != 1 {
+			t.Fatalf("%s: a dialled %d times, b %d; want once each", where, da, db)
 		}
-		won[fmt.Sprintf("%d dials", da+db)]++
+		aDialled := !ssa.inbound
+		if want := bytes.Compare(a.node[:], b.node[:]) < 0; aDialled != want {
+			t.Fatalf("%s: the session dialled by a survived: %v; want %v (a's node id is the smaller: %v)", where, aDialled, want, want)
+		}
+		if aDialled {
+			won["a dialled"]++
+		} else {
+			won["b dialled"]++
+		}
 		sa.Close()
 		sb.Close()
 		a.Close()
