@@ -67,7 +67,7 @@ func (d *dialCounter) dial(ctx context.Context, addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	cc := &countedConn{Conn: c, d: d}
+	cc := &countedConn{Conn: c, d: d, closed: make(chan struct{})}
 	d.mu.Lock()
 	d.open++
 	d.conns = append(d.conns, cc)
@@ -102,11 +102,12 @@ func (d *dialCounter) closeAll() {
 }
 
 // countedConn is a connection of a dialCounter; writes wait while its
-// writeGate is set.
+// writeGate is set and open, until it is closed.
 type countedConn struct {
 	net.Conn
 	d         *dialCounter
 	once      sync.Once
+	closed    chan struct{}
 	writeGate atomic.Pointer[chan struct{}]
 }
 
@@ -115,13 +116,18 @@ func (c *countedConn) Close() error {
 		c.d.mu.Lock()
 		c.d.open--
 		c.d.mu.Unlock()
+		close(c.closed)
 	})
 	return c.Conn.Close()
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
 	if g := c.writeGate.Load(); g != nil {
-		<-*g
+		select {
+		case <-*g:
+		case <-c.closed:
+			return 0, net.ErrClosed
+		}
 	}
 	return c.Conn.Write(p)
 }
@@ -240,13 +246,17 @@ func TestSwarmPeersShowsBehindAndAheadWhileAPeerLags(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sa.Close()
-	swarmWait(t, ctx, sa, "a synced with b", func() bool {
+	swarmWait(t, ctx, sa, "a and b synced", func() bool {
 		p, _ := peerAt(sa, addr)
-		return p.State == PeerSynced && holds(a, wb, 1)
+		ps := connected(sb)
+		return p.State == PeerSynced && holds(a, wb, 1) && len(ps) == 1 && ps[0].State == PeerSynced
 	})
 	// A's writes to b wait: b's haves reach a, a's requests and haves do
 	// not reach b.
 	gate := make(chan struct{})
+	var once sync.Once
+	open := func() { once.Do(func() { close(gate) }) }
+	defer open()
 	d.mu.Lock()
 	for _, c := range d.conns {
 		c.writeGate.Store(&gate)
@@ -273,8 +283,11 @@ func TestSwarmPeersShowsBehindAndAheadWhileAPeerLags(t *testing.T) {
 	if pb.State != PeerSyncing || pb.Behind != 0 || !pb.Inbound || pb.Source != "inbound" {
 		t.Fatalf("b's view of a: %v, want inbound, syncing, behind 0, ahead 100", pb)
 	}
-	close(gate)
-	if err := sa.Synced(ctx); err != nil {
+	// Synced, called now, waits for the 100 entries a knows b holds.
+	synced := make(chan error, 1)
+	go func() { synced <- sa.Synced(ctx) }()
+	open()
+	if err := <-synced; err != nil {
 		t.Fatal(err)
 	}
 	if !holds(a, wb, 101) {
