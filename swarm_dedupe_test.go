@@ -153,8 +153,12 @@ func TestSwarmOnePeerUnderTwoAddressesKeepsOneSession(t *testing.T) {
 		n1, _ := d.count(one)
 		n2, _ := d.count(two)
 		nb, rb := sessionCounts(sb)
-		na, _ := sessionCounts(sa)
-		return n1 > 0 && n2 > 0 && nb == 1 && rb == 1 && na == 1
+		na, ra := sessionCounts(sa)
+		// Both dials went as far as the hellos: the targets know a.
+		sb.mu.Lock()
+		known := sb.targets[one].node == a.node && sb.targets[two].node == a.node
+		sb.mu.Unlock()
+		return n1 > 0 && n2 > 0 && known && nb == 1 && rb == 1 && na == 1 && ra == 1
 	})
 	// Appends cross, one at a time; neither address is dialled again
 	// meanwhile.
