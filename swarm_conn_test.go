@@ -552,8 +552,10 @@ func TestSwarmBoundsHandshakesInFlight(t *testing.T) {
 			timedOut++
 		}
 	}
-	if timedOut < 2 {
-		t.Fatalf("%d silent connections timed out before the honest peer got through, want at least 2", timedOut)
+	// (The first two hold both turns: at least one of them must time out
+	// before the honest peer gets one.)
+	if timedOut < 1 {
+		t.Fatalf("%d silent connections timed out before the honest peer got through, want at least one", timedOut)
 	}
 }
 
