@@ -227,6 +227,16 @@ func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 	if !holds(a, cf, 8) {
 		t.Fatal("a lacks the child's entries appended after its restart")
 	}
+	// The first exchange is over (both sides said done): the session ran
+	// cleanly.
+	swarmWait(t, ctx, sa, "the session with the restarted child live", func() bool {
+		sa.mu.Lock()
+		ss := sa.targets[addr].last
+		sa.mu.Unlock()
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		return ss.wasLive
+	})
 	// a's entries reached the child: its database holds them once killed.
 	child.kill()
 	c, err := Open(dir, &Options{SharedKey: a.SharedKey()})
