@@ -19,9 +19,11 @@ func TestSwarmServesHonestPeersWhileAnAuthenticatedPeerStalls(t *testing.T) {
 	swarmAppend(t, wa, "a", 5)
 	var mu sync.Mutex
 	ends := map[string]error{}
+	// Every node pings often enough for the short timeout.
+	rep := &ReplicateOptions{Timeout: 5 * time.Second, KeepAlive: 500 * time.Millisecond}
 	sa, err := a.Swarm(&SwarmOptions{
 		Listen:    "127.0.0.1:0",
-		Replicate: &ReplicateOptions{Timeout: 5 * time.Second, KeepAlive: 500 * time.Millisecond},
+		Replicate: rep,
 		onSessionEnd: func(addr string, err error) {
 			mu.Lock()
 			ends[addr] = err
@@ -62,7 +64,7 @@ func TestSwarmServesHonestPeersWhileAnAuthenticatedPeerStalls(t *testing.T) {
 	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
 	wb, _ := b.Writer("b")
 	swarmAppend(t, wb, "b", 5)
-	sb, err := b.Swarm(&SwarmOptions{Peers: []string{addr}})
+	sb, err := b.Swarm(&SwarmOptions{Peers: []string{addr}, Replicate: rep})
 	if err != nil {
 		t.Fatal(err)
 	}
