@@ -237,6 +237,11 @@ func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 		defer ss.mu.Unlock()
 		return ss.wasLive
 	})
+	// Dials wait from now on (see the backoff reset below).
+	gate := make(chan struct{})
+	hold.Store(&gate)
+	defer close(gate)
+	dials, _ = d.count(addr)
 	// a's entries reached the child: its database holds them once killed.
 	child.kill()
 	c, err := Open(dir, &Options{SharedKey: a.SharedKey()})
@@ -250,10 +255,6 @@ func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 	c.Close()
 
 	// The session ran cleanly: the backoff starts again from the least.
-	gate := make(chan struct{})
-	hold.Store(&gate)
-	defer close(gate)
-	dials, _ = d.count(addr)
 	swarmWait(t, ctx, sa, "a dials the killed child again", func() bool {
 		n, _ := d.count(addr)
 		return n > dials
