@@ -43,10 +43,11 @@ func swarmWait(t testing.TB, ctx context.Context, sw *Swarm, what string, cond f
 type dialCounter struct {
 	route func(ctx context.Context, addr string) (string, error)
 
-	mu    sync.Mutex
-	dials map[string]int
-	open  int
-	conns []*countedConn
+	mu      sync.Mutex
+	dials   map[string]int
+	pending int // dials not returned yet
+	open    int
+	conns   []*countedConn
 }
 
 func newDialCounter() *dialCounter { return &dialCounter{dials: map[string]int{}} }
@@ -54,7 +55,13 @@ func newDialCounter() *dialCounter { return &dialCounter{dials: map[string]int{}
 func (d *dialCounter) dial(ctx context.Context, addr string) (net.Conn, error) {
 	d.mu.Lock()
 	d.dials[addr]++
+	d.pending++
 	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.pending--
+		d.mu.Unlock()
+	}()
 	to := addr
 	if d.route != nil {
 		var err error
@@ -88,6 +95,13 @@ func (d *dialCounter) count(addr string) (dials, open int) {
 		dials = d.dials[addr]
 	}
 	return dials, d.open
+}
+
+// inFlight returns how many dials have not returned yet.
+func (d *dialCounter) inFlight() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pending
 }
 
 // closeAll closes every connection the dialer made (a cut link).

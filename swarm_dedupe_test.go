@@ -76,12 +76,15 @@ func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
 		addrs = [2]string{sa.Addr().String(), sb.Addr().String()}
 		close(gate)
 
+		// Settled: each side's dial returned, one session on each side,
+		// one connection open.
 		settled := func() bool {
 			na, ra := sessionCounts(sa)
 			nb, rb := sessionCounts(sb)
-			_, oa := counters[0].count("")
-			_, ob := counters[1].count("")
-			return na == 1 && ra == 1 && nb == 1 && rb == 1 && oa+ob == 1
+			da, oa := counters[0].count("")
+			db, ob := counters[1].count("")
+			return da > 0 && db > 0 && counters[0].inFlight() == 0 && counters[1].inFlight() == 0 &&
+				na == 1 && ra == 1 && nb == 1 && rb == 1 && oa+ob == 1
 		}
 		swarmWait(t, ctx, sa, where+": one session on each side, one connection", settled)
 		if err := sa.Synced(ctx); err != nil {
