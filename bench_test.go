@@ -1027,3 +1027,72 @@ func BenchmarkRefTLSLoopback(b *testing.B) {
 	b.ReportMetric(float64(b.N)*writes*size/1e6/sec, "MB/s")
 	b.ReportMetric(float64(b.N)*writes/sec, "writes/s")
 }
+
+// BenchmarkSwarmIdlePeer connects 50 nodes (empty in-memory databases:
+// the cost measured is the connection's, not its feeds') to one node as
+// static peers, waits until every session is synced and idle, and
+// reports what an idle peer connection
+// costs: live heap plus goroutine stacks (after a GC), and goroutines,
+// per connection. Both ends of each connection run in this process, so
+// each figure is for both: the peer's swarm (its dial loop) and session,
+// and the hub's session. The databases are opened before the baseline.
+func BenchmarkSwarmIdlePeer(b *testing.B) {
+	const peers = 50
+	mem := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc + ms.StackInuse
+	}
+	var perPeer, goPerPeer float64
+	run := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		hub, err := New(NewMemStorage(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer hub.Close()
+		hs, err := hub.Swarm(&SwarmOptions{Listen: "127.0.0.1:0"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		cores := make([]*Core, peers)
+		for i := range cores {
+			c, err := New(NewMemStorage(), &Options{SharedKey: hub.SharedKey()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			cores[i] = c
+		}
+		baseMem, baseG := mem(), runtime.NumGoroutine()
+		for _, c := range cores {
+			if _, err := c.Swarm(&SwarmOptions{Peers: []string{hs.Addr().String()}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for {
+			changed := hs.changes()
+			if _, running := sessionCounts(hs); running == peers {
+				break
+			}
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				b.Fatal("the peers did not all connect")
+			}
+		}
+		if err := hs.Synced(ctx); err != nil {
+			b.Fatal(err)
+		}
+		perPeer = (float64(mem()) - float64(baseMem)) / peers
+		goPerPeer = float64(runtime.NumGoroutine()-baseG) / peers
+		hs.Close()
+	}
+	for b.Loop() {
+		run()
+	}
+	b.ReportMetric(perPeer, "B/peer")
+	b.ReportMetric(goPerPeer, "goroutines/peer")
+}

@@ -185,7 +185,14 @@ func (sw *Swarm) Synced(ctx context.Context) error {
 		return fmt.Errorf("swarm: %w", ErrClosed)
 	}
 	for ss := range sw.sessions {
-		goals[ss] = &syncGoal{ours: ours}
+		// Only sessions that run: a handshake in flight (a silent
+		// connection included) is no peer in session yet.
+		ss.mu.Lock()
+		running := !ss.running.IsZero()
+		ss.mu.Unlock()
+		if running {
+			goals[ss] = &syncGoal{ours: ours}
+		}
 	}
 	sw.mu.Unlock()
 	for {
