@@ -3,6 +3,7 @@ package kappa
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -59,11 +60,27 @@ func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
 		var sws [2]*Swarm
 		var errs [2]error
 		var wg sync.WaitGroup
+		// OnPeer hears of sessions started and ended: one more started
+		// than ended on each side while the peers are connected (a
+		// session replaced by the survivor is no news; one the peer
+		// ended before this side judged it is an end), as many after
+		// Close.
+		var mu sync.Mutex
+		var starts, ends [2]int
 		for i, c := range []*Core{a, b} {
+			onPeer := func(p PeerStatus) {
+				mu.Lock()
+				defer mu.Unlock()
+				if p.State == PeerSyncing {
+					starts[i]++
+				} else {
+					ends[i]++
+				}
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				sws[i], errs[i] = c.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", Peers: []string{"peer.test:1"}, dialer: counters[i].dial})
+				sws[i], errs[i] = c.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", Peers: []string{"peer.test:1"}, dialer: counters[i].dial, OnPeer: onPeer})
 			}()
 		}
 		wg.Wait()
@@ -124,8 +141,18 @@ func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
 		} else {
 			won["b dialled"]++
 		}
+		mu.Lock()
+		if starts[0]-ends[0] != 1 || starts[1]-ends[1] != 1 {
+			t.Fatalf("%s: OnPeer heard of %v sessions started and %v ended, want one more started than ended on each side", where, starts, ends)
+		}
+		mu.Unlock()
 		sa.Close()
 		sb.Close()
+		mu.Lock()
+		if ends != starts {
+			t.Fatalf("%s: after Close, OnPeer heard of %v sessions started and %v ended", where, starts, ends)
+		}
+		mu.Unlock()
 		a.Close()
 		b.Close()
 		goroutinesSettle(t, before)
@@ -199,11 +226,11 @@ func TestSwarmNeverConnectsToItself(t *testing.T) {
 	if err := sa.AddPeer(self); err != nil {
 		t.Fatal(err)
 	}
-	swarmWait(t, ctx, sa, "the self address dialled and dropped", func() bool {
+	swarmWait(t, ctx, sa, "the self address dialled, and shown failed", func() bool {
 		n, _ := d.count(self)
-		_, listed := peerAt(sa, self)
+		p, listed := peerAt(sa, self)
 		sessions, _ := sessionCounts(sa)
-		return n > 0 && !listed && sessions == 0
+		return n > 0 && listed && p.State == PeerFailed && errors.Is(p.Err, errSelf) && sessions == 0
 	})
 	// An honest peer syncs, entry by entry; the self address is not
 	// dialled again meanwhile, not even when added again.

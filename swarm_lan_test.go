@@ -151,7 +151,7 @@ func TestLANFiveNodesFindEachOtherAndConverge(t *testing.T) {
 
 // multicastWorks reports whether a datagram sent to the discovery group
 // comes back to this host, waiting generously.
-func multicastWorks(t *testing.T) (bool, string) {
+func multicastWorks(t testing.TB) (bool, string) {
 	tr, err := openUDPTransport()
 	if err != nil {
 		return false, err.Error()

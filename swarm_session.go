@@ -174,11 +174,14 @@ func (ss *swarmSession) hello(s *session) error {
 		sw.byNode[node] = ss
 	}
 	sw.mu.Unlock()
-	if drop != nil {
-		drop.stop(errDuplicate)
-	}
 	sw.notify()
-	sw.event(ss, PeerSyncing, nil)
+	if drop != nil {
+		// The peer stays connected: OnPeer heard of it with the session
+		// replaced, and hears of no end of that one.
+		drop.stop(errDuplicate)
+	} else {
+		sw.event(ss, PeerSyncing, nil)
+	}
 	return nil
 }
 
