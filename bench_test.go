@@ -1177,9 +1177,9 @@ func BenchmarkSwarm8NodesLAN(b *testing.B) {
 			}
 			return true
 		}
-		waitBench(b, ctx, sws, found)
+		waitSwarms(b, ctx, sws, "every node found the others", found)
 		discovery += time.Since(start)
-		waitBench(b, ctx, sws, holdAll)
+		waitSwarms(b, ctx, sws, "every node holds every entry", holdAll)
 		for _, sw := range sws {
 			if err := sw.Synced(ctx); err != nil {
 				b.Fatal(err)
@@ -1197,19 +1197,4 @@ func BenchmarkSwarm8NodesLAN(b *testing.B) {
 	b.ReportMetric(synced.Seconds()*1e3/float64(b.N), "ms/sync")
 	b.ReportMetric(discovery.Seconds()*1e3/float64(b.N), "discovery-ms")
 	b.ReportMetric(0, "ns/op")
-}
-
-// waitBench waits, on the swarms' changes, until cond holds.
-func waitBench(b *testing.B, ctx context.Context, sws []*Swarm, cond func() bool) {
-	for {
-		ch := anyChange(ctx, sws)
-		if cond() {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			b.Fatal("the nodes do not converge")
-		}
-	}
 }

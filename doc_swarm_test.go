@@ -399,8 +399,8 @@ func TestDocOneSessionPerPairDifferentInitiators(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx := swarmCtx(t)
 			// The ids are drawn at open; order them before the swarms start.
-			a0 := openMemCore(t, nil)
-			b0 := openMemCore(t, &Options{SharedKey: a0.SharedKey()})
+			a0 := newCore(t, nil)
+			b0 := newCore(t, &Options{SharedKey: a0.SharedKey()})
 			if (bytes.Compare(a0.node[:], b0.node[:]) < 0) != aSmaller {
 				a0.node, b0.node = b0.node, a0.node
 			}

@@ -220,7 +220,7 @@ func freeAddr(t testing.TB) string {
 
 func TestSwarmPeersShowsBackingOffForAnAddressNobodyListensOn(t *testing.T) {
 	ctx := swarmCtx(t)
-	a := openMemCore(t, nil)
+	a := newCore(t, nil)
 	addr := freeAddr(t)
 	sw, err := a.Swarm(&SwarmOptions{Peers: []string{addr}, minBackoff: time.Hour, maxBackoff: time.Hour})
 	if err != nil {
@@ -244,8 +244,8 @@ func TestSwarmPeersShowsBackingOffForAnAddressNobodyListensOn(t *testing.T) {
 
 func TestSwarmPeersShowsBehindAndAheadWhileAPeerLags(t *testing.T) {
 	ctx := swarmCtx(t)
-	a := openMemCore(t, nil)
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
+	a := newCore(t, nil)
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
 	wb, _ := b.Writer("b")
 	swarmAppend(t, wb, "b", 1)
 	sb, err := b.Swarm(&SwarmOptions{Listen: "127.0.0.1:0"})
@@ -320,8 +320,8 @@ func TestSwarmPeersShowsBehindAndAheadWhileAPeerLags(t *testing.T) {
 
 func TestSwarmSyncedWaitsOnlyForWhatWasKnownWhenCalled(t *testing.T) {
 	ctx := swarmCtx(t)
-	a := openMemCore(t, nil)
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
+	a := newCore(t, nil)
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
 	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
@@ -460,7 +460,7 @@ func TestSwarmOnAReadOnlyCoreFails(t *testing.T) {
 
 func TestSwarmClosesAConnectionPastMaxPeersAtOnce(t *testing.T) {
 	ctx := swarmCtx(t)
-	a := openMemCore(t, nil)
+	a := newCore(t, nil)
 	// The handshakes never time out here: whatever closes a connection
 	// is the bound.
 	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", Replicate: &ReplicateOptions{Timeout: time.Hour}})
@@ -500,7 +500,7 @@ func TestSwarmClosesAConnectionPastMaxPeersAtOnce(t *testing.T) {
 		c.Close()
 	}
 	idle = nil
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
 	wb, _ := b.Writer("b")
 	swarmAppend(t, wb, "b", 3)
 	sb, err := b.Swarm(&SwarmOptions{Peers: []string{addr}, minBackoff: 10 * time.Millisecond, maxBackoff: 100 * time.Millisecond})
@@ -513,7 +513,7 @@ func TestSwarmClosesAConnectionPastMaxPeersAtOnce(t *testing.T) {
 
 func TestSwarmBoundsHandshakesInFlight(t *testing.T) {
 	ctx := swarmCtx(t)
-	a := openMemCore(t, nil)
+	a := newCore(t, nil)
 	var mu sync.Mutex
 	ends := map[string]error{}
 	sa, err := a.Swarm(&SwarmOptions{
@@ -545,7 +545,7 @@ func TestSwarmBoundsHandshakesInFlight(t *testing.T) {
 	if n := len(sa.hs); n > 2 {
 		t.Fatalf("%d handshakes in flight, want at most 2", n)
 	}
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
 	wb, _ := b.Writer("b")
 	swarmAppend(t, wb, "b", 3)
 	sb, err := b.Swarm(&SwarmOptions{Peers: []string{addr}, Replicate: &ReplicateOptions{Timeout: time.Minute}})
@@ -575,7 +575,7 @@ func TestSwarmBoundsHandshakesInFlight(t *testing.T) {
 
 func TestSwarmSyncedDoesNotWaitForAHandshakeInFlight(t *testing.T) {
 	ctx := swarmCtx(t)
-	a := openMemCore(t, nil)
+	a := newCore(t, nil)
 	wa, _ := a.Writer("a")
 	swarmAppend(t, wa, "a", 3)
 	// The handshakes never time out here.
@@ -595,7 +595,7 @@ func TestSwarmSyncedDoesNotWaitForAHandshakeInFlight(t *testing.T) {
 		t.Fatalf("Synced with a handshake in flight and no session: %v", err)
 	}
 	// With an honest peer in session too, Synced waits for that one only.
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
 	sb, err := b.Swarm(&SwarmOptions{Peers: []string{sa.Addr().String()}})
 	if err != nil {
 		t.Fatal(err)

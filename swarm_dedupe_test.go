@@ -162,8 +162,8 @@ func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
 
 func TestSwarmOnePeerUnderTwoAddressesKeepsOneSession(t *testing.T) {
 	ctx := swarmCtx(t)
-	a := openMemCore(t, nil)
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
+	a := newCore(t, nil)
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
 	wa, _ := a.Writer("a")
 	swarmAppend(t, wa, "a", 1)
 	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0"})
@@ -215,7 +215,7 @@ func TestSwarmOnePeerUnderTwoAddressesKeepsOneSession(t *testing.T) {
 
 func TestSwarmNeverConnectsToItself(t *testing.T) {
 	ctx := swarmCtx(t)
-	a := openMemCore(t, nil)
+	a := newCore(t, nil)
 	d := newDialCounter()
 	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", dialer: d.dial, minBackoff: time.Millisecond, maxBackoff: time.Millisecond})
 	if err != nil {
@@ -234,7 +234,7 @@ func TestSwarmNeverConnectsToItself(t *testing.T) {
 	})
 	// An honest peer syncs, entry by entry; the self address is not
 	// dialled again meanwhile, not even when added again.
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
 	wb, _ := b.Writer("b")
 	sb, err := b.Swarm(&SwarmOptions{Peers: []string{self}})
 	if err != nil {

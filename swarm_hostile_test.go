@@ -14,7 +14,7 @@ import (
 
 func TestSwarmServesHonestPeersWhileAnAuthenticatedPeerStalls(t *testing.T) {
 	ctx := swarmCtx(t)
-	a := openMemCore(t, nil)
+	a := newCore(t, nil)
 	wa, _ := a.Writer("a")
 	swarmAppend(t, wa, "a", 5)
 	var mu sync.Mutex
@@ -61,7 +61,7 @@ func TestSwarmServesHonestPeersWhileAnAuthenticatedPeerStalls(t *testing.T) {
 	})
 
 	// An honest peer syncs both ways meanwhile.
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
 	wb, _ := b.Writer("b")
 	swarmAppend(t, wb, "b", 5)
 	sb, err := b.Swarm(&SwarmOptions{Peers: []string{addr}, Replicate: rep})
@@ -107,10 +107,10 @@ func TestSwarmServesHonestPeersWhileAnAuthenticatedPeerStalls(t *testing.T) {
 func TestSwarmDoesNotRedialAPeerWithAnotherKeyInATightLoop(t *testing.T) {
 	ctx := swarmCtx(t)
 	// a and b share a key; c and e another. c has a as a static peer.
-	a := openMemCore(t, nil)
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
-	c := openMemCore(t, nil)
-	e := openMemCore(t, &Options{SharedKey: c.SharedKey()})
+	a := newCore(t, nil)
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
+	c := newCore(t, nil)
+	e := newCore(t, &Options{SharedKey: c.SharedKey()})
 	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)

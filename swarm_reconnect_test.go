@@ -114,7 +114,7 @@ func TestSwarmKilledPeerChild(t *testing.T) {
 func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 	ctx := swarmCtx(t)
 	dir := filepath.Join(t.TempDir(), "db")
-	a := openMemCore(t, nil)
+	a := newCore(t, nil)
 	wa, _ := a.Writer("a")
 	swarmAppend(t, wa, "a", 5)
 	start := func(addr string, n int) (*swarmChild, string) {
@@ -267,14 +267,14 @@ func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 func TestSwarmRingConvergesAfterAPartitionHeals(t *testing.T) {
 	const n = 8
 	ctx := swarmCtx(t)
-	key := openMemCore(t, nil).SharedKey()
+	key := newCore(t, nil).SharedKey()
 	var cores [n]*Core
 	var writers [n]*Feed
 	var sws [n]*Swarm
 	var cut [n]atomic.Bool // the link from node i to i+1 is cut
 	var dialers [n]*dialCounter
 	for i := range n {
-		cores[i] = openMemCore(t, &Options{SharedKey: key})
+		cores[i] = newCore(t, &Options{SharedKey: key})
 		writers[i], _ = cores[i].Writer("w")
 		swarmAppend(t, writers[i], fmt.Sprint(i), 1)
 		d := newDialCounter()
