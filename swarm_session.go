@@ -252,15 +252,12 @@ func (sw *Swarm) ended(ss *swarmSession, err error) {
 	node, running := ss.node, !ss.running.IsZero()
 	why := ss.err
 	ss.mu.Unlock()
-	if running && !errors.Is(why, errDuplicate) {
-		state := PeerBackingOff
-		if refused(why) {
-			state = PeerFailed
-		}
-		defer sw.event(ss, state, sessionErr(why))
-	}
 	sw.mu.Lock()
 	delete(sw.sessions, ss)
+	// Replaced: another session with the peer's node runs now, whatever
+	// ended this one (its peer may have closed it first). The peer stays
+	// connected: no news for OnPeer.
+	replaced := !node.isZero() && sw.byNode[node] != nil && sw.byNode[node] != ss
 	if !node.isZero() && sw.byNode[node] == ss {
 		delete(sw.byNode, node)
 	}
@@ -269,6 +266,13 @@ func (sw *Swarm) ended(ss *swarmSession, err error) {
 		sw.opts.onSessionEnd(ss.addr, err)
 	}
 	sw.notify()
+	if running && !replaced && !errors.Is(why, errDuplicate) {
+		state := PeerBackingOff
+		if refused(why) {
+			state = PeerFailed
+		}
+		sw.event(ss, state, sessionErr(why))
+	}
 }
 
 // sessionErr is the error a session ended with, as the swarm says it.
