@@ -94,7 +94,10 @@ func (sw *Swarm) removeTarget(addr, source string) {
 func (sw *Swarm) dialLoop(t *target) {
 	defer func() {
 		sw.mu.Lock()
-		if sw.targets[t.addr] == t {
+		if sw.self[t.addr] && sw.ctx.Err() == nil {
+			// Kept, so that Peers shows it: never dialled again.
+			t.state, t.since, t.lastErr, t.retry = PeerFailed, time.Now(), errSelf, time.Time{}
+		} else if sw.targets[t.addr] == t {
 			delete(sw.targets, t.addr)
 		}
 		sw.mu.Unlock()

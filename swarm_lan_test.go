@@ -37,7 +37,7 @@ func anyChange(ctx context.Context, sws []*Swarm) <-chan struct{} {
 }
 
 // waitSwarms waits, on the swarms' changes, until cond holds.
-func waitSwarms(t *testing.T, ctx context.Context, sws []*Swarm, what string, cond func() bool) {
+func waitSwarms(t testing.TB, ctx context.Context, sws []*Swarm, what string, cond func() bool) {
 	t.Helper()
 	for {
 		ch := anyChange(ctx, sws)
@@ -73,7 +73,7 @@ func startLANNodes(t *testing.T, n, entries int, key []byte, opts func(i int) *S
 	t.Helper()
 	var nodes []*lanNode
 	for i := range n {
-		c := openMemCore(t, &Options{SharedKey: key})
+		c := newCore(t, &Options{SharedKey: key})
 		key = c.SharedKey()
 		w, err := c.Writer("w")
 		if err != nil {
@@ -151,7 +151,7 @@ func TestLANFiveNodesFindEachOtherAndConverge(t *testing.T) {
 
 // multicastWorks reports whether a datagram sent to the discovery group
 // comes back to this host, waiting generously.
-func multicastWorks(t *testing.T) (bool, string) {
+func multicastWorks(t testing.TB) (bool, string) {
 	tr, err := openUDPTransport()
 	if err != nil {
 		return false, err.Error()
@@ -684,8 +684,8 @@ func TestLANWithoutMulticastSaysSoOnceAndStaticPeersSync(t *testing.T) {
 			mu.Unlock()
 		}
 	}
-	a := openMemCore(t, &Options{OnError: onErr})
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey(), OnError: onErr})
+	a := newCore(t, &Options{OnError: onErr})
+	b := newCore(t, &Options{SharedKey: a.SharedKey(), OnError: onErr})
 	wa, _ := a.Writer("a")
 	wa.Append([]byte("from a"))
 	ft := failingTransport{newBeaconHub().newTransport(localhost), make(chan struct{}, 16)}

@@ -174,11 +174,14 @@ func (ss *swarmSession) hello(s *session) error {
 		sw.byNode[node] = ss
 	}
 	sw.mu.Unlock()
-	if drop != nil {
-		drop.stop(errDuplicate)
-	}
 	sw.notify()
-	sw.event(ss, PeerSyncing, nil)
+	if drop != nil {
+		// The peer stays connected: OnPeer heard of it with the session
+		// replaced, and hears of no end of that one.
+		drop.stop(errDuplicate)
+	} else {
+		sw.event(ss, PeerSyncing, nil)
+	}
 	return nil
 }
 
@@ -249,15 +252,12 @@ func (sw *Swarm) ended(ss *swarmSession, err error) {
 	node, running := ss.node, !ss.running.IsZero()
 	why := ss.err
 	ss.mu.Unlock()
-	if running && !errors.Is(why, errDuplicate) {
-		state := PeerBackingOff
-		if refused(why) {
-			state = PeerFailed
-		}
-		defer sw.event(ss, state, sessionErr(why))
-	}
 	sw.mu.Lock()
 	delete(sw.sessions, ss)
+	// Replaced: another session with the peer's node runs now, whatever
+	// ended this one (its peer may have closed it first). The peer stays
+	// connected: no news for OnPeer.
+	replaced := !node.isZero() && sw.byNode[node] != nil && sw.byNode[node] != ss
 	if !node.isZero() && sw.byNode[node] == ss {
 		delete(sw.byNode, node)
 	}
@@ -266,6 +266,13 @@ func (sw *Swarm) ended(ss *swarmSession, err error) {
 		sw.opts.onSessionEnd(ss.addr, err)
 	}
 	sw.notify()
+	if running && !replaced && !errors.Is(why, errDuplicate) {
+		state := PeerBackingOff
+		if refused(why) {
+			state = PeerFailed
+		}
+		sw.event(ss, state, sessionErr(why))
+	}
 }
 
 // sessionErr is the error a session ended with, as the swarm says it.

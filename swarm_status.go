@@ -155,12 +155,20 @@ func (ss *swarmSession) status(ctx context.Context, p *PeerStatus) {
 		}
 		return
 	}
+	p.State, p.Since, p.Err, p.Retry = PeerSyncing, since, nil, time.Time{}
 	var l syncLag
-	if !ss.s.onLoop(ctx, func() { l = ss.s.lag() }) {
-		return
+	var in, out uint64
+	if !ss.s.onLoop(ctx, func() {
+		l = ss.s.lag()
+		in, out = ss.s.progress.BlocksReceived, ss.s.progress.BlocksSent
+	}) {
+		return // its loop has not started yet, or just ended
 	}
-	p.Behind, p.Ahead, p.Since = l.behind, l.ahead, since
-	p.State, p.Err, p.Retry = PeerSyncing, nil, time.Time{}
+	// (The counts as of now: the session reports progress only now and
+	// then.)
+	p.EntriesIn, p.EntriesOut = in, out
+	p.BytesIn, p.BytesOut = ss.s.bytesIn.Load(), ss.s.bytesOut.Load()
+	p.Behind, p.Ahead = l.behind, l.ahead
 	if l.known && l.behind == 0 && l.ahead == 0 {
 		p.State = PeerSynced
 	}
@@ -185,7 +193,14 @@ func (sw *Swarm) Synced(ctx context.Context) error {
 		return fmt.Errorf("swarm: %w", ErrClosed)
 	}
 	for ss := range sw.sessions {
-		goals[ss] = &syncGoal{ours: ours}
+		// Only sessions that run: a handshake in flight (a silent
+		// connection included) is no peer in session yet.
+		ss.mu.Lock()
+		running := !ss.running.IsZero()
+		ss.mu.Unlock()
+		if running {
+			goals[ss] = &syncGoal{ours: ours}
+		}
 	}
 	sw.mu.Unlock()
 	for {

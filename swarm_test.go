@@ -16,8 +16,8 @@ func swarmCtx(t *testing.T) context.Context {
 
 func TestSwarmStaticPeersSync(t *testing.T) {
 	ctx := swarmCtx(t)
-	a := openMemCore(t, nil)
-	b := openMemCore(t, &Options{SharedKey: a.SharedKey()})
+	a := newCore(t, nil)
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
 	wa, _ := a.Writer("a")
 	wb, _ := b.Writer("b")
 	wa.Append([]byte("from a"))
@@ -64,15 +64,4 @@ func connected(sw *Swarm) []PeerStatus {
 		}
 	}
 	return out
-}
-
-// openMemCore opens a database in memory, closed when the test ends.
-func openMemCore(t testing.TB, opts *Options) *Core {
-	t.Helper()
-	c, err := New(NewMemStorage(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
 }

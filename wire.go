@@ -144,7 +144,7 @@ func (c *Core) Replicate(ctx context.Context, conn io.ReadWriteCloser, initiator
 
 // replicateSession runs the session s, made by Replicate or replicateWith.
 func (c *Core) replicateSession(ctx context.Context, s *session) error {
-	defer close(s.loopDone)
+	defer s.endLoop()
 	conn := s.raw
 	if s.opts.KeepAlive <= 0 {
 		s.opts.KeepAlive = 5 * time.Second
@@ -208,6 +208,7 @@ type session struct {
 	// stopped taking them.
 	calls    chan func()
 	loopDone chan struct{}
+	loopOnce sync.Once
 	inLoop   atomic.Bool // the loop has started taking calls
 
 	// In a live session, the feeds of this side that changed since the

@@ -25,6 +25,7 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 	s.sentHave = map[*Feed]haveState{}
 	s.setPhase("exchange")
 	s.inLoop.Store(true)
+	defer s.endLoop() // (before the goodbye, which takes no calls)
 	changed := s.core.FeedsChanged()
 	s.announce()
 	s.send(syncedMessage{}.encode())
@@ -100,6 +101,11 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 			s.hooks.changed()
 		}
 	}
+}
+
+// endLoop says the loop takes no more calls.
+func (s *session) endLoop() {
+	s.loopOnce.Do(func() { close(s.loopDone) })
 }
 
 // onLoop runs f on the session's loop, where the session's state may be

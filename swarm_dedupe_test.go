@@ -1,0 +1,258 @@
+package kappa
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Tests of one session per pair of nodes, and of never connecting a node
+// to itself.
+
+// onlySession returns sw's one session, failing if it has another count.
+func onlySession(t testing.TB, sw *Swarm) *swarmSession {
+	t.Helper()
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if len(sw.sessions) != 1 || len(sw.byNode) != 1 {
+		t.Fatalf("%d sessions, %d running; want one", len(sw.sessions), len(sw.byNode))
+	}
+	for ss := range sw.sessions {
+		return ss
+	}
+	return nil
+}
+
+func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
+	const rounds = 50
+	ctx := swarmCtx(t)
+	key := newMemCore(t, nil).SharedKey()
+	won := map[string]int{}
+	for round := range rounds {
+		before := runtime.NumGoroutine()
+		where := fmt.Sprintf("round %d", round)
+		a, b := newMemCore(t, key), newMemCore(t, key)
+		wa, _ := a.Writer("a")
+		wb, _ := b.Writer("b")
+		swarmAppend(t, wa, "a", 2)
+		swarmAppend(t, wb, "b", 2)
+		// Each dials "peer.test:1", which is the other once both listen:
+		// the dials wait for the gate, so that both go out at once.
+		gate := make(chan struct{})
+		var addrs [2]string
+		counters := [2]*dialCounter{newDialCounter(), newDialCounter()}
+		for i, d := range counters {
+			d.route = func(ctx context.Context, addr string) (string, error) {
+				select {
+				case <-gate:
+					return addrs[1-i], nil
+				case <-ctx.Done():
+					return "", ctx.Err()
+				}
+			}
+		}
+		var sws [2]*Swarm
+		var errs [2]error
+		var wg sync.WaitGroup
+		// OnPeer hears of sessions started and ended: one more started
+		// than ended on each side while the peers are connected (a
+		// session replaced by the survivor is no news; one the peer
+		// ended before this side judged it is an end), as many after
+		// Close.
+		var mu sync.Mutex
+		var starts, ends [2]int
+		for i, c := range []*Core{a, b} {
+			onPeer := func(p PeerStatus) {
+				mu.Lock()
+				defer mu.Unlock()
+				if p.State == PeerSyncing {
+					starts[i]++
+				} else {
+					ends[i]++
+				}
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sws[i], errs[i] = c.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", Peers: []string{"peer.test:1"}, dialer: counters[i].dial, OnPeer: onPeer})
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatalf("%s: %v", where, err)
+			}
+		}
+		sa, sb := sws[0], sws[1]
+		addrs = [2]string{sa.Addr().String(), sb.Addr().String()}
+		close(gate)
+
+		// Settled: each side's dial returned, one session on each side,
+		// one connection open.
+		settled := func() bool {
+			na, ra := sessionCounts(sa)
+			nb, rb := sessionCounts(sb)
+			da, oa := counters[0].count("")
+			db, ob := counters[1].count("")
+			return da > 0 && db > 0 && counters[0].inFlight() == 0 && counters[1].inFlight() == 0 &&
+				na == 1 && ra == 1 && nb == 1 && rb == 1 && oa+ob == 1
+		}
+		swarmWait(t, ctx, sa, where+": one session on each side, one connection", settled)
+		if err := sa.Synced(ctx); err != nil {
+			t.Fatalf("%s: %v", where, err)
+		}
+		if err := sb.Synced(ctx); err != nil {
+			t.Fatalf("%s: %v", where, err)
+		}
+		if !holds(a, wb, 2) || !holds(b, wa, 2) {
+			t.Fatalf("%s: the entries did not cross", where)
+		}
+		if !settled() {
+			t.Fatalf("%s: a session came back after settling", where)
+		}
+		// The same session on both sides: it names the other node, and
+		// one side dialled it.
+		ssa, ssb := onlySession(t, sa), onlySession(t, sb)
+		if ssa.node != b.node || ssb.node != a.node || ssa.inbound == ssb.inbound {
+			t.Fatalf("%s: a's session (node %v, inbound %v) and b's (node %v, inbound %v) are not one", where, ssa.node, ssa.inbound, ssb.node, ssb.inbound)
+		}
+		if len(connected(sa)) != 1 || len(connected(sb)) != 1 {
+			t.Fatalf("%s: Peers shows %v and %v, want one peer in session each", where, sa.Peers(), sb.Peers())
+		}
+		// Each side dialled once, and both chose the same survivor at
+		// once: the session dialled by the node of the smaller id.
+		da, _ := counters[0].count("")
+		db, _ := counters[1].count("")
+		if da != 1 || db != 1 {
+			t.Fatalf("%s: a dialled %d times, b %d; want once each", where, da, db)
+		}
+		aDialled := !ssa.inbound
+		if want := bytes.Compare(a.node[:], b.node[:]) < 0; aDialled != want {
+			t.Fatalf("%s: the session dialled by a survived: %v; want %v (a's node id is the smaller: %v)", where, aDialled, want, want)
+		}
+		if aDialled {
+			won["a dialled"]++
+		} else {
+			won["b dialled"]++
+		}
+		mu.Lock()
+		if starts[0]-ends[0] != 1 || starts[1]-ends[1] != 1 {
+			t.Fatalf("%s: OnPeer heard of %v sessions started and %v ended, want one more started than ended on each side", where, starts, ends)
+		}
+		mu.Unlock()
+		sa.Close()
+		sb.Close()
+		mu.Lock()
+		if ends != starts {
+			t.Fatalf("%s: after Close, OnPeer heard of %v sessions started and %v ended", where, starts, ends)
+		}
+		mu.Unlock()
+		a.Close()
+		b.Close()
+		goroutinesSettle(t, before)
+	}
+	t.Logf("survivors over %d rounds: %v", rounds, won)
+}
+
+func TestSwarmOnePeerUnderTwoAddressesKeepsOneSession(t *testing.T) {
+	ctx := swarmCtx(t)
+	a := newCore(t, nil)
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
+	wa, _ := a.Writer("a")
+	swarmAppend(t, wa, "a", 1)
+	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	_, port, _ := net.SplitHostPort(sa.Addr().String())
+	one, two := "127.0.0.1:"+port, "localhost:"+port
+	d := newDialCounter()
+	sb, err := b.Swarm(&SwarmOptions{Peers: []string{one, two}, dialer: d.dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	swarmWait(t, ctx, sb, "both addresses dialled, one session", func() bool {
+		n1, _ := d.count(one)
+		n2, _ := d.count(two)
+		nb, rb := sessionCounts(sb)
+		na, ra := sessionCounts(sa)
+		// Both dials went as far as the hellos: the targets know a.
+		sb.mu.Lock()
+		known := sb.targets[one].node == a.node && sb.targets[two].node == a.node
+		sb.mu.Unlock()
+		return n1 > 0 && n2 > 0 && known && nb == 1 && rb == 1 && na == 1 && ra == 1
+	})
+	// Appends cross, one at a time; neither address is dialled again
+	// meanwhile.
+	dials, _ := d.count("")
+	for range 10 {
+		swarmAppend(t, wa, "a", 1)
+		if err := sa.Synced(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !holds(b, wa, 11) {
+		t.Fatal("b lacks a's entries")
+	}
+	if n, _ := d.count(""); n != dials {
+		t.Fatalf("%d dials while in session, want %d", n, dials)
+	}
+	onlySession(t, sb)
+	onlySession(t, sa)
+	ps := sb.Peers()
+	if len(ps) != 2 || ps[0].Node != a.node.String() || ps[1].Node != a.node.String() {
+		t.Fatalf("b's peers: %v; want both addresses, naming a", ps)
+	}
+}
+
+func TestSwarmNeverConnectsToItself(t *testing.T) {
+	ctx := swarmCtx(t)
+	a := newCore(t, nil)
+	d := newDialCounter()
+	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", dialer: d.dial, minBackoff: time.Millisecond, maxBackoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	self := sa.Addr().String()
+	if err := sa.AddPeer(self); err != nil {
+		t.Fatal(err)
+	}
+	swarmWait(t, ctx, sa, "the self address dialled, and shown failed", func() bool {
+		n, _ := d.count(self)
+		p, listed := peerAt(sa, self)
+		sessions, _ := sessionCounts(sa)
+		return n > 0 && listed && p.State == PeerFailed && errors.Is(p.Err, errSelf) && sessions == 0
+	})
+	// An honest peer syncs, entry by entry; the self address is not
+	// dialled again meanwhile, not even when added again.
+	b := newCore(t, &Options{SharedKey: a.SharedKey()})
+	wb, _ := b.Writer("b")
+	sb, err := b.Swarm(&SwarmOptions{Peers: []string{self}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	if err := sa.AddPeer(self); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		swarmAppend(t, wb, "b", 1)
+		swarmWait(t, ctx, sa, "a holds b's entry", func() bool { return holds(a, wb, uint64(i+1)) })
+	}
+	if n, _ := d.count(self); n != 1 {
+		t.Fatalf("the self address was dialled %d times, want once", n)
+	}
+	ps := connected(sa)
+	if len(ps) != 1 || ps[0].Node != b.node.String() {
+		t.Fatalf("a's peers in session: %v, want b alone", ps)
+	}
+}
