@@ -317,8 +317,10 @@ func benchmarkAppendSingle(b *testing.B, opts *FeedOptions) {
 
 // 100 local writers of one database take turns appending one value each:
 // every Append records the heads of the other writers that changed since
-// this writer's previous one (here all 99: the heads are not reduced yet).
-// It reports entries/s and the context bytes per entry.
+// this writer's previous one (here all 99), reduced by the causal index to
+// those no other head follows (here one: the previous writer's last entry
+// follows all the others). It reports entries/s and the context bytes per
+// entry.
 func BenchmarkAppendContext100Writers(b *testing.B) {
 	c, err := Open(b.TempDir(), &Options{NoSync: true})
 	if err != nil {
@@ -1060,4 +1062,105 @@ func BenchmarkRefTLSLoopback(b *testing.B) {
 	sec := b.Elapsed().Seconds()
 	b.ReportMetric(float64(b.N)*writes*size/1e6/sec, "MB/s")
 	b.ReportMetric(float64(b.N)*writes/sec, "writes/s")
+}
+
+// BenchmarkCausalCompare100Writers: the causal index over 100 writers ×
+// 1,000 entries (100,000 entries) appended in segments of 1–10 entries,
+// each segment's deps being the context a writer records: the heads of what
+// it had received from 1–3 random peers just before (random interleaving),
+// less those its previous entry follows (delta), reduced to those no other
+// follows. ns/op is one compare of a random pair of entries; build
+// entries/s is the rate of indexing all segments given in a random order
+// (deps not added yet wait); bytes/entry is the heap the built index keeps.
+func BenchmarkCausalCompare100Writers(b *testing.B) {
+	const writers, perWriter = 100, 1000
+	segs := causalBenchSegs(writers, perWriter)
+	rng := rand.New(rand.NewPCG(2, 18))
+	order := rng.Perm(len(segs))
+	x := new(causalIndex)
+	start := time.Now()
+	for _, i := range order {
+		s := segs[i]
+		x.add(s.feed, s.start, s.end, s.deps)
+	}
+	build := time.Since(start)
+	for w := range writers {
+		if n := x.indexedLen(w); n != perWriter {
+			b.Fatalf("feed %d: %d entries indexed, want %d", w, n, perWriter)
+		}
+	}
+	pairs := make([]pos, 1<<16)
+	for i := range pairs {
+		pairs[i] = pos{rng.IntN(writers), rng.Uint64N(perWriter)}
+	}
+	var counts [5]int
+	i := 0
+	for b.Loop() {
+		counts[x.compare(pairs[i&(len(pairs)-1)], pairs[(i+1)&(len(pairs)-1)])]++
+		i++
+	}
+	if counts[Unknown] != 0 {
+		b.Fatalf("%d compares unknown", counts[Unknown])
+	}
+	b.ReportMetric(float64(writers*perWriter)/build.Seconds(), "build-entries/s")
+	var with, without runtime.MemStats // the heap the index keeps: with it less without it
+	runtime.GC()
+	runtime.ReadMemStats(&with)
+	runtime.KeepAlive(x)
+	x = nil
+	runtime.GC()
+	runtime.ReadMemStats(&without)
+	b.ReportMetric(float64(int64(with.HeapAlloc)-int64(without.HeapAlloc))/(writers*perWriter), "bytes/entry")
+	b.ReportMetric(float64(counts[Concurrent])/float64(i), "concurrent-fraction")
+}
+
+// causalBenchSegs makes the history of BenchmarkCausalCompare100Writers
+// (deterministic): it builds an index in order to compute the contexts
+// with reduce, as the Core will.
+func causalBenchSegs(writers int, perWriter uint64) []causalSeg {
+	rng := rand.New(rand.NewPCG(1, 18))
+	var x causalIndex
+	had := make([][]uint64, writers)
+	for w := range had {
+		had[w] = make([]uint64, writers)
+	}
+	lens := make([]uint64, writers)
+	live := make([]int, writers)
+	for w := range live {
+		live[w] = w
+	}
+	var segs []causalSeg
+	var heads []dep
+	for len(live) > 0 {
+		li := rng.IntN(len(live))
+		w := live[li]
+		for range 1 + rng.IntN(3) {
+			v := rng.IntN(writers)
+			if v == w {
+				continue
+			}
+			for g, n := range had[v] {
+				had[w][g] = max(had[w][g], n)
+			}
+			had[w][v] = lens[v]
+		}
+		heads = heads[:0]
+		for g, n := range had[w] {
+			if n > 0 {
+				heads = append(heads, dep{g, n - 1})
+			}
+		}
+		keep := x.reduce(w, lens[w], heads)
+		n := min(1+rng.Uint64N(10), perWriter-lens[w])
+		s := causalSeg{w, lens[w], lens[w] + n, keep}
+		x.add(s.feed, s.start, s.end, s.deps)
+		segs = append(segs, s)
+		lens[w] += n
+		had[w][w] = lens[w]
+		if lens[w] == perWriter {
+			live[li] = live[len(live)-1]
+			live = live[:len(live)-1]
+		}
+	}
+	return segs
 }

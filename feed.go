@@ -162,6 +162,11 @@ type feedConfig struct {
 	// Core.appendContext.
 	context     func(f *Feed) []Pos
 	contextLost func(f *Feed)
+	// stored, if set, is told of entries start..end-1 of f that an Append
+	// or a Put is about to publish, under f's writeMu: first is the first
+	// one's block (or just its prefix, uvarint n ‖ context), and each later
+	// one's block has no context (n = 0). See Core.causalStored.
+	stored func(f *Feed, start, end uint64, first []byte)
 }
 
 // reportDamage hands damage found in f to its Core, if it has one.

@@ -245,6 +245,19 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	if err := f.writeSignatureWriteLocked(length, sig, f.fdata(), f.ftree()); err != nil {
 		return 0, f.abortWriteLocked(undo, err)
 	}
+	if f.cfg.stored != nil { // before publishing: readers see it indexed
+		seq := start
+		for _, r := range batch {
+			if k := uint64(len(r.values)); k > 0 {
+				prefix := r.prefix
+				if prefix == nil {
+					prefix = noContext
+				}
+				f.cfg.stored(f, seq, seq+k, prefix)
+				seq += k
+			}
+		}
+	}
 	f.publishWriteLocked(length, b.off, b.newRoots, sig, nil)
 	return start, nil
 }

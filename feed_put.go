@@ -390,6 +390,7 @@ func (f *Feed) putCommitWriteLocked(p *Proof, t *provenTree, files []File, curLe
 			return nil, f.opError("close key file", err)
 		}
 	}
+	f.storedBlocksWriteLocked(p.Start, p.Blocks)
 	var healed []uint64
 	f.publishWriteLocked(length, byteLen, roots, sig, func(b *bitset) {
 		b.setRange(p.Start, end)

@@ -117,7 +117,9 @@ type Entry struct {
 	// of that feed, sorted by feed key. It is set only on the first entry
 	// of each Append call (the later entries of the call follow it as
 	// their own feed's successors), and only for the feeds whose head
-	// changed since the writer's previous context: empty for most
+	// changed since the writer's previous context, reduced: without a
+	// head that the writer's previous entry or another head in Deps
+	// already causally follows (see Core.Compare). Empty for most
 	// entries. It is nil for an entry whose stored context is malformed.
 	Deps []Pos
 

@@ -108,6 +108,7 @@ type Core struct {
 	node nodeID // this opening of the database, for the peers it meets
 
 	contexts contextMemory // what each writer's causal contexts named (kappa_context.go)
+	causal   causalState   // the causal index (kappa_causal.go)
 
 	swarmMu sync.Mutex
 	swarms  map[*Swarm]bool // open swarms, closed by Close
@@ -262,6 +263,7 @@ func openCore(s Storage, opts *Options) (*Core, error) {
 		}
 		return nil, err
 	}
+	c.startCausal()
 	// Permissions OpenDir tightened on a database's secret files.
 	if ds, ok := s.(*DirStorage); ok {
 		for _, r := range ds.takeRepairs() {
@@ -416,6 +418,7 @@ func (c *Core) Close() error {
 		c.mu.Unlock()
 		c.addMu.Unlock()
 		close(c.done)
+		c.causal.wg.Wait()
 		c.waitViews()
 		var errs []error
 		for _, f := range feeds {

@@ -31,11 +31,15 @@ func (m *contextMemory) writerNamed(w *Feed) map[string]uint64 {
 // appendContext is the causal context of writer w's next Append call (the
 // feedConfig's context), called at commit under w's writeMu: for each other
 // feed G of the database whose contiguous held prefix has h > 0 entries,
-// Pos{G, h-1}, left out when a context w recorded since the database was
-// opened named G at h-1 or more. With no other feed it returns nil at once.
-//
-// The heads are not reduced (a head that another head follows is kept):
-// that needs the causal index.
+// its head Pos{G, h-1}, left out when a context w recorded since the
+// database was opened named G at h-1 or more; then reduced by the causal
+// index (causalIndex.reduce): a head that w's own last entry, or another
+// head, already follows is left out too. A writer that has seen many feeds
+// change thus records only the heads that nothing else it names covers
+// (one, if they all follow one another). A head the index cannot tell
+// about yet (its causal past is not all held, or the rebuild after open
+// has not reached it) is kept: the context is then larger, never wrong.
+// With no other feed it returns nil at once.
 func (c *Core) appendContext(w *Feed) []Pos {
 	c.mu.RLock()
 	feeds := c.feeds // only ever appended to: the first len(feeds) stay
@@ -60,7 +64,23 @@ func (c *Core) appendContext(w *Feed) []Pos {
 		named[string(key)] = h - 1
 		ctx = append(ctx, Pos{Feed: key, Seq: h - 1})
 	}
-	return ctx
+	if len(ctx) == 0 {
+		return nil
+	}
+	heads := c.causal.deps(ctx)
+	kept := c.causal.index.reduce(c.causal.num(w.key), w.Len(), heads)
+	if len(kept) == len(heads) {
+		return ctx
+	}
+	out := ctx[:0] // reduce keeps heads in their order
+	j := 0
+	for i, h := range heads {
+		if j < len(kept) && kept[j] == h {
+			out = append(out, ctx[i])
+			j++
+		}
+	}
+	return out
 }
 
 // contextLost is the feedConfig's contextLost: a commit of w that recorded

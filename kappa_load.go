@@ -88,7 +88,7 @@ func (c *Core) load() error {
 		return err
 	}
 	c.feedCfg = &feedConfig{store: c.store, enc: c.enc, noSync: c.opts.NoSync, readOnly: c.opts.ReadOnly, damaged: c.feedDamaged, healed: c.feedHealed,
-		context: c.appendContext, contextLost: c.contextLost}
+		context: c.appendContext, contextLost: c.contextLost, stored: c.causalStored}
 	headerCut := msize < headerSize
 	if headerCut {
 		// New, or its header was cut: it holds no record, and slots that
