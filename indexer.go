@@ -34,8 +34,9 @@ import (
 //     StoreState, in the same atomic write as the state, sees every entry
 //     exactly once.
 //
-// A view may also implement StateStorer, IndexClearer, IndexedNotifier and
-// MaxBatcher.
+// A view may also implement StateStorer, IndexClearer, IndexedNotifier,
+// MaxBatcher and CausalViewer (which changes the order of delivery: see
+// there).
 type View interface {
 	Map(entries []Entry) error
 }
@@ -169,6 +170,12 @@ type IndexStatus struct {
 	Indexed uint64    // entries indexed (counting those left out as undecodable)
 	Total   uint64    // entries present in all feeds
 	Err     error     // why the view stopped, in state ViewFailed
+
+	// Waiting lists, for a causal view (see CausalViewer), each feed
+	// whose next entry waits, in the database's feed order, and what it
+	// waits on; nil for other views. A causal view whose every entry
+	// left is in a dead Wait is ViewIdle.
+	Waiting []Wait
 }
 
 // indexHost is what an Index needs from the database that holds it: the
@@ -198,6 +205,7 @@ type Index struct {
 	view     View
 	states   StateStorer
 	maxBatch int
+	causal   bool // the view is a CausalViewer that asked for it
 	enc      Encoding
 	wake     chan struct{} // a signal that work may wait; capacity 1
 	stopped  chan struct{} // closed when the index's goroutine returned
@@ -226,6 +234,7 @@ type Index struct {
 	err      error
 	changed  chan struct{} // closed and replaced on every change of state
 	indexed  uint64
+	blocked  map[string][]*feedProgress // causal: feed key → feeds waiting on it
 }
 
 // feedProgress is what one view has indexed of one feed: sorted, disjoint
@@ -241,6 +250,8 @@ type feedProgress struct {
 	reading bool   // a batch of it is read ahead; guarded by Index.mu
 	queued  bool   // in Index.dirty; guarded by Index.dmu
 	cancel  func()
+
+	cwait *causalWait // causal: what the next entry waits on; guarded by Index.mu
 }
 
 type span struct{ start, end uint64 }
@@ -263,6 +274,9 @@ func newIndex(host indexHost, name string, version uint64, view View) *Index {
 	x.states, _ = view.(StateStorer)
 	if mb, ok := view.(MaxBatcher); ok && mb.MaxBatch() > 0 {
 		x.maxBatch = mb.MaxBatch()
+	}
+	if cv, ok := view.(CausalViewer); ok {
+		x.causal = cv.Causal()
 	}
 	return x
 }
@@ -384,6 +398,9 @@ func (x *Index) Status() IndexStatus {
 		st.State = ViewIndexing
 	default:
 		st.State = ViewIdle
+	}
+	if x.causal && x.loaded {
+		x.causalStatusLocked(&st)
 	}
 	return st
 }

@@ -169,7 +169,13 @@ func (d *drainer) pauseOrIdle(stop bool) bool {
 func (d *drainer) mapNext(b *batchRead) bool {
 	x := d.x
 	<-b.done
-	m, err := x.mapBatch(b)
+	var m *mappedBatch
+	var err error
+	if x.causal {
+		m, err = x.mapCausal(b)
+	} else {
+		m, err = x.mapBatch(b)
+	}
 	x.mu.Lock()
 	b.p.reading = false
 	if m != nil && m.end > m.start {
@@ -177,6 +183,9 @@ func (d *drainer) mapNext(b *batchRead) bool {
 		// batch counts (for Ready and Status) only once commit
 		// stored it.
 		m.p.spans = m.p.with(span{m.start, m.end})
+		if x.causal {
+			x.releaseLocked(m.p)
+		}
 		d.group = append(d.group, m)
 		d.groupBytes += m.bytes
 	} else if err == nil {
@@ -221,6 +230,9 @@ func (x *Index) groupLimitLocked() int {
 // the first feed in the queue that has one. Feeds without are dropped from
 // the queue until they change.
 func (x *Index) pickLocked() (*feedProgress, uint64, uint64) {
+	if x.causal {
+		return x.pickCausalLocked()
+	}
 	for {
 		p := x.next()
 		if p == nil {

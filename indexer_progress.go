@@ -44,6 +44,9 @@ func (x *Index) commit(group []*mappedBatch) error {
 				x.setSegLocked(p, old[i])
 				p.spans = p.saved
 			}
+			if x.causal {
+				x.resetWaitsLocked() // waits past the progress kept
+			}
 			x.endBatchesLocked()
 			x.mu.Unlock()
 			return fmt.Errorf("store state: %w", err)

@@ -10,8 +10,8 @@ import (
 // Ready: waiting for a view to catch up with the entries present.
 
 // Ready waits until the view has indexed every entry present when Ready
-// was called; see Core.Ready. After the database closed it fails with
-// ErrClosed.
+// was called (for a causal view, see CausalViewer); see Core.Ready. After
+// the database closed it fails with ErrClosed.
 func (x *Index) Ready(ctx context.Context) error {
 	if err := x.closedErr("ready"); err != nil {
 		return err
@@ -73,6 +73,12 @@ func (x *Index) checkWaiterLocked(w *readyWaiter, key string) {
 	check := func(k string, spans []span) {
 		p := x.byKey[k]
 		if p == nil {
+			return
+		}
+		if x.causal {
+			if x.causalReadyLocked(p, spans) {
+				delete(w.pending, k)
+			}
 			return
 		}
 		if !p.broken {

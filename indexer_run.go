@@ -90,6 +90,17 @@ func (x *Index) load(rebuild bool) error {
 			}
 		}
 	}
+	if x.causal && !rebuild {
+		for _, spans := range st.feeds {
+			if len(spans) > 1 || (len(spans) == 1 && spans[0].start != 0) {
+				x.host.report(fmt.Errorf("view %q: stored progress is not a prefix of every feed, as a causal view's is; rebuilding the view from the first entry", x.name))
+				x.mu.Lock()
+				x.rebuild = true
+				x.mu.Unlock()
+				return x.load(true)
+			}
+		}
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.stored = make(map[string]*feedProgress, len(st.feeds))
@@ -101,6 +112,9 @@ func (x *Index) load(rebuild bool) error {
 	if x.rebuild {
 		x.rebuild = false
 		x.indexed = 0
+		if x.causal {
+			x.resetWaitsLocked()
+		}
 		for _, p := range x.feeds {
 			p.setSpans(nil, false)
 			x.queue(p, false)

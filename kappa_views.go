@@ -82,8 +82,10 @@ func (c *Core) indexes(names []string) ([]*Index, error) {
 }
 
 // Ready waits until the named views (all if none) have indexed every entry
-// that was present when Ready was called. It returns at once for a paused
-// view, and a view's error if it stopped on one (see Retry).
+// that was present when Ready was called (a causal view: but those that
+// wait on a dependency no delivery can release; see CausalViewer). It
+// returns at once for a paused view, and a view's error if it stopped on
+// one (see Retry).
 func (c *Core) Ready(ctx context.Context, names ...string) error {
 	xs, err := c.indexes(names)
 	if err != nil {
