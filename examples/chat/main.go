@@ -25,9 +25,13 @@
 //	-peer ADDR    a peer's address, host:port, to dial; repeatable
 //	-lan=false    do not look for peers on the LAN
 //
-// Output: messages as "[15:04:05] bob: hi" (history first, ordered by time
-// stamp, then live ones in the order they arrive), and lines starting with
-// "* " about the chat and its peers. Errors go to stderr.
+// Output: messages as "[15:04:05] bob: hi" (history first, then live ones
+// in the order they arrive), and lines starting with "* " about the chat
+// and its peers. Errors go to stderr. Messages are in causal order: an
+// answer never comes before its question, whatever the clocks say and in
+// whatever order the feeds arrived. The history orders messages that are
+// not causally related by time stamp (then writer), so every copy shows
+// the same history.
 package main
 
 import (

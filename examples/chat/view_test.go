@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
@@ -11,8 +12,8 @@ import (
 	kappa "github.com/kappa-db/kappa-go"
 )
 
-// The view shows the history by time stamp, then each new message in the
-// order it arrives, whatever its time stamp.
+// The view shows the history by time stamp where causal order allows,
+// then each new message in the order it arrives, whatever its time stamp.
 func TestHistoryByTimeThenLiveInArrivalOrder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a hang detector
 	defer cancel()
@@ -40,11 +41,11 @@ func TestHistoryByTimeThenLiveInArrivalOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Each feed is indexed in its order: alice's two messages come
-	// together, whichever feed comes first.
+	// Each writer had seen the messages before its own (one database),
+	// so causal order and time agree.
 	say(alice, "alice", "first", time.Second)
-	say(alice, "alice", "third", 3*time.Second)
 	say(bob, "bob", "second", 2*time.Second)
+	say(alice, "alice", "third", 3*time.Second)
 	if _, err := alice.Append([]byte(`{"not":"a message"}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -79,5 +80,40 @@ func TestPostFormat(t *testing.T) {
 	p := post{message: message{Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.Local), Author: "bob", Text: "hi"}}
 	if got, want := p.format(), "[03:04:05] bob: hi"; got != want {
 		t.Errorf("format = %q, want %q", got, want)
+	}
+}
+
+// The history is a causal order: an answer comes after its question even
+// when its writer's clock put it earlier, including through entries that
+// are not messages; concurrent messages go by time stamp; and the order
+// does not depend on the order the entries came in.
+func TestHistoryIsCausalWhateverTheClocksSay(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	msg := func(feed string, seq uint64, text string, at time.Duration, deps ...at) post {
+		return post{message: message{Time: t0.Add(at), Author: feed, Text: text}, msg: true, feed: feed, seq: seq, deps: deps}
+	}
+	posts := []post{
+		msg("alice", 0, "question", 10*time.Second),
+		msg("bob", 0, "answer, from a slow clock", 5*time.Second, at{"alice", 0}),
+		msg("carol", 0, "concurrent with both", 7*time.Second),
+		msg("dave", 0, "dave first", 20*time.Second),
+		// Erin's first entry is no message, but it follows dave's:
+		// so does her message after it, however early its stamp.
+		{feed: "erin", seq: 0, deps: []at{{"dave", 0}}},
+		msg("erin", 1, "erin after dave", time.Second),
+	}
+	want := []string{"concurrent with both", "question", "answer, from a slow clock", "dave first", "erin after dave"}
+	for i := range 20 {
+		shuffled := slices.Clone(posts)
+		if i > 0 {
+			rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		}
+		var got []string
+		for _, p := range history(shuffled) {
+			got = append(got, p.Text)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("history of %v:\n%q\nwant\n%q", shuffled, got, want)
+		}
 	}
 }
