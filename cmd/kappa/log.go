@@ -82,6 +82,7 @@ waits for the ones before it.`,
 					err = readError(core, f, err)
 					break
 				}
+				p.skipMarked(f)
 			}
 		}
 		if ferr := p.w.Flush(); err == nil {
@@ -105,8 +106,9 @@ waits for the ones before it.`,
 // logPrinter prints entries for log.
 type logPrinter struct {
 	w           *bufio.Writer
-	damaged     int    // damaged entries skipped
-	firstDamage string // the first of them
+	damaged     int             // damaged entries skipped
+	firstDamage string          // the first of them
+	skipped     map[string]bool // "key/seq" of each, once
 	json        bool
 	enc         kappa.Encoding
 	core        *kappa.Core
@@ -118,8 +120,24 @@ type logPrinter struct {
 // non-zero, naming the first.
 func (p *logPrinter) skip(f *kappa.Feed) func(seq uint64, err error) {
 	return func(seq uint64, err error) {
+		if p.skipped == nil {
+			p.skipped = map[string]bool{}
+		}
+		p.skipped[fmt.Sprintf("%x/%d", f.Key(), seq)] = true
 		if p.damaged++; p.damaged == 1 {
 			p.firstDamage = fmt.Sprintf("%s seq %d: %s", feedName(p.core, f), seq, where(p.core, err))
+		}
+	}
+}
+
+// skipMarked counts, as skip does, the entries of f that a read before
+// log's own found damaged (the database's causal index reads every held
+// entry after open): reads pass over them as not held, so readEntries
+// did not meet them.
+func (p *logPrinter) skipMarked(f *kappa.Feed) {
+	for _, d := range p.core.Damaged() {
+		if d.Entry && bytes.Equal(d.Key, f.Key()) && !p.skipped[fmt.Sprintf("%x/%d", f.Key(), d.Seq)] {
+			p.skip(f)(d.Seq, d.Err)
 		}
 	}
 }
