@@ -302,7 +302,8 @@ func checkReplicaBlocks(t *testing.T, w *fuzzWriter, r *Feed, where string) {
 //     the writer's, is present and reads back by Get and GetBatch, and
 //     every node the replica now stores is the writer's node;
 //   - a Put that fails wraps ErrVerify or ErrBlockTooLarge and changes no
-//     file and not the length;
+//     file and not the length, or finds a fork (ErrForked, with evidence)
+//     only in a proof the writer's key signed;
 //   - either way the replica still accepts the writer's full proof and then
 //     holds the writer's feed.
 func FuzzPut(f *testing.F) {
@@ -374,6 +375,19 @@ func FuzzPut(f *testing.F) {
 			if p.Signature == nil && r.Len() != before.length {
 				t.Fatalf("unsigned put changed the length %d -> %d", before.length, r.Len())
 			}
+		} else if errors.Is(putErr, ErrForked) {
+			// Only the writer's key can sign a history: a fork needs a
+			// signature of it over another history. The fuzzer finds some
+			// in the seed corpus, where this deterministic key signed the
+			// same values as format 3 blocks (without format 4's prefix).
+			var fe *ForkError
+			if !errors.As(putErr, &fe) || fe.Evidence == nil || !r.Forked() || p.Signature == nil {
+				t.Fatalf("put failed with %v: a fork without a signed proof or evidence", putErr)
+			}
+			if err := fe.Evidence.Verify(); err != nil || !bytes.Equal(fe.Evidence.Key, w.feed.Key()) {
+				t.Fatalf("put found a fork the evidence does not prove: %v (%v)", putErr, err)
+			}
+			return // a forked feed is no longer replicated
 		} else {
 			noLink := errors.Is(putErr, errNoLink) && p.Signature != nil && p.Length > before.length && before.length > 0
 			if !errors.Is(putErr, ErrVerify) && !errors.Is(putErr, ErrBlockTooLarge) && !noLink {
