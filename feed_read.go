@@ -203,6 +203,23 @@ func intactPrefix(values [][]byte, err error) ([][]byte, error) {
 // its record does not match the leaf) is marked damaged: readRange then
 // returns the entries before it with an error wrapping *entryDamage.
 func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
+	return f.readRangeMarking(start, end, maxBytes, true)
+}
+
+// readRangeQuiet is readRange for a reader that must leave no trace (the
+// causal index's rebuild after open): damage it meets ends the range the
+// same way, but is not marked nor reported; the reads of views and callers
+// find it as they did before.
+func (f *Feed) readRangeQuiet(start, end, maxBytes uint64) ([][]byte, error) {
+	return f.readRangeMarking(start, end, maxBytes, false)
+}
+
+// readRangeMarking is readRange; mark says whether damage found is marked.
+func (f *Feed) readRangeMarking(start, end, maxBytes uint64, mark bool) ([][]byte, error) {
+	damaged := f.entryDamaged
+	if !mark {
+		damaged = func(seq uint64, ce *CorruptError) error { return &entryDamage{seq: seq, err: ce} }
+	}
 	count := end - start
 	sc := readScratchPool.Get().(*readScratch)
 	defer putReadScratch(sc)
@@ -229,12 +246,12 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 			if !errors.As(err, &ce) {
 				return nil, f.readErr(err, seq)
 			}
-			bad = f.entryDamaged(seq, ce)
+			bad = damaged(seq, ce)
 			break
 		}
 		if k > 0 && n.Offset != nodes[k-1].Offset+nodes[k-1].Size {
 			// Each value is sliced out of one read by its offset.
-			bad = f.entryDamaged(seq, &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("leaf of entry %d: offsets are not contiguous", seq)})
+			bad = damaged(seq, &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("leaf of entry %d: offsets are not contiguous", seq)})
 			break
 		}
 		if k > 0 && total+n.Size > maxBytes {
@@ -261,12 +278,12 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 		seq := start + uint64(k)
 		at := dataPos(seq, n.Offset) - first
 		if at+dataFrame+int64(n.Size) > int64(got) {
-			bad = f.entryDamaged(seq, &CorruptError{File: f.name + fileData, Offset: first + int64(got), Reason: fmt.Sprintf("data file ends inside entry %d", seq)})
+			bad = damaged(seq, &CorruptError{File: f.name + fileData, Offset: first + int64(got), Reason: fmt.Sprintf("data file ends inside entry %d", seq)})
 			break
 		}
 		v, err := f.leafValue(sc.hasher, raw[at:], n, first+at)
 		if err != nil {
-			bad = f.entryDamaged(seq, err.(*CorruptError))
+			bad = damaged(seq, err.(*CorruptError))
 			break
 		}
 		out = append(out, v)

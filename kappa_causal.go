@@ -206,7 +206,7 @@ func (c *Core) rebuildStep(f *Feed, seq, end uint64) uint64 {
 	if stop <= seq {
 		return seq + 1 // damaged since: skip it
 	}
-	blocks, err := intactPrefix(f.readRange(seq, stop, causalRebuildBytes))
+	blocks, err := intactPrefix(f.readRangeQuiet(seq, stop, causalRebuildBytes))
 	if err != nil || len(blocks) == 0 {
 		return seq + 1 // unreadable: that entry stays out of the index
 	}
