@@ -1,7 +1,6 @@
 package kappa
 
 import (
-	"errors"
 	"fmt"
 )
 
@@ -120,19 +119,11 @@ func (x *Index) pickCausalLocked() (*feedProgress, uint64, uint64) {
 // whose context is malformed or names an entry not delivered yet, maps the
 // entries before, and makes the feed wait on what stopped it.
 func (x *Index) mapCausal(b *batchRead) (*mappedBatch, error) {
-	p, start := b.p, b.start
-	key := p.feed.Key()
-	values, err := b.values, b.err
-	if err != nil {
-		if errors.Is(err, ErrClosed) {
-			return nil, err
-		}
-		x.host.report(fmt.Errorf("view %q: feed %x skipped: %w", x.name, key[:4], err))
-		x.mu.Lock()
-		p.broken = true
-		x.mu.Unlock()
-		return nil, nil
+	if b.err != nil {
+		return nil, x.skipUnread(b)
 	}
+	p, start, values := b.p, b.start, b.values
+	key := p.feed.Key()
 	entries := make([]Entry, 0, len(values))
 	code := x.enc.code()
 	var wait *causalWait
@@ -154,27 +145,8 @@ func (x *Index) mapCausal(b *batchRead) (*mappedBatch, error) {
 	}
 	x.mu.Unlock()
 	m := &mappedBatch{p: p, start: start, end: start + uint64(len(values))}
-	if x.enc != Binary {
-		kept := entries[:0]
-		for _, e := range entries {
-			if err := x.enc.check(e.Value); err != nil {
-				m.bad = append(m.bad, fmt.Errorf("view %q: feed %x entry %d left out: %w", x.name, key[:4], e.Seq, err))
-				continue
-			}
-			kept = append(kept, e)
-		}
-		entries = kept
-	}
-	if len(entries) > 0 {
-		if err := x.view.Map(entries); err != nil {
-			return nil, fmt.Errorf("map %d entries of feed %x from %d: %w", len(entries), key[:4], start, err)
-		}
-	}
-	if _, ok := x.view.(IndexedNotifier); ok {
-		m.entries = entries
-		for _, e := range entries {
-			m.bytes += uint64(len(e.Value))
-		}
+	if err := x.mapEntries(m, key, entries); err != nil {
+		return nil, err
 	}
 	if wait != nil {
 		// Only once Map took the entries before it: after Map's error the

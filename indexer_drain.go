@@ -263,39 +263,58 @@ type mappedBatch struct {
 // skipped) or when Map failed, and an empty one when the batch's first
 // entry was found damaged.
 func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
-	p, start, end := b.p, b.start, b.end
-	key := p.feed.Key()
-	values, err := b.values, b.err
-	if err != nil {
-		if errors.Is(err, ErrClosed) {
-			return nil, err
-		}
-		x.host.report(fmt.Errorf("view %q: feed %x skipped: %w", x.name, key[:4], err))
-		x.mu.Lock()
-		p.broken = true // drain releases the Ready calls waiting for it
-		x.mu.Unlock()
-		return nil, nil
+	if b.err != nil {
+		return nil, x.skipUnread(b)
 	}
+	p, start, values := b.p, b.start, b.values
+	key := p.feed.Key()
 	// A damaged entry ends the batch early (see Feed.scanBatch): it is
 	// reported, and left out of the view until it heals.
-	end = start + uint64(len(values))
-	m := &mappedBatch{p: p, start: start, end: end}
+	m := &mappedBatch{p: p, start: start, end: start + uint64(len(values))}
 	entries := make([]Entry, 0, len(values))
 	code := x.enc.code()
 	for i, b := range values {
-		seq := start + uint64(i)
 		deps, v, _ := decodeBlock(b, key)
-		if x.enc != Binary {
-			if err := x.enc.check(v); err != nil {
-				m.bad = append(m.bad, fmt.Errorf("view %q: feed %x entry %d left out: %w", x.name, key[:4], seq, err))
+		entries = append(entries, Entry{Key: key, Seq: start + uint64(i), Value: v, Deps: deps, enc: code})
+	}
+	if err := x.mapEntries(m, key, entries); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// skipUnread handles a batch whose read failed: ErrClosed is returned,
+// any other error is reported and the feed skipped (drain releases the
+// Ready calls waiting for it).
+func (x *Index) skipUnread(b *batchRead) error {
+	if errors.Is(b.err, ErrClosed) {
+		return b.err
+	}
+	x.host.report(fmt.Errorf("view %q: feed %x skipped: %w", x.name, b.p.feed.Key()[:4], b.err))
+	x.mu.Lock()
+	b.p.broken = true
+	x.mu.Unlock()
+	return nil
+}
+
+// mapEntries leaves out the entries whose value fails the encoding
+// (recorded in m.bad), gives the rest to Map, and keeps them in m for
+// IndexedNotifier.
+func (x *Index) mapEntries(m *mappedBatch, key []byte, entries []Entry) error {
+	if x.enc != Binary {
+		kept := entries[:0]
+		for _, e := range entries {
+			if err := x.enc.check(e.Value); err != nil {
+				m.bad = append(m.bad, fmt.Errorf("view %q: feed %x entry %d left out: %w", x.name, key[:4], e.Seq, err))
 				continue
 			}
+			kept = append(kept, e)
 		}
-		entries = append(entries, Entry{Key: key, Seq: seq, Value: v, Deps: deps, enc: code})
+		entries = kept
 	}
 	if len(entries) > 0 {
 		if err := x.view.Map(entries); err != nil {
-			return nil, fmt.Errorf("map %d entries of feed %x from %d: %w", len(entries), key[:4], start, err)
+			return fmt.Errorf("map %d entries of feed %x from %d: %w", len(entries), key[:4], m.start, err)
 		}
 	}
 	if _, ok := x.view.(IndexedNotifier); ok {
@@ -304,5 +323,5 @@ func (x *Index) mapBatch(b *batchRead) (*mappedBatch, error) {
 			m.bytes += uint64(len(e.Value))
 		}
 	}
-	return m, nil
+	return nil
 }
