@@ -1487,3 +1487,266 @@ func BenchmarkCompare100Writers100k(b *testing.B) {
 	}
 	b.ReportMetric(float64(n[Before]+n[After])/float64(b.N), "ordered/op")
 }
+
+// The public API's workloads: what users run, through Open, Writer,
+// Append, Use, Ready and Get on directory storage (Open's), with a
+// database opened with ValueEncoding JSON and values of about 100 bytes.
+// Each records causal contexts as every database does. The README's
+// table quotes them, next to JS kappa-core 7 on the same workloads; read
+// the synced rates against BenchmarkRefWriteFsync100B.
+
+const (
+	apiEntries = 200_000
+	apiBatch   = 1_000
+)
+
+// apiValues returns n distinct JSON documents of about 100 bytes.
+func apiValues(n int) [][]byte {
+	vals := make([][]byte, n)
+	for i := range vals {
+		vals[i] = fmt.Appendf(nil, `{"type":"chat","author":"user-%03d","seq":%d,"text":"the quick brown fox %08x","ok":true}`, i%1000, i, uint32(i)*2654435761)
+	}
+	return vals
+}
+
+// apiOpen opens (or creates) the JSON database in dir, without fsync
+// unless sync is set.
+func apiOpen(b *testing.B, dir string, sync bool) *Core {
+	b.Helper()
+	c, err := Open(dir, &Options{ValueEncoding: JSON, NoSync: !sync})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+// apiFixture returns the directory of a closed JSON database whose writer
+// "w" holds apiEntries values, appended in calls of apiBatch; built once per
+// process.
+func apiFixture(b *testing.B) string {
+	b.Helper()
+	s := benchFixtureStorage(b)
+	dir := filepath.Join(s.Dir(), "api-json")
+	fx := &benchFixtures
+	fx.mu.Lock()
+	defer fx.mu.Unlock()
+	if fx.built[dir] {
+		return dir
+	}
+	c := apiOpen(b, dir, false)
+	w, err := c.Writer("w")
+	if err != nil {
+		b.Fatal(err)
+	}
+	vals := apiValues(apiBatch)
+	for w.Len() < apiEntries {
+		if _, err := w.Append(vals...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		b.Fatal(err)
+	}
+	fx.built[dir] = true
+	return dir
+}
+
+// BenchmarkAPIAppendJSONBatch: 200,000 JSON values appended to a new
+// database's writer in calls of 1,000 (no fsync, as JS never syncs).
+// Opening and closing are not timed. Target: at least 2,000,000 entries/s
+// and 10 times JS kappa-core.
+func BenchmarkAPIAppendJSONBatch(b *testing.B) {
+	vals := apiValues(apiBatch)
+	for b.Loop() {
+		b.StopTimer()
+		c := apiOpen(b, b.TempDir(), false)
+		w, err := c.Writer("w")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		for range apiEntries / apiBatch {
+			if _, err := w.Append(vals...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		if err := c.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	reportRate(b, int64(b.N)*apiEntries, 0)
+}
+
+// bytesView counts entries and their bytes; its batches are of 100.
+type bytesView struct{ n, bytes int }
+
+func (v *bytesView) Map(es []Entry) error {
+	v.n += len(es)
+	for _, e := range es {
+		v.bytes += len(e.Value)
+	}
+	return nil
+}
+func (v *bytesView) MaxBatch() int { return 100 }
+
+// decodeView decodes every entry with encoding/json; its batches are of
+// 100.
+type decodeView struct{ n, seqs int }
+
+func (v *decodeView) Map(es []Entry) error {
+	for _, e := range es {
+		var m struct {
+			Type, Author, Text string
+			Seq                int
+			OK                 bool
+		}
+		if err := e.Decode(&m); err != nil {
+			return err
+		}
+		v.n++
+		v.seqs += m.Seq
+	}
+	return nil
+}
+func (v *decodeView) MaxBatch() int { return 100 }
+
+// benchmarkAPIIndex opens the fixture database of 200,000 JSON values, uses
+// view and waits for Ready: all three timed, closing not.
+func benchmarkAPIIndex(b *testing.B, view func() (View, func() int)) {
+	dir := apiFixture(b)
+	ctx := context.Background()
+	for b.Loop() {
+		b.StopTimer()
+		v, count := view()
+		b.StartTimer()
+		c := apiOpen(b, dir, false)
+		if _, err := c.Use("v", 1, v); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Ready(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if n := count(); n != apiEntries {
+			b.Fatalf("indexed %d of %d", n, apiEntries)
+		}
+		if err := c.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	reportRate(b, int64(b.N)*apiEntries, 0)
+}
+
+// BenchmarkAPIIndexJSONCount: reopen the database, Use a view that counts
+// bytes (MaxBatch 100), Ready. Target: at least 2,000,000 entries/s and 10
+// times JS kappa-core.
+func BenchmarkAPIIndexJSONCount(b *testing.B) {
+	benchmarkAPIIndex(b, func() (View, func() int) {
+		v := new(bytesView)
+		return v, func() int { return v.n }
+	})
+}
+
+// BenchmarkAPIIndexJSONDecode: the same with a view that decodes every
+// entry with encoding/json (Entry.Decode). Reported, no target.
+func BenchmarkAPIIndexJSONDecode(b *testing.B) {
+	benchmarkAPIIndex(b, func() (View, func() int) {
+		v := new(decodeView)
+		return v, func() int { return v.n }
+	})
+}
+
+// benchmarkAPIAppendSingle appends one JSON value per call to a writer of
+// a new database, from goroutines goroutines at once, with or without
+// fsync.
+func benchmarkAPIAppendSingle(b *testing.B, goroutines int, synced bool) {
+	c := apiOpen(b, b.TempDir(), synced)
+	defer c.Close()
+	w, err := c.Writer("w")
+	if err != nil {
+		b.Fatal(err)
+	}
+	vals := apiValues(apiBatch)
+	var next atomic.Int64
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				if _, err := w.Append(vals[i%apiBatch]); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	reportRate(b, int64(b.N), 0)
+}
+
+// BenchmarkAPIAppendJSONSingle: one value per Append, no fsync. Target: at
+// least 80% of BenchmarkRefEd25519Sign.
+func BenchmarkAPIAppendJSONSingle(b *testing.B) { benchmarkAPIAppendSingle(b, 1, false) }
+
+// BenchmarkAPIAppendJSONSingleSync: one value per Append, synced (the
+// default). Target: at least 80% of BenchmarkRefWriteFsync100B.
+func BenchmarkAPIAppendJSONSingleSync(b *testing.B) { benchmarkAPIAppendSingle(b, 1, true) }
+
+// BenchmarkAPIAppendJSONSingleSync16: 16 goroutines, each appending one
+// value per call, synced: concurrent calls share a commit.
+func BenchmarkAPIAppendJSONSingleSync16(b *testing.B) { benchmarkAPIAppendSingle(b, 16, true) }
+
+// BenchmarkAPIGetJSON: Get each of the 200,000 entries of the reopened
+// fixture database in turn. Target: at least 2,000,000 entries/s.
+func BenchmarkAPIGetJSON(b *testing.B) {
+	c := apiOpen(b, apiFixture(b), false)
+	defer c.Close()
+	w, err := c.Writer("w")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	var n int
+	for i := 0; b.Loop(); i++ {
+		v, err := w.Get(ctx, uint64(i%apiEntries))
+		if err != nil {
+			b.Fatal(err)
+		}
+		n += len(v)
+	}
+	reportRate(b, int64(b.N), int64(n))
+}
+
+// BenchmarkRefWriteFsync100B: the disk's own limit for a durable append:
+// 100 bytes appended to a file and fsynced, in the benchmark's temporary
+// directory, as a database's files would be.
+func BenchmarkRefWriteFsync100B(b *testing.B) {
+	f, err := os.Create(filepath.Join(b.TempDir(), "log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	rec := make([]byte, 100)
+	for b.Loop() {
+		if _, err := f.Write(rec); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportRate(b, int64(b.N), int64(b.N)*100)
+}
