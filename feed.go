@@ -107,6 +107,13 @@ type Feed struct {
 	sigsEnd  int64                       // where the next signature record goes; under writeMu
 	bitPages uint64                      // pages in the bitfield file; under writeMu
 
+	// checked is a length below which every entry's value is known to
+	// be valid in the feed's value encoding: checked by Append before it
+	// was signed, here or, as the newest signature record says, before
+	// the feed was opened (see sigCheckedShift). Views do not check those
+	// values again.
+	checked atomic.Uint64
+
 	// mu guards the published state below. Readers hold it only to check
 	// what is present: blocks below the length never change on disk.
 	mu      sync.RWMutex
@@ -205,8 +212,11 @@ type writeScratch struct {
 	failed error              // a sync failed: the feed refuses further writes
 
 	hasher         *leafHasher
-	data, tree, ex []byte      // data and tree buffers
-	recent         recentNodes // the writer's latest tree records
+	hashers        []*leafHasher // one per part of a large append (see buildLeaves)
+	ents           []buildEntry  // the entries of the append being built
+	leaves         []storedNode  // their leaves
+	data, tree, ex []byte        // data and tree buffers
+	recent         recentNodes   // the writer's latest tree records
 	sig            [sigRecordSize]byte
 }
 
@@ -217,6 +227,15 @@ func (f *Feed) failedWriteLocked() error {
 		return nil
 	}
 	return f.ws.failed
+}
+
+// checkedBelow returns a length below which every value is known to be
+// valid in encoding enc (see Feed.checked).
+func (f *Feed) checkedBelow(enc Encoding) uint64 {
+	if f.cfg.enc != enc {
+		return 0
+	}
+	return f.checked.Load()
 }
 
 // scratchWriteLocked returns the feed's write scratch. Called under writeMu.

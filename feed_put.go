@@ -369,7 +369,7 @@ func (f *Feed) putCommitWriteLocked(p *Proof, t *provenTree, files []File, curLe
 		for _, r := range roots {
 			byteLen += r.Size
 		}
-		if err := f.writeSignatureWriteLocked(length, sig, append(files, f.fbits())...); err != nil {
+		if err := f.writeSignatureWriteLocked(length, sig, 0, append(files, f.fbits())...); err != nil {
 			return nil, f.abortWriteLocked(undo, err)
 		}
 		f.sigReplacedWriteLocked(length)

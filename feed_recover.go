@@ -377,7 +377,13 @@ func (f *Feed) recover() error {
 			if err := f.checkTail(uint64(k+1), length, synced && !f.cfg.noSync); err != nil {
 				return err
 			}
-			return f.load(length, roots, bytes.Clone(sig), off+sigRecordSize)
+			if err := f.load(length, roots, bytes.Clone(sig), off+sigRecordSize); err != nil {
+				return err
+			}
+			if code := byte(flags & sigCheckedMask >> sigCheckedShift); code == f.cfg.enc.code() {
+				f.checked.Store(length)
+			}
+			return nil
 		case err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, errNoNode):
 			return err
 		case synced && errors.Is(err, errNoNode):

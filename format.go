@@ -293,6 +293,12 @@ const (
 	// sigSynced marks a signature record written after the data and tree
 	// it covers were synced: if it is intact, they must verify.
 	sigSynced = 1
+
+	// Bits 8–15 of the flags (sigCheckedShift) hold the code of the value
+	// encoding (see Encoding.code) that every entry below the record's
+	// length was checked against before it was signed, or 0.
+	sigCheckedShift = 8
+	sigCheckedMask  = 0xff << sigCheckedShift
 )
 
 func encodeSigRecord(rec []byte, length uint64, sig []byte, flags uint32) {

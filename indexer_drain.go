@@ -301,9 +301,15 @@ func (x *Index) skipUnread(b *batchRead) error {
 // (recorded in m.bad), gives the rest to Map, and keeps them in m for
 // IndexedNotifier.
 func (x *Index) mapEntries(m *mappedBatch, key []byte, entries []Entry) error {
-	if x.enc != Binary {
+	// Values the feed's writer checked before signing them are not
+	// checked again.
+	if checked := m.p.feed.checkedBelow(x.enc); x.enc != Binary && m.end > checked {
 		kept := entries[:0]
 		for _, e := range entries {
+			if e.Seq < checked {
+				kept = append(kept, e)
+				continue
+			}
 			if err := x.enc.check(e.Value); err != nil {
 				m.bad = append(m.bad, fmt.Errorf("view %q: feed %x entry %d left out: %w", x.name, key[:4], e.Seq, err))
 				continue

@@ -1,0 +1,143 @@
+package kappa
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// TestLargeAppendsBuildTheSameTreeAtEveryAlignment appends calls large
+// enough to be built on several goroutines (and small ones, built on one),
+// starting at lengths on and off the boundaries of the groups they are
+// split at, and checks the result against the same values appended one per
+// call: the same roots, every entry verified by a replica that takes the
+// writer's proofs, every value read back, and the feed whole after reopen.
+func TestLargeAppendsBuildTheSameTreeAtEveryAlignment(t *testing.T) {
+	starts := []int{0, 1, 5, 63, 64, 65, 127, 128, 200}
+	sizes := []int{1, 2, 63, 64, 65, 255, 256, 257, 1000, 4097}
+	if testing.Short() {
+		starts, sizes = []int{0, 1, 65}, []int{1, 64, 257, 1000}
+	}
+	value := func(i int) []byte {
+		return bytes.Repeat([]byte{byte(i), byte(i >> 8)}, 1+i%37) // sizes vary
+	}
+	for _, start := range starts {
+		for _, size := range sizes {
+			t.Run(fmt.Sprintf("%d+%d", start, size), func(t *testing.T) {
+				s, err := OpenDir(t.TempDir(), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer s.Close()
+				big, err := OpenFeed(s, "big/", &FeedOptions{NoSync: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				one, err := OpenFeed(s, "one/", &FeedOptions{NoSync: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var call [][]byte
+				for i := range start + size {
+					if _, err := one.Append(value(i)); err != nil {
+						t.Fatal(err)
+					}
+					if i < start {
+						if _, err := big.Append(value(i)); err != nil {
+							t.Fatal(err)
+						}
+					} else {
+						call = append(call, value(i))
+					}
+				}
+				if seq, err := big.Append(call...); err != nil || seq != uint64(start) {
+					t.Fatalf("Append = %d, %v; want %d", seq, err, start)
+				}
+				n := uint64(start + size)
+				if big.Len() != n || big.ByteLen() != one.ByteLen() {
+					t.Fatalf("length %d, %d bytes; one per call: %d, %d bytes", big.Len(), big.ByteLen(), one.Len(), one.ByteLen())
+				}
+				got, want := rootsOf(t, big), rootsOf(t, one)
+				if len(got) != len(want) {
+					t.Fatalf("%d roots, one per call %d", len(got), len(want))
+				}
+				for i := range got {
+					if got[i].Node != want[i].Node || got[i].Offset != want[i].Offset {
+						t.Fatalf("root %d: %+v, one per call %+v", i, got[i], want[i])
+					}
+				}
+				replica, err := OpenFeed(s, "replica/", &FeedOptions{Key: big.Key(), NoSync: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := replicate(big, replica, 97); err != nil {
+					t.Fatal(err)
+				}
+				if err := big.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if big, err = OpenFeed(s, "big/", &FeedOptions{NoSync: true}); err != nil {
+					t.Fatal(err)
+				}
+				defer big.Close()
+				for _, f := range []*Feed{big, replica} {
+					vals, err := f.GetBatch(context.Background(), 0, n)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for i, v := range vals {
+						if !bytes.Equal(v, value(i)) {
+							t.Fatalf("entry %d: %x, want %x", i, v, value(i))
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+// rootsOf returns the roots f's newest signature covers.
+func rootsOf(t *testing.T, f *Feed) []storedNode {
+	t.Helper()
+	f.writeMu.Lock()
+	defer f.writeMu.Unlock()
+	roots, err := f.signedRootsWriteLocked(f.Len())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return roots
+}
+
+// An Append of many values, checked on several goroutines, names the
+// first value that fails, whichever part it is in, and appends nothing.
+func TestLargeAppendNamesTheFirstInvalidValue(t *testing.T) {
+	c, err := New(NewMemStorage(), &Options{ValueEncoding: JSON})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w, err := c.Writer("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][]int{{0}, {999}, {500, 700}, {1, 998}, {260, 261}} {
+		vals := make([][]byte, 1000)
+		for i := range vals {
+			vals[i] = fmt.Appendf(nil, `{"i":%d}`, i)
+		}
+		for _, i := range bad {
+			vals[i] = []byte(`{"i":`)
+		}
+		_, err := w.Append(vals...)
+		want := fmt.Sprintf("append value %d:", bad[0])
+		if !errors.Is(err, ErrInvalidValue) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("bad values %v: Append = %v, want ErrInvalidValue naming %q", bad, err, want)
+		}
+		if w.Len() != 0 {
+			t.Fatalf("bad values %v: %d entries appended", bad, w.Len())
+		}
+	}
+}
