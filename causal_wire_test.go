@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -394,14 +395,16 @@ func TestRebuildTakesFeedsInTurns(t *testing.T) {
 		t.Fatal(err)
 	}
 	big, small := mustWriter(t, c, "big"), mustWriter(t, c, "small")
+	appendN(t, small, 1, "s")
 	vals := make([][]byte, 12288) // three steps
 	for i := range vals {
 		vals[i] = []byte("v")
 	}
+	// Its first block names small's: big's blocks must be read.
 	if _, err := big.Append(vals...); err != nil {
 		t.Fatal(err)
 	}
-	appendN(t, small, 3, "s") // names big's last entry
+	appendN(t, small, 2, "s") // names big's last entry
 	bigKey, smallKey := big.Key(), small.Key()
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -434,6 +437,76 @@ func TestRebuildTakesFeedsInTurns(t *testing.T) {
 		t.Fatalf("rebuild steps %s, want %s", got, want)
 	}
 	if o, err := c.Compare(Pos{bigKey, 0}, Pos{smallKey, 2}); err != nil || o != Before {
+		t.Fatalf("after the rebuild: Compare = %v, %v; want before", o, err)
+	}
+	if o, err := c.Compare(Pos{smallKey, 0}, Pos{bigKey, 0}); err != nil || o != Before {
+		t.Fatalf("after the rebuild: Compare = %v, %v; want before", o, err)
+	}
+}
+
+// A writer that appended every block without a context (as a lone writer
+// does) says so in its newest signature record: the rebuild after open
+// adds its entries without reading them, in one step, and Compare answers
+// for them. Once its blocks carry contexts, they are read again.
+func TestRebuildDoesNotReadAWritersBlocksWithoutContext(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(dir, &Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lone := mustWriter(t, c, "lone")
+	vals := make([][]byte, 12288)
+	for i := range vals {
+		vals[i] = []byte("v")
+	}
+	if _, err := lone.Append(vals...); err != nil {
+		t.Fatal(err)
+	}
+	key := lone.Key()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rebuild := func() (string, *Core) {
+		var mu sync.Mutex
+		var steps []string
+		causalRebuildStepped = func(f *Feed, start, end uint64) {
+			mu.Lock()
+			defer mu.Unlock()
+			steps = append(steps, fmt.Sprintf("%x[%d,%d)", f.Key()[:2], start, end))
+		}
+		defer func() { causalRebuildStepped = nil }()
+		c, err := Open(dir, &Options{NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.causalReady(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Sprint(steps), c
+	}
+	got, c := rebuild()
+	if want := fmt.Sprintf("[%x[0,12288)]", key[:2]); got != want {
+		t.Fatalf("rebuild steps %s, want %s", got, want)
+	}
+	if o, err := c.Compare(Pos{key, 0}, Pos{key, 12287}); err != nil || o != Before {
+		t.Fatalf("after the rebuild: Compare = %v, %v; want before", o, err)
+	}
+	other := mustWriter(t, c, "other")
+	appendN(t, other, 1, "o")
+	lone = mustWriter(t, c, "lone")
+	appendN(t, lone, 1, "l") // names other's entry
+	otherKey := other.Key()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, c = rebuild()
+	defer c.Close()
+	if strings.Contains(got, fmt.Sprintf("%x[0,12289)", key[:2])) {
+		t.Fatalf("rebuild steps %s: the writer's blocks with a context were not read", got)
+	}
+	if o, err := c.Compare(Pos{otherKey, 0}, Pos{key, 12288}); err != nil || o != Before {
 		t.Fatalf("after the rebuild: Compare = %v, %v; want before", o, err)
 	}
 }

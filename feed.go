@@ -113,6 +113,11 @@ type Feed struct {
 	// the feed was opened (see sigCheckedShift). Views do not check those
 	// values again.
 	checked atomic.Uint64
+	// plain is a length below which every block is known to carry no
+	// causal context: appended as 0x00 ‖ value, here or, as the newest
+	// signature record says (sigPlain), before the feed was opened. The
+	// causal index's rebuild after open does not read those blocks.
+	plain atomic.Uint64
 
 	// mu guards the published state below. Readers hold it only to check
 	// what is present: blocks below the length never change on disk.

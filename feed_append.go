@@ -292,6 +292,11 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	if checked {
 		flags = uint32(f.cfg.enc.code()) << sigCheckedShift
 	}
+	// Likewise for blocks without a context.
+	plain := f.plain.Load() == start && !slices.ContainsFunc(batch, func(r *appendReq) bool { return r.prefix != nil })
+	if plain {
+		flags |= sigPlain
+	}
 	if err := f.writeSignatureWriteLocked(length, sig, flags, f.fdata(), f.ftree()); err != nil {
 		return 0, f.abortWriteLocked(undo, err)
 	}
@@ -310,6 +315,9 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	}
 	if checked {
 		f.checked.Store(length)
+	}
+	if plain {
+		f.plain.Store(length)
 	}
 	f.publishWriteLocked(length, b.off, b.newRoots, sig, nil)
 	return start, nil

@@ -383,6 +383,9 @@ func (f *Feed) recover() error {
 			if code := byte(flags & sigCheckedMask >> sigCheckedShift); code == f.cfg.enc.code() {
 				f.checked.Store(length)
 			}
+			if flags&sigPlain != 0 {
+				f.plain.Store(length)
+			}
 			return nil
 		case err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, errNoNode):
 			return err

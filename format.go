@@ -299,6 +299,10 @@ const (
 	// length was checked against before it was signed, or 0.
 	sigCheckedShift = 8
 	sigCheckedMask  = 0xff << sigCheckedShift
+
+	// sigPlain marks a record whose writer appended every block below its
+	// length without a causal context (0x00 ‖ value).
+	sigPlain = 1 << 16
 )
 
 func encodeSigRecord(rec []byte, length uint64, sig []byte, flags uint32) {

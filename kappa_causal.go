@@ -198,6 +198,15 @@ func (c *Core) rebuildCausal(feeds []*Feed) {
 // rebuildStep adds a step of f's held entries from seq on (below end), and
 // returns where the next step starts.
 func (c *Core) rebuildStep(f *Feed, seq, end uint64) uint64 {
+	if plain := min(f.plain.Load(), end); seq < plain {
+		// Blocks its writer appended without a context: nothing to
+		// read, each follows the one before it.
+		c.causal.index.add(c.causal.num(f.key), seq, plain, nil)
+		if causalRebuildStepped != nil {
+			causalRebuildStepped(f, seq, plain)
+		}
+		return plain
+	}
 	seq = f.NextPresent(seq)
 	if seq >= end {
 		return end
