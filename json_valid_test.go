@@ -120,6 +120,10 @@ var jsonGrammarCases = []struct {
 	{`"\u"`, false},
 	{`"\u00g0"`, false},
 	{`"\u00G0"`, false},
+	{`"\u000g"`, false},
+	{`"\u000G"`, false},
+	{`"\u000"`, false},
+	{`"\u0041\u00"`, false},
 	{`"\ud800"`, true},       // a lone surrogate escape
 	{`"\udc00\ud800"`, true}, // reversed surrogates
 	{`"\`, false},
@@ -472,6 +476,9 @@ func FuzzValidJSON(f *testing.F) {
 		"\"0123456789abcdef\\q0123456789\"",
 	} {
 		f.Add([]byte(s))
+	}
+	for _, depth := range []int{maxJSONDepth, maxJSONDepth + 1} {
+		f.Add([]byte(strings.Repeat("[", depth) + strings.Repeat("]", depth)))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		checkValidJSON(t, in)
