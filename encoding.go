@@ -1,7 +1,6 @@
 package kappa
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"unicode/utf8"
@@ -39,7 +38,7 @@ func (e Encoding) normalize() (Encoding, error) {
 func (e Encoding) check(v []byte) error {
 	switch e {
 	case JSON:
-		if !json.Valid(v) {
+		if !validJSON(v) {
 			return fmt.Errorf("%w: not JSON", ErrInvalidValue)
 		}
 	case UTF8:
