@@ -588,9 +588,6 @@ func (f *Feed) Close() error {
 	}
 	f.subs = nil
 	f.mu.Unlock()
-	if ra := f.ahead.Load(); ra != nil {
-		ra.stop()
-	}
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()
 	return f.closeFiles()

@@ -36,14 +36,8 @@ func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	}
 	ra.mu.Lock()
 	if seq >= ra.start && seq-ra.start < uint64(len(ra.values)) {
-		i := seq - ra.start
-		v := bytes.Clone(ra.values[i])
-		if i >= uint64(len(ra.values))/2 && ra.later == nil {
-			// Halfway through: the window after it is read (and
-			// verified) in the background while the reader goes on.
-			ra.readLaterLocked(f, ra.start+uint64(len(ra.values)))
-		}
-		if i == uint64(len(ra.values))-1 {
+		v := bytes.Clone(ra.values[seq-ra.start])
+		if seq-ra.start == uint64(len(ra.values))-1 {
 			ra.values = nil // used up: an idle feed keeps no window
 		}
 		ra.next = seq + 1
@@ -52,20 +46,7 @@ func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	}
 	sequential := seq > 0 && seq == ra.next
 	ra.next = seq + 1
-	later := ra.later
-	ra.later = nil
 	ra.mu.Unlock()
-	if later != nil && later.start == seq {
-		<-later.done
-		if values := later.values; len(values) > 0 {
-			ra.mu.Lock()
-			ra.start, ra.values = seq, values
-			ra.mu.Unlock()
-			return bytes.Clone(values[0]), nil
-		}
-		// Not read (damage at its start, or an error): read it
-		// here, which reports what it finds.
-	}
 	end := seq + 1
 	if sequential {
 		end = max(seq+1, min(seq+readAheadEntries, f.NextMissing(seq)))
@@ -99,49 +80,7 @@ type readAhead struct {
 	mu     sync.Mutex
 	start  uint64
 	values [][]byte
-	next   uint64       // the entry a sequential reader asks for next
-	later  *laterWindow // the window after this one, being read; or nil
-	closed bool         // the feed is closing: no more reads in the background
-	wg     sync.WaitGroup
-}
-
-// laterWindow is a window read in the background: values is set once done
-// is closed (nil if nothing could be read).
-type laterWindow struct {
-	start  uint64
-	values [][]byte
-	done   chan struct{}
-}
-
-// readLaterLocked starts reading the window from start on in the
-// background, if its entries are present.
-func (ra *readAhead) readLaterLocked(f *Feed, start uint64) {
-	if ra.closed {
-		return
-	}
-	end := min(start+readAheadEntries, f.NextMissing(start))
-	if end <= start {
-		return
-	}
-	w := &laterWindow{start: start, done: make(chan struct{})}
-	ra.later = w
-	ra.wg.Add(1)
-	go func() {
-		defer ra.wg.Done()
-		defer close(w.done)
-		if values, _ := f.readRange(start, end, readAheadBytes); len(values) > 0 {
-			w.values = blockValues(values)
-		}
-	}()
-}
-
-// stop waits for the reads in the background, and starts no more.
-func (ra *readAhead) stop() {
-	ra.mu.Lock()
-	ra.closed = true
-	ra.later = nil
-	ra.mu.Unlock()
-	ra.wg.Wait()
+	next   uint64 // the entry a sequential reader asks for next
 }
 
 // GetBatch returns the entries [start, end), waiting for missing ones as Get

@@ -8,9 +8,10 @@ import (
 )
 
 // A reader that Gets every entry in turn is served from windows read (and
-// verified) ahead of it, the next one in the background: it gets every
-// value, ErrCorrupt for each damaged entry and nothing else, each damaged
-// entry is reported once, and closing leaves no read running.
+// verified) ahead of it: it gets every value, ErrCorrupt for each damaged
+// entry and nothing else, each damaged entry is reported once, a reader
+// that jumps is not served from the window, and closing leaves no
+// goroutine behind.
 func TestSequentialGetReadsAheadAndStopsAtDamage(t *testing.T) {
 	before := runtime.NumGoroutine()
 	db := newDamageDB(t, numbered(3000, 9), 0)
@@ -42,8 +43,7 @@ func TestSequentialGetReadsAheadAndStopsAtDamage(t *testing.T) {
 			}
 		}
 	}
-	// A reader that jumps past the window read in the background is not
-	// served from it.
+	// A reader that jumps is not served from the window.
 	for _, seq := range []int{0, 1, 2, 200, 201, 1500, 1501, 400, 2000} {
 		if v, err := w.Get(ctxT(t), uint64(seq)); err != nil || !bytes.Equal(v, db.values[seq]) {
 			t.Fatalf("get %d: %q, %v; want %q", seq, v, err, db.values[seq])
