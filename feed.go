@@ -217,10 +217,7 @@ type writeScratch struct {
 	failed error              // a sync failed: the feed refuses further writes
 
 	hasher         *leafHasher
-	hashers        []*leafHasher // one per part of a large append (see buildLeaves)
-	ents           []buildEntry  // the entries of the append being built
-	leaves         []storedNode  // their leaves
-	data, tree, ex []byte        // data and tree buffers
+	data, tree, ex []byte      // data and tree buffers
 	recent         recentNodes   // the writer's latest tree records
 	sig            [sigRecordSize]byte
 }

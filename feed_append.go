@@ -3,7 +3,6 @@ package kappa
 import (
 	"encoding/binary"
 	"fmt"
-	"runtime"
 	"slices"
 	"sync"
 )
@@ -31,8 +30,16 @@ type appendReq struct {
 // MaxBlockSize ErrBlockTooLarge; either way nothing is appended. Append with
 // no values appends nothing, writes no signature and returns Len.
 func (f *Feed) Append(values ...[]byte) (uint64, error) {
-	if i, err := checkAppendValues(f.cfg.enc, values); err != nil {
-		return 0, f.opError(fmt.Sprintf("append value %d", i), err)
+	for i, v := range values {
+		if v == nil {
+			return 0, f.opError(fmt.Sprintf("append value %d", i), fmt.Errorf("%w: nil", ErrInvalidValue))
+		}
+		if len(v) > MaxBlockSize {
+			return 0, f.opError(fmt.Sprintf("append value %d", i), fmt.Errorf("%w: %d bytes", ErrBlockTooLarge, len(v)))
+		}
+		if err := f.cfg.enc.check(v); err != nil {
+			return 0, f.opError(fmt.Sprintf("append value %d", i), err)
+		}
 	}
 	if !f.writable {
 		return 0, f.opError("append", ErrNotWritable)
@@ -62,55 +69,6 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 		f.commitWriteLocked(batch)
 	}
 	return req.seq, req.err
-}
-
-// checkAppendValues checks the values of an Append: none nil, none over
-// MaxBlockSize, each valid in enc. It returns the index of the first that
-// fails, and why. Many values are checked on as many goroutines as there
-// are cores (for JSON, checking is most of the work of an append).
-func checkAppendValues(enc Encoding, values [][]byte) (int, error) {
-	check := func(from, to int) (int, error) {
-		for i, v := range values[from:to] {
-			if v == nil {
-				return from + i, fmt.Errorf("%w: nil", ErrInvalidValue)
-			}
-			if len(v) > MaxBlockSize {
-				return from + i, fmt.Errorf("%w: %d bytes", ErrBlockTooLarge, len(v))
-			}
-			if err := enc.check(v); err != nil {
-				return from + i, err
-			}
-		}
-		return 0, nil
-	}
-	parts := 1
-	if enc != Binary && len(values) >= minParallelBuild {
-		parts = min(runtime.GOMAXPROCS(0), len(values)/(minParallelBuild/2))
-	}
-	if parts == 1 {
-		return check(0, len(values))
-	}
-	type result struct {
-		i   int
-		err error
-	}
-	results := make([]result, parts)
-	var wg sync.WaitGroup
-	for p := 1; p < parts; p++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[p].i, results[p].err = check(len(values)*p/parts, len(values)*(p+1)/parts)
-		}()
-	}
-	results[0].i, results[0].err = check(0, len(values)/parts)
-	wg.Wait()
-	for _, r := range results {
-		if r.err != nil {
-			return r.i, r.err // the first part that failed holds the first value
-		}
-	}
-	return 0, nil
 }
 
 func (f *Feed) commitWriteLocked(batch []*appendReq) {
@@ -337,30 +295,21 @@ type appendBuild struct {
 // buildAppendWriteLocked builds the records of an append of the n values
 // of batch at length start (byteLen bytes, under roots): the data records,
 // the leaves and the parents they complete.
-//
-// The work per entry (its data record and CRC, its leaf hash, the parents
-// inside its aligned group of subtreeLeaves entries) does not depend on the
-// other groups, so a large append spreads it over the cores (buildLeaves);
-// what is left here, in order, is the parents above the groups, a few per
-// group.
 func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint64, roots []storedNode) appendBuild {
+	// Data: one write of all values' records.
 	ws := f.scratchWriteLocked()
-	// Where each entry's block and record go: its block's prefix and
-	// value, and its offset in the feed's bytes.
-	ents := slices.Grow(ws.ents[:0], int(n))[:0]
-	off := byteLen
+	data := ws.data[:0]
+	seq := start
 	for _, r := range batch {
 		for i, v := range r.values {
 			prefix := noContext
 			if i == 0 && r.prefix != nil {
 				prefix = r.prefix
 			}
-			ents = append(ents, buildEntry{prefix: prefix, value: v, off: off})
-			off += uint64(len(prefix) + len(v))
+			data = appendBlockRecord(data, seq, prefix, v)
+			seq++
 		}
 	}
-	ws.ents = ents[:0]
-	data := slices.Grow(ws.data[:0], int(off-byteLen+n*dataFrame))[:off-byteLen+n*dataFrame]
 	ws.data = data[:0]
 
 	// Tree: the leaves and the parents they complete. Nodes at index 2·start
@@ -368,155 +317,49 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 	// before). When start is odd the first leaf completes the parent at
 	// 2·start−1, which then begins the run. Other parents of older roots
 	// lie before it and are written one by one.
+	newRoots := append(make([]storedNode, 0, len(roots)+1), roots...)
 	runStart, runLen := 2*start, 2*n-1
 	if start%2 == 1 {
 		runStart, runLen = runStart-1, runLen+1
 	}
 	run := slices.Grow(ws.tree[:0], int(runLen*nodeSize))[:runLen*nodeSize]
 	clear(run)
-	ws.tree = run[:0]
+	var early []storedNode
+	off := byteLen
+	seq = start
 	// Each leaf records the number of the signature record that will
 	// cover it; see checkTail.
 	ord := uint32((f.sigsEnd-headerSize)/sigRecordSize + 1)
-	leaves := slices.Grow(ws.leaves[:0], int(n))[:n]
-	ws.leaves = leaves[:0]
-	ws.buildLeaves(ents, start, byteLen, data, run, runStart, leaves, ord)
-
-	newRoots := append(make([]storedNode, 0, len(roots)+1), roots...)
-	var early []storedNode
-	for k := uint64(0); k < n; {
-		seq := start + k
-		cur := leaves[k]
-		k++
-		if seq%subtreeLeaves == 0 && k-1+subtreeLeaves <= n {
-			// The group's root, computed with it.
-			cur = leaves[k-1+subtreeLeaves-1]
-			k += subtreeLeaves - 1
-		}
-		for len(newRoots) > 0 {
-			left := &newRoots[len(newRoots)-1]
-			if flatDepth(left.Index) != flatDepth(cur.Index) {
-				break
+	pos := 0 // the record of entry seq in data
+	for _, r := range batch {
+		for range r.values {
+			// The leaf is over the block, as the record holds it.
+			size := uint64(binary.BigEndian.Uint32(data[pos:]))
+			block := data[pos+dataLenLen : pos+dataLenLen+int(size)]
+			pos += dataFrame + int(size)
+			cur := storedNode{Node{Index: 2 * seq, Hash: ws.hasher.sum(block), Size: size}, off}
+			encodeNodeOrd(run[(cur.Index-runStart)*nodeSize:], &cur, ord)
+			off += cur.Size
+			seq++
+			for len(newRoots) > 0 {
+				left := &newRoots[len(newRoots)-1]
+				if flatDepth(left.Index) != flatDepth(cur.Index) {
+					break
+				}
+				p := storedNode{Node{Index: flatParent(cur.Index), Hash: parentHash(&left.Node, &cur.Node), Size: left.Size + cur.Size}, left.Offset}
+				if p.Index >= runStart {
+					encodeNode(run[(p.Index-runStart)*nodeSize:], &p)
+				} else {
+					early = append(early, p)
+				}
+				newRoots = newRoots[:len(newRoots)-1]
+				cur = p
 			}
-			p := storedNode{Node{Index: flatParent(cur.Index), Hash: parentHash(&left.Node, &cur.Node), Size: left.Size + cur.Size}, left.Offset}
-			if p.Index >= runStart {
-				encodeNode(run[(p.Index-runStart)*nodeSize:], &p)
-			} else {
-				early = append(early, p)
-			}
-			newRoots = newRoots[:len(newRoots)-1]
-			cur = p
+			newRoots = append(newRoots, cur)
 		}
-		newRoots = append(newRoots, cur)
 	}
+	ws.tree = run[:0]
 	return appendBuild{data: data, run: run, runStart: runStart, early: early, newRoots: newRoots, off: off}
-}
-
-// subtreeLeaves is the size of the aligned groups of entries whose records
-// and subtrees buildLeaves builds apart from the others: 2^subtreeDepth.
-const (
-	subtreeDepth  = 6
-	subtreeLeaves = 1 << subtreeDepth
-)
-
-// minParallelBuild is the number of entries of an append below which it is
-// built on the caller's goroutine alone: a goroutine costs about as much as
-// a few entries.
-const minParallelBuild = 4 * subtreeLeaves
-
-// buildEntry is an entry of an append being built: its block, as its
-// prefix and value, and its offset in the feed's bytes.
-type buildEntry struct {
-	prefix, value []byte
-	off           uint64
-}
-
-// buildLeaves writes the data records of ents, entries start… of the
-// append, into data, and their leaves, with ordinal ord, into run (which
-// starts at node runStart). In leaves it leaves each entry's leaf, except
-// where an aligned group of subtreeLeaves entries is whole: there it
-// computes the group's parents too, writes them into run, and leaves the
-// group's root in its last slot. Large appends are split, at group
-// boundaries, among as many goroutines as there are cores.
-func (ws *writeScratch) buildLeaves(ents []buildEntry, start, byteLen uint64, data, run []byte, runStart uint64, leaves []storedNode, ord uint32) {
-	n := uint64(len(ents))
-	parts := uint64(1)
-	if n >= minParallelBuild {
-		parts = min(uint64(runtime.GOMAXPROCS(0)), n/(minParallelBuild/2))
-	}
-	for uint64(len(ws.hashers)) < parts {
-		ws.hashers = append(ws.hashers, newLeafHasher())
-	}
-	build := func(part uint64, from, to uint64) {
-		buildLeafRange(ws.hashers[part], ents, start, byteLen, data, run, runStart, leaves, ord, from, to)
-	}
-	if parts == 1 {
-		build(0, 0, n)
-		return
-	}
-	// Part boundaries fall on group boundaries (in sequence numbers), so
-	// that no group is split.
-	bound := func(i uint64) uint64 {
-		if i == parts {
-			return n
-		}
-		seq := start + n*i/parts
-		return min(n, seq-seq%subtreeLeaves-start)
-	}
-	var wg sync.WaitGroup
-	for i := uint64(1); i < parts; i++ {
-		from, to := bound(i), bound(i+1)
-		if from < to {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				build(i, from, to)
-			}()
-		}
-	}
-	build(0, 0, bound(1))
-	wg.Wait()
-}
-
-// buildLeafRange is buildLeaves for the entries [from, to) of ents, whose
-// bounds are group boundaries or the append's ends.
-func buildLeafRange(h *leafHasher, ents []buildEntry, start, byteLen uint64, data, run []byte, runStart uint64, leaves []storedNode, ord uint32, from, to uint64) {
-	for k := from; k < to; k++ {
-		e := &ents[k]
-		seq := start + k
-		at := (e.off - byteLen) + k*dataFrame
-		size := uint64(len(e.prefix) + len(e.value))
-		rec := data[at : at+dataFrame+size]
-		binary.BigEndian.PutUint32(rec, uint32(size))
-		copy(rec[dataLenLen:], e.prefix)
-		copy(rec[dataLenLen+len(e.prefix):], e.value)
-		binary.BigEndian.PutUint32(rec[dataLenLen+size:], dataChecksum(seq, rec[:dataLenLen+size]))
-		// The leaf is over the block, as the record holds it.
-		leaf := storedNode{Node{Index: 2 * seq, Hash: h.sum(rec[dataLenLen : dataLenLen+size]), Size: size}, e.off}
-		encodeNodeOrd(run[(leaf.Index-runStart)*nodeSize:], &leaf, ord)
-		leaves[k] = leaf
-		if (seq+1)%subtreeLeaves == 0 && k+1 >= subtreeLeaves && k+1-subtreeLeaves >= from {
-			buildGroup(leaves[k+1-subtreeLeaves:k+1], run, runStart)
-		}
-	}
-}
-
-// buildGroup computes the parents of an aligned group of subtreeLeaves
-// leaves, writes them into run, and leaves the group's root in the group's
-// last slot.
-func buildGroup(group []storedNode, run []byte, runStart uint64) {
-	var level [subtreeLeaves / 2]storedNode
-	src := group
-	for width := len(group); width > 1; width /= 2 {
-		for i := 0; i < width/2; i++ {
-			l, r := &src[2*i], &src[2*i+1]
-			p := storedNode{Node{Index: flatParent(l.Index), Hash: parentHash(&l.Node, &r.Node), Size: l.Size + r.Size}, l.Offset}
-			encodeNode(run[(p.Index-runStart)*nodeSize:], &p)
-			level[i] = p
-		}
-		src = level[:width/2]
-	}
-	group[len(group)-1] = src[0]
 }
 
 // writeAppendWriteLocked writes an append that buildAppendWriteLocked
