@@ -218,7 +218,7 @@ type writeScratch struct {
 
 	hasher         *leafHasher
 	data, tree, ex []byte      // data and tree buffers
-	recent         recentNodes   // the writer's latest tree records
+	recent         recentNodes // the writer's latest tree records
 	sig            [sigRecordSize]byte
 }
 
