@@ -40,8 +40,10 @@ type FeedOptions struct {
 	ValueEncoding Encoding
 
 	// NoSync turns off fsync. By default every Append and Put is durable
-	// when it returns (data and tree are synced before the signature that
-	// covers them, the signature before returning). With NoSync a process
+	// when it returns (a small Append is written with one sync, of the
+	// feed's journal, which holds its data, tree and signature record;
+	// otherwise data and tree are synced before the signature that covers
+	// them, the signature before returning). With NoSync a process
 	// crash loses nothing, but a power loss may lose recent writes.
 	NoSync bool
 
