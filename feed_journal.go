@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"slices"
+	"sync"
 )
 
 // The journal: a writer with sync on makes a small Append durable with one
@@ -35,11 +36,33 @@ const (
 	// append checkpoints first: replay reads at most this much (plus one
 	// record), and the checkpoint's five syncs are shared by thousands of
 	// small appends.
-	journalLimit = 1 << 20
+	journalLimit = 512 << 10
+	// journalPrealloc is the size a journal is given, in zeros, when it
+	// is cut: a record written inside it changes no file size, and its
+	// fdatasync writes no metadata (on Linux's file systems, half the
+	// cost of one that extends the file).
+	journalPrealloc = journalLimit + 128<<10
 	// jrnMaxFile bounds the journal recovery reads: no journal this
 	// package writes is larger.
 	jrnMaxFile = 2*journalLimit + jrnMaxRecord
 )
+
+// journalZeros is written to preallocate a journal, a chunk at a time.
+var journalZeros = sync.OnceValue(func() []byte { return make([]byte, 64<<10) })
+
+// preallocJournalWriteLocked writes zeros to the journal from its size,
+// from, up to journalPrealloc bytes, and returns its size. Preallocating
+// is not needed: if it fails (a full disk, a file size limit), the journal
+// is cut back to from, and appends extend it.
+func (f *Feed) preallocJournalWriteLocked(from int64) (int64, error) {
+	zeros := journalZeros()
+	for off := from; off < journalPrealloc; off += int64(len(zeros)) {
+		if _, err := f.fjrn().WriteAt(zeros[:min(int64(len(zeros)), journalPrealloc-off)], off); err != nil {
+			return from, cutFile(f.fjrn(), from)
+		}
+	}
+	return max(from, journalPrealloc), nil
+}
 
 // journalState is a writer's journal, under writeMu.
 type journalState struct {
@@ -49,6 +72,9 @@ type journalState struct {
 	end int64
 	// appends is the number of append records after the base.
 	appends int
+	// alloc is the journal file's size: past end, zeros (see
+	// journalPrealloc).
+	alloc int64
 	// count is the number of writes of the record being built in buf.
 	count uint32
 	buf   []byte
@@ -124,15 +150,29 @@ func (f *Feed) writeJournaledWriteLocked(length uint64, sig []byte) error {
 	j := &f.jrn
 	binary.BigEndian.PutUint32(j.buf[32:], j.count)
 	j.buf = finishJournalRecord(j.buf, 0, j.end)
+	end := j.end + int64(len(j.buf))
 	if _, err := f.fjrn().WriteAt(j.buf, j.end); err != nil {
 		err = f.opError("write journal", err)
-		if cerr := cutFile(f.fjrn(), j.end); cerr != nil {
+		// Undone by writing zeros over it where the journal held zeros
+		// (cutting would lose the preallocation), else (or if that fails
+		// too) by cutting the journal where the record began.
+		var cerr error
+		if end <= j.alloc {
+			clear(j.buf)
+			_, cerr = f.fjrn().WriteAt(j.buf, j.end)
+		}
+		if end > j.alloc || cerr != nil {
+			cerr = cutFile(f.fjrn(), j.end)
+			j.alloc = j.end
+		}
+		if cerr != nil {
 			cerr = f.opError("undo a failed write", cerr)
 			ws.failed = cerr
 			return errors.Join(err, cerr)
 		}
 		return err
 	}
+	j.alloc = max(j.alloc, end)
 	if err := f.fjrn().Datasync(); err != nil {
 		ws.failed = err
 		return f.opError("sync journal", err)
@@ -162,7 +202,7 @@ func (f *Feed) checkpointWriteLocked(length, byteLen uint64) error {
 	if err := f.cutJournalWriteLocked(); err != nil {
 		return err
 	}
-	return f.writeBaseWriteLocked(uint64(f.sigsEnd-headerSize)/sigRecordSize, length, byteLen)
+	return f.writeBaseWriteLocked(uint64(f.sigsEnd-headerSize)/sigRecordSize, length, byteLen, true)
 }
 
 // cutJournalWriteLocked cuts the journal to its header and syncs it: the
@@ -172,7 +212,7 @@ func (f *Feed) cutJournalWriteLocked() error {
 	if err := f.fjrn().Truncate(headerSize); err != nil {
 		return f.opError("cut journal", err)
 	}
-	f.jrn.end, f.jrn.appends = headerSize, 0
+	f.jrn.end, f.jrn.appends, f.jrn.alloc = headerSize, 0, headerSize
 	if err := f.fjrn().Sync(); err != nil {
 		f.scratchWriteLocked().failed = f.opError("sync journal", err)
 		return f.scratchWriteLocked().failed
@@ -183,11 +223,12 @@ func (f *Feed) cutJournalWriteLocked() error {
 // writeBaseWriteLocked writes the base record of a journal cut to its
 // header (records signature records, length, byteLen) and syncs it. A
 // failed write is undone; a failed sync leaves the feed refusing writes.
-func (f *Feed) writeBaseWriteLocked(records, length, byteLen uint64) error {
+func (f *Feed) writeBaseWriteLocked(records, length, byteLen uint64, fill bool) error {
 	ws := f.scratchWriteLocked()
 	base := journalRecord{kind: jrnBase, records: records, length: length, byteLen: byteLen}
 	buf := appendJournalRecord(f.jrn.buf[:0], headerSize, &base)
 	f.jrn.buf = buf
+	n := len(buf)
 	if _, err := f.fjrn().WriteAt(buf, headerSize); err != nil {
 		err = f.opError("write journal", err)
 		if cerr := cutFile(f.fjrn(), headerSize); cerr != nil {
@@ -196,11 +237,20 @@ func (f *Feed) writeBaseWriteLocked(records, length, byteLen uint64) error {
 		}
 		return err
 	}
+	f.jrn.alloc = max(f.jrn.alloc, headerSize+int64(n))
+	if fill {
+		alloc, err := f.preallocJournalWriteLocked(f.jrn.alloc)
+		if err != nil {
+			ws.failed = f.opError("undo a failed write", err)
+			return ws.failed
+		}
+		f.jrn.alloc = alloc
+	}
 	if err := f.fjrn().Datasync(); err != nil {
 		ws.failed = f.opError("sync journal", err)
 		return ws.failed
 	}
-	f.jrn.end = headerSize + int64(len(buf))
+	f.jrn.end = headerSize + int64(n)
 	return nil
 }
 
@@ -231,7 +281,7 @@ func (f *Feed) writeLargeWriteLocked(length, byteLen uint64, sig []byte) error {
 		ws.failed = f.opError("sync", err)
 		return ws.failed
 	}
-	if err := f.writeBaseWriteLocked(uint64(f.sigsEnd-headerSize)/sigRecordSize+1, length, byteLen); err != nil {
+	if err := f.writeBaseWriteLocked(uint64(f.sigsEnd-headerSize)/sigRecordSize+1, length, byteLen, false); err != nil {
 		return err
 	}
 	f.sigsEnd += sigRecordSize
@@ -254,7 +304,8 @@ func (f *Feed) closeJournalWriteLocked() error {
 // replayed is what replayJournal found: the base and append records of
 // the journal, and whether the journal held bytes past them.
 type replayed struct {
-	exists  bool // the journal file exists
+	exists  bool  // the journal file exists
+	size    int64 // its size
 	recs    []journalRecord
 	trailer bool // bytes past the last intact record (a torn one), or a short file
 }
@@ -285,6 +336,7 @@ func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid boo
 	if err != nil {
 		return r, false, err
 	}
+	r.size = size
 	name := f.name + fileJournal
 	if size < headerSize {
 		r.trailer = size > 0
@@ -304,6 +356,9 @@ func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid boo
 	for off < len(buf) {
 		rec, n, err := decodeJournalRecord(buf[off:], int64(off), f.name)
 		if errors.Is(err, errJournalUnreadable) {
+			if journalEnd(buf, off) {
+				break
+			}
 			if !journalTorn(buf, off) {
 				return r, false, &CorruptError{File: name, Offset: int64(off), Reason: "a journal record that is not whole is followed by more bytes: damage, not a torn write"}
 			}
@@ -451,6 +506,7 @@ func (f *Feed) startJournal(s Storage, prefix string, r replayed) (err error) {
 	if r.exists && !r.trailer && len(r.recs) == 1 {
 		if b := &r.recs[0]; b.records == base.records && b.length == base.length && b.byteLen == base.byteLen {
 			f.jrn.end = headerSize + int64(len(appendJournalRecord(nil, headerSize, b)))
+			f.jrn.alloc = r.size
 			return nil
 		}
 	}
@@ -486,15 +542,21 @@ func (f *Feed) startJournal(s Storage, prefix string, r replayed) (err error) {
 	}
 	hdr := encodeHeader(magicJournal, 0)
 	buf := appendJournalRecord(hdr[:], headerSize, &base)
+	end := int64(len(buf))
 	if _, err := f.fjrn().WriteAt(buf, 0); err != nil {
 		return err
 	}
+	alloc, err := f.preallocJournalWriteLocked(end)
+	if err != nil {
+		return err
+	}
+	f.jrn.alloc = alloc
 	// A full fsync: a new file's directory entry is made durable with its
 	// first.
 	if err := f.fjrn().Sync(); err != nil {
 		return err
 	}
-	f.jrn.end = int64(len(buf))
+	f.jrn.end = end
 	return nil
 }
 

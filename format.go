@@ -496,30 +496,31 @@ func decodeJournalRecord(b []byte, off int64, name string) (rec journalRecord, s
 	return rec, size, nil
 }
 
+// journalEnd reports whether the journal bytes b end at off: nothing
+// follows, or only zeros (a journal is preallocated with zeros).
+func journalEnd(b []byte, off int) bool { return isZero(b[off:]) }
+
 // journalTorn reports whether the unreadable record at off of a journal
 // whose bytes are b could be a write torn by a crash, rather than damage:
-// it runs past the end of the file (its size field names more bytes than
-// there are, or there is no whole size field), or the bytes from off, or
-// from a multiple of tornSector past off, to the end of the file are zero
-// (a file system extended the file before the bytes landed). Each record
-// is synced before the next is written, so nothing follows a torn one.
+// the file holds fewer than 4 bytes from off, or its size field names
+// more bytes than the file holds from off, or the last byte it names (of
+// its CRC) is zero and only zeros follow it: the end of the write did not
+// land (the bytes it overwrote were zeros, or past the end of the file).
+// Each record is synced before the next is written, so nothing but zeros
+// follows a torn one; a size field out of range is damage.
 func journalTorn(b []byte, off int) bool {
 	rest := b[off:]
 	if len(rest) < 4 {
 		return true
 	}
-	if n := binary.BigEndian.Uint32(rest); n >= jrnMinRecord && n <= jrnMaxRecord && uint64(n) > uint64(len(rest)) {
+	n := binary.BigEndian.Uint32(rest)
+	if n < jrnMinRecord || n > jrnMaxRecord {
+		return false
+	}
+	if uint64(n) > uint64(len(rest)) {
 		return true
 	}
-	last := len(b) - 1 // the last non-zero byte
-	for last >= off && b[last] == 0 {
-		last--
-	}
-	if last < off {
-		return true
-	}
-	s := (last/tornSector + 1) * tornSector
-	return s < len(b)
+	return rest[n-1] == 0 && isZero(rest[n:])
 }
 
 // Bitfield page (1028 bytes at 16 + 1028·page): 1024 bytes of bits, bit i%8

@@ -244,8 +244,8 @@ func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
 	evs = tr.take()
 	requireCheckpoint(t, evs, "feeds/0/", "checkpoint")
 	cut := traceIndex(evs, "truncate", "feeds/0/journal", false)
-	base := cut + traceIndex(evs[cut:], "write", "feeds/0/journal", false)
-	requireJournaledAppend(t, evs[base+2:], "feeds/0/", "append after the checkpoint")
+	base := cut + traceIndex(evs[cut:], "datasync", "feeds/0/journal", false)
+	requireJournaledAppend(t, evs[base+1:], "feeds/0/", "append after the checkpoint")
 
 	// A large append (here any: no append is journaled): data, tree and
 	// signatures durable before the journal is cut, the cut durable
