@@ -36,12 +36,13 @@ const (
 	// append checkpoints first: replay reads at most this much (plus one
 	// record), and the checkpoint's five syncs are shared by thousands of
 	// small appends.
-	journalLimit = 512 << 10
+	journalLimit = 256 << 10
 	// journalPrealloc is the size a journal is given, in zeros, when it
 	// is cut: a record written inside it changes no file size, and its
 	// fdatasync writes no metadata (on Linux's file systems, half the
 	// cost of one that extends the file).
-	journalPrealloc = journalLimit + 128<<10
+	journalPrealloc      = journalLimit + 64<<10
+	journalPreallocOther = 4 << 10
 	// jrnMaxFile bounds the journal recovery reads: no journal this
 	// package writes is larger.
 	jrnMaxFile = 2*journalLimit + jrnMaxRecord
@@ -54,14 +55,26 @@ var journalZeros = sync.OnceValue(func() []byte { return make([]byte, 64<<10) })
 // from, up to journalPrealloc bytes, and returns its size. Preallocating
 // is not needed: if it fails (a full disk, a file size limit), the journal
 // is cut back to from, and appends extend it.
+//
+// Only a file that fdatasyncs (a DirStorage's) gets journalPrealloc bytes;
+// any other, such as a MemStorage's, whose memory the zeros would take,
+// gets journalPreallocOther.
 func (f *Feed) preallocJournalWriteLocked(from int64) (int64, error) {
+	file, err := f.fjrn().get()
+	if err != nil {
+		return from, err
+	}
+	size := int64(journalPrealloc)
+	if _, ok := file.(interface{ Datasync() error }); !ok {
+		size = journalPreallocOther
+	}
 	zeros := journalZeros()
-	for off := from; off < journalPrealloc; off += int64(len(zeros)) {
-		if _, err := f.fjrn().WriteAt(zeros[:min(int64(len(zeros)), journalPrealloc-off)], off); err != nil {
-			return from, cutFile(f.fjrn(), from)
+	for off := from; off < size; off += int64(len(zeros)) {
+		if _, err := file.WriteAt(zeros[:min(int64(len(zeros)), size-off)], off); err != nil {
+			return from, cutFile(file, from)
 		}
 	}
-	return max(from, journalPrealloc), nil
+	return max(from, size), nil
 }
 
 // journalState is a writer's journal, under writeMu.
@@ -124,7 +137,7 @@ func (f *Feed) journalsAppendWriteLocked(b *appendBuild) (bool, error) {
 func (f *Feed) journalBeginWriteLocked(records, length, byteLen uint64) {
 	j := &f.jrn
 	j.buf = appendJournalRecord(j.buf[:0], 0, &journalRecord{kind: jrnAppend, records: records, length: length, byteLen: byteLen})
-	j.buf = j.buf[:jrnFixed] // the size and CRC are set by journalRecordWriteLocked
+	j.buf = j.buf[:jrnFixed] // the count, size and CRC are set by writeJournaledWriteLocked
 	j.count = 0
 }
 
