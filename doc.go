@@ -48,8 +48,11 @@
 // Options.ReadOnly, share it and write nothing) or memory
 // (NewMemStorage, which can also simulate crashes for tests). The on-disk
 // format is described in doc/FORMAT.md. By default every Append is durable
-// when it returns: data and tree are fsynced before the signature record
-// that covers them, and that record before Append returns. Options.NoSync
+// when it returns: a small one writes its data, tree and signature record
+// and then one record of a per-feed journal holding them all, and fsyncs
+// the journal alone (one sync per Append; checkpoints sync the files and
+// cut the journal); a large one fsyncs data and tree before the signature
+// record that covers them, and that record before Append returns. Options.NoSync
 // turns fsync off: a process crash still loses nothing, a power loss may
 // lose the newest appends.
 //

@@ -19,6 +19,7 @@ const (
 	fileSignatures = "signatures"
 	fileBitfield   = "bitfield"
 	fileOlderSigs  = "oldsigs"
+	fileJournal    = "journal"
 )
 
 // FeedOptions configure OpenFeed. The zero value opens the feed stored
@@ -39,8 +40,10 @@ type FeedOptions struct {
 	ValueEncoding Encoding
 
 	// NoSync turns off fsync. By default every Append and Put is durable
-	// when it returns (data and tree are synced before the signature that
-	// covers them, the signature before returning). With NoSync a process
+	// when it returns (a small Append is written with one sync, of the
+	// feed's journal, which holds its data, tree and signature record;
+	// otherwise data and tree are synced before the signature that covers
+	// them, the signature before returning). With NoSync a process
 	// crash loses nothing, but a power loss may lose recent writes.
 	NoSync bool
 
@@ -86,10 +89,11 @@ type Feed struct {
 	// writeMu once the feed is open.
 	sigDamage *damagedSig
 
-	// The data, tree, signatures and bitfield files (see fdata…fbits):
-	// opened on first use, so that a feed nobody used since it was opened
-	// holds none. A writable feed has no bitfield.
-	lazy        [4]lazyFile
+	// The data, tree, signatures, bitfield and journal files (see
+	// fdata…fjrn): opened on first use, so that a feed nobody used since
+	// it was opened holds none. A writable feed has no bitfield; only a
+	// writer with sync on has a journal.
+	lazy        [5]lazyFile
 	filesMu     sync.Mutex // opening and closing them
 	filesClosed bool       // under filesMu: the feed is closed
 	keyDirty    bool       // the key file (ws.meta) is not synced yet; under writeMu
@@ -106,6 +110,7 @@ type Feed struct {
 	ws       *writeScratch               // made on the first write, under writeMu
 	sigsEnd  int64                       // where the next signature record goes; under writeMu
 	bitPages uint64                      // pages in the bitfield file; under writeMu
+	jrn      journalState                // a writer's journal (see feed_journal.go); under writeMu
 
 	// checked is a length below which every entry's value is known to
 	// be valid in the feed's value encoding: checked by Append before it
@@ -202,12 +207,14 @@ const (
 	lazyTree
 	lazySigs
 	lazyBits
+	lazyJrn
 )
 
 func (f *Feed) fdata() *lazyFile { return &f.lazy[lazyData] }
 func (f *Feed) ftree() *lazyFile { return &f.lazy[lazyTree] }
 func (f *Feed) fsigs() *lazyFile { return &f.lazy[lazySigs] }
 func (f *Feed) fbits() *lazyFile { return &f.lazy[lazyBits] }
+func (f *Feed) fjrn() *lazyFile  { return &f.lazy[lazyJrn] }
 
 // writeScratch is what a feed's writes reuse, under writeMu.
 type writeScratch struct {
@@ -370,8 +377,21 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 			}
 		}
 	}
+	var jr replayed
+	if f.writable {
+		var overlaid bool
+		if jr, overlaid, err = f.replayJournal(s, prefix); err != nil {
+			return err
+		}
+		standIns = standIns || overlaid
+	}
 	if err := f.recover(); err != nil {
 		return err
+	}
+	if f.writable {
+		if err := f.startJournal(s, prefix, jr); err != nil {
+			return err
+		}
 	}
 	if err := f.loadFork(); err != nil {
 		return err
@@ -402,7 +422,7 @@ type lazyFile struct {
 	ref  atomic.Pointer[fileRef]
 }
 
-var lazyFileNames = [...]string{fileData, fileTree, fileSignatures, fileBitfield}
+var lazyFileNames = [...]string{fileData, fileTree, fileSignatures, fileBitfield, fileJournal}
 
 type fileRef struct{ File }
 
@@ -484,6 +504,25 @@ func (l *lazyFile) Sync() error {
 	file, err := l.get()
 	if err != nil {
 		return err
+	}
+	return file.Sync()
+}
+
+// Datasync is datasync of the file.
+func (l *lazyFile) Datasync() error {
+	file, err := l.get()
+	if err != nil {
+		return err
+	}
+	return datasync(file)
+}
+
+// datasync makes file's writes durable as Sync does, but with fdatasync(2)
+// where the file offers it (a DirStorage's, on Linux): its times are not
+// written. A Storage's File may offer it as a method Datasync() error.
+func datasync(file File) error {
+	if d, ok := file.(interface{ Datasync() error }); ok {
+		return d.Datasync()
 	}
 	return file.Sync()
 }
@@ -587,7 +626,11 @@ func (f *Feed) Close() error {
 	f.mu.Unlock()
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()
-	return f.closeFiles()
+	err := f.closeJournalWriteLocked()
+	if cerr := f.closeFiles(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func (f *Feed) closeFiles() error {
@@ -595,7 +638,7 @@ func (f *Feed) closeFiles() error {
 	f.filesClosed = true
 	f.filesMu.Unlock()
 	var first error
-	files := []File{f.fdata(), f.ftree(), f.fsigs(), f.fbits()}
+	files := []File{f.fdata(), f.ftree(), f.fsigs(), f.fbits(), f.fjrn()}
 	if f.ws != nil {
 		files = append(files, f.ws.meta, f.ws.older)
 	}

@@ -238,10 +238,19 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 		}
 		return idx
 	}}
-	if err := f.writeAppendWriteLocked(&b, start, byteLen, undo); err != nil {
+	// A small append with sync on is journaled: one sync, of the journal
+	// (see feed_journal.go).
+	journaled, err := f.journalsAppendWriteLocked(&b)
+	if err != nil {
 		return 0, err
 	}
 	length := start + n
+	if journaled {
+		f.journalBeginWriteLocked(uint64(f.sigsEnd-headerSize)/sigRecordSize+1, length, b.off)
+	}
+	if err := f.writeAppendWriteLocked(&b, start, byteLen, undo, journaled); err != nil {
+		return 0, err
+	}
 	sig := signRoots(secret, treeHash(b.newRoots), length)
 	// Append checked every value against the feed's encoding: if those
 	// before were checked too, the record says so.
@@ -255,8 +264,18 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	if plain {
 		flags |= sigPlain
 	}
-	if err := f.writeSignatureWriteLocked(length, sig, flags, f.fdata(), f.ftree()); err != nil {
-		return 0, f.abortWriteLocked(undo, err)
+	if journaled {
+		if err := f.writeJournaledWriteLocked(length, sig, flags); err != nil {
+			return 0, f.abortWriteLocked(undo, err)
+		}
+	} else if f.journaling() {
+		if err := f.writeLargeWriteLocked(length, b.off, sig, flags); err != nil {
+			return 0, f.abortWriteLocked(undo, err)
+		}
+	} else {
+		if err := f.writeSignatureWriteLocked(length, sig, flags, f.fdata(), f.ftree()); err != nil {
+			return 0, f.abortWriteLocked(undo, err)
+		}
 	}
 	if f.cfg.stored != nil { // before publishing: readers see it indexed
 		seq := start
@@ -366,7 +385,7 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 // built at length start (byteLen bytes): the data records, then the tree
 // records, and remembers the tree records written. A failed write is undone
 // with undo.
-func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, undo *writeUndo) error {
+func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, undo *writeUndo, journaled bool) error {
 	ws := f.scratchWriteLocked()
 	run, early := b.run, b.early
 	// The parents of older roots lie before the run. If the nodes between
@@ -386,11 +405,18 @@ func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, und
 	if _, err := f.ftree().WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
 		return f.abortWriteLocked(undo, f.opError("append", err))
 	}
+	if journaled {
+		f.journalAddWriteLocked(jrnFileData, dataPos(start, byteLen), b.data)
+		f.journalAddWriteLocked(jrnFileTree, headerSize+int64(treeStart)*nodeSize, run)
+	}
 	var rec [nodeSize]byte
 	for i := range early {
 		encodeNode(rec[:], &early[i])
 		if _, err := f.ftree().WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
 			return f.abortWriteLocked(undo, f.opError("append", err))
+		}
+		if journaled {
+			f.journalAddWriteLocked(jrnFileTree, headerSize+int64(early[i].Index)*nodeSize, rec[:])
 		}
 	}
 	ws.recent.remember(treeStart, run)

@@ -228,54 +228,76 @@ func TestFailedSignatureWriteThenSmallerAppendLeavesFeedLoadable(t *testing.T) {
 // A write or sync failing in any file of a writer, on Append: the append
 // fails, later appends succeed or are refused with the failure named, and
 // the feed reopens, now or after a crash, with every acknowledged entry.
+//
+// Each in three modes: appends journaled (only the journal is synced on
+// Append), appends journaled with a checkpoint before each (data, tree and
+// signatures synced, the journal cut), and appends too large to journal
+// (synced in place, then the journal cut).
 func TestWriterWriteFaultsLoseNoAcknowledgedAppend(t *testing.T) {
-	for _, file := range []string{"data", "tree", "signatures"} {
-		for _, op := range []string{"write", "sync"} {
-			for _, first := range []int{1, 7, 10} { // odd, even, and leaves of parents of older roots
-				name := fmt.Sprintf("%s %s after %d", file, op, first)
-				t.Run(name, func(t *testing.T) {
-					s := newMemFaultStorage()
-					f, err := OpenFeed(s, "f/", nil)
-					if err != nil {
-						t.Fatal(err)
-					}
-					defer f.Close()
-					acked, err := faultAppend(t, f, 0, first)
-					if err != nil {
-						t.Fatal(err)
-					}
-					s.arm(file, op)
-					if acked, err = faultAppend(t, f, acked, 10); !errors.Is(err, syscall.ENOSPC) {
-						t.Fatalf("append with a failing %s %s: %v, want ENOSPC", file, op, err)
-					}
-					checkFaultFeed(t, damageCopy(s.mem), "f/", acked, op == "write", name+", right after the failure")
-					refused := false
-					for _, n := range []int{1, 3, 10, 2} {
-						var err error
-						acked, err = faultAppend(t, f, acked, n)
-						if err != nil {
-							// Refused: the error says so, and names
-							// the failure.
-							if !strings.Contains(err.Error(), "refused") || !errors.Is(err, syscall.ENOSPC) {
-								t.Fatalf("append after the failure: %v, want a refusal naming it", err)
-							}
-							refused = true
-						} else if refused {
-							t.Fatal("an append succeeded after one was refused")
-						}
-					}
-					if op == "sync" && !refused {
-						t.Fatal("appends after a failed sync were not refused")
-					}
-					if op == "write" && refused {
-						t.Fatal("appends after a failed write that was undone were refused")
-					}
-					checkFaultEntries(t, f, acked, "same feed")
-					checkAfterFault(t, s.mem, "f/", acked, op == "write", name)
-				})
+	modes := []struct {
+		name             string
+		limit, maxAppend int
+	}{{"journaled", 0, 0}, {"checkpoint each", 1, 0}, {"large", 0, -1}}
+	for _, mode := range modes {
+		for _, file := range []string{"data", "tree", "signatures", "journal"} {
+			for _, op := range []string{"write", "sync"} {
+				if mode.name == "journaled" && op == "sync" && file != "journal" {
+					continue // synced only at checkpoints
+				}
+				for _, first := range []int{1, 7, 10} { // odd, even, and leaves of parents of older roots
+					name := fmt.Sprintf("%s, %s %s after %d", mode.name, file, op, first)
+					t.Run(name, func(t *testing.T) {
+						testWriterWriteFault(t, name, file, op, first, int64(mode.limit), mode.maxAppend)
+					})
+				}
 			}
 		}
 	}
+}
+
+func testWriterWriteFault(t *testing.T, name, file, op string, first int, limit int64, maxAppend int) {
+	t.Helper()
+	s := newMemFaultStorage()
+	f, err := OpenFeed(s, "f/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.writeMu.Lock()
+	f.jrn.limit, f.jrn.maxAppend = limit, maxAppend
+	f.writeMu.Unlock()
+	acked, err := faultAppend(t, f, 0, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.arm(file, op)
+	if acked, err = faultAppend(t, f, acked, 10); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("append with a failing %s %s: %v, want ENOSPC", file, op, err)
+	}
+	checkFaultFeed(t, damageCopy(s.mem), "f/", acked, op == "write", name+", right after the failure")
+	refused := false
+	for _, n := range []int{1, 3, 10, 2} {
+		var err error
+		acked, err = faultAppend(t, f, acked, n)
+		if err != nil {
+			// Refused: the error says so, and names
+			// the failure.
+			if !strings.Contains(err.Error(), "refused") || !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("append after the failure: %v, want a refusal naming it", err)
+			}
+			refused = true
+		} else if refused {
+			t.Fatal("an append succeeded after one was refused")
+		}
+	}
+	if op == "sync" && !refused {
+		t.Fatal("appends after a failed sync were not refused")
+	}
+	if op == "write" && refused {
+		t.Fatal("appends after a failed write that was undone were refused")
+	}
+	checkFaultEntries(t, f, acked, "same feed")
+	checkAfterFault(t, s.mem, "f/", acked, op == "write", name)
 }
 
 // A failure creating a writer's key file fails the open; opening again

@@ -367,7 +367,10 @@ func (f *Feed) recover() error {
 			bad = &damagedSig{number: uint64(k + 1), off: off, rec: rec, fileSize: size}
 			continue
 		}
-		synced := flags&sigSynced != 0
+		// A journaled record is durable with what it covers: its
+		// journal record was replayed, or a checkpoint synced the files
+		// before cutting it (see replayJournal).
+		synced := flags&(sigSynced|sigJournaled) != 0
 		roots, err := f.readRoots(length)
 		switch {
 		case err == nil && verifyRoots(f.key, treeHash(roots), length, sig):

@@ -699,7 +699,7 @@ func (f *Feed) queued() int {
 func TestConcurrentAppendsAreCoalescedAndOrdered(t *testing.T) {
 	// Appends that arrive while a commit syncs share the next one: one
 	// signature record for all of them.
-	hs := &holdSyncStorage{MemStorage: NewMemStorage(), name: "f/data", held: make(chan struct{}), release: make(chan struct{})}
+	hs := &holdSyncStorage{MemStorage: NewMemStorage(), name: "f/journal", held: make(chan struct{}), release: make(chan struct{})}
 	f := newFeed(t, hs, nil)
 	hs.armed.Store(true)
 	first := make(chan error, 1)
@@ -711,7 +711,7 @@ func TestConcurrentAppendsAreCoalescedAndOrdered(t *testing.T) {
 	select {
 	case <-hs.held:
 	case <-deadline:
-		t.Fatal("the first append never synced its data")
+		t.Fatal("the first append never synced its journal")
 	}
 	const queued = 16
 	done := make(chan error, queued)

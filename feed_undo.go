@@ -45,7 +45,18 @@ func (f *Feed) abortWriteLocked(u *writeUndo, err error) error {
 	if ws.failed != nil {
 		return err
 	}
-	if uerr := f.rollbackWriteLocked(u); uerr != nil {
+	uerr := f.rollbackWriteLocked(u)
+	if uerr == nil && f.journaling() {
+		// The next appends are journaled, their files not synced:
+		// the undo is made durable now, else a crash could bring the
+		// failed append's records back beside theirs.
+		for _, file := range []File{f.fdata(), f.ftree(), f.fsigs()} {
+			if uerr = file.Sync(); uerr != nil {
+				break
+			}
+		}
+	}
+	if uerr != nil {
 		uerr = f.opError("undo a failed write", uerr)
 		ws.failed = uerr
 		return errors.Join(err, uerr)

@@ -187,6 +187,10 @@ func (f *osFile) Sync() error {
 	return retryEINTR("sync", func() error { return syscall.Fsync(f.fd) })
 }
 
+func (f *osFile) Datasync() error {
+	return retryEINTR("datasync", func() error { return syscall.Fdatasync(f.fd) })
+}
+
 // linked reports whether the file still has a name in the file system: one
 // whose directory was deleted has none, and what it holds is lost when it
 // is closed, synced or not.

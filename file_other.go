@@ -47,6 +47,9 @@ func (d rootDir) open(name string, create bool) (osFile, error) {
 	return osFile{f}, nil
 }
 
+// Datasync is Sync: fdatasync(2) is Linux's.
+func (f *osFile) Datasync() error { return f.Sync() }
+
 // Size returns the file's size.
 func (f *osFile) Size() (int64, error) {
 	fi, err := f.Stat()

@@ -34,6 +34,7 @@ var (
 	magicBits      = [8]byte{'K', 'A', 'P', 'P', 'B', 'I', 'T', 'S'}
 	magicOlderSigs = [8]byte{'K', 'A', 'P', 'P', 'O', 'L', 'D', 'S'}
 	magicFork      = [8]byte{'K', 'A', 'P', 'P', 'F', 'O', 'R', 'K'}
+	magicJournal   = [8]byte{'K', 'A', 'P', 'P', 'J', 'R', 'N', 'L'}
 )
 
 func encodeHeader(magic [8]byte, recSize uint32) [headerSize]byte {
@@ -303,6 +304,11 @@ const (
 	// sigPlain marks a record whose writer appended every block below its
 	// length without a causal context (0x00 ‖ value).
 	sigPlain = 1 << 16
+
+	// sigJournaled marks a signature record written, with the data and
+	// tree it covers, by an append whose journal record holds all of
+	// them: they are durable once that record is (see feed_journal.go).
+	sigJournaled = 2
 )
 
 func encodeSigRecord(rec []byte, length uint64, sig []byte, flags uint32) {
@@ -322,6 +328,210 @@ func decodeSigRecord(rec []byte) (length uint64, sig []byte, flags uint32, ok bo
 
 func sigRecordChecksum(rec []byte) uint32 {
 	return crc32.Update(crc32.Checksum(rec[:sigCRCOff], castagnoli), castagnoli, rec[sigFlagsOff:sigRecordSize])
+}
+
+// Journal record (see doc/FORMAT.md, "journal"), at offset o of the
+// journal file: size u32 (of the whole record) ‖ kind u8 ‖ reserved (3) ‖
+// records u64 ‖ length u64 ‖ byte length u64 ‖ count u32 ‖ count × (file
+// u8 ‖ reserved (3) ‖ offset u64 ‖ n u32 ‖ n bytes) ‖ CRC u32 of all
+// before, starting from a value derived from o.
+const (
+	jrnFixed      = 36 // size ‖ kind ‖ reserved ‖ records ‖ length ‖ byte length ‖ count
+	jrnMinRecord  = jrnFixed + 4
+	jrnWriteFixed = 16      // file ‖ reserved ‖ offset ‖ n
+	jrnMaxRecord  = 4 << 20 // no record is larger; see journalMaxAppend
+	jrnMaxLength  = 1 << 50 // no journaled feed is longer
+
+	jrnBase   = 1 // the state durable in the files when the journal was cut
+	jrnAppend = 2 // the writes of one append
+
+	jrnFileData = 1
+	jrnFileTree = 2
+	jrnFileSigs = 3
+)
+
+// journalRecord is a decoded journal record.
+type journalRecord struct {
+	kind    uint8
+	records uint64 // signature records after it (base: durable in the files)
+	length  uint64 // the feed's length after it
+	byteLen uint64 // and its byte length
+	writes  []journalWrite
+}
+
+// journalWrite is one write of a journal record: n bytes at off in file.
+type journalWrite struct {
+	file uint8
+	off  int64
+	data []byte
+}
+
+// appendJournalRecord appends the record of rec, to be written at offset
+// off of the journal, to b.
+func appendJournalRecord(b []byte, off int64, rec *journalRecord) []byte {
+	at := len(b)
+	b = binary.BigEndian.AppendUint32(b, 0) // the size, below
+	b = append(b, rec.kind, 0, 0, 0)
+	b = binary.BigEndian.AppendUint64(b, rec.records)
+	b = binary.BigEndian.AppendUint64(b, rec.length)
+	b = binary.BigEndian.AppendUint64(b, rec.byteLen)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(rec.writes)))
+	for _, w := range rec.writes {
+		b = appendJournalWrite(b, w.file, w.off, w.data)
+	}
+	return finishJournalRecord(b, at, off)
+}
+
+// appendJournalWrite appends one write of a journal record to b.
+func appendJournalWrite(b []byte, file uint8, off int64, data []byte) []byte {
+	b = append(b, file, 0, 0, 0)
+	b = binary.BigEndian.AppendUint64(b, uint64(off))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	return append(b, data...)
+}
+
+// finishJournalRecord sets the size of the record that starts at b[at:]
+// and appends its CRC, for offset off of the journal.
+func finishJournalRecord(b []byte, at int, off int64) []byte {
+	binary.BigEndian.PutUint32(b[at:], uint32(len(b)-at+4))
+	return binary.BigEndian.AppendUint32(b, journalChecksum(off, b[at:]))
+}
+
+// journalChecksum is the CRC of a journal record's bytes before its CRC,
+// seeded with its offset so that a record copied to another place fails.
+func journalChecksum(off int64, b []byte) uint32 {
+	seed := uint32(off) ^ uint32(uint64(off)>>32)*0x9e3779b9 ^ 0x6a72
+	return crc32.Update(seed, castagnoli, b)
+}
+
+// errJournalUnreadable says that the bytes at a journal offset are not a
+// whole record: its size is out of range or runs past the bytes given, or
+// its CRC fails. Whether that is a torn tail or damage is for journalTorn.
+var errJournalUnreadable = errors.New("not a whole journal record")
+
+// decodeJournalRecord decodes the record at the start of b, found at off
+// in the journal of feed name. It returns errJournalUnreadable if the
+// record is not whole (size, CRC), and a *CorruptError if it is whole but
+// not one this package writes: an unknown kind or file, a write out of
+// the bounds its record's length sets, a signature write not at the place
+// of its record's number, or sizes that do not add up. The writes' data
+// are slices of b.
+func decodeJournalRecord(b []byte, off int64, name string) (rec journalRecord, size int, err error) {
+	if len(b) < 4 {
+		return rec, 0, errJournalUnreadable
+	}
+	n := binary.BigEndian.Uint32(b)
+	if n < jrnMinRecord || n > jrnMaxRecord || uint64(n) > uint64(len(b)) {
+		return rec, 0, errJournalUnreadable
+	}
+	size = int(n)
+	body := b[:size-4]
+	if journalChecksum(off, body) != binary.BigEndian.Uint32(b[size-4:]) {
+		return rec, 0, errJournalUnreadable
+	}
+	bad := func(format string, args ...any) (journalRecord, int, error) {
+		return journalRecord{}, 0, &CorruptError{File: name + fileJournal, Offset: off, Reason: "intact journal record " + fmt.Sprintf(format, args...)}
+	}
+	rec.kind = body[4]
+	rec.records = binary.BigEndian.Uint64(body[8:])
+	rec.length = binary.BigEndian.Uint64(body[16:])
+	rec.byteLen = binary.BigEndian.Uint64(body[24:])
+	count := binary.BigEndian.Uint32(body[32:])
+	switch {
+	case rec.kind != jrnBase && rec.kind != jrnAppend:
+		return bad("of unknown kind %d", rec.kind)
+	case !isZero(body[5:8]):
+		return bad("with reserved bytes set")
+	case rec.length > jrnMaxLength || rec.byteLen > maxTreeBytes:
+		return bad("of length %d and %d bytes, out of range", rec.length, rec.byteLen)
+	case rec.records > rec.length:
+		return bad("of %d signature records for length %d", rec.records, rec.length)
+	case rec.kind == jrnBase && count != 0:
+		return bad("of the base state with %d writes", count)
+	case rec.kind == jrnAppend && (count == 0 || rec.records == 0):
+		return bad("of an append with %d writes and %d signature records", count, rec.records)
+	case uint64(count) > uint64(len(body)-jrnFixed)/jrnWriteFixed:
+		return bad("of %d writes, more than its size holds", count)
+	}
+	dataEnd := uint64(headerSize) + rec.byteLen + dataFrame*rec.length
+	treeEnd := uint64(headerSize)
+	if rec.length > 0 {
+		treeEnd += (2*rec.length - 1) * nodeSize
+	}
+	sigAt := uint64(headerSize) + (rec.records-1)*sigRecordSize
+	if count > 0 {
+		rec.writes = make([]journalWrite, 0, count)
+	}
+	sigs := 0
+	p := body[jrnFixed:]
+	for i := range count {
+		if len(p) < jrnWriteFixed {
+			return bad("whose write %d runs past its end", i)
+		}
+		file := p[0]
+		at := binary.BigEndian.Uint64(p[4:])
+		wn := binary.BigEndian.Uint32(p[12:])
+		if !isZero(p[1:4]) {
+			return bad("with reserved bytes set in write %d", i)
+		}
+		if uint64(wn) > uint64(len(p)-jrnWriteFixed) {
+			return bad("whose write %d of %d bytes runs past its end", i, wn)
+		}
+		var end uint64
+		switch file {
+		case jrnFileData:
+			end = dataEnd
+		case jrnFileTree:
+			end = treeEnd
+		case jrnFileSigs:
+			sigs++
+			if at != sigAt || wn != sigRecordSize {
+				return bad("writes signature record %d at %d (%d bytes), not at %d", rec.records, at, wn, sigAt)
+			}
+			end = sigAt + sigRecordSize
+		default:
+			return bad("names unknown file %d in write %d", file, i)
+		}
+		if wn == 0 || at < headerSize || at > end || uint64(wn) > end-at {
+			return bad("writes %d bytes at %d of file %d, outside [%d, %d)", wn, at, file, headerSize, end)
+		}
+		rec.writes = append(rec.writes, journalWrite{file: file, off: int64(at), data: p[jrnWriteFixed : jrnWriteFixed+wn : jrnWriteFixed+wn]})
+		p = p[jrnWriteFixed+wn:]
+	}
+	if len(p) != 0 {
+		return bad("with %d bytes after its writes", len(p))
+	}
+	if rec.kind == jrnAppend && sigs != 1 {
+		return bad("of an append with %d signature writes", sigs)
+	}
+	return rec, size, nil
+}
+
+// journalEnd reports whether the journal bytes b end at off: nothing
+// follows, or only zeros (a journal is preallocated with zeros).
+func journalEnd(b []byte, off int) bool { return isZero(b[off:]) }
+
+// journalTorn reports whether the unreadable record at off of a journal
+// whose bytes are b could be a write torn by a crash, rather than damage:
+// the file holds fewer than 4 bytes from off, or its size field names
+// more bytes than the file holds from off, or the last byte it names (of
+// its CRC) is zero and only zeros follow it: the end of the write did not
+// land (the bytes it overwrote were zeros, or past the end of the file).
+// Each record is synced before the next is written, so nothing but zeros
+// follows a torn one; a size field out of range is damage.
+func journalTorn(b []byte, off int) bool {
+	rest := b[off:]
+	if len(rest) < 4 {
+		return true
+	}
+	n := binary.BigEndian.Uint32(rest)
+	if n < jrnMinRecord || n > jrnMaxRecord {
+		return false
+	}
+	if uint64(n) > uint64(len(rest)) {
+		return true
+	}
+	return rest[n-1] == 0 && isZero(rest[n:])
 }
 
 // Bitfield page (1028 bytes at 16 + 1028·page): 1024 bytes of bits, bit i%8

@@ -263,7 +263,7 @@ func (c *Core) clearSlot(slot int) error {
 		return nil // a slot nobody used: nothing to clear
 	}
 	prefix := feedPrefix(slot)
-	for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs, fileFork} {
+	for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs, fileFork, fileJournal} {
 		if err := c.store.Remove(prefix + name); err != nil {
 			return err
 		}

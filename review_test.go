@@ -194,10 +194,25 @@ func TestMissingSignatureRecordsAreDamageWithSync(t *testing.T) {
 	sigs, _ := s.fileBytes(fileSignatures)
 	tree := fileSize(t, s, fileTree)
 
-	// One record missing: the newest append is indistinguishable from one
-	// torn by a crash, so it is cut, and the cut is reported.
+	// One record missing, with the journal: its base record says that
+	// the five were durable, so that is damage, and nothing is cut.
 	one := copyMem(s)
 	one.setFileBytes(fileSignatures, sigs[:len(sigs)-sigRecordSize])
+	if _, err := OpenFeed(one, "", nil); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "journal accounts for 5") {
+		t.Fatalf("one record missing, with the journal: %v, want ErrCorrupt", err)
+	}
+	if got := fileSize(t, one, fileTree); got != tree {
+		t.Fatalf("tree cut from %d to %d", tree, got)
+	}
+
+	// One record missing in a database from before journals: the newest
+	// append is indistinguishable from one torn by a crash, so it is cut,
+	// and the cut is reported.
+	one = copyMem(s)
+	one.setFileBytes(fileSignatures, sigs[:len(sigs)-sigRecordSize])
+	if err := one.Remove(fileJournal); err != nil {
+		t.Fatal(err)
+	}
 	var repairs []Repair
 	f, err = OpenFeed(one, "", &FeedOptions{OnRepair: func(r Repair) { repairs = append(repairs, r) }})
 	if err != nil {

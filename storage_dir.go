@@ -99,16 +99,23 @@ type DirStorage struct {
 }
 
 // dirEvent is one operation of a DirStorage seen by its trace: Op is
-// "create", "mkdir", "write", "truncate", "sync" (a file's fsync) or
-// "syncdir" (a directory's fsync); Name is the file's name in the storage,
+// "create", "mkdir", "write", "truncate", "sync" (a file's fsync),
+// "datasync" (its fdatasync) or "syncdir" (a directory's fsync); Name is the file's name in the storage,
 // or the directory's absolute path.
 type dirEvent struct {
 	Op, Name string
 }
 
-// fsync fsyncs an open file of the storage: the one place a file's data is
-// made durable, so that a trace sees every fsync.
-func (s *DirStorage) fsync(f *osFile, name string) error {
+// fsync fsyncs an open file of the storage (fdatasyncs it, with data): the
+// one place a file's data is made durable, so that a trace sees every
+// fsync ("sync") and fdatasync ("datasync").
+func (s *DirStorage) fsync(f *osFile, name string, data bool) error {
+	if data {
+		if s.trace != nil {
+			s.trace(dirEvent{"datasync", name})
+		}
+		return f.Datasync()
+	}
 	if s.trace != nil {
 		s.trace(dirEvent{"sync", name})
 	}
@@ -580,7 +587,7 @@ func (s *DirStorage) finishAll(victims []*dirHandle) {
 func (s *DirStorage) finish(h *dirHandle) error {
 	var err error
 	if h.needSync {
-		err = s.fsync(&h.f, h.n.name)
+		err = s.fsync(&h.f, h.n.name, false)
 	}
 	if cerr := h.f.Close(); err == nil {
 		err = cerr
@@ -774,7 +781,14 @@ func (f *dirFile) Size() (int64, error) {
 // created for it). It fails with an error wrapping fs.ErrNotExist if the
 // file is no longer in the storage's directory (the directory was deleted
 // while open): what it holds would be lost.
-func (f *dirFile) Sync() error {
+func (f *dirFile) Sync() error { return f.sync(false) }
+
+// Datasync is Sync with fdatasync(2) where the system has it: the file's
+// data and the metadata needed to read it (its size) are made durable,
+// not its times. See datasync.
+func (f *dirFile) Datasync() error { return f.sync(true) }
+
+func (f *dirFile) sync(data bool) error {
 	s := f.s
 	s.mu.Lock()
 	for {
@@ -802,7 +816,7 @@ func (f *dirFile) Sync() error {
 		return f.errorf("sync", err)
 	}
 	f.n.dirty.Store(false)
-	err = s.fsync(&h.f, f.n.name)
+	err = s.fsync(&h.f, f.n.name, data)
 	if err == nil {
 		// What a file without a name holds is lost: a sync must not
 		// promise it is durable.

@@ -50,7 +50,7 @@ func traceIndex(evs []dirEvent, op, name string, last bool) int {
 }
 
 // requireSyncedBefore checks that each of files was written, and fsynced
-// after its last write or truncate and before event limit.
+// (or fdatasynced) after its last write or truncate and before event limit.
 func requireSyncedBefore(t *testing.T, evs []dirEvent, limit int, what string, files ...string) {
 	t.Helper()
 	for _, file := range files {
@@ -58,7 +58,7 @@ func requireSyncedBefore(t *testing.T, evs []dirEvent, limit int, what string, f
 		if lw < 0 {
 			t.Fatalf("%s: %s was not written before event %d:\n%s", what, file, limit, formatTrace(evs))
 		}
-		if s := traceIndex(evs[lw:limit], "sync", file, false); s < 0 {
+		if !slices.ContainsFunc(evs[lw:limit], func(e dirEvent) bool { return isSync(e) && e.Name == file }) {
 			t.Fatalf("%s: %s was not fsynced after its last write (event %d) and before event %d:\n%s", what, file, lw, limit, formatTrace(evs))
 		}
 	}
@@ -96,6 +96,66 @@ func requireDirsSynced(t *testing.T, evs []dirEvent, root string, limit int, wha
 		if n > made[dir] {
 			t.Fatalf("%s: directory %s fsynced %d times, %d entries were made in it:\n%s", what, dir, n, made[dir], formatTrace(evs))
 		}
+	}
+}
+
+// isSync reports whether e is a file's fsync or fdatasync.
+func isSync(e dirEvent) bool { return e.Op == "sync" || e.Op == "datasync" }
+
+// requireJournaledAppend checks the events of a small synced append to
+// the feed under prefix: its data, tree and signature record written, then
+// one journal record written after them all, and fsynced after it: the
+// append's only sync.
+func requireJournaledAppend(t *testing.T, evs []dirEvent, prefix, what string) {
+	t.Helper()
+	jw := traceIndex(evs, "write", prefix+"journal", false)
+	if jw < 0 || traceIndex(evs, "write", prefix+"journal", true) != jw {
+		t.Fatalf("%s: not one journal record written:\n%s", what, formatTrace(evs))
+	}
+	for _, file := range []string{"data", "tree", "signatures"} {
+		if i := traceIndex(evs[:jw], "write", prefix+file, false); i < 0 {
+			t.Fatalf("%s: %s not written before the journal record:\n%s", what, file, formatTrace(evs))
+		}
+		if i := traceIndex(evs[jw:], "write", prefix+file, false); i >= 0 {
+			t.Fatalf("%s: %s written after the journal record:\n%s", what, file, formatTrace(evs))
+		}
+	}
+	syncs := 0
+	for i, e := range evs {
+		if !isSync(e) {
+			continue
+		}
+		syncs++
+		if e.Name != prefix+"journal" || i < jw {
+			t.Fatalf("%s: event %d syncs %s; the only sync must be the journal's, after its record:\n%s", what, i, e.Name, formatTrace(evs))
+		}
+	}
+	if syncs != 1 {
+		t.Fatalf("%s: %d syncs, want 1 (the journal's):\n%s", what, syncs, formatTrace(evs))
+	}
+}
+
+// requireCheckpoint checks a checkpoint of the feed under prefix in evs:
+// data, tree and signatures fsynced before the journal is cut to its
+// header; the cut fsynced before the base record is written, which is
+// fsynced after.
+func requireCheckpoint(t *testing.T, evs []dirEvent, prefix, what string) {
+	t.Helper()
+	cut := traceIndex(evs, "truncate", prefix+"journal", false)
+	if cut < 0 {
+		t.Fatalf("%s: the journal was not cut:\n%s", what, formatTrace(evs))
+	}
+	for _, file := range []string{"data", "tree", "signatures"} {
+		if traceIndex(evs[:cut], "sync", prefix+file, false) < 0 {
+			t.Fatalf("%s: %s not fsynced before the journal was cut:\n%s", what, file, formatTrace(evs))
+		}
+	}
+	base := traceIndex(evs[cut:], "write", prefix+"journal", false)
+	if base < 0 || !slices.ContainsFunc(evs[cut:cut+base], func(e dirEvent) bool { return isSync(e) && e.Name == prefix+"journal" }) {
+		t.Fatalf("%s: the journal's cut not fsynced before its base record was written:\n%s", what, formatTrace(evs))
+	}
+	if !slices.ContainsFunc(evs[cut+base:], func(e dirEvent) bool { return isSync(e) && e.Name == prefix+"journal" }) {
+		t.Fatalf("%s: the base record not fsynced:\n%s", what, formatTrace(evs))
 	}
 }
 
@@ -154,22 +214,66 @@ func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
 	requireDirsSynced(t, evs, root, rec, "new writer, before its manifest record")
 	requireSyncedBefore(t, evs, len(evs), "new writer", "manifest")
 
-	// Appends: data and tree durable before the signature record, which
-	// is durable before Append returns; no directory is fsynced again.
+	// The writer's journal exists, its directory entry durable, before its
+	// manifest record.
+	requireSyncedBefore(t, evs, rec, "new writer, before its manifest record", "feeds/0/journal")
+
+	// Small appends with sync on: data, tree and signature record
+	// written, then one journal record holding them, fsynced (fdatasync)
+	// before Append returns: the append's only sync.
 	for i := range 3 {
 		what := fmt.Sprintf("append %d", i)
 		if _, err := w.Append([]byte(what), []byte("and more")); err != nil {
 			t.Fatal(err)
 		}
 		evs = tr.take()
-		sig := traceIndex(evs, "write", "feeds/0/signatures", false)
-		if sig < 0 {
-			t.Fatalf("%s: no signature record written:\n%s", what, formatTrace(evs))
-		}
-		requireSyncedBefore(t, evs, sig, what+", before its signature record", "feeds/0/data", "feeds/0/tree")
-		requireSyncedBefore(t, evs, len(evs), what, "feeds/0/signatures")
+		requireJournaledAppend(t, evs, "feeds/0/", what)
 		requireDirsSynced(t, evs, root, len(evs), what)
 	}
+
+	// A checkpoint (here forced by a journal limit of one byte): data,
+	// tree and signatures fsynced before the journal is cut; the journal
+	// cut, and synced, before its base record is written; then the
+	// append, journaled.
+	w.writeMu.Lock()
+	w.jrn.limit = 1
+	w.writeMu.Unlock()
+	if _, err := w.Append([]byte("after a full journal")); err != nil {
+		t.Fatal(err)
+	}
+	evs = tr.take()
+	requireCheckpoint(t, evs, "feeds/0/", "checkpoint")
+	cut := traceIndex(evs, "truncate", "feeds/0/journal", false)
+	base := cut + traceIndex(evs[cut:], "datasync", "feeds/0/journal", false)
+	requireJournaledAppend(t, evs[base+1:], "feeds/0/", "append after the checkpoint")
+
+	// A large append (here any: no append is journaled): data, tree and
+	// signatures durable before the journal is cut, the cut durable
+	// before the signature record, which is durable before the journal's
+	// new base record, which is durable before Append returns.
+	w.writeMu.Lock()
+	w.jrn.limit, w.jrn.maxAppend = 0, -1
+	w.writeMu.Unlock()
+	if _, err := w.Append([]byte("large")); err != nil {
+		t.Fatal(err)
+	}
+	evs = tr.take()
+	sig := traceIndex(evs, "write", "feeds/0/signatures", false)
+	cut = traceIndex(evs, "truncate", "feeds/0/journal", false)
+	base = traceIndex(evs, "write", "feeds/0/journal", false)
+	if sig < 0 || cut < 0 || !(cut < sig && sig < base) {
+		t.Fatalf("large append: want the journal cut, then the signature record, then the base record:\n%s", formatTrace(evs))
+	}
+	requireSyncedBefore(t, evs, cut, "large append, before the journal is cut", "feeds/0/data", "feeds/0/tree")
+	if traceIndex(evs[:cut], "sync", "feeds/0/signatures", false) < 0 {
+		t.Fatalf("large append: the signatures not fsynced before the journal was cut:\n%s", formatTrace(evs))
+	}
+	requireSyncedBefore(t, evs, sig, "large append, before its signature record", "feeds/0/journal")
+	requireSyncedBefore(t, evs, base, "large append, before the journal's base record", "feeds/0/signatures")
+	requireSyncedBefore(t, evs, len(evs), "large append", "feeds/0/journal")
+	w.writeMu.Lock()
+	w.jrn.maxAppend = 0
+	w.writeMu.Unlock()
 
 	// A new replica: its manifest record is durable before AddFeed
 	// returns. (Its files are made durable by its first Put: its record
@@ -197,7 +301,7 @@ func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
 	}
 	evs = tr.take()
 	bits := traceIndex(evs, "write", "feeds/1/bitfield", false)
-	sig := traceIndex(evs, "write", "feeds/1/signatures", false)
+	sig = traceIndex(evs, "write", "feeds/1/signatures", false)
 	if bits < 0 || sig < 0 {
 		t.Fatalf("put: no bitfield or no signature write:\n%s", formatTrace(evs))
 	}
