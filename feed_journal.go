@@ -205,14 +205,7 @@ func (f *Feed) writeJournaledWriteLocked(length uint64, sig []byte, flags uint32
 // finds it); a failed write of the base record is undone (the journal cut
 // to its header, which the next append checkpoints again).
 func (f *Feed) checkpointWriteLocked(length, byteLen uint64) error {
-	ws := f.scratchWriteLocked()
-	for _, file := range []File{f.fdata(), f.ftree(), f.fsigs()} {
-		if err := file.Sync(); err != nil {
-			ws.failed = f.opError("sync", err)
-			return ws.failed
-		}
-	}
-	if err := f.cutJournalWriteLocked(); err != nil {
+	if err := f.syncFilesCutJournalWriteLocked(); err != nil {
 		return err
 	}
 	return f.writeBaseWriteLocked(uint64(f.sigsEnd-headerSize)/sigRecordSize, length, byteLen, true)
@@ -267,6 +260,20 @@ func (f *Feed) writeBaseWriteLocked(records, length, byteLen uint64, fill bool) 
 	return nil
 }
 
+// syncFilesCutJournalWriteLocked syncs data, tree and signatures, which
+// makes every journaled write durable, then cuts the journal to its header
+// and syncs it. A failed sync leaves the feed refusing writes.
+func (f *Feed) syncFilesCutJournalWriteLocked() error {
+	for _, file := range []File{f.fdata(), f.ftree(), f.fsigs()} {
+		if err := file.Sync(); err != nil {
+			ws := f.scratchWriteLocked()
+			ws.failed = f.opError("sync", err)
+			return ws.failed
+		}
+	}
+	return f.cutJournalWriteLocked()
+}
+
 // writeLargeWriteLocked finishes an append of length (byteLen bytes) that
 // a journaling feed does not journal: data, tree and signatures synced
 // (every journaled write before it is then durable), the journal cut to
@@ -275,16 +282,10 @@ func (f *Feed) writeBaseWriteLocked(records, length, byteLen uint64, fill bool) 
 // synced. A failed write is undone by the caller (abortWriteLocked); a
 // failed sync leaves the feed refusing writes.
 func (f *Feed) writeLargeWriteLocked(length, byteLen uint64, sig []byte, flags uint32) error {
-	ws := f.scratchWriteLocked()
-	for _, file := range []File{f.fdata(), f.ftree(), f.fsigs()} {
-		if err := file.Sync(); err != nil {
-			ws.failed = f.opError("sync", err)
-			return ws.failed
-		}
-	}
-	if err := f.cutJournalWriteLocked(); err != nil {
+	if err := f.syncFilesCutJournalWriteLocked(); err != nil {
 		return err
 	}
+	ws := f.scratchWriteLocked()
 	rec := ws.sig[:]
 	encodeSigRecord(rec, length, sig, flags|sigSynced)
 	if _, err := f.fsigs().WriteAt(rec, f.sigsEnd); err != nil {
