@@ -34,8 +34,8 @@ const (
 	journalMaxAppend = 64 << 10
 	// journalLimit is the journal size past which the next journaled
 	// append checkpoints first: replay reads at most this much (plus one
-	// record), and the checkpoint's five syncs are shared by thousands of
-	// small appends.
+	// record), and the checkpoint's five syncs are shared by the hundreds
+	// of small appends before it (about 670 of one 100-byte value).
 	journalLimit = 256 << 10
 	// journalPrealloc is the size a journal is given, in zeros, when it
 	// is cut: a record written inside it changes no file size, and its
