@@ -1,8 +1,11 @@
 package kappa
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -75,5 +78,44 @@ func TestValuesAppendedWithoutTheDatabasesCheckAreStillChecked(t *testing.T) {
 	want := fmt.Sprintf(`view "v": feed %x entry 2`, w.Key()[:4])
 	if len(errs) != 1 || !errors.Is(errs[0], ErrInvalidValue) || !strings.Contains(errs[0].Error(), want) {
 		t.Fatalf("OnError got %v, want one error containing %q", errs, want)
+	}
+}
+
+// The flags of the signature records a writer writes are those
+// doc/FORMAT.md gives (signatures: bit 1 journaled, bits 8–15 checked,
+// bit 16 plain), read from the file as a second implementation would.
+func TestSignatureRecordFlagsAsDocumented(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(dir, &Options{ValueEncoding: JSON})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := mustWriter(t, c, "w")
+	appendStrings(t, w, `1`, `2`) // alone (one call each): no context
+	x := mustWriter(t, c, "x")
+	appendStrings(t, x, `3`) // names w's entries
+	appendStrings(t, w, `4`) // names x's entry
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	const journaled, checkedJSON, plain = 1 << 1, 2 << 8, 1 << 16
+	for _, tc := range []struct {
+		file  string
+		flags []uint32
+	}{
+		{"feeds/0/signatures", []uint32{journaled | checkedJSON | plain, journaled | checkedJSON | plain, journaled | checkedJSON}},
+		{"feeds/1/signatures", []uint32{journaled | checkedJSON}},
+	} {
+		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(tc.file)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []uint32
+		for off := 16; off+80 <= len(b); off += 80 {
+			got = append(got, binary.BigEndian.Uint32(b[off+76:]))
+		}
+		if fmt.Sprintf("%#x", got) != fmt.Sprintf("%#x", tc.flags) {
+			t.Errorf("%s: flags %#x, want %#x", tc.file, got, tc.flags)
+		}
 	}
 }
