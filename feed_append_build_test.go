@@ -10,16 +10,14 @@ import (
 )
 
 // TestLargeAppendsBuildTheSameTreeAtEveryAlignment appends calls large
-// enough to be built on several goroutines (and small ones, built on one),
-// starting at lengths on and off the boundaries of the groups they are
-// split at, and checks the result against the same values appended one per
-// call: the same roots, every entry verified by a replica that takes the
+// and small, starting at lengths on and off the boundaries of subtrees,
+// and checks the result against the same values appended one per call: the same roots, every entry verified by a replica that takes the
 // writer's proofs, every value read back, and the feed whole after reopen.
 func TestLargeAppendsBuildTheSameTreeAtEveryAlignment(t *testing.T) {
-	starts := []int{0, 1, 5, 63, 64, 65, 127, 128, 200}
-	sizes := []int{1, 2, 63, 64, 65, 255, 256, 257, 1000, 4097}
+	starts := []int{0, 1, 63, 64, 65, 200}
+	sizes := []int{1, 2, 63, 64, 65, 257, 1000}
 	if testing.Short() {
-		starts, sizes = []int{0, 1, 65}, []int{1, 64, 257, 1000}
+		starts, sizes = []int{0, 1, 65}, []int{1, 64, 257}
 	}
 	value := func(i int) []byte {
 		return bytes.Repeat([]byte{byte(i), byte(i >> 8)}, 1+i%37) // sizes vary
@@ -111,7 +109,7 @@ func rootsOf(t *testing.T, f *Feed) []storedNode {
 	return roots
 }
 
-// An Append of many values, checked on several goroutines, names the
+// An Append of many values names the
 // first value that fails, whichever part it is in, and appends nothing.
 func TestLargeAppendNamesTheFirstInvalidValue(t *testing.T) {
 	c, err := New(NewMemStorage(), &Options{ValueEncoding: JSON})
