@@ -109,8 +109,8 @@ func rootsOf(t *testing.T, f *Feed) []storedNode {
 	return roots
 }
 
-// An Append of many values names the
-// first value that fails, whichever part it is in, and appends nothing.
+// An Append of many values names the first value that fails, wherever it
+// is, and appends nothing.
 func TestLargeAppendNamesTheFirstInvalidValue(t *testing.T) {
 	c, err := New(NewMemStorage(), &Options{ValueEncoding: JSON})
 	if err != nil {
