@@ -43,6 +43,11 @@ const (
 	// cost of one that extends the file).
 	journalPrealloc      = journalLimit + 64<<10
 	journalPreallocOther = 4 << 10
+	// journalPreallocOpen is the size a journal is given on open (and
+	// when its feed is created): a writer that never appends keeps a
+	// small journal; one that does checkpoints when its records would
+	// pass it, and so gets journalPrealloc.
+	journalPreallocOpen = 4 << 10
 	// jrnMaxFile bounds the journal recovery reads: no journal this
 	// package writes is larger.
 	jrnMaxFile = 2*journalLimit + jrnMaxRecord
@@ -51,22 +56,32 @@ const (
 // journalZeros is written to preallocate a journal, a chunk at a time.
 var journalZeros = sync.OnceValue(func() []byte { return make([]byte, 64<<10) })
 
+// journalDatasyncs reports whether the journal file fdatasyncs (a
+// DirStorage's): only then is it preallocated past journalPreallocOther.
+func (f *Feed) journalDatasyncs() bool {
+	file, err := f.fjrn().get()
+	if err != nil {
+		return false
+	}
+	_, ok := file.(interface{ Datasync() error })
+	return ok
+}
+
 // preallocJournalWriteLocked writes zeros to the journal from its size,
-// from, up to journalPrealloc bytes, and returns its size. Preallocating
+// from, up to size bytes, and returns its size. Preallocating
 // is not needed: if it fails (a full disk, a file size limit), the journal
 // is cut back to from, and appends extend it.
 //
-// Only a file that fdatasyncs (a DirStorage's) gets journalPrealloc bytes;
-// any other, such as a MemStorage's, whose memory the zeros would take,
-// gets journalPreallocOther.
-func (f *Feed) preallocJournalWriteLocked(from int64) (int64, error) {
+// Only a file that fdatasyncs (a DirStorage's) gets more than
+// journalPreallocOther bytes; any other, such as a MemStorage's, whose
+// memory the zeros would take, gets that at most.
+func (f *Feed) preallocJournalWriteLocked(from, size int64) (int64, error) {
 	file, err := f.fjrn().get()
 	if err != nil {
 		return from, err
 	}
-	size := int64(journalPrealloc)
-	if _, ok := file.(interface{ Datasync() error }); !ok {
-		size = journalPreallocOther
+	if !f.journalDatasyncs() {
+		size = min(size, journalPreallocOther)
 	}
 	zeros := journalZeros()
 	for off := from; off < size; off += int64(len(zeros)) {
@@ -121,7 +136,12 @@ func (f *Feed) journalsAppendWriteLocked(b *appendBuild) (bool, error) {
 	if limit == 0 {
 		limit = journalLimit
 	}
-	if f.jrn.end <= headerSize || f.jrn.end > limit {
+	// A record that would pass a preallocation smaller than a
+	// checkpoint's would extend the file (an fdatasync that writes
+	// metadata): the checkpoint first gives it journalPrealloc.
+	record := int64(jrnMinRecord + (len(b.early)+3)*jrnWriteFixed + len(b.data) + len(b.run) + (len(b.early)+1)*nodeSize + sigRecordSize) // at most
+	grow := f.jrn.alloc < journalPrealloc && f.jrn.end+record > f.jrn.alloc && f.journalDatasyncs()
+	if f.jrn.end <= headerSize || f.jrn.end > limit || grow {
 		f.mu.RLock()
 		length, byteLen := f.length, f.byteLen
 		f.mu.RUnlock()
@@ -245,7 +265,7 @@ func (f *Feed) writeBaseWriteLocked(records, length, byteLen uint64, fill bool) 
 	}
 	f.jrn.alloc = max(f.jrn.alloc, headerSize+int64(n))
 	if fill {
-		alloc, err := f.preallocJournalWriteLocked(f.jrn.alloc)
+		alloc, err := f.preallocJournalWriteLocked(f.jrn.alloc, journalPrealloc)
 		if err != nil {
 			ws.failed = f.opError("undo a failed write", err)
 			return ws.failed
@@ -560,7 +580,7 @@ func (f *Feed) startJournal(s Storage, prefix string, r replayed) (err error) {
 	if _, err := f.fjrn().WriteAt(buf, 0); err != nil {
 		return err
 	}
-	alloc, err := f.preallocJournalWriteLocked(end)
+	alloc, err := f.preallocJournalWriteLocked(end, journalPreallocOpen)
 	if err != nil {
 		return err
 	}
