@@ -15,8 +15,9 @@ import (
 	"time"
 )
 
-// Benchmarks of views: indexing one feed, many feeds, a new view over
-// 10,000 feeds, a view with durable state.
+// Benchmarks of views: indexing one feed, many feeds, a view with durable
+// state, one busy feed among 10,000. (A new view over 10,000 feeds is in
+// bench_test.go, with the public API's workloads.)
 
 // countView is a view that does almost nothing: it counts entries.
 type countView struct{ n atomic.Int64 }
@@ -89,65 +90,6 @@ const (
 	benchManyPerFeed = 10
 	benchBusyEntries = 200_000
 )
-
-// BenchmarkIndex10kFeedsNewView: a new view indexes the 100,000 entries of
-// the 10,000 feeds, from Use until Ready returns; opening the database is
-// not timed. Reports entries/s (target: at least 1,000,000), the peak heap
-// in use while opening and indexing (peak-heap-MB; target: under 100), the
-// heap an open, idle feed holds (idle-feed-B: heap after opening and a GC,
-// over the feeds; target: a few hundred bytes) and what the caught-up view
-// adds per feed (view-B/feed), and the heap in use after a GC once the view
-// caught up (live-heap-MB). The peak is sampled in one more run, before the
-// timed ones, so that sampling does not slow them.
-func BenchmarkIndex10kFeedsNewView(b *testing.B) {
-	dir := benchIndexDB(b, "new", benchManyFeeds, benchManyPerFeed)
-	const total = benchManyFeeds * benchManyPerFeed
-	ctx := context.Background()
-	var idle, view, live float64
-	run := func() {
-		base := heapAfterGC()
-		c, err := Open(dir, &Options{NoSync: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		opened := heapAfterGC()
-		v := &countView{}
-		b.StartTimer()
-		if _, err := c.Use("count", 1, v); err != nil {
-			b.Fatal(err)
-		}
-		if err := c.Ready(ctx); err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		if v.n.Load() != total {
-			b.Fatalf("indexed %d of %d", v.n.Load(), total)
-		}
-		indexed := heapAfterGC()
-		idle = (float64(opened) - float64(base)) / benchManyFeeds
-		view = (float64(indexed) - float64(opened)) / benchManyFeeds
-		live = float64(indexed)
-		if err := c.Close(); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	heapAfterGC() // the fixture's garbage is not this run's
-	h := sampleHeap(5 * time.Millisecond)
-	run()
-	peak := float64(h.Stop())
-	b.StartTimer() // b.Loop starts the count afresh
-	for b.Loop() {
-		b.StopTimer()
-		run()
-		b.StartTimer()
-	}
-	reportRate(b, int64(b.N)*total, 0)
-	b.ReportMetric(peak/1e6, "peak-heap-MB")
-	b.ReportMetric(idle, "idle-feed-B")
-	b.ReportMetric(view, "view-B/feed")
-	b.ReportMetric(live/1e6, "live-heap-MB")
-}
 
 // BenchmarkOpen10kFeeds opens a database of 10,000 writers of 10 entries
 // each (directory storage, NoSync): each feed's newest signature is

@@ -17,8 +17,9 @@ import (
 )
 
 // Benchmarks on directory storage. This file holds the reference limits
-// of the machine and the public API's workloads (the BenchmarkAPI ones,
-// which the README's table quotes next to JS kappa-core: see bench/js);
+// of the machine and the public API's workloads (the BenchmarkAPI ones and
+// BenchmarkIndex10kFeedsNewView, which the README's table quotes next to
+// JS kappa-core: see bench/js);
 // bench_feed_test.go, bench_index_test.go, bench_replicate_test.go,
 // bench_causal_test.go and bench_swarm_test.go measure the parts. Every
 // benchmark reports its throughput as entries/s (and MB/s where entries
@@ -558,6 +559,65 @@ func BenchmarkAPIGetJSON(b *testing.B) {
 		n += len(v)
 	}
 	reportRate(b, int64(b.N), int64(n))
+}
+
+// BenchmarkIndex10kFeedsNewView: a new view indexes the 100,000 entries of
+// the 10,000 feeds, from Use until Ready returns; opening the database is
+// not timed. Reports entries/s (target: at least 1,000,000), the peak heap
+// in use while opening and indexing (peak-heap-MB; target: under 100), the
+// heap an open, idle feed holds (idle-feed-B: heap after opening and a GC,
+// over the feeds; target: a few hundred bytes) and what the caught-up view
+// adds per feed (view-B/feed), and the heap in use after a GC once the view
+// caught up (live-heap-MB). The peak is sampled in one more run, before the
+// timed ones, so that sampling does not slow them.
+func BenchmarkIndex10kFeedsNewView(b *testing.B) {
+	dir := benchIndexDB(b, "new", benchManyFeeds, benchManyPerFeed)
+	const total = benchManyFeeds * benchManyPerFeed
+	ctx := context.Background()
+	var idle, view, live float64
+	run := func() {
+		base := heapAfterGC()
+		c, err := Open(dir, &Options{NoSync: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		opened := heapAfterGC()
+		v := &countView{}
+		b.StartTimer()
+		if _, err := c.Use("count", 1, v); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Ready(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if v.n.Load() != total {
+			b.Fatalf("indexed %d of %d", v.n.Load(), total)
+		}
+		indexed := heapAfterGC()
+		idle = (float64(opened) - float64(base)) / benchManyFeeds
+		view = (float64(indexed) - float64(opened)) / benchManyFeeds
+		live = float64(indexed)
+		if err := c.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	heapAfterGC() // the fixture's garbage is not this run's
+	h := sampleHeap(5 * time.Millisecond)
+	run()
+	peak := float64(h.Stop())
+	b.StartTimer() // b.Loop starts the count afresh
+	for b.Loop() {
+		b.StopTimer()
+		run()
+		b.StartTimer()
+	}
+	reportRate(b, int64(b.N)*total, 0)
+	b.ReportMetric(peak/1e6, "peak-heap-MB")
+	b.ReportMetric(idle, "idle-feed-B")
+	b.ReportMetric(view, "view-B/feed")
+	b.ReportMetric(live/1e6, "live-heap-MB")
 }
 
 // BenchmarkRefWriteFsync100B: the disk's own limit for a durable append:
