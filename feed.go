@@ -517,11 +517,14 @@ func (l *lazyFile) Datasync() error {
 	return datasync(file)
 }
 
+// datasyncer is a File that offers fdatasync(2) (a DirStorage's).
+type datasyncer interface{ Datasync() error }
+
 // datasync makes file's writes durable as Sync does, but with fdatasync(2)
 // where the file offers it (a DirStorage's, on Linux): its times are not
 // written. A Storage's File may offer it as a method Datasync() error.
 func datasync(file File) error {
-	if d, ok := file.(interface{ Datasync() error }); ok {
+	if d, ok := file.(datasyncer); ok {
 		return d.Datasync()
 	}
 	return file.Sync()

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -25,7 +27,8 @@ func TestLargeAppendsBuildTheSameTreeAtEveryAlignment(t *testing.T) {
 	for _, start := range starts {
 		for _, size := range sizes {
 			t.Run(fmt.Sprintf("%d+%d", start, size), func(t *testing.T) {
-				s, err := OpenDir(t.TempDir(), nil)
+				dir := t.TempDir()
+				s, err := OpenDir(dir, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -58,6 +61,24 @@ func TestLargeAppendsBuildTheSameTreeAtEveryAlignment(t *testing.T) {
 				if big.Len() != n || big.ByteLen() != one.ByteLen() {
 					t.Fatalf("length %d, %d bytes; one per call: %d, %d bytes", big.Len(), big.ByteLen(), one.Len(), one.ByteLen())
 				}
+				// The same records, CRCs included, in the data file.
+				for _, f := range []*Feed{big, one} {
+					if err := f.Close(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				bigData, err1 := os.ReadFile(filepath.Join(dir, "big", fileData))
+				oneData, err2 := os.ReadFile(filepath.Join(dir, "one", fileData))
+				if err1 != nil || err2 != nil || !bytes.Equal(bigData, oneData) {
+					t.Fatalf("data files differ (%d and %d bytes; %v, %v)", len(bigData), len(oneData), err1, err2)
+				}
+				if big, err = OpenFeed(s, "big/", &FeedOptions{NoSync: true}); err != nil {
+					t.Fatal(err)
+				}
+				if one, err = OpenFeed(s, "one/", &FeedOptions{NoSync: true}); err != nil {
+					t.Fatal(err)
+				}
+				defer one.Close()
 				got, want := rootsOf(t, big), rootsOf(t, one)
 				if len(got) != len(want) {
 					t.Fatalf("%d roots, one per call %d", len(got), len(want))

@@ -111,3 +111,51 @@ func TestFullDiskLosesNoAcknowledgedEntry(t *testing.T) {
 		}
 	}
 }
+
+// A writer's journal is preallocated in full at its first checkpoint; on
+// a disk too full for that, the preallocation is given up and appends
+// extend the journal, and the writer does not checkpoint again before
+// each append to retry it (five syncs an append): data, synced only by
+// checkpoints, is synced once over a hundred appends.
+func TestJournalOnAFullDiskIsNotPreallocatedAgainAndAgain(t *testing.T) {
+	mnt := t.TempDir()
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=192k"); err != nil {
+		t.Skipf("no tmpfs of our own (mounting needs privileges): %v", err)
+	}
+	defer func() {
+		if err := syscall.Unmount(mnt, 0); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+		}
+	}()
+	s, err := OpenDir(filepath.Join(mnt, "db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c, err := New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w := mustWriter(t, c, "w")
+	tr := traceDir(t, s)
+	for i := range 100 {
+		appendStrings(t, w, fmt.Sprintf("value %d", i))
+	}
+	evs := tr.take()
+	syncs := 0
+	for _, e := range evs {
+		if isSync(e) && e.Name == "feeds/0/data" {
+			syncs++
+		}
+	}
+	if syncs != 1 {
+		t.Fatalf("data synced %d times over 100 appends, want 1 (one checkpoint):\n%s", syncs, formatTrace(evs[:min(len(evs), 60)]))
+	}
+	if fi, err := os.Stat(filepath.Join(mnt, "db", "feeds", "0", "journal")); err != nil || fi.Size() >= journalPrealloc {
+		t.Fatalf("journal: %v, %v; want one smaller than its preallocation, which cannot fit", fi.Size(), err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -63,7 +63,7 @@ func (f *Feed) journalDatasyncs() bool {
 	if err != nil {
 		return false
 	}
-	_, ok := file.(interface{ Datasync() error })
+	_, ok := file.(datasyncer)
 	return ok
 }
 
@@ -103,6 +103,11 @@ type journalState struct {
 	// alloc is the journal file's size: past end, zeros (see
 	// journalPrealloc).
 	alloc int64
+	// small is set while the journal has its preallocation of open
+	// (journalPreallocOpen): the first journaled append whose record would
+	// pass it checkpoints, which preallocates journalPrealloc, once, even
+	// if that fails (a full disk).
+	small bool
 	// count is the number of writes of the record being built in buf.
 	count uint32
 	buf   []byte
@@ -136,11 +141,11 @@ func (f *Feed) journalsAppendWriteLocked(b *appendBuild) (bool, error) {
 	if limit == 0 {
 		limit = journalLimit
 	}
-	// A record that would pass a preallocation smaller than a
-	// checkpoint's would extend the file (an fdatasync that writes
-	// metadata): the checkpoint first gives it journalPrealloc.
+	// A record that would pass the journal's preallocation of open would
+	// extend the file (an fdatasync that writes metadata): a checkpoint
+	// first gives it journalPrealloc, once (see journalState.small).
 	record := int64(jrnMinRecord + (len(b.early)+3)*jrnWriteFixed + len(b.data) + len(b.run) + (len(b.early)+1)*nodeSize + sigRecordSize) // at most
-	grow := f.jrn.alloc < journalPrealloc && f.jrn.end+record > f.jrn.alloc && f.journalDatasyncs()
+	grow := f.jrn.small && f.jrn.end+record > f.jrn.alloc && f.journalDatasyncs()
 	if f.jrn.end <= headerSize || f.jrn.end > limit || grow {
 		f.mu.RLock()
 		length, byteLen := f.length, f.byteLen
@@ -265,6 +270,7 @@ func (f *Feed) writeBaseWriteLocked(records, length, byteLen uint64, fill bool) 
 	}
 	f.jrn.alloc = max(f.jrn.alloc, headerSize+int64(n))
 	if fill {
+		f.jrn.small = false
 		alloc, err := f.preallocJournalWriteLocked(f.jrn.alloc, journalPrealloc)
 		if err != nil {
 			ws.failed = f.opError("undo a failed write", err)
@@ -383,113 +389,16 @@ func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid boo
 	if _, err := file.ReadAt(buf, 0); err != nil && err != io.EOF {
 		return r, false, err
 	}
-	if hdr := encodeHeader(magicJournal, 0); !bytes.Equal(buf[:headerSize], hdr[:]) {
-		return r, false, &CorruptError{File: name, Offset: 0, Reason: "bad header"}
-	}
-	off := headerSize
-	for off < len(buf) {
-		rec, n, err := decodeJournalRecord(buf[off:], int64(off), f.name)
-		if errors.Is(err, errJournalUnreadable) {
-			if journalEnd(buf, off) {
-				break
-			}
-			if !journalTorn(buf, off) {
-				return r, false, &CorruptError{File: name, Offset: int64(off), Reason: "a journal record that is not whole is followed by more bytes: damage, not a torn write"}
-			}
-			r.trailer = true
-			break
-		}
-		if err != nil {
-			return r, false, err
-		}
-		if len(r.recs) == 0 && rec.kind != jrnBase {
-			return r, false, &CorruptError{File: name, Offset: int64(off), Reason: "the journal's first record is not a base record"}
-		}
-		if k := len(r.recs); k > 0 {
-			prev := &r.recs[k-1]
-			if rec.kind != jrnAppend || rec.records != prev.records+1 || rec.length <= prev.length || rec.byteLen < prev.byteLen+(rec.length-prev.length) {
-				return r, false, &CorruptError{File: name, Offset: int64(off),
-					Reason: fmt.Sprintf("journal record of signature record %d, length %d, does not follow the one before (%d, length %d)", rec.records, rec.length, prev.records, prev.length)}
-			}
-		}
-		r.recs = append(r.recs, rec)
-		off += n
+	if r.recs, r.trailer, err = f.decodeJournal(buf); err != nil {
+		return r, false, err
 	}
 	if len(r.recs) == 0 {
 		return r, false, nil // no base: nothing was appended since the files were synced
 	}
-
-	// The writes are applied in memory first, so that only their final
-	// bytes are compared with the files: a later record may write again
-	// what an earlier one wrote (a parent left zero in a run, written when
-	// it is complete).
-	ro := f.cfg.readOnly
-	targets := [...]*lazyFile{jrnFileData: f.fdata(), jrnFileTree: f.ftree(), jrnFileSigs: f.fsigs()}
-	var ovs [4]*overlayFile
-	var stored [4]File
-	for i, l := range targets[1:] {
-		file, err := l.get()
-		if err != nil {
-			return r, false, err
-		}
-		size, err := file.Size()
-		if err != nil {
-			return r, false, err
-		}
-		stored[i+1], ovs[i+1] = file, &overlayFile{File: file, size: size}
+	sigs, overlaid, err := f.applyJournal(r.recs)
+	if err != nil {
+		return r, overlaid, err
 	}
-	for _, rec := range r.recs[1:] {
-		for _, w := range rec.writes {
-			ovs[w.file].WriteAt(w.data, w.off)
-		}
-	}
-	var cur, want []byte
-	for i := range ovs {
-		ov := ovs[i]
-		if ov == nil {
-			continue
-		}
-		changed := 0
-		before, _ := stored[i].Size()
-		for _, w := range ov.writes {
-			want = slices.Grow(want[:0], len(w.data))[:len(w.data)]
-			if _, err := ov.ReadAt(want, w.off); err != nil && err != io.EOF {
-				return r, false, err
-			}
-			cur = slices.Grow(cur[:0], len(w.data))[:len(w.data)]
-			n, err := stored[i].ReadAt(cur, w.off)
-			if err != nil && err != io.EOF {
-				return r, false, err
-			}
-			if n == len(cur) && bytes.Equal(cur, want) {
-				continue
-			}
-			changed++
-			if ro {
-				continue
-			}
-			if _, err := stored[i].WriteAt(want, w.off); err != nil {
-				return r, false, err
-			}
-		}
-		if changed == 0 {
-			continue
-		}
-		if ro {
-			targets[i].ref.Store(&fileRef{ov})
-			overlaid = true
-		}
-		f.repaired(Repair{File: f.name + lazyFileNames[targets[i].kind()], From: before, To: ov.size,
-			Reason: fmt.Sprintf("journal replay: %d writes of appends acknowledged before a crash written again", changed)})
-	}
-	if len(r.recs) > 1 && !ro {
-		for _, t := range targets[1:] {
-			if err := t.Sync(); err != nil {
-				return r, overlaid, err
-			}
-		}
-	}
-
 	last := &r.recs[len(r.recs)-1]
 	sigsEnd := headerSize + int64(last.records)*sigRecordSize
 	sigsSize, err := f.fsigs().Size()
@@ -507,14 +416,134 @@ func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid boo
 	if err := f.truncate(f.fsigs(), fileSignatures, sigsEnd, why); err != nil {
 		return r, overlaid, err
 	}
-	if ro {
-		if f.fsigs().ref.Load().File != ovs[jrnFileSigs] {
-			f.fsigs().ref.Store(&fileRef{ovs[jrnFileSigs]})
+	if f.cfg.readOnly {
+		if f.fsigs().ref.Load().File != sigs {
+			f.fsigs().ref.Store(&fileRef{sigs})
 			overlaid = true
 		}
-		ovs[jrnFileSigs].Truncate(sigsEnd)
+		sigs.Truncate(sigsEnd)
 	}
 	return r, overlaid, nil
+}
+
+// decodeJournal decodes the records of a journal file's bytes (header
+// included): the base and append records, in order, up to the first that
+// is not whole; trailer is true if that one is torn. A record not whole
+// and followed by more bytes, or whole but not one this package writes or
+// not following the one before, is ErrCorrupt.
+func (f *Feed) decodeJournal(buf []byte) (recs []journalRecord, trailer bool, err error) {
+	name := f.name + fileJournal
+	if hdr := encodeHeader(magicJournal, 0); !bytes.Equal(buf[:headerSize], hdr[:]) {
+		return nil, false, &CorruptError{File: name, Offset: 0, Reason: "bad header"}
+	}
+	off := headerSize
+	for off < len(buf) {
+		rec, n, err := decodeJournalRecord(buf[off:], int64(off), f.name)
+		if errors.Is(err, errJournalUnreadable) {
+			if journalEnd(buf, off) {
+				break
+			}
+			if !journalTorn(buf, off) {
+				return nil, false, &CorruptError{File: name, Offset: int64(off), Reason: "a journal record that is not whole is followed by more bytes: damage, not a torn write"}
+			}
+			return recs, true, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if len(recs) == 0 && rec.kind != jrnBase {
+			return nil, false, &CorruptError{File: name, Offset: int64(off), Reason: "the journal's first record is not a base record"}
+		}
+		if k := len(recs); k > 0 {
+			prev := &recs[k-1]
+			if rec.kind != jrnAppend || rec.records != prev.records+1 || rec.length <= prev.length || rec.byteLen < prev.byteLen+(rec.length-prev.length) {
+				return nil, false, &CorruptError{File: name, Offset: int64(off),
+					Reason: fmt.Sprintf("journal record of signature record %d, length %d, does not follow the one before (%d, length %d)", rec.records, rec.length, prev.records, prev.length)}
+			}
+		}
+		recs = append(recs, rec)
+		off += n
+	}
+	return recs, false, nil
+}
+
+// applyJournal applies the writes of the append records of recs to data,
+// tree and signatures, those that change bytes, and syncs the files; a
+// read-only feed overlays them in memory instead (overlaid reports it).
+// Each file changed is reported as a repair. It returns the signatures
+// file as the writes leave it, in memory.
+func (f *Feed) applyJournal(recs []journalRecord) (sigs *overlayFile, overlaid bool, err error) {
+	// The writes are applied in memory first, so that only their final
+	// bytes are compared with the files: a later record may write again
+	// what an earlier one wrote (a parent left zero in a run, written when
+	// it is complete).
+	ro := f.cfg.readOnly
+	targets := [...]*lazyFile{jrnFileData: f.fdata(), jrnFileTree: f.ftree(), jrnFileSigs: f.fsigs()}
+	var ovs [4]*overlayFile
+	var stored [4]File
+	for i, l := range targets[1:] {
+		file, err := l.get()
+		if err != nil {
+			return nil, false, err
+		}
+		size, err := file.Size()
+		if err != nil {
+			return nil, false, err
+		}
+		stored[i+1], ovs[i+1] = file, &overlayFile{File: file, size: size}
+	}
+	for _, rec := range recs[1:] {
+		for _, w := range rec.writes {
+			ovs[w.file].WriteAt(w.data, w.off)
+		}
+	}
+	var cur, want []byte
+	for i := range ovs {
+		ov := ovs[i]
+		if ov == nil {
+			continue
+		}
+		changed := 0
+		before, _ := stored[i].Size()
+		for _, w := range ov.writes {
+			want = slices.Grow(want[:0], len(w.data))[:len(w.data)]
+			if _, err := ov.ReadAt(want, w.off); err != nil && err != io.EOF {
+				return nil, false, err
+			}
+			cur = slices.Grow(cur[:0], len(w.data))[:len(w.data)]
+			n, err := stored[i].ReadAt(cur, w.off)
+			if err != nil && err != io.EOF {
+				return nil, false, err
+			}
+			if n == len(cur) && bytes.Equal(cur, want) {
+				continue
+			}
+			changed++
+			if ro {
+				continue
+			}
+			if _, err := stored[i].WriteAt(want, w.off); err != nil {
+				return nil, false, err
+			}
+		}
+		if changed == 0 {
+			continue
+		}
+		if ro {
+			targets[i].ref.Store(&fileRef{ov})
+			overlaid = true
+		}
+		f.repaired(Repair{File: f.name + lazyFileNames[targets[i].kind()], From: before, To: ov.size,
+			Reason: fmt.Sprintf("journal replay: %d writes of appends acknowledged before a crash written again", changed)})
+	}
+	if len(recs) > 1 && !ro {
+		for _, t := range targets[1:] {
+			if err := t.Sync(); err != nil {
+				return nil, overlaid, err
+			}
+		}
+	}
+	return ovs[jrnFileSigs], overlaid, nil
 }
 
 // startJournal readies a writer's journal after recovery: with sync on,
@@ -541,6 +570,7 @@ func (f *Feed) startJournal(s Storage, prefix string, r replayed) (err error) {
 		if b := &r.recs[0]; b.records == base.records && b.length == base.length && b.byteLen == base.byteLen {
 			f.jrn.end = headerSize + int64(len(appendJournalRecord(nil, headerSize, b)))
 			f.jrn.alloc = r.size
+			f.jrn.small = r.size < journalPrealloc
 			return nil
 		}
 	}
@@ -584,7 +614,7 @@ func (f *Feed) startJournal(s Storage, prefix string, r replayed) (err error) {
 	if err != nil {
 		return err
 	}
-	f.jrn.alloc = alloc
+	f.jrn.alloc, f.jrn.small = alloc, true
 	// A full fsync: a new file's directory entry is made durable with its
 	// first.
 	if err := f.fjrn().Sync(); err != nil {
