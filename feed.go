@@ -224,8 +224,11 @@ type writeScratch struct {
 	failed error              // a sync failed: the feed refuses further writes
 
 	hasher         *leafHasher
-	data, tree, ex []byte      // data and tree buffers
-	recent         recentNodes // the writer's latest tree records
+	hashers        []*leafHasher // one per group of a large append (see buildAppendWriteLocked)
+	ents           []buildEntry  // the entries of the append being built
+	leaves         []storedNode  // their leaves
+	data, tree, ex []byte        // data and tree buffers
+	recent         recentNodes   // the writer's latest tree records
 	sig            [sigRecordSize]byte
 }
 

@@ -2,10 +2,18 @@ package kappa
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
+
+// errValueFailedCheck is what commitValuesWriteLocked returns when a value
+// of an unchecked call failed its check: that call has ended with its
+// error, and the rest of the batch is still to commit.
+var errValueFailedCheck = errors.New("a value failed its check")
 
 // appendQueue holds the Append calls waiting for the next commit.
 type appendQueue struct {
@@ -16,9 +24,13 @@ type appendQueue struct {
 type appendReq struct {
 	values [][]byte
 	prefix []byte // the first block's uvarint n ‖ context; nil for 0x00 (see commitWriteLocked)
-	seq    uint64
-	err    error
-	done   bool
+	// unchecked: the values are still to be checked against the feed's
+	// encoding. A large Append's are checked while its records are built,
+	// on as many cores as there are (see buildAppendWriteLocked).
+	unchecked bool
+	seq       uint64
+	err       error
+	done      bool
 }
 
 // Append adds values to the end of a writable feed and returns the sequence
@@ -30,6 +42,7 @@ type appendReq struct {
 // MaxBlockSize ErrBlockTooLarge; either way nothing is appended. Append with
 // no values appends nothing, writes no signature and returns Len.
 func (f *Feed) Append(values ...[]byte) (uint64, error) {
+	unchecked := len(values) >= minSharedBuild && f.cfg.enc != Binary
 	for i, v := range values {
 		if v == nil {
 			return 0, f.opError(fmt.Sprintf("append value %d", i), fmt.Errorf("%w: nil", ErrInvalidValue))
@@ -37,8 +50,10 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 		if len(v) > MaxBlockSize {
 			return 0, f.opError(fmt.Sprintf("append value %d", i), fmt.Errorf("%w: %d bytes", ErrBlockTooLarge, len(v)))
 		}
-		if err := f.cfg.enc.check(v); err != nil {
-			return 0, f.opError(fmt.Sprintf("append value %d", i), err)
+		if !unchecked {
+			if err := f.cfg.enc.check(v); err != nil {
+				return 0, f.opError(fmt.Sprintf("append value %d", i), err)
+			}
 		}
 	}
 	if !f.writable {
@@ -47,7 +62,7 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 	if f.cfg.readOnly {
 		return 0, f.opError("append", ErrReadOnly)
 	}
-	req := &appendReq{values: values}
+	req := &appendReq{values: values, unchecked: unchecked}
 	q := f.queue.Load()
 	if q == nil {
 		f.queue.CompareAndSwap(nil, new(appendQueue))
@@ -74,7 +89,17 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 func (f *Feed) commitWriteLocked(batch []*appendReq) {
 	batch, recorded := f.contextsWriteLocked(batch)
 	seq, err := f.commitValuesWriteLocked(batch)
-	if err != nil && recorded && f.cfg.contextLost != nil {
+	lost := false // a context named in a call that failed alone
+	for err == errValueFailedCheck {
+		// A value of a large call failed its check while built: that call
+		// ended with its error; the others are committed without it.
+		batch = slices.DeleteFunc(slices.Clone(batch), func(r *appendReq) bool {
+			lost = lost || (r.done && r.prefix != nil)
+			return r.done
+		})
+		seq, err = f.commitValuesWriteLocked(batch)
+	}
+	if (lost || err != nil && recorded) && f.cfg.contextLost != nil {
 		f.cfg.contextLost(f)
 	}
 	for _, r := range batch {
@@ -227,7 +252,10 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 		}
 	}
 
-	b := f.buildAppendWriteLocked(batch, start, n, byteLen, roots)
+	b, ok := f.buildAppendWriteLocked(batch, start, n, byteLen, roots)
+	if !ok {
+		return 0, errValueFailedCheck
+	}
 	// A failed write is undone (see abortWriteLocked): the new parents of older
 	// roots, below the signed tree's end, were absent before.
 	allEarly := b.early
@@ -313,22 +341,33 @@ type appendBuild struct {
 
 // buildAppendWriteLocked builds the records of an append of the n values
 // of batch at length start (byteLen bytes, under roots): the data records,
-// the leaves and the parents they complete.
-func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint64, roots []storedNode) appendBuild {
-	// Data: one write of all values' records.
+// the leaves and the parents they complete. It checks the values of
+// unchecked calls as it goes; if one fails, that call ends with its error
+// and ok is false.
+//
+// The work per entry (its check, its data record and CRC, its leaf hash,
+// the parents inside its aligned group of subtreeLeaves entries) does not
+// depend on other groups', so the groups are shared among the cores
+// (shareWork); what is left here, in order, is the parents above the
+// groups, a few per group.
+func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint64, roots []storedNode) (b appendBuild, ok bool) {
 	ws := f.scratchWriteLocked()
-	data := ws.data[:0]
-	seq := start
+	// Where each entry's block and record go: its block's prefix and
+	// value, and its offset in the feed's bytes.
+	ents := slices.Grow(ws.ents[:0], int(n))[:0]
+	off := byteLen
 	for _, r := range batch {
 		for i, v := range r.values {
 			prefix := noContext
 			if i == 0 && r.prefix != nil {
 				prefix = r.prefix
 			}
-			data = appendBlockRecord(data, seq, prefix, v)
-			seq++
+			ents = append(ents, buildEntry{prefix: prefix, value: v, off: off, unchecked: r.unchecked})
+			off += uint64(len(prefix) + len(v))
 		}
 	}
+	ws.ents = ents[:0]
+	data := slices.Grow(ws.data[:0], int(off-byteLen+n*dataFrame))[:off-byteLen+n*dataFrame]
 	ws.data = data[:0]
 
 	// Tree: the leaves and the parents they complete. Nodes at index 2·start
@@ -336,49 +375,173 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 	// before). When start is odd the first leaf completes the parent at
 	// 2·start−1, which then begins the run. Other parents of older roots
 	// lie before it and are written one by one.
-	newRoots := append(make([]storedNode, 0, len(roots)+1), roots...)
 	runStart, runLen := 2*start, 2*n-1
 	if start%2 == 1 {
 		runStart, runLen = runStart-1, runLen+1
 	}
 	run := slices.Grow(ws.tree[:0], int(runLen*nodeSize))[:runLen*nodeSize]
 	clear(run)
+	ws.tree = run[:0]
+	leaves := slices.Grow(ws.leaves[:0], int(n))[:n]
+	ws.leaves = leaves[:0]
+	g := groupBuild{
+		ents: ents, start: start, byteLen: byteLen, data: data, run: run, runStart: runStart, leaves: leaves,
+		// Each leaf records the number of the signature record that will
+		// cover it; see checkTail.
+		ord: uint32((f.sigsEnd-headerSize)/sigRecordSize + 1),
+		enc: f.cfg.enc,
+	}
+	// Chunk c holds the entries of the c-th aligned group the append
+	// touches.
+	first := start - start%subtreeLeaves
+	chunks := int((start + n - first + subtreeLeaves - 1) / subtreeLeaves)
+	if n < minSharedBuild {
+		g.build(ws.hasher, 0, n)
+	} else {
+		for len(ws.hashers) < runtime.GOMAXPROCS(0) {
+			ws.hashers = append(ws.hashers, newLeafHasher())
+		}
+		hashers := ws.hashers
+		shareWork(len(hashers), chunks, func(w, c int) {
+			from := max(start, first+uint64(c)*subtreeLeaves) - start
+			to := min(start+n, first+uint64(c+1)*subtreeLeaves) - start
+			g.build(hashers[w], from, to)
+		})
+	}
+	if g.failed.Load() {
+		f.failChecksWriteLocked(batch)
+		return appendBuild{}, false
+	}
+
+	newRoots := append(make([]storedNode, 0, len(roots)+1), roots...)
 	var early []storedNode
-	off := byteLen
-	seq = start
-	// Each leaf records the number of the signature record that will
-	// cover it; see checkTail.
-	ord := uint32((f.sigsEnd-headerSize)/sigRecordSize + 1)
-	pos := 0 // the record of entry seq in data
+	for k := uint64(0); k < n; {
+		seq := start + k
+		cur := leaves[k]
+		k++
+		if seq%subtreeLeaves == 0 && k-1+subtreeLeaves <= n {
+			// The group's root, computed with it.
+			cur = leaves[k-1+subtreeLeaves-1]
+			k += subtreeLeaves - 1
+		}
+		for len(newRoots) > 0 {
+			left := &newRoots[len(newRoots)-1]
+			if flatDepth(left.Index) != flatDepth(cur.Index) {
+				break
+			}
+			p := storedNode{Node{Index: flatParent(cur.Index), Hash: parentHash(&left.Node, &cur.Node), Size: left.Size + cur.Size}, left.Offset}
+			if p.Index >= runStart {
+				encodeNode(run[(p.Index-runStart)*nodeSize:], &p)
+			} else {
+				early = append(early, p)
+			}
+			newRoots = newRoots[:len(newRoots)-1]
+			cur = p
+		}
+		newRoots = append(newRoots, cur)
+	}
+	return appendBuild{data: data, run: run, runStart: runStart, early: early, newRoots: newRoots, off: off}, true
+}
+
+// failChecksWriteLocked ends each unchecked call of batch that has a value
+// failing its check with the error of its first such value.
+func (f *Feed) failChecksWriteLocked(batch []*appendReq) {
 	for _, r := range batch {
-		for range r.values {
-			// The leaf is over the block, as the record holds it.
-			size := uint64(binary.BigEndian.Uint32(data[pos:]))
-			block := data[pos+dataLenLen : pos+dataLenLen+int(size)]
-			pos += dataFrame + int(size)
-			cur := storedNode{Node{Index: 2 * seq, Hash: ws.hasher.sum(block), Size: size}, off}
-			encodeNodeOrd(run[(cur.Index-runStart)*nodeSize:], &cur, ord)
-			off += cur.Size
-			seq++
-			for len(newRoots) > 0 {
-				left := &newRoots[len(newRoots)-1]
-				if flatDepth(left.Index) != flatDepth(cur.Index) {
+		if r.unchecked {
+			for i, v := range r.values {
+				if err := f.cfg.enc.check(v); err != nil {
+					r.err, r.done = f.opError(fmt.Sprintf("append value %d", i), err), true
 					break
 				}
-				p := storedNode{Node{Index: flatParent(cur.Index), Hash: parentHash(&left.Node, &cur.Node), Size: left.Size + cur.Size}, left.Offset}
-				if p.Index >= runStart {
-					encodeNode(run[(p.Index-runStart)*nodeSize:], &p)
-				} else {
-					early = append(early, p)
-				}
-				newRoots = newRoots[:len(newRoots)-1]
-				cur = p
 			}
-			newRoots = append(newRoots, cur)
 		}
 	}
-	ws.tree = run[:0]
-	return appendBuild{data: data, run: run, runStart: runStart, early: early, newRoots: newRoots, off: off}
+}
+
+// subtreeLeaves is the size of the aligned groups of entries whose records
+// and subtrees an append builds apart from the others: 2^subtreeDepth.
+const (
+	subtreeDepth  = 6
+	subtreeLeaves = 1 << subtreeDepth
+)
+
+// minSharedBuild is the number of values of an Append from which it is
+// checked and built on more than one core (see shareWork): below it, waking
+// another core costs more than it saves.
+const minSharedBuild = 4 * subtreeLeaves
+
+// buildEntry is an entry of an append being built: its block, as its
+// prefix and value, its offset in the feed's bytes, and whether the value
+// is still to be checked.
+type buildEntry struct {
+	prefix, value []byte
+	off           uint64
+	unchecked     bool
+}
+
+// groupBuild is an append being built by groups (buildAppendWriteLocked):
+// its entries ents, from start (at byte byteLen), whose data records go in
+// data and whose tree records go in run (from node runStart), and their
+// leaves (or a group's root, see build).
+type groupBuild struct {
+	ents      []buildEntry
+	start     uint64
+	byteLen   uint64
+	data, run []byte
+	runStart  uint64
+	leaves    []storedNode
+	ord       uint32
+	enc       Encoding
+	failed    atomic.Bool // an unchecked value failed its check
+}
+
+// build checks the values of entries [from, to) of the append (a group's,
+// or the append's ends), writes their data records, and their leaves, with
+// ordinal ord, into run. In leaves it leaves each entry's leaf, except
+// where an aligned group of subtreeLeaves entries is whole: there it
+// computes the group's parents too, writes them into run, and leaves the
+// group's root in its last slot.
+func (g *groupBuild) build(h *leafHasher, from, to uint64) {
+	for k := from; k < to; k++ {
+		e := &g.ents[k]
+		if e.unchecked && g.enc.check(e.value) != nil {
+			g.failed.Store(true)
+			return
+		}
+		seq := g.start + k
+		at := (e.off - g.byteLen) + k*dataFrame
+		size := uint64(len(e.prefix) + len(e.value))
+		rec := g.data[at : at+dataFrame+size]
+		binary.BigEndian.PutUint32(rec, uint32(size))
+		copy(rec[dataLenLen:], e.prefix)
+		copy(rec[dataLenLen+len(e.prefix):], e.value)
+		binary.BigEndian.PutUint32(rec[dataLenLen+size:], dataChecksum(seq, rec[:dataLenLen+size]))
+		// The leaf is over the block, as the record holds it.
+		leaf := storedNode{Node{Index: 2 * seq, Hash: h.sum(rec[dataLenLen : dataLenLen+size]), Size: size}, e.off}
+		encodeNodeOrd(g.run[(leaf.Index-g.runStart)*nodeSize:], &leaf, g.ord)
+		g.leaves[k] = leaf
+		if (seq+1)%subtreeLeaves == 0 && k+1 >= subtreeLeaves && k+1-subtreeLeaves >= from {
+			buildGroup(g.leaves[k+1-subtreeLeaves:k+1], g.run, g.runStart)
+		}
+	}
+}
+
+// buildGroup computes the parents of an aligned group of subtreeLeaves
+// leaves, writes them into run, and leaves the group's root in the group's
+// last slot.
+func buildGroup(group []storedNode, run []byte, runStart uint64) {
+	var level [subtreeLeaves / 2]storedNode
+	src := group
+	for width := len(group); width > 1; width /= 2 {
+		for i := 0; i < width/2; i++ {
+			l, r := &src[2*i], &src[2*i+1]
+			p := storedNode{Node{Index: flatParent(l.Index), Hash: parentHash(&l.Node, &r.Node), Size: l.Size + r.Size}, l.Offset}
+			encodeNode(run[(p.Index-runStart)*nodeSize:], &p)
+			level[i] = p
+		}
+		src = level[:width/2]
+	}
+	group[len(group)-1] = src[0]
 }
 
 // writeAppendWriteLocked writes an append that buildAppendWriteLocked

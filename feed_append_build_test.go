@@ -160,3 +160,67 @@ func TestLargeAppendNamesTheFirstInvalidValue(t *testing.T) {
 		}
 	}
 }
+
+// Calls committed together (concurrent Appends share a commit) fail alone:
+// a large call whose value fails the check it gets while its records are
+// built ends with that value's error, and the other calls of its commit
+// are appended without it. If the failed call was the one to record the
+// writer's causal context, the writer's next call records it again.
+func TestLargeCallFailingItsCheckLeavesTheOthersOfItsCommit(t *testing.T) {
+	c, err := New(NewMemStorage(), &Options{ValueEncoding: JSON})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	v, w := mustWriter(t, c, "v"), mustWriter(t, c, "w")
+	if _, err := v.Append([]byte(`"v0"`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ready(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	call := func(n, bad int, tag string) *appendReq {
+		vals := make([][]byte, n)
+		for i := range vals {
+			vals[i] = fmt.Appendf(nil, `{"%s":%d}`, tag, i)
+		}
+		if bad >= 0 {
+			vals[bad] = []byte(`{"` + tag)
+		}
+		return &appendReq{values: vals, unchecked: n >= minSharedBuild}
+	}
+	// The first call of the commit records the context (v@0); it fails.
+	batch := []*appendReq{call(300, 299, "a"), call(3, -1, "b"), call(1000, 17, "c"), call(minSharedBuild, -1, "d")}
+	w.writeMu.Lock()
+	w.commitWriteLocked(batch)
+	w.writeMu.Unlock()
+	for i, want := range []string{"append value 299:", "", "append value 17:", ""} {
+		r := batch[i]
+		if want == "" && r.err != nil || want != "" && (!errors.Is(r.err, ErrInvalidValue) || !strings.Contains(r.err.Error(), want)) {
+			t.Fatalf("call %d: %v, want %q", i, r.err, want)
+		}
+	}
+	if batch[1].seq != 0 || batch[3].seq != 3 || w.Len() != 3+minSharedBuild {
+		t.Fatalf("calls at %d and %d, length %d; want 0, 3, %d", batch[1].seq, batch[3].seq, w.Len(), 3+minSharedBuild)
+	}
+	vals, err := w.GetBatch(context.Background(), 0, w.Len())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, got := range vals {
+		want := fmt.Sprintf(`{"b":%d}`, i)
+		if i >= 3 {
+			want = fmt.Sprintf(`{"d":%d}`, i-3)
+		}
+		if string(got) != want {
+			t.Fatalf("entry %d: %s, want %s", i, got, want)
+		}
+	}
+	if _, err := w.Append([]byte(`"next"`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ready(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	checkDeps(t, "the call after", mustEntry(t, entriesOf(t, c), w, w.Len()-1), Pos{v.Key(), 0})
+}
