@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -192,13 +193,17 @@ func checkRecoveredFeed(t *testing.T, s Storage, prefix string, acked uint64, wh
 // process had been killed there.
 type dyingStorage struct {
 	*MemStorage
+	mu   sync.Mutex // a large append writes its files at once
 	left int
 }
 
 var errDied = errors.New("process died")
 
 func (d *dyingStorage) Open(name string, create bool) (File, error) {
-	if d.left <= 0 && create {
+	d.mu.Lock()
+	dead := d.left <= 0
+	d.mu.Unlock()
+	if dead && create {
 		return nil, errDied
 	}
 	f, err := d.MemStorage.Open(name, create)
@@ -209,6 +214,8 @@ func (d *dyingStorage) Open(name string, create bool) (File, error) {
 }
 
 func (d *dyingStorage) step() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.left <= 0 {
 		return errDied
 	}

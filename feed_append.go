@@ -1,6 +1,7 @@
 package kappa
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -276,10 +277,12 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	if journaled {
 		f.journalBeginWriteLocked(uint64(f.sigsEnd-headerSize)/sigRecordSize+1, length, b.off)
 	}
-	if err := f.writeAppendWriteLocked(&b, start, byteLen, undo, journaled); err != nil {
-		return 0, err
+	sig, err := f.writeAppendWriteLocked(&b, start, byteLen, journaled, func() []byte {
+		return signRoots(secret, treeHash(b.newRoots), length)
+	})
+	if err != nil {
+		return 0, f.abortWriteLocked(undo, f.opError("append", err))
 	}
-	sig := signRoots(secret, treeHash(b.newRoots), length)
 	// Append checked every value against the feed's encoding: if those
 	// before were checked too, the record says so.
 	checked := f.checked.Load() == start
@@ -546,9 +549,12 @@ func buildGroup(group []storedNode, run []byte, runStart uint64) {
 
 // writeAppendWriteLocked writes an append that buildAppendWriteLocked
 // built at length start (byteLen bytes): the data records, then the tree
-// records, and remembers the tree records written. A failed write is undone
-// with undo.
-func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, undo *writeUndo, journaled bool) error {
+// records, and remembers the tree records written; it returns what sign
+// returns. A large append that is not journaled writes its data and its
+// tree and signs on as many cores as there are (shareWork): the signature
+// is of the tree in memory, and is written only after both writes
+// succeeded. A failed write is returned as it is, for the caller to undo.
+func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, journaled bool, sign func() []byte) ([]byte, error) {
 	ws := f.scratchWriteLocked()
 	run, early := b.run, b.early
 	// The parents of older roots lie before the run. If the nodes between
@@ -561,34 +567,69 @@ func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, und
 			run, treeStart, early = ext, early[len(early)-1].Index, nil
 		}
 	}
-
-	if _, err := f.fdata().WriteAt(b.data, dataPos(start, byteLen)); err != nil {
-		return f.abortWriteLocked(undo, f.opError("append", err))
+	writeData := func() error {
+		_, err := f.fdata().WriteAt(b.data, dataPos(start, byteLen))
+		return err
 	}
-	if _, err := f.ftree().WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
-		return f.abortWriteLocked(undo, f.opError("append", err))
+	writeTree := func() error {
+		if _, err := f.ftree().WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
+			return err
+		}
+		var rec [nodeSize]byte
+		for i := range early {
+			encodeNode(rec[:], &early[i])
+			if _, err := f.ftree().WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var sig []byte
+	if journaled || len(b.data)+len(run) < minSharedWrite {
+		if err := writeData(); err != nil {
+			return nil, err
+		}
+		if err := writeTree(); err != nil {
+			return nil, err
+		}
+		sig = sign()
+	} else {
+		var errs [2]error
+		shareWork(3, 3, func(_, c int) {
+			switch c {
+			case 0:
+				errs[0] = writeData()
+			case 1:
+				errs[1] = writeTree()
+			default:
+				sig = sign()
+			}
+		})
+		if err := cmp.Or(errs[0], errs[1]); err != nil {
+			return nil, err
+		}
 	}
 	if journaled {
 		f.journalAddWriteLocked(jrnFileData, dataPos(start, byteLen), b.data)
 		f.journalAddWriteLocked(jrnFileTree, headerSize+int64(treeStart)*nodeSize, run)
-	}
-	var rec [nodeSize]byte
-	for i := range early {
-		encodeNode(rec[:], &early[i])
-		if _, err := f.ftree().WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
-			return f.abortWriteLocked(undo, f.opError("append", err))
-		}
-		if journaled {
+		var rec [nodeSize]byte
+		for i := range early {
+			encodeNode(rec[:], &early[i])
 			f.journalAddWriteLocked(jrnFileTree, headerSize+int64(early[i].Index)*nodeSize, rec[:])
 		}
 	}
 	ws.recent.remember(treeStart, run)
 	for i := range early {
+		var rec [nodeSize]byte
 		encodeNode(rec[:], &early[i])
 		ws.recent.remember(early[i].Index, rec[:])
 	}
-	return nil
+	return sig, nil
 }
+
+// minSharedWrite is the size of an append's data and tree records from
+// which its writes and its signature are shared among the cores.
+const minSharedWrite = 64 << 10
 
 // writeSignatureWriteLocked makes the files durable (when syncing), then
 // appends and syncs the signature record for length, with flags (and
