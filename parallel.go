@@ -8,7 +8,7 @@ import (
 
 // shareWork calls work(w, c) once for each chunk c in [0, chunks), on the
 // calling goroutine (worker w = 0) and on up to workers−1 helpers (w = 1,
-// 2, …), and returns when every call has returned. Calls for different
+// 2, …; no more than GOMAXPROCS allows), and returns when every call has returned. Calls for different
 // chunks may run at once and must touch different memory.
 //
 // Chunks are taken in turn from a shared counter, so the caller never
@@ -24,7 +24,7 @@ import (
 // yielding, and join the next call's work at once: a writer appending
 // large batches back to back keeps its helpers running.
 func shareWork(workers, chunks int, work func(w, c int)) {
-	helpers := min(workers, chunks) - 1
+	helpers := min(workers, chunks, runtime.GOMAXPROCS(0)) - 1
 	if helpers <= 0 {
 		for c := range chunks {
 			work(0, c)
