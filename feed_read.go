@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"runtime"
 	"slices"
 	"sync"
 )
@@ -272,21 +273,51 @@ func (f *Feed) readRangeMarking(start, end, maxBytes uint64, mark bool) ([][]byt
 	if got < len(raw) && err != nil && !errors.Is(err, io.EOF) {
 		return nil, f.readErr(err, start)
 	}
-	out := make([][]byte, 0, count)
-	for k := range nodes {
-		n := &nodes[k]
-		seq := start + uint64(k)
-		at := dataPos(seq, n.Offset) - first
-		if at+dataFrame+int64(n.Size) > int64(got) {
-			bad = damaged(seq, &CorruptError{File: f.name + fileData, Offset: first + int64(got), Reason: fmt.Sprintf("data file ends inside entry %d", seq)})
-			break
+	out := make([][]byte, count)
+	// check checks entries [from, to) against their leaves, and returns
+	// the first that fails, and why (to and nil if none).
+	check := func(h *leafHasher, from, to int) (int, *CorruptError) {
+		for k := from; k < to; k++ {
+			n := &nodes[k]
+			seq := start + uint64(k)
+			at := dataPos(seq, n.Offset) - first
+			if at+dataFrame+int64(n.Size) > int64(got) {
+				return k, &CorruptError{File: f.name + fileData, Offset: first + int64(got), Reason: fmt.Sprintf("data file ends inside entry %d", seq)}
+			}
+			v, err := f.leafValue(h, raw[at:], n, first+at)
+			if err != nil {
+				return k, err.(*CorruptError)
+			}
+			out[k] = v
 		}
-		v, err := f.leafValue(sc.hasher, raw[at:], n, first+at)
-		if err != nil {
-			bad = damaged(seq, err.(*CorruptError))
-			break
+		return to, nil
+	}
+	failed, why := len(nodes), (*CorruptError)(nil)
+	if len(nodes) < minSharedRead {
+		failed, why = check(sc.hasher, 0, len(nodes))
+	} else {
+		// Hashing is most of a read: large ranges are shared among the
+		// cores, by chunks. Damage found ends the range at the first
+		// entry that fails, as when checked in order.
+		chunks := (len(nodes) + sharedReadChunk - 1) / sharedReadChunk
+		for len(sc.hashers) < runtime.GOMAXPROCS(0) {
+			sc.hashers = append(sc.hashers, newLeafHasher())
 		}
-		out = append(out, v)
+		fails := make([]int, chunks)
+		whys := make([]*CorruptError, chunks)
+		shareWork(len(sc.hashers), chunks, func(w, c int) {
+			fails[c], whys[c] = check(sc.hashers[w], c*sharedReadChunk, min(len(nodes), (c+1)*sharedReadChunk))
+		})
+		for c := range chunks {
+			if whys[c] != nil {
+				failed, why = fails[c], whys[c]
+				break
+			}
+		}
+	}
+	if why != nil {
+		out = out[:failed]
+		bad = damaged(start+uint64(failed), why)
 	}
 	if bad != nil {
 		return out, f.readErr(bad, start+uint64(len(out)))
@@ -294,12 +325,21 @@ func (f *Feed) readRangeMarking(start, end, maxBytes uint64, mark bool) ([][]byt
 	return out, nil
 }
 
+// A read of at least minSharedRead entries checks them against their
+// leaves on as many cores as there are, by chunks of sharedReadChunk
+// (see shareWork).
+const (
+	minSharedRead   = 64
+	sharedReadChunk = 32
+)
+
 // readScratch is what readRange reuses between calls. Large buffers are
 // not kept: see putReadScratch.
 type readScratch struct {
-	recs   []byte
-	nodes  []storedNode
-	hasher *leafHasher
+	recs    []byte
+	nodes   []storedNode
+	hasher  *leafHasher
+	hashers []*leafHasher // one per core, for large reads
 }
 
 var readScratchPool = sync.Pool{New: func() any { return &readScratch{hasher: newLeafHasher()} }}

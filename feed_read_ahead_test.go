@@ -3,7 +3,9 @@ package kappa
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -56,4 +58,47 @@ func TestSequentialGetReadsAheadAndStopsAtDamage(t *testing.T) {
 		t.Fatal(err)
 	}
 	goroutinesSettle(t, before)
+}
+
+// A large read checks its entries on several cores, by chunks, but ends
+// as a read in order does: at the first damaged entry, reported alone;
+// damage further on is found (and reported) by the read that gets there.
+func TestLargeReadEndsAtTheFirstDamagedEntry(t *testing.T) {
+	db := newDamageDB(t, numbered(1000, 9), 0)
+	s := damageCopy(db.s)
+	for _, seq := range []int{700, 300, 999} {
+		b, _ := s.fileBytes(wData)
+		b = bytes.Clone(b)
+		b[db.recordPos(seq)+dataLenLen+2] ^= 4
+		s.setFileBytes(wData, b)
+	}
+	var ev events
+	c, err := New(s, ev.options(db.key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w := c.Feed(db.feed)
+	for _, tc := range []struct {
+		start, end, bad int
+		reported        int
+	}{
+		{0, 1000, 300, 1},
+		{301, 1000, 700, 2},
+		{701, 1000, 999, 3},
+		{0, 300, -1, 3},
+		{301, 700, -1, 3},
+	} {
+		vals, err := w.GetBatch(ctxT(t), uint64(tc.start), uint64(tc.end))
+		if tc.bad < 0 {
+			if err != nil || len(vals) != tc.end-tc.start {
+				t.Fatalf("get [%d, %d): %d values, %v", tc.start, tc.end, len(vals), err)
+			}
+		} else if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), fmt.Sprintf("entry %d ", tc.bad)) {
+			t.Fatalf("get [%d, %d): %v; want ErrCorrupt for entry %d", tc.start, tc.end, err, tc.bad)
+		}
+		if ds := ev.damaged(); len(ds) != tc.reported {
+			t.Fatalf("after get [%d, %d): %d damaged entries reported, want %d: %v", tc.start, tc.end, len(ds), tc.reported, ds)
+		}
+	}
 }
