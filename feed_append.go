@@ -383,7 +383,7 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 		runStart, runLen = runStart-1, runLen+1
 	}
 	run := slices.Grow(ws.tree[:0], int(runLen*nodeSize))[:runLen*nodeSize]
-	clear(run)
+	clear(run[:(2*start-runStart)*nodeSize]) // the rest is cleared by build
 	ws.tree = run[:0]
 	leaves := slices.Grow(ws.leaves[:0], int(n))[:n]
 	ws.leaves = leaves[:0]
@@ -505,6 +505,10 @@ type groupBuild struct {
 // computes the group's parents too, writes them into run, and leaves the
 // group's root in its last slot.
 func (g *groupBuild) build(h *leafHasher, from, to uint64) {
+	// Nodes 2·(start+from) to 2·(start+to)−1 of run: the entries' leaves
+	// and parents inside their groups, written here; the parents above
+	// their groups, written after; and parents not yet complete, zero.
+	clear(g.run[(2*(g.start+from)-g.runStart)*nodeSize : min(uint64(len(g.run)), (2*(g.start+to)-g.runStart)*nodeSize)])
 	for k := from; k < to; k++ {
 		e := &g.ents[k]
 		if e.unchecked && g.enc.check(e.value) != nil {

@@ -11,8 +11,8 @@ import (
 	"testing"
 )
 
-// TestLargeAppendsBuildTheSameTreeAtEveryAlignment appends calls large
-// and small, starting at lengths on and off the boundaries of subtrees,
+// TestLargeAppendsBuildTheSameTreeAtEveryAlignment appends two calls large
+// or small, starting at lengths on and off the boundaries of subtrees,
 // and checks the result against the same values appended one per call: the same roots, every entry verified by a replica that takes the
 // writer's proofs, every value read back, and the feed whole after reopen.
 func TestLargeAppendsBuildTheSameTreeAtEveryAlignment(t *testing.T) {
@@ -41,8 +41,10 @@ func TestLargeAppendsBuildTheSameTreeAtEveryAlignment(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				var call [][]byte
-				for i := range start + size {
+				// Two calls of size values: the second builds in
+				// buffers the first left as they were.
+				var calls [2][][]byte
+				for i := range start + 2*size {
 					if _, err := one.Append(value(i)); err != nil {
 						t.Fatal(err)
 					}
@@ -51,13 +53,16 @@ func TestLargeAppendsBuildTheSameTreeAtEveryAlignment(t *testing.T) {
 							t.Fatal(err)
 						}
 					} else {
-						call = append(call, value(i))
+						k := (i - start) / size
+						calls[k] = append(calls[k], value(i))
 					}
 				}
-				if seq, err := big.Append(call...); err != nil || seq != uint64(start) {
-					t.Fatalf("Append = %d, %v; want %d", seq, err, start)
+				for k, call := range calls {
+					if seq, err := big.Append(call...); err != nil || seq != uint64(start+k*size) {
+						t.Fatalf("Append = %d, %v; want %d", seq, err, start+k*size)
+					}
 				}
-				n := uint64(start + size)
+				n := uint64(start + 2*size)
 				if big.Len() != n || big.ByteLen() != one.ByteLen() {
 					t.Fatalf("length %d, %d bytes; one per call: %d, %d bytes", big.Len(), big.ByteLen(), one.Len(), one.ByteLen())
 				}
@@ -71,6 +76,20 @@ func TestLargeAppendsBuildTheSameTreeAtEveryAlignment(t *testing.T) {
 				oneData, err2 := os.ReadFile(filepath.Join(dir, "one", fileData))
 				if err1 != nil || err2 != nil || !bytes.Equal(bigData, oneData) {
 					t.Fatalf("data files differ (%d and %d bytes; %v, %v)", len(bigData), len(oneData), err1, err2)
+				}
+				// The same tree records but for the leaves' ordinals
+				// (and so their CRCs); zeros where a parent is not
+				// complete yet.
+				bigTree, err1 := os.ReadFile(filepath.Join(dir, "big", fileTree))
+				oneTree, err2 := os.ReadFile(filepath.Join(dir, "one", fileTree))
+				if err1 != nil || err2 != nil || len(bigTree) != len(oneTree) {
+					t.Fatalf("tree files of %d and %d bytes; %v, %v", len(bigTree), len(oneTree), err1, err2)
+				}
+				for at := headerSize; at+nodeSize <= len(oneTree); at += nodeSize {
+					b, o := bigTree[at:at+nodeSize], oneTree[at:at+nodeSize]
+					if !bytes.Equal(b[:nodeCRCOff], o[:nodeCRCOff]) || isZero(b) != isZero(o) {
+						t.Fatalf("tree record %d: %x, one per call %x", (at-headerSize)/nodeSize, b, o)
+					}
 				}
 				if big, err = OpenFeed(s, "big/", &FeedOptions{NoSync: true}); err != nil {
 					t.Fatal(err)
