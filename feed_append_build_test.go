@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -242,4 +243,60 @@ func TestLargeCallFailingItsCheckLeavesTheOthersOfItsCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkDeps(t, "the call after", mustEntry(t, entriesOf(t, c), w, w.Len()-1), Pos{v.Key(), 0})
+}
+
+// Large appends to many feeds at once, and large reads beside them, share
+// the same helpers (see shareWork): each feed gets its own values, in
+// order, verified.
+func TestLargeAppendsOfManyFeedsAtOnce(t *testing.T) {
+	s := NewMemStorage()
+	const feeds, calls, size = 6, 12, minSharedBuild + 44
+	value := func(f, i int) []byte {
+		return fmt.Appendf(nil, `{"feed":%d,"i":%d,"pad":"%s"}`, f, i, strings.Repeat("x", i%50))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, feeds)
+	fs := make([]*Feed, feeds)
+	for k := range fs {
+		f, err := OpenFeed(s, fmt.Sprintf("f%d/", k), &FeedOptions{NoSync: true, ValueEncoding: JSON})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fs[k] = f
+	}
+	for k, f := range fs {
+		wg.Go(func() {
+			for c := range calls {
+				vals := make([][]byte, size)
+				for i := range vals {
+					vals[i] = value(k, c*size+i)
+				}
+				if _, err := f.Append(vals...); err != nil {
+					errs <- err
+					return
+				}
+				if got, err := f.GetBatch(context.Background(), 0, f.Len()); err != nil || len(got) != (c+1)*size {
+					errs <- fmt.Errorf("feed %d after call %d: %d values, %v", k, c, len(got), err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for k, f := range fs {
+		got, err := f.GetBatch(context.Background(), 0, f.Len())
+		if err != nil || len(got) != calls*size {
+			t.Fatalf("feed %d: %d values, %v", k, len(got), err)
+		}
+		for i, v := range got {
+			if !bytes.Equal(v, value(k, i)) {
+				t.Fatalf("feed %d entry %d: %s, want %s", k, i, v, value(k, i))
+			}
+		}
+	}
 }
