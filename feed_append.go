@@ -41,7 +41,9 @@ type appendReq struct {
 // database's other feeds that this writer had not recorded before. With sync on (the default) the values are
 // durable when Append returns. A nil value is ErrInvalidValue, a value over
 // MaxBlockSize ErrBlockTooLarge; either way nothing is appended. Append with
-// no values appends nothing, writes no signature and returns Len.
+// no values appends nothing, writes no signature and returns Len. A call
+// of many values is checked, hashed and written on as many cores as there
+// are.
 func (f *Feed) Append(values ...[]byte) (uint64, error) {
 	unchecked := len(values) >= minSharedBuild && f.cfg.enc != Binary
 	for i, v := range values {
