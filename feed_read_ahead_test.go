@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -18,19 +20,8 @@ func TestSequentialGetReadsAheadAndStopsAtDamage(t *testing.T) {
 	before := runtime.NumGoroutine()
 	db := newDamageDB(t, numbered(3000, 9), 0)
 	damaged := map[int]bool{300: true, 301: true, 1100: true, 2999: true}
-	s := damageCopy(db.s)
-	for seq := range damaged {
-		b, _ := s.fileBytes(wData)
-		b = bytes.Clone(b)
-		b[db.recordPos(seq)+dataLenLen+2] ^= 4
-		s.setFileBytes(wData, b)
-	}
 	var ev events
-	c, err := New(s, ev.options(db.key))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := c.Feed(db.feed)
+	c, w := openWithDamagedValues(t, db, &ev, slices.Collect(maps.Keys(damaged))...)
 	for pass := range 2 { // the second finds the damage marked
 		for seq := range 3000 {
 			v, err := w.Get(ctxT(t), uint64(seq))
@@ -64,21 +55,9 @@ func TestSequentialGetReadsAheadAndStopsAtDamage(t *testing.T) {
 // as a read in order does: at the first damaged entry, reported alone;
 // damage further on is found (and reported) by the read that gets there.
 func TestLargeReadEndsAtTheFirstDamagedEntry(t *testing.T) {
-	db := newDamageDB(t, numbered(1000, 9), 0)
-	s := damageCopy(db.s)
-	for _, seq := range []int{700, 300, 999} {
-		b, _ := s.fileBytes(wData)
-		b = bytes.Clone(b)
-		b[db.recordPos(seq)+dataLenLen+2] ^= 4
-		s.setFileBytes(wData, b)
-	}
 	var ev events
-	c, err := New(s, ev.options(db.key))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, w := openWithDamagedValues(t, newDamageDB(t, numbered(1000, 9), 0), &ev, 700, 300, 999)
 	defer c.Close()
-	w := c.Feed(db.feed)
 	for _, tc := range []struct {
 		start, end, bad int
 		reported        int
@@ -101,4 +80,22 @@ func TestLargeReadEndsAtTheFirstDamagedEntry(t *testing.T) {
 			t.Fatalf("after get [%d, %d): %d damaged entries reported, want %d: %v", tc.start, tc.end, len(ds), tc.reported, ds)
 		}
 	}
+}
+
+// openWithDamagedValues opens a copy of db whose values of entries seqs
+// have a bit flipped, reporting to ev, and returns it and db's feed.
+func openWithDamagedValues(t *testing.T, db *damageDB, ev *events, seqs ...int) (*Core, *Feed) {
+	t.Helper()
+	s := damageCopy(db.s)
+	for _, seq := range seqs {
+		b, _ := s.fileBytes(wData)
+		b = bytes.Clone(b)
+		b[db.recordPos(seq)+dataLenLen+2] ^= 4
+		s.setFileBytes(wData, b)
+	}
+	c, err := New(s, ev.options(db.key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, c.Feed(db.feed)
 }
