@@ -58,9 +58,10 @@ import (
 // a repair; see recoverDamaged.
 //
 // By default the test damages every offset of every file of the small
-// fixture; -short a seeded sample of offsets of each file (replay with
-// -kappa.seed); KAPPA_DAMAGE=long every offset of every file of the full
-// fixture.
+// fixture; -short, or the race detector, a seeded sample of offsets of each
+// file (replay with -kappa.seed); KAPPA_DAMAGE=full every offset under the
+// race detector too; KAPPA_DAMAGE=long every offset of every file of the
+// full fixture.
 
 // damageFeed is one feed of a damageFixture, with what it acknowledged.
 type damageFeed struct {
@@ -1028,14 +1029,21 @@ func (tl *damageTally) String() string {
 // fixture: each byte flipped, each byte zeroed, each file cut at each
 // offset and extended at its end (about 11,000 opens, spread over
 // GOMAXPROCS workers). With -short it damages a seeded sample of offsets
-// of each file (replay with -kappa.seed); with KAPPA_DAMAGE=long, every
-// offset of every file of the full fixture.
+// of each file (replay with -kappa.seed), and under the race detector a
+// larger sample (the sweep looks for wrong answers, which the race
+// detector does not change, and is slow under it: CI runs it whole without
+// it); KAPPA_DAMAGE=full sweeps every offset under the race detector too.
+// With KAPPA_DAMAGE=long, every offset of every file of the full fixture.
 func TestDamageEveryByteIsReportedOrHarmless(t *testing.T) {
 	long := os.Getenv("KAPPA_DAMAGE") == "long"
 	fx := getDamageFixture(t, !long)
 	every, sample := true, 0
-	if testing.Short() && !long {
+	switch {
+	case long || os.Getenv("KAPPA_DAMAGE") == "full":
+	case testing.Short():
 		every, sample = false, 3
+	case raceEnabled:
+		every, sample = false, 12
 	}
 	seed := testSeed()
 	r := rand.New(rand.NewPCG(uint64(seed), 0))
