@@ -135,7 +135,15 @@ func (f *Feed) getBlocks(ctx context.Context, start, end uint64) ([][]byte, erro
 // checksum rewritten; else the entry is damaged. Damage ends the batch:
 // scanBatch returns the entries before the damaged one, without error (it
 // is marked, so the view's next batch starts past it).
-func (f *Feed) scanBatch(start, end uint64) ([][]byte, error) {
+//
+// With share, a large batch is checked on every core, as GetBatch's is; a
+// view reading several batches at once, which keeps the cores busy
+// already, reads each on its own.
+func (f *Feed) scanBatch(start, end uint64, share bool) ([][]byte, error) {
+	mode := readMark
+	if share {
+		mode |= readShare
+	}
 	f.mu.RLock()
 	present := start == 0 && end > 0 && f.hasRangeLocked(0, end)
 	length, byteLen := f.length, f.byteLen
@@ -144,7 +152,7 @@ func (f *Feed) scanBatch(start, end uint64) ([][]byte, error) {
 		if err := f.wait(context.Background(), start, end); err != nil {
 			return nil, err
 		}
-		return intactPrefix(f.readRange(start, end, math.MaxUint64))
+		return intactPrefix(f.readRangeMode(start, end, math.MaxUint64, mode))
 	}
 	// The records of all entries lie below limit. For fewer than all, read
 	// as much as end records of the mean size take, and a quarter more.
@@ -179,7 +187,7 @@ func (f *Feed) scanBatch(start, end uint64) ([][]byte, error) {
 		if !ok {
 			// The read ended inside this record: the rest is read
 			// with the tree, which also tells damage from a short guess.
-			rest, err := intactPrefix(f.readRange(seq, end, math.MaxUint64))
+			rest, err := intactPrefix(f.readRangeMode(seq, end, math.MaxUint64, mode))
 			return append(out, rest...), err
 		}
 		out = append(out, v)
@@ -204,7 +212,7 @@ func intactPrefix(values [][]byte, err error) ([][]byte, error) {
 // its record does not match the leaf) is marked damaged: readRange then
 // returns the entries before it with an error wrapping *entryDamage.
 func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
-	return f.readRangeMarking(start, end, maxBytes, true)
+	return f.readRangeMode(start, end, maxBytes, readMark|readShare)
 }
 
 // readRangeQuiet is readRange for a reader that must leave no trace (the
@@ -212,13 +220,21 @@ func (f *Feed) readRange(start, end, maxBytes uint64) ([][]byte, error) {
 // same way, but is not marked nor reported; the reads of views and callers
 // find it as they did before.
 func (f *Feed) readRangeQuiet(start, end, maxBytes uint64) ([][]byte, error) {
-	return f.readRangeMarking(start, end, maxBytes, false)
+	return f.readRangeMode(start, end, maxBytes, readShare)
 }
 
-// readRangeMarking is readRange; mark says whether damage found is marked.
-func (f *Feed) readRangeMarking(start, end, maxBytes uint64, mark bool) ([][]byte, error) {
+// readMode says how readRangeMode reads.
+type readMode uint8
+
+const (
+	readMark  readMode = 1 << iota // damage found is marked (see Feed.entryDamaged)
+	readShare                      // a large range is checked on every core (see shareWork)
+)
+
+// readRangeMode is readRange, read as mode says.
+func (f *Feed) readRangeMode(start, end, maxBytes uint64, mode readMode) ([][]byte, error) {
 	damaged := f.entryDamaged
-	if !mark {
+	if mode&readMark == 0 {
 		damaged = func(seq uint64, ce *CorruptError) error { return &entryDamage{seq: seq, err: ce} }
 	}
 	count := end - start
@@ -293,7 +309,7 @@ func (f *Feed) readRangeMarking(start, end, maxBytes uint64, mark bool) ([][]byt
 		return to, nil
 	}
 	failed, why := len(nodes), (*CorruptError)(nil)
-	if len(nodes) < minSharedRead {
+	if len(nodes) < minSharedRead || mode&readShare == 0 {
 		failed, why = check(sc.hasher, 0, len(nodes))
 	} else {
 		// Hashing is most of a read: large ranges are shared among the

@@ -676,7 +676,7 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 	// that end before the feed does and at its end.
 	if length > 0 && f.HasRange(0, 1) {
 		for _, end := range []uint64{1, (f.NextMissing(0) + 1) / 2, f.NextMissing(0)} {
-			vs, err := f.scanBatch(0, end)
+			vs, err := f.scanBatch(0, end, true)
 			if err != nil {
 				checkValue("view read up to", end, nil, err)
 			} else if n := uint64(len(vs)); n != end && !f.isDamaged(n) {

@@ -244,16 +244,26 @@ type Index struct {
 // feedProgress is what one view has indexed of one feed: sorted, disjoint
 // ranges of sequence numbers.
 type feedProgress struct {
-	feed    *Feed // nil for stored progress of a feed not seen yet
-	key     string
-	spans   []span // the entries mapped
-	saved   []span // the entries mapped whose progress is stored: what Ready and Status count
-	n       uint64 // entries in saved
-	seg     []byte // with states: key and spans encoded as in indexState, nil without spans
-	broken  bool   // reading the feed failed; skipped until reopen
-	reading bool   // a batch of it is read ahead; guarded by Index.mu
-	queued  bool   // in Index.dirty; guarded by Index.dmu
-	cancel  func()
+	feed   *Feed // nil for stored progress of a feed not seen yet
+	key    string
+	spans  []span // the entries mapped
+	saved  []span // the entries mapped whose progress is stored: what Ready and Status count
+	n      uint64 // entries in saved
+	seg    []byte // with states: key and spans encoded as in indexState, nil without spans
+	broken bool   // reading the feed failed; skipped until reopen
+	queued bool   // in Index.dirty; guarded by Index.dmu
+	cancel func()
+
+	// Batches read ahead of their turn, guarded by Index.mu. A view that
+	// is not causal reads several batches of one feed ahead, each from
+	// where the one before ends (from, while fromOK). A batch that ends
+	// early (damage) or fails moves gen on: the batches read after it are
+	// then dropped unmapped, so that the feed's entries are still mapped
+	// in order.
+	ahead  int    // batches of the feed read ahead and not mapped
+	from   uint64 // where the next batch read ahead starts looking
+	fromOK bool
+	gen    uint64
 
 	cwait *causalWait // causal: what the next entry waits on; guarded by Index.mu
 }

@@ -103,7 +103,7 @@ func (x *Index) pickCausalLocked() (*feedProgress, uint64, uint64) {
 		if p == nil {
 			return nil, 0, 0
 		}
-		if p.reading || p.broken || p.cwait != nil {
+		if p.ahead > 0 || p.broken || p.cwait != nil {
 			continue // a waiting feed is queued again when released
 		}
 		start := p.delivered()

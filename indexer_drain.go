@@ -11,8 +11,10 @@ import (
 // Batches drain reads ahead of the one it maps: at most batchesAhead, and
 // (by the feeds' mean entry size) about bytesAhead bytes, though always
 // one. A new view over many small feeds spends most of its time opening
-// and reading files, which up to readers goroutines then do side by side,
-// in the order drain maps them.
+// and reading files, and a view of one long feed checking its entries
+// against their leaves, which up to readers goroutines then do side by
+// side, in the order drain maps them. Unless the view is causal, several
+// batches of one feed are read at once (see feedProgress.ahead).
 const (
 	batchesAhead = 64
 	bytesAhead   = 4 << 20
@@ -24,13 +26,15 @@ type batchRead struct {
 	p          *feedProgress
 	start, end uint64
 	size       uint64 // its estimated size in bytes
+	gen        uint64 // the feed's gen when it was picked
+	share      bool   // no other batch is read beside it: see Feed.scanBatch
 	values     [][]byte
 	err        error
 	done       chan struct{} // closed once read
 }
 
 func (b *batchRead) read() {
-	b.values, b.err = b.p.feed.scanBatch(b.start, b.end)
+	b.values, b.err = b.p.feed.scanBatch(b.start, b.end, b.share)
 	close(b.done)
 }
 
@@ -101,7 +105,7 @@ func (d *drainer) requeueAhead() {
 	for _, b := range d.ahead {
 		<-b.done
 		x.mu.Lock()
-		b.p.reading = false
+		b.p.doneAheadLocked()
 		x.mu.Unlock()
 		x.queue(b.p, false)
 	}
@@ -117,8 +121,9 @@ func (d *drainer) readAheadLocked() {
 		if p == nil {
 			break
 		}
-		p.reading = true
-		b := &batchRead{p: p, start: start, end: end, done: make(chan struct{})}
+		p.ahead++
+		p.from, p.fromOK = end, true
+		b := &batchRead{p: p, start: start, end: end, gen: p.gen, share: len(d.ahead) == 0, done: make(chan struct{})}
 		if n := p.feed.Len(); n > 0 {
 			b.size = (end - start) * (p.feed.ByteLen() / n)
 		}
@@ -129,6 +134,19 @@ func (d *drainer) readAheadLocked() {
 			go readAll(d.jobs)
 		}
 		d.jobs <- b
+		if !x.causal {
+			x.queue(p, false) // for its next batch, after the other feeds'
+		}
+	}
+}
+
+// doneAheadLocked counts a batch of p read ahead as taken off the queue of
+// batches: mapped or dropped. Once none is left, the next batch is looked
+// for from the progress again, which finds entries passed over meanwhile.
+func (p *feedProgress) doneAheadLocked() {
+	p.ahead--
+	if p.ahead == 0 {
+		p.fromOK = false
 	}
 }
 
@@ -169,6 +187,18 @@ func (d *drainer) pauseOrIdle(stop bool) bool {
 func (d *drainer) mapNext(b *batchRead) bool {
 	x := d.x
 	<-b.done
+	x.mu.Lock()
+	stale := b.gen != b.p.gen
+	if stale {
+		b.p.doneAheadLocked()
+	}
+	x.mu.Unlock()
+	if stale {
+		// Read after a batch of the feed that ended early: its turn
+		// comes again, after the entries before it.
+		x.queue(b.p, false)
+		return true
+	}
 	var m *mappedBatch
 	var err error
 	if x.causal {
@@ -177,7 +207,12 @@ func (d *drainer) mapNext(b *batchRead) bool {
 		m, err = x.mapBatch(b)
 	}
 	x.mu.Lock()
-	b.p.reading = false
+	b.p.doneAheadLocked()
+	if m == nil || m.end < b.end {
+		// The batches of the feed read after this one are dropped.
+		b.p.gen++
+		b.p.fromOK = false
+	}
 	if m != nil && m.end > m.start {
 		// The feed's next batch starts past this one, but the
 		// batch counts (for Ready and Status) only once commit
@@ -240,12 +275,18 @@ func (x *Index) pickLocked() (*feedProgress, uint64, uint64) {
 		}
 		// Entries held count, damaged or not: one indexed before it
 		// was found damaged still counts in p.n.
-		if p.reading || p.broken || p.n >= p.feed.heldCount() {
-			continue // a feed being read is queued again once mapped
+		if p.broken || p.n >= p.feed.heldCount() {
+			continue
 		}
-		if start, end := p.nextRun(x.maxBatch); start < end {
+		from := uint64(0)
+		if p.fromOK {
+			from = p.from // past the batches read ahead
+		}
+		if start, end := p.nextRun(from, x.maxBatch); start < end {
 			return p, start, end
 		}
+		// Nothing (or nothing past the batches read ahead, and the feed
+		// is queued again once they are mapped).
 	}
 }
 

@@ -166,11 +166,10 @@ func (p *feedProgress) setSpans(spans []span, states bool) {
 	}
 }
 
-// nextRun returns the first run of entries that are present and not
-// indexed, at most max long.
-func (p *feedProgress) nextRun(max int) (uint64, uint64) {
+// nextRun returns the first run of entries at or after s that are present
+// and not indexed, at most max long.
+func (p *feedProgress) nextRun(s uint64, max int) (uint64, uint64) {
 	length := p.feed.Len()
-	s := uint64(0)
 	for s < length {
 		s = p.skipIndexed(s)
 		if s >= length {
