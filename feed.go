@@ -630,6 +630,7 @@ func (f *Feed) Close() error {
 	}
 	f.subs = nil
 	f.mu.Unlock()
+	f.ahead.Store(nil) // a Get after Close waits, and fails
 	f.writeMu.Lock()
 	defer f.writeMu.Unlock()
 	err := f.closeJournalWriteLocked()

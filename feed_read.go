@@ -25,11 +25,9 @@ func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	if seq >= maxTreeLength {
 		return nil, f.opError(fmt.Sprintf("get %d", seq), ErrOutOfRange)
 	}
-	if err := f.wait(ctx, seq, seq+1); err != nil {
-		return nil, err
-	}
 	// A reader going through the feed in order is served from a window of
-	// the entries ahead, read (and verified) with one call per file.
+	// the entries ahead, read (and verified) with one call per file. They
+	// are present, so they need no wait; Close drops the window.
 	ra := f.ahead.Load()
 	if ra == nil {
 		f.ahead.CompareAndSwap(nil, new(readAhead))
@@ -48,6 +46,9 @@ func (f *Feed) Get(ctx context.Context, seq uint64) ([]byte, error) {
 	sequential := seq > 0 && seq == ra.next
 	ra.next = seq + 1
 	ra.mu.Unlock()
+	if err := f.wait(ctx, seq, seq+1); err != nil {
+		return nil, err
+	}
 	end := seq + 1
 	if sequential {
 		end = max(seq+1, min(seq+readAheadEntries, f.NextMissing(seq)))

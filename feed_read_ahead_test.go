@@ -99,3 +99,25 @@ func openWithDamagedValues(t *testing.T, db *damageDB, ev *events, seqs ...int) 
 	}
 	return c, c.Feed(db.feed)
 }
+
+// Get serves a sequential reader from its window without waiting, but not
+// after Close: the next entry, read into the window before, fails with
+// ErrClosed like any other.
+func TestGetAfterCloseIsNotServedFromTheWindow(t *testing.T) {
+	c := newCore(t, nil)
+	w := mustWriter(t, c, "w")
+	if _, err := w.Append(numbered(1000, 9)...); err != nil {
+		t.Fatal(err)
+	}
+	for seq := range 10 {
+		if _, err := w.Get(ctxT(t), uint64(seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := w.Get(ctxT(t), 10); !errors.Is(err, ErrClosed) {
+		t.Fatalf("get 10 after Close: %q, %v; want ErrClosed", v, err)
+	}
+}
