@@ -46,10 +46,11 @@ func readAll(jobs <-chan *batchRead) {
 }
 
 // drain maps batches until there is no work or the view is stopped. It
-// reads the next few batches, of other feeds, while it maps one. With
-// StateStorer, progress is stored for a group of batches at once (see
-// groupLimitLocked): the state names every feed, so storing it after each
-// batch would cost work in proportion to all feeds for every batch.
+// reads the next few batches (of other feeds, or of the same one) while
+// it maps one. With StateStorer, progress is stored for a group of batches
+// at once (see groupLimitLocked): the state names every feed, so storing
+// it after each batch would cost work in proportion to all feeds for every
+// batch.
 func (x *Index) drain(done <-chan struct{}) {
 	// The readers, started as batches are read ahead; they end when drain
 	// does, after the batches it waits for below.
