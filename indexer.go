@@ -256,14 +256,13 @@ type feedProgress struct {
 
 	// Batches read ahead of their turn, guarded by Index.mu. A view that
 	// is not causal reads several batches of one feed ahead, each from
-	// where the one before ends (from, while fromOK). A batch that ends
-	// early (damage) or fails moves gen on: the batches read after it are
-	// then dropped unmapped, so that the feed's entries are still mapped
-	// in order.
-	ahead  int    // batches of the feed read ahead and not mapped
-	from   uint64 // where the next batch read ahead starts looking
-	fromOK bool
-	gen    uint64
+	// where the one before ends (from; 0 looks from the progress). A batch
+	// that ends early (damage) or fails moves gen on: the batches read
+	// after it are then dropped unmapped, so that the feed's entries are
+	// still mapped in order.
+	ahead int    // batches of the feed read ahead and not mapped
+	from  uint64 // where the next batch read ahead starts looking
+	gen   uint64
 
 	cwait *causalWait // causal: what the next entry waits on; guarded by Index.mu
 }

@@ -123,7 +123,7 @@ func (d *drainer) readAheadLocked() {
 			break
 		}
 		p.ahead++
-		p.from, p.fromOK = end, true
+		p.from = end
 		b := &batchRead{p: p, start: start, end: end, gen: p.gen, share: len(d.ahead) == 0, done: make(chan struct{})}
 		if n := p.feed.Len(); n > 0 {
 			b.size = (end - start) * (p.feed.ByteLen() / n)
@@ -147,7 +147,7 @@ func (d *drainer) readAheadLocked() {
 func (p *feedProgress) doneAheadLocked() {
 	p.ahead--
 	if p.ahead == 0 {
-		p.fromOK = false
+		p.from = 0
 	}
 }
 
@@ -212,7 +212,7 @@ func (d *drainer) mapNext(b *batchRead) bool {
 	if m == nil || m.end < b.end {
 		// The batches of the feed read after this one are dropped.
 		b.p.gen++
-		b.p.fromOK = false
+		b.p.from = 0
 	}
 	if m != nil && m.end > m.start {
 		// The feed's next batch starts past this one, but the
@@ -279,11 +279,8 @@ func (x *Index) pickLocked() (*feedProgress, uint64, uint64) {
 		if p.broken || p.n >= p.feed.heldCount() {
 			continue
 		}
-		from := uint64(0)
-		if p.fromOK {
-			from = p.from // past the batches read ahead
-		}
-		if start, end := p.nextRun(from, x.maxBatch); start < end {
+		// Past the batches read ahead, if any.
+		if start, end := p.nextRun(p.from, x.maxBatch); start < end {
 			return p, start, end
 		}
 		// Nothing (or nothing past the batches read ahead, and the feed
