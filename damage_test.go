@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
@@ -1252,5 +1253,66 @@ func TestDamageManifestCutInItsHeaderListsEveryFeed(t *testing.T) {
 	}
 	if len(c.Feeds()) != 0 || !slices.Equal(slots, []int{0, 1, 2}) {
 		t.Fatalf("%d feeds loaded, damaged slots %v; want none and [0 1 2]", len(c.Feeds()), slots)
+	}
+}
+
+// TestDamageWritersKeyFileIsNeverTakenForANewFeed: a local writer's key file
+// is durable before its manifest record is written, so a key file that is
+// missing, short, blank or damaged is damage, even when the writer holds no
+// entries yet (a blank key file beside blank files would otherwise read as
+// a creation torn by a crash, and the writer would come back a replica).
+// The database opens, lists the damage, and Writer returns it.
+func TestDamageWritersKeyFileIsNeverTakenForANewFeed(t *testing.T) {
+	for _, entries := range []int{0, 3} {
+		for _, tc := range []struct {
+			name   string
+			damage func(path string) error
+		}{
+			{"missing", os.Remove},
+			{"short", func(p string) error { return os.Truncate(p, 100) }},
+			{"blank", func(p string) error { return os.WriteFile(p, make([]byte, 128), 0o600) }},
+			{"flipped", func(p string) error {
+				b, err := os.ReadFile(p)
+				if err != nil {
+					return err
+				}
+				b[20] ^= 1
+				return os.WriteFile(p, b, 0o600)
+			}},
+		} {
+			t.Run(fmt.Sprintf("%s/%d entries", tc.name, entries), func(t *testing.T) {
+				dir := t.TempDir()
+				c, err := Open(dir, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				w, err := c.Writer("w")
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range entries {
+					if _, err := w.Append([]byte{byte(i)}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := c.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if err := tc.damage(filepath.Join(dir, "feeds", "0", "key")); err != nil {
+					t.Fatal(err)
+				}
+				c, err = Open(dir, nil)
+				if err != nil {
+					t.Fatalf("open: %v", err)
+				}
+				defer c.Close()
+				if d := c.Damaged(); len(d) != 1 || d[0].Slot != 0 || !errors.Is(d[0].Err, ErrCorrupt) {
+					t.Fatalf("damage %v, want slot 0 as ErrCorrupt", d)
+				}
+				if w, err := c.Writer("w"); !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("Writer after its key file was damaged: %v, %v; want ErrCorrupt", w, err)
+				}
+			})
+		}
 	}
 }

@@ -38,7 +38,7 @@ func slotState(s Storage, slot int) (exists, hasData bool, err error) {
 }
 
 // checkWriterKey reports, as ErrCorrupt, a local writer's key file that is
-// missing or holds no secret key for key. A writer's key file is durable
+// missing, short or blank, or holds no secret key for key. A writer's key file is durable
 // before its manifest record is written, so this is damage: opening the feed
 // would make it a replica, or a new feed, in place of the writer.
 func checkWriterKey(s Storage, prefix string, key []byte) error {
@@ -57,7 +57,10 @@ func checkWriterKey(s Storage, prefix string, key []byte) error {
 	} else if err != nil {
 		return err
 	}
-	if _, pub, secret, ok := decodeKeyRecord(buf[:]); ok && (secret == nil || !bytes.Equal(pub, key)) {
+	if _, pub, secret, ok := decodeKeyRecord(buf[:]); ok && (secret == nil || !bytes.Equal(pub, key)) || !ok && isZero(buf[:]) {
+		// A blank one too: beside files that hold no entry, OpenFeed
+		// would take it for a creation torn by a crash, and make the
+		// writer a new replica.
 		return bad
 	}
 	return nil // a damaged record is OpenFeed's to report
