@@ -376,6 +376,10 @@ func TestPutRejectsBadProofs(t *testing.T) {
 		{"huge length", func(p *Proof) *Proof { p.Length = 1 << 63; return p }, ErrBadProof},
 		{"another writer's proof", func(*Proof) *Proof { return otherProof }, ErrBadSignature},
 		{"nil", func(*Proof) *Proof { return nil }, ErrBadProof},
+		// A peer's fault, like the rest (PROTOCOL.md §3): it ends a
+		// session as a bad proof, and says why.
+		{"block too large", func(p *Proof) *Proof { p.Blocks[0] = make([]byte, maxBlockBytes+1); return p }, ErrBlockTooLarge},
+		{"block too large is a bad proof", func(p *Proof) *Proof { p.Blocks[0] = make([]byte, maxBlockBytes+1); return p }, ErrBadProof},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -284,7 +284,8 @@ func (w *proofWalker) node(i, off uint64) (Node, error) {
 	}
 	data := w.p.Blocks[lo-w.p.Start]
 	if len(data) > maxBlockBytes {
-		return Node{}, fmt.Errorf("%w: block %d is %d bytes", ErrBlockTooLarge, lo, len(data))
+		// A peer's fault like any other bad proof; it still says why.
+		return Node{}, fmt.Errorf("%w: block %d is %d bytes: %w", ErrBadProof, lo, len(data), ErrBlockTooLarge)
 	}
 	n := Node{Index: i, Hash: w.h.sum(data), Size: uint64(len(data))}
 	w.out = append(w.out, storedNode{n, off})
