@@ -868,3 +868,42 @@ func TestReplicateLiveSendsAppendsMadeAsAFeedIsAnnounced(t *testing.T) {
 		}
 	}
 }
+
+// TestReplicateHaveOffersTheLowestRangesThatFit: a sparse replica may hold
+// more ranges of a feed than one have message can carry; it offers those
+// of its lowest entries, and a peer fetches those. (The cap, 2^18 ranges,
+// is lowered here to 5.)
+func TestReplicateHaveOffersTheLowestRangesThatFit(t *testing.T) {
+	defer func(n int) { maxHaveRanges = n }(maxHaveRanges)
+	maxHaveRanges = 5
+	a, b := sharedPair(t, &Options{NoSync: true})
+	c := newCore(t, &Options{SharedKey: a.SharedKey(), NoSync: true})
+	w := mustWriter(t, a, "w")
+	appendN(t, w, 40, "v")
+	r, err := b.AddFeed(w.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := uint64(0); s < 40; s += 2 { // 20 ranges of one entry
+		p, err := w.Proof(s, s+1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Put(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustReplicate(t, "tcp", b, c)
+	got := c.Feed(w.Key())
+	if got == nil {
+		t.Fatal("c lacks the feed")
+	}
+	if got.Len() != 40 || got.Downloaded() != 5 {
+		t.Fatalf("c holds %d entries at length %d, want 5 at 40", got.Downloaded(), got.Len())
+	}
+	for s := uint64(0); s < 10; s += 2 {
+		if !got.Has(s) {
+			t.Fatalf("c lacks entry %d, of the lowest five ranges", s)
+		}
+	}
+}

@@ -270,8 +270,20 @@ func (s *session) sendHave(f *Feed) {
 	s.sentHave[f] = st
 	// Ranges stop at the length sent, even if the feed grew meanwhile:
 	// the peer rejects a range past it.
-	s.send(haveMessage{s.mineID[f], st.length, f.presentSpans(st.length)}.encode())
+	ranges := f.presentSpans(st.length)
+	if len(ranges) > maxHaveRanges {
+		// A sparse replica may hold more ranges than one message can
+		// carry: it offers those of its lowest entries.
+		ranges = ranges[:maxHaveRanges]
+	}
+	s.send(haveMessage{s.mineID[f], st.length, ranges}.encode())
 }
+
+// maxHaveRanges is the most ranges a have message carries: each takes at
+// most 18 bytes (two uvarints below 2⁶⁰), so a have of this many fits in a
+// message of maxMessage bytes with room to spare. A variable, so that a
+// test can see the cap at work without a replica of millions of ranges.
+var maxHaveRanges = 1 << 18
 
 // handle acts on one message from the peer.
 func (s *session) handle(msg []byte) error {
