@@ -126,6 +126,11 @@ func (f *Feed) contextsWriteLocked(batch []*appendReq) (kept []*appendReq, recor
 			ctx := normalizeContext(f.cfg.context(f), f.key)
 			if size := contextSize(ctx); uvarintLen(uint64(size))+size > maxContextBytes {
 				r.err, r.done = f.opError("append", fmt.Errorf("%w: a causal context of %d feeds (%d bytes)", ErrBlockTooLarge, len(ctx), size)), true
+				if f.cfg.contextLost != nil {
+					// The provider counted this context as recorded:
+					// it was not, so the next one names every head.
+					f.cfg.contextLost(f)
+				}
 				if kept == nil {
 					kept = append(batch[:0:0], batch[:i]...)
 				}

@@ -311,11 +311,13 @@ func TestAppendRefusesAContextOverItsBound(t *testing.T) {
 		}
 		return ctx
 	}
+	lost := 0 // a Core's provider remembers what it named: it must forget
+	f.cfg.contextLost = func(*Feed) { lost++ }
 	if _, err := f.Append([]byte("v")); !errors.Is(err, ErrBlockTooLarge) {
 		t.Fatalf("append with a context of %d feeds: %v, want ErrBlockTooLarge", n, err)
 	}
-	if f.Len() != 0 {
-		t.Fatalf("length %d after a refused append", f.Len())
+	if f.Len() != 0 || lost != 1 {
+		t.Fatalf("length %d after a refused append, context lost %d times (want once)", f.Len(), lost)
 	}
 	n--
 	big := bytes.Repeat([]byte{'v'}, MaxBlockSize)
