@@ -1286,15 +1286,7 @@ func TestDamageWritersKeyFileIsNeverTakenForANewFeed(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				w, err := c.Writer("w")
-				if err != nil {
-					t.Fatal(err)
-				}
-				for i := range entries {
-					if _, err := w.Append([]byte{byte(i)}); err != nil {
-						t.Fatal(err)
-					}
-				}
+				appendN(t, mustWriter(t, c, "w"), entries, "v")
 				if err := c.Close(); err != nil {
 					t.Fatal(err)
 				}
