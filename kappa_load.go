@@ -38,9 +38,10 @@ func slotState(s Storage, slot int) (exists, hasData bool, err error) {
 }
 
 // checkWriterKey reports, as ErrCorrupt, a local writer's key file that is
-// missing, short or blank, or holds no secret key for key. A writer's key file is durable
-// before its manifest record is written, so this is damage: opening the feed
-// would make it a replica, or a new feed, in place of the writer.
+// missing, short or blank, or holds no secret key for key. A writer's key
+// file is durable before its manifest record is written, so this is
+// damage: opening the feed would make it a replica, or a new feed, in place
+// of the writer.
 func checkWriterKey(s Storage, prefix string, key []byte) error {
 	bad := &CorruptError{File: prefix + fileKey, Offset: 0, Reason: "the writer's key file is missing or holds no secret key"}
 	file, err := s.Open(prefix+fileKey, false)
@@ -57,10 +58,14 @@ func checkWriterKey(s Storage, prefix string, key []byte) error {
 	} else if err != nil {
 		return err
 	}
-	if _, pub, secret, ok := decodeKeyRecord(buf[:]); ok && (secret == nil || !bytes.Equal(pub, key)) || !ok && isZero(buf[:]) {
-		// A blank one too: beside files that hold no entry, OpenFeed
-		// would take it for a creation torn by a crash, and make the
-		// writer a new replica.
+	_, pub, secret, ok := decodeKeyRecord(buf[:])
+	switch {
+	case ok && (secret == nil || !bytes.Equal(pub, key)):
+		return bad
+	case !ok && isZero(buf[:]):
+		// Beside files that hold no entry, OpenFeed would take a blank
+		// key file for a creation torn by a crash, and make the writer
+		// a new replica.
 		return bad
 	}
 	return nil // a damaged record is OpenFeed's to report
