@@ -338,43 +338,13 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 	if secret != nil && (fresh || !inFile) {
 		f.scratchWriteLocked().secret = secret
 	}
-	files := []struct {
-		name  string
-		magic [8]byte
-		rec   uint32
-	}{
-		lazyData: {fileData, magicData, 0},
-		lazyTree: {fileTree, magicTree, nodeSize},
-		lazySigs: {fileSignatures, magicSigs, sigRecordSize},
-		lazyBits: {fileBitfield, magicBits, bitPageSize},
-	}
-	if f.writable {
-		files = files[:lazyBits] // a writer holds every block below its length
-	} else {
-		f.have = new(bitset)
-	}
-	standIns := false // read-only: files held in memory, kept open
-	for i, x := range files {
-		var file File
-		if ro {
-			hdr := encodeHeader(x.magic, x.rec)
-			var standIn bool
-			file, standIn, err = f.openReadOnly(s, x.name, hdr[:], blank)
-			standIns = standIns || standIn
-		} else {
-			file, err = s.Open(prefix+x.name, true)
-		}
-		if err != nil {
-			return err
-		}
-		f.lazy[i].ref.Store(&fileRef{file})
-		if err := f.checkHeader(file, x.name, x.magic, x.rec, blank); err != nil {
-			return err
-		}
+	opened, standIns, err := f.openFiles(s, prefix, blank)
+	if err != nil {
+		return err
 	}
 	dirty := fresh && !f.cfg.noSync && o.lazy // the key file is synced with the first Put
 	if fresh && !f.cfg.noSync && !o.lazy && !ro {
-		for i := range files {
+		for i := range opened {
 			if err := f.lazy[i].Sync(); err != nil {
 				return err
 			}
@@ -416,6 +386,47 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 		}
 	}
 	return err
+}
+
+// openFiles opens the feed's data, tree and signatures files, and a
+// replica's bitfield, and checks their headers; it returns how many it
+// opened (the first of f.lazy), and whether a read-only open holds one in
+// memory (a stand-in for a missing or blank file, kept open).
+func (f *Feed) openFiles(s Storage, prefix string, blank bool) (opened int, standIns bool, err error) {
+	files := []struct {
+		name  string
+		magic [8]byte
+		rec   uint32
+	}{
+		lazyData: {fileData, magicData, 0},
+		lazyTree: {fileTree, magicTree, nodeSize},
+		lazySigs: {fileSignatures, magicSigs, sigRecordSize},
+		lazyBits: {fileBitfield, magicBits, bitPageSize},
+	}
+	if f.writable {
+		files = files[:lazyBits] // a writer holds every block below its length
+	} else {
+		f.have = new(bitset)
+	}
+	for i, x := range files {
+		var file File
+		if f.cfg.readOnly {
+			hdr := encodeHeader(x.magic, x.rec)
+			var standIn bool
+			file, standIn, err = f.openReadOnly(s, x.name, hdr[:], blank)
+			standIns = standIns || standIn
+		} else {
+			file, err = s.Open(prefix+x.name, true)
+		}
+		if err != nil {
+			return 0, false, err
+		}
+		f.lazy[i].ref.Store(&fileRef{file})
+		if err := f.checkHeader(file, x.name, x.magic, x.rec, blank); err != nil {
+			return 0, false, err
+		}
+	}
+	return len(files), standIns, nil
 }
 
 // lazyFile is one of a feed's data, tree, signatures and bitfield files,

@@ -290,43 +290,12 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	if err != nil {
 		return 0, f.abortWriteLocked(undo, f.opError("append", err))
 	}
-	// Append checked every value against the feed's encoding: if those
-	// before were checked too, the record says so.
-	checked := f.checked.Load() == start
-	var flags uint32
-	if checked {
-		flags = uint32(f.cfg.enc.code()) << sigCheckedShift
-	}
-	// Likewise for blocks without a context.
-	plain := f.plain.Load() == start && !slices.ContainsFunc(batch, func(r *appendReq) bool { return r.prefix != nil })
-	if plain {
-		flags |= sigPlain
-	}
-	if journaled {
-		if err := f.writeJournaledWriteLocked(length, sig, flags); err != nil {
-			return 0, f.abortWriteLocked(undo, err)
-		}
-	} else if f.journaling() {
-		if err := f.writeLargeWriteLocked(length, b.off, sig, flags); err != nil {
-			return 0, f.abortWriteLocked(undo, err)
-		}
-	} else {
-		if err := f.writeSignatureWriteLocked(length, sig, flags, f.fdata(), f.ftree()); err != nil {
-			return 0, f.abortWriteLocked(undo, err)
-		}
+	checked, plain, err := f.writeSigRecordWriteLocked(batch, start, length, b.off, sig, journaled)
+	if err != nil {
+		return 0, f.abortWriteLocked(undo, err)
 	}
 	if f.cfg.stored != nil { // before publishing: readers see it indexed
-		seq := start
-		for _, r := range batch {
-			if k := uint64(len(r.values)); k > 0 {
-				prefix := r.prefix
-				if prefix == nil {
-					prefix = noContext
-				}
-				f.cfg.stored(f, seq, seq+k, prefix)
-				seq += k
-			}
-		}
+		tellStored(f, batch, start)
 	}
 	if checked {
 		f.checked.Store(length)
@@ -336,6 +305,51 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	}
 	f.publishWriteLocked(length, b.off, b.newRoots, sig, nil)
 	return start, nil
+}
+
+// writeSigRecordWriteLocked writes the signature record of an append of
+// batch from start to length (off bytes), signed sig: in the journal, as a
+// large append's, or in the signatures file. It reports the flags it
+// recorded: whether every value up to length was checked against the
+// encoding, and whether no block has a context.
+func (f *Feed) writeSigRecordWriteLocked(batch []*appendReq, start, length, off uint64, sig []byte, journaled bool) (checked, plain bool, err error) {
+	// Append checked every value against the feed's encoding: if those
+	// before were checked too, the record says so.
+	checked = f.checked.Load() == start
+	var flags uint32
+	if checked {
+		flags = uint32(f.cfg.enc.code()) << sigCheckedShift
+	}
+	// Likewise for blocks without a context.
+	plain = f.plain.Load() == start && !slices.ContainsFunc(batch, func(r *appendReq) bool { return r.prefix != nil })
+	if plain {
+		flags |= sigPlain
+	}
+	switch {
+	case journaled:
+		err = f.writeJournaledWriteLocked(length, sig, flags)
+	case f.journaling():
+		err = f.writeLargeWriteLocked(length, off, sig, flags)
+	default:
+		err = f.writeSignatureWriteLocked(length, sig, flags, f.fdata(), f.ftree())
+	}
+	return checked, plain, err
+}
+
+// tellStored tells the feed's Core of the entries of batch, appended from
+// start, each call's with its block prefix.
+func tellStored(f *Feed, batch []*appendReq, start uint64) {
+	seq := start
+	for _, r := range batch {
+		if k := uint64(len(r.values)); k > 0 {
+			prefix := r.prefix
+			if prefix == nil {
+				prefix = noContext
+			}
+			f.cfg.stored(f, seq, seq+k, prefix)
+			seq += k
+		}
+	}
 }
 
 // appendBuild is what buildAppendWriteLocked makes of a batch: the records

@@ -238,55 +238,22 @@ func (f *Feed) readRangeMode(start, end, maxBytes uint64, mode readMode) ([][]by
 	if mode&readMark == 0 {
 		damaged = func(seq uint64, ce *CorruptError) error { return &entryDamage{seq: seq, err: ce} }
 	}
-	count := end - start
 	sc := readScratchPool.Get().(*readScratch)
 	defer putReadScratch(sc)
-	recs := slices.Grow(sc.recs[:0], int((2*count-1)*nodeSize))[:(2*count-1)*nodeSize]
-	sc.recs = recs
-	got, err := f.ftree().ReadAt(recs, headerSize+int64(2*start)*nodeSize)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, f.readErr(err, start)
-	}
-	clear(recs[got:]) // past the end of the tree file: no leaf
-	nodes := slices.Grow(sc.nodes[:0], int(count))
+	nodes, total, bad, err := f.readLeaves(sc, start, end, maxBytes, damaged)
 	defer func() { sc.nodes = nodes[:0] }()
-	var total uint64
-	var bad error // damage to entry start+len(nodes), which ends the range
-	for k := range count {
-		seq := start + k
-		off := headerSize + int64(2*seq)*nodeSize
-		n, err := decodeNode(2*seq, recs[2*k*nodeSize:], f.name, off)
-		if errors.Is(err, errNoNode) {
-			err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
-		}
-		if err != nil {
-			var ce *CorruptError
-			if !errors.As(err, &ce) {
-				return nil, f.readErr(err, seq)
-			}
-			bad = damaged(seq, ce)
-			break
-		}
-		if k > 0 && n.Offset != nodes[k-1].Offset+nodes[k-1].Size {
-			// Each value is sliced out of one read by its offset.
-			bad = damaged(seq, &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("leaf of entry %d: offsets are not contiguous", seq)})
-			break
-		}
-		if k > 0 && total+n.Size > maxBytes {
-			break
-		}
-		nodes = append(nodes, n)
-		total += n.Size
+	if err != nil {
+		return nil, err
 	}
 	if len(nodes) == 0 {
 		return nil, f.readErr(bad, start)
 	}
-	count = uint64(len(nodes))
+	count := uint64(len(nodes))
 	// The entries' records are contiguous in the data file: read them with
 	// one call, and check each where it lies against its leaf.
 	first := dataPos(start, nodes[0].Offset)
 	raw := make([]byte, total+count*dataFrame)
-	got, err = f.fdata().ReadAt(raw, first)
+	got, err := f.fdata().ReadAt(raw, first)
 	if got < len(raw) && err != nil && !errors.Is(err, io.EOF) {
 		return nil, f.readErr(err, start)
 	}
@@ -349,6 +316,48 @@ const (
 	minSharedRead   = 64
 	sharedReadChunk = 32
 )
+
+// readLeaves reads the leaves of entries [start, end) in one read, into
+// sc's buffers, as far as their values fit in maxBytes (the first one
+// always): it returns them, with their values' total size. Damage to a
+// leaf (damaged says what it becomes) ends them, and is returned as bad;
+// err is a failed read.
+func (f *Feed) readLeaves(sc *readScratch, start, end, maxBytes uint64, damaged func(uint64, *CorruptError) error) (nodes []storedNode, total uint64, bad, err error) {
+	count := end - start
+	recs := slices.Grow(sc.recs[:0], int((2*count-1)*nodeSize))[:(2*count-1)*nodeSize]
+	sc.recs = recs
+	got, err := f.ftree().ReadAt(recs, headerSize+int64(2*start)*nodeSize)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return sc.nodes, 0, nil, f.readErr(err, start)
+	}
+	clear(recs[got:]) // past the end of the tree file: no leaf
+	nodes = slices.Grow(sc.nodes[:0], int(count))
+	for k := range count {
+		seq := start + k
+		off := headerSize + int64(2*seq)*nodeSize
+		n, err := decodeNode(2*seq, recs[2*k*nodeSize:], f.name, off)
+		if errors.Is(err, errNoNode) {
+			err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
+		}
+		if err != nil {
+			var ce *CorruptError
+			if !errors.As(err, &ce) {
+				return nodes, 0, nil, f.readErr(err, seq)
+			}
+			return nodes, total, damaged(seq, ce), nil
+		}
+		if k > 0 && n.Offset != nodes[k-1].Offset+nodes[k-1].Size {
+			// Each value is sliced out of one read by its offset.
+			return nodes, total, damaged(seq, &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("leaf of entry %d: offsets are not contiguous", seq)}), nil
+		}
+		if k > 0 && total+n.Size > maxBytes {
+			break
+		}
+		nodes = append(nodes, n)
+		total += n.Size
+	}
+	return nodes, total, nil, nil
+}
 
 // readScratch is what readRange reuses between calls. Large buffers are
 // not kept: see putReadScratch.
