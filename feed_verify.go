@@ -211,16 +211,18 @@ func (f *Feed) verifySignatures(ctx context.Context, length uint64, st *VerifySt
 	if err != nil {
 		return err
 	}
-	n := max(size-headerSize, 0) / sigRecordSize
-	// A damaged newest record that opening found is reported already: as
-	// listed damage (a replica's), or as a repair made or, read-only, to be
-	// made (a writer's, re-signed).
+	// Records from sigsEnd on are a tail that opening cut, or, read-only,
+	// reported as a cut to make. A damaged newest record that opening
+	// found is reported already: as listed damage (a replica's), or as a
+	// repair made or, read-only, to be made (a writer's, re-signed).
 	known := int64(-1)
 	f.writeMu.Lock()
+	end := min(size, f.sigsEnd)
 	if d := f.sigDamage; d != nil {
 		known = d.off
 	}
 	f.writeMu.Unlock()
+	n := max(end-headerSize, 0) / sigRecordSize
 	var rec [sigRecordSize]byte
 	for k := range n {
 		if k%256 == 0 {

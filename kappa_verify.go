@@ -110,7 +110,8 @@ func (c *Core) Verify(ctx context.Context, opts *VerifyOptions) (VerifyStats, er
 	return st, nil
 }
 
-// verifyManifest checks the CRC of every manifest record.
+// verifyManifest checks the CRC of every manifest record that opening
+// kept.
 func (c *Core) verifyManifest(problem func(Damage)) error {
 	c.addMu.Lock()
 	defer c.addMu.Unlock()
@@ -118,7 +119,9 @@ func (c *Core) verifyManifest(problem func(Damage)) error {
 	if err != nil {
 		return fmt.Errorf("verify manifest: %w", err)
 	}
-	n := max(size-headerSize, 0) / manifestRecord
+	// Records from c.slots on are a torn last record that opening cut, or,
+	// read-only, reported as a cut to make.
+	n := min(max(size-headerSize, 0)/manifestRecord, int64(c.slots))
 	buf := make([]byte, n*manifestRecord)
 	if _, err := c.manifest.ReadAt(buf, headerSize); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("verify manifest: %w", err)

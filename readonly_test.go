@@ -777,3 +777,63 @@ func TestReadOnlyOpenOfADatabaseWithoutManifest(t *testing.T) {
 		}
 	}
 }
+
+// A crash can leave whole records of zeros at the end of a writer's
+// signatures file and of the manifest (the files grew, their bytes never
+// landed): torn tails, which a writable open cuts. A read-only open reports
+// the cuts as repairs to make, and Verify finds no problem in them, before
+// and after a writable open made the cuts. (The writer appends without
+// sync, so that no journal tells what its last append wrote.)
+func TestReadOnlyVerifyTakesWholeTornRecordsForRepairs(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	c, err := Open(dir, &Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := mustWriter(t, c, "w")
+	for i := range 7 {
+		if _, err := w.Append(fmt.Appendf(nil, "value %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for name, size := range map[string]int{"feeds/0/signatures": sigRecordSize, "manifest": manifestRecord} {
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, readOnly := range []bool{true, false, true} {
+		c, err := Open(dir, &Options{ReadOnly: readOnly})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var problems []string
+		st, err := c.Verify(ctxT(t), &VerifyOptions{OnDamage: func(d Damage) { problems = append(problems, d.Error()) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Problems != 0 || st.Signatures != 7 || st.Entries != 7 {
+			t.Errorf("read-only %v: verify found %d problems %q, %d signatures, %d entries; want none, 7, 7", readOnly, st.Problems, problems, st.Signatures, st.Entries)
+		}
+		if i == 0 {
+			repairs := strings.Join(repairStrings(c.Repairs()), "\n")
+			for _, want := range []string{"feeds/0/signatures", "manifest"} {
+				if !strings.Contains(repairs, want) {
+					t.Errorf("read-only %v: no repair of %s reported: %s", readOnly, want, repairs)
+				}
+			}
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
