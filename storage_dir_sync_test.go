@@ -340,3 +340,42 @@ func TestDirStorageRemoveSyncsTheDirectory(t *testing.T) {
 		t.Fatalf("remove did not fsync the file's directory:\n%s", formatTrace(evs))
 	}
 }
+
+func TestDirStorageSyncMakesNewDirectoryEntriesDurableOnce(t *testing.T) {
+	s, err := OpenDir(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	f := storageMustOpen(t, s, "a/b/c", true)
+	p := s.dirSync["a/b/c"]
+	want := []string{filepath.Join(s.dir, "a", "b"), filepath.Join(s.dir, "a"), s.dir}
+	if p == nil || !slices.Equal(p.dirs, want) {
+		t.Fatalf("directories to sync for a/b/c: %v, want %q", p, want)
+	}
+	g := storageMustOpen(t, s, "a/b/d", true)
+	if p := s.dirSync["a/b/d"]; p == nil || !slices.Equal(p.dirs, want[:1]) {
+		t.Fatalf("directories to sync for a/b/d: %v, want %q", p, want[:1])
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.dirSync["a/b/c"]; ok {
+		t.Error("a/b/c still has directories to sync after Sync")
+	}
+	if _, ok := s.dirSync["a/b/d"]; !ok {
+		t.Error("a/b/d lost its pending directory sync by another file's Sync")
+	}
+	// Reopening an existing file has nothing to sync.
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	storageMustOpen(t, s, "a/b/d", false)
+	if _, ok := s.dirSync["a/b/d"]; !ok {
+		t.Error("a/b/d lost its pending directory sync by closing")
+	}
+	storageMustOpen(t, s, "a/b/c", false)
+	if _, ok := s.dirSync["a/b/c"]; ok {
+		t.Error("reopening a synced file made it pending again")
+	}
+}
