@@ -14,9 +14,9 @@ import (
 
 // Fuzz targets for opening a whole database, and a replica's bitfield, from
 // fuzzed bytes. The properties are those of the damage test (see
-// checkDamagedDB in damage_test.go): opening never panics, and either fails
-// with ErrCorrupt or opens with every entry that loads reading back as it
-// was written, every feed that does not load listed in Damaged, and every
+// checkDamagedDB in damage_check_test.go): opening never panics, and either
+// fails with ErrCorrupt or opens with every entry that loads reading back as
+// it was written, every feed that does not load listed in Damaged, and every
 // file that got shorter explained by a Repair.
 
 // FuzzOpenDatabase opens the small damage fixture (a writer, a sparse
