@@ -337,19 +337,7 @@ func FuzzPut(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, start, length uint64, blocks, nodes, sig []byte, signed bool, pre uint8, shift uint64, from, to uint8) {
-		p := &Proof{Start: start, Length: length, Blocks: fuzzDecodeBlocks(blocks), Nodes: fuzzDecodeNodes(nodes)}
-		// Hashes commit to the sum of sizes under a parent: try moving
-		// bytes from one node's size to another's.
-		if n := len(p.Nodes); n > 0 && shift != 0 {
-			p.Nodes[int(from)%n].Size -= shift
-			p.Nodes[int(to)%n].Size += shift
-		}
-		if signed {
-			p.Signature = sig
-			if p.Signature == nil {
-				p.Signature = []byte{}
-			}
-		}
+		p := fuzzedProof(start, length, blocks, nodes, sig, signed, shift, from, to)
 		s := NewMemStorage()
 		r, err := OpenFeed(s, "r/", &FeedOptions{Key: w.feed.Key(), NoSync: pre%2 == 1})
 		if err != nil {
@@ -363,52 +351,14 @@ func FuzzPut(f *testing.F) {
 		}
 		before := fuzzSnapshot(r, s)
 		putErr := r.Put(p)
-		if putErr == nil {
-			for k, b := range p.Blocks {
-				seq := p.Start + uint64(k)
-				if seq >= w.len() || !bytes.Equal(b, w.blocks[seq]) {
-					t.Fatalf("put accepted block %d %q, the writer's is %q", seq, b, w.blocks[min(seq, w.len()-1)])
-				}
-				if !r.Has(seq) {
-					t.Fatalf("put accepted block %d but the replica lacks it", seq)
-				}
-			}
-			if want := max(before.length, p.Length); p.Signature != nil && r.Len() != want {
-				t.Fatalf("signed put of length %d: replica length %d -> %d", p.Length, before.length, r.Len())
-			}
-			if p.Signature == nil && r.Len() != before.length {
-				t.Fatalf("unsigned put changed the length %d -> %d", before.length, r.Len())
-			}
-		} else if errors.Is(putErr, ErrForked) {
-			// Only the writer's key can sign a history: a fork needs a
-			// signature of it over another history. The fuzzer finds some
-			// in the seed corpus, where this deterministic key signed the
-			// same values as format 3 blocks (without format 4's prefix).
-			var fe *ForkError
-			if !errors.As(putErr, &fe) || fe.Evidence == nil || !r.Forked() || p.Signature == nil {
-				t.Fatalf("put failed with %v: a fork without a signed proof or evidence", putErr)
-			}
-			if err := fe.Evidence.Verify(); err != nil || !bytes.Equal(fe.Evidence.Key, w.feed.Key()) {
-				t.Fatalf("put found a fork the evidence does not prove: %v (%v)", putErr, err)
-			}
+		switch {
+		case putErr == nil:
+			checkAcceptedPut(t, w, r, p, before)
+		case errors.Is(putErr, ErrForked):
+			checkForkedPut(t, w, r, p, putErr)
 			return // a forked feed is no longer replicated
-		} else {
-			noLink := errors.Is(putErr, errNoLink) && p.Signature != nil && p.Length > before.length && before.length > 0
-			if !errors.Is(putErr, ErrVerify) && !errors.Is(putErr, ErrBlockTooLarge) && !noLink {
-				t.Fatalf("put failed with %v, want ErrVerify or ErrBlockTooLarge, or errNoLink for a signed proof past the length", putErr)
-			}
-			after := fuzzSnapshot(r, s)
-			if after.length != before.length {
-				t.Fatalf("rejected put changed the length %d -> %d", before.length, after.length)
-			}
-			for name, b := range before.files {
-				if !bytes.Equal(after.files[name], b) {
-					t.Fatalf("rejected put changed %s", name)
-				}
-			}
-			if len(after.files) != len(before.files) {
-				t.Fatalf("rejected put created files")
-			}
+		default:
+			checkRejectedPut(t, r, s, p, before, putErr)
 		}
 		checkReplicaNodes(t, w, r, s, "after fuzzed put")
 		checkReplicaBlocks(t, w, r, "after fuzzed put")
@@ -426,6 +376,89 @@ func FuzzPut(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// fuzzedProof builds FuzzPut's proof from its fuzz input: shift moves that
+// many bytes from the size of node from to that of node to, and a signed
+// proof carries sig (empty, not nil, if sig is nil).
+func fuzzedProof(start, length uint64, blocks, nodes, sig []byte, signed bool, shift uint64, from, to uint8) *Proof {
+	p := &Proof{Start: start, Length: length, Blocks: fuzzDecodeBlocks(blocks), Nodes: fuzzDecodeNodes(nodes)}
+	// Hashes commit to the sum of sizes under a parent: try moving
+	// bytes from one node's size to another's.
+	if n := len(p.Nodes); n > 0 && shift != 0 {
+		p.Nodes[int(from)%n].Size -= shift
+		p.Nodes[int(to)%n].Size += shift
+	}
+	if signed {
+		p.Signature = sig
+		if p.Signature == nil {
+			p.Signature = []byte{}
+		}
+	}
+	return p
+}
+
+// checkAcceptedPut checks a fuzzed proof the replica took: every block it
+// carried is the writer's and is now present, a signed proof raised the
+// length to its own (if longer), and an unsigned one left it unchanged.
+func checkAcceptedPut(t *testing.T, w *fuzzWriter, r *Feed, p *Proof, before fuzzFeedState) {
+	t.Helper()
+	for k, b := range p.Blocks {
+		seq := p.Start + uint64(k)
+		if seq >= w.len() || !bytes.Equal(b, w.blocks[seq]) {
+			t.Fatalf("put accepted block %d %q, the writer's is %q", seq, b, w.blocks[min(seq, w.len()-1)])
+		}
+		if !r.Has(seq) {
+			t.Fatalf("put accepted block %d but the replica lacks it", seq)
+		}
+	}
+	if want := max(before.length, p.Length); p.Signature != nil && r.Len() != want {
+		t.Fatalf("signed put of length %d: replica length %d -> %d", p.Length, before.length, r.Len())
+	}
+	if p.Signature == nil && r.Len() != before.length {
+		t.Fatalf("unsigned put changed the length %d -> %d", before.length, r.Len())
+	}
+}
+
+// checkForkedPut checks a fuzzed proof that found a fork: the replica is
+// forked, the proof was signed, and the error carries evidence that
+// verifies under the writer's key.
+func checkForkedPut(t *testing.T, w *fuzzWriter, r *Feed, p *Proof, putErr error) {
+	t.Helper()
+	// Only the writer's key can sign a history: a fork needs a
+	// signature of it over another history. The fuzzer finds some
+	// in the seed corpus, where this deterministic key signed the
+	// same values as format 3 blocks (without format 4's prefix).
+	var fe *ForkError
+	if !errors.As(putErr, &fe) || fe.Evidence == nil || !r.Forked() || p.Signature == nil {
+		t.Fatalf("put failed with %v: a fork without a signed proof or evidence", putErr)
+	}
+	if err := fe.Evidence.Verify(); err != nil || !bytes.Equal(fe.Evidence.Key, w.feed.Key()) {
+		t.Fatalf("put found a fork the evidence does not prove: %v (%v)", putErr, err)
+	}
+}
+
+// checkRejectedPut checks a fuzzed proof the replica refused: the error
+// wraps ErrVerify or ErrBlockTooLarge (or errNoLink, for a signed proof past
+// a non-zero length), and neither the length nor any file changed.
+func checkRejectedPut(t *testing.T, r *Feed, s *MemStorage, p *Proof, before fuzzFeedState, putErr error) {
+	t.Helper()
+	noLink := errors.Is(putErr, errNoLink) && p.Signature != nil && p.Length > before.length && before.length > 0
+	if !errors.Is(putErr, ErrVerify) && !errors.Is(putErr, ErrBlockTooLarge) && !noLink {
+		t.Fatalf("put failed with %v, want ErrVerify or ErrBlockTooLarge, or errNoLink for a signed proof past the length", putErr)
+	}
+	after := fuzzSnapshot(r, s)
+	if after.length != before.length {
+		t.Fatalf("rejected put changed the length %d -> %d", before.length, after.length)
+	}
+	for name, b := range before.files {
+		if !bytes.Equal(after.files[name], b) {
+			t.Fatalf("rejected put changed %s", name)
+		}
+	}
+	if len(after.files) != len(before.files) {
+		t.Fatalf("rejected put created files")
+	}
 }
 
 // fuzzScenario is a stored feed that FuzzOpenFeed damages.
@@ -580,7 +613,53 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 		return
 	}
 	defer f.Close()
-	length := f.Len()
+	fc := &damagedFeedCheck{t: t, w: w, sc: sc, s: s, f: f, length: f.Len()}
+	fc.checkOpenedState(intact)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	fc.ctx = ctx
+	fc.checkPresentEntries()
+	fc.checkVerifyAgreesWithReads()
+	fc.checkViewReads()
+	fc.checkServedProofs()
+	if f.Writable() {
+		fc.checkAppendSurvivesReopen()
+		return
+	}
+	fc.checkFullProof()
+}
+
+// damagedFeedCheck is a feed that checkDamagedOpen opened from a scenario's
+// maybe damaged storage, with what its steps share.
+type damagedFeedCheck struct {
+	t      *testing.T
+	w      *fuzzWriter
+	sc     *fuzzScenario
+	s      *MemStorage
+	f      *Feed
+	length uint64 // at open
+	ctx    context.Context
+}
+
+// checkValue checks that a read of entry seq returned the writer's value or
+// failed with ErrCorrupt.
+func (fc *damagedFeedCheck) checkValue(what string, seq uint64, v []byte, err error) {
+	t := fc.t
+	t.Helper()
+	switch {
+	case err != nil && !errors.Is(err, ErrCorrupt):
+		t.Fatalf("%s: %s %d: %v, want the value or ErrCorrupt", fc.sc.name, what, seq, err)
+	case err == nil && !bytes.Equal(v, fc.w.values[seq]):
+		t.Fatalf("%s: %s %d returned %q, the writer wrote %q", fc.sc.name, what, seq, v, fc.w.values[seq])
+	}
+}
+
+// checkOpenedState checks the state the feed opened with: the scenario's
+// length if undamaged, else a length the writer signed; the writer's key if
+// it holds entries; the writer's byte length at that length; and the
+// writer's signature of it.
+func (fc *damagedFeedCheck) checkOpenedState(intact bool) {
+	t, w, sc, f, length := fc.t, fc.w, fc.sc, fc.f, fc.length
 	switch {
 	case intact && length != lastOr(sc.signed, 0):
 		t.Fatalf("%s: undamaged feed opens with length %d", sc.name, length)
@@ -605,17 +684,14 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 			t.Fatalf("%s: signature of length %d: %v", sc.name, l, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	checkValue := func(what string, seq uint64, v []byte, err error) {
-		t.Helper()
-		switch {
-		case err != nil && !errors.Is(err, ErrCorrupt):
-			t.Fatalf("%s: %s %d: %v, want the value or ErrCorrupt", sc.name, what, seq, err)
-		case err == nil && !bytes.Equal(v, w.values[seq]):
-			t.Fatalf("%s: %s %d returned %q, the writer wrote %q", sc.name, what, seq, v, w.values[seq])
-		}
-	}
+}
+
+// checkPresentEntries checks that NextPresent agrees with Has, that every
+// present entry reads back (see checkValue) by Get and GetBatch, that one
+// that fails to read is no longer present, and that Downloaded counts the
+// entries still present after the reads.
+func (fc *damagedFeedCheck) checkPresentEntries() {
+	t, sc, f, length := fc.t, fc.sc, fc.f, fc.length
 	var present uint64
 	for seq := uint64(0); seq < length; seq++ {
 		if f.NextPresent(seq) != seq {
@@ -628,20 +704,20 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 			t.Fatalf("%s: NextPresent(%d) = %d but not Has", sc.name, seq, seq)
 		}
 		present++
-		v, err := f.Get(ctx, seq)
-		checkValue("get", seq, v, err)
+		v, err := f.Get(fc.ctx, seq)
+		fc.checkValue("get", seq, v, err)
 		if err != nil && f.Has(seq) {
 			t.Fatalf("%s: get %d: %v, but the entry is still present", sc.name, seq, err)
 		}
 		end := max(seq+1, f.NextMissing(seq))
-		vs, err := f.GetBatch(ctx, seq, end)
+		vs, err := f.GetBatch(fc.ctx, seq, end)
 		if err != nil {
-			checkValue("get batch from", seq, nil, err)
+			fc.checkValue("get batch from", seq, nil, err)
 		} else if uint64(len(vs)) != end-seq {
 			t.Fatalf("%s: get [%d, %d) returned %d entries", sc.name, seq, end, len(vs))
 		}
 		for k, v := range vs {
-			checkValue("batch entry", seq+uint64(k), v, nil)
+			fc.checkValue("batch entry", seq+uint64(k), v, nil)
 		}
 	}
 	// Entries the reads found damaged are no longer present.
@@ -654,15 +730,20 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 	if f.Downloaded() != present {
 		t.Fatalf("%s: Downloaded %d, present %d", sc.name, f.Downloaded(), present)
 	}
-	// Verify finds damaged exactly the entries the reads did (a leaf that
-	// does not follow the one before it only in a range, as GetBatch's).
+}
+
+// checkVerifyAgreesWithReads checks that Verify finds damaged exactly the
+// entries the reads did (a leaf that does not follow the one before it only
+// in a range, as GetBatch's).
+func (fc *damagedFeedCheck) checkVerifyAgreesWithReads() {
+	t, sc, f := fc.t, fc.sc, fc.f
 	var marked, reported []uint64
-	for seq := uint64(0); seq < length; seq++ {
+	for seq := uint64(0); seq < fc.length; seq++ {
 		if f.isDamaged(seq) {
 			marked = append(marked, seq)
 		}
 	}
-	if _, err := f.verify(ctx, func(d Damage) {
+	if _, err := f.verify(fc.ctx, func(d Damage) {
 		if d.Entry && !strings.Contains(d.Err.Error(), "not contiguous") {
 			reported = append(reported, d.Seq)
 		}
@@ -672,26 +753,36 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 	if !slices.Equal(marked, reported) {
 		t.Fatalf("%s: the reads found entries %v damaged, verify %v", sc.name, marked, reported)
 	}
-	// A view reads from entry 0 through the data file alone, in batches
-	// that end before the feed does and at its end.
-	if length > 0 && f.HasRange(0, 1) {
-		for _, end := range []uint64{1, (f.NextMissing(0) + 1) / 2, f.NextMissing(0)} {
-			vs, err := f.scanBatch(0, end, true)
-			if err != nil {
-				checkValue("view read up to", end, nil, err)
-			} else if n := uint64(len(vs)); n != end && !f.isDamaged(n) {
-				// Damage ends a view's batch early, at an entry
-				// marked damaged.
-				t.Fatalf("%s: view read of [0, %d) returned %d entries", sc.name, end, len(vs))
-			}
-			for k, b := range vs {
-				checkValue("view entry", uint64(k), blockValue(b), nil) // scanBatch returns blocks (format 4)
-			}
+}
+
+// checkViewReads checks a view's reads: from entry 0 through the data file
+// alone, in batches that end before the feed does and at its end, each
+// entry the writer's value or ErrCorrupt, a batch ending early only at an
+// entry marked damaged.
+func (fc *damagedFeedCheck) checkViewReads() {
+	t, sc, f := fc.t, fc.sc, fc.f
+	if fc.length == 0 || !f.HasRange(0, 1) {
+		return
+	}
+	for _, end := range []uint64{1, (f.NextMissing(0) + 1) / 2, f.NextMissing(0)} {
+		vs, err := f.scanBatch(0, end, true)
+		if err != nil {
+			fc.checkValue("view read up to", end, nil, err)
+		} else if n := uint64(len(vs)); n != end && !f.isDamaged(n) {
+			// Damage ends a view's batch early, at an entry
+			// marked damaged.
+			t.Fatalf("%s: view read of [0, %d) returned %d entries", sc.name, end, len(vs))
+		}
+		for k, b := range vs {
+			fc.checkValue("view entry", uint64(k), blockValue(b), nil) // scanBatch returns blocks (format 4)
 		}
 	}
+}
 
-	// A proof the damaged feed serves is refused with ErrCorrupt, or is
-	// true, or is refused by a peer with ErrVerify.
+// checkServedProofs checks that a proof the damaged feed serves is refused
+// with ErrCorrupt, or is true, or is refused by a peer with ErrVerify.
+func (fc *damagedFeedCheck) checkServedProofs() {
+	t, w, sc, f, length := fc.t, fc.w, fc.sc, fc.f, fc.length
 	for _, rg := range [][2]uint64{{0, length}, {length / 2, length/2 + 1}, {length / 3, length / 3}, {length - 1, length}} {
 		if length == 0 || !f.HasRange(rg[0], rg[1]) {
 			continue
@@ -718,39 +809,47 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 		}
 		r.Close()
 	}
+}
 
-	if f.Writable() {
-		v := []byte("appended after damage")
-		seq, err := f.Append(v)
-		if err != nil {
-			t.Fatalf("%s: append after open: %v", sc.name, err)
-		}
-		if seq != length {
-			t.Fatalf("%s: append at %d, length was %d", sc.name, seq, length)
-		}
-		if got, err := f.Get(ctx, seq); err != nil || !bytes.Equal(got, v) {
-			t.Fatalf("%s: appended entry reads %q, %v", sc.name, got, err)
-		}
-		key := f.Key()
-		if err := f.Close(); err != nil {
-			t.Fatalf("%s: close: %v", sc.name, err)
-		}
-		f2, err := OpenFeed(s, fuzzPrefix, &FeedOptions{Key: key})
-		if err != nil {
-			t.Fatalf("%s: reopen after append: %v", sc.name, err)
-		}
-		defer f2.Close()
-		if f2.Len() != length+1 {
-			t.Fatalf("%s: reopened with length %d, want %d", sc.name, f2.Len(), length+1)
-		}
-		if got, err := f2.Get(ctx, seq); err != nil || !bytes.Equal(got, v) {
-			t.Fatalf("%s: appended entry reads %q, %v after reopen", sc.name, got, err)
-		}
-		return
+// checkAppendSurvivesReopen checks that a writer opened from damaged files
+// appends at its length, reads the entry back, and still has it after a
+// reopen.
+func (fc *damagedFeedCheck) checkAppendSurvivesReopen() {
+	t, sc, f, length := fc.t, fc.sc, fc.f, fc.length
+	v := []byte("appended after damage")
+	seq, err := f.Append(v)
+	if err != nil {
+		t.Fatalf("%s: append after open: %v", sc.name, err)
 	}
+	if seq != length {
+		t.Fatalf("%s: append at %d, length was %d", sc.name, seq, length)
+	}
+	if got, err := f.Get(fc.ctx, seq); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("%s: appended entry reads %q, %v", sc.name, got, err)
+	}
+	key := f.Key()
+	if err := f.Close(); err != nil {
+		t.Fatalf("%s: close: %v", sc.name, err)
+	}
+	f2, err := OpenFeed(fc.s, fuzzPrefix, &FeedOptions{Key: key})
+	if err != nil {
+		t.Fatalf("%s: reopen after append: %v", sc.name, err)
+	}
+	defer f2.Close()
+	if f2.Len() != length+1 {
+		t.Fatalf("%s: reopened with length %d, want %d", sc.name, f2.Len(), length+1)
+	}
+	if got, err := f2.Get(fc.ctx, seq); err != nil || !bytes.Equal(got, v) {
+		t.Fatalf("%s: appended entry reads %q, %v after reopen", sc.name, got, err)
+	}
+}
 
-	// A replica: the writer's full proof is taken, or refused because of
-	// what the damage left (a stored node that contradicts it).
+// checkFullProof checks that a replica opened from damaged files takes the
+// writer's full proof, or refuses it because of what the damage left (a
+// stored node that contradicts it), and that every entry then present
+// reads back (see checkValue).
+func (fc *damagedFeedCheck) checkFullProof() {
+	t, w, sc, f := fc.t, fc.w, fc.sc, fc.f
 	full := w.proofs[w.len()][len(w.proofs[w.len()])-1]
 	if err := f.Put(full); err != nil {
 		if !errors.Is(err, ErrVerify) && !errors.Is(err, ErrCorrupt) {
@@ -761,8 +860,8 @@ func checkDamagedOpen(t *testing.T, w *fuzzWriter, sc *fuzzScenario, s *MemStora
 	}
 	for seq := range f.Len() {
 		if f.Has(seq) {
-			v, err := f.Get(ctx, seq)
-			checkValue("get after full proof", seq, v, err)
+			v, err := f.Get(fc.ctx, seq)
+			fc.checkValue("get after full proof", seq, v, err)
 		}
 	}
 	if err := f.Close(); err != nil {
