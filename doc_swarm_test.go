@@ -99,10 +99,63 @@ func docHear(t *testing.T, ctx context.Context, ear *hubTransport, what string) 
 	return hubDatagram{}
 }
 
+// docNode returns a random node id.
 func docNode() [16]byte {
 	var n [16]byte
 	rand.Read(n[:])
 	return n
+}
+
+// docFreshDial waits until dl has dialled an address not in seen, and
+// returns the first such.
+func docFreshDial(t *testing.T, ctx context.Context, dl *dialLog, seen map[string]bool, what string) string {
+	t.Helper()
+	var fresh string
+	waitFor(t, ctx, what, func() bool {
+		for _, a := range dl.dialled("") {
+			if !seen[a] {
+				fresh = a
+				return true
+			}
+		}
+		return false
+	})
+	return fresh
+}
+
+// docFoundBeforeMarker delivers a beacon of a new node, the marker, from
+// 10.1.2.6, and reports whether node was found before the marker was.
+func docFoundBeforeMarker(t *testing.T, ctx context.Context, hub *beaconHub, key []byte, found <-chan nodeID, node nodeID) bool {
+	t.Helper()
+	marker := docNode()
+	hub.deliver(docSealBeacon(key, 'B', 9, marker), netip.MustParseAddr("10.1.2.6"), nil)
+	return foundBefore(t, ctx, found, node, marker)
+}
+
+// docHearAnswer waits for the node at 10.0.0.1 to answer a probe: each of
+// its datagrams until a beacon must open with the document's keys, name
+// the node self and its port, and be a probe or that beacon.
+func docHearAnswer(t *testing.T, ctx context.Context, ear *hubTransport, key []byte, port uint16, self [16]byte) {
+	t.Helper()
+	for {
+		d := docHear(t, ctx, ear, "the answer to the probe")
+		if d.from != netip.MustParseAddr("10.0.0.1") {
+			continue // what the test injected
+		}
+		b, err := docOpenBeacon(key, d.b)
+		if err != nil {
+			t.Fatalf("a datagram of the node (%d bytes): %v", len(d.b), err)
+		}
+		if b.port != port || b.node != self {
+			t.Fatalf("a datagram of the node: port %d node %x, want %d %x", b.port, b.node, port, self)
+		}
+		if b.kind == 'B' {
+			return // the answer
+		}
+		if b.kind != 'P' {
+			t.Fatalf("kind %q", b.kind)
+		}
+	}
 }
 
 // Beacons and probes made from §7 alone are taken by a swarm, which dials
@@ -161,16 +214,7 @@ func TestDocBeaconsAsDocumented(t *testing.T) {
 		}
 		// The first address dialled that was not dialled before is it
 		// (the earlier cases' addresses are dialled again, backing off).
-		var fresh string
-		waitFor(t, ctx, "a dial of "+c.want, func() bool {
-			for _, a := range dl.dialled("") {
-				if !seen[a] {
-					fresh = a
-					return true
-				}
-			}
-			return false
-		})
+		fresh := docFreshDial(t, ctx, &dl, seen, "a dial of "+c.want)
 		if fresh != c.want {
 			t.Fatalf("a %q from %v with port %d: dialled %q, want %q", c.kind, c.from, c.port, fresh, c.want)
 		}
@@ -180,9 +224,7 @@ func TestDocBeaconsAsDocumented(t *testing.T) {
 	// Port 0: the sender does not listen; it is not dialled, nor found.
 	silent := docNode()
 	hub.deliver(docSealBeacon(key, 'B', 0, silent), netip.MustParseAddr("10.1.2.5"), nil)
-	marker := docNode()
-	hub.deliver(docSealBeacon(key, 'B', 9, marker), netip.MustParseAddr("10.1.2.6"), nil)
-	if foundBefore(t, ctx, found, silent, marker) {
+	if docFoundBeforeMarker(t, ctx, hub, key, found, silent) {
 		t.Fatal("a beacon with port 0 proposed an address")
 	}
 	if got := dl.dialled("10.1.2.5"); len(got) != 0 {
@@ -197,9 +239,7 @@ func TestDocBeaconsAsDocumented(t *testing.T) {
 	waitFound(t, ctx, found, again)
 	hub.deliver(dg, netip.MustParseAddr("10.1.3.2"), nil)
 	hub.deliver(docSealBeacon(key, 'B', 4326, self), netip.MustParseAddr("10.1.3.3"), nil)
-	marker = docNode()
-	hub.deliver(docSealBeacon(key, 'B', 9, marker), netip.MustParseAddr("10.1.2.6"), nil)
-	if foundBefore(t, ctx, found, again, marker) || len(dl.dialled("10.1.3.2")) != 0 || len(dl.dialled("10.1.3.3")) != 0 {
+	if docFoundBeforeMarker(t, ctx, hub, key, found, again) || len(dl.dialled("10.1.3.2")) != 0 || len(dl.dialled("10.1.3.3")) != 0 {
 		t.Fatalf("a replayed or own beacon proposed an address: %v", dl.dialled("10.1.3."))
 	}
 
@@ -207,25 +247,7 @@ func TestDocBeaconsAsDocumented(t *testing.T) {
 	// that opens with the document's keys and names this node and port.
 	hub.deliver(docSealBeacon(key, 'P', 0, docNode()), netip.MustParseAddr("10.1.2.7"), nil)
 	probes++
-	for {
-		d := docHear(t, ctx, ear, "the answer to the probe")
-		if d.from != netip.MustParseAddr("10.0.0.1") {
-			continue // what the test injected
-		}
-		b, err := docOpenBeacon(key, d.b)
-		if err != nil {
-			t.Fatalf("a datagram of the node (%d bytes): %v", len(d.b), err)
-		}
-		if b.port != port || b.node != self {
-			t.Fatalf("a datagram of the node: port %d node %x, want %d %x", b.port, b.node, port, self)
-		}
-		if b.kind == 'B' {
-			break // the answer
-		}
-		if b.kind != 'P' {
-			t.Fatalf("kind %q", b.kind)
-		}
-	}
+	docHearAnswer(t, ctx, ear, key, port, self)
 	// (The counter moves just after the answer went out.)
 	waitFor(t, ctx, "the answer counted", func() bool { return a.sw.lan.stats.answers.Load() > 0 })
 	if n := a.sw.lan.stats.answers.Load(); n > uint64(probes) {
@@ -235,9 +257,7 @@ func TestDocBeaconsAsDocumented(t *testing.T) {
 	// taken: the marker after it is found, it is not.
 	other := docNode()
 	hub.deliver(docSealBeacon(randomKey(), 'B', 4330, other), netip.MustParseAddr("10.1.2.9"), nil)
-	marker = docNode()
-	hub.deliver(docSealBeacon(key, 'B', 9, marker), netip.MustParseAddr("10.1.2.6"), nil)
-	if foundBefore(t, ctx, found, other, marker) || len(dl.dialled("10.1.2.9")) != 0 {
+	if docFoundBeforeMarker(t, ctx, hub, key, found, other) || len(dl.dialled("10.1.2.9")) != 0 {
 		t.Fatal("a beacon of another database proposed an address")
 	}
 }

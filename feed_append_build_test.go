@@ -13,127 +13,157 @@ import (
 )
 
 // TestLargeAppendsBuildTheSameTreeAtEveryAlignment appends two calls large
-// or small, starting at lengths on and off the boundaries of subtrees,
-// and checks the result against the same values appended one per call: the same roots, every entry verified by a replica that takes the
-// writer's proofs, every value read back, and the feed whole after reopen.
+// or small, starting at lengths on and off the boundaries of subtrees, and
+// checks the result against the same values appended one per call: the
+// same roots, every entry verified by a replica that takes the writer's
+// proofs, every value read back, and the feed whole after reopen.
 func TestLargeAppendsBuildTheSameTreeAtEveryAlignment(t *testing.T) {
 	starts := []int{0, 1, 63, 64, 65, 200}
 	sizes := []int{1, 2, 63, 64, 65, 257, 1000}
 	if testing.Short() {
 		starts, sizes = []int{0, 1, 65}, []int{1, 64, 257}
 	}
-	value := func(i int) []byte {
-		return bytes.Repeat([]byte{byte(i), byte(i >> 8)}, 1+i%37) // sizes vary
-	}
 	for _, start := range starts {
 		for _, size := range sizes {
 			t.Run(fmt.Sprintf("%d+%d", start, size), func(t *testing.T) {
-				dir := t.TempDir()
-				s, err := OpenDir(dir, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer s.Close()
-				big, err := OpenFeed(s, "big/", &FeedOptions{NoSync: true})
-				if err != nil {
-					t.Fatal(err)
-				}
-				one, err := OpenFeed(s, "one/", &FeedOptions{NoSync: true})
-				if err != nil {
-					t.Fatal(err)
-				}
-				// Two calls of size values: the second builds in
-				// buffers the first left as they were.
-				var calls [2][][]byte
-				for i := range start + 2*size {
-					if _, err := one.Append(value(i)); err != nil {
-						t.Fatal(err)
-					}
-					if i < start {
-						if _, err := big.Append(value(i)); err != nil {
-							t.Fatal(err)
-						}
-					} else {
-						k := (i - start) / size
-						calls[k] = append(calls[k], value(i))
-					}
-				}
-				for k, call := range calls {
-					if seq, err := big.Append(call...); err != nil || seq != uint64(start+k*size) {
-						t.Fatalf("Append = %d, %v; want %d", seq, err, start+k*size)
-					}
-				}
-				n := uint64(start + 2*size)
-				if big.Len() != n || big.ByteLen() != one.ByteLen() {
-					t.Fatalf("length %d, %d bytes; one per call: %d, %d bytes", big.Len(), big.ByteLen(), one.Len(), one.ByteLen())
-				}
-				// The same records, CRCs included, in the data file.
-				for _, f := range []*Feed{big, one} {
-					if err := f.Close(); err != nil {
-						t.Fatal(err)
-					}
-				}
-				bigData, err1 := os.ReadFile(filepath.Join(dir, "big", fileData))
-				oneData, err2 := os.ReadFile(filepath.Join(dir, "one", fileData))
-				if err1 != nil || err2 != nil || !bytes.Equal(bigData, oneData) {
-					t.Fatalf("data files differ (%d and %d bytes; %v, %v)", len(bigData), len(oneData), err1, err2)
-				}
-				// The same tree records but for the leaves' ordinals
-				// (and so their CRCs); zeros where a parent is not
-				// complete yet.
-				bigTree, err1 := os.ReadFile(filepath.Join(dir, "big", fileTree))
-				oneTree, err2 := os.ReadFile(filepath.Join(dir, "one", fileTree))
-				if err1 != nil || err2 != nil || len(bigTree) != len(oneTree) {
-					t.Fatalf("tree files of %d and %d bytes; %v, %v", len(bigTree), len(oneTree), err1, err2)
-				}
-				for at := headerSize; at+nodeSize <= len(oneTree); at += nodeSize {
-					b, o := bigTree[at:at+nodeSize], oneTree[at:at+nodeSize]
-					if !bytes.Equal(b[:nodeCRCOff], o[:nodeCRCOff]) || isZero(b) != isZero(o) {
-						t.Fatalf("tree record %d: %x, one per call %x", (at-headerSize)/nodeSize, b, o)
-					}
-				}
-				if big, err = OpenFeed(s, "big/", &FeedOptions{NoSync: true}); err != nil {
-					t.Fatal(err)
-				}
-				if one, err = OpenFeed(s, "one/", &FeedOptions{NoSync: true}); err != nil {
-					t.Fatal(err)
-				}
-				defer one.Close()
-				got, want := rootsOf(t, big), rootsOf(t, one)
-				if len(got) != len(want) {
-					t.Fatalf("%d roots, one per call %d", len(got), len(want))
-				}
-				for i := range got {
-					if got[i].Node != want[i].Node || got[i].Offset != want[i].Offset {
-						t.Fatalf("root %d: %+v, one per call %+v", i, got[i], want[i])
-					}
-				}
-				replica, err := OpenFeed(s, "replica/", &FeedOptions{Key: big.Key(), NoSync: true})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := replicate(big, replica, 97); err != nil {
-					t.Fatal(err)
-				}
-				if err := big.Close(); err != nil {
-					t.Fatal(err)
-				}
-				if big, err = OpenFeed(s, "big/", &FeedOptions{NoSync: true}); err != nil {
-					t.Fatal(err)
-				}
-				defer big.Close()
-				for _, f := range []*Feed{big, replica} {
-					vals, err := f.GetBatch(context.Background(), 0, n)
-					if err != nil {
-						t.Fatal(err)
-					}
-					for i, v := range vals {
-						if !bytes.Equal(v, value(i)) {
-							t.Fatalf("entry %d: %x, want %x", i, v, value(i))
-						}
-					}
-				}
+				checkAlignedAppends(t, start, size)
 			})
+		}
+	}
+}
+
+// alignedValue is the value checkAlignedAppends appends at i: its size
+// varies with i.
+func alignedValue(i int) []byte {
+	return bytes.Repeat([]byte{byte(i), byte(i >> 8)}, 1+i%37) // sizes vary
+}
+
+// checkAlignedAppends appends start values one per call to a feed, then
+// two calls of size values each, and the same values one per call to
+// another; and checks that both feeds have the same length and files (see
+// requireSameDataAndTree) and the same roots, and that a replica takes the
+// first's proofs and every value reads back, from it and from the first
+// reopened.
+func checkAlignedAppends(t *testing.T, start, size int) {
+	dir := t.TempDir()
+	s, err := OpenDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	big, err := OpenFeed(s, "big/", &FeedOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, err := OpenFeed(s, "one/", &FeedOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two calls of size values: the second builds in
+	// buffers the first left as they were.
+	var calls [2][][]byte
+	for i := range start + 2*size {
+		if _, err := one.Append(alignedValue(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i < start {
+			if _, err := big.Append(alignedValue(i)); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			k := (i - start) / size
+			calls[k] = append(calls[k], alignedValue(i))
+		}
+	}
+	for k, call := range calls {
+		if seq, err := big.Append(call...); err != nil || seq != uint64(start+k*size) {
+			t.Fatalf("Append = %d, %v; want %d", seq, err, start+k*size)
+		}
+	}
+	n := uint64(start + 2*size)
+	if big.Len() != n || big.ByteLen() != one.ByteLen() {
+		t.Fatalf("length %d, %d bytes; one per call: %d, %d bytes", big.Len(), big.ByteLen(), one.Len(), one.ByteLen())
+	}
+	for _, f := range []*Feed{big, one} {
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requireSameDataAndTree(t, dir)
+	if big, err = OpenFeed(s, "big/", &FeedOptions{NoSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	if one, err = OpenFeed(s, "one/", &FeedOptions{NoSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	requireSameRoots(t, big, one)
+	replica, err := OpenFeed(s, "replica/", &FeedOptions{Key: big.Key(), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := replicate(big, replica, 97); err != nil {
+		t.Fatal(err)
+	}
+	if err := big.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if big, err = OpenFeed(s, "big/", &FeedOptions{NoSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer big.Close()
+	for _, f := range []*Feed{big, replica} {
+		vals, err := f.GetBatch(context.Background(), 0, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range vals {
+			if !bytes.Equal(v, alignedValue(i)) {
+				t.Fatalf("entry %d: %x, want %x", i, v, alignedValue(i))
+			}
+		}
+	}
+}
+
+// requireSameDataAndTree checks the closed feeds big and one in dir: the
+// same records, CRCs included, in their data files; the same tree records
+// but for the leaves' ordinals (and so their CRCs), with zeros in the same
+// places (where a parent is not complete yet).
+func requireSameDataAndTree(t *testing.T, dir string) {
+	t.Helper()
+	// The same records, CRCs included, in the data file.
+	bigData, err1 := os.ReadFile(filepath.Join(dir, "big", fileData))
+	oneData, err2 := os.ReadFile(filepath.Join(dir, "one", fileData))
+	if err1 != nil || err2 != nil || !bytes.Equal(bigData, oneData) {
+		t.Fatalf("data files differ (%d and %d bytes; %v, %v)", len(bigData), len(oneData), err1, err2)
+	}
+	// The same tree records but for the leaves' ordinals
+	// (and so their CRCs); zeros where a parent is not
+	// complete yet.
+	bigTree, err1 := os.ReadFile(filepath.Join(dir, "big", fileTree))
+	oneTree, err2 := os.ReadFile(filepath.Join(dir, "one", fileTree))
+	if err1 != nil || err2 != nil || len(bigTree) != len(oneTree) {
+		t.Fatalf("tree files of %d and %d bytes; %v, %v", len(bigTree), len(oneTree), err1, err2)
+	}
+	for at := headerSize; at+nodeSize <= len(oneTree); at += nodeSize {
+		b, o := bigTree[at:at+nodeSize], oneTree[at:at+nodeSize]
+		if !bytes.Equal(b[:nodeCRCOff], o[:nodeCRCOff]) || isZero(b) != isZero(o) {
+			t.Fatalf("tree record %d: %x, one per call %x", (at-headerSize)/nodeSize, b, o)
+		}
+	}
+}
+
+// requireSameRoots checks that big's newest signature covers the same
+// roots, nodes and offsets, as one's.
+func requireSameRoots(t *testing.T, big, one *Feed) {
+	t.Helper()
+	got, want := rootsOf(t, big), rootsOf(t, one)
+	if len(got) != len(want) {
+		t.Fatalf("%d roots, one per call %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i].Node != want[i].Node || got[i].Offset != want[i].Offset {
+			t.Fatalf("root %d: %+v, one per call %+v", i, got[i], want[i])
 		}
 	}
 }

@@ -14,9 +14,9 @@ import (
 
 // Fuzz targets for opening a whole database, and a replica's bitfield, from
 // fuzzed bytes. The properties are those of the damage test (see
-// checkDamagedDB in damage_test.go): opening never panics, and either fails
-// with ErrCorrupt or opens with every entry that loads reading back as it
-// was written, every feed that does not load listed in Damaged, and every
+// checkDamagedDB in damage_check_test.go): opening never panics, and either
+// fails with ErrCorrupt or opens with every entry that loads reading back as
+// it was written, every feed that does not load listed in Damaged, and every
 // file that got shorter explained by a Repair.
 
 // FuzzOpenDatabase opens the small damage fixture (a writer, a sparse
@@ -221,6 +221,13 @@ func FuzzBitfield(f *testing.F) {
 	})
 }
 
+// checkFuzzedBitfield opens the replica of fx from s, whose bitfield file is
+// bits, and checks FuzzBitfield's properties: an open that fails does so
+// with ErrCorrupt; one that succeeds cut nothing without a Repair, rewrote
+// every page that fails its checksum, and reads back what it reports (see
+// checkBitfieldReads); a reopen repairs nothing more and reports the same
+// entries; and the writer's proof of the entries around the page boundary
+// is then taken (see checkBitfieldHeals).
 func checkFuzzedBitfield(t *testing.T, fx *bitfieldFixture, s *MemStorage, bits []byte) {
 	before := memSnapshot(s)
 	var repairs []Repair
@@ -245,20 +252,7 @@ func checkFuzzedBitfield(t *testing.T, fx *bitfieldFixture, s *MemStorage, bits 
 	if r.Len() != length {
 		t.Fatalf("opened with length %d, want %d", r.Len(), length)
 	}
-	// Which pages of the input fail their checksum, and which pass but
-	// differ from what the replica wrote (a forgery).
-	orig := fx.files[bitfieldPrefix+fileBitfield]
-	var bad, forged [2]bool
-	nbad := 0
-	for p := range 2 {
-		lo, hi := headerSize+p*bitPageSize, headerSize+(p+1)*bitPageSize
-		if len(bits) < hi || !bitPageValid(uint64(p), bits[lo:hi]) {
-			bad[p] = true
-			nbad++
-		} else {
-			forged[p] = !bytes.Equal(bits[lo:hi], orig[lo:hi])
-		}
-	}
+	bad, forged, nbad := fuzzedBitfieldPages(fx, bits)
 	rewritten := 0
 	for _, rp := range repairs {
 		if rp.File == bitfieldPrefix+fileBitfield && rp.To >= rp.From {
@@ -270,7 +264,60 @@ func checkFuzzedBitfield(t *testing.T, fx *bitfieldFixture, s *MemStorage, bits 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for seq := range length {
+	checkBitfieldReads(ctx, t, fx, r, bad, forged)
+	has := make([]bool, length)
+	for i := range has {
+		has[i] = r.Has(uint64(i))
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Reopened: nothing more to repair, the same entries present; then the
+	// writer's proof of the entries around the page boundary makes them
+	// present.
+	repairs = nil
+	r, err = OpenFeed(s, bitfieldPrefix, opts)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer r.Close()
+	if len(repairs) > 0 {
+		t.Fatalf("reopen repaired again: %v", repairs)
+	}
+	for i, h := range has {
+		if r.Has(uint64(i)) != h {
+			t.Fatalf("entry %d: has %v before the reopen, %v after", i, h, !h)
+		}
+	}
+	checkBitfieldHeals(ctx, t, fx, r)
+}
+
+// fuzzedBitfieldPages returns which of the two pages of the fuzzed bitfield
+// bits fail their checksum (bad, nbad of them), and which pass but differ
+// from what the replica wrote (a forgery).
+func fuzzedBitfieldPages(fx *bitfieldFixture, bits []byte) (bad, forged [2]bool, nbad int) {
+	orig := fx.files[bitfieldPrefix+fileBitfield]
+	for p := range 2 {
+		lo, hi := headerSize+p*bitPageSize, headerSize+(p+1)*bitPageSize
+		if len(bits) < hi || !bitPageValid(uint64(p), bits[lo:hi]) {
+			bad[p] = true
+			nbad++
+		} else {
+			forged[p] = !bytes.Equal(bits[lo:hi], orig[lo:hi])
+		}
+	}
+	return bad, forged, nbad
+}
+
+// checkBitfieldReads checks the entries the replica r reports, page by page:
+// on a page not forged, exactly the entries the replica held (a rebuilt page
+// may also find an empty entry), and every entry reported reads back as
+// written by Get and, from the start of each run, by GetBatch; on a forged
+// page a read may fail with ErrCorrupt.
+func checkBitfieldReads(ctx context.Context, t *testing.T, fx *bitfieldFixture, r *Feed, bad, forged [2]bool) {
+	t.Helper()
+	for seq := range uint64(len(fx.held)) {
 		p := seq / bitPageEntries
 		has := r.Has(seq)
 		switch {
@@ -310,31 +357,12 @@ func checkFuzzedBitfield(t *testing.T, fx *bitfieldFixture, s *MemStorage, bits 
 			}
 		}
 	}
-	has := make([]bool, length)
-	for i := range has {
-		has[i] = r.Has(uint64(i))
-	}
-	if err := r.Close(); err != nil {
-		t.Fatal(err)
-	}
+}
 
-	// Reopened: nothing more to repair, the same entries present; then the
-	// writer's proof of the entries around the page boundary makes them
-	// present.
-	repairs = nil
-	r, err = OpenFeed(s, bitfieldPrefix, opts)
-	if err != nil {
-		t.Fatalf("reopen: %v", err)
-	}
-	defer r.Close()
-	if len(repairs) > 0 {
-		t.Fatalf("reopen repaired again: %v", repairs)
-	}
-	for i, h := range has {
-		if r.Has(uint64(i)) != h {
-			t.Fatalf("entry %d: has %v before the reopen, %v after", i, h, !h)
-		}
-	}
+// checkBitfieldHeals checks that the replica r takes the writer's proof of
+// the entries around the page boundary, and then reads them back.
+func checkBitfieldHeals(ctx context.Context, t *testing.T, fx *bitfieldFixture, r *Feed) {
+	t.Helper()
 	if err := r.Put(fx.heal); err != nil {
 		t.Fatalf("put of entries [%d, %d): %v", fx.heal.Start, fx.heal.Start+uint64(len(fx.heal.Blocks)), err)
 	}

@@ -167,6 +167,89 @@ func formatTrace(evs []dirEvent) string {
 	return b.String()
 }
 
+// requireNewDatabase checks the trace of New making a database in root
+// (with OpenDir's mkdir of root first): its files and directory are durable
+// before New returns, and it made no directory inside its own.
+func requireNewDatabase(t *testing.T, evs []dirEvent, root string) {
+	t.Helper()
+	requireSyncedBefore(t, evs, len(evs), "new database", "kappa", "manifest")
+	requireDirsSynced(t, evs, root, len(evs), "new database")
+	if slices.ContainsFunc(evs[1:], func(e dirEvent) bool { return e.Op == "mkdir" }) {
+		t.Fatalf("new database made directories inside its own:\n%s", formatTrace(evs))
+	}
+}
+
+// requireCheckpointThenAppend checks the trace of an append of feeds/0 that
+// found its journal full: the checkpoint (see requireCheckpoint), then,
+// after the journal's new base record is synced, the append, journaled.
+func requireCheckpointThenAppend(t *testing.T, evs []dirEvent) {
+	t.Helper()
+	requireCheckpoint(t, evs, "feeds/0/", "checkpoint")
+	cut := traceIndex(evs, "truncate", "feeds/0/journal", false)
+	base := cut + traceIndex(evs[cut:], "datasync", "feeds/0/journal", false)
+	requireJournaledAppend(t, evs[base+1:], "feeds/0/", "append after the checkpoint")
+}
+
+// requireNewWriter checks the trace of Writer making the first writer
+// (feeds/0): its files and directories are durable before its manifest
+// record is written, which is durable before Writer returns; its journal
+// exists, its directory entry durable, before that record.
+func requireNewWriter(t *testing.T, evs []dirEvent, root string) {
+	t.Helper()
+	rec := traceIndex(evs, "write", "manifest", false)
+	if rec < 0 {
+		t.Fatalf("new writer: no manifest record written:\n%s", formatTrace(evs))
+	}
+	requireSyncedBefore(t, evs, rec, "new writer, before its manifest record", "feeds/0/key", "feeds/0/data", "feeds/0/tree", "feeds/0/signatures")
+	requireDirsSynced(t, evs, root, rec, "new writer, before its manifest record")
+	requireSyncedBefore(t, evs, len(evs), "new writer", "manifest")
+
+	// The writer's journal exists, its directory entry durable, before its
+	// manifest record.
+	requireSyncedBefore(t, evs, rec, "new writer, before its manifest record", "feeds/0/journal")
+}
+
+// requireLargeAppend checks the trace of an append of feeds/0 that is not
+// journaled: data, tree and signatures durable before the journal is cut,
+// the cut durable before the signature record, which is durable before the
+// journal's new base record, which is durable before Append returns.
+func requireLargeAppend(t *testing.T, evs []dirEvent) {
+	t.Helper()
+	sig := traceIndex(evs, "write", "feeds/0/signatures", false)
+	cut := traceIndex(evs, "truncate", "feeds/0/journal", false)
+	base := traceIndex(evs, "write", "feeds/0/journal", false)
+	if sig < 0 || cut < 0 || !(cut < sig && sig < base) {
+		t.Fatalf("large append: want the journal cut, then the signature record, then the base record:\n%s", formatTrace(evs))
+	}
+	requireSyncedBefore(t, evs, cut, "large append, before the journal is cut", "feeds/0/data", "feeds/0/tree")
+	if traceIndex(evs[:cut], "sync", "feeds/0/signatures", false) < 0 {
+		t.Fatalf("large append: the signatures not fsynced before the journal was cut:\n%s", formatTrace(evs))
+	}
+	requireSyncedBefore(t, evs, sig, "large append, before its signature record", "feeds/0/journal")
+	requireSyncedBefore(t, evs, base, "large append, before the journal's base record", "feeds/0/signatures")
+	requireSyncedBefore(t, evs, len(evs), "large append", "feeds/0/journal")
+}
+
+// requireFirstPut checks the trace of the first Put of the replica feeds/1:
+// data, tree and key durable before the bitfield; the bitfield durable
+// before the signature record, which is durable before Put returns. It
+// returns the index of the signature record's write.
+func requireFirstPut(t *testing.T, evs []dirEvent) (sig int) {
+	t.Helper()
+	bits := traceIndex(evs, "write", "feeds/1/bitfield", false)
+	sig = traceIndex(evs, "write", "feeds/1/signatures", false)
+	if bits < 0 || sig < 0 {
+		t.Fatalf("put: no bitfield or no signature write:\n%s", formatTrace(evs))
+	}
+	requireSyncedBefore(t, evs, bits, "put, before the bitfield", "feeds/1/data", "feeds/1/tree")
+	if traceIndex(evs[:bits], "sync", "feeds/1/key", false) < 0 {
+		t.Fatalf("put: the new replica's key file was not fsynced before the bitfield:\n%s", formatTrace(evs))
+	}
+	requireSyncedBefore(t, evs, sig, "put, before the signature record", "feeds/1/bitfield")
+	requireSyncedBefore(t, evs, len(evs), "put", "feeds/1/signatures")
+	return sig
+}
+
 // TestDirStorageSyncsWhatTheWriteOrderNeeds records each write and fsync of
 // a database on a real directory while it is created, a writer is added
 // and appended to, and a replica is added and given a proof; and checks the
@@ -192,12 +275,7 @@ func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
 	}
 	defer c.Close()
 	// OpenDir made the database's directory, before the trace was set.
-	evs := append([]dirEvent{{"mkdir", root}}, tr.take()...)
-	requireSyncedBefore(t, evs, len(evs), "new database", "kappa", "manifest")
-	requireDirsSynced(t, evs, root, len(evs), "new database")
-	if slices.ContainsFunc(evs[1:], func(e dirEvent) bool { return e.Op == "mkdir" }) {
-		t.Fatalf("new database made directories inside its own:\n%s", formatTrace(evs))
-	}
+	requireNewDatabase(t, append([]dirEvent{{"mkdir", root}}, tr.take()...), root)
 
 	// A new writer: its files and directories are durable before its
 	// manifest record is written, which is durable before Writer returns.
@@ -205,18 +283,7 @@ func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	evs = tr.take()
-	rec := traceIndex(evs, "write", "manifest", false)
-	if rec < 0 {
-		t.Fatalf("new writer: no manifest record written:\n%s", formatTrace(evs))
-	}
-	requireSyncedBefore(t, evs, rec, "new writer, before its manifest record", "feeds/0/key", "feeds/0/data", "feeds/0/tree", "feeds/0/signatures")
-	requireDirsSynced(t, evs, root, rec, "new writer, before its manifest record")
-	requireSyncedBefore(t, evs, len(evs), "new writer", "manifest")
-
-	// The writer's journal exists, its directory entry durable, before its
-	// manifest record.
-	requireSyncedBefore(t, evs, rec, "new writer, before its manifest record", "feeds/0/journal")
+	requireNewWriter(t, tr.take(), root)
 
 	// Small appends with sync on: data, tree and signature record
 	// written, then one journal record holding them, fsynced (fdatasync)
@@ -226,7 +293,7 @@ func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
 		if _, err := w.Append([]byte(what), []byte("and more")); err != nil {
 			t.Fatal(err)
 		}
-		evs = tr.take()
+		evs := tr.take()
 		requireJournaledAppend(t, evs, "feeds/0/", what)
 		requireDirsSynced(t, evs, root, len(evs), what)
 	}
@@ -241,11 +308,7 @@ func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
 	if _, err := w.Append([]byte("after a full journal")); err != nil {
 		t.Fatal(err)
 	}
-	evs = tr.take()
-	requireCheckpoint(t, evs, "feeds/0/", "checkpoint")
-	cut := traceIndex(evs, "truncate", "feeds/0/journal", false)
-	base := cut + traceIndex(evs[cut:], "datasync", "feeds/0/journal", false)
-	requireJournaledAppend(t, evs[base+1:], "feeds/0/", "append after the checkpoint")
+	requireCheckpointThenAppend(t, tr.take())
 
 	// A large append (here any: no append is journaled): data, tree and
 	// signatures durable before the journal is cut, the cut durable
@@ -257,20 +320,7 @@ func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
 	if _, err := w.Append([]byte("large")); err != nil {
 		t.Fatal(err)
 	}
-	evs = tr.take()
-	sig := traceIndex(evs, "write", "feeds/0/signatures", false)
-	cut = traceIndex(evs, "truncate", "feeds/0/journal", false)
-	base = traceIndex(evs, "write", "feeds/0/journal", false)
-	if sig < 0 || cut < 0 || !(cut < sig && sig < base) {
-		t.Fatalf("large append: want the journal cut, then the signature record, then the base record:\n%s", formatTrace(evs))
-	}
-	requireSyncedBefore(t, evs, cut, "large append, before the journal is cut", "feeds/0/data", "feeds/0/tree")
-	if traceIndex(evs[:cut], "sync", "feeds/0/signatures", false) < 0 {
-		t.Fatalf("large append: the signatures not fsynced before the journal was cut:\n%s", formatTrace(evs))
-	}
-	requireSyncedBefore(t, evs, sig, "large append, before its signature record", "feeds/0/journal")
-	requireSyncedBefore(t, evs, base, "large append, before the journal's base record", "feeds/0/signatures")
-	requireSyncedBefore(t, evs, len(evs), "large append", "feeds/0/journal")
+	requireLargeAppend(t, tr.take())
 	w.writeMu.Lock()
 	w.jrn.maxAppend = 0
 	w.writeMu.Unlock()
@@ -299,18 +349,8 @@ func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
 	if err := r.Put(p); err != nil {
 		t.Fatal(err)
 	}
-	evs = tr.take()
-	bits := traceIndex(evs, "write", "feeds/1/bitfield", false)
-	sig = traceIndex(evs, "write", "feeds/1/signatures", false)
-	if bits < 0 || sig < 0 {
-		t.Fatalf("put: no bitfield or no signature write:\n%s", formatTrace(evs))
-	}
-	requireSyncedBefore(t, evs, bits, "put, before the bitfield", "feeds/1/data", "feeds/1/tree")
-	if traceIndex(evs[:bits], "sync", "feeds/1/key", false) < 0 {
-		t.Fatalf("put: the new replica's key file was not fsynced before the bitfield:\n%s", formatTrace(evs))
-	}
-	requireSyncedBefore(t, evs, sig, "put, before the signature record", "feeds/1/bitfield")
-	requireSyncedBefore(t, evs, len(evs), "put", "feeds/1/signatures")
+	evs := tr.take()
+	sig := requireFirstPut(t, evs)
 	// The replica's files, created by AddFeed, and their directories
 	// are durable before its first signature record.
 	both := append(added, evs...)
@@ -338,5 +378,44 @@ func TestDirStorageRemoveSyncsTheDirectory(t *testing.T) {
 	evs := tr.take()
 	if traceIndex(evs, "syncdir", filepath.Join(s.Dir(), "feeds", "0"), false) < 0 {
 		t.Fatalf("remove did not fsync the file's directory:\n%s", formatTrace(evs))
+	}
+}
+
+func TestDirStorageSyncMakesNewDirectoryEntriesDurableOnce(t *testing.T) {
+	s, err := OpenDir(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	f := storageMustOpen(t, s, "a/b/c", true)
+	p := s.dirSync["a/b/c"]
+	want := []string{filepath.Join(s.dir, "a", "b"), filepath.Join(s.dir, "a"), s.dir}
+	if p == nil || !slices.Equal(p.dirs, want) {
+		t.Fatalf("directories to sync for a/b/c: %v, want %q", p, want)
+	}
+	g := storageMustOpen(t, s, "a/b/d", true)
+	if p := s.dirSync["a/b/d"]; p == nil || !slices.Equal(p.dirs, want[:1]) {
+		t.Fatalf("directories to sync for a/b/d: %v, want %q", p, want[:1])
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.dirSync["a/b/c"]; ok {
+		t.Error("a/b/c still has directories to sync after Sync")
+	}
+	if _, ok := s.dirSync["a/b/d"]; !ok {
+		t.Error("a/b/d lost its pending directory sync by another file's Sync")
+	}
+	// Reopening an existing file has nothing to sync.
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	storageMustOpen(t, s, "a/b/d", false)
+	if _, ok := s.dirSync["a/b/d"]; !ok {
+		t.Error("a/b/d lost its pending directory sync by closing")
+	}
+	storageMustOpen(t, s, "a/b/c", false)
+	if _, ok := s.dirSync["a/b/c"]; ok {
+		t.Error("reopening a synced file made it pending again")
 	}
 }

@@ -29,6 +29,84 @@ func onlySession(t testing.TB, sw *Swarm) *swarmSession {
 	return nil
 }
 
+// peerNews counts what OnPeer tells each of two swarms: a session started
+// (PeerSyncing), or ended (any other state).
+type peerNews struct {
+	mu           sync.Mutex
+	starts, ends [2]int
+}
+
+// onPeer returns an OnPeer for swarm i that counts its news.
+func (n *peerNews) onPeer(i int) func(PeerStatus) {
+	return func(p PeerStatus) {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if p.State == PeerSyncing {
+			n.starts[i]++
+		} else {
+			n.ends[i]++
+		}
+	}
+}
+
+// counts returns the sessions started and ended so far, by swarm.
+func (n *peerNews) counts() (starts, ends [2]int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.starts, n.ends
+}
+
+// startDialingPair starts a swarm on each of a and b whose only peer is
+// "peer.test:1", which each one's dialer routes to the other once both
+// listen: the dials wait for both, so that they go out at once. OnPeer of
+// swarm i is news.onPeer(i). It returns the swarms and their dialers.
+func startDialingPair(t *testing.T, a, b *Core, news *peerNews, where string) (sws [2]*Swarm, counters [2]*dialCounter) {
+	t.Helper()
+	gate := make(chan struct{})
+	var addrs [2]string
+	counters = [2]*dialCounter{newDialCounter(), newDialCounter()}
+	for i, d := range counters {
+		d.route = func(ctx context.Context, addr string) (string, error) {
+			select {
+			case <-gate:
+				return addrs[1-i], nil
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+		}
+	}
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i, c := range []*Core{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sws[i], errs[i] = c.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", Peers: []string{"peer.test:1"}, dialer: counters[i].dial, OnPeer: news.onPeer(i)})
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("%s: %v", where, err)
+		}
+	}
+	addrs = [2]string{sws[0].Addr().String(), sws[1].Addr().String()}
+	close(gate)
+	return sws, counters
+}
+
+// pairSettled reports whether the pair startDialingPair started has
+// settled: each side's dial returned, one session on each side, one
+// connection open.
+func pairSettled(sws [2]*Swarm, counters [2]*dialCounter) bool {
+	na, ra := sessionCounts(sws[0])
+	nb, rb := sessionCounts(sws[1])
+	da, oa := counters[0].count("")
+	db, ob := counters[1].count("")
+	return da > 0 && db > 0 && counters[0].inFlight() == 0 && counters[1].inFlight() == 0 &&
+		na == 1 && ra == 1 && nb == 1 && rb == 1 && oa+ob == 1
+}
+
 func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
 	const rounds = 50
 	ctx := swarmCtx(t)
@@ -44,65 +122,18 @@ func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
 		swarmAppend(t, wb, "b", 2)
 		// Each dials "peer.test:1", which is the other once both listen:
 		// the dials wait for the gate, so that both go out at once.
-		gate := make(chan struct{})
-		var addrs [2]string
-		counters := [2]*dialCounter{newDialCounter(), newDialCounter()}
-		for i, d := range counters {
-			d.route = func(ctx context.Context, addr string) (string, error) {
-				select {
-				case <-gate:
-					return addrs[1-i], nil
-				case <-ctx.Done():
-					return "", ctx.Err()
-				}
-			}
-		}
-		var sws [2]*Swarm
-		var errs [2]error
-		var wg sync.WaitGroup
 		// OnPeer hears of sessions started and ended: one more started
 		// than ended on each side while the peers are connected (a
 		// session replaced by the survivor is no news; one the peer
 		// ended before this side judged it is an end), as many after
 		// Close.
-		var mu sync.Mutex
-		var starts, ends [2]int
-		for i, c := range []*Core{a, b} {
-			onPeer := func(p PeerStatus) {
-				mu.Lock()
-				defer mu.Unlock()
-				if p.State == PeerSyncing {
-					starts[i]++
-				} else {
-					ends[i]++
-				}
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				sws[i], errs[i] = c.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", Peers: []string{"peer.test:1"}, dialer: counters[i].dial, OnPeer: onPeer})
-			}()
-		}
-		wg.Wait()
-		for _, err := range errs {
-			if err != nil {
-				t.Fatalf("%s: %v", where, err)
-			}
-		}
+		var news peerNews
+		sws, counters := startDialingPair(t, a, b, &news, where)
 		sa, sb := sws[0], sws[1]
-		addrs = [2]string{sa.Addr().String(), sb.Addr().String()}
-		close(gate)
 
 		// Settled: each side's dial returned, one session on each side,
 		// one connection open.
-		settled := func() bool {
-			na, ra := sessionCounts(sa)
-			nb, rb := sessionCounts(sb)
-			da, oa := counters[0].count("")
-			db, ob := counters[1].count("")
-			return da > 0 && db > 0 && counters[0].inFlight() == 0 && counters[1].inFlight() == 0 &&
-				na == 1 && ra == 1 && nb == 1 && rb == 1 && oa+ob == 1
-		}
+		settled := func() bool { return pairSettled(sws, counters) }
 		swarmWait(t, ctx, sa, where+": one session on each side, one connection", settled)
 		if err := sa.Synced(ctx); err != nil {
 			t.Fatalf("%s: %v", where, err)
@@ -141,18 +172,14 @@ func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
 		} else {
 			won["b dialled"]++
 		}
-		mu.Lock()
-		if starts[0]-ends[0] != 1 || starts[1]-ends[1] != 1 {
+		if starts, ends := news.counts(); starts[0]-ends[0] != 1 || starts[1]-ends[1] != 1 {
 			t.Fatalf("%s: OnPeer heard of %v sessions started and %v ended, want one more started than ended on each side", where, starts, ends)
 		}
-		mu.Unlock()
 		sa.Close()
 		sb.Close()
-		mu.Lock()
-		if ends != starts {
+		if starts, ends := news.counts(); ends != starts {
 			t.Fatalf("%s: after Close, OnPeer heard of %v sessions started and %v ended", where, starts, ends)
 		}
-		mu.Unlock()
 		a.Close()
 		b.Close()
 		goroutinesSettle(t, before)

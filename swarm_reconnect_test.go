@@ -111,64 +111,128 @@ func TestSwarmKilledPeerChild(t *testing.T) {
 	io.Copy(io.Discard, os.Stdin)
 }
 
+// startSwarmChildOn starts a child as startSwarmChild does, on addr or, if
+// that is taken meanwhile, on another free address (ten tries), and returns
+// it with the address it listens on.
+func startSwarmChildOn(t *testing.T, ctx context.Context, dir, addr string, key []byte, n int) (*swarmChild, string) {
+	t.Helper()
+	for range 10 {
+		if c := startSwarmChild(t, ctx, dir, addr, key, n); c != nil {
+			return c, addr
+		}
+		addr = freeAddr(t) // taken meanwhile: another
+	}
+	t.Fatal("no free port for the child in 10 tries")
+	return nil, ""
+}
+
+// dialGate holds dials back while it is shut: its route waits until the
+// channel stored in it is closed (or the dial's context ends).
+type dialGate struct {
+	hold atomic.Pointer[chan struct{}]
+}
+
+// route is a dialCounter route that waits while g is shut.
+func (g *dialGate) route(ctx context.Context, to string) (string, error) {
+	if c := g.hold.Load(); c != nil {
+		select {
+		case <-*c:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	return to, nil
+}
+
+// peerEvents records what a Swarm's OnPeer is told, without a lock.
+type peerEvents struct {
+	evs atomic.Pointer[[]PeerStatus]
+}
+
+// newPeerEvents returns an empty record.
+func newPeerEvents() *peerEvents {
+	e := new(peerEvents)
+	e.evs.Store(&[]PeerStatus{})
+	return e
+}
+
+// onPeer is an OnPeer that records p.
+func (e *peerEvents) onPeer(p PeerStatus) {
+	for {
+		old := e.evs.Load()
+		evs := append(append([]PeerStatus(nil), *old...), p)
+		if e.evs.CompareAndSwap(old, &evs) {
+			return
+		}
+	}
+}
+
+// last returns the newest event recorded.
+func (e *peerEvents) last() PeerStatus {
+	evs := *e.evs.Load()
+	return evs[len(evs)-1]
+}
+
+// targetBackoff returns the backoff sw holds for its target addr.
+func targetBackoff(sw *Swarm, addr string) time.Duration {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	return sw.targets[addr].backoff
+}
+
+// inSessionWith reports whether sw is in a session with the peer at addr.
+func inSessionWith(sw *Swarm, addr string) bool {
+	p, _ := peerAt(sw, addr)
+	return p.State == PeerSyncing || p.State == PeerSynced
+}
+
+// sessionWasLive reports whether sw's latest session with its target addr
+// finished its first exchange (both sides said done).
+func sessionWasLive(sw *Swarm, addr string) bool {
+	sw.mu.Lock()
+	ss := sw.targets[addr].last
+	sw.mu.Unlock()
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.wasLive
+}
+
+// requireChildHolds opens the (killed) child's database in dir and fails
+// the test unless it holds n entries of w.
+func requireChildHolds(t *testing.T, dir string, key []byte, w *Feed, n uint64) {
+	t.Helper()
+	c, err := Open(dir, &Options{SharedKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !holds(c, w, n) {
+		c.Close()
+		t.Fatal("the child lacks a's entries appended while it was down")
+	}
+	c.Close()
+}
+
 func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 	ctx := swarmCtx(t)
 	dir := filepath.Join(t.TempDir(), "db")
 	a := newCore(t, nil)
 	wa, _ := a.Writer("a")
 	swarmAppend(t, wa, "a", 5)
-	start := func(addr string, n int) (*swarmChild, string) {
-		for range 10 {
-			if c := startSwarmChild(t, ctx, dir, addr, a.SharedKey(), n); c != nil {
-				return c, addr
-			}
-			addr = freeAddr(t) // taken meanwhile: another
-		}
-		t.Fatal("no free port for the child in 10 tries")
-		return nil, ""
-	}
-	child, addr := start(freeAddr(t), 5)
+	child, addr := startSwarmChildOn(t, ctx, dir, freeAddr(t), a.SharedKey(), 5)
 	defer func() { child.kill() }()
 	d := newDialCounter()
-	// Dials of addr wait while hold is set (see the backoff reset below).
-	var hold atomic.Pointer[chan struct{}]
-	d.route = func(ctx context.Context, to string) (string, error) {
-		if g := hold.Load(); g != nil {
-			select {
-			case <-*g:
-			case <-ctx.Done():
-				return "", ctx.Err()
-			}
-		}
-		return to, nil
-	}
+	// Dials of addr wait while the gate is shut (see the backoff reset
+	// below).
+	var gate dialGate
+	d.route = gate.route
 	const minB, maxB = 50 * time.Millisecond, 10 * time.Second
-	var events atomic.Pointer[[]PeerStatus]
-	events.Store(&[]PeerStatus{})
-	onPeer := func(p PeerStatus) {
-		for {
-			old := events.Load()
-			evs := append(append([]PeerStatus(nil), *old...), p)
-			if events.CompareAndSwap(old, &evs) {
-				return
-			}
-		}
-	}
-	sa, err := a.Swarm(&SwarmOptions{Peers: []string{addr}, dialer: d.dial, minBackoff: minB, maxBackoff: maxB, OnPeer: onPeer})
+	events := newPeerEvents()
+	sa, err := a.Swarm(&SwarmOptions{Peers: []string{addr}, dialer: d.dial, minBackoff: minB, maxBackoff: maxB, OnPeer: events.onPeer})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sa.Close()
-	backoff := func(addr string) time.Duration {
-		sa.mu.Lock()
-		defer sa.mu.Unlock()
-		return sa.targets[addr].backoff
-	}
-	inSession := func(addr string) bool {
-		p, _ := peerAt(sa, addr)
-		return p.State == PeerSyncing || p.State == PeerSynced
-	}
-	swarmWait(t, ctx, sa, "a session with the child", func() bool { return inSession(addr) })
+	swarmWait(t, ctx, sa, "a session with the child", func() bool { return inSessionWith(sa, addr) })
 	if err := sa.Synced(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -189,21 +253,20 @@ func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 	if p.State != PeerBackingOff || p.Err == nil || p.Retry.IsZero() {
 		t.Fatalf("a's status of the killed child: %v, want backing off with an error", p)
 	}
-	if b := backoff(addr); b < 4*minB || b > maxB {
+	if b := targetBackoff(sa, addr); b < 4*minB || b > maxB {
 		t.Fatalf("backoff %v after 3 failed dials, want between %v and %v", b, 4*minB, maxB)
 	}
 	t.Log(p)
 	// OnPeer was told the session ended: the connection went without a
 	// goodbye.
-	evs := *events.Load()
-	if e := evs[len(evs)-1]; e.State != PeerBackingOff || !errors.Is(e.Err, ErrPeerClosed) || e.EntriesIn != 5 {
+	if e := events.last(); e.State != PeerBackingOff || !errors.Is(e.Err, ErrPeerClosed) || e.EntriesIn != 5 {
 		t.Fatalf("OnPeer's last event %v, want backing off with ErrPeerClosed after 5 entries in", e)
 	}
 	swarmAppend(t, wa, "a", 5)
 
 	// Restarted on the same address (or another if it was taken; then a
 	// dials that one), the child appends 3 more; both get everything.
-	again, addr2 := start(addr, 3)
+	again, addr2 := startSwarmChildOn(t, ctx, dir, addr, a.SharedKey(), 3)
 	child = again
 	if addr2 != addr {
 		t.Logf("address %s taken meanwhile: the child listens on %s", addr, addr2)
@@ -213,8 +276,8 @@ func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 		addr = addr2
 	}
 	up, _ := d.count(addr)
-	bound := backoff(addr)
-	swarmWait(t, ctx, sa, "a session with the restarted child", func() bool { return inSession(addr) })
+	bound := targetBackoff(sa, addr)
+	swarmWait(t, ctx, sa, "a session with the restarted child", func() bool { return inSessionWith(sa, addr) })
 	if n, _ := d.count(addr); n > up+1 {
 		t.Fatalf("%d dials after the child was up, want at most one (the backoff was %v)", n-up, bound)
 	}
@@ -229,39 +292,45 @@ func TestSwarmReconnectsToAPeerKilledAndRestarted(t *testing.T) {
 	}
 	// The first exchange is over (both sides said done): the session ran
 	// cleanly.
-	swarmWait(t, ctx, sa, "the session with the restarted child live", func() bool {
-		sa.mu.Lock()
-		ss := sa.targets[addr].last
-		sa.mu.Unlock()
-		ss.mu.Lock()
-		defer ss.mu.Unlock()
-		return ss.wasLive
-	})
+	swarmWait(t, ctx, sa, "the session with the restarted child live", func() bool { return sessionWasLive(sa, addr) })
 	// Dials wait from now on (see the backoff reset below).
-	gate := make(chan struct{})
-	hold.Store(&gate)
-	defer close(gate)
+	shut := make(chan struct{})
+	gate.hold.Store(&shut)
+	defer close(shut)
 	dials, _ = d.count(addr)
 	// a's entries reached the child: its database holds them once killed.
 	child.kill()
-	c, err := Open(dir, &Options{SharedKey: a.SharedKey()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !holds(c, wa, 10) {
-		c.Close()
-		t.Fatal("the child lacks a's entries appended while it was down")
-	}
-	c.Close()
+	requireChildHolds(t, dir, a.SharedKey(), wa, 10)
 
 	// The session ran cleanly: the backoff starts again from the least.
 	swarmWait(t, ctx, sa, "a dials the killed child again", func() bool {
 		n, _ := d.count(addr)
 		return n > dials
 	})
-	if b := backoff(addr); b != minB {
+	if b := targetBackoff(sa, addr); b != minB {
 		t.Fatalf("backoff %v after a clean session, want %v", b, minB)
 	}
+}
+
+// feedsIdentical reports whether each of cores holds the writers' feeds and
+// no other, each whole at its writer's length with its writer's signature.
+func feedsIdentical(cores []*Core, writers []*Feed) bool {
+	for _, c := range cores {
+		if len(c.Feeds()) != len(writers) {
+			return false
+		}
+		for _, w := range writers {
+			wl, wsig := w.Signature()
+			f := c.Feed(w.Key())
+			if f == nil || !f.HasRange(0, wl) {
+				return false
+			}
+			if l, sig := f.Signature(); l != wl || !bytes.Equal(sig, wsig) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func TestSwarmRingConvergesAfterAPartitionHeals(t *testing.T) {
@@ -307,24 +376,7 @@ func TestSwarmRingConvergesAfterAPartitionHeals(t *testing.T) {
 		}
 		return true
 	}
-	identical := func() bool {
-		for i := range n {
-			if len(cores[i].Feeds()) != n {
-				return false
-			}
-			for w := range n {
-				wl, wsig := writers[w].Signature()
-				f := cores[i].Feed(writers[w].Key())
-				if f == nil || !f.HasRange(0, wl) {
-					return false
-				}
-				if l, sig := f.Signature(); l != wl || !bytes.Equal(sig, wsig) {
-					return false
-				}
-			}
-		}
-		return true
-	}
+	identical := func() bool { return feedsIdentical(cores[:], writers[:]) }
 	swarmWait(t, ctx, nil, "the ring converged", identical)
 
 	// Cut 1→2 and 5→6: {2,3,4,5} and {6,7,0,1} are apart.

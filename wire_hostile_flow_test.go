@@ -1,0 +1,260 @@
+package kappa
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+// bigWriter gives c a writer of n blocks of size bytes.
+func bigWriter(t testing.TB, c *Core, n, size int) *Feed {
+	t.Helper()
+	w := mustWriter(t, c, "big")
+	vals := make([][]byte, n)
+	for i := range vals {
+		vals[i] = bytes.Repeat([]byte{byte(i)}, size)
+	}
+	if _, err := w.Append(vals...); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// TestHostileStopsReading: a peer that asks for 64 MiB and stops reading
+// (while it keeps sending pings, so the honest side hears from it) blocks
+// the honest side's writes: ErrTimeout.
+func TestHostileStopsReading(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out time-outs of seconds")
+	}
+	for _, kind := range connKinds {
+		t.Run(kind, func(t *testing.T) {
+			good, honest := sharedPair(t, nil)
+			bigWriter(t, honest, 64, 64<<10)
+			before := imageOf(t, honest)
+			opts := &ReplicateOptions{Timeout: time.Second, KeepAlive: 200 * time.Millisecond}
+			h := meetHostile(t, kind, honest, opts)
+			h.until(msgSynced)
+			var reqs [][]byte
+			for range maxOutstanding {
+				reqs = append(reqs, requestMsg(0, 0, 64, 0))
+			}
+			if err := h.send(reqs...); err != nil {
+				t.Fatal(err)
+			}
+			// Ping, never read.
+			var err error
+			ping := time.NewTicker(100 * time.Millisecond)
+			defer ping.Stop()
+			deadline := time.NewTimer(hostileWait)
+			defer deadline.Stop()
+			for done := false; !done; {
+				select {
+				case err = <-h.honest:
+					done = true
+				case <-ping.C:
+					h.send(pingMessage{}.encode())
+				case <-deadline.C:
+					t.Fatalf("the honest side's session did not end in %v", hostileWait)
+				}
+			}
+			t.Logf("the honest side: %v", err)
+			if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "write") {
+				t.Fatalf("got %v, want ErrTimeout for a blocked write", err)
+			}
+			unchanged(t, honest, before)
+			recovers(t, kind, good, honest)
+		})
+	}
+}
+
+// A peer that asks without reading the answers would make the honest side
+// queue answers without bound. An honest peer has at most maxOutstanding
+// requests in flight, and a request stays in flight until the peer has
+// read its answer, which it cannot before the honest side has written it;
+// so more than that many answers waiting to be written is a peer breaking
+// the protocol: ErrProtocol.
+func TestHostileRequestFlood(t *testing.T) {
+	for _, kind := range connKinds {
+		t.Run(kind, func(t *testing.T) {
+			good, honest := sharedPair(t, nil)
+			bigWriter(t, honest, 64, 4<<10) // 256 KiB an answer
+			before := imageOf(t, honest)
+			h := meetHostile(t, kind, honest, nil)
+			h.until(msgSynced)
+			var reqs [][]byte
+			for range 1000 {
+				reqs = append(reqs, requestMsg(0, 0, 64, 0))
+			}
+			h.send(reqs...) // and never read
+			if err := h.result(); !errors.Is(err, ErrProtocol) {
+				t.Fatalf("got %v, want ErrProtocol", err)
+			}
+			unchanged(t, honest, before)
+			recovers(t, kind, good, honest)
+		})
+	}
+}
+
+// TestHostileFullPipelineIsNotAFlood: the bound is not hit by a peer that
+// uses all of its maxOutstanding requests at once and reads the answers
+// late.
+func TestHostileFullPipelineIsNotAFlood(t *testing.T) {
+	for _, kind := range connKinds {
+		t.Run(kind, func(t *testing.T) {
+			_, honest := sharedPair(t, nil)
+			w := bigWriter(t, honest, 64, 4<<10)
+			// The honest side handles messages in order: once it has
+			// considered the feed offered after a round's requests, it
+			// has taken all of them, while its writer is blocked.
+			considered := make(chan struct{}, 1)
+			opts := &ReplicateOptions{Accept: func([]byte) bool {
+				considered <- struct{}{}
+				return false
+			}}
+			h := meetHostile(t, kind, honest, opts)
+			h.until(msgSynced)
+			for round := range 3 {
+				var reqs [][]byte
+				for range maxOutstanding {
+					reqs = append(reqs, requestMsg(0, 0, 64, 0))
+				}
+				reqs = append(reqs, feedMsg(uint64(round), bytes.Repeat([]byte{byte(round)}, 32)))
+				if err := h.send(reqs...); err != nil {
+					t.Fatal(err)
+				}
+				await(t, considered, "the honest side taking the requests")
+				for i := range maxOutstanding {
+					msg := h.until(msgData)
+					m := parseMessage[dataMessage](t, msg)
+					if m.id != 0 {
+						t.Fatalf("round %d, answer %d: feed %d", round, i, m.id)
+					}
+					p := m.p
+					if len(p.Blocks) != 64 {
+						t.Fatalf("round %d, answer %d: %d blocks", round, i, len(p.Blocks))
+					}
+					// Format 4: the block is 0x00 (no context) ‖ the value.
+					if !bytes.Equal(p.Blocks[63], append([]byte{0}, bytes.Repeat([]byte{63}, 4<<10)...)) {
+						t.Fatal("a wrong block")
+					}
+				}
+			}
+			_ = w
+			h.endCleanly()
+		})
+	}
+}
+
+// A slow link is not a silent peer: a large message that arrives a little
+// at a time, for several times Timeout, keeps the session alive.
+func TestSlowMessageIsNotATimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out time-outs of seconds")
+	}
+	for _, kind := range connKinds {
+		t.Run(kind, func(t *testing.T) {
+			ff := newFeedFixture(t, 5, 0, 5, 0)
+			before := imageOf(t, ff.honest)
+			opts := &ReplicateOptions{
+				Timeout: time.Second, KeepAlive: 100 * time.Millisecond,
+				Accept: func([]byte) bool { return false },
+			}
+			h := meetHostile(t, kind, ff.honest, opts)
+			h.until(msgSynced)
+			h.drain()
+			var ranges []span
+			for i := range uint64(10000) {
+				ranges = append(ranges, span{2 * i, 2*i + 1})
+			}
+			b := frames(feedMsg(0, ff.w.Key()), haveMsg(0, 20000, ranges...))
+			start := time.Now()
+			for len(b) > 0 {
+				n := min(len(b), 250)
+				if _, err := h.tls.Write(b[:n]); err != nil {
+					t.Fatalf("after %v: %v (the honest side: %v)", time.Since(start), err, h.result())
+				}
+				b = b[n:]
+				time.Sleep(50 * time.Millisecond) // a 20th of the timeout
+			}
+			if time.Since(start) < 3*opts.Timeout {
+				t.Fatalf("the message took only %v", time.Since(start))
+			}
+			h.endCleanly()
+			unchanged(t, ff.honest, before)
+		})
+	}
+}
+
+// TestSlowReaderIsNotATimeout: a slow link is not a blocked write: a peer
+// that reads a 4 MiB answer a little at a time, for several times Timeout,
+// gets all of it.
+func TestSlowReaderIsNotATimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out time-outs of seconds")
+	}
+	_, honest := sharedPair(t, nil)
+	// Values of 64 KiB − 1: blocks (0x00 ‖ value, format 4) of 64 KiB,
+	// so that all 64 fit the answer's bound of 4 MiB.
+	bigWriter(t, honest, 64, 64<<10-1)
+	before := imageOf(t, honest)
+	opts := &ReplicateOptions{Timeout: time.Second, KeepAlive: 100 * time.Millisecond}
+	h := meetHostile(t, "pipe", honest, opts) // no buffer in between
+	h.until(msgSynced)
+	if err := h.send(requestMsg(0, 0, 64, 0)); err != nil {
+		t.Fatal(err)
+	}
+	stopPings := make(chan struct{})
+	pinged := make(chan struct{})
+	go func() {
+		defer close(pinged)
+		for {
+			select {
+			case <-stopPings:
+				return
+			case <-time.After(50 * time.Millisecond):
+				h.send(pingMessage{}.encode())
+			}
+		}
+	}()
+	start := time.Now()
+	slow := bufio.NewReaderSize(&slowReader{r: h.br, n: 16 << 10, pause: 15 * time.Millisecond}, 16<<10)
+	var msg []byte
+	for {
+		m, err := readFrame(slow, maxMessage)
+		if err != nil {
+			t.Fatalf("after %v: %v (the honest side: %v)", time.Since(start), err, h.result())
+		}
+		if m[0] == msgData {
+			msg = m
+			break
+		}
+	}
+	close(stopPings)
+	<-pinged
+	if time.Since(start) < 3*opts.Timeout {
+		t.Fatalf("the answer took only %v", time.Since(start))
+	}
+	if m := parseMessage[dataMessage](t, msg); len(m.p.Blocks) != 64 {
+		t.Fatalf("the answer: %d blocks", len(m.p.Blocks))
+	}
+	h.br = slow // what it buffered is the honest side's too
+	h.endCleanly()
+	unchanged(t, honest, before)
+}
+
+// slowReader reads at most n bytes at a time, after a pause.
+type slowReader struct {
+	r     io.Reader
+	n     int
+	pause time.Duration
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	time.Sleep(s.pause)
+	return s.r.Read(p[:min(len(p), s.n)])
+}
