@@ -164,7 +164,8 @@ func (d Damage) Error() string {
 func (d Damage) Unwrap() error { return d.Err }
 
 // Repair is a change made to a stored file: by opening, a tail that a crash
-// left torn, cut back to the last state that verifies; later, a record
+// left torn, cut back to the last state that verifies, or a file that a
+// journal replay wrote again (which may grow it); later, a record
 // rewritten in place (a stale checksum over an intact value, a damaged
 // entry or tree record replaced by a verified copy from a peer), for which
 // From and To are both the file's size. Repairs never remove anything that
@@ -181,6 +182,9 @@ type Repair struct {
 func (r Repair) String() string {
 	if r.From == r.To {
 		return fmt.Sprintf("%s: %s", r.File, r.Reason)
+	}
+	if r.To > r.From {
+		return fmt.Sprintf("%s grown from %d to %d bytes: %s", r.File, r.From, r.To, r.Reason)
 	}
 	return fmt.Sprintf("%s cut from %d to %d bytes: %s", r.File, r.From, r.To, r.Reason)
 }

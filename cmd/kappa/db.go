@@ -92,14 +92,37 @@ func (e *env) openDBWith(warn bool, opts *kappa.Options) (*kappa.Core, error) {
 	}
 	if d := core.Damaged(); warn && len(d) > 0 {
 		n := forked(d)
-		if n < len(d) {
-			fmt.Fprintf(e.stderr, "kappa: warning: %d damaged feed(s) were not loaded (kappa verify lists them)\n", len(d)-n)
+		unloaded, hurt := damagedFeeds(core, d)
+		if unloaded > 0 {
+			fmt.Fprintf(e.stderr, "kappa: warning: %d damaged feed(s) were not loaded (kappa verify lists them)\n", unloaded)
+		}
+		if hurt > 0 {
+			fmt.Fprintf(e.stderr, "kappa: warning: %d loaded feed(s) have damage, read around (kappa verify lists it)\n", hurt)
 		}
 		if n > 0 {
 			fmt.Fprintf(e.stderr, "kappa: warning: %d feed(s) are forked and no longer replicated (kappa verify says more)\n", n)
 		}
 	}
 	return core, nil
+}
+
+// damagedFeeds counts the feeds that damage ds names, forks aside: those
+// that did not load, and loaded ones whose damage (an entry, or a record
+// such as a replica's newest signature) is read around.
+func damagedFeeds(core *kappa.Core, ds []kappa.Damage) (unloaded, hurt int) {
+	slots := map[int]bool{}
+	for _, d := range ds {
+		if errors.Is(d.Err, kappa.ErrForked) || slots[d.Slot] {
+			continue
+		}
+		slots[d.Slot] = true
+		if d.Entry || d.Key != nil && core.Feed(d.Key) != nil {
+			hurt++
+		} else {
+			unloaded++
+		}
+	}
+	return unloaded, hurt
 }
 
 // storedEncoding returns the value encoding the database in dir was created
@@ -479,8 +502,8 @@ files take on disk.`,
 		fmt.Fprintf(tw, "entries\t%d (%d held here)\n", length, held)
 		fmt.Fprintf(tw, "blocks\t%d bytes (values and causal contexts)\n", blocks)
 		fmt.Fprintf(tw, "on disk\t%d bytes in %d files\n", disk, files)
-		if d := len(core.Damaged()); d > 0 {
-			fmt.Fprintf(tw, "damaged\t%d %s not loaded (see kappa verify)\n", d, plural(d, "feed", "feeds"))
+		if unloaded, hurt := damagedFeeds(core, core.Damaged()); unloaded+hurt > 0 {
+			fmt.Fprintf(tw, "damaged\t%d %s not loaded, %d loaded with damage (see kappa verify)\n", unloaded, plural(unloaded, "feed", "feeds"), hurt)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -756,3 +756,69 @@ func TestLogTextQuotesWhatIsNotPlain(t *testing.T) {
 		t.Errorf("json text = %s", got)
 	}
 }
+
+// A replica whose newest signature record is damaged loads, at the length
+// of the records before it (here none), and fetches the signature again
+// from peers: the commands warn of a loaded feed with damage, not of a
+// feed that did not load.
+func TestCommandsWarnOfALoadedReplicaWithDamage(t *testing.T) {
+	dir := t.TempDir()
+	a, err := kappa.Open(filepath.Join(dir, "a"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	w, err := a.Writer("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Append([]byte("one"), []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(dir, "b")
+	b, err := kappa.Open(db, &kappa.Options{SharedKey: a.SharedKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, cq := net.Pipe()
+	errs := make(chan error, 1)
+	go func() { errs <- b.Replicate(ctxT(t), cq, false, nil) }()
+	if err := a.Replicate(ctxT(t), cp, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	if f := b.Feed(w.Key()); f == nil || f.Len() != 2 {
+		t.Fatalf("the replica: %v", f)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A byte of the signature in its one signature record (after the
+	// 16-byte header, and the record's length field).
+	sigs := filepath.Join(db, "feeds", "0", "signatures")
+	f, err := os.OpenFile(sigs, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c [1]byte
+	if _, err := f.ReadAt(c[:], 16+8+5); err != nil {
+		t.Fatal(err)
+	}
+	c[0] ^= 1
+	if _, err := f.WriteAt(c[:], 16+8+5); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := kappaRun(t, dir, "", "feeds", "-db", db)
+	if r.code != 0 || !strings.Contains(r.stderr, "warning: 1 loaded feed(s) have damage") || strings.Contains(r.stderr, "not loaded") {
+		t.Errorf("feeds: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = kappaRun(t, dir, "", "stat", "-db", db)
+	if r.code != 0 || !strings.Contains(r.stdout, "0 feeds not loaded, 1 loaded with damage") {
+		t.Errorf("stat: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
