@@ -52,7 +52,7 @@ func (s *DirStorage) tightenPerms(readOnly bool) ([]Repair, error) {
 			size = 0
 		}
 		repairs = append(repairs, Repair{File: name, From: size, To: size,
-			Reason: fmt.Sprintf("%s: permissions %v tightened to %v", what, fi.Mode().Perm(), to)})
+			Reason: fmt.Sprintf("%s: permissions %v tightened to %v", what, fi.Mode().Type()|fi.Mode().Perm(), fi.Mode().Type()|to)})
 		return nil
 	}
 	if err := tighten(s.dir, ".", "the database directory"); err != nil {

@@ -89,6 +89,14 @@ func TestOpenTightensAnExistingDatabaseAndReportsIt(t *testing.T) {
 			t.Fatalf("unexpected repair %v", r)
 		}
 		reported[r.File] = true
+		// The modes as ls shows them: a directory's with its d.
+		want := "-rw-r--r-- tightened to -rw-------"
+		if r.File == "." {
+			want = "drwxr-xr-x tightened to drwx------"
+		}
+		if !strings.Contains(r.Reason, want) {
+			t.Errorf("repair %v does not say %q", r, want)
+		}
 	}
 	for _, name := range []string{".", "kappa", "feeds/0/key"} {
 		if !reported[name] {
