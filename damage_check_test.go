@@ -263,8 +263,9 @@ func (db *damagedDB) checkDamageListed() {
 }
 
 // checkOnError checks that OnError received what Damaged lists, and the
-// damaged signature records that opening worked around (a writer signed its
-// length again), each with a repair of that file.
+// damage that opening worked around, each with a repair of that file: a
+// damaged signature record (a writer signed its length again), and damage
+// in the zeros past a journal's records (the journal written anew).
 func (db *damagedDB) checkOnError() {
 	res := db.res
 	healed := 0
@@ -275,6 +276,8 @@ func (db *damagedDB) checkOnError() {
 			res.bad("OnError received %v, which is no Damage", err)
 		case db.damagedSlot[d.Slot] || db.sigDamaged[d.Slot]:
 		case isSigDamage(d) && len(repairOf(db.repairs, feedPrefix(d.Slot)+fileSignatures, "damage, not a torn write")) == 1:
+			healed++
+		case isDamageIn(d, fileJournal) && len(repairOf(db.repairs, feedPrefix(d.Slot)+fileJournal, "damage, not a torn write")) == 1:
 			healed++
 		default:
 			res.bad("OnError received %v, which Damaged does not list", err)
@@ -493,9 +496,13 @@ func (db *damagedDB) checkReopen(ctx context.Context) {
 
 // isSigDamage reports whether d is damage in the signatures file of its
 // feed, which a loaded feed may list (see recoverDamaged).
-func isSigDamage(d Damage) bool {
+func isSigDamage(d Damage) bool { return isDamageIn(d, fileSignatures) }
+
+// isDamageIn reports whether d is damage to file of its feed, outside its
+// entries.
+func isDamageIn(d Damage, file string) bool {
 	var ce *CorruptError
-	return !d.Entry && errors.As(d.Err, &ce) && ce.File == feedPrefix(d.Slot)+fileSignatures
+	return !d.Entry && errors.As(d.Err, &ce) && ce.File == feedPrefix(d.Slot)+file
 }
 
 // damageTouched reports whether the damage hit one of d's files.

@@ -88,6 +88,11 @@ type Feed struct {
 	// added to its Core; a replica's stays until a Put replaces it. Under
 	// writeMu once the feed is open.
 	sigDamage *damagedSig
+	// jrnDamage is damage that opening found in the zeros past a
+	// writer's journal records (see decodeJournal), and healed by writing
+	// the journal anew; it goes to the Core's OnError once
+	// (reportOpenDamage). Under writeMu once the feed is open.
+	jrnDamage *CorruptError
 
 	// The data, tree, signatures, bitfield and journal files (see
 	// fdata…fjrn): opened on first use, so that a feed nobody used since

@@ -341,6 +341,10 @@ func (f *Feed) closeJournalWriteLocked() error {
 	return f.checkpointWriteLocked(length, byteLen)
 }
 
+// jrnBegun is the bytes of a journal record's size field and kind: a
+// record was begun at an offset unless they are all zero there.
+const jrnBegun = 5
+
 // replayed is what replayJournal found: the base and append records of
 // the journal, and whether the journal held bytes past them.
 type replayed struct {
@@ -348,6 +352,9 @@ type replayed struct {
 	size    int64 // its size
 	recs    []journalRecord
 	trailer bool // bytes past the last intact record (a torn one), or a short file
+	// damaged is set when the zeros past the last intact record are
+	// damaged (see decodeJournal): the records end there all the same.
+	damaged *CorruptError
 }
 
 // replayJournal replays a writer's journal, before recovery: each intact
@@ -356,9 +363,14 @@ type replayed struct {
 // and signatures are synced, and the signature records past the last one
 // the journal accounts for are cut: their appends' journal records did
 // not land, so they were never acknowledged. A record that is not whole
-// and is followed by more bytes, or one that is whole but not one this
-// package writes, is ErrCorrupt naming the journal and its offset; so is a
-// signatures file shorter than the journal accounts for.
+// and is followed by more bytes (but for damage in the zeros past the
+// records, below), or one that is whole but not one this package writes,
+// is ErrCorrupt naming the journal and its offset; so is a signatures file
+// shorter than the journal accounts for.
+//
+// Damage in the zeros past the last record (see decodeJournal) does not
+// stop the replay: it is reported (Feed.jrnDamage), and the journal is
+// written anew after recovery (startJournal).
 //
 // A read-only feed makes the same changes in memory: its data, tree and
 // signatures files are overlaid (overlayFile), and stay open.
@@ -389,9 +401,10 @@ func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid boo
 	if _, err := file.ReadAt(buf, 0); err != nil && err != io.EOF {
 		return r, false, err
 	}
-	if r.recs, r.trailer, err = f.decodeJournal(buf); err != nil {
+	if r.recs, r.trailer, r.damaged, err = f.decodeJournal(buf); err != nil {
 		return r, false, err
 	}
+	f.jrnDamage = r.damaged
 	if len(r.recs) == 0 {
 		return r, false, nil // no base: nothing was appended since the files were synced
 	}
@@ -428,13 +441,19 @@ func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid boo
 
 // decodeJournal decodes the records of a journal file's bytes (header
 // included): the base and append records, in order, up to the first that
-// is not whole; trailer is true if that one is torn. A record not whole
-// and followed by more bytes, or whole but not one this package writes or
-// not following the one before, is ErrCorrupt.
-func (f *Feed) decodeJournal(buf []byte) (recs []journalRecord, trailer bool, err error) {
+// is not whole; trailer is true if that one is torn, or if it is damage in
+// the zeros past the records (then also returned as damaged): after the
+// base record, bytes that are not zero where no record was begun, as the
+// five zeros at its offset show. No record this package wrote has a zero
+// size field and kind, and one damaged byte cannot clear both: so no
+// acknowledged append is there, and the zeros past the records only were
+// hit. Any other record not whole and followed by more bytes, or a record
+// whole but not one this package writes or not following the one before,
+// is ErrCorrupt.
+func (f *Feed) decodeJournal(buf []byte) (recs []journalRecord, trailer bool, damaged *CorruptError, err error) {
 	name := f.name + fileJournal
 	if hdr := encodeHeader(magicJournal, 0); !bytes.Equal(buf[:headerSize], hdr[:]) {
-		return nil, false, &CorruptError{File: name, Offset: 0, Reason: "bad header"}
+		return nil, false, nil, &CorruptError{File: name, Offset: 0, Reason: "bad header"}
 	}
 	off := headerSize
 	for off < len(buf) {
@@ -443,28 +462,31 @@ func (f *Feed) decodeJournal(buf []byte) (recs []journalRecord, trailer bool, er
 			if journalEnd(buf, off) {
 				break
 			}
-			if !journalTorn(buf, off) {
-				return nil, false, &CorruptError{File: name, Offset: int64(off), Reason: "a journal record that is not whole is followed by more bytes: damage, not a torn write"}
+			if journalTorn(buf, off) {
+				return recs, true, nil, nil
 			}
-			return recs, true, nil
+			if len(recs) > 0 && isZero(buf[off:min(off+jrnBegun, len(buf))]) {
+				return recs, true, &CorruptError{File: name, Offset: int64(off), Reason: "bytes that are not zero past the journal's last record, where no record was begun: damage, not a torn write"}, nil
+			}
+			return nil, false, nil, &CorruptError{File: name, Offset: int64(off), Reason: "a journal record that is not whole is followed by more bytes: damage, not a torn write"}
 		}
 		if err != nil {
-			return nil, false, err
+			return nil, false, nil, err
 		}
 		if len(recs) == 0 && rec.kind != jrnBase {
-			return nil, false, &CorruptError{File: name, Offset: int64(off), Reason: "the journal's first record is not a base record"}
+			return nil, false, nil, &CorruptError{File: name, Offset: int64(off), Reason: "the journal's first record is not a base record"}
 		}
 		if k := len(recs); k > 0 {
 			prev := &recs[k-1]
 			if rec.kind != jrnAppend || rec.records != prev.records+1 || rec.length <= prev.length || rec.byteLen < prev.byteLen+(rec.length-prev.length) {
-				return nil, false, &CorruptError{File: name, Offset: int64(off),
+				return nil, false, nil, &CorruptError{File: name, Offset: int64(off),
 					Reason: fmt.Sprintf("journal record of signature record %d, length %d, does not follow the one before (%d, length %d)", rec.records, rec.length, prev.records, prev.length)}
 			}
 		}
 		recs = append(recs, rec)
 		off += n
 	}
-	return recs, false, nil
+	return recs, false, nil, nil
 }
 
 // applyJournal applies the writes of the append records of recs to data,
@@ -553,7 +575,20 @@ func (f *Feed) applyJournal(recs []journalRecord) (sigs *overlayFile, overlaid b
 // replayed already, is removed: appends that do not journal must not
 // leave a base record behind them that a later open would trust.
 func (f *Feed) startJournal(s Storage, prefix string, r replayed) (err error) {
+	base := journalRecord{kind: jrnBase, records: uint64(f.sigsEnd-headerSize) / sigRecordSize, length: f.length, byteLen: f.byteLen}
+	why := "journal cut back to a base record after recovery: its tail was a record torn while being written"
+	if r.damaged != nil {
+		why = fmt.Sprintf("journal cut back to a base record after recovery: the bytes at offset %d, past its last intact record, were damage, not a torn write", r.damaged.Offset)
+	}
 	if f.cfg.readOnly {
+		if r.trailer && !f.cfg.noSync { // what a writable open cuts, then preallocates
+			to := journalPreallocOpen
+			if !f.journalDatasyncs() {
+				to = min(to, journalPreallocOther)
+			}
+			end := headerSize + int64(len(appendJournalRecord(nil, headerSize, &base)))
+			f.repaired(Repair{File: f.name + fileJournal, From: r.size, To: max(end, int64(to)), Reason: why})
+		}
 		return nil
 	}
 	if f.cfg.noSync {
@@ -565,7 +600,6 @@ func (f *Feed) startJournal(s Storage, prefix string, r replayed) (err error) {
 		}
 		return s.Remove(prefix + fileJournal)
 	}
-	base := journalRecord{kind: jrnBase, records: uint64(f.sigsEnd-headerSize) / sigRecordSize, length: f.length, byteLen: f.byteLen}
 	if r.exists && !r.trailer && len(r.recs) == 1 {
 		if b := &r.recs[0]; b.records == base.records && b.length == base.length && b.byteLen == base.byteLen {
 			f.jrn.end = headerSize + int64(len(appendJournalRecord(nil, headerSize, b)))
@@ -593,7 +627,7 @@ func (f *Feed) startJournal(s Storage, prefix string, r replayed) (err error) {
 			}
 			defer func() {
 				if err == nil {
-					f.repaired(Repair{File: f.name + fileJournal, From: size, To: f.jrn.end, Reason: "journal cut back to a base record after recovery: its tail was a record torn while being written"})
+					f.repaired(Repair{File: f.name + fileJournal, From: size, To: f.jrn.alloc, Reason: why})
 				}
 			}()
 		}

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -318,4 +321,104 @@ func FuzzJournalRecord(f *testing.F) {
 			}
 		}
 	})
+}
+
+// One damaged byte in the zeros past a closed writer's journal records
+// (nearly all of a preallocated journal) is reported and healed: the
+// writer loads with every entry, OnError hears of the damage, a repair
+// cuts the journal back, and the writer appends on. One in the five bytes
+// where the next record would begin could be a record's size field or
+// kind, and is ErrCorrupt as before: the feed is listed as damaged.
+func TestJournalDamageInItsZerosIsHealed(t *testing.T) {
+	orig := filepath.Join(t.TempDir(), "db")
+	c, err := Open(orig, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := mustWriter(t, c, "w")
+	for i := range 5 {
+		mustAppend(t, w, fmt.Sprint("value ", i))
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	jb, err := os.ReadFile(filepath.Join(orig, "feeds", "0", "journal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, n, err := decodeJournalRecord(jb[headerSize:], headerSize, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := headerSize + n // the base record's end: zeros from here on
+	if !isZero(jb[end:]) || len(jb)-end < 4096 {
+		t.Fatalf("journal of %d bytes, records end at %d: want a preallocated one", len(jb), end)
+	}
+	for _, tc := range []struct {
+		name   string
+		off    int
+		healed bool
+	}{
+		{"past the bytes a record begins with", end + jrnBegun, true},
+		{"in the middle", (end + len(jb)) / 2, true},
+		{"the last byte", len(jb) - 1, true},
+		{"where a record's kind would be", end + jrnBegun - 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "db")
+			copyDir(t, orig, dir)
+			b := bytes.Clone(jb)
+			b[tc.off] ^= 0x10
+			if err := os.WriteFile(filepath.Join(dir, "feeds", "0", "journal"), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, readOnly := range []bool{true, false} {
+				var errs []error
+				var repairs []Repair
+				c, err := Open(dir, &Options{ReadOnly: readOnly, OnError: func(err error) { errs = append(errs, err) }, OnRepair: func(r Repair) { repairs = append(repairs, r) }})
+				if err != nil {
+					t.Fatal(err)
+				}
+				w := c.FindWriter("w")
+				if !tc.healed {
+					if w != nil || len(c.Damaged()) != 1 || !strings.Contains(c.Damaged()[0].Error(), fmt.Sprintf("journal at offset %d", end)) {
+						t.Fatalf("read-only %v: writer %v, damage %v; want the feed not loaded, the journal named", readOnly, w, c.Damaged())
+					}
+					c.Close()
+					continue
+				}
+				if w == nil || w.Len() != 5 || len(c.Damaged()) != 0 {
+					t.Fatalf("read-only %v: writer %v, damage %v; want 5 entries and no listed damage", readOnly, w, c.Damaged())
+				}
+				want := fmt.Sprintf("journal at offset %d", end)
+				if len(errs) != 1 || !errors.Is(errs[0], ErrCorrupt) || !strings.Contains(errs[0].Error(), want) {
+					t.Errorf("read-only %v: OnError got %v, want one ErrCorrupt naming %q", readOnly, errs, want)
+				}
+				// (The copy's modes are tightened too: those repairs aside.)
+				repairs = slices.DeleteFunc(repairs, func(r Repair) bool { return strings.Contains(r.Reason, "permissions") })
+				if len(repairs) != 1 || repairs[0].File != "feeds/0/journal" || repairs[0].From != int64(len(b)) {
+					t.Errorf("read-only %v: repairs %v, want the journal's cut", readOnly, repairs)
+				}
+				if !readOnly {
+					mustAppend(t, w, "after")
+				}
+				if err := c.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !tc.healed {
+				return
+			}
+			// Healed: the next open finds nothing to report.
+			var reported []string
+			c, err := Open(dir, &Options{OnError: func(err error) { reported = append(reported, err.Error()) }, OnRepair: func(r Repair) { reported = append(reported, r.String()) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if w := c.FindWriter("w"); w == nil || w.Len() != 6 || len(reported) != 0 {
+				t.Fatalf("reopened: writer %v, reported %q; want 6 entries and nothing", w, reported)
+			}
+		})
+	}
 }
