@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"slices"
 )
 
@@ -651,7 +652,7 @@ func decodeIndexState(b []byte) (*indexState, error) {
 		}
 		prevKey = key
 		d := &decoder{b: r} // spans as in a have message (wire_codec.go)
-		spans, err := decodeSpans(d, maxTreeLength)
+		spans, err := decodeSpans(d, maxTreeLength, math.MaxInt)
 		if err != nil || len(spans) == 0 {
 			return nil, fmt.Errorf("%w: bad spans (%d): %v", errBadState, len(spans), err)
 		}

@@ -218,6 +218,9 @@ type session struct {
 	changedSet map[*Feed]bool
 
 	peersOf map[*Feed][]*peerFeed // the peer's feeds by their local feed
+	// heldRanges counts the ranges of the peer's haves kept in its
+	// peerFeeds (at most maxHeldRanges).
+	heldRanges int
 
 	tls *tls.Conn
 	br  *bufio.Reader

@@ -151,11 +151,12 @@ func (m haveMessage) encode() []byte {
 }
 
 // decodeHave decodes a have: its ranges lie below its length. Whether the
-// length is at most maxTreeLength the session checks, after the id.
+// length is at most maxTreeLength the session checks, after the id. It
+// keeps the lowest maxHaveKept ranges, and checks the rest.
 func decodeHave(d *decoder) (haveMessage, error) {
 	id := d.uvarint()
 	length := d.uvarint()
-	ranges, err := decodeSpans(d, length)
+	ranges, err := decodeSpans(d, length, maxHaveKept)
 	var ce *spanCountError
 	switch {
 	case errors.As(err, &ce):
@@ -184,22 +185,25 @@ func (e *spanCountError) Error() string {
 // decodeSpans decodes spans as appendSpans encodes them: count, then per
 // span the gap since the previous one's end (or 0) and its length. The
 // spans must be non-empty, ascending, not touching and below limit. It
-// returns d's error for a bad or missing uvarint, *spanCountError for a
-// count the bytes left cannot hold (checked before anything is allocated)
-// and errBadSpan for a span out of form.
-func decodeSpans(d *decoder, limit uint64) ([]span, error) {
+// returns the first keep of them (all are checked). It returns d's error
+// for a bad or missing uvarint, *spanCountError for a count the bytes left
+// cannot hold (checked before anything is allocated) and errBadSpan for a
+// span out of form.
+func decodeSpans(d *decoder, limit uint64, keep int) ([]span, error) {
 	n := d.uvarint()
 	if d.err == nil && n > uint64(len(d.b))/2 {
 		return nil, &spanCountError{n, uint64(len(d.b))}
 	}
-	spans := make([]span, 0, n)
+	spans := make([]span, 0, min(n, uint64(keep)))
 	var prev uint64
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		gap, l := d.uvarint(), d.uvarint() // a bad uvarint leaves l 0
 		if l == 0 || gap > limit || l > limit || prev+gap+l > limit || (i > 0 && gap == 0) {
 			return nil, errBadSpan
 		}
-		spans = append(spans, span{prev + gap, prev + gap + l})
+		if len(spans) < keep {
+			spans = append(spans, span{prev + gap, prev + gap + l})
+		}
 		prev += gap + l
 	}
 	return spans, d.err

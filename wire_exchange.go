@@ -279,6 +279,15 @@ func (s *session) sendHave(f *Feed) {
 	s.send(haveMessage{s.mineID[f], st.length, ranges}.encode())
 }
 
+// maxHaveKept is the most ranges of one have message that a session keeps
+// (the lowest), and maxHeldRanges the most of all the peer's haves: a
+// range takes 16 bytes held, and a little more in the wants worked out
+// from it, where it takes 2 bytes or more of a message.
+const (
+	maxHaveKept   = 1 << 18
+	maxHeldRanges = 1 << 20
+)
+
 // maxHaveRanges is the most ranges a have message carries: each takes at
 // most 18 bytes (two uvarints below 2⁶⁰), so a have of this many fits in a
 // message of maxMessage bytes with room to spare. A variable, so that a
@@ -353,7 +362,13 @@ func (s *session) takeHave(m haveMessage) error {
 		return nil // wants come from the snapshot taken when the sides met
 	}
 	pf.length = max(pf.length, m.length)
-	pf.have = m.ranges
+	// What the session keeps of all the peer's haves is bounded: past
+	// maxHeldRanges, a have is cut to its lowest ranges that fit, and the
+	// rest is not wanted in this session.
+	s.heldRanges -= len(pf.have)
+	ranges := m.ranges[:min(len(m.ranges), max(0, maxHeldRanges-s.heldRanges))]
+	s.heldRanges += len(ranges)
+	pf.have = ranges
 	pf.refused = nil
 	s.trimWants(pf)
 	return nil

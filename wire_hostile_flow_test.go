@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -257,4 +258,53 @@ type slowReader struct {
 func (s *slowReader) Read(p []byte) (int, error) {
 	time.Sleep(s.pause)
 	return s.r.Read(p[:min(len(p), s.n)])
+}
+
+// TestHostileHavesHoldBoundedMemory: a peer with the key that sends haves
+// of a million ranges each, for feed after feed, makes the honest side keep
+// at most maxHaveKept ranges of one and maxHeldRanges of all: a range
+// held takes 16 bytes where it took 2 of the message, and unbounded, eight
+// such haves held 128 MB (and more in the wants worked out from them).
+func TestHostileHavesHoldBoundedMemory(t *testing.T) {
+	good, honest := sharedPair(t, nil)
+	mustAppend(t, mustWriter(t, honest, "w"), "x")
+	h := meetHostile(t, "tcp", honest, nil)
+	h.until(msgSynced)
+	const feeds, ranges = 8, 1 << 20
+	have := make([]span, ranges)
+	for i := range have {
+		have[i] = span{2 * uint64(i), 2*uint64(i) + 1}
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
+	for i := range uint64(feeds) {
+		kp, err := NewKeyPair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.send(feedMsg(i, kp.PublicKey), haveMsg(i, 2*ranges, have...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The honest side takes messages in order: once it answers a request
+	// sent after the haves, it has taken them.
+	if err := h.send(requestMsg(0, 0, 1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	h.until(msgData)
+	grown := int64(heap()) - int64(before)
+	t.Logf("heap grown by %.1f MB", float64(grown)/1e6)
+	if grown > 64<<20 {
+		t.Fatalf("the honest side's heap grew by %d MB for %d haves of %d ranges", grown>>20, feeds, ranges)
+	}
+	// The honest side wants what the haves offered, and gets nothing:
+	// the test leaves, and the honest side replicates on with others.
+	h.raw.Close()
+	t.Logf("the honest side: %v", h.result())
+	recovers(t, "tcp", good, honest)
 }
