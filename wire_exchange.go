@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 )
 
@@ -366,7 +367,10 @@ func (s *session) takeHave(m haveMessage) error {
 	// maxHeldRanges, a have is cut to its lowest ranges that fit, and the
 	// rest is not wanted in this session.
 	s.heldRanges -= len(pf.have)
-	ranges := m.ranges[:min(len(m.ranges), max(0, maxHeldRanges-s.heldRanges))]
+	ranges := m.ranges
+	if n := max(0, maxHeldRanges-s.heldRanges); len(ranges) > n {
+		ranges = slices.Clone(ranges[:n]) // not the whole array decoded
+	}
 	s.heldRanges += len(ranges)
 	pf.have = ranges
 	pf.refused = nil
