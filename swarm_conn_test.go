@@ -460,31 +460,26 @@ func TestSwarmOnAReadOnlyCoreFails(t *testing.T) {
 	}
 }
 
+// With MaxPeers sessions running, a new connection is closed at once: a
+// running session is never ended to make room.
 func TestSwarmClosesAConnectionPastMaxPeersAtOnce(t *testing.T) {
 	ctx := swarmCtx(t)
 	a := newCore(t, nil)
-	// The handshakes never time out here: whatever closes a connection
-	// is the bound.
-	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", Replicate: &ReplicateOptions{Timeout: time.Hour}})
+	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", MaxPeers: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sa.Close()
 	addr := sa.Addr().String()
-	var idle []net.Conn
-	defer func() {
-		for _, c := range idle {
-			c.Close()
-		}
-	}()
-	for range DefaultMaxPeers {
-		c, err := net.Dial("tcp", addr)
+	for i := range 2 {
+		b := newCore(t, &Options{SharedKey: a.SharedKey()})
+		sb, err := b.Swarm(&SwarmOptions{Peers: []string{addr}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		idle = append(idle, c)
+		defer sb.Close()
+		swarmWait(t, ctx, sa, fmt.Sprintf("%d sessions running", i+1), func() bool { _, n := sessionCounts(sa); return n == i+1 })
 	}
-	swarmWait(t, ctx, sa, "64 sessions", func() bool { n, _ := sessionCounts(sa); return n == DefaultMaxPeers })
 	extra, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -492,16 +487,49 @@ func TestSwarmClosesAConnectionPastMaxPeersAtOnce(t *testing.T) {
 	defer extra.Close()
 	extra.SetReadDeadline(time.Now().Add(30 * time.Second))
 	if n, err := extra.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, net.ErrClosed) && !isConnErr(err) {
-		t.Fatalf("the 65th connection: read %d bytes, %v; want it closed", n, err)
+		t.Fatalf("the third connection: read %d bytes, %v; want it closed", n, err)
 	}
-	if n, _ := sessionCounts(sa); n != DefaultMaxPeers {
-		t.Fatalf("%d sessions, want %d", n, DefaultMaxPeers)
+	if n, running := sessionCounts(sa); n != 2 || running != 2 {
+		t.Fatalf("%d sessions, %d running; want 2 and 2", n, running)
 	}
-	// Once the idle connections are gone, an honest peer gets in.
-	for _, c := range idle {
-		c.Close()
+}
+
+// Connections that never start a handshake (a stranger's, without the
+// shared key) cannot keep an honest peer out: past MaxPeers, or with every
+// handshake turn taken, the session that has handshaked longest past
+// handshakeGrace is ended to make room. The handshakes never time out here:
+// only that frees the room.
+func TestSwarmEndsStaleHandshakesForAnHonestPeer(t *testing.T) {
+	ctx := swarmCtx(t)
+	a := newCore(t, nil)
+	var mu sync.Mutex
+	var evicted int
+	sa, err := a.Swarm(&SwarmOptions{
+		Listen:        "127.0.0.1:0",
+		MaxPeers:      4,
+		MaxHandshakes: 2,
+		Replicate:     &ReplicateOptions{Timeout: time.Hour},
+		onSessionEnd: func(addr string, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if errors.Is(err, errEvicted) {
+				evicted++
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	idle = nil
+	defer sa.Close()
+	addr := sa.Addr().String()
+	for range 4 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	swarmWait(t, ctx, sa, "4 sessions handshaking", func() bool { n, _ := sessionCounts(sa); return n == 4 })
 	b := newCore(t, &Options{SharedKey: a.SharedKey()})
 	wb, _ := b.Writer("b")
 	swarmAppend(t, wb, "b", 3)
@@ -511,6 +539,14 @@ func TestSwarmClosesAConnectionPastMaxPeersAtOnce(t *testing.T) {
 	}
 	defer sb.Close()
 	swarmWait(t, ctx, sa, "a holds b's entries", func() bool { return holds(a, wb, 3) })
+	mu.Lock()
+	defer mu.Unlock()
+	if evicted == 0 {
+		t.Fatal("no stale handshake was ended, yet the honest peer got in")
+	}
+	if n, _ := sessionCounts(sa); n > 4 {
+		t.Fatalf("%d sessions, MaxPeers is 4", n)
+	}
 }
 
 func TestSwarmBoundsHandshakesInFlight(t *testing.T) {
@@ -556,22 +592,24 @@ func TestSwarmBoundsHandshakesInFlight(t *testing.T) {
 	}
 	defer sb.Close()
 	swarmWait(t, ctx, sa, "a holds b's entries", func() bool { return holds(a, wb, 3) })
-	// The silent connections that got a turn timed out in their handshake.
+	// The silent connections that got a turn timed out in their handshake,
+	// or were ended to give their turn to a newer connection (both take
+	// about 2s here).
 	mu.Lock()
 	defer mu.Unlock()
 	timedOut := 0
 	for _, c := range silent {
 		if err, ok := ends[c.LocalAddr().String()]; ok {
-			if !errors.Is(err, ErrTimeout) {
-				t.Errorf("a silent connection ended with %v, want ErrTimeout", err)
+			if !errors.Is(err, ErrTimeout) && !errors.Is(err, errEvicted) {
+				t.Errorf("a silent connection ended with %v, want ErrTimeout or errEvicted", err)
 			}
 			timedOut++
 		}
 	}
-	// (The first two hold both turns: at least one of them must time out
+	// (The first two hold both turns: at least one of them must end
 	// before the honest peer gets one.)
 	if timedOut < 1 {
-		t.Fatalf("%d silent connections timed out before the honest peer got through, want at least one", timedOut)
+		t.Fatalf("%d silent connections ended before the honest peer got through, want at least one", timedOut)
 	}
 }
 

@@ -18,7 +18,15 @@ var (
 	errDuplicate = errors.New("another session with the same peer node is kept")
 	errSelf      = errors.New("the peer is this node")
 	errTooMany   = errors.New("too many peers")
+	errEvicted   = fmt.Errorf("ended to let a newer connection in: the swarm was full, and this handshake had run %v", handshakeGrace)
 )
+
+// handshakeGrace is how long a handshake runs before the swarm may end it
+// for a newer connection, when it holds MaxPeers sessions or every
+// handshake turn is taken: an honest peer's handshake takes a few round
+// trips, a connection that never completes one (a stranger's, without the
+// shared key) would otherwise keep honest peers out until it timed out.
+const handshakeGrace = 2 * time.Second
 
 // swarmSession is one session of the swarm, dialled or accepted.
 type swarmSession struct {
@@ -39,11 +47,16 @@ type swarmSession struct {
 	wasLive  bool  // reached the live phase: the first exchange was over
 	err      error // why it ended
 	ended    time.Time
-	released bool // its handshake token was given back
+	released bool      // its handshake token was given back
+	tokenAt  time.Time // when it took its handshake token; zero while it holds none
+
+	evicted bool // ended for a newer connection (see handshakeGrace); under sw.mu
 }
 
 // acceptLoop accepts peers until the swarm closes. A connection past
-// MaxPeers is closed at once; the others wait for a handshake token.
+// MaxPeers is closed at once, unless a session still handshakes after
+// handshakeGrace: that one ends instead (see admit). The others wait for a
+// handshake token.
 func (sw *Swarm) acceptLoop() {
 	for delay := time.Duration(0); ; {
 		conn, err := sw.ln.Accept()
@@ -79,17 +92,113 @@ func (sw *Swarm) acceptLoop() {
 }
 
 // admit counts ss among the swarm's sessions, unless the swarm is closed
-// or holds MaxPeers sessions already.
+// or holds MaxPeers sessions already, all of them running or handshaking
+// for less than handshakeGrace: past MaxPeers, the session that has
+// handshaked longest (past the grace) is ended to make room.
 func (sw *Swarm) admit(ss *swarmSession) bool {
 	sw.mu.Lock()
-	defer sw.mu.Unlock()
-	if sw.closed || len(sw.sessions) >= sw.opts.MaxPeers {
+	if sw.closed {
+		sw.mu.Unlock()
 		return false
+	}
+	var victim *swarmSession
+	if sw.activeLocked() >= sw.opts.MaxPeers {
+		if victim = sw.staleHandshakeLocked(false); victim == nil {
+			sw.mu.Unlock()
+			return false
+		}
 	}
 	ss.done = make(chan struct{})
 	ss.state, ss.since = PeerHandshaking, time.Now()
 	sw.sessions[ss] = true
+	sw.mu.Unlock()
+	if victim != nil {
+		victim.stop(errEvicted)
+	}
 	return true
+}
+
+// activeLocked counts the sessions not ended for a newer connection.
+func (sw *Swarm) activeLocked() int {
+	n := 0
+	for ss := range sw.sessions {
+		if !ss.evicted {
+			n++
+		}
+	}
+	return n
+}
+
+// staleHandshakeLocked picks the session that has handshaked longest,
+// past handshakeGrace, among those holding a handshake token (holding),
+// or all, and marks it evicted; nil if there is none. The caller stops it.
+func (sw *Swarm) staleHandshakeLocked(holding bool) *swarmSession {
+	var oldest *swarmSession
+	var oldestAt time.Time
+	now := time.Now()
+	for ss := range sw.sessions {
+		if ss.evicted {
+			continue
+		}
+		ss.mu.Lock()
+		at, state := ss.since, ss.state
+		if holding {
+			at = ss.tokenAt
+		}
+		ss.mu.Unlock()
+		if state != PeerHandshaking || at.IsZero() || now.Sub(at) < handshakeGrace {
+			continue
+		}
+		if oldest == nil || at.Before(oldestAt) {
+			oldest, oldestAt = ss, at
+		}
+	}
+	if oldest != nil {
+		oldest.evicted = true
+	}
+	return oldest
+}
+
+// takeToken waits for a handshake token for ss. While every token is
+// taken, the holder that has handshaked longest past handshakeGrace is
+// ended, at once and then every half of it, to free one. It reports
+// false if ctx ended first.
+func (ss *swarmSession) takeToken(ctx context.Context) bool {
+	sw := ss.sw
+	var tick *time.Ticker
+	for {
+		select {
+		case sw.hs <- struct{}{}:
+			if tick != nil {
+				tick.Stop()
+			}
+			ss.mu.Lock()
+			ss.tokenAt = time.Now()
+			ss.mu.Unlock()
+			return true
+		default:
+		}
+		if tick == nil {
+			tick = time.NewTicker(handshakeGrace / 2)
+			defer tick.Stop()
+		}
+		sw.mu.Lock()
+		victim := sw.staleHandshakeLocked(true)
+		sw.mu.Unlock()
+		if victim != nil {
+			victim.stop(errEvicted)
+		}
+		select {
+		case sw.hs <- struct{}{}:
+			ss.mu.Lock()
+			ss.tokenAt = time.Now()
+			ss.mu.Unlock()
+			return true
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
 }
 
 // run runs the admitted session ss over conn until it ends: it waits for
@@ -103,8 +212,7 @@ func (ss *swarmSession) run(conn net.Conn) error {
 	ss.cancel = cancel
 	ss.mu.Unlock()
 	var err error
-	select {
-	case sw.hs <- struct{}{}:
+	if ss.takeToken(ctx) {
 		opts := sw.rep
 		user := opts.Progress
 		opts.Progress = func(p ReplicateProgress) {
@@ -119,7 +227,7 @@ func (ss *swarmSession) run(conn net.Conn) error {
 		hooks := &sessionHooks{hello: ss.hello, changed: sw.notify}
 		err = sw.core.replicateWith(ctx, conn, !ss.inbound, &opts, hooks, func(s *session) { ss.s = s })
 		ss.release()
-	case <-ctx.Done():
+	} else {
 		conn.Close()
 		err = ctx.Err()
 	}
@@ -131,7 +239,7 @@ func (ss *swarmSession) run(conn net.Conn) error {
 func (ss *swarmSession) release() {
 	ss.mu.Lock()
 	r := ss.released
-	ss.released = true
+	ss.released, ss.tokenAt = true, time.Time{}
 	ss.mu.Unlock()
 	if !r {
 		<-ss.sw.hs
@@ -263,7 +371,7 @@ func (sw *Swarm) ended(ss *swarmSession, err error) {
 	}
 	sw.mu.Unlock()
 	if sw.opts.onSessionEnd != nil {
-		sw.opts.onSessionEnd(ss.addr, err)
+		sw.opts.onSessionEnd(ss.addr, why)
 	}
 	sw.notify()
 	if running && !replaced && !errors.Is(why, errDuplicate) {
