@@ -315,6 +315,7 @@ func (sw *Swarm) event(ss *swarmSession, state PeerState, err error) {
 	}
 	p.EntriesIn, p.EntriesOut = pr.BlocksReceived, pr.BlocksSent
 	p.BytesIn, p.BytesOut = pr.BytesReceived, pr.BytesSent
+	p.FeedsNotAdded = pr.FeedsNotAdded
 	sw.opts.OnPeer(p)
 }
 

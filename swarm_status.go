@@ -53,6 +53,9 @@ type PeerStatus struct {
 	// received and sent, and bytes read and written.
 	EntriesIn, EntriesOut uint64
 	BytesIn, BytesOut     uint64
+	// FeedsNotAdded counts the new feeds the peer offered in that session
+	// that this side did not add, past ReplicateOptions.MaxNewFeeds.
+	FeedsNotAdded int
 
 	// Lag, while a session runs: entries the peer announced that this
 	// node lacks (Behind) and entries this node holds that the peer has
@@ -142,6 +145,7 @@ func (ss *swarmSession) status(ctx context.Context, p *PeerStatus) {
 	ss.mu.Unlock()
 	p.EntriesIn, p.EntriesOut = pr.BlocksReceived, pr.BlocksSent
 	p.BytesIn, p.BytesOut = pr.BytesReceived, pr.BytesSent
+	p.FeedsNotAdded = pr.FeedsNotAdded
 	if !node.isZero() {
 		p.Node = node.String()
 	}

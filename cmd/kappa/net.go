@@ -212,6 +212,9 @@ func peerLine(ctx context.Context, out *lineWriter, p kappa.PeerStatus) {
 		return
 	}
 	counts := fmt.Sprintf("received %d %s, sent %d", p.EntriesIn, plural(int(p.EntriesIn), "block", "blocks"), p.EntriesOut)
+	if p.FeedsNotAdded > 0 {
+		counts += fmt.Sprintf("; %d new %s offered not added, past -max-new-feeds", p.FeedsNotAdded, plural(p.FeedsNotAdded, "feed", "feeds"))
+	}
 	switch {
 	case ctx.Err() != nil:
 		out.printf("peer %s ended: serve is stopping (%s)", p.Addr, counts)

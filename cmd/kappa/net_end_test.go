@@ -83,3 +83,22 @@ func TestSyncBoundsNewFeeds(t *testing.T) {
 	}
 	srv.interrupt()
 }
+
+// A serve that takes at most -max-new-feeds new feeds of a peer says, in
+// the line that ends the peer's session, how many it did not add.
+func TestServeSaysHowManyNewFeedsItDidNotAdd(t *testing.T) {
+	dir := t.TempDir()
+	a := newDB(t, dir, "a")
+	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
+	b := newDB(t, dir, "b", "-key", key)
+	for _, w := range []string{"w1", "w2", "w3"} {
+		mustRun(t, dir, "append", "-db", a, "-writer", w, "x")
+	}
+	srv := start(t, dir, "serve", "-db", b, "-listen", "127.0.0.1:0", "-max-new-feeds", "2")
+	addr := strings.TrimPrefix(srv.waitLine("listening on "), "listening on ")
+	mustRun(t, dir, "sync", "-db", a, addr)
+	if line := srv.waitLine(" ended: "); !strings.Contains(line, "1 new feed offered not added, past -max-new-feeds") {
+		t.Errorf("serve's line: %s", line)
+	}
+	srv.interrupt()
+}
