@@ -334,11 +334,7 @@ func (f *Feed) readLeaves(sc *readScratch, start, end, maxBytes uint64, damaged 
 	nodes = slices.Grow(sc.nodes[:0], int(count))
 	for k := range count {
 		seq := start + k
-		off := headerSize + int64(2*seq)*nodeSize
-		n, err := decodeNode(2*seq, recs[2*k*nodeSize:], f.name, off)
-		if errors.Is(err, errNoNode) {
-			err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
-		}
+		n, off, err := f.decodeLeaf(recs[2*k*nodeSize:], seq)
 		if err != nil {
 			var ce *CorruptError
 			if !errors.As(err, &ce) {
@@ -357,6 +353,17 @@ func (f *Feed) readLeaves(sc *readScratch, start, end, maxBytes uint64, damaged 
 		total += n.Size
 	}
 	return nodes, total, nil, nil
+}
+
+// decodeLeaf decodes rec, the tree record of entry seq's leaf, at off in
+// the tree file; an absent one is damage too: the entry is present.
+func (f *Feed) decodeLeaf(rec []byte, seq uint64) (n storedNode, off int64, err error) {
+	off = headerSize + int64(2*seq)*nodeSize
+	n, err = decodeNode(2*seq, rec, f.name, off)
+	if errors.Is(err, errNoNode) {
+		err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
+	}
+	return n, off, err
 }
 
 // readScratch is what readRange reuses between calls. Large buffers are

@@ -86,11 +86,7 @@ func (f *Feed) verifyEntries(start, end uint64, st *VerifyStats, bad func(Damage
 	stop := uint64(0) // entries checked past the leaves: the one that ended the chunk
 	for k := range count {
 		seq := start + k
-		off := headerSize + int64(2*seq)*nodeSize
-		n, err := decodeNode(2*seq, recs[2*k*nodeSize:], f.name, off)
-		if errors.Is(err, errNoNode) {
-			err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
-		}
+		n, off, err := f.decodeLeaf(recs[2*k*nodeSize:], seq)
 		if err == nil && k > 0 && n.Offset != leaves[k-1].Offset+leaves[k-1].Size {
 			err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("leaf of entry %d: offsets are not contiguous", seq)}
 		}

@@ -63,12 +63,7 @@ func TestInitRefusesAKeyThatIsNot32BytesOfHex(t *testing.T) {
 // peer offered; a second sync adds them.
 func TestSyncBoundsNewFeeds(t *testing.T) {
 	dir := t.TempDir()
-	a := newDB(t, dir, "a")
-	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
-	b := newDB(t, dir, "b", "-key", key)
-	for _, w := range []string{"w1", "w2", "w3"} {
-		mustRun(t, dir, "append", "-db", a, "-writer", w, "x")
-	}
+	a, b := threeWritersAndAPeer(t, dir)
 	srv, addr := serve(t, dir, a)
 	out := mustRun(t, dir, "sync", "-db", b, "-max-new-feeds", "2", addr)
 	if !strings.Contains(out, "holds 2 feeds") || !strings.Contains(out, "offered 1 more new feed, not added") {
@@ -88,12 +83,7 @@ func TestSyncBoundsNewFeeds(t *testing.T) {
 // the line that ends the peer's session, how many it did not add.
 func TestServeSaysHowManyNewFeedsItDidNotAdd(t *testing.T) {
 	dir := t.TempDir()
-	a := newDB(t, dir, "a")
-	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
-	b := newDB(t, dir, "b", "-key", key)
-	for _, w := range []string{"w1", "w2", "w3"} {
-		mustRun(t, dir, "append", "-db", a, "-writer", w, "x")
-	}
+	a, b := threeWritersAndAPeer(t, dir)
 	srv := start(t, dir, "serve", "-db", b, "-listen", "127.0.0.1:0", "-max-new-feeds", "2")
 	addr := strings.TrimPrefix(srv.waitLine("listening on "), "listening on ")
 	mustRun(t, dir, "sync", "-db", a, addr)
@@ -101,4 +91,17 @@ func TestServeSaysHowManyNewFeedsItDidNotAdd(t *testing.T) {
 		t.Errorf("serve's line: %s", line)
 	}
 	srv.interrupt()
+}
+
+// threeWritersAndAPeer makes database a, with three writers of one entry,
+// and b, empty, sharing a's key.
+func threeWritersAndAPeer(t *testing.T, dir string) (a, b string) {
+	t.Helper()
+	a = newDB(t, dir, "a")
+	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
+	b = newDB(t, dir, "b", "-key", key)
+	for _, w := range []string{"w1", "w2", "w3"} {
+		mustRun(t, dir, "append", "-db", a, "-writer", w, "x")
+	}
+	return a, b
 }
