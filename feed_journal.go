@@ -80,9 +80,7 @@ func (f *Feed) preallocJournalWriteLocked(from, size int64) (int64, error) {
 	if err != nil {
 		return from, err
 	}
-	if !f.journalDatasyncs() {
-		size = min(size, journalPreallocOther)
-	}
+	size = f.journalPreallocSize(size)
 	zeros := journalZeros()
 	for off := from; off < size; off += int64(len(zeros)) {
 		if _, err := file.WriteAt(zeros[:min(int64(len(zeros)), size-off)], off); err != nil {
@@ -90,6 +88,15 @@ func (f *Feed) preallocJournalWriteLocked(from, size int64) (int64, error) {
 		}
 	}
 	return max(from, size), nil
+}
+
+// journalPreallocSize is the size preallocJournalWriteLocked gives the
+// journal when asked for size.
+func (f *Feed) journalPreallocSize(size int64) int64 {
+	if !f.journalDatasyncs() {
+		return min(size, journalPreallocOther)
+	}
+	return size
 }
 
 // journalState is a writer's journal, under writeMu.
@@ -582,12 +589,8 @@ func (f *Feed) startJournal(s Storage, prefix string, r replayed) (err error) {
 	}
 	if f.cfg.readOnly {
 		if r.trailer && !f.cfg.noSync { // what a writable open cuts, then preallocates
-			to := journalPreallocOpen
-			if !f.journalDatasyncs() {
-				to = min(to, journalPreallocOther)
-			}
 			end := headerSize + int64(len(appendJournalRecord(nil, headerSize, &base)))
-			f.repaired(Repair{File: f.name + fileJournal, From: r.size, To: max(end, int64(to)), Reason: why})
+			f.repaired(Repair{File: f.name + fileJournal, From: r.size, To: max(end, f.journalPreallocSize(journalPreallocOpen)), Reason: why})
 		}
 		return nil
 	}

@@ -283,14 +283,15 @@ func (f *Feed) sigReplacedWriteLocked(length uint64) {
 // also listed by Damaged.
 func (c *Core) reportOpenDamage(f *Feed) {
 	f.writeMu.Lock()
-	if ce := f.jrnDamage; ce != nil {
+	jd := f.jrnDamage
+	f.jrnDamage = nil
+	f.writeMu.Unlock()
+	if jd != nil {
 		// Healed: the journal was written anew (a read-only open leaves
 		// it as it is, and loads what a writable open loads).
-		f.jrnDamage = nil
-		f.writeMu.Unlock()
-		c.report(Damage{Slot: feedSlot(f), Key: f.Key(), Name: f.writer, Err: ce})
-		f.writeMu.Lock()
+		c.report(Damage{Slot: feedSlot(f), Key: f.Key(), Name: f.writer, Err: jd})
 	}
+	f.writeMu.Lock()
 	bad := f.sigDamage
 	if bad == nil || bad.reported {
 		f.writeMu.Unlock()

@@ -498,54 +498,66 @@ func TestSwarmClosesAConnectionPastMaxPeersAtOnce(t *testing.T) {
 // shared key) cannot keep an honest peer out: past MaxPeers, or with every
 // handshake turn taken, the session that has handshaked longest past
 // handshakeGrace is ended to make room. The handshakes never time out here:
-// only that frees the room.
+// only that frees the room. Each case needs one of the two rules, or both.
 func TestSwarmEndsStaleHandshakesForAnHonestPeer(t *testing.T) {
-	ctx := swarmCtx(t)
-	a := newCore(t, nil)
-	var mu sync.Mutex
-	var evicted int
-	sa, err := a.Swarm(&SwarmOptions{
-		Listen:        "127.0.0.1:0",
-		MaxPeers:      4,
-		MaxHandshakes: 2,
-		Replicate:     &ReplicateOptions{Timeout: time.Hour},
-		onSessionEnd: func(addr string, err error) {
+	for _, tc := range []struct {
+		name                    string
+		maxPeers, maxHandshakes int
+		idle                    int
+	}{
+		{"every place taken", 2, DefaultMaxHandshakes, 2},
+		{"every turn taken", DefaultMaxPeers, 2, 2},
+		{"both", 4, 2, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := swarmCtx(t)
+			a := newCore(t, nil)
+			var mu sync.Mutex
+			var evicted int
+			sa, err := a.Swarm(&SwarmOptions{
+				Listen:        "127.0.0.1:0",
+				MaxPeers:      tc.maxPeers,
+				MaxHandshakes: tc.maxHandshakes,
+				Replicate:     &ReplicateOptions{Timeout: time.Hour},
+				onSessionEnd: func(addr string, err error) {
+					mu.Lock()
+					defer mu.Unlock()
+					if errors.Is(err, errEvicted) {
+						evicted++
+					}
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sa.Close()
+			addr := sa.Addr().String()
+			for range tc.idle {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+			}
+			swarmWait(t, ctx, sa, "the idle connections handshaking", func() bool { n, _ := sessionCounts(sa); return n == tc.idle })
+			b := newCore(t, &Options{SharedKey: a.SharedKey()})
+			wb, _ := b.Writer("b")
+			swarmAppend(t, wb, "b", 3)
+			sb, err := b.Swarm(&SwarmOptions{Peers: []string{addr}, minBackoff: 10 * time.Millisecond, maxBackoff: 100 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sb.Close()
+			swarmWait(t, ctx, sa, "a holds b's entries", func() bool { return holds(a, wb, 3) })
 			mu.Lock()
 			defer mu.Unlock()
-			if errors.Is(err, errEvicted) {
-				evicted++
+			if evicted == 0 {
+				t.Fatal("no stale handshake was ended, yet the honest peer got in")
 			}
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sa.Close()
-	addr := sa.Addr().String()
-	for range 4 {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-	}
-	swarmWait(t, ctx, sa, "4 sessions handshaking", func() bool { n, _ := sessionCounts(sa); return n == 4 })
-	b := newCore(t, &Options{SharedKey: a.SharedKey()})
-	wb, _ := b.Writer("b")
-	swarmAppend(t, wb, "b", 3)
-	sb, err := b.Swarm(&SwarmOptions{Peers: []string{addr}, minBackoff: 10 * time.Millisecond, maxBackoff: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sb.Close()
-	swarmWait(t, ctx, sa, "a holds b's entries", func() bool { return holds(a, wb, 3) })
-	mu.Lock()
-	defer mu.Unlock()
-	if evicted == 0 {
-		t.Fatal("no stale handshake was ended, yet the honest peer got in")
-	}
-	if n, _ := sessionCounts(sa); n > 4 {
-		t.Fatalf("%d sessions, MaxPeers is 4", n)
+			if n, _ := sessionCounts(sa); n > tc.maxPeers {
+				t.Fatalf("%d sessions, MaxPeers is %d", n, tc.maxPeers)
+			}
+		})
 	}
 }
 

@@ -165,28 +165,16 @@ func (sw *Swarm) staleHandshakeLocked(holding bool) *swarmSession {
 // false if ctx ended first.
 func (ss *swarmSession) takeToken(ctx context.Context) bool {
 	sw := ss.sw
-	var tick *time.Ticker
+	tick := time.NewTicker(handshakeGrace / 2)
+	defer tick.Stop()
 	for {
-		select {
-		case sw.hs <- struct{}{}:
-			if tick != nil {
-				tick.Stop()
+		if len(sw.hs) == cap(sw.hs) {
+			sw.mu.Lock()
+			victim := sw.staleHandshakeLocked(true)
+			sw.mu.Unlock()
+			if victim != nil {
+				victim.stop(errEvicted)
 			}
-			ss.mu.Lock()
-			ss.tokenAt = time.Now()
-			ss.mu.Unlock()
-			return true
-		default:
-		}
-		if tick == nil {
-			tick = time.NewTicker(handshakeGrace / 2)
-			defer tick.Stop()
-		}
-		sw.mu.Lock()
-		victim := sw.staleHandshakeLocked(true)
-		sw.mu.Unlock()
-		if victim != nil {
-			victim.stop(errEvicted)
 		}
 		select {
 		case sw.hs <- struct{}{}:
@@ -313,9 +301,7 @@ func (sw *Swarm) event(ss *swarmSession, state PeerState, err error) {
 	if !node.isZero() {
 		p.Node = node.String()
 	}
-	p.EntriesIn, p.EntriesOut = pr.BlocksReceived, pr.BlocksSent
-	p.BytesIn, p.BytesOut = pr.BytesReceived, pr.BytesSent
-	p.FeedsNotAdded = pr.FeedsNotAdded
+	p.takeCounts(pr)
 	sw.opts.OnPeer(p)
 }
 

@@ -138,14 +138,19 @@ func (sw *Swarm) Peers() []PeerStatus {
 
 // status fills p with what ss's session says: its counts, and its state
 // and lag while it runs.
+// takeCounts sets p's counts of a session from its progress pr.
+func (p *PeerStatus) takeCounts(pr ReplicateProgress) {
+	p.EntriesIn, p.EntriesOut = pr.BlocksReceived, pr.BlocksSent
+	p.BytesIn, p.BytesOut = pr.BytesReceived, pr.BytesSent
+	p.FeedsNotAdded = pr.FeedsNotAdded
+}
+
 func (ss *swarmSession) status(ctx context.Context, p *PeerStatus) {
 	ss.mu.Lock()
 	pr, running, state, since, node := ss.progress, !ss.running.IsZero(), ss.state, ss.since, ss.node
 	endedAt := ss.ended
 	ss.mu.Unlock()
-	p.EntriesIn, p.EntriesOut = pr.BlocksReceived, pr.BlocksSent
-	p.BytesIn, p.BytesOut = pr.BytesReceived, pr.BytesSent
-	p.FeedsNotAdded = pr.FeedsNotAdded
+	p.takeCounts(pr)
 	if !node.isZero() {
 		p.Node = node.String()
 	}
