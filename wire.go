@@ -47,6 +47,13 @@ const (
 	// goes out).
 	maxInFlightBytes = 16 << 20
 
+	// maxQueuedAnswerBytes bounds the answers a side builds ahead of its
+	// writer: a request that arrives while this much waits to be written
+	// is answered once the writer has taken some of it up. So a peer that
+	// asks and stops reading holds about this much and one answer, not
+	// maxOutstanding answers.
+	maxQueuedAnswerBytes = 4 << 20
+
 	exporterLabel = "EXPORTER-kappa-replicate-v1"
 )
 
@@ -227,19 +234,30 @@ type session struct {
 
 	// The writer goroutine sends what send queues; the queue is unbounded,
 	// so the session's loop never blocks on the peer, and bounded in
-	// practice by the protocol: answers only to requests, of which the
-	// peer may have maxOutstanding.
+	// practice: answers go only to requests, of which the peer may have
+	// maxOutstanding, and are built ahead of the writer only up to
+	// maxQueuedAnswerBytes.
 	outMu      sync.Mutex
 	out        [][]byte
 	outWake    chan struct{}
 	outEnd     bool          // the writer stops once the queue is drained
 	outGoodbye bool          // and then sends TLS close_notify
 	outDone    chan struct{} // closed when the writer has stopped
-	writing    atomic.Int64  // unix nanos a write began or last moved bytes, 0 when none
-	lastRead   atomic.Int64  // unix nanos bytes last arrived
-	rawEnded   atomic.Bool   // a read of the connection under TLS failed
-	newFeeds   int           // feeds the database lacked that this session took
-	handled    uint64        // messages taken from the peer
+
+	// Answers (data, not available) queued and not yet taken up by the
+	// writer: their number and bytes. While the bytes reach
+	// maxQueuedAnswerBytes, the loop defers the peer's requests, in order,
+	// and the writer wakes it through outRoom as it takes answers up; see
+	// serve.
+	queuedAnswers, queuedAnswerBytes atomic.Int64
+	outRoom                          chan struct{}
+	deferred                         []requestMessage
+
+	writing  atomic.Int64 // unix nanos a write began or last moved bytes, 0 when none
+	lastRead atomic.Int64 // unix nanos bytes last arrived
+	rawEnded atomic.Bool  // a read of the connection under TLS failed
+	newFeeds int          // feeds the database lacked that this session took
+	handled  uint64       // messages taken from the peer
 
 	bytesIn, bytesOut atomic.Uint64
 
@@ -360,6 +378,7 @@ func (s *session) run(ctx context.Context) (err error) {
 	}
 
 	s.outWake = make(chan struct{}, 1)
+	s.outRoom = make(chan struct{}, 1)
 	s.outDone = make(chan struct{})
 	// Messages read ahead of the session's loop: at most 16, so at most
 	// 16 × maxMessage of them wait in memory.

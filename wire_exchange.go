@@ -87,6 +87,10 @@ func (s *session) exchange(ctx context.Context, in <-chan frame) error {
 				s.sendHave(f)
 				s.trimWantsOf(f)
 			}
+		case <-s.outRoom:
+			if err := s.serveDeferred(); err != nil {
+				return err
+			}
 		case <-tick.C:
 			if err := s.keepAlive(&lastSent); err != nil {
 				return err

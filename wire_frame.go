@@ -95,6 +95,30 @@ func (s *session) send(msg []byte) {
 	}
 }
 
+// sendAnswer queues an answer to a request (data, not available),
+// counted among the queued answers until the writer takes it up.
+func (s *session) sendAnswer(msg []byte) {
+	s.queuedAnswers.Add(1)
+	s.queuedAnswerBytes.Add(int64(len(msg)))
+	s.send(msg)
+}
+
+// takeUp is the writer beginning to write msg: an answer stops counting
+// as queued, and the loop is woken to serve what it deferred. It is done
+// before the answer's first byte is written, so that a peer that has read
+// it, and asks again, never finds it still counted.
+func (s *session) takeUp(msg []byte) {
+	if msg[0] != msgData && msg[0] != msgNotAvailable {
+		return
+	}
+	s.queuedAnswers.Add(-1)
+	s.queuedAnswerBytes.Add(-int64(len(msg)))
+	select {
+	case s.outRoom <- struct{}{}:
+	default:
+	}
+}
+
 // stopWriter makes the writer stop once it has sent what is queued, and
 // with goodbye then close the TLS stream for writing.
 func (s *session) stopWriter(goodbye bool) {
@@ -134,7 +158,9 @@ func (s *session) writeLoop() {
 			<-s.outWake
 			continue
 		}
-		for _, msg := range batch {
+		for i, msg := range batch {
+			batch[i] = nil // (not held once written)
+			s.takeUp(msg)
 			n := binary.PutUvarint(lenBuf[:], uint64(len(msg)))
 			if _, err := w.Write(lenBuf[:n]); err != nil {
 				s.writing.Store(0)

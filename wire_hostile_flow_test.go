@@ -151,6 +151,57 @@ func TestHostileFullPipelineIsNotAFlood(t *testing.T) {
 	}
 }
 
+// TestHostileNonReaderHoldsBoundedAnswers: a peer with the key that uses
+// its maxOutstanding requests on answers of 4 MiB and stops reading makes
+// the honest side build answers only while less than maxQueuedAnswerBytes
+// wait for its writer; the other requests wait unanswered, and are
+// answered, in order, once the peer reads. Without the bound, the 16
+// answers (64 MiB) sit in memory until the write times out.
+func TestHostileNonReaderHoldsBoundedAnswers(t *testing.T) {
+	_, honest := sharedPair(t, nil)
+	const blocks, per = 64, 4
+	bigWriter(t, honest, blocks, 1<<20-1) // blocks of 1 MiB: 0x00 ‖ value
+	considered := make(chan struct{}, 1)
+	h := meetHostile(t, "tcp", honest, &ReplicateOptions{Accept: func([]byte) bool {
+		considered <- struct{}{}
+		return false
+	}})
+	h.until(msgSynced)
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
+	var reqs [][]byte
+	for i := range uint64(blocks / per) {
+		reqs = append(reqs, requestMsg(0, i*per, (i+1)*per, 0))
+	}
+	// The honest side takes messages in order: once it has considered the
+	// feed offered after the requests, it has taken them all.
+	reqs = append(reqs, feedMsg(0, bytes.Repeat([]byte{1}, 32)))
+	if err := h.send(reqs...); err != nil {
+		t.Fatal(err)
+	}
+	await(t, considered, "the honest side taking the requests")
+	grown := int64(heap()) - int64(before)
+	t.Logf("heap grown by %.1f MB with %d requests for %d MiB each unread", float64(grown)/1e6, blocks/per, per)
+	if grown > 32<<20 {
+		t.Fatalf("the honest side's heap grew by %d MiB for answers its peer does not read", grown>>20)
+	}
+	for i := range uint64(blocks / per) {
+		m := parseMessage[dataMessage](t, h.until(msgData))
+		if m.id != 0 || m.p.Start != i*per || len(m.p.Blocks) != per {
+			t.Fatalf("answer %d: feed %d, blocks [%d, %d)", i, m.id, m.p.Start, m.p.Start+uint64(len(m.p.Blocks)))
+		}
+		if b := m.p.Blocks[per-1]; len(b) != 1<<20 || b[1] != byte(i*per+per-1) {
+			t.Fatalf("answer %d: a wrong block", i)
+		}
+	}
+	h.endCleanly()
+}
+
 // A slow link is not a silent peer: a large message that arrives a little
 // at a time, for several times Timeout, keeps the session alive.
 func TestSlowMessageIsNotATimeout(t *testing.T) {

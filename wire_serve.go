@@ -7,27 +7,53 @@ import (
 
 // Serving: answers to the peer's requests.
 
-// serve answers a request from the peer.
+// serve answers a request from the peer, or defers it while
+// maxQueuedAnswerBytes of answers wait for the writer (see serveDeferred).
 func (s *session) serve(m requestMessage) error {
-	id, start, end, known := m.id, m.start, m.end, m.known
-	if id >= uint64(len(s.mine)) {
-		return protoErr("request for feed %d, which was never announced", id)
+	if m.id >= uint64(len(s.mine)) {
+		return protoErr("request for feed %d, which was never announced", m.id)
 	}
-	if start >= end || end-start > maxRequestBlocks {
-		return protoErr("request for [%d, %d)", start, end)
+	if m.start >= m.end || m.end-m.start > maxRequestBlocks {
+		return protoErr("request for [%d, %d)", m.start, m.end)
 	}
 	// The peer may have maxOutstanding requests in flight, and one is in
 	// flight until the peer has read its answer, which it cannot do before
-	// the writer has written it. So while the peer keeps to that, fewer
-	// answers than maxOutstanding wait in the queue for the writer; more
-	// is a peer asking without reading, which would grow the queue
-	// without bound.
-	if queued := s.answersQueued(); queued >= maxOutstanding {
-		return protoErr("a request with %d answers unread: more than %d requests in flight", queued, maxOutstanding)
+	// the writer has begun to write it. So while the peer keeps to that,
+	// fewer than maxOutstanding requests wait here, deferred or answered
+	// and queued for the writer; more is a peer asking without reading.
+	if waiting := int(s.queuedAnswers.Load()) + len(s.deferred); waiting >= maxOutstanding {
+		return protoErr("a request with %d answers unread: more than %d requests in flight", waiting, maxOutstanding)
 	}
+	if len(s.deferred) > 0 || s.queuedAnswerBytes.Load() >= maxQueuedAnswerBytes {
+		s.deferred = append(s.deferred, m) // answers go in the order asked
+		return nil
+	}
+	return s.answerRequest(m)
+}
+
+// serveDeferred answers the deferred requests, in order, while there is
+// room in the writer's queue; the loop calls it when the writer took an
+// answer up.
+func (s *session) serveDeferred() error {
+	for len(s.deferred) > 0 && s.queuedAnswerBytes.Load() < maxQueuedAnswerBytes {
+		m := s.deferred[0]
+		s.deferred = s.deferred[1:]
+		if err := s.answerRequest(m); err != nil {
+			return err
+		}
+	}
+	if len(s.deferred) == 0 {
+		s.deferred = nil
+	}
+	return nil
+}
+
+// answerRequest answers a request that serve checked.
+func (s *session) answerRequest(m requestMessage) error {
+	id, start, end, known := m.id, m.start, m.end, m.known
 	f := s.mine[id]
 	notAvailable := func(end uint64) error {
-		s.send(notAvailableMessage{id, start, end}.encode())
+		s.sendAnswer(notAvailableMessage{id, start, end}.encode())
 		return nil
 	}
 	if f.Forked() {
@@ -74,23 +100,9 @@ func (s *session) serve(m requestMessage) error {
 			return notAvailable(end)
 		}
 	}
-	s.send(dataMessage{id, p}.encode())
+	s.sendAnswer(dataMessage{id, p}.encode())
 	s.progress.BlocksSent += uint64(len(p.Blocks))
 	return nil
-}
-
-// answersQueued is how many answers (data, not available) wait in the
-// queue for the writer.
-func (s *session) answersQueued() int {
-	s.outMu.Lock()
-	defer s.outMu.Unlock()
-	queued := 0
-	for _, m := range s.out {
-		if m[0] == msgData || m[0] == msgNotAvailable {
-			queued++
-		}
-	}
-	return queued
 }
 
 // answerEnd returns the end of the answer to a request for the present
