@@ -50,8 +50,8 @@ const (
 	// maxQueuedAnswerBytes bounds the answers a side builds ahead of its
 	// writer: a request that arrives while this much waits to be written
 	// is answered once the writer has taken some of it up. So a peer that
-	// asks and stops reading holds about this much and one answer, not
-	// maxOutstanding answers.
+	// asks and stops reading holds about this much, the answer built last
+	// and the one being written, not maxOutstanding answers.
 	maxQueuedAnswerBytes = 4 << 20
 
 	exporterLabel = "EXPORTER-kappa-replicate-v1"
@@ -380,8 +380,9 @@ func (s *session) run(ctx context.Context) (err error) {
 	s.outWake = make(chan struct{}, 1)
 	s.outRoom = make(chan struct{}, 1)
 	s.outDone = make(chan struct{})
-	// Messages read ahead of the session's loop: at most 16, so at most
-	// 16 × maxMessage of them wait in memory.
+	// Messages read ahead of the session's loop: at most 16 queued and
+	// one read and waiting for room, so at most 17 × maxMessage of them
+	// wait in memory.
 	in := make(chan frame, 16)
 	s.storeJobs = make(chan storeJob, 2*maxOutstanding)
 	s.stored = make(chan storeResult, 2*maxOutstanding)

@@ -710,3 +710,41 @@ func TestContextEndCutsTheWaitForAGoodbye(t *testing.T) {
 		t.Fatalf("a complete session: %v, want nil", err)
 	}
 }
+
+// TestCompleteSessionEndsNilHoweverTheConnectionEnds: once a non-live
+// session is complete (both sides sent done), Replicate returns nil, even
+// when the peer's done comes with the connection's reset, or with bytes
+// that fail TLS, right behind it (a peer killed, or a path that breaks,
+// just after its done): everything was exchanged and verified. Each round
+// sends the done and the end in one go, so that the honest side's reader
+// often takes both before its loop looks.
+func TestCompleteSessionEndsNilHoweverTheConnectionEnds(t *testing.T) {
+	honest := newCore(t, nil)
+	appendN(t, mustWriter(t, honest, "w"), 3, "a")
+	for _, end := range []string{"reset", "tls-garbage"} {
+		t.Run(end, func(t *testing.T) {
+			for round := range 20 {
+				h := meetHostile(t, "tcp", honest, nil)
+				if err := h.send(syncedMessage{}.encode()); err != nil {
+					t.Fatal(err)
+				}
+				h.until(msgDone) // the honest side has sent its done
+				done := frames(doneMessage{}.encode())
+				switch end {
+				case "reset":
+					h.tls.Write(done)
+					h.raw.(*net.TCPConn).SetLinger(0)
+					h.raw.Close()
+				case "tls-garbage":
+					// A record of application data that fails authentication.
+					h.tls.Write(done)
+					h.raw.Write([]byte{23, 3, 3, 0, 32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32})
+				}
+				if err := h.result(); err != nil {
+					t.Fatalf("round %d: a complete session ended with %v, want nil", round, err)
+				}
+				h.raw.Close()
+			}
+		})
+	}
+}

@@ -176,6 +176,10 @@ func (s *session) keepAlive(lastSent *uint64) error {
 // session properly (see peerEnded).
 func (s *session) take(ctx context.Context, f frame, ok bool) error {
 	switch {
+	case (!ok || f.err != nil) && !s.opts.Live && s.sentDone && s.peerDone:
+		// Complete: everything was exchanged and checked, however the
+		// connection then ends (a reset, a TLS alert) (§4).
+		return errCleanEnd
 	case !ok:
 		return ErrPeerClosed
 	case f.err != nil:
