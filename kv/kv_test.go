@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -285,5 +286,28 @@ func TestClearIndexWipesDataAndProgress(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(r.dir, "kv", logName))
 	if err != nil || string(b) != logMagic {
 		t.Fatalf("file after ClearIndex: %q, %v", b, err)
+	}
+}
+
+// TestFilesAreTheOwnersAlone: the view's directory and kv.log hold the
+// database's data, so they are created as the database's own files are:
+// no permission for group or others.
+func TestFilesAreTheOwnersAlone(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no Unix permissions")
+	}
+	r := newReplica(t, nil)
+	if err := r.kv.Put(r.writer(t, "w"), "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	r.ready(t)
+	for _, name := range []string{"kv", filepath.Join("kv", "kv.log")} {
+		fi, err := os.Stat(filepath.Join(r.dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			t.Errorf("%s: mode %v, want no permission for group or others", name, fi.Mode())
+		}
 	}
 }

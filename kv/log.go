@@ -207,7 +207,7 @@ type logFile struct {
 // openLog opens (creating) dir's log, replays it into apply, cuts a torn
 // tail, and returns it with the last state stored.
 func openLog(dir string, apply func(op)) (*logFile, []byte, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("kv: %w", err)
 	}
 	path := filepath.Join(dir, logName)
@@ -296,7 +296,7 @@ func (l *logFile) replace(rec []byte) error {
 // rename, fsync of the directory.
 func writeFileSynced(dir string, b []byte) (renamed bool, err error) {
 	tmp := filepath.Join(dir, logName+".tmp")
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return false, fmt.Errorf("kv: %w", err)
 	}
