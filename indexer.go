@@ -52,7 +52,7 @@ type View interface {
 // after ClearIndex with the progress reset. The state names every feed the
 // view has indexed, so it grows with the number of feeds; so that storing
 // it does not cost work in proportion to all feeds for each batch, with
-// more than 128 feeds StoreState runs once for a group of batches (one per
+// 128 feeds or more StoreState runs once for a group of batches (one per
 // 64 feeds, or fewer when no more work is ready): a view that buffers Map's
 // changes until StoreState must buffer every batch since the last one.
 //

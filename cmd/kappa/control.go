@@ -84,19 +84,26 @@ const (
 	frameExit      = 'x'
 )
 
-// controlPath returns the path of dir's control socket: the path as given
-// if it fits a socket address, else the absolute one. It fails if neither
-// fits.
-func controlPath(dir string) (string, error) {
-	p := filepath.Join(dir, controlName)
+// socketAddr returns the address to bind or dial for the socket name in
+// dir: the path as given if it fits a socket address, else the absolute
+// one, else (on Linux) the path through /proc/self/fd of dir opened; call
+// release once bound or dialled. It fails if none fits.
+func socketAddr(dir, name string) (addr string, release func(), err error) {
+	p := filepath.Join(dir, name)
 	if len(p) <= maxSocketPath {
-		return p, nil
+		return p, func() {}, nil
 	}
 	abs, err := filepath.Abs(p)
 	if err == nil && len(abs) <= maxSocketPath {
-		return abs, nil
+		return abs, func() {}, nil
 	}
-	return "", fmt.Errorf("the control socket's path %s is %d bytes, past the %d a unix socket address holds: "+
+	if short, release, ok := dirByDescriptor(dir); ok {
+		if q := filepath.Join(short, name); len(q) <= maxSocketPath {
+			return q, release, nil
+		}
+		release()
+	}
+	return "", nil, fmt.Errorf("the control socket's path %s is %d bytes, past the %d a unix socket address holds: "+
 		"serve the database from a shorter path (or run serve in a directory close to it, with a relative -db)",
 		p, len(p), maxSocketPath)
 }
@@ -202,21 +209,26 @@ type serveStatus struct {
 // and renamed into place, replacing a socket left by a serve that was
 // killed. Call it with the database locked.
 func listenControl(dir string) (*net.UnixListener, string, error) {
-	path, err := controlPath(dir)
+	// (Checked first, so that a path too long fails before anything is
+	// created.)
+	_, release, err := socketAddr(dir, controlName)
 	if err != nil {
 		return nil, "", err
 	}
-	tmp, err := os.MkdirTemp(filepath.Dir(path), ".control-") // mode 0700
+	release()
+	path := filepath.Join(dir, controlName)
+	tmp, err := os.MkdirTemp(dir, ".control-") // mode 0700
 	if err != nil {
 		return nil, "", fmt.Errorf("control socket: %w", err)
 	}
 	defer os.Remove(tmp)
 	bound := filepath.Join(tmp, "s")
-	if len(bound) > maxSocketPath {
-		return nil, "", fmt.Errorf("the control socket's temporary path %s is %d bytes, past the %d a unix socket address holds: "+
-			"serve the database from a shorter path", bound, len(bound), maxSocketPath)
+	addr, release, err := socketAddr(tmp, "s")
+	if err != nil {
+		return nil, "", err
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: bound, Net: "unix"})
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
+	release()
 	if err != nil {
 		return nil, "", fmt.Errorf("control socket: %w", err)
 	}
@@ -435,11 +447,13 @@ func (e *env) servedOr(locked error) error {
 
 // dialControl dials dir's control socket and reads the serve's hello.
 func dialControl(dir string) (net.Conn, int, error) {
-	path, err := controlPath(dir)
+	path := filepath.Join(dir, controlName)
+	addr, release, err := socketAddr(dir, controlName)
 	if err != nil {
 		return nil, 0, err
 	}
-	conn, err := net.DialTimeout("unix", path, 30*time.Second)
+	conn, err := net.DialTimeout("unix", addr, 30*time.Second)
+	release()
 	if err != nil {
 		return nil, 0, err
 	}

@@ -822,3 +822,37 @@ func TestCommandsWarnOfALoadedReplicaWithDamage(t *testing.T) {
 		t.Errorf("stat: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// The commands that open the database read-only leave a torn tail as it
+// is, and say so: one warning line, and verify lists it.
+func TestReadOnlyCommandsWarnOfATornTailNotCut(t *testing.T) {
+	dir := t.TempDir()
+	db := newDB(t, dir, "db")
+	mustRun(t, dir, "append", "-db", db, "-writer", "w", "one", "two")
+	data := filepath.Join(db, "feeds", "0", "data")
+	f, err := os.OpenFile(data, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("torn tail"))
+	f.Close()
+	before, err := os.ReadFile(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"key"}, {"feeds"}, {"stat"}, {"log"}, {"log", "-json"}} {
+		r := kappaRun(t, dir, "", append(args, "-db", db)...)
+		if r.code != 0 {
+			t.Fatalf("kappa %s: exit %d: %s", args, r.code, r.stderr)
+		}
+		if !strings.Contains(r.stderr, "kappa: warning: 1 repair(s) not made: opened read-only (kappa verify lists them)") {
+			t.Errorf("kappa %s: standard error %q, want the warning", args, r.stderr)
+		}
+	}
+	if out := mustRun(t, dir, "verify", "-db", db); !strings.Contains(out, "cut from") {
+		t.Errorf("verify does not list the cut: %q", out)
+	}
+	if after, _ := os.ReadFile(data); !bytes.Equal(after, before) {
+		t.Error("a read-only command changed the data file")
+	}
+}

@@ -56,7 +56,7 @@ func newFeedsLimit(n int) (int, error) {
 
 var serveCommand = &command{
 	name:    "serve",
-	args:    "[-db DIR] [-listen ADDR] [-peer ADDR]... [-lan=false]",
+	args:    "[-db DIR] [-listen ADDR] [-peer ADDR]... [-lan=false] [-max-new-feeds N]",
 	summary: "run the database as a swarm node until interrupted",
 	help: `
 Serve runs the database as a node of its swarm until interrupted: it
@@ -229,7 +229,7 @@ func peerLine(ctx context.Context, out *lineWriter, p kappa.PeerStatus) {
 
 var syncCommand = &command{
 	name:    "sync",
-	args:    "[-db DIR] ADDR",
+	args:    "[-db DIR] [-max-new-feeds N] [-timeout DURATION] ADDR",
 	summary: "replicate once with a peer",
 	help: `
 Sync connects to "kappa serve" at ADDR (host:port) and replicates once: both

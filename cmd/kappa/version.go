@@ -16,8 +16,9 @@ var versionCommand = &command{
 	summary: "print the module, format and protocol versions",
 	help: `
 Version prints the version of the module the command was built from, as
-the Go toolchain recorded it: "(devel)" for a build from a clone, with the
-commit when the build recorded one. Then the version of the on-disk format
+the Go toolchain recorded it: for a build from a clone, a pseudo-version
+(v0.0.0-DATE-COMMIT), or "(devel)" when version control stamping is off;
+with the commit when the build recorded one. Then the version of the on-disk format
 (doc/FORMAT.md) the command reads and writes, the version of the
 replication protocol (doc/PROTOCOL.md) it speaks, and the Go version.`,
 	run: func(e *env, c *command, args []string) error {
