@@ -46,7 +46,7 @@
 // Feeds live in a Storage: a directory (OpenDir; locked against a second
 // process, with a bounded number of open file descriptors; read-only opens,
 // Options.ReadOnly, share it and write nothing) or memory
-// (NewMemStorage, which can also simulate crashes for tests). The on-disk
+// (NewMemStorage; this package's own tests use it to simulate crashes). The on-disk
 // format is described in doc/FORMAT.md. By default every Append is durable
 // when it returns: a small one writes its data, tree and signature record
 // and then one record of a per-feed journal holding them all, and fsyncs
@@ -112,5 +112,6 @@
 // Errors wrap the package's sentinel errors (ErrClosed, ErrCorrupt,
 // ErrKeyMismatch, …), which are the only messages that start with
 // "kappa:"; test them with errors.Is. Bad input to any function returns an
-// error; nothing panics on input.
+// error; nothing panics on input. (A nil context.Context is not input but a
+// mistake, as in the standard library: pass context.Background().)
 package kappa

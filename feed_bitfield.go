@@ -182,7 +182,8 @@ func (f *Feed) Downloaded() uint64 {
 }
 
 // NextMissing returns the first entry at or after seq, below Len, that is
-// not stored locally (or was found damaged), or Len if there is none.
+// not stored locally (or was found damaged), or Len if there is none (seq
+// itself for a seq past Len).
 func (f *Feed) NextMissing(seq uint64) uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()

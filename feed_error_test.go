@@ -55,3 +55,40 @@ func hexPrefix(key []byte) string {
 	}
 	return string(b)
 }
+
+// TestErrorsNameTheirOriginFirst: an error that wraps a sentinel says
+// where it comes from before the sentinel's "kappa:", once; and a Damage
+// of zero fields still describes itself.
+func TestErrorsNameTheirOriginFirst(t *testing.T) {
+	c := newCore(t, nil)
+	_, cmpErr := c.Compare(Pos{Feed: []byte{1}}, Pos{Feed: []byte{2}})
+	_, keyErr := KeyPairFromSecret(make([]byte, 10))
+	_, roErr := Open(t.TempDir()+"/none", &Options{ReadOnly: true})
+	closed := newCore(t, nil)
+	closed.Close()
+	_, closedErr := closed.Compare(Pos{Feed: make([]byte, 32)}, Pos{Feed: make([]byte, 32)})
+	cases := []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"compare of a short key", cmpErr, ErrInvalidKey},
+		{"compare after close", closedErr, ErrClosed},
+		{"key pair of 10 bytes", keyErr, ErrInvalidKey},
+		{"read-only open of nothing", roErr, ErrReadOnly},
+	}
+	for _, c := range cases {
+		if !errors.Is(c.err, c.want) {
+			t.Errorf("%s: %v does not match %v", c.name, c.err, c.want)
+			continue
+		}
+		if msg := c.err.Error(); strings.HasPrefix(msg, "kappa:") || strings.Count(msg, "kappa:") != 1 {
+			t.Errorf("%s: %q: want its origin first, and \"kappa:\" once", c.name, msg)
+		}
+	}
+	for _, d := range []Damage{{}, {Key: []byte{1}}} {
+		if msg := d.Error(); !strings.HasPrefix(msg, "feed 0") {
+			t.Errorf("Damage %+v: %q", d, msg)
+		}
+	}
+}

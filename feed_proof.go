@@ -91,7 +91,9 @@ func (f *Feed) signedRootsWriteLocked(length uint64) ([]storedNode, error) {
 }
 
 // Verify checks that sig signs this feed's tree at the given length under
-// its key. It returns ErrVerify if not.
+// its key. It returns ErrOutOfRange for a length of 0 or past Len, and an
+// error matching ErrVerify (ErrBadSignature) when sig does not sign the
+// tree.
 func (f *Feed) Verify(length uint64, sig []byte) error {
 	if length == 0 || length > f.Len() {
 		return f.opError(fmt.Sprintf("verify length %d", length), ErrOutOfRange)

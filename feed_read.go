@@ -389,7 +389,9 @@ func putReadScratch(sc *readScratch) {
 	readScratchPool.Put(sc)
 }
 
-// Head returns the last entry; ErrEmpty if the feed has none.
+// Head returns the last entry; ErrEmpty if the feed has none. It is
+// Get(ctx, Len()-1): on a replica that lacks that entry it waits, as Get
+// does, until the entry arrives, ctx ends or the feed is closed.
 func (f *Feed) Head(ctx context.Context) ([]byte, error) {
 	n := f.Len()
 	if n == 0 {

@@ -46,14 +46,15 @@ type View interface {
 // view is rebuilt from the first entry each time the database opens.
 //
 // FetchState runs once when the view starts (and again when Retry restarts
-// a view whose FetchState failed), before the first batch; it returns what
+// a view that failed before its first batch: in FetchState, ClearIndex or
+// the StoreState after it), before the first batch; it returns what
 // StoreState last stored, or nil if nothing. StoreState runs after Map
 // returns, with progress that covers every batch mapped until then, and
 // after ClearIndex with the progress reset. The state names every feed the
 // view has indexed, so it grows with the number of feeds; so that storing
-// it does not cost work in proportion to all feeds for each batch, with
-// 128 feeds or more StoreState runs once for a group of batches (one per
-// 64 feeds, or fewer when no more work is ready): a view that buffers Map's
+// it does not cost work in proportion to all feeds for each batch, once
+// the state names 128 feeds or more StoreState runs once for a group of
+// ⌊feeds/64⌋ batches (or fewer when no more work is ready): a view that buffers Map's
 // changes until StoreState must buffer every batch since the last one.
 //
 // Concurrency: FetchState, ClearIndex, Map, StoreState and Indexed of one
@@ -103,7 +104,7 @@ type MaxBatcher interface {
 }
 
 // DefaultMaxBatch is the batch size of views that do not implement
-// MaxBatcher.
+// MaxBatcher, or whose MaxBatch returns zero or less.
 const DefaultMaxBatch = 100
 
 // Entry is one entry of a feed as a view sees it. Key and the Feed of each

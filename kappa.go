@@ -28,7 +28,10 @@ type Options struct {
 
 	// Sparse makes replicas fetch only what is asked for: entries a Get
 	// or GetBatch waits for, and ranges passed to Feed.Download. Without
-	// it, replication fetches every entry of every feed.
+	// it, replication fetches every entry of every feed. A sparse replica
+	// learns a feed's length from what it fetches (Len stays 0 until then),
+	// and a non-live session of a sparse database ends once it holds what
+	// local calls asked for.
 	Sparse bool
 
 	// NoSync turns off fsync for every feed and for the database's own
@@ -149,13 +152,16 @@ type Damage struct {
 func (d Damage) Error() string {
 	who := fmt.Sprintf("feed %d", d.Slot)
 	if d.Key != nil {
-		who += fmt.Sprintf(" (%x)", d.Key[:4])
+		who += fmt.Sprintf(" (%x)", d.Key[:min(4, len(d.Key))])
 	}
 	if d.Name != "" {
 		who += fmt.Sprintf(" writer %q", d.Name)
 	}
 	if d.Entry {
 		who += fmt.Sprintf(" entry %d", d.Seq)
+	}
+	if d.Err == nil {
+		return who + ": damaged"
 	}
 	return who + ": " + d.Err.Error()
 }
@@ -201,7 +207,7 @@ func Open(dir string, opts *Options) (*Core, error) {
 	s, err := OpenDir(dir, &do)
 	if err != nil {
 		if do.ReadOnly && errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %w", ErrReadOnly, err)
+			return nil, fmt.Errorf("%w (%w: nothing is created)", err, ErrReadOnly)
 		}
 		return nil, err
 	}
@@ -353,8 +359,12 @@ func feedSlot(f *Feed) int {
 	return slot
 }
 
-// Repairs lists the torn tails that opening the database cut back (on a
-// read-only database: would have cut back); see Repair.
+// Repairs lists every Repair made since the database was opened, as
+// Options.OnRepair receives them: what opening did to recover from a crash
+// (torn tails cut, journals replayed, permissions tightened) and what was
+// healed later (a stale checksum rewritten, a damaged entry rewritten from
+// a peer's copy). On a read-only database it lists what opening would
+// have done, and nothing was changed.
 func (c *Core) Repairs() []Repair {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -397,8 +407,9 @@ func (c *Core) ValueEncoding() Encoding { return c.enc }
 // that may replicate with it.
 func (c *Core) SharedKey() []byte { return bytes.Clone(c.key) }
 
-// Dir returns the directory of a database opened with Open, and "" for one
-// made with New on another Storage. The database never uses names under
+// Dir returns the directory of a database on directory storage (opened
+// with Open, or made with New on a *DirStorage), and "" for one made with
+// New on another Storage. The database never uses names under
 // "views/" in it: a view may keep its own files there, under its name.
 func (c *Core) Dir() string {
 	if d, ok := c.store.(*DirStorage); ok {

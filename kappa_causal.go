@@ -270,11 +270,11 @@ func (c *Core) causalReady(ctx context.Context) error {
 // Feed is not 32 bytes (ErrInvalidKey) or a closed database (ErrClosed).
 func (c *Core) Compare(a, b Pos) (Order, error) {
 	if len(a.Feed) != 32 || len(b.Feed) != 32 {
-		return Unknown, fmt.Errorf("kappa: compare: %w: feed keys of %d and %d bytes, want 32", ErrInvalidKey, len(a.Feed), len(b.Feed))
+		return Unknown, fmt.Errorf("compare: %w: feed keys of %d and %d bytes, want 32", ErrInvalidKey, len(a.Feed), len(b.Feed))
 	}
 	select {
 	case <-c.done:
-		return Unknown, fmt.Errorf("kappa: compare: %w", ErrClosed)
+		return Unknown, fmt.Errorf("compare: %w", ErrClosed)
 	default:
 	}
 	fa, ok := c.causal.lookup(a.Feed)

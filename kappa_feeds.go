@@ -10,8 +10,9 @@ import (
 
 // Writer returns the local writable feed called name, creating it if there
 // is none. Names are local (they are not replicated) and persist across
-// restarts; any non-empty string of up to 88 bytes works, including ones
-// that look like numbers.
+// restarts. A name is 1 to 88 bytes of UTF-8 without control characters,
+// '/' or '\', and not "." or "..", and may look like a number; any other
+// name is ErrInvalidValue.
 func (c *Core) Writer(name string) (*Feed, error) {
 	return c.writer(name, nil)
 }

@@ -42,10 +42,10 @@ func KeyPairFromSecret(secret []byte) (KeyPair, error) {
 	case SecretKeySize:
 		sec = ed25519.NewKeyFromSeed(secret[:ed25519.SeedSize])
 		if !hmac.Equal(sec[ed25519.SeedSize:], secret[ed25519.SeedSize:]) {
-			return KeyPair{}, fmt.Errorf("%w: secret key does not hold its own public key", ErrInvalidKey)
+			return KeyPair{}, fmt.Errorf("key pair: %w: secret key does not hold its own public key", ErrInvalidKey)
 		}
 	default:
-		return KeyPair{}, fmt.Errorf("%w: secret key is %d bytes, want %d or %d", ErrInvalidKey, len(secret), ed25519.SeedSize, SecretKeySize)
+		return KeyPair{}, fmt.Errorf("key pair: %w: secret key is %d bytes, want %d or %d", ErrInvalidKey, len(secret), ed25519.SeedSize, SecretKeySize)
 	}
 	return KeyPair{PublicKey: sec.Public().(ed25519.PublicKey), SecretKey: sec}, nil
 }

@@ -13,7 +13,7 @@ import (
 // ReadAt past the end returns io.EOF (a partial read returns the bytes read
 // and io.EOF), like *os.File. WriteAt past the end extends the file; the gap
 // reads as zeros. Once the file has been removed through its Storage, its
-// methods return an error wrapping fs.ErrNotExist; once it or its Storage is
+// methods but Close return an error wrapping fs.ErrNotExist; once it or its Storage is
 // closed, they return an error wrapping ErrClosed. Negative offsets and sizes
 // are rejected with an error wrapping fs.ErrInvalid.
 type File interface {

@@ -185,8 +185,7 @@ func (m *MemStorage) Remove(name string) error {
 	return nil
 }
 
-// Close closes the storage: its Files fail with ErrClosed afterwards. The
-// content stays available to crashClone.
+// Close closes the storage: its Files fail with ErrClosed afterwards.
 func (m *MemStorage) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()

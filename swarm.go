@@ -41,12 +41,13 @@ type SwarmOptions struct {
 	Replicate *ReplicateOptions
 
 	// MaxPeers bounds the sessions, dialled and accepted, handshaking or
-	// running (default 64). A connection past it is closed at once, unless
+	// running (zero or less: the default, 64). A connection past it is closed at once, unless
 	// a session has been handshaking for 2 s or more: the oldest of those
 	// is ended to let the new one in (see doc/PROTOCOL.md, §4, Time-outs).
 	MaxPeers int
 
-	// MaxHandshakes bounds the handshakes in flight (default 16): an
+	// MaxHandshakes bounds the handshakes in flight (zero or less: the
+	// default, 16): an
 	// accepted connection waits for its turn, a dial too; while it waits,
 	// a handshake that has held its turn 2 s or more is ended for it.
 	MaxHandshakes int

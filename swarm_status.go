@@ -18,7 +18,7 @@ const (
 	PeerHandshaking                  // TLS and the shared-key proof
 	PeerSyncing                      // in session; one side lacks what the other announced
 	PeerSynced                       // in session; each side holds what the other announced
-	PeerBackingOff                   // the last try failed or ended: waiting to dial again
+	PeerBackingOff                   // the last try failed or ended: waiting to dial again (an inbound peer this node does not dial: its session ended)
 	PeerFailed                       // it refused this node, or broke the protocol: not dialled for a while
 )
 

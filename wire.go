@@ -58,7 +58,8 @@ const (
 )
 
 // ReplicateOptions configure a replication session. The zero value (and
-// nil) means non-live, accepting every feed the peer offers.
+// nil) means non-live, accepting every feed the peer offers, up to
+// DefaultMaxNewFeeds new ones (see MaxNewFeeds).
 type ReplicateOptions struct {
 	// Live keeps the session open after the first exchange: new entries
 	// and new feeds, on either side, are sent as they appear, until the
@@ -120,7 +121,8 @@ type ReplicateProgress struct {
 // before it learns anything. Then the sides exchange their feeds and what
 // they hold, and each fetches what it lacks; every block is verified before
 // it is stored. A non-live session ends, returning nil, once both sides hold
-// what the other had when they met. A live one goes on until ctx ends, when
+// what the other had when they met (a sparse side: what its local calls
+// asked for, see Options.Sparse). A live one goes on until ctx ends, when
 // it says goodbye to the peer (TLS close_notify) and returns ctx's error,
 // or until the peer says goodbye, when it returns nil. conn is closed when
 // Replicate returns. A read-only database (Options.ReadOnly) does not

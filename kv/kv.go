@@ -408,6 +408,8 @@ func (s *KV) ClearIndex() error {
 	return nil
 }
 
-// MaxBatch is the view's batch size (kappa.MaxBatcher): each batch ends
-// with a record of the file and an fsync.
+// MaxBatch is the view's batch size (kappa.MaxBatcher): each StoreState,
+// after every batch (or a group of batches once the view's progress names
+// 128 feeds or more: see kappa.StateStorer), appends a record to the file
+// and fsyncs it.
 func (s *KV) MaxBatch() int { return 1000 }
