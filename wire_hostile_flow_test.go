@@ -167,13 +167,7 @@ func TestHostileNonReaderHoldsBoundedAnswers(t *testing.T) {
 		return false
 	}})
 	h.until(msgSynced)
-	heap := func() uint64 {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
-	before := heap()
+	before := heapAfterGC()
 	var reqs [][]byte
 	for i := range uint64(blocks / per) {
 		reqs = append(reqs, requestMsg(0, i*per, (i+1)*per, 0))
@@ -185,7 +179,7 @@ func TestHostileNonReaderHoldsBoundedAnswers(t *testing.T) {
 		t.Fatal(err)
 	}
 	await(t, considered, "the honest side taking the requests")
-	grown := int64(heap()) - int64(before)
+	grown := int64(heapAfterGC()) - int64(before)
 	t.Logf("heap grown by %.1f MB with %d requests for %d MiB each unread", float64(grown)/1e6, blocks/per, per)
 	if grown > 32<<20 {
 		t.Fatalf("the honest side's heap grew by %d MiB for answers its peer does not read", grown>>20)
@@ -326,13 +320,7 @@ func TestHostileHavesHoldBoundedMemory(t *testing.T) {
 	for i := range have {
 		have[i] = span{2 * uint64(i), 2*uint64(i) + 1}
 	}
-	heap := func() uint64 {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
-	before := heap()
+	before := heapAfterGC()
 	for i := range uint64(feeds) {
 		kp, err := NewKeyPair()
 		if err != nil {
@@ -348,7 +336,7 @@ func TestHostileHavesHoldBoundedMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.until(msgData)
-	grown := int64(heap()) - int64(before)
+	grown := int64(heapAfterGC()) - int64(before)
 	runtime.KeepAlive(have) // held before and after: not counted
 	t.Logf("heap grown by %.1f MB", float64(grown)/1e6)
 	if grown > 64<<20 {
