@@ -121,16 +121,17 @@ type Entry struct {
 	// their own feed's successors), and only for the feeds whose head
 	// changed since the writer's previous context, reduced: without a
 	// head that the writer's previous entry or another head in Deps
-	// already causally follows (see Core.Compare). Empty for most
-	// entries. It is nil for an entry whose stored context is malformed.
+	// already causally follows (see Core.Compare). Empty (nil) for most
+	// entries, and nil too for an entry whose stored context is malformed
+	// (a causal view's Wait tells the two apart).
 	Deps []Pos
 
 	enc byte // the value encoding's code (see Encoding.code)
 }
 
 // Decode decodes the value into v according to the database's value
-// encoding: JSON into any v for "json"; into a *string for "utf-8"; into a
-// *[]byte (a copy) for "binary".
+// encoding: JSON into any v for "json"; for "utf-8" and "binary", into a
+// *string or a *[]byte (a copy), and any other v is ErrInvalidValue.
 func (e Entry) Decode(v any) error {
 	enc, _ := encodingFromCode(e.enc)
 	if enc == JSON {
