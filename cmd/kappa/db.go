@@ -89,8 +89,10 @@ func (e *env) openDBWith(warn bool, opts *kappa.Options) (*kappa.Core, error) {
 		if err != nil {
 			return nil, err
 		}
-		if r := core.Repairs(); warn && opts != nil && opts.ReadOnly && len(r) > 0 {
-			fmt.Fprintf(e.stderr, "kappa: warning: %d repair(s) not made: opened read-only (kappa verify lists them)\n", len(r))
+		if warn && opts != nil && opts.ReadOnly {
+			if n := len(core.Repairs()); n > 0 {
+				fmt.Fprintf(e.stderr, "kappa: warning: %d repair(s) not made: opened read-only (kappa verify lists them)\n", n)
+			}
 		}
 	}
 	if d := core.Damaged(); warn && len(d) > 0 {
