@@ -358,7 +358,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 	var jr replayed
 	if f.writable {
 		var overlaid bool
-		if jr, overlaid, err = f.replayJournal(s, prefix); err != nil {
+		if jr, overlaid, err = f.replayJournal(s, prefix, secret); err != nil {
 			return err
 		}
 		standIns = standIns || overlaid

@@ -284,13 +284,22 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	if journaled {
 		f.journalBeginWriteLocked(uint64(f.sigsEnd-headerSize)/sigRecordSize+1, length, b.off)
 	}
-	sig, err := f.writeAppendWriteLocked(&b, start, byteLen, journaled, func() []byte {
-		return signRoots(secret, treeHash(b.newRoots), length)
-	})
+	hash := treeHash(b.newRoots)
+	sign := func() []byte { return signRoots(secret, hash, length) }
+	sig, pending, err := f.writeAppendWriteLocked(&b, start, byteLen, journaled, sign)
 	if err != nil {
 		return 0, f.abortWriteLocked(undo, f.opError("append", err))
 	}
-	checked, plain, err := f.writeSigRecordWriteLocked(batch, start, length, b.off, sig, journaled)
+	var work func() ([]byte, error)
+	if pending != nil {
+		work = func() ([]byte, error) {
+			if err := pending(); err != nil {
+				return nil, f.opError("append", err)
+			}
+			return sign(), nil
+		}
+	}
+	sig, checked, plain, err := f.writeSigRecordWriteLocked(batch, start, length, b.off, sig, hash, work)
 	if err != nil {
 		return 0, f.abortWriteLocked(undo, err)
 	}
@@ -308,11 +317,13 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 }
 
 // writeSigRecordWriteLocked writes the signature record of an append of
-// batch from start to length (off bytes), signed sig: in the journal, as a
-// large append's, or in the signatures file. It reports the flags it
-// recorded: whether every value up to length was checked against the
-// encoding, and whether no block has a context.
-func (f *Feed) writeSigRecordWriteLocked(batch []*appendReq, start, length, off uint64, sig []byte, journaled bool) (checked, plain bool, err error) {
+// batch from start to length (off bytes), signed sig: as a large append's,
+// or in the signatures file; or, journaled (work set, sig nil), it writes
+// the journal record, with roots, the hash the signature signs, and has
+// work write the files and sign while the journal syncs. It returns the
+// signature and the flags it recorded: whether every value up to length
+// was checked against the encoding, and whether no block has a context.
+func (f *Feed) writeSigRecordWriteLocked(batch []*appendReq, start, length, off uint64, sig []byte, roots [32]byte, work func() ([]byte, error)) (_ []byte, checked, plain bool, err error) {
 	// Append checked every value against the feed's encoding: if those
 	// before were checked too, the record says so.
 	checked = f.checked.Load() == start
@@ -326,14 +337,14 @@ func (f *Feed) writeSigRecordWriteLocked(batch []*appendReq, start, length, off 
 		flags |= sigPlain
 	}
 	switch {
-	case journaled:
-		err = f.writeJournaledWriteLocked(length, sig, flags)
+	case work != nil:
+		sig, err = f.writeJournaledWriteLocked(length, roots, flags, work)
 	case f.journaling():
 		err = f.writeLargeWriteLocked(length, off, sig, flags)
 	default:
 		err = f.writeSignatureWriteLocked(length, sig, flags, f.fdata(), f.ftree())
 	}
-	return checked, plain, err
+	return sig, checked, plain, err
 }
 
 // tellStored tells the feed's Core of the entries of batch, appended from
@@ -579,7 +590,11 @@ func buildGroup(group []storedNode, run []byte, runStart uint64) {
 // tree and signs on as many cores as there are (shareWork): the signature
 // is of the tree in memory, and is written only after both writes
 // succeeded. A failed write is returned as it is, for the caller to undo.
-func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, journaled bool, sign func() []byte) ([]byte, error) {
+//
+// A journaled append's writes are added to its journal record, and
+// returned as pending, not made: they are made while the journal syncs
+// (see writeJournaledWriteLocked), and sign is not called.
+func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, journaled bool, sign func() []byte) (sig []byte, pending func() error, err error) {
 	ws := f.scratchWriteLocked()
 	run, early := b.run, b.early
 	// The parents of older roots lie before the run. If the nodes between
@@ -609,16 +624,21 @@ func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, jou
 		}
 		return nil
 	}
-	var sig []byte
-	if journaled || len(b.data)+len(run) < minSharedWrite {
+	writeFiles := func() error {
 		if err := writeData(); err != nil {
-			return nil, err
+			return err
 		}
-		if err := writeTree(); err != nil {
-			return nil, err
+		return writeTree()
+	}
+	switch {
+	case journaled:
+		pending = writeFiles
+	case len(b.data)+len(run) < minSharedWrite:
+		if err := writeFiles(); err != nil {
+			return nil, nil, err
 		}
 		sig = sign()
-	} else {
+	default:
 		var errs [2]error
 		shareWork(3, 3, func(_, c int) {
 			switch c {
@@ -631,7 +651,7 @@ func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, jou
 			}
 		})
 		if err := cmp.Or(errs[0], errs[1]); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if journaled {
@@ -649,7 +669,7 @@ func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, jou
 		encodeNode(rec[:], &early[i])
 		ws.recent.remember(early[i].Index, rec[:])
 	}
-	return sig, nil
+	return sig, pending, nil
 }
 
 // minSharedWrite is the size of an append's data and tree records from

@@ -275,6 +275,21 @@ func testWriterWriteFault(t *testing.T, name, file, op string, first int, limit 
 		t.Fatalf("append with a failing %s %s: %v, want ENOSPC", file, op, err)
 	}
 	checkFaultFeed(t, damageCopy(s.mem), "f/", acked, op == "write", name+", right after the failure")
+	if op == "write" {
+		// The failed append was undone durably: no crash now brings it
+		// back.
+		rng := rand.New(rand.NewPCG(uint64(first), 3))
+		for i, c := range crashClones(s.mem, rng, 16) {
+			g, err := OpenFeed(c, "f/", nil)
+			if err != nil {
+				t.Fatalf("crash %d right after the failure: %v", i, err)
+			}
+			if n := g.Len(); n != acked {
+				t.Fatalf("crash %d right after the failure: length %d, want %d: the failed append came back", i, n, acked)
+			}
+			g.Close()
+		}
+	}
 	refused := false
 	for _, n := range []int{1, 3, 10, 2} {
 		var err error

@@ -2,6 +2,8 @@ package kappa
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/hmac"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"io/fs"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // The journal: a writer with sync on makes a small Append durable with one
@@ -168,8 +171,8 @@ func (f *Feed) journalsAppendWriteLocked(b *appendBuild) (bool, error) {
 // number records, of length and byteLen.
 func (f *Feed) journalBeginWriteLocked(records, length, byteLen uint64) {
 	j := &f.jrn
-	j.buf = appendJournalRecord(j.buf[:0], 0, &journalRecord{kind: jrnAppend, records: records, length: length, byteLen: byteLen})
-	j.buf = j.buf[:jrnFixed] // the count, size and CRC are set by writeJournaledWriteLocked
+	j.buf = appendJournalRecord(j.buf[:0], 0, &journalRecord{kind: jrnUnsigned, records: records, length: length, byteLen: byteLen})
+	j.buf = j.buf[:jrnFixed] // the count, size, flags, roots hash and CRC are set by writeJournaledWriteLocked
 	j.count = 0
 }
 
@@ -180,52 +183,101 @@ func (f *Feed) journalAddWriteLocked(file uint8, off int64, data []byte) {
 }
 
 // writeJournaledWriteLocked finishes a journaled append of length: writes
-// its signature record (flag journaled, not synced), then its journal
-// record, and syncs the journal. A failed write is undone by the caller
-// (abortWriteLocked), the journal's part here; a failed sync leaves the
-// feed refusing writes.
-func (f *Feed) writeJournaledWriteLocked(length uint64, sig []byte, flags uint32) error {
+// its journal record (kind unsigned: its writes, and the flags and roots
+// hash of its signature record), then syncs the journal while work writes
+// the data and tree records to their files and signs, and the signature
+// record (flag journaled, not synced) is written; it returns the
+// signature. Replay signs the roots hash again if the signature record
+// did not land: signing is deterministic. A failed write is undone by the
+// caller (abortWriteLocked), the journal's part here (the record, synced
+// away if it was synced); a failed sync leaves the feed refusing writes.
+func (f *Feed) writeJournaledWriteLocked(length uint64, roots [32]byte, flags uint32, work func() ([]byte, error)) ([]byte, error) {
 	ws := f.scratchWriteLocked()
-	rec := ws.sig[:]
-	encodeSigRecord(rec, length, sig, flags|sigJournaled)
-	if _, err := f.fsigs().WriteAt(rec, f.sigsEnd); err != nil {
-		return f.opError("write signature", err)
-	}
-	f.journalAddWriteLocked(jrnFileSigs, f.sigsEnd, rec)
 	j := &f.jrn
+	flags |= sigJournaled
 	binary.BigEndian.PutUint32(j.buf[32:], j.count)
+	// ws.secret was read by the append (secretKeyWriteLocked) before it
+	// built anything.
+	j.buf = appendJournalSigned(j.buf, flags, roots, journalTag(ws.secret, roots, length, flags))
 	j.buf = finishJournalRecord(j.buf, 0, j.end)
 	end := j.end + int64(len(j.buf))
 	if _, err := f.fjrn().WriteAt(j.buf, j.end); err != nil {
-		err = f.opError("write journal", err)
-		// Undone by writing zeros over it where the journal held zeros
-		// (cutting would lose the preallocation), else (or if that fails
-		// too) by cutting the journal where the record began.
-		var cerr error
-		if end <= j.alloc {
-			clear(j.buf)
-			_, cerr = f.fjrn().WriteAt(j.buf, j.end)
+		return nil, f.unwriteJournalWriteLocked(f.opError("write journal", err), end, false)
+	}
+	// The sync is the append's only wait: the files' writes and the
+	// signature are made on another core meanwhile. The signature record
+	// may land before the journal record does: replay cuts it then
+	// (never acknowledged), as it cuts any past the journal's last.
+	var sig []byte
+	var werr error
+	sigsEnd, rec := f.sigsEnd, ws.sig[:]
+	do := func() {
+		if sig, werr = work(); werr == nil {
+			encodeSigRecord(rec, length, sig, flags)
+			if _, werr = f.fsigs().WriteAt(rec, sigsEnd); werr != nil {
+				werr = f.opError("write signature", werr)
+			}
 		}
-		if end > j.alloc || cerr != nil {
-			cerr = cutFile(f.fjrn(), j.end)
-			j.alloc = j.end
+	}
+	// Whoever comes first does it: a goroutine can start late on a
+	// virtual machine, later than the sync ends.
+	var taken atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		if taken.CompareAndSwap(false, true) {
+			do()
+			close(done)
 		}
-		if cerr != nil {
-			cerr = f.opError("undo a failed write", cerr)
-			ws.failed = cerr
-			return errors.Join(err, cerr)
-		}
-		return err
+	}()
+	serr := f.fjrn().Datasync()
+	if taken.CompareAndSwap(false, true) {
+		do()
+	} else {
+		<-done
+	}
+	if serr != nil {
+		ws.failed = serr
+		return nil, f.opError("sync journal", serr)
+	}
+	if werr != nil {
+		// The record is durable: a crash now would replay the append,
+		// and so it is undone in the journal too, synced.
+		return nil, f.unwriteJournalWriteLocked(werr, end, true)
 	}
 	j.alloc = max(j.alloc, end)
-	if err := f.fjrn().Datasync(); err != nil {
-		ws.failed = err
-		return f.opError("sync journal", err)
-	}
 	f.sigsEnd += sigRecordSize
-	j.end += int64(len(j.buf))
+	j.end = end
 	j.appends++
-	return nil
+	return sig, nil
+}
+
+// unwriteJournalWriteLocked undoes the append record written at f.jrn.end,
+// to end, after err failed its append: by writing zeros over it where the
+// journal held zeros (cutting would lose the preallocation), else (or if
+// that fails too) by cutting the journal where the record began; synced
+// when sync is set (the record was). It returns err, joined with the
+// undo's error, which leaves the feed refusing writes, if that fails.
+func (f *Feed) unwriteJournalWriteLocked(err error, end int64, sync bool) error {
+	ws := f.scratchWriteLocked()
+	j := &f.jrn
+	var cerr error
+	zeroed := end <= j.alloc
+	if zeroed {
+		clear(j.buf)
+		_, cerr = f.fjrn().WriteAt(j.buf, j.end)
+	}
+	if !zeroed || cerr != nil {
+		cerr = cutFile(f.fjrn(), j.end)
+		j.alloc = j.end
+	}
+	if cerr == nil && sync {
+		cerr = f.fjrn().Datasync()
+	}
+	if cerr != nil {
+		ws.failed = f.opError("undo a failed write", cerr)
+		return errors.Join(err, ws.failed)
+	}
+	return err
 }
 
 // checkpointWriteLocked makes every journaled write durable in its file
@@ -365,7 +417,8 @@ type replayed struct {
 }
 
 // replayJournal replays a writer's journal, before recovery: each intact
-// record's writes are applied in order (those that change bytes; the
+// record's writes are applied in order, and an unsigned one's signature
+// record, signed with secret (those that change bytes; the
 // first record that is not whole, if torn, ends the journal), data, tree
 // and signatures are synced, and the signature records past the last one
 // the journal accounts for are cut: their appends' journal records did
@@ -381,7 +434,7 @@ type replayed struct {
 //
 // A read-only feed makes the same changes in memory: its data, tree and
 // signatures files are overlaid (overlayFile), and stay open.
-func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid bool, err error) {
+func (f *Feed) replayJournal(s Storage, prefix string, secret ed25519.PrivateKey) (r replayed, overlaid bool, err error) {
 	file, err := s.Open(prefix+fileJournal, false)
 	if errors.Is(err, fs.ErrNotExist) {
 		return r, false, nil
@@ -415,7 +468,7 @@ func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid boo
 	if len(r.recs) == 0 {
 		return r, false, nil // no base: nothing was appended since the files were synced
 	}
-	sigs, overlaid, err := f.applyJournal(r.recs)
+	sigs, overlaid, err := f.applyJournal(r.recs, secret)
 	if err != nil {
 		return r, overlaid, err
 	}
@@ -485,11 +538,12 @@ func (f *Feed) decodeJournal(buf []byte) (recs []journalRecord, trailer bool, da
 		}
 		if k := len(recs); k > 0 {
 			prev := &recs[k-1]
-			if rec.kind != jrnAppend || rec.records != prev.records+1 || rec.length <= prev.length || rec.byteLen < prev.byteLen+(rec.length-prev.length) {
+			if rec.kind == jrnBase || rec.records != prev.records+1 || rec.length <= prev.length || rec.byteLen < prev.byteLen+(rec.length-prev.length) {
 				return nil, false, nil, &CorruptError{File: name, Offset: int64(off),
 					Reason: fmt.Sprintf("journal record of signature record %d, length %d, does not follow the one before (%d, length %d)", rec.records, rec.length, prev.records, prev.length)}
 			}
 		}
+		rec.at = int64(off)
 		recs = append(recs, rec)
 		off += n
 	}
@@ -497,11 +551,12 @@ func (f *Feed) decodeJournal(buf []byte) (recs []journalRecord, trailer bool, da
 }
 
 // applyJournal applies the writes of the append records of recs to data,
-// tree and signatures, those that change bytes, and syncs the files; a
+// tree and signatures, and the signature record of each unsigned one,
+// signed with secret, those that change bytes, and syncs the files; a
 // read-only feed overlays them in memory instead (overlaid reports it).
 // Each file changed is reported as a repair. It returns the signatures
 // file as the writes leave it, in memory.
-func (f *Feed) applyJournal(recs []journalRecord) (sigs *overlayFile, overlaid bool, err error) {
+func (f *Feed) applyJournal(recs []journalRecord, secret ed25519.PrivateKey) (sigs *overlayFile, overlaid bool, err error) {
 	// The writes are applied in memory first, so that only their final
 	// bytes are compared with the files: a later record may write again
 	// what an earlier one wrote (a parent left zero in a run, written when
@@ -524,6 +579,19 @@ func (f *Feed) applyJournal(recs []journalRecord) (sigs *overlayFile, overlaid b
 	for _, rec := range recs[1:] {
 		for _, w := range rec.writes {
 			ovs[w.file].WriteAt(w.data, w.off)
+		}
+		if rec.kind == jrnUnsigned {
+			// Its signature record, which the writer wrote after
+			// the record synced: the same bytes, signing being
+			// deterministic; if the record's tag says the writer
+			// wrote it.
+			if tag := journalTag(secret, rec.roots, rec.length, rec.flags); !hmac.Equal(rec.tag[:], tag[:]) {
+				return nil, false, &CorruptError{File: f.name + fileJournal, Offset: rec.at,
+					Reason: "intact journal record of an unsigned append whose tag does not hold: not written with this feed's secret key"}
+			}
+			var sr [sigRecordSize]byte
+			encodeSigRecord(sr[:], rec.length, signRoots(secret, rec.roots, rec.length), rec.flags)
+			ovs[jrnFileSigs].WriteAt(sr[:], headerSize+int64(rec.records-1)*sigRecordSize)
 		}
 	}
 	var cur, want []byte

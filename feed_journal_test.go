@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -18,6 +19,7 @@ import (
 // happen there.
 type crashPointStorage struct {
 	*MemStorage
+	mu  sync.Mutex // an append writes from two goroutines
 	rng *rand.Rand
 	p   float64
 	at  func()
@@ -32,6 +34,8 @@ func (c *crashPointStorage) Open(name string, create bool) (File, error) {
 }
 
 func (c *crashPointStorage) point() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.at != nil && c.rng.Float64() < c.p {
 		c.at()
 	}
@@ -113,7 +117,9 @@ func TestJournalCrashClonesLoseNoAcknowledgedAppend(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
+	cs.mu.Lock()
 	cs.at = nil
+	cs.mu.Unlock()
 	crashes = append(crashes, crash{cs.crashClone(nil), acked, 0}, crash{cs.crashClone(rng), acked, 0})
 	t.Logf("%d appends, %d entries, %d crash points", steps, acked, len(crashes))
 	for i, c := range crashes {
@@ -161,7 +167,13 @@ func TestJournalReplaysIntoFilesThatLostTheirWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The signature published; its record was written after the journal
+	// synced, and is lost with the rest.
+	wantLen, wantSig := f.Signature()
 	lost := s.crashClone(nil) // only synced bytes: the journal's
+	if b, _ := lost.fileBytes("f/signatures"); len(b) > headerSize {
+		t.Fatalf("signatures holds %d bytes with no sync since its creation", len(b))
+	}
 	jb, _ := lost.fileBytes("f/journal")
 	if b, _ := lost.fileBytes("f/data"); len(b) > headerSize {
 		t.Fatalf("data holds %d bytes with no sync since its creation", len(b))
@@ -178,6 +190,10 @@ func TestJournalReplaysIntoFilesThatLostTheirWrites(t *testing.T) {
 		t.Fatalf("read-only open: length %d, repairs %v; want %d and the replay reported", ro.Len(), repairs, acked)
 	}
 	checkFaultEntries(t, ro, acked, "read-only")
+	// Replay signed the journal's roots hash again: the same signature.
+	if n, sig := ro.Signature(); n != wantLen || !bytes.Equal(sig, wantSig) {
+		t.Fatalf("read-only open: signature of length %d, %x; want the one published, of %d, %x", n, sig, wantLen, wantSig)
+	}
 	ro.Close()
 	if after := memSnapshot(lost); !maps.EqualFunc(after, before, bytes.Equal) {
 		t.Fatal("a read-only open changed the storage")
@@ -192,6 +208,9 @@ func TestJournalReplaysIntoFilesThatLostTheirWrites(t *testing.T) {
 		checkFaultEntries(t, g, acked, "replayed")
 		if g.Len() != acked {
 			t.Fatalf("replayed: length %d, want %d", g.Len(), acked)
+		}
+		if n, sig := g.Signature(); n != wantLen || !bytes.Equal(sig, wantSig) {
+			t.Fatalf("replayed: signature of length %d, %x; want the one published", n, sig)
 		}
 		g.Close()
 	}
@@ -271,17 +290,38 @@ func TestJournalDamageIsErrCorrupt(t *testing.T) {
 	}
 	checkFaultEntries(t, g, acked-2, "torn last record")
 	g.Close()
-	// An intact record whose signature write is not at its place.
-	b = bytes.Clone(jb[:offs[5]])
-	rec, _, _ := decodeJournalRecord(jb[offs[5]:], int64(offs[5]), "f/")
-	for i := range rec.writes {
-		if rec.writes[i].file == jrnFileSigs {
-			rec.writes[i].off += sigRecordSize
-		}
+	// Intact records this package would not write.
+	last, _, err := decodeJournalRecord(jb[offs[5]:], int64(offs[5]), "f/")
+	if err != nil || last.kind != jrnUnsigned {
+		t.Fatalf("the last record: kind %d, %v; want an unsigned append", last.kind, err)
 	}
-	b = appendJournalRecord(b, int64(offs[5]), &rec)
-	if _, err := open(b); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), fmt.Sprintf("at offset %d", offs[5])) {
-		t.Fatalf("record out of place: %v, want ErrCorrupt at %d", err, offs[5])
+	var sig [sigRecordSize]byte
+	sigAt := int64(headerSize + (last.records-1)*sigRecordSize)
+	for _, tc := range []struct {
+		name   string
+		change func(r *journalRecord)
+	}{
+		{"signed append whose signature write is not at its place", func(r *journalRecord) {
+			r.kind = jrnAppend
+			r.writes = append(r.writes, journalWrite{file: jrnFileSigs, off: sigAt + sigRecordSize, data: sig[:]})
+		}},
+		{"signed append with no signature write", func(r *journalRecord) { r.kind = jrnAppend }},
+		{"unsigned append with a signature write", func(r *journalRecord) {
+			r.writes = append(r.writes, journalWrite{file: jrnFileSigs, off: sigAt, data: sig[:]})
+		}},
+		{"unsigned append whose flags say synced", func(r *journalRecord) { r.flags = sigSynced }},
+		// Replay would sign it: only the secret key's holder can write one.
+		{"unsigned append whose roots hash is not its tag's", func(r *journalRecord) { r.roots[0] ^= 1 }},
+		{"unsigned append whose flags are not its tag's", func(r *journalRecord) { r.flags ^= sigPlain }},
+		{"unsigned append whose data write runs past its length", func(r *journalRecord) { r.writes[0].off += 1 << 20 }},
+	} {
+		rec := last
+		rec.writes = slices.Clone(last.writes)
+		tc.change(&rec)
+		b = appendJournalRecord(bytes.Clone(jb[:offs[5]]), int64(offs[5]), &rec)
+		if _, err := open(b); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), fmt.Sprintf("at offset %d", offs[5])) {
+			t.Fatalf("%s: %v, want ErrCorrupt at %d", tc.name, err, offs[5])
+		}
 	}
 }
 
@@ -295,6 +335,8 @@ func FuzzJournalRecord(f *testing.F) {
 		{file: jrnFileSigs, off: headerSize + 2*sigRecordSize, data: make([]byte, sigRecordSize)},
 	}}
 	f.Add(appendJournalRecord(nil, 100, &rec), uint32(100), false)
+	unsigned := journalRecord{kind: jrnUnsigned, records: 3, length: 5, byteLen: 40, writes: rec.writes[:2], flags: sigJournaled | sigPlain, roots: [32]byte{1, 2, 3}}
+	f.Add(appendJournalRecord(nil, 100, &unsigned), uint32(100), false)
 	f.Add(appendJournalRecord(nil, headerSize, &journalRecord{kind: jrnBase, records: 2, length: 4, byteLen: 9}), uint32(headerSize), false)
 	f.Add([]byte{0, 0, 0, 40}, uint32(0), false)
 	f.Add(appendJournalRecord(nil, 100, &rec)[:60], uint32(100), true)

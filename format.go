@@ -1,6 +1,9 @@
 package kappa
 
 import (
+	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -334,8 +337,9 @@ func sigRecordChecksum(rec []byte) uint32 {
 // Journal record (see doc/FORMAT.md, "journal"), at offset o of the
 // journal file: size u32 (of the whole record) ‖ kind u8 ‖ reserved (3) ‖
 // records u64 ‖ length u64 ‖ byte length u64 ‖ count u32 ‖ count × (file
-// u8 ‖ reserved (3) ‖ offset u64 ‖ n u32 ‖ n bytes) ‖ CRC u32 of all
-// before, starting from a value derived from o.
+// u8 ‖ reserved (3) ‖ offset u64 ‖ n u32 ‖ n bytes) ‖ (kind 3 only: flags
+// u32 ‖ roots hash (32) ‖ tag (32)) ‖ CRC u32 of all before, starting from
+// a value derived from o.
 const (
 	jrnFixed      = 36 // size ‖ kind ‖ reserved ‖ records ‖ length ‖ byte length ‖ count
 	jrnMinRecord  = jrnFixed + 4
@@ -344,7 +348,15 @@ const (
 	jrnMaxLength  = 1 << 50 // no journaled feed is longer
 
 	jrnBase   = 1 // the state durable in the files when the journal was cut
-	jrnAppend = 2 // the writes of one append
+	jrnAppend = 2 // the writes of one append, its signature record's among them
+	// jrnUnsigned is the data and tree writes of one append, with the
+	// flags and roots hash of its signature record, which replay signs
+	// (the writer signs while the record syncs, and writes the signature
+	// record after), and their tag (see journalTag).
+	jrnUnsigned = 3
+	// jrnSigned is the size of a jrnUnsigned record's flags, roots hash
+	// and tag.
+	jrnSigned = 4 + 32 + 32
 
 	jrnFileData = 1
 	jrnFileTree = 2
@@ -358,6 +370,12 @@ type journalRecord struct {
 	length  uint64 // the feed's length after it
 	byteLen uint64 // and its byte length
 	writes  []journalWrite
+	// Of a jrnUnsigned record: its signature record's flags, the roots
+	// hash its signature signs, and their tag.
+	flags uint32
+	roots [32]byte
+	tag   [32]byte
+	at    int64 // where it was read (decodeJournal)
 }
 
 // journalWrite is one write of a journal record: n bytes at off in file.
@@ -380,6 +398,9 @@ func appendJournalRecord(b []byte, off int64, rec *journalRecord) []byte {
 	for _, w := range rec.writes {
 		b = appendJournalWrite(b, w.file, w.off, w.data)
 	}
+	if rec.kind == jrnUnsigned {
+		b = appendJournalSigned(b, rec.flags, rec.roots, rec.tag)
+	}
 	return finishJournalRecord(b, at, off)
 }
 
@@ -390,6 +411,34 @@ func appendJournalWrite(b []byte, file uint8, off int64, data []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 	return append(b, data...)
 }
+
+// appendJournalSigned appends a jrnUnsigned record's flags, roots hash and
+// tag, after its writes, to b.
+func appendJournalSigned(b []byte, flags uint32, roots, tag [32]byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, flags)
+	b = append(b, roots[:]...)
+	return append(b, tag[:]...)
+}
+
+// journalTag is the tag of a jrnUnsigned record of length, flags and roots
+// hash roots: HMAC-SHA256 keyed by the secret key's 32-byte seed, of
+// "kappa journal v1" ‖ roots ‖ length u64 ‖ flags u32. Replay signs a
+// record's roots hash only if its tag holds: only the holder of the secret
+// key can have written it, and replay signs nothing its writer did not
+// mean to sign, whoever else could write the journal.
+func journalTag(secret ed25519.PrivateKey, roots [32]byte, length uint64, flags uint32) (tag [32]byte) {
+	m := hmac.New(sha256.New, secret.Seed())
+	var msg [len(journalTagLabel) + 32 + 8 + 4]byte
+	n := copy(msg[:], journalTagLabel)
+	n += copy(msg[n:], roots[:])
+	binary.BigEndian.PutUint64(msg[n:], length)
+	binary.BigEndian.PutUint32(msg[n+8:], flags)
+	m.Write(msg[:])
+	m.Sum(tag[:0])
+	return tag
+}
+
+const journalTagLabel = "kappa journal v1"
 
 // finishJournalRecord sets the size of the record that starts at b[at:]
 // and appends its CRC, for offset off of the journal.
@@ -438,8 +487,19 @@ func decodeJournalRecord(b []byte, off int64, name string) (rec journalRecord, s
 	rec.length = binary.BigEndian.Uint64(body[16:])
 	rec.byteLen = binary.BigEndian.Uint64(body[24:])
 	count := binary.BigEndian.Uint32(body[32:])
+	if rec.kind == jrnUnsigned {
+		if len(body) < jrnFixed+jrnSigned {
+			return bad("of an unsigned append with no room for its roots hash and tag")
+		}
+		tail := body[len(body)-jrnSigned:]
+		rec.flags = binary.BigEndian.Uint32(tail)
+		rec.roots = [32]byte(tail[4:])
+		rec.tag = [32]byte(tail[36:])
+		body = body[:len(body)-jrnSigned]
+	}
+	appends := rec.kind == jrnAppend || rec.kind == jrnUnsigned
 	switch {
-	case rec.kind != jrnBase && rec.kind != jrnAppend:
+	case rec.kind != jrnBase && !appends:
 		return bad("of unknown kind %d", rec.kind)
 	case !isZero(body[5:8]):
 		return bad("with reserved bytes set")
@@ -449,7 +509,9 @@ func decodeJournalRecord(b []byte, off int64, name string) (rec journalRecord, s
 		return bad("of %d signature records for length %d", rec.records, rec.length)
 	case rec.kind == jrnBase && count != 0:
 		return bad("of the base state with %d writes", count)
-	case rec.kind == jrnAppend && (count == 0 || rec.records == 0):
+	case rec.kind == jrnUnsigned && (rec.flags&sigJournaled == 0 || rec.flags&sigSynced != 0):
+		return bad("of an unsigned append whose signature record's flags, %#x, are not journaled", rec.flags)
+	case appends && (count == 0 || rec.records == 0):
 		return bad("of an append with %d writes and %d signature records", count, rec.records)
 	case uint64(count) > uint64(len(body)-jrnFixed)/jrnWriteFixed:
 		return bad("of %d writes, more than its size holds", count)
@@ -502,8 +564,8 @@ func decodeJournalRecord(b []byte, off int64, name string) (rec journalRecord, s
 	if len(p) != 0 {
 		return bad("with %d bytes after its writes", len(p))
 	}
-	if rec.kind == jrnAppend && sigs != 1 {
-		return bad("of an append with %d signature writes", sigs)
+	if rec.kind == jrnAppend && sigs != 1 || rec.kind == jrnUnsigned && sigs != 0 {
+		return bad("of an append (kind %d) with %d signature writes", rec.kind, sigs)
 	}
 	return rec, size, nil
 }

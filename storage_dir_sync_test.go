@@ -103,22 +103,28 @@ func requireDirsSynced(t *testing.T, evs []dirEvent, root string, limit int, wha
 func isSync(e dirEvent) bool { return e.Op == "sync" || e.Op == "datasync" }
 
 // requireJournaledAppend checks the events of a small synced append to
-// the feed under prefix: its data, tree and signature record written, then
-// one journal record written after them all, and fsynced after it: the
-// append's only sync.
+// the feed under prefix: one journal record written first, fsynced after
+// it (the append's only sync), and its data, tree and signature record
+// written after the journal record, the signature record last of them.
 func requireJournaledAppend(t *testing.T, evs []dirEvent, prefix, what string) {
 	t.Helper()
 	jw := traceIndex(evs, "write", prefix+"journal", false)
 	if jw < 0 || traceIndex(evs, "write", prefix+"journal", true) != jw {
 		t.Fatalf("%s: not one journal record written:\n%s", what, formatTrace(evs))
 	}
-	for _, file := range []string{"data", "tree", "signatures"} {
-		if i := traceIndex(evs[:jw], "write", prefix+file, false); i < 0 {
-			t.Fatalf("%s: %s not written before the journal record:\n%s", what, file, formatTrace(evs))
+	// The journal record first; then data, tree and the signature
+	// record, the signature after both, while the journal syncs.
+	var at [3]int
+	for k, file := range []string{"data", "tree", "signatures"} {
+		if i := traceIndex(evs[:jw], "write", prefix+file, false); i >= 0 {
+			t.Fatalf("%s: %s written before the journal record:\n%s", what, file, formatTrace(evs))
 		}
-		if i := traceIndex(evs[jw:], "write", prefix+file, false); i >= 0 {
-			t.Fatalf("%s: %s written after the journal record:\n%s", what, file, formatTrace(evs))
+		if at[k] = traceIndex(evs, "write", prefix+file, false); at[k] < 0 {
+			t.Fatalf("%s: %s not written:\n%s", what, file, formatTrace(evs))
 		}
+	}
+	if at[2] < at[0] || at[2] < at[1] {
+		t.Fatalf("%s: the signature record written before the data and tree records:\n%s", what, formatTrace(evs))
 	}
 	syncs := 0
 	for i, e := range evs {
@@ -285,9 +291,10 @@ func TestDirStorageSyncsWhatTheWriteOrderNeeds(t *testing.T) {
 	}
 	requireNewWriter(t, tr.take(), root)
 
-	// Small appends with sync on: data, tree and signature record
-	// written, then one journal record holding them, fsynced (fdatasync)
-	// before Append returns: the append's only sync.
+	// Small appends with sync on: one journal record holding the data
+	// and tree records, fsynced (fdatasync) before Append returns, the
+	// append's only sync; the data, tree and signature records written
+	// after it.
 	for i := range 3 {
 		what := fmt.Sprintf("append %d", i)
 		if _, err := w.Append([]byte(what), []byte("and more")); err != nil {
