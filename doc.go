@@ -48,10 +48,11 @@
 // Options.ReadOnly, share it and write nothing) or memory
 // (NewMemStorage; this package's own tests use it to simulate crashes). The on-disk
 // format is described in doc/FORMAT.md. By default every Append is durable
-// when it returns: a small one writes its data, tree and signature record
-// and then one record of a per-feed journal holding them all, and fsyncs
-// the journal alone (one sync per Append; checkpoints sync the files and
-// cut the journal); a large one fsyncs data and tree before the signature
+// when it returns: a small one writes one record of a per-feed journal
+// holding its data and tree records and the hash its signature signs, and
+// fsyncs the journal alone (one sync per Append, the signature made and the
+// files written meanwhile; checkpoints sync the files and cut the
+// journal); a large one fsyncs data and tree before the signature
 // record that covers them, and that record before Append returns. Options.NoSync
 // turns fsync off: a process crash still loses nothing, a power loss may
 // lose the newest appends.
