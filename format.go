@@ -488,14 +488,10 @@ func decodeJournalRecord(b []byte, off int64, name string) (rec journalRecord, s
 	rec.byteLen = binary.BigEndian.Uint64(body[24:])
 	count := binary.BigEndian.Uint32(body[32:])
 	if rec.kind == jrnUnsigned {
-		if len(body) < jrnFixed+jrnSigned {
+		var ok bool
+		if body, ok = rec.cutSigned(body); !ok {
 			return bad("of an unsigned append with no room for its roots hash and tag")
 		}
-		tail := body[len(body)-jrnSigned:]
-		rec.flags = binary.BigEndian.Uint32(tail)
-		rec.roots = [32]byte(tail[4:])
-		rec.tag = [32]byte(tail[36:])
-		body = body[:len(body)-jrnSigned]
 	}
 	appends := rec.kind == jrnAppend || rec.kind == jrnUnsigned
 	switch {
@@ -568,6 +564,20 @@ func decodeJournalRecord(b []byte, off int64, name string) (rec journalRecord, s
 		return bad("of an append (kind %d) with %d signature writes", rec.kind, sigs)
 	}
 	return rec, size, nil
+}
+
+// cutSigned decodes the flags, roots hash and tag at the end of the body
+// (the record before its CRC) of a jrnUnsigned record into rec, and
+// returns the body without them; ok is false if there is no room for them.
+func (rec *journalRecord) cutSigned(body []byte) (_ []byte, ok bool) {
+	if len(body) < jrnFixed+jrnSigned {
+		return body, false
+	}
+	tail := body[len(body)-jrnSigned:]
+	rec.flags = binary.BigEndian.Uint32(tail)
+	rec.roots = [32]byte(tail[4:])
+	rec.tag = [32]byte(tail[36:])
+	return body[:len(body)-jrnSigned], true
 }
 
 // journalEnd reports whether the journal bytes b end at off: nothing
