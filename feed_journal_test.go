@@ -226,6 +226,63 @@ func TestJournalReplaysIntoFilesThatLostTheirWrites(t *testing.T) {
 	g.Close()
 }
 
+// A journal of signed append records (kind 2), as builds before the
+// unsigned kind wrote them, replays as before: a crashed database of such
+// a build loses nothing when this one opens it.
+func TestJournalOfSignedRecordsReplays(t *testing.T) {
+	kp, err := NewKeyPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewMemStorage()
+	f, err := OpenFeed(s, "f/", &FeedOptions{SecretKey: kp.SecretKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var acked uint64
+	for i := range 12 {
+		if acked, err = faultAppend(t, f, acked, 1+i%3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantLen, wantSig := f.Signature()
+	lost := s.crashClone(nil) // the journal only
+	f.Close()
+	jb, _ := lost.fileBytes("f/journal")
+	// Each unsigned record written again as a signed one, holding the
+	// signature record replay would make.
+	out := bytes.Clone(jb[:headerSize])
+	signed := 0
+	for off := headerSize; !journalEnd(jb, off); {
+		rec, n, err := decodeJournalRecord(jb[off:], int64(off), "f/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		off += n
+		if rec.kind == jrnUnsigned {
+			var sr [sigRecordSize]byte
+			encodeSigRecord(sr[:], rec.length, signRoots(kp.SecretKey, rec.roots, rec.length), rec.flags)
+			rec.kind = jrnAppend
+			rec.writes = append(rec.writes, journalWrite{file: jrnFileSigs, off: headerSize + int64(rec.records-1)*sigRecordSize, data: sr[:]})
+			signed++
+		}
+		out = appendJournalRecord(out, int64(len(out)), &rec)
+	}
+	if signed != 12 {
+		t.Fatalf("%d unsigned records, want 12", signed)
+	}
+	lost.setFileBytes("f/journal", append(out, make([]byte, 4096)...))
+	g, err := OpenFeed(lost, "f/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	checkFaultEntries(t, g, acked, "signed records")
+	if n, sig := g.Signature(); n != wantLen || !bytes.Equal(sig, wantSig) {
+		t.Fatalf("signed records: signature of length %d, want %d and the one published", n, wantLen)
+	}
+}
+
 // An intact journal record that this package would not write is damage,
 // named by the journal and its offset; so is a record that fails its CRC
 // with more bytes after it. A torn last record is not.
