@@ -585,6 +585,9 @@ func (f *Feed) applyJournal(recs []journalRecord, secret ed25519.PrivateKey) (si
 			// the record synced: the same bytes, signing being
 			// deterministic; if the record's tag says the writer
 			// wrote it.
+			if len(secret) != ed25519.PrivateKeySize {
+				return nil, false, fmt.Errorf("journal replay: %w", ErrNotWritable)
+			}
 			if tag := journalTag(secret, rec.roots, rec.length, rec.flags); !hmac.Equal(rec.tag[:], tag[:]) {
 				return nil, false, &CorruptError{File: f.name + fileJournal, Offset: rec.at,
 					Reason: "intact journal record of an unsigned append whose tag does not hold: not written with this feed's secret key"}
