@@ -198,7 +198,7 @@ func (f *Feed) writeJournaledWriteLocked(length uint64, roots [32]byte, flags ui
 	binary.BigEndian.PutUint32(j.buf[32:], j.count)
 	// ws.secret was read by the append (secretKeyWriteLocked) before it
 	// built anything.
-	j.buf = appendJournalSigned(j.buf, flags, roots, journalTag(ws.secret, roots, length, flags))
+	j.buf = appendJournalTail(j.buf, flags, roots, journalTag(ws.secret, roots, length, flags))
 	j.buf = finishJournalRecord(j.buf, 0, j.end)
 	end := j.end + int64(len(j.buf))
 	if _, err := f.fjrn().WriteAt(j.buf, j.end); err != nil {

@@ -354,9 +354,9 @@ const (
 	// (the writer signs while the record syncs, and writes the signature
 	// record after), and their tag (see journalTag).
 	jrnUnsigned = 3
-	// jrnSigned is the size of a jrnUnsigned record's flags, roots hash
+	// jrnTail is the size of a jrnUnsigned record's flags, roots hash
 	// and tag.
-	jrnSigned = 4 + 32 + 32
+	jrnTail = 4 + 32 + 32
 
 	jrnFileData = 1
 	jrnFileTree = 2
@@ -399,7 +399,7 @@ func appendJournalRecord(b []byte, off int64, rec *journalRecord) []byte {
 		b = appendJournalWrite(b, w.file, w.off, w.data)
 	}
 	if rec.kind == jrnUnsigned {
-		b = appendJournalSigned(b, rec.flags, rec.roots, rec.tag)
+		b = appendJournalTail(b, rec.flags, rec.roots, rec.tag)
 	}
 	return finishJournalRecord(b, at, off)
 }
@@ -412,9 +412,9 @@ func appendJournalWrite(b []byte, file uint8, off int64, data []byte) []byte {
 	return append(b, data...)
 }
 
-// appendJournalSigned appends a jrnUnsigned record's flags, roots hash and
+// appendJournalTail appends a jrnUnsigned record's flags, roots hash and
 // tag, after its writes, to b.
-func appendJournalSigned(b []byte, flags uint32, roots, tag [32]byte) []byte {
+func appendJournalTail(b []byte, flags uint32, roots, tag [32]byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, flags)
 	b = append(b, roots[:]...)
 	return append(b, tag[:]...)
@@ -489,7 +489,7 @@ func decodeJournalRecord(b []byte, off int64, name string) (rec journalRecord, s
 	count := binary.BigEndian.Uint32(body[32:])
 	if rec.kind == jrnUnsigned {
 		var ok bool
-		if body, ok = rec.cutSigned(body); !ok {
+		if body, ok = rec.cutTail(body); !ok {
 			return bad("of an unsigned append with no room for its roots hash and tag")
 		}
 	}
@@ -566,18 +566,18 @@ func decodeJournalRecord(b []byte, off int64, name string) (rec journalRecord, s
 	return rec, size, nil
 }
 
-// cutSigned decodes the flags, roots hash and tag at the end of the body
+// cutTail decodes the flags, roots hash and tag at the end of the body
 // (the record before its CRC) of a jrnUnsigned record into rec, and
 // returns the body without them; ok is false if there is no room for them.
-func (rec *journalRecord) cutSigned(body []byte) (_ []byte, ok bool) {
-	if len(body) < jrnFixed+jrnSigned {
+func (rec *journalRecord) cutTail(body []byte) (_ []byte, ok bool) {
+	if len(body) < jrnFixed+jrnTail {
 		return body, false
 	}
-	tail := body[len(body)-jrnSigned:]
+	tail := body[len(body)-jrnTail:]
 	rec.flags = binary.BigEndian.Uint32(tail)
 	rec.roots = [32]byte(tail[4:])
 	rec.tag = [32]byte(tail[36:])
-	return body[:len(body)-jrnSigned], true
+	return body[:len(body)-jrnTail], true
 }
 
 // journalEnd reports whether the journal bytes b end at off: nothing
