@@ -273,7 +273,10 @@ func (f *Feed) scratchWriteLocked() *writeScratch {
 // not used since holds a few hundred bytes: no open files, and neither the
 // roots and signature it verified nor a writer's secret key. Its first use
 // reads what it needs again, checking it: a file damaged in between fails
-// that call with ErrCorrupt (an Append appends nothing).
+// that call with ErrCorrupt (an Append appends nothing). A writer's secret
+// key is checked there too, not on open: that its seed gives the feed's
+// public key costs about a signature to check, and the key file is read
+// again anyway. Opening checks the rest of the key file.
 func OpenFeed(s Storage, prefix string, opts *FeedOptions) (*Feed, error) {
 	var o FeedOptions
 	if opts != nil {
@@ -326,7 +329,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	fresh, secret, inFile, err := f.loadKeys(meta, o, blank)
+	fresh, secret, stored, err := f.loadKeys(meta, o, blank)
 	if err != nil {
 		return err
 	}
@@ -339,8 +342,8 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 	}
 	// A writer's secret key is read again when it next appends, unless it
 	// is new or the key file does not hold it.
-	f.writable = secret != nil
-	if secret != nil && (fresh || !inFile) {
+	f.writable = secret != nil || stored
+	if secret != nil && !stored {
 		f.scratchWriteLocked().secret = secret
 	}
 	opened, standIns, err := f.openFiles(s, prefix, blank)
@@ -358,7 +361,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 	var jr replayed
 	if f.writable {
 		var overlaid bool
-		if jr, overlaid, err = f.replayJournal(s, prefix, secret); err != nil {
+		if jr, overlaid, err = f.replayJournal(s, prefix); err != nil {
 			return err
 		}
 		standIns = standIns || overlaid

@@ -418,7 +418,7 @@ type replayed struct {
 
 // replayJournal replays a writer's journal, before recovery: each intact
 // record's writes are applied in order, and an unsigned one's signature
-// record, signed with secret (those that change bytes; the
+// record, signed with the feed's secret key (those that change bytes; the
 // first record that is not whole, if torn, ends the journal), data, tree
 // and signatures are synced, and the signature records past the last one
 // the journal accounts for are cut: their appends' journal records did
@@ -434,7 +434,7 @@ type replayed struct {
 //
 // A read-only feed makes the same changes in memory: its data, tree and
 // signatures files are overlaid (overlayFile), and stay open.
-func (f *Feed) replayJournal(s Storage, prefix string, secret ed25519.PrivateKey) (r replayed, overlaid bool, err error) {
+func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid bool, err error) {
 	file, err := s.Open(prefix+fileJournal, false)
 	if errors.Is(err, fs.ErrNotExist) {
 		return r, false, nil
@@ -468,7 +468,7 @@ func (f *Feed) replayJournal(s Storage, prefix string, secret ed25519.PrivateKey
 	if len(r.recs) == 0 {
 		return r, false, nil // no base: nothing was appended since the files were synced
 	}
-	sigs, overlaid, err := f.applyJournal(r.recs, secret)
+	sigs, overlaid, err := f.applyJournal(r.recs)
 	if err != nil {
 		return r, overlaid, err
 	}
@@ -552,11 +552,25 @@ func (f *Feed) decodeJournal(buf []byte) (recs []journalRecord, trailer bool, da
 
 // applyJournal applies the writes of the append records of recs to data,
 // tree and signatures, and the signature record of each unsigned one,
-// signed with secret, those that change bytes, and syncs the files; a
+// signed with the feed's secret key (see replaySecret), those that change
+// bytes, and syncs the files; a
 // read-only feed overlays them in memory instead (overlaid reports it).
 // Each file changed is reported as a repair. It returns the signatures
 // file as the writes leave it, in memory.
-func (f *Feed) applyJournal(recs []journalRecord, secret ed25519.PrivateKey) (sigs *overlayFile, overlaid bool, err error) {
+// replaySecret returns the secret key a journal replay signs with: the
+// one held in memory (given in FeedOptions, the key file holding none), or
+// the key file's, read and checked.
+func (f *Feed) replaySecret() (ed25519.PrivateKey, error) {
+	switch {
+	case !f.writable:
+		return nil, fmt.Errorf("journal replay: %w", ErrNotWritable)
+	case f.ws != nil && f.ws.secret != nil:
+		return f.ws.secret, nil
+	}
+	return f.readSecretKey()
+}
+
+func (f *Feed) applyJournal(recs []journalRecord) (sigs *overlayFile, overlaid bool, err error) {
 	// The writes are applied in memory first, so that only their final
 	// bytes are compared with the files: a later record may write again
 	// what an earlier one wrote (a parent left zero in a run, written when
@@ -565,6 +579,7 @@ func (f *Feed) applyJournal(recs []journalRecord, secret ed25519.PrivateKey) (si
 	targets := [...]*lazyFile{jrnFileData: f.fdata(), jrnFileTree: f.ftree(), jrnFileSigs: f.fsigs()}
 	var ovs [4]*overlayFile
 	var stored [4]File
+	var secret ed25519.PrivateKey // read on the first unsigned record
 	for i, l := range targets[1:] {
 		file, err := l.get()
 		if err != nil {
@@ -585,8 +600,10 @@ func (f *Feed) applyJournal(recs []journalRecord, secret ed25519.PrivateKey) (si
 			// the record synced: the same bytes, signing being
 			// deterministic; if the record's tag says the writer
 			// wrote it.
-			if len(secret) != ed25519.PrivateKeySize {
-				return nil, false, fmt.Errorf("journal replay: %w", ErrNotWritable)
+			if secret == nil {
+				if secret, err = f.replaySecret(); err != nil {
+					return nil, false, err
+				}
 			}
 			if tag := journalTag(secret, rec.roots, rec.length, rec.flags); !hmac.Equal(rec.tag[:], tag[:]) {
 				return nil, false, &CorruptError{File: f.name + fileJournal, Offset: rec.at,

@@ -7,9 +7,12 @@ import (
 )
 
 // loadKeys reads the key file, or writes it for a new feed. It reports
-// whether the feed is new. blank says whether the feed's other files hold
-// nothing past their headers.
-func (f *Feed) loadKeys(meta File, o *FeedOptions, blank bool) (fresh bool, secret ed25519.PrivateKey, inFile bool, err error) {
+// whether the feed is new, the secret key it holds in hand (a new feed's,
+// or one given in o), and whether the key file of a feed that is not new
+// holds a secret key (stored), which is read again and checked where it is
+// first used (secretKeyWriteLocked). blank says whether the feed's other
+// files hold nothing past their headers.
+func (f *Feed) loadKeys(meta File, o *FeedOptions, blank bool) (fresh bool, secret ed25519.PrivateKey, stored bool, err error) {
 	size, err := meta.Size()
 	if err != nil {
 		return false, nil, false, err
@@ -30,14 +33,14 @@ func (f *Feed) loadKeys(meta File, o *FeedOptions, blank bool) (fresh bool, secr
 			f.repaired(Repair{File: f.name + fileKey, From: size, To: metaSize, Reason: "torn key file of an empty feed written again"})
 		}
 		secret, err := f.createKeys(meta, o)
-		return true, secret, true, err
+		return true, secret, false, err
 	}
-	version, pub, stored, ok := decodeKeyRecord(buf[:])
+	version, pub, inFile, ok := decodeKeyRecord(buf[:])
 	if !ok && blank && o.rewriteKey && o.Key != nil && o.SecretKey == nil {
 		// A replica created without sync whose key file was torn.
 		f.repaired(Repair{File: f.name + fileKey, From: size, To: size, Reason: "torn key file of an empty replica written again"})
 		secret, err := f.createKeys(meta, o)
-		return true, secret, true, err
+		return true, secret, false, err
 	}
 	if !ok {
 		return false, nil, false, &CorruptError{File: f.name + fileKey, Offset: 0, Reason: "checksum mismatch"}
@@ -46,11 +49,16 @@ func (f *Feed) loadKeys(meta File, o *FeedOptions, blank bool) (fresh bool, secr
 		return false, nil, false, &CorruptError{File: f.name + fileKey, Offset: 8, Reason: "feed of " + otherFormat(version)}
 	}
 	f.key = ed25519.PublicKey(bytes.Clone(pub))
-	if stored != nil {
-		if secret, err = f.storedSecret(stored); err != nil {
-			return false, nil, false, err
+	if inFile != nil {
+		// Only the stored secret key's public half is compared here.
+		// That its seed derives the public key, which costs about as
+		// much as a signature, is checked where the key is first used
+		// (secretKeyWriteLocked), which reads the key file again: most
+		// feeds of a database are not appended to after opening.
+		if !bytes.Equal(inFile[ed25519.SeedSize:], f.key) {
+			return false, nil, false, errSecretMismatch(f.name + fileKey)
 		}
-		inFile = true
+		stored = true
 	}
 	if o.Key != nil && !bytes.Equal(o.Key, f.key) {
 		return false, nil, false, fmt.Errorf("%w: feed %x is stored here", ErrKeyMismatch, f.key[:8])
@@ -63,11 +71,9 @@ func (f *Feed) loadKeys(meta File, o *FeedOptions, blank bool) (fresh bool, secr
 		if !bytes.Equal(kp.PublicKey, f.key) {
 			return false, nil, false, fmt.Errorf("%w: feed %x is stored here", ErrKeyMismatch, f.key[:8])
 		}
-		if secret == nil {
-			secret = kp.SecretKey // only in memory: the key file holds none
-		}
+		secret = kp.SecretKey
 	}
-	return false, secret, inFile, nil
+	return false, secret, stored, nil
 }
 
 // createKeys writes the key file of a new feed, and returns its secret key
@@ -122,6 +128,17 @@ func (f *Feed) secretKeyWriteLocked() (ed25519.PrivateKey, error) {
 	if ws.secret != nil {
 		return ws.secret, nil
 	}
+	secret, err := f.readSecretKey()
+	if err != nil {
+		return nil, err
+	}
+	ws.secret = secret
+	return secret, nil
+}
+
+// readSecretKey reads the secret key from the key file, checking it
+// against the feed's public key.
+func (f *Feed) readSecretKey() (ed25519.PrivateKey, error) {
 	name := f.name + fileKey
 	meta, err := f.cfg.store.Open(name, false)
 	if err != nil {
@@ -136,10 +153,7 @@ func (f *Feed) secretKeyWriteLocked() (ed25519.PrivateKey, error) {
 	if !ok || stored == nil || !bytes.Equal(pub, f.key) {
 		return nil, &CorruptError{File: name, Offset: 0, Reason: "the key file no longer holds the feed's key pair"}
 	}
-	if ws.secret, err = f.storedSecret(stored); err != nil {
-		return nil, err
-	}
-	return ws.secret, nil
+	return f.storedSecret(stored)
 }
 
 // storedSecret checks the secret key stored in the key file against the
@@ -147,9 +161,15 @@ func (f *Feed) secretKeyWriteLocked() (ed25519.PrivateKey, error) {
 func (f *Feed) storedSecret(stored []byte) (ed25519.PrivateKey, error) {
 	kp, err := KeyPairFromSecret(stored)
 	if err != nil || !bytes.Equal(kp.PublicKey, f.key) {
-		return nil, &CorruptError{File: f.name + fileKey, Offset: keySecretOff, Reason: "secret key does not match public key"}
+		return nil, errSecretMismatch(f.name + fileKey)
 	}
 	return kp.SecretKey, nil
+}
+
+// errSecretMismatch is the error of a key file whose secret key is not the
+// feed's public key's.
+func errSecretMismatch(name string) error {
+	return &CorruptError{File: name, Offset: keySecretOff, Reason: "secret key does not match public key"}
 }
 
 // Key returns the feed's public key.

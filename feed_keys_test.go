@@ -1,0 +1,84 @@
+package kappa
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"maps"
+	"testing"
+)
+
+// forgeSeed rewrites the key file of the feed under "f/" so that its
+// record is intact (its CRC holds) and its public key and the secret key's
+// public half are the feed's, but the secret key's seed is another key
+// pair's: a key file this package never writes.
+func forgeSeed(t *testing.T, s *MemStorage) {
+	t.Helper()
+	b := mustFileBytes(t, s, "f/key")
+	pub := bytes.Clone(b[keyPubOff:keySecretOff])
+	other, err := NewKeyPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := append(bytes.Clone(other.SecretKey[:32]), pub...)
+	rec := encodeKeyRecord(pub, secret)
+	s.setFileBytes("f/key", rec[:])
+}
+
+// A key file whose seed is not the public key's is found before anything
+// is signed with it: opening reads entries, but an append, or the replay of
+// a journal, fails with ErrCorrupt naming the key file and changes
+// nothing. (Opening compares only the stored public halves; the seed is
+// checked where it is first used.)
+func TestKeyFileWithAnotherSeedSignsNothing(t *testing.T) {
+	t.Run("append", func(t *testing.T) {
+		s := NewMemStorage()
+		w := newFeed(t, s, nil)
+		mustAppend(t, w, "a", "b", "c")
+		w.Close()
+		forgeSeed(t, s)
+		w = newFeed(t, s, nil)
+		defer w.Close()
+		if v, err := w.Get(context.Background(), 2); err != nil || string(v) != "c" {
+			t.Fatalf("get 2: %q, %v", v, err)
+		}
+		_, err := w.Append([]byte("d"))
+		var ce *CorruptError
+		if !errors.As(err, &ce) || ce.File != "f/key" {
+			t.Fatalf("append under a forged seed: %v, want ErrCorrupt naming f/key", err)
+		}
+		if w.Len() != 3 {
+			t.Fatalf("length %d after the failed append, want 3", w.Len())
+		}
+	})
+	t.Run("journal replay", func(t *testing.T) {
+		s := NewMemStorage()
+		f, err := OpenFeed(s, "f/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var acked uint64
+		for i := range 5 {
+			if acked, err = faultAppend(t, f, acked, 1+i%3); err != nil {
+				t.Fatal(err)
+			}
+		}
+		lost := s.crashClone(nil) // the journal holds unsigned records to replay
+		f.Close()
+		forgeSeed(t, lost)
+		before := memSnapshot(lost)
+		for _, ro := range []bool{false, true} {
+			g, err := OpenFeed(lost, "f/", &FeedOptions{ReadOnly: ro})
+			var ce *CorruptError
+			if !errors.As(err, &ce) || ce.File != "f/key" {
+				if err == nil {
+					g.Close()
+				}
+				t.Fatalf("open (read-only %v) of a journal under a forged seed: %v, want ErrCorrupt naming f/key", ro, err)
+			}
+		}
+		if after := memSnapshot(lost); !maps.EqualFunc(after, before, bytes.Equal) {
+			t.Fatal("a refused replay changed the storage")
+		}
+	})
+}
