@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -81,4 +83,64 @@ func TestKeyFileWithAnotherSeedSignsNothing(t *testing.T) {
 			t.Fatal("a refused replay changed the storage")
 		}
 	})
+}
+
+// Core.Verify checks what opening leaves to the first append: a writer's
+// key file whose secret key's seed is another key pair's is damage, and
+// the writer's append fails with ErrCorrupt.
+func TestVerifyFindsAWriterKeyOfAnotherSeed(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Writer("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Append([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "feeds", "0", "key")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := NewKeyPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := b[keyPubOff:keySecretOff]
+	rec := encodeKeyRecord(pub, append(bytes.Clone(other.SecretKey[:32]), pub...))
+	if err := os.WriteFile(path, rec[:], 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err = Open(dir, nil)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer c.Close()
+	var found []Damage
+	st, err := c.Verify(context.Background(), &VerifyOptions{OnDamage: func(d Damage) { found = append(found, d) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *CorruptError
+	if st.Problems != 1 || len(found) != 1 || !errors.As(found[0].Err, &ce) || ce.File != "feeds/0/key" || found[0].Name != "w" {
+		t.Fatalf("verify: %d problems, %v; want one, the key file of writer w", st.Problems, found)
+	}
+	w, err = c.Writer("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Append([]byte("b")); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("append: %v, want ErrCorrupt", err)
+	}
+	if w.Len() != 1 {
+		t.Fatalf("length %d after the failed append, want 1", w.Len())
+	}
 }

@@ -1,6 +1,7 @@
 package kappa
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -64,7 +65,40 @@ func (f *Feed) verify(ctx context.Context, problem func(Damage)) (VerifyStats, e
 			return st, err
 		}
 	}
+	if err := f.verifyKey(bad); err != nil {
+		return st, err
+	}
 	return st, nil
+}
+
+// verifyKey checks the secret key a writer's key file holds against its
+// public key, which opening leaves to the first use (see loadKeys).
+func (f *Feed) verifyKey(bad func(Damage)) error {
+	if !f.writable {
+		return nil
+	}
+	name := f.name + fileKey
+	meta, err := f.cfg.store.Open(name, false)
+	if err != nil {
+		return err
+	}
+	defer meta.Close()
+	var buf [metaSize]byte
+	if _, err := meta.ReadAt(buf[:], 0); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	_, pub, stored, ok := decodeKeyRecord(buf[:])
+	switch {
+	case !ok || !bytes.Equal(pub, f.key):
+		bad(Damage{Err: &CorruptError{File: name, Offset: 0, Reason: "the key file no longer holds the feed's key pair"}})
+	case stored == nil:
+		// The secret key was given in memory (FeedOptions.SecretKey).
+	default:
+		if _, err := f.storedSecret(stored); err != nil {
+			bad(Damage{Err: err})
+		}
+	}
+	return nil
 }
 
 // verifyEntries checks the held entries from start on, up to end or a

@@ -51,7 +51,9 @@ func (s *VerifyStats) add(o VerifyStats) {
 // hash, and its record's CRC), every tree record (a writer must hold every
 // node of its tree), every signature record (its CRC, and its signature
 // against the tree's roots at its length where the feed holds them) and,
-// for a replica, every bitfield page. The damage listed by Damaged that is
+// for a replica, every bitfield page; and a writer's key file, whose
+// secret key must give its public key (opening leaves that to the first
+// Append). The damage listed by Damaged that is
 // not one entry's (feeds that did not load, for example) is passed on too.
 //
 // Each problem found is passed to OnDamage and counted; a damaged entry is
