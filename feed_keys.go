@@ -139,6 +139,20 @@ func (f *Feed) secretKeyWriteLocked() (ed25519.PrivateKey, error) {
 // readSecretKey reads the secret key from the key file, checking it
 // against the feed's public key.
 func (f *Feed) readSecretKey() (ed25519.PrivateKey, error) {
+	stored, err := f.readStoredSecret()
+	if err != nil {
+		return nil, err
+	}
+	if stored == nil {
+		return nil, errKeyFileChanged(f.name + fileKey)
+	}
+	return f.storedSecret(stored)
+}
+
+// readStoredSecret reads the key file again, and returns the secret key it
+// holds (nil if none), unchecked. A record that fails its CRC, or holds
+// another public key, is ErrCorrupt.
+func (f *Feed) readStoredSecret() ([]byte, error) {
 	name := f.name + fileKey
 	meta, err := f.cfg.store.Open(name, false)
 	if err != nil {
@@ -150,10 +164,16 @@ func (f *Feed) readSecretKey() (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	_, pub, stored, ok := decodeKeyRecord(buf[:])
-	if !ok || stored == nil || !bytes.Equal(pub, f.key) {
-		return nil, &CorruptError{File: name, Offset: 0, Reason: "the key file no longer holds the feed's key pair"}
+	if !ok || !bytes.Equal(pub, f.key) {
+		return nil, errKeyFileChanged(name)
 	}
-	return f.storedSecret(stored)
+	return bytes.Clone(stored), nil
+}
+
+// errKeyFileChanged is the error of a writer's key file that no longer
+// holds its key pair.
+func errKeyFileChanged(name string) error {
+	return &CorruptError{File: name, Offset: 0, Reason: "the key file no longer holds the feed's key pair"}
 }
 
 // storedSecret checks the secret key stored in the key file against the

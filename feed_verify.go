@@ -1,7 +1,6 @@
 package kappa
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -77,20 +76,13 @@ func (f *Feed) verifyKey(bad func(Damage)) error {
 	if !f.writable {
 		return nil
 	}
-	name := f.name + fileKey
-	meta, err := f.cfg.store.Open(name, false)
-	if err != nil {
-		return err
-	}
-	defer meta.Close()
-	var buf [metaSize]byte
-	if _, err := meta.ReadAt(buf[:], 0); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	_, pub, stored, ok := decodeKeyRecord(buf[:])
+	stored, err := f.readStoredSecret()
+	var ce *CorruptError
 	switch {
-	case !ok || !bytes.Equal(pub, f.key):
-		bad(Damage{Err: &CorruptError{File: name, Offset: 0, Reason: "the key file no longer holds the feed's key pair"}})
+	case errors.As(err, &ce):
+		bad(Damage{Err: err})
+	case err != nil:
+		return err
 	case stored == nil:
 		// The secret key was given in memory (FeedOptions.SecretKey).
 	default:
