@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io/fs"
 	"sync"
 	"sync/atomic"
@@ -224,6 +225,7 @@ func (f *Feed) fjrn() *lazyFile  { return &f.lazy[lazyJrn] }
 // writeScratch is what a feed's writes reuse, under writeMu.
 type writeScratch struct {
 	secret ed25519.PrivateKey // a writer's, read on first use (see secretKeyWriteLocked)
+	tagMAC hash.Hash          // journal tags' HMAC, keyed by secret (see journalTag)
 	meta   File               // the key file, while it is not synced (keyDirty)
 	older  File               // older signatures, opened on first use
 	failed error              // a sync failed: the feed refuses further writes

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"slices"
@@ -198,7 +199,10 @@ func (f *Feed) writeJournaledWriteLocked(length uint64, roots [32]byte, flags ui
 	binary.BigEndian.PutUint32(j.buf[32:], j.count)
 	// ws.secret was read by the append (secretKeyWriteLocked) before it
 	// built anything.
-	j.buf = appendJournalTail(j.buf, flags, roots, journalTag(ws.secret, roots, length, flags))
+	if ws.tagMAC == nil {
+		ws.tagMAC = newJournalMAC(ws.secret)
+	}
+	j.buf = appendJournalTail(j.buf, flags, roots, journalTag(ws.tagMAC, roots, length, flags))
 	j.buf = finishJournalRecord(j.buf, 0, j.end)
 	end := j.end + int64(len(j.buf))
 	if _, err := f.fjrn().WriteAt(j.buf, j.end); err != nil {
@@ -550,13 +554,6 @@ func (f *Feed) decodeJournal(buf []byte) (recs []journalRecord, trailer bool, da
 	return recs, false, nil, nil
 }
 
-// applyJournal applies the writes of the append records of recs to data,
-// tree and signatures, and the signature record of each unsigned one,
-// signed with the feed's secret key (see replaySecret), those that change
-// bytes, and syncs the files; a
-// read-only feed overlays them in memory instead (overlaid reports it).
-// Each file changed is reported as a repair. It returns the signatures
-// file as the writes leave it, in memory.
 // replaySecret returns the secret key a journal replay signs with: the
 // one held in memory (given in FeedOptions, the key file holding none), or
 // the key file's, read and checked.
@@ -570,6 +567,13 @@ func (f *Feed) replaySecret() (ed25519.PrivateKey, error) {
 	return f.readSecretKey()
 }
 
+// applyJournal applies the writes of the append records of recs to data,
+// tree and signatures, and the signature record of each unsigned one,
+// signed with the feed's secret key (see replaySecret), those that change
+// bytes, and syncs the files; a read-only feed overlays them in memory
+// instead (overlaid reports it). Each file changed is reported as a
+// repair. It returns the signatures file as the writes leave it, in
+// memory.
 func (f *Feed) applyJournal(recs []journalRecord) (sigs *overlayFile, overlaid bool, err error) {
 	// The writes are applied in memory first, so that only their final
 	// bytes are compared with the files: a later record may write again
@@ -580,6 +584,7 @@ func (f *Feed) applyJournal(recs []journalRecord) (sigs *overlayFile, overlaid b
 	var ovs [4]*overlayFile
 	var stored [4]File
 	var secret ed25519.PrivateKey // read on the first unsigned record
+	var mac hash.Hash
 	for i, l := range targets[1:] {
 		file, err := l.get()
 		if err != nil {
@@ -604,8 +609,9 @@ func (f *Feed) applyJournal(recs []journalRecord) (sigs *overlayFile, overlaid b
 				if secret, err = f.replaySecret(); err != nil {
 					return nil, false, err
 				}
+				mac = newJournalMAC(secret)
 			}
-			if tag := journalTag(secret, rec.roots, rec.length, rec.flags); !hmac.Equal(rec.tag[:], tag[:]) {
+			if tag := journalTag(mac, rec.roots, rec.length, rec.flags); !hmac.Equal(rec.tag[:], tag[:]) {
 				return nil, false, &CorruptError{File: f.name + fileJournal, Offset: rec.at,
 					Reason: "intact journal record of an unsigned append whose tag does not hold: not written with this feed's secret key"}
 			}

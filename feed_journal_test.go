@@ -157,16 +157,7 @@ func TestJournalCrashClonesLoseNoAcknowledgedAppend(t *testing.T) {
 // (a crash during replay) gives the same feed.
 func TestJournalReplaysIntoFilesThatLostTheirWrites(t *testing.T) {
 	s := NewMemStorage()
-	f, err := OpenFeed(s, "f/", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var acked uint64
-	for i := range 20 {
-		if acked, err = faultAppend(t, f, acked, 1+i%3); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f, acked := journaledFeed(t, s, nil, 20)
 	// The signature published; its record was written after the journal
 	// synced, and is lost with the rest.
 	wantLen, wantSig := f.Signature()
@@ -226,6 +217,24 @@ func TestJournalReplaysIntoFilesThatLostTheirWrites(t *testing.T) {
 	g.Close()
 }
 
+// journaledFeed opens the feed "f/" in s with opts and makes n small
+// synced appends to it, of 1 to 3 entries each (journaled); it returns the
+// feed and its length.
+func journaledFeed(t *testing.T, s *MemStorage, opts *FeedOptions, n int) (*Feed, uint64) {
+	t.Helper()
+	f, err := OpenFeed(s, "f/", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var acked uint64
+	for i := range n {
+		if acked, err = faultAppend(t, f, acked, 1+i%3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f, acked
+}
+
 // A journal of signed append records (kind 2), as builds before the
 // unsigned kind wrote them, replays as before: a crashed database of such
 // a build loses nothing when this one opens it.
@@ -235,16 +244,7 @@ func TestJournalOfSignedRecordsReplays(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := NewMemStorage()
-	f, err := OpenFeed(s, "f/", &FeedOptions{SecretKey: kp.SecretKey})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var acked uint64
-	for i := range 12 {
-		if acked, err = faultAppend(t, f, acked, 1+i%3); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f, acked := journaledFeed(t, s, &FeedOptions{SecretKey: kp.SecretKey}, 12)
 	wantLen, wantSig := f.Signature()
 	lost := s.crashClone(nil) // the journal only
 	f.Close()

@@ -3,7 +3,9 @@ package kappa
 import (
 	"bytes"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
+	"io"
 )
 
 // loadKeys reads the key file, or writes it for a new feed. It reports
@@ -160,7 +162,9 @@ func (f *Feed) readStoredSecret() ([]byte, error) {
 	}
 	defer meta.Close()
 	var buf [metaSize]byte
-	if _, err := meta.ReadAt(buf[:], 0); err != nil {
+	if _, err := meta.ReadAt(buf[:], 0); errors.Is(err, io.EOF) {
+		return nil, errKeyFileChanged(name) // cut short
+	} else if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	_, pub, stored, ok := decodeKeyRecord(buf[:])

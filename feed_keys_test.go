@@ -55,16 +55,7 @@ func TestKeyFileWithAnotherSeedSignsNothing(t *testing.T) {
 	})
 	t.Run("journal replay", func(t *testing.T) {
 		s := NewMemStorage()
-		f, err := OpenFeed(s, "f/", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var acked uint64
-		for i := range 5 {
-			if acked, err = faultAppend(t, f, acked, 1+i%3); err != nil {
-				t.Fatal(err)
-			}
-		}
+		f, _ := journaledFeed(t, s, nil, 5)
 		lost := s.crashClone(nil) // the journal holds unsigned records to replay
 		f.Close()
 		forgeSeed(t, lost)
@@ -142,5 +133,18 @@ func TestVerifyFindsAWriterKeyOfAnotherSeed(t *testing.T) {
 	}
 	if w.Len() != 1 {
 		t.Fatalf("length %d after the failed append, want 1", w.Len())
+	}
+
+	// A key file cut short since the open is damage too, not a failure
+	// to read.
+	if err := os.Truncate(path, 100); err != nil {
+		t.Fatal(err)
+	}
+	found = nil
+	if st, err = c.Verify(context.Background(), &VerifyOptions{OnDamage: func(d Damage) { found = append(found, d) }}); err != nil {
+		t.Fatalf("verify of a key file cut short: %v", err)
+	}
+	if st.Problems != 1 || len(found) != 1 || !errors.As(found[0].Err, &ce) || ce.File != "feeds/0/key" {
+		t.Fatalf("verify of a key file cut short: %d problems, %v; want one, the key file", st.Problems, found)
 	}
 }

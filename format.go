@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"math"
 	"slices"
@@ -421,21 +422,28 @@ func appendJournalTail(b []byte, flags uint32, roots, tag [32]byte) []byte {
 }
 
 // journalTag is the tag of a jrnUnsigned record of length, flags and roots
-// hash roots: HMAC-SHA256 keyed by the secret key's 32-byte seed, of
-// "kappa journal v1" ‖ roots ‖ length u64 ‖ flags u32. Replay signs a
-// record's roots hash only if its tag holds: only the holder of the secret
-// key can have written it, and replay signs nothing its writer did not
-// mean to sign, whoever else could write the journal.
-func journalTag(secret ed25519.PrivateKey, roots [32]byte, length uint64, flags uint32) (tag [32]byte) {
-	m := hmac.New(sha256.New, secret.Seed())
+// hash roots: HMAC-SHA256 keyed by the secret key's 32-byte seed (mac, of
+// newJournalMAC), of "kappa journal v1" ‖ roots ‖ length u64 ‖ flags u32.
+// Replay signs a record's roots hash only if its tag holds: only the
+// holder of the secret key can have written it, and replay signs nothing
+// its writer did not mean to sign, whoever else could write the journal.
+func journalTag(mac hash.Hash, roots [32]byte, length uint64, flags uint32) (tag [32]byte) {
 	var msg [len(journalTagLabel) + 32 + 8 + 4]byte
 	n := copy(msg[:], journalTagLabel)
 	n += copy(msg[n:], roots[:])
 	binary.BigEndian.PutUint64(msg[n:], length)
 	binary.BigEndian.PutUint32(msg[n+8:], flags)
-	m.Write(msg[:])
-	m.Sum(tag[:0])
+	mac.Reset()
+	mac.Write(msg[:])
+	mac.Sum(tag[:0])
 	return tag
+}
+
+// newJournalMAC returns the HMAC journalTag computes tags with, keyed by
+// secret's seed; it is kept and reused, so that the key's pads are
+// hashed once.
+func newJournalMAC(secret ed25519.PrivateKey) hash.Hash {
+	return hmac.New(sha256.New, secret.Seed())
 }
 
 const journalTagLabel = "kappa journal v1"

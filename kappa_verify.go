@@ -53,8 +53,8 @@ func (s *VerifyStats) add(o VerifyStats) {
 // against the tree's roots at its length where the feed holds them) and,
 // for a replica, every bitfield page; and a writer's key file, whose
 // secret key must give its public key (opening leaves that to the first
-// Append). The damage listed by Damaged that is
-// not one entry's (feeds that did not load, for example) is passed on too.
+// Append). The damage listed by Damaged that is not one entry's (feeds
+// that did not load, for example) is passed on too.
 //
 // Each problem found is passed to OnDamage and counted; a damaged entry is
 // also marked as a read marks it (see Damaged). A record whose CRC is stale
