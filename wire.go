@@ -54,6 +54,14 @@ const (
 	// and the one being written, not maxOutstanding answers.
 	maxQueuedAnswerBytes = 4 << 20
 
+	// maxReadAheadBytes bounds the messages the reader queues ahead of
+	// the session's loop: it queues another only while those queued and
+	// it take at most this much together, or when none is queued. So a
+	// peer that sends the largest messages while the loop is busy makes
+	// a side hold about this much and two messages (the one the loop
+	// handles, the one the reader holds), not 17 of them.
+	maxReadAheadBytes = 2*maxAnswerBytes + 1<<20
+
 	exporterLabel = "EXPORTER-kappa-replicate-v1"
 )
 
@@ -255,6 +263,12 @@ type session struct {
 	outRoom                          chan struct{}
 	deferred                         []requestMessage
 
+	// readAhead is the bytes of the messages the reader queued and the
+	// loop (or the goodbye, or the final drain) has not taken yet; each
+	// take wakes the reader through readRoom. See maxReadAheadBytes.
+	readAhead atomic.Int64
+	readRoom  chan struct{}
+
 	writing  atomic.Int64 // unix nanos a write began or last moved bytes, 0 when none
 	lastRead atomic.Int64 // unix nanos bytes last arrived
 	rawEnded atomic.Bool  // a read of the connection under TLS failed
@@ -382,10 +396,11 @@ func (s *session) run(ctx context.Context) (err error) {
 	s.outWake = make(chan struct{}, 1)
 	s.outRoom = make(chan struct{}, 1)
 	s.outDone = make(chan struct{})
-	// Messages read ahead of the session's loop: at most 16 queued and
-	// one read and waiting for room, so at most 17 × maxMessage of them
-	// wait in memory.
+	// Messages read ahead of the session's loop: at most 16 queued, of
+	// at most maxReadAheadBytes together (or one larger), and one read
+	// and waiting for room.
 	in := make(chan frame, 16)
+	s.readRoom = make(chan struct{}, 1)
 	s.storeJobs = make(chan storeJob, 2*maxOutstanding)
 	s.stored = make(chan storeResult, 2*maxOutstanding)
 	s.added = make(chan addResult, 1)
@@ -399,7 +414,8 @@ func (s *session) run(ctx context.Context) (err error) {
 	// The reader may be sending a frame when the loop has returned: take
 	// what it sends until it stops (closing the connection stops it).
 	defer func() {
-		for range in {
+		for f := range in {
+			s.took(f)
 		}
 	}()
 	defer close(s.storeJobs)

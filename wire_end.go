@@ -35,6 +35,7 @@ func (s *session) goodbye(ctx context.Context, in <-chan frame, ended bool) {
 		case <-out:
 			out = nil
 		case f, ok := <-in:
+			s.took(f)
 			if !ok || f.err != nil {
 				in = nil
 			}

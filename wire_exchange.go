@@ -175,6 +175,7 @@ func (s *session) keepAlive(lastSent *uint64) error {
 // It returns errCleanEnd when the stream ended in a way that ends the
 // session properly (see peerEnded).
 func (s *session) take(ctx context.Context, f frame, ok bool) error {
+	s.took(f)
 	switch {
 	case (!ok || f.err != nil) && !s.opts.Live && s.sentDone && s.peerDone:
 		// Complete: everything was exchanged and checked, however the

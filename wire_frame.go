@@ -80,9 +80,42 @@ func (s *session) readLoop(in chan<- frame) {
 		}
 		s.bytesIn.Add(uint64(len(msg)))
 		s.lastRead.Store(time.Now().UnixNano())
-		in <- frame{msg: msg}
+		n := int64(len(msg))
+		for q := s.readAhead.Load(); q > 0 && q+n > maxReadAheadBytes; q = s.readAhead.Load() {
+			if testHookReadWait != nil {
+				testHookReadWait(s, q, len(in))
+			}
+			<-s.readRoom // a take frees room, and every queued frame is taken
+		}
+		s.readAhead.Add(n)
+		select {
+		case in <- frame{msg: msg}:
+		default:
+			if testHookReadWait != nil {
+				testHookReadWait(s, s.readAhead.Load()-n, len(in))
+			}
+			in <- frame{msg: msg}
+		}
 	}
 }
+
+// took accounts for a frame taken from the reader: its bytes no longer
+// count as read ahead, and a reader waiting for room may go on.
+func (s *session) took(f frame) {
+	if len(f.msg) == 0 {
+		return
+	}
+	s.readAhead.Add(-int64(len(f.msg)))
+	select {
+	case s.readRoom <- struct{}{}:
+	default:
+	}
+}
+
+// testHookReadWait, if set by a test, runs on the reader when it is about
+// to wait for room: queued is the bytes of the frames queued (frames of
+// them) ahead of the session's loop.
+var testHookReadWait func(s *session, queued int64, frames int)
 
 // send queues a message; it never blocks.
 func (s *session) send(msg []byte) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -347,4 +348,130 @@ func TestHostileHavesHoldBoundedMemory(t *testing.T) {
 	h.raw.Close()
 	t.Logf("the honest side: %v", h.result())
 	recovers(t, "tcp", good, honest)
+}
+
+// TestReadAheadIsBoundedInBytes: while the session's loop is busy, its
+// reader reads ahead of it at most maxReadAheadBytes of messages (or one
+// larger), not 16 of the largest: a peer that sends 3 MiB messages meanwhile
+// finds the reader waiting with at most two queued. Once the loop goes on,
+// it takes them (here: an unknown type, ErrProtocol) and the session ends.
+func TestReadAheadIsBoundedInBytes(t *testing.T) {
+	_, honest := sharedPair(t, nil)
+	release := make(chan struct{})
+	var blocked atomic.Bool
+	testHookIdle = func(s *session) {
+		if s.core == honest && blocked.CompareAndSwap(false, true) {
+			<-release // the loop is busy elsewhere
+		}
+	}
+	type wait struct {
+		queued int64
+		frames int
+	}
+	waits := make(chan wait, 1)
+	testHookReadWait = func(s *session, queued int64, frames int) {
+		if s.core == honest {
+			select {
+			case waits <- wait{queued, frames}:
+			default:
+			}
+		}
+	}
+	t.Cleanup(func() { testHookIdle, testHookReadWait = nil, nil })
+
+	h := meetHostile(t, "pipe", honest, nil) // no buffer in between
+	h.until(msgSynced)
+	h.drain()
+	big := make([]byte, 3<<20)
+	big[0] = 0x7f // an unknown type: the loop refuses it, once it looks
+	sent := make(chan int, 1)
+	go func() {
+		n := 0
+		for range 40 { // more than the 16 the channel queues
+			if h.send(big) != nil {
+				break
+			}
+			n++
+		}
+		sent <- n
+	}()
+	var w wait
+	select {
+	case w = <-waits:
+	case err := <-h.honest:
+		t.Fatalf("the honest side ended first: %v", err)
+	case <-time.After(hostileWait):
+		t.Fatalf("the reader did not wait in %v", hostileWait)
+	}
+	close(release)
+	t.Logf("the reader waited with %d messages of %d bytes queued", w.frames, w.queued)
+	if w.queued > maxReadAheadBytes && w.frames > 1 {
+		t.Errorf("the reader waited with %d messages of %d bytes queued; want at most %d bytes, or one message", w.frames, w.queued, maxReadAheadBytes)
+	}
+	if err := h.result(); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("got %v, want ErrProtocol", err)
+	}
+	t.Logf("the peer wrote %d messages of 3 MiB", <-sent)
+}
+
+// TestReadAheadWaitsAndGoesOn: haves of 3 MiB that arrive while the
+// session's loop is busy make its reader wait for room; once the loop goes
+// on, the reader does too: the loop takes every have, and the session ends
+// cleanly.
+func TestReadAheadWaitsAndGoesOn(t *testing.T) {
+	ff := newFeedFixture(t, 5, 0, 5, 0)
+	release := make(chan struct{})
+	var blocked atomic.Bool
+	testHookIdle = func(s *session) {
+		if s.core == ff.honest && blocked.CompareAndSwap(false, true) {
+			<-release // the loop is busy elsewhere
+		}
+	}
+	waited := make(chan int64, 1)
+	testHookReadWait = func(s *session, queued int64, frames int) {
+		if s.core == ff.honest {
+			select {
+			case waited <- queued:
+			default:
+			}
+		}
+	}
+	t.Cleanup(func() { testHookIdle, testHookReadWait = nil, nil })
+	opts := &ReplicateOptions{Accept: func([]byte) bool { return false }}
+	h := meetHostile(t, "pipe", ff.honest, opts)
+	h.until(msgSynced)
+	h.drain()
+	// 1,500,000 ranges of one entry, a gap of one between: 3 MiB.
+	var ranges []span
+	for i := range uint64(1_500_000) {
+		ranges = append(ranges, span{2*i + 1, 2*i + 2})
+	}
+	have := haveMsg(0, 3_000_001, ranges...)
+	if err := h.send(feedMsg(0, ff.w.Key())); err != nil {
+		t.Fatal(err)
+	}
+	const haves = 6
+	sent := make(chan error, 1)
+	go func() {
+		for range haves {
+			if err := h.send(have); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- nil
+	}()
+	select {
+	case q := <-waited:
+		t.Logf("the reader waited with %d bytes queued (a have is %d bytes)", q, len(have))
+	case err := <-h.honest:
+		t.Fatalf("the honest side ended first: %v", err)
+	case <-time.After(hostileWait):
+		t.Fatalf("the reader did not wait in %v", hostileWait)
+	}
+	close(release)
+	if err := <-sent; err != nil {
+		t.Fatalf("sending the haves: %v (the honest side: %v)", err, h.result())
+	}
+	h.endCleanly()
 }
