@@ -55,8 +55,14 @@ type SwarmOptions struct {
 	// OnPeer, if set, is told when a session with a peer starts (State
 	// PeerSyncing, once the handshake went through) and when it ends
 	// (State PeerBackingOff, or PeerFailed for a peer not dialled again
-	// for a while, with Err saying why; nil when the peer said goodbye).
-	// It is called from the swarm's goroutines and must not block.
+	// for a while, with Err saying why; nil when the peer said goodbye),
+	// each with that session's Addr and counts: every start it heard is
+	// followed by one end. A session that a newer one with the same peer
+	// node replaces (one session per pair of nodes: doc/PROTOCOL.md §1.4) ends with an Err that says so, while the
+	// peer stays connected through the newer one. A connection that ends
+	// before its handshake went through, or whose session loses to one
+	// already running with that node, is no news. It is called from the
+	// swarm's goroutines and must not block.
 	OnPeer func(PeerStatus)
 
 	// Tests only: beacons go through lanTransport instead of multicast,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"runtime"
 	"sync"
@@ -124,9 +125,9 @@ func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
 		// the dials wait for the gate, so that both go out at once.
 		// OnPeer hears of sessions started and ended: one more started
 		// than ended on each side while the peers are connected (a
-		// session replaced by the survivor is no news; one the peer
-		// ended before this side judged it is an end), as many after
-		// Close.
+		// session replaced by the survivor is a start and an end; one
+		// that lost to a session already running is neither), as many
+		// after Close.
 		var news peerNews
 		sws, counters := startDialingPair(t, a, b, &news, where)
 		sa, sb := sws[0], sws[1]
@@ -237,6 +238,89 @@ func TestSwarmOnePeerUnderTwoAddressesKeepsOneSession(t *testing.T) {
 	ps := sb.Peers()
 	if len(ps) != 2 || ps[0].Node != a.node.String() || ps[1].Node != a.node.String() {
 		t.Fatalf("b's peers: %v; want both addresses, naming a", ps)
+	}
+}
+
+// sessionNews records, per session address, what OnPeer told: starts and
+// ends, and the ends that say the session was replaced.
+type sessionNews struct {
+	mu               sync.Mutex
+	starts, ends     map[string]int
+	replaced, events int
+}
+
+func newSessionNews() *sessionNews {
+	return &sessionNews{starts: map[string]int{}, ends: map[string]int{}}
+}
+
+func (n *sessionNews) onPeer(p PeerStatus) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.events++
+	if p.State == PeerSyncing {
+		n.starts[p.Addr]++
+		return
+	}
+	n.ends[p.Addr]++
+	if errors.Is(p.Err, errDuplicate) {
+		n.replaced++
+	}
+}
+
+// TestSwarmOnPeerTellsEachSessionsEnd: OnPeer's news is per session. When
+// b dials a under two addresses, the second session through on each side
+// either loses to the first (no news) or replaces it; either way, once
+// both swarms closed, every session OnPeer heard start it heard end, under
+// the same address, and a replaced one ended saying so. (The survivor is
+// chosen by the TLS exporter values, so the rounds go on until one was
+// replaced.)
+func TestSwarmOnPeerTellsEachSessionsEnd(t *testing.T) {
+	ctx := swarmCtx(t)
+	replaced := 0
+	for round := 0; replaced == 0; round++ {
+		if round == 40 {
+			t.Fatal("in 40 rounds, no session was replaced")
+		}
+		a := newCore(t, nil)
+		b := newCore(t, &Options{SharedKey: a.SharedKey()})
+		na, nb := newSessionNews(), newSessionNews()
+		sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", OnPeer: na.onPeer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(sa.Addr().String())
+		one, two := "127.0.0.1:"+port, "localhost:"+port
+		d := newDialCounter()
+		sb, err := b.Swarm(&SwarmOptions{Peers: []string{one, two}, dialer: d.dial, OnPeer: nb.onPeer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		swarmWait(t, ctx, sb, "both addresses dialled, one session", func() bool {
+			n1, _ := d.count(one)
+			n2, _ := d.count(two)
+			nb, rb := sessionCounts(sb)
+			na, ra := sessionCounts(sa)
+			sb.mu.Lock()
+			known := sb.targets[one].node == a.node && sb.targets[two].node == a.node
+			sb.mu.Unlock()
+			return n1 > 0 && n2 > 0 && known && nb == 1 && rb == 1 && na == 1 && ra == 1
+		})
+		sb.Close()
+		sa.Close()
+		for side, n := range map[string]*sessionNews{"a": na, "b": nb} {
+			n.mu.Lock()
+			if !maps.Equal(n.starts, n.ends) || len(n.starts) == 0 {
+				t.Errorf("round %d, %s: OnPeer heard sessions start at %v and end at %v; want each start ended, by address", round, side, n.starts, n.ends)
+			}
+			replaced += n.replaced
+			t.Logf("round %d, %s: starts %v, ends %v, %d replaced", round, side, n.starts, n.ends, n.replaced)
+			n.mu.Unlock()
+		}
+		a.Close()
+		b.Close()
+		if t.Failed() {
+			return
+		}
 	}
 }
 

@@ -47,6 +47,7 @@ type swarmSession struct {
 	wasLive  bool  // reached the live phase: the first exchange was over
 	err      error // why it ended
 	ended    time.Time
+	reported bool      // OnPeer was told it started, and will be told it ended
 	released bool      // its handshake token was given back
 	tokenAt  time.Time // when it took its handshake token; zero while it holds none
 
@@ -271,12 +272,14 @@ func (ss *swarmSession) hello(s *session) error {
 	}
 	sw.mu.Unlock()
 	sw.notify()
+	ss.mu.Lock()
+	ss.reported = true
+	ss.mu.Unlock()
+	sw.event(ss, PeerSyncing, nil)
 	if drop != nil {
-		// The peer stays connected: OnPeer heard of it with the session
-		// replaced, and hears of no end of that one.
+		// The peer stays connected, through ss: OnPeer hears that the
+		// session replaced ended, with errDuplicate.
 		drop.stop(errDuplicate)
-	} else {
-		sw.event(ss, PeerSyncing, nil)
 	}
 	return nil
 }
@@ -344,15 +347,23 @@ func (sw *Swarm) ended(ss *swarmSession, err error) {
 		ss.err = err
 	}
 	ss.ended = time.Now()
-	node, running := ss.node, !ss.running.IsZero()
+	node, reported := ss.node, ss.reported
 	why := ss.err
 	ss.mu.Unlock()
+	// Every session OnPeer heard start, it hears end, once, before the
+	// session leaves the swarm's lists: one replaced by a newer session
+	// with the same peer node too (Err errDuplicate; the peer stays
+	// connected through the newer one). A session that ended before its
+	// hellos went through, or lost to another at its hello, is no news.
+	if reported {
+		state := PeerBackingOff
+		if refused(why) {
+			state = PeerFailed
+		}
+		sw.event(ss, state, sessionErr(why))
+	}
 	sw.mu.Lock()
 	delete(sw.sessions, ss)
-	// Replaced: another session with the peer's node runs now, whatever
-	// ended this one (its peer may have closed it first). The peer stays
-	// connected: no news for OnPeer.
-	replaced := !node.isZero() && sw.byNode[node] != nil && sw.byNode[node] != ss
 	if !node.isZero() && sw.byNode[node] == ss {
 		delete(sw.byNode, node)
 	}
@@ -361,13 +372,6 @@ func (sw *Swarm) ended(ss *swarmSession, err error) {
 		sw.opts.onSessionEnd(ss.addr, why)
 	}
 	sw.notify()
-	if running && !replaced && !errors.Is(why, errDuplicate) {
-		state := PeerBackingOff
-		if refused(why) {
-			state = PeerFailed
-		}
-		sw.event(ss, state, sessionErr(why))
-	}
 }
 
 // sessionErr is the error a session ended with, as the swarm says it.

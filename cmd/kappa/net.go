@@ -73,9 +73,13 @@ The first line printed is "listening on ADDR", then one line as each peer
 connects and one as its session ends, saying why: "the peer said goodbye"
 when it left in order (a sync that is done, a follower interrupted), or
 the error (a peer that vanished without a goodbye: "connection closed
-before the session ended"). If LAN discovery cannot work here, one line
-says so ("LAN discovery off: ...") and serve goes on with its -peer
-addresses. A session adds at most -max-new-feeds feeds the database lacks.
+before the session ended"; a session that a newer one with the same peer
+node replaced: "replaced: ..."). A connection that fails the handshake
+(no shared key, not TLS 1.3), or whose session loses to one already
+running with the same peer node, prints nothing. If LAN discovery cannot
+work here, one line says so ("LAN discovery off: ...") and serve goes on
+with its -peer addresses. A session adds at most -max-new-feeds feeds the
+database lacks.
 Serve stops on SIGINT or SIGTERM, saying goodbye to its peers.
 
 The database stays locked while serve runs, but append, log (-json,
