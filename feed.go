@@ -368,7 +368,7 @@ func (f *Feed) open(s Storage, prefix string, o *FeedOptions) (err error) {
 		}
 		standIns = standIns || overlaid
 	}
-	if err := f.recover(); err != nil {
+	if err := f.recover(jr.durable()); err != nil {
 		return err
 	}
 	if f.writable {

@@ -420,6 +420,16 @@ type replayed struct {
 	damaged *CorruptError
 }
 
+// durable is the number of signature records the replayed journal says
+// are durable (those its last record accounts for), 0 without one: a
+// crash cannot have torn those.
+func (r *replayed) durable() uint64 {
+	if len(r.recs) == 0 {
+		return 0
+	}
+	return r.recs[len(r.recs)-1].records
+}
+
 // replayJournal replays a writer's journal, before recovery: each intact
 // record's writes are applied in order, and an unsigned one's signature
 // record, signed with the feed's secret key (those that change bytes; the

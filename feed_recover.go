@@ -341,7 +341,9 @@ func (f *Feed) repaired(r Repair) {
 }
 
 // recover finds the newest signature record that verifies against the
-// tree, cuts everything newer, and loads the state it signs.
+// tree, cuts everything newer, and loads the state it signs. The first
+// durable records are durable by the writer's journal (see replayed):
+// none of them fails its checksum as a torn write would, only as damage.
 //
 // With sync on, a signature record is written only after the one before it
 // was durable, and an append's data and tree only after the record before
@@ -350,7 +352,7 @@ func (f *Feed) repaired(r Repair) {
 // damage, reported as ErrCorrupt and left as it is; but a newest record
 // that fails its checksum though no crash could have torn it (see
 // sigRecordTorn) is damage that recovery works around: see recoverDamaged.
-func (f *Feed) recover() error {
+func (f *Feed) recover(durable uint64) error {
 	size, err := f.fsigs().Size()
 	if err != nil {
 		return err
@@ -365,10 +367,11 @@ func (f *Feed) recover() error {
 		}
 		length, sig, flags, ok := decodeSigRecord(rec[:])
 		if !ok {
-			if !f.cfg.noSync && k < n-1 {
+			journaled := uint64(k+1) <= durable
+			if (!f.cfg.noSync || journaled) && k < n-1 {
 				return &CorruptError{File: f.name + fileSignatures, Offset: off, Reason: "a signature record before the newest is damaged"}
 			}
-			if f.cfg.noSync || sigRecordTorn(rec[:], off, size) {
+			if !journaled && (f.cfg.noSync || sigRecordTorn(rec[:], off, size)) {
 				continue // torn while being written
 			}
 			// With sync on, a crash cannot explain it: damage, which
