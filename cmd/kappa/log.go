@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"unicode"
 	"unicode/utf8"
 
@@ -167,7 +168,9 @@ func (p *logPrinter) printer(f *kappa.Feed) func(seq uint64, value []byte) error
 		}
 		line := jsonEntry{Feed: full, Writer: name, Seq: seq}
 		switch {
-		case p.enc == kappa.JSON && json.Valid(value):
+		case p.enc == kappa.JSON && json.Valid(value) && utf8.Valid(value):
+			// (JSON validity allows bytes of invalid UTF-8 inside
+			// strings; copied, they would make the line invalid.)
 			var b bytes.Buffer
 			json.Compact(&b, value)
 			line.Value = b.Bytes()
@@ -185,10 +188,11 @@ func (p *logPrinter) printer(f *kappa.Feed) func(seq uint64, value []byte) error
 	}
 }
 
-// text formats a value for a person: compact JSON in a json database, the
-// text itself if it is printable, else Go-quoted.
+// text formats a value for a person: compact JSON in a json database (if
+// it is valid UTF-8 too), the text itself if it is printable, else
+// Go-quoted.
 func (p *logPrinter) text(value []byte) string {
-	if p.enc == kappa.JSON {
+	if p.enc == kappa.JSON && utf8.Valid(value) {
 		var b bytes.Buffer
 		if json.Compact(&b, value) == nil {
 			return b.String()
@@ -218,10 +222,18 @@ func (p *logPrinter) follow(ctx context.Context, peer string) error {
 	defer cancel()
 	if peer != "" {
 		lines := &lineWriter{w: p.stderr}
+		// Sessions started and not ended: one that a newer session with
+		// the same node replaced ends while the peer stays connected.
+		var sessions atomic.Int32
 		sw, err := p.core.Swarm(&kappa.SwarmOptions{Peers: []string{peer}, OnPeer: func(ps kappa.PeerStatus) {
+			if ps.State == kappa.PeerSyncing {
+				if sessions.Add(1) == 1 {
+					lines.printf("kappa: peer %s connected", peer)
+				}
+				return
+			}
 			switch {
-			case ps.State == kappa.PeerSyncing:
-				lines.printf("kappa: peer %s connected", peer)
+			case sessions.Add(-1) > 0:
 			case ctx.Err() != nil:
 			case ps.Err == nil:
 				lines.printf("kappa: peer %s said goodbye; dialling it again", peer)

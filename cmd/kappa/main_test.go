@@ -709,6 +709,8 @@ func TestLogJSONLinesForEachEncoding(t *testing.T) {
 		want  string // after "seq":0,
 	}{
 		{kappa.JSON, "{ \"n\" :\n 1 }", `"value":{"n":1}}`},
+		// Valid JSON (which allows any byte in a string) but not UTF-8.
+		{kappa.JSON, "{\"s\":\"\xff\"}", `"value_base64":"eyJzIjoi/yJ9"}`},
 		{kappa.UTF8, "héllo\n", `"value":"héllo\n"}`},
 		{kappa.Binary, "plain", `"value":"plain"}`},
 		{kappa.Binary, "\xff\x00", `"value_base64":"/wA="}`},
@@ -754,6 +756,9 @@ func TestLogTextQuotesWhatIsNotPlain(t *testing.T) {
 	p.enc = kappa.JSON
 	if got := p.text([]byte("{ \"a\" :\n 1 }")); got != `{"a":1}` {
 		t.Errorf("json text = %s", got)
+	}
+	if got, want := p.text([]byte("{\"s\":\"\xff\"}")), `"{\"s\":\"\xff\"}"`; got != want {
+		t.Errorf("json text of invalid UTF-8 = %s, want %s", got, want)
 	}
 }
 

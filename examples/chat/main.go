@@ -289,13 +289,14 @@ func readLines(stdin io.Reader, con *console) <-chan string {
 }
 
 // peerEvents returns the swarm's OnPeer: it says when a peer node connects
-// and when it leaves; nothing once the chat is closing. The swarm runs one
-// session per peer node: when both sides dialled, the session that
-// replaces another starts without the other ending (the swarm tells no end
-// of a replaced session), so a node said connected is not said again.
+// and when it leaves; nothing once the chat is closing. The swarm tells
+// each session's start and end, and runs one session per peer node: when
+// both sides dialled, a newer session may replace the first, which then
+// ends while the node stays connected. So a node is said connected when
+// its first session starts, and gone when its last one ends.
 func peerEvents(con *console, closing *atomic.Bool) func(kappa.PeerStatus) {
 	var mu sync.Mutex
-	in := map[string]bool{} // nodes said connected
+	sessions := map[string]int{} // by node: started and not ended
 	return func(p kappa.PeerStatus) {
 		if closing.Load() {
 			return
@@ -308,20 +309,24 @@ func peerEvents(con *console, closing *atomic.Bool) func(kappa.PeerStatus) {
 		}
 		switch p.State {
 		case kappa.PeerSyncing:
-			if in[p.Node] {
+			sessions[p.Node]++
+			if sessions[p.Node] > 1 {
 				return
 			}
-			in[p.Node] = true
 			how := "to"
 			if p.Inbound {
 				how = "from"
 			}
 			con.say("* peer %s connected %s %s", node, how, p.Addr)
 		default:
-			if !in[p.Node] {
+			if sessions[p.Node] == 0 {
 				return
 			}
-			delete(in, p.Node)
+			sessions[p.Node]--
+			if sessions[p.Node] > 0 {
+				return // replaced: the node is still connected
+			}
+			delete(sessions, p.Node)
 			if p.Err == nil {
 				con.say("* peer %s left", node)
 			} else {

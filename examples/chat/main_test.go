@@ -328,8 +328,8 @@ func TestBadFlagsCreateNothing(t *testing.T) {
 }
 
 // A peer node is said connected once, even when a second session replaces
-// the first (both sides dialled: the swarm tells the new one's start and
-// no end of the old one), and said gone when its session ends; nothing is
+// the first (both sides dialled: the swarm tells the new one's start, then
+// the old one's end), and said gone when its last session ends; nothing is
 // said once the chat is closing.
 func TestAPeerIsSaidConnectedOnceAndGoneOnce(t *testing.T) {
 	var out bytes.Buffer
@@ -337,7 +337,8 @@ func TestAPeerIsSaidConnectedOnceAndGoneOnce(t *testing.T) {
 	event := peerEvents(&console{stdout: &out, stderr: &out}, &closing)
 	node := strings.Repeat("ab", 16)
 	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:7000", State: kappa.PeerSyncing})
-	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:41000", Inbound: true, State: kappa.PeerSyncing}) // replaces it
+	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:41000", Inbound: true, State: kappa.PeerSyncing})                                  // replaces it
+	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:7000", State: kappa.PeerBackingOff, Err: errors.New("replaced: another session")}) // the replaced one
 	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:41000", Inbound: true, State: kappa.PeerBackingOff})
 	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:7000", State: kappa.PeerSyncing})
 	event(kappa.PeerStatus{Node: node, Addr: "10.0.0.2:7000", State: kappa.PeerBackingOff, Err: errors.New("timed out")})
