@@ -25,13 +25,16 @@ page of a replica and every manifest record; and it lists the feeds that
 failed to load when the database was opened, and the feeds found forked
 (their writer's key signed two histories). It prints one line per
 problem, naming the feed, the entry's sequence number and the damaged file
-and offset, then a summary, and exits with status 1 exactly when it found
-a problem: something a read would refuse. Damaged data is reported and kept
-as it is. The database is opened read-only: nothing is changed, and
-a tail torn by a crash, which opening for writing would cut, is reported.
-A record whose checksum is stale but whose value matches its leaf
-hash is intact: it is printed as a stale checksum, not a problem (a read of a
-database opened for writing rewrites it).`,
+and offset, then a summary, and exits with status 1 when it found a
+problem: damage a read would refuse, and damage no read of the entries
+meets, which log reads through with status 0 (an older signature record,
+a tree node no read needs, a bitfield page opening rebuilds, a manifest
+record, a writer's secret key). Damaged data is reported and kept as it
+is. The database is opened read-only: nothing is changed, and a tail torn
+by a crash, which opening for writing would cut, is reported. A record
+whose checksum is stale but whose value matches its leaf hash is intact:
+it is printed as a stale checksum, not a problem (a view's first batch of
+the feed, or Core.Verify, on a database opened for writing rewrites it).`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
 		verbose := fl.Bool("v", false, "print a line for every feed")
