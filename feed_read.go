@@ -331,39 +331,46 @@ func (f *Feed) readLeaves(sc *readScratch, start, end, maxBytes uint64, damaged 
 		return sc.nodes, 0, nil, f.readErr(err, start)
 	}
 	clear(recs[got:]) // past the end of the tree file: no leaf
-	nodes = slices.Grow(sc.nodes[:0], int(count))
+	all := slices.Grow(sc.nodes[:0], int(count))[:count]
 	for k := range count {
 		seq := start + k
-		n, off, err := f.decodeLeaf(recs[2*k*nodeSize:], seq)
+		// Decoded in place: the slot is in nodes only once it is taken.
+		n := &all[k]
+		off, err := f.decodeLeafTo(n, recs[2*k*nodeSize:], seq)
 		if err != nil {
 			var ce *CorruptError
 			if !errors.As(err, &ce) {
-				return nodes, 0, nil, f.readErr(err, seq)
+				return all[:k], 0, nil, f.readErr(err, seq)
 			}
-			return nodes, total, damaged(seq, ce), nil
+			return all[:k], total, damaged(seq, ce), nil
 		}
-		if k > 0 && n.Offset != nodes[k-1].Offset+nodes[k-1].Size {
+		if k > 0 && n.Offset != all[k-1].Offset+all[k-1].Size {
 			// Each value is sliced out of one read by its offset.
-			return nodes, total, damaged(seq, &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("leaf of entry %d: offsets are not contiguous", seq)}), nil
+			return all[:k], total, damaged(seq, &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("leaf of entry %d: offsets are not contiguous", seq)}), nil
 		}
 		if k > 0 && total+n.Size > maxBytes {
-			break
+			return all[:k], total, nil, nil
 		}
-		nodes = append(nodes, n)
 		total += n.Size
 	}
-	return nodes, total, nil, nil
+	return all, total, nil, nil
 }
 
 // decodeLeaf decodes rec, the tree record of entry seq's leaf, at off in
 // the tree file; an absent one is damage too: the entry is present.
 func (f *Feed) decodeLeaf(rec []byte, seq uint64) (n storedNode, off int64, err error) {
+	off, err = f.decodeLeafTo(&n, rec, seq)
+	return n, off, err
+}
+
+// decodeLeafTo is decodeLeaf into *n.
+func (f *Feed) decodeLeafTo(n *storedNode, rec []byte, seq uint64) (off int64, err error) {
 	off = headerSize + int64(2*seq)*nodeSize
-	n, err = decodeNode(2*seq, rec, f.name, off)
-	if errors.Is(err, errNoNode) {
+	err = decodeNodeTo(n, 2*seq, rec, f.name, off)
+	if err == errNoNode {
 		err = &CorruptError{File: f.name + fileTree, Offset: off, Reason: fmt.Sprintf("no leaf for present entry %d", seq)}
 	}
-	return n, off, err
+	return off, err
 }
 
 // readScratch is what readRange reuses between calls. Large buffers are

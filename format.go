@@ -267,13 +267,22 @@ func nodeRecordState(i uint64, rec []byte) (present, valid bool) {
 // It returns errNoNode for an absent record.
 func decodeNode(i uint64, rec []byte, name string, off int64) (storedNode, error) {
 	var n storedNode
+	err := decodeNodeTo(&n, i, rec, name, off)
+	return n, err
+}
+
+// decodeNodeTo is decodeNode into *n, for readers of many nodes: a node is
+// 56 bytes, and copying it back out twice cost a sequential Get a tenth of
+// its time.
+func decodeNodeTo(n *storedNode, i uint64, rec []byte, name string, off int64) error {
+	*n = storedNode{}
 	n.Index = i
 	present, valid := nodeRecordState(i, rec)
 	if !present {
-		return n, errNoNode
+		return errNoNode
 	}
 	if !valid {
-		return n, &CorruptError{File: name + fileTree, Offset: off, Reason: fmt.Sprintf("node %d checksum mismatch", i)}
+		return &CorruptError{File: name + fileTree, Offset: off, Reason: fmt.Sprintf("node %d checksum mismatch", i)}
 	}
 	copy(n.Hash[:], rec[:32])
 	n.Size = binary.BigEndian.Uint64(rec[nodeSizeOff:])
@@ -281,9 +290,9 @@ func decodeNode(i uint64, rec []byte, name string, off int64) (storedNode, error
 	// A leaf's size bounds what Get allocates: no leaf can be larger than
 	// a block.
 	if n.Size > maxTreeBytes || n.Offset > maxTreeBytes || (i%2 == 0 && n.Size > maxBlockBytes) {
-		return n, &CorruptError{File: name + fileTree, Offset: off, Reason: "node size out of range"}
+		return &CorruptError{File: name + fileTree, Offset: off, Reason: "node size out of range"}
 	}
-	return n, nil
+	return nil
 }
 
 func nodeOrdinal(rec []byte) uint32 { return binary.BigEndian.Uint32(rec[nodeOrdOff:]) }
