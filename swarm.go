@@ -58,8 +58,9 @@ type SwarmOptions struct {
 	// for a while, with Err saying why; nil when the peer said goodbye),
 	// each with that session's Addr and counts: every start it heard is
 	// followed by one end. A session that a newer one with the same peer
-	// node replaces (one session per pair of nodes: doc/PROTOCOL.md §1.4) ends with an Err that says so, while the
-	// peer stays connected through the newer one. A connection that ends
+	// node replaces (one session per pair of nodes: doc/PROTOCOL.md §1.4)
+	// ends with State PeerBackingOff and an Err that says so, while the
+	// peer stays connected through the newer one (and is not dialled). A connection that ends
 	// before its handshake went through, or whose session loses to one
 	// already running with that node, is no news. It is called from the
 	// swarm's goroutines and must not block.

@@ -56,11 +56,12 @@ const (
 
 	// maxReadAheadBytes bounds the messages the reader queues ahead of
 	// the session's loop: it queues another only while those queued and
-	// it take at most this much together, or when none is queued. So a
-	// peer that sends the largest messages while the loop is busy makes
-	// a side hold about this much and two messages (the one the loop
-	// handles, the one the reader holds), not 17 of them.
-	maxReadAheadBytes = 2*maxAnswerBytes + 1<<20
+	// it take at most this much together (the frame limit, so one always
+	// fits). So a peer that sends the largest messages while the loop is
+	// busy makes a side hold about this much and two messages (the one
+	// the loop handles, the one the reader holds), not 17 of them; two
+	// answers of maxAnswerBytes still queue together.
+	maxReadAheadBytes = maxMessage
 
 	exporterLabel = "EXPORTER-kappa-replicate-v1"
 )

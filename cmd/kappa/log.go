@@ -25,13 +25,15 @@ var logCommand = &command{
 	help: `
 Log prints every entry held here, feed by feed in the order the feeds were
 added: the feed (the first 8 hex digits of its key), the local writer's name
-("-" for a feed from a peer), the sequence number and the value. Values that
-are not plain text are printed Go-quoted.
+("-" for a feed that is not a local writer's: a replica), the sequence
+number and the value: in a json database a value that is valid JSON (and
+UTF-8) compacted; other values that are not plain text Go-quoted.
 
 -json prints one JSON object per line instead:
   {"feed": HEX KEY, "writer": NAME (local writers only), "seq": N, "value": V}
-where V is the value itself in a json database, and a string otherwise; a
-binary value that is not UTF-8 comes as "value_base64" instead of "value".
+where V is, in a json database, a value that is valid JSON (and UTF-8),
+compacted; else the value as a string if it is valid UTF-8; else
+"value_base64" (standard base64) comes instead of "value".
 
 -follow goes on printing entries as they arrive until interrupted. While
 a "kappa serve" runs on the database, log runs inside it (see kappa serve

@@ -86,9 +86,11 @@ The database stays locked while serve runs, but append, log (-json,
 -follow), feeds, stat, key and status still work on it: they run inside
 the serve, through the unix socket DIR/control (mode 0600, removed when
 serve stops), and print what they would print on their own. verify, sync
-and a second serve fail: stop the serve first. A socket path is limited
-to 103 bytes: if DIR/control is longer, as given and made absolute (or
-DIR/.control-N/s, where it is first created), serve fails, saying so.`,
+and a second serve fail: stop the serve first. A socket address holds a
+path of at most 103 bytes: a longer DIR/control is bound and dialled
+through /proc/self/fd on Linux; elsewhere, if DIR/control (as given, then
+made absolute), or DIR/.control-N/s where it is first created, is longer,
+serve fails, saying so.`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
 		listen := fl.String("listen", ":7654", "listen on `ADDR` (host:port; :7654 is every interface)")

@@ -24,12 +24,15 @@ database holds them; those it cannot check are counted), every bitfield
 page of a replica and every manifest record; and it lists the feeds that
 failed to load when the database was opened, and the feeds found forked
 (their writer's key signed two histories). It prints one line per
-problem, naming the feed, the entry's sequence number and the damaged file
-and offset, then a summary, and exits with status 1 when it found a
-problem: damage a read would refuse, and damage no read of the entries
-meets, which log reads through with status 0 (an older signature record,
-a tree node no read needs, a bitfield page opening rebuilds, a manifest
-record, a writer's secret key). Damaged data is reported and kept as it
+problem, naming the feed, the entry's sequence number (where there is
+one) and the damaged file and offset (at most 20 damaged entries a feed,
+then one line saying more are not listed), then a summary counting them
+all, and exits with status 1 when it found a problem: damage a read would
+refuse, damage opening found (a feed that did not load, a fork), and
+damage no read of the entries meets, which log reads through with status
+0 (an older signature record, a tree node Get and log do not read, a
+bitfield page opening rebuilds, a manifest record, a writer's secret
+key). Damaged data is reported and kept as it
 is. The database is opened read-only: nothing is changed, and a tail torn
 by a crash, which opening for writing would cut, is reported. A record
 whose checksum is stale but whose value matches its leaf hash is intact:
