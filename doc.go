@@ -66,7 +66,8 @@
 // among the newest records, is an error matching ErrCorrupt: a
 // *CorruptError naming the file and offset. Every entry read is checked:
 // against its leaf hash by Get and GetBatch, against its record's CRC-32C
-// by a view reading a feed from its start. So damage inside the log is
+// by a view reading entries all held (then, if that fails, against its
+// leaf hash). So damage inside the log is
 // reported the same way, never returned as data.
 //
 // # Damage

@@ -125,11 +125,15 @@ func (f *Feed) getBlocks(ctx context.Context, start, end uint64) ([][]byte, erro
 }
 
 // scanBatch returns the blocks of the present entries [start, end), as a
-// view reads them (see decodeBlock). From entry 0 it reads the data file alone: the records lie end to
-// end after the file's header, so their bounds need no tree, and each is
-// checked against its record's checksum rather than hashed again. Reading
-// a feed that a view has not seen then opens one file, not two. Elsewhere
-// it reads as GetBatch does.
+// view reads them (see decodeBlock). When all of them are present it reads
+// their records with one read of the data file: they lie end to end, so
+// their bounds need no tree past the first (from entry 0, not even that:
+// the records begin after the file's header; from a later entry, its
+// leaf's offset, CRC-checked, says where), and each is checked against its
+// record's checksum rather than hashed again, the checksum seeded with its
+// entry's number, so that a record read at the wrong place fails it.
+// Reading a feed that a view has not seen then opens one file, not two.
+// Otherwise it reads as GetBatch does.
 //
 // A record that fails its checksum (or does not parse) is checked against
 // its leaf, the one rule for every read: intact, it is used and its stale
@@ -146,33 +150,42 @@ func (f *Feed) scanBatch(start, end uint64, share bool) ([][]byte, error) {
 		mode |= readShare
 	}
 	f.mu.RLock()
-	present := start == 0 && end > 0 && f.hasRangeLocked(0, end)
+	present := start < end && f.hasRangeLocked(start, end)
 	length, byteLen := f.length, f.byteLen
 	f.mu.RUnlock()
-	if !present {
+	from := int64(headerSize) // where entry start's record begins
+	if present && start > 0 {
+		leaf, err := f.readNode(2 * start)
+		present = err == nil
+		from = dataPos(start, leaf.Offset)
+	}
+	if !present || from >= dataPos(length, byteLen) {
+		// (A leaf that cannot be read, or is damaged, is for the tree's
+		// read to find and report.)
 		if err := f.wait(context.Background(), start, end); err != nil {
 			return nil, err
 		}
 		return intactPrefix(f.readRangeMode(start, end, math.MaxUint64, mode))
 	}
-	// The records of all entries lie below limit. For fewer than all, read
-	// as much as end records of the mean size take, and a quarter more.
-	limit := uint64(dataPos(length, byteLen) - headerSize)
+	// The records of all entries from start lie below limit. For fewer
+	// than all, read as much as their number of records of the mean size
+	// take, and a quarter more.
+	limit := uint64(dataPos(length, byteLen) - from)
 	want := limit
 	if end < length {
 		mean := byteLen/length + dataFrame
-		want = min(limit, mean*end+mean*end/4+64)
+		want = min(limit, mean*(end-start)+mean*(end-start)/4+64)
 	}
 	raw := make([]byte, want)
-	n, err := f.fdata().ReadAt(raw, headerSize)
+	n, err := f.fdata().ReadAt(raw, from)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, f.readErr(err, start)
 	}
 	raw = raw[:n]
-	out := make([][]byte, 0, end)
+	out := make([][]byte, 0, end-start)
 	pos := 0
-	for seq := uint64(0); seq < end; seq++ {
-		v, size, ok, err := decodeDataRecord(seq, raw[pos:], f.name, headerSize+int64(pos))
+	for seq := start; seq < end; seq++ {
+		v, size, ok, err := decodeDataRecord(seq, raw[pos:], f.name, from+int64(pos))
 		if err != nil {
 			// Checked through the tree: intact, the checksum is stale.
 			one, err := f.readRange(seq, seq+1, math.MaxUint64)
@@ -180,7 +193,7 @@ func (f *Feed) scanBatch(start, end uint64, share bool) ([][]byte, error) {
 				rest, err := intactPrefix(one, err)
 				return append(out, rest...), err
 			}
-			f.rewriteChecksum(seq, headerSize+int64(pos), one[0])
+			f.rewriteChecksum(seq, from+int64(pos), one[0])
 			out = append(out, one[0])
 			pos += dataFrame + len(one[0])
 			continue

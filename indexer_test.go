@@ -944,18 +944,30 @@ func TestViewReadsRecordsFromTheStart(t *testing.T) {
 }
 
 // A damaged data record is reported, naming the file and the record's
-// offset, when a view reads the feed from its start, and the view maps
-// nothing of that feed rather than a wrong value.
+// offset, when a view reads it in a batch of records read together from the
+// data file (a batch from the feed's start, with MaxBatch 100; one that
+// starts at it, with 2; itself alone, with 1), and the view maps nothing
+// of that entry rather than a wrong value; a stale checksum over an intact
+// value is rewritten and reported as a repair.
 func TestViewReportsADamagedRecordFromTheStart(t *testing.T) {
-	for _, tc := range []struct {
+	type damageCase struct {
 		name   string
 		at     func(rec int64) int64 // the byte to flip, given the record's offset
 		intact bool                  // the value still matches its leaf
-	}{
-		{"length", func(rec int64) int64 { return rec + 1 }, false},
-		{"value", func(rec int64) int64 { return rec + dataLenLen + 1 }, false},
-		{"crc", func(rec int64) int64 { return rec + dataLenLen + 4 + 2 }, true}, // format 4: the block 0x00 ‖ "ccc"
-	} {
+		batch  int                   // the view's MaxBatch
+	}
+	var cases []damageCase
+	for _, batch := range []int{100, 2, 1} {
+		for _, tc := range []damageCase{
+			{"length", func(rec int64) int64 { return rec + 1 }, false, batch},
+			{"value", func(rec int64) int64 { return rec + dataLenLen + 1 }, false, batch},
+			{"crc", func(rec int64) int64 { return rec + dataLenLen + 4 + 2 }, true, batch}, // format 4: the block 0x00 ‖ "ccc"
+		} {
+			tc.name = fmt.Sprintf("%s, batches of %d", tc.name, batch)
+			cases = append(cases, tc)
+		}
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			s := NewMemStorage()
 			c, err := New(s, nil)
@@ -980,7 +992,7 @@ func TestViewReportsADamagedRecordFromTheStart(t *testing.T) {
 			}
 			defer c.Close()
 			var mapped atomic.Int64
-			x := mustUse(t, c, "v", 1, &batcher{max: 100, fn: func(es []Entry) error {
+			x := mustUse(t, c, "v", 1, &batcher{max: tc.batch, fn: func(es []Entry) error {
 				mapped.Add(int64(len(es)))
 				return nil
 			}})

@@ -36,8 +36,9 @@ key). Damaged data is reported and kept as it
 is. The database is opened read-only: nothing is changed, and a tail torn
 by a crash, which opening for writing would cut, is reported. A record
 whose checksum is stale but whose value matches its leaf hash is intact:
-it is printed as a stale checksum, not a problem (a view's first batch of
-the feed, or Core.Verify, on a database opened for writing rewrites it).`,
+it is printed as a stale checksum, not a problem (a view's batch of
+entries all held, or Core.Verify, on a database opened for writing
+rewrites it).`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
 		verbose := fl.Bool("v", false, "print a line for every feed")
