@@ -188,6 +188,23 @@ func TestSwarmBothSidesDialAtOnceKeepOneSession(t *testing.T) {
 	t.Logf("survivors over %d rounds: %v", rounds, won)
 }
 
+// waitTwoAddressesOneSession waits until sb dialled sa's node (node)
+// under both addresses, one and two, and one session runs on each side.
+func waitTwoAddressesOneSession(t *testing.T, ctx context.Context, sa, sb *Swarm, d *dialCounter, node nodeID, one, two string) {
+	t.Helper()
+	swarmWait(t, ctx, sb, "both addresses dialled, one session", func() bool {
+		n1, _ := d.count(one)
+		n2, _ := d.count(two)
+		nb, rb := sessionCounts(sb)
+		na, ra := sessionCounts(sa)
+		// Both dials went as far as the hellos: the targets know a.
+		sb.mu.Lock()
+		known := sb.targets[one].node == node && sb.targets[two].node == node
+		sb.mu.Unlock()
+		return n1 > 0 && n2 > 0 && known && nb == 1 && rb == 1 && na == 1 && ra == 1
+	})
+}
+
 func TestSwarmOnePeerUnderTwoAddressesKeepsOneSession(t *testing.T) {
 	ctx := swarmCtx(t)
 	a := newCore(t, nil)
@@ -207,17 +224,7 @@ func TestSwarmOnePeerUnderTwoAddressesKeepsOneSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sb.Close()
-	swarmWait(t, ctx, sb, "both addresses dialled, one session", func() bool {
-		n1, _ := d.count(one)
-		n2, _ := d.count(two)
-		nb, rb := sessionCounts(sb)
-		na, ra := sessionCounts(sa)
-		// Both dials went as far as the hellos: the targets know a.
-		sb.mu.Lock()
-		known := sb.targets[one].node == a.node && sb.targets[two].node == a.node
-		sb.mu.Unlock()
-		return n1 > 0 && n2 > 0 && known && nb == 1 && rb == 1 && na == 1 && ra == 1
-	})
+	waitTwoAddressesOneSession(t, ctx, sa, sb, d, a.node, one, two)
 	// Appends cross, one at a time; neither address is dialled again
 	// meanwhile.
 	dials, _ := d.count("")
@@ -295,16 +302,7 @@ func TestSwarmOnPeerTellsEachSessionsEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		swarmWait(t, ctx, sb, "both addresses dialled, one session", func() bool {
-			n1, _ := d.count(one)
-			n2, _ := d.count(two)
-			nb, rb := sessionCounts(sb)
-			na, ra := sessionCounts(sa)
-			sb.mu.Lock()
-			known := sb.targets[one].node == a.node && sb.targets[two].node == a.node
-			sb.mu.Unlock()
-			return n1 > 0 && n2 > 0 && known && nb == 1 && rb == 1 && na == 1 && ra == 1
-		})
+		waitTwoAddressesOneSession(t, ctx, sa, sb, d, a.node, one, two)
 		sb.Close()
 		sa.Close()
 		for side, n := range map[string]*sessionNews{"a": na, "b": nb} {
