@@ -306,26 +306,39 @@ func (fc *damagedFeedCheck) checkVerifyAgreesWithReads() {
 	}
 }
 
-// checkViewReads checks a view's reads: from entry 0 through the data file
-// alone, in batches that end before the feed does and at its end, each
-// entry the writer's value or ErrCorrupt, a batch ending early only at an
-// entry marked damaged.
+// checkViewReads checks a view's reads through the data file: from entry 0,
+// in batches that end before the feed does and at its end, and from later
+// entries (where a leaf says the first record lies) to the end of what is
+// held; each entry the writer's value or ErrCorrupt, a batch ending early
+// only at an entry marked damaged.
 func (fc *damagedFeedCheck) checkViewReads() {
 	t, sc, f := fc.t, fc.sc, fc.f
-	if fc.length == 0 || !f.HasRange(0, 1) {
+	if fc.length == 0 {
 		return
 	}
-	for _, end := range []uint64{1, (f.NextMissing(0) + 1) / 2, f.NextMissing(0)} {
-		vs, err := f.scanBatch(0, end, true)
+	type batch struct{ start, end uint64 }
+	var batches []batch
+	if f.HasRange(0, 1) {
+		for _, end := range []uint64{1, (f.NextMissing(0) + 1) / 2, f.NextMissing(0)} {
+			batches = append(batches, batch{0, end})
+		}
+	}
+	for _, start := range []uint64{1, fc.length / 2, fc.length - 1} {
+		if start > 0 && start < fc.length && f.HasRange(start, start+1) {
+			batches = append(batches, batch{start, f.NextMissing(start)})
+		}
+	}
+	for _, b := range batches {
+		vs, err := f.scanBatch(b.start, b.end, true)
 		if err != nil {
-			fc.checkValue("view read up to", end, nil, err)
-		} else if n := uint64(len(vs)); n != end && !f.isDamaged(n) {
+			fc.checkValue("view read up to", b.end, nil, err)
+		} else if n := b.start + uint64(len(vs)); n != b.end && !f.isDamaged(n) {
 			// Damage ends a view's batch early, at an entry
 			// marked damaged.
-			t.Fatalf("%s: view read of [0, %d) returned %d entries", sc.name, end, len(vs))
+			t.Fatalf("%s: view read of [%d, %d) returned %d entries", sc.name, b.start, b.end, len(vs))
 		}
-		for k, b := range vs {
-			fc.checkValue("view entry", uint64(k), blockValue(b), nil) // scanBatch returns blocks (format 4)
+		for k, v := range vs {
+			fc.checkValue("view entry", b.start+uint64(k), blockValue(v), nil) // scanBatch returns blocks (format 4)
 		}
 	}
 }
