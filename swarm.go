@@ -46,10 +46,13 @@ type SwarmOptions struct {
 	// is ended to let the new one in (see doc/PROTOCOL.md, §4, Time-outs).
 	MaxPeers int
 
-	// MaxHandshakes bounds the handshakes in flight (zero or less: the
-	// default, 16): an
-	// accepted connection waits for its turn, a dial too; while it waits,
-	// a handshake that has held its turn 2 s or more is ended for it.
+	// MaxHandshakes bounds the handshakes this side works on at once
+	// (zero or less: the default, 16). A handshake holds its turn only
+	// while it works, from when the peer's bytes arrive (or it starts)
+	// until it waits for the peer's next ones, not while the peer is
+	// silent: an accepted connection or a dial waits for a turn only
+	// while others work; while it waits, a handshake that has held its
+	// turn 2 s or more is ended for it.
 	MaxHandshakes int
 
 	// OnPeer, if set, is told when a session with a peer starts (State

@@ -48,7 +48,8 @@ type swarmSession struct {
 	err      error // why it ended
 	ended    time.Time
 	reported bool      // OnPeer was told it started, and will be told it ended
-	released bool      // its handshake token was given back
+	held     bool      // it holds a handshake token now (see tokenConn)
+	released bool      // its handshake is over: it takes no token again
 	tokenAt  time.Time // when it took its handshake token; zero while it holds none
 
 	evicted bool // ended for a newer connection (see handshakeGrace); under sw.mu
@@ -180,7 +181,12 @@ func (ss *swarmSession) takeToken(ctx context.Context) bool {
 		select {
 		case sw.hs <- struct{}{}:
 			ss.mu.Lock()
-			ss.tokenAt = time.Now()
+			if ss.released { // (ended meanwhile: see release)
+				ss.mu.Unlock()
+				<-sw.hs
+				return true
+			}
+			ss.held, ss.tokenAt = true, time.Now()
 			ss.mu.Unlock()
 			return true
 		case <-ctx.Done():
@@ -214,7 +220,7 @@ func (ss *swarmSession) run(conn net.Conn) error {
 			}
 		}
 		hooks := &sessionHooks{hello: ss.hello, changed: sw.notify}
-		err = sw.core.replicateWith(ctx, conn, !ss.inbound, &opts, hooks, func(s *session) { ss.s = s })
+		err = sw.core.replicateWith(ctx, &tokenConn{Conn: conn, ss: ss, ctx: ctx}, !ss.inbound, &opts, hooks, func(s *session) { ss.s = s })
 		ss.release()
 	} else {
 		conn.Close()
@@ -224,15 +230,61 @@ func (ss *swarmSession) run(conn net.Conn) error {
 	return err
 }
 
-// release gives back ss's handshake token, once.
+// release gives back ss's handshake token if it holds one, and ends its
+// handshake's use of tokens: it takes none again.
 func (ss *swarmSession) release() {
 	ss.mu.Lock()
-	r := ss.released
-	ss.released, ss.tokenAt = true, time.Time{}
+	held := ss.held
+	ss.released, ss.held, ss.tokenAt = true, false, time.Time{}
 	ss.mu.Unlock()
-	if !r {
+	if held {
 		<-ss.sw.hs
 	}
+}
+
+// putToken gives back ss's handshake token, if it holds one, while its
+// handshake waits for the peer.
+func (ss *swarmSession) putToken() {
+	ss.mu.Lock()
+	held := ss.held
+	ss.held, ss.tokenAt = false, time.Time{}
+	ss.mu.Unlock()
+	if held {
+		<-ss.sw.hs
+	}
+}
+
+// handshaking reports whether ss's handshake still takes tokens.
+func (ss *swarmSession) handshaking() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return !ss.released
+}
+
+// tokenConn is a swarm session's connection. Until the hellos went
+// through, a read gives the session's handshake token back while it waits
+// for the peer's bytes, and takes one again once they came: a token is held
+// only while this side works on the handshake (TLS's keys and signature,
+// the hellos' macs), never while the peer is silent. So connections that
+// send nothing, or stall inside their handshake, hold no token and keep no
+// honest peer's handshake waiting; MaxPeers and the grace of admit bound
+// how many of them stay.
+type tokenConn struct {
+	net.Conn
+	ss  *swarmSession
+	ctx context.Context
+}
+
+func (c *tokenConn) Read(p []byte) (int, error) {
+	if !c.ss.handshaking() {
+		return c.Conn.Read(p)
+	}
+	c.ss.putToken()
+	n, err := c.Conn.Read(p)
+	if err == nil && c.ss.handshaking() {
+		c.ss.takeToken(c.ctx) // (false: the session ends; the next read fails)
+	}
+	return n, err
 }
 
 // hello runs when both hellos of ss's session went through: the handshake
