@@ -194,17 +194,20 @@ func (e *env) parseNoArgs(c *command, fl *flag.FlagSet, args []string) error {
 
 var initCommand = &command{
 	name:    "init",
-	args:    "[-db DIR] [-key HEX] [-encoding json|utf-8|binary]",
+	args:    "[-db DIR] [-key HEX|-] [-encoding json|utf-8|binary]",
 	summary: "create a database, or join one with -key",
 	help: `
 Init creates a database in DIR, which must be new or empty. With -key it
 joins an existing database instead: the new one has the same shared key
 (printed by "kappa key" on a peer's database), so the two can replicate.
-The value encoding is fixed at creation: every appended value must be JSON,
-UTF-8 text, or any bytes (binary, the default).`,
+-key - reads the key from the first line of standard input instead, so
+that it is not in the command line, which other users of the machine can
+read (kappa key -db PEER | kappa init -key -). The value encoding is fixed
+at creation: every appended value must be JSON, UTF-8 text, or any bytes
+(binary, the default).`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
-		keyHex := fl.String("key", "", "join the database with this shared `HEX` key (64 hex digits)")
+		keyHex := fl.String("key", "", "join the database with this shared `HEX` key (64 hex digits; - reads it from standard input)")
 		encName := fl.String("encoding", "binary", "the value `ENCODING`: json, utf-8 or binary")
 		if err := e.parseNoArgs(c, fl, args); err != nil {
 			return err
@@ -217,6 +220,11 @@ UTF-8 text, or any bytes (binary, the default).`,
 		keySet := false // -key "" is a mistake, not "make a new key"
 		fl.Visit(func(f *flag.Flag) { keySet = keySet || f.Name == "key" })
 		if keySet {
+			if *keyHex == "-" {
+				if *keyHex, err = readKeyLine(e.stdin); err != nil {
+					return err
+				}
+			}
 			key, err = hex.DecodeString(*keyHex)
 			if err != nil || len(key) != 32 {
 				return usagef("-key wants the 32-byte shared key as 64 hex digits")
@@ -254,6 +262,19 @@ UTF-8 text, or any bytes (binary, the default).`,
 		fmt.Fprintf(e.stdout, "%s database %s (encoding %s)\nshared key: %x\n", verb, e.db, enc, core.SharedKey())
 		return core.Close()
 	},
+}
+
+// readKeyLine reads the shared key's line from r (standard input, for
+// init -key -): its first line, spaces around it dropped.
+func readKeyLine(r io.Reader) (string, error) {
+	line, err := bufio.NewReader(io.LimitReader(r, 1<<10)).ReadString('\n')
+	if err != nil && (err != io.EOF || line == "") {
+		if err == io.EOF {
+			return "", usagef("-key -: standard input is empty; want the shared key as 64 hex digits")
+		}
+		return "", fmt.Errorf("-key -: reading standard input: %w", err)
+	}
+	return strings.TrimSpace(line), nil
 }
 
 // key

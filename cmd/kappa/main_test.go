@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -859,5 +861,31 @@ func TestReadOnlyCommandsWarnOfATornTailNotCut(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(data); !bytes.Equal(after, before) {
 		t.Error("a read-only command changed the data file")
+	}
+}
+
+// init -key - reads the shared key from standard input, so that it is not
+// in the command line (which other users can read in /proc); an empty
+// standard input or a bad key is a usage error, and nothing is created.
+func TestInitReadsTheKeyFromStandardInput(t *testing.T) {
+	dir := t.TempDir()
+	a := newDB(t, dir, "a")
+	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
+	b := filepath.Join(dir, "b")
+	if r := kappaRun(t, dir, "  "+key+"  \nmore\n", "init", "-db", b, "-key", "-"); r.code != 0 || !strings.Contains(r.stdout, "joined") {
+		t.Fatalf("init -key -: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if got := strings.TrimSpace(mustRun(t, dir, "key", "-db", b)); got != key {
+		t.Fatalf("b's key %s, want a's %s", got, key)
+	}
+	for name, stdin := range map[string]string{"empty": "", "bad": "zz\n", "short": key[:10] + "\n"} {
+		c := filepath.Join(dir, "c-"+name)
+		r := kappaRun(t, dir, stdin, "init", "-db", c, "-key", "-")
+		if r.code != 2 || !strings.Contains(r.stderr, "64 hex digits") {
+			t.Errorf("%s standard input: exit %d, stderr %q; want 2 and a word on the key", name, r.code, r.stderr)
+		}
+		if _, err := os.Stat(c); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s standard input: %s was created (%v)", name, c, err)
+		}
 	}
 }
