@@ -445,7 +445,8 @@ var feedsCommand = &command{
 	help: `
 Feeds lists every feed: its public key, the local writer's name (or "-" for
 a feed replicated from a peer), its length, the entries held here (a replica
-may lack some), the bytes of its entries, and whether it is writable here;
+may lack some), the bytes of its blocks (values and causal contexts), and
+whether it is writable here;
 a forked feed (its writer's key signed two histories) is marked "forked".`,
 	run: func(e *env, c *command, args []string) error {
 		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
@@ -488,8 +489,8 @@ var statCommand = &command{
 	summary:  "count feeds, entries and bytes on disk",
 	help: `
 Stat prints the database's encoding, its feeds (local writers and
-replicas), their entries and the bytes of their values, and the bytes its
-files take on disk.`,
+replicas), their entries and the bytes of their blocks (values and causal
+contexts), and the bytes its files take on disk.`,
 	run: func(e *env, c *command, args []string) error {
 		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
 			return err

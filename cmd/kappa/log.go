@@ -57,6 +57,11 @@ waits for the ones before it.`,
 		if *peer != "" && !*follow {
 			return usagef("-peer goes with -follow")
 		}
+		if *peer != "" {
+			if err := (&peerList{}).Set(*peer); err != nil {
+				return usagef("-peer: %v", err)
+			}
+		}
 		if *peer != "" && e.served != nil {
 			return fmt.Errorf("-peer: the database is being served by process %d, which replicates it: "+
 				"run log -follow without -peer, or give serve -peer %s", os.Getpid(), *peer)
@@ -96,7 +101,7 @@ waits for the ones before it.`,
 			if p.damaged == 1 {
 				first = ""
 			}
-			err = fmt.Errorf("%d damaged %s skipped, %s%s (kappa verify lists every damaged entry)",
+			err = fmt.Errorf("%d damaged %s skipped, %s%s (kappa verify lists them)",
 				p.damaged, plural(p.damaged, "entry", "entries"), first, p.firstDamage)
 		}
 		if err != nil {
@@ -142,6 +147,30 @@ func (p *logPrinter) skipMarked(f *kappa.Feed) {
 		if d.Entry && bytes.Equal(d.Key, f.Key()) && !p.skipped[fmt.Sprintf("%x/%d", f.Key(), d.Seq)] {
 			p.skip(f)(d.Seq, d.Err)
 		}
+	}
+}
+
+// pastDamaged returns the first entry of f at or after seq that is not
+// marked damaged, counting those it passes as skipped (as skipMarked does).
+// A marked entry reads as not held, and the entries of a feed are followed
+// in order, up to the first not held: without this, follow would stop at
+// a damaged entry for good, printing none of the feed's later entries.
+func (p *logPrinter) pastDamaged(f *kappa.Feed, seq uint64) uint64 {
+	marked := map[uint64]error{}
+	for _, d := range p.core.Damaged() {
+		if d.Entry && bytes.Equal(d.Key, f.Key()) {
+			marked[d.Seq] = d.Err
+		}
+	}
+	for {
+		err, ok := marked[seq]
+		if !ok || f.Has(seq) {
+			return seq
+		}
+		if !p.skipped[fmt.Sprintf("%x/%d", f.Key(), seq)] {
+			p.skip(f)(seq, err)
+		}
+		seq++
 	}
 }
 
@@ -263,12 +292,22 @@ func (p *logPrinter) follow(ctx context.Context, peer string) error {
 				next[f] = 0
 				cancels = append(cancels, f.Subscribe(wake))
 			}
-			start := next[f]
-			end := f.NextMissing(start)
-			if err := readEntries(ctx, f, start, end, p.printer(f), p.skip(f)); err != nil {
-				return readError(p.core, f, err)
+			// Up to the first entry not held; past the damaged ones.
+			for start := next[f]; ; {
+				end := f.NextMissing(start)
+				if end == start && start < f.Len() {
+					end = p.pastDamaged(f, start)
+					if end == start {
+						break // not held: followed once it is
+					}
+				} else if err := readEntries(ctx, f, start, end, p.printer(f), p.skip(f)); err != nil {
+					return readError(p.core, f, err)
+				}
+				if end == start {
+					break
+				}
+				start, next[f] = end, end
 			}
-			next[f] = end
 		}
 		if err := p.w.Flush(); err != nil {
 			return err
@@ -287,7 +326,7 @@ func (p *logPrinter) follow(ctx context.Context, peer string) error {
 func readError(core *kappa.Core, f *kappa.Feed, err error) error {
 	var ce *kappa.CorruptError
 	if errors.As(err, &ce) {
-		return fmt.Errorf("%s: %s (kappa verify lists every damaged entry)", feedName(core, f), where(core, err))
+		return fmt.Errorf("%s: %s (kappa verify lists the damaged entries)", feedName(core, f), where(core, err))
 	}
 	return fmt.Errorf("%s: %w", feedName(core, f), err)
 }

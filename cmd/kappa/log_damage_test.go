@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,4 +46,37 @@ func TestLogSkipsADamagedEntryAndPrintsTheRest(t *testing.T) {
 	if !strings.Contains(r.stderr, want) {
 		t.Fatalf("log's stderr lacks %q:\n%s", want, r.stderr)
 	}
+}
+
+// log -follow inside a serve, where a read before it marked an entry
+// damaged (a marked entry reads as not held), goes on past that entry:
+// it prints the feed's later entries and new appends, and exits 1 on the
+// interrupt, as log does over damage. (It stopped at the entry for good.)
+func TestFollowGoesPastAMarkedDamagedEntry(t *testing.T) {
+	dir := t.TempDir()
+	db := newDB(t, dir, "db")
+	mustRun(t, dir, "append", "-db", db, "v000", "v001", "v002", "v003")
+	data := filepath.Join(db, "feeds", "0", "data")
+	flipBit(t, data, 16+13+5, 0) // entry 1's value (records of 13 bytes)
+	srv, _ := serve(t, dir, db)
+	if r := kappaRun(t, dir, "", "log", "-db", db); r.code != 1 || strings.Contains(r.stdout, "v001") {
+		t.Fatalf("log inside the serve: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	follow := start(t, dir, "log", "-follow", "-db", db)
+	follow.waitLine("v003")
+	mustRun(t, dir, "append", "-db", db, "v004")
+	follow.waitLine("v004")
+	if err := follow.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	for line := range follow.lines {
+		if strings.Contains(line, "v001") {
+			t.Fatalf("follow printed the damaged entry: %q", line)
+		}
+	}
+	var ee *exec.ExitError
+	if err := follow.cmd.Wait(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("follow after SIGINT: %v, want exit status 1 for the skipped entry", err)
+	}
+	srv.interrupt()
 }
