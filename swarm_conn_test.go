@@ -578,17 +578,12 @@ func TestSwarmStalledHandshakesHoldNoTurn(t *testing.T) {
 		t.Run(stall, func(t *testing.T) {
 			ctx := swarmCtx(t)
 			a := newCore(t, nil)
-			var mu sync.Mutex
-			ends := map[string]error{}
+			var ends sessionEnds
 			sa, err := a.Swarm(&SwarmOptions{
 				Listen:        "127.0.0.1:0",
 				MaxHandshakes: 2,
 				Replicate:     &ReplicateOptions{Timeout: time.Hour}, // no handshake times out here
-				onSessionEnd: func(addr string, err error) {
-					mu.Lock()
-					ends[addr] = err
-					mu.Unlock()
-				},
+				onSessionEnd:  ends.record,
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -630,15 +625,37 @@ func TestSwarmStalledHandshakesHoldNoTurn(t *testing.T) {
 			}
 			defer sb.Close()
 			swarmWait(t, ctx, sa, "a holds b's entries", func() bool { return holds(a, wb, 3) })
-			mu.Lock()
-			defer mu.Unlock()
 			for _, c := range stalled {
-				if err, ok := ends[c.LocalAddr().String()]; ok {
+				if err, ok := ends.get(c.LocalAddr().String()); ok {
 					t.Errorf("a stalled connection was ended (%v) for the honest peer, which needed no turn of its", err)
 				}
 			}
 		})
 	}
+}
+
+// sessionEnds records why each session of a swarm ended, by address (an
+// onSessionEnd).
+type sessionEnds struct {
+	mu sync.Mutex
+	m  map[string]error
+}
+
+func (e *sessionEnds) record(addr string, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.m == nil {
+		e.m = map[string]error{}
+	}
+	e.m[addr] = err
+}
+
+// get returns why the session at addr ended, if it did.
+func (e *sessionEnds) get(addr string) (error, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	err, ok := e.m[addr]
+	return err, ok
 }
 
 // tlsClientHello returns the first flight of a TLS 1.3 client: its

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"net"
-	"sync"
 	"testing"
 	"time"
 )
@@ -17,19 +16,10 @@ func TestSwarmServesHonestPeersWhileAnAuthenticatedPeerStalls(t *testing.T) {
 	a := newCore(t, nil)
 	wa, _ := a.Writer("a")
 	swarmAppend(t, wa, "a", 5)
-	var mu sync.Mutex
-	ends := map[string]error{}
+	var ends sessionEnds
 	// Every node pings often enough for the short timeout.
 	rep := &ReplicateOptions{Timeout: 5 * time.Second, KeepAlive: 500 * time.Millisecond}
-	sa, err := a.Swarm(&SwarmOptions{
-		Listen:    "127.0.0.1:0",
-		Replicate: rep,
-		onSessionEnd: func(addr string, err error) {
-			mu.Lock()
-			ends[addr] = err
-			mu.Unlock()
-		},
-	})
+	sa, err := a.Swarm(&SwarmOptions{Listen: "127.0.0.1:0", Replicate: rep, onSessionEnd: ends.record})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,19 +67,15 @@ func TestSwarmServesHonestPeersWhileAnAuthenticatedPeerStalls(t *testing.T) {
 	if !holds(b, wa, 5) {
 		t.Fatal("b lacks a's entries")
 	}
-	mu.Lock()
-	_, stallEnded := ends[stallAddr]
-	mu.Unlock()
+	_, stallEnded := ends.get(stallAddr)
 	if stallEnded {
 		t.Fatal("the staller's session ended before the honest peer synced: the test proves nothing (a very slow machine?)")
 	}
 	// The staller's session ends by the timeout; b's goes on.
 	var stallErr error
 	swarmWait(t, ctx, sa, "the staller's session ended", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
 		var ok bool
-		stallErr, ok = ends[stallAddr]
+		stallErr, ok = ends.get(stallAddr)
 		return ok
 	})
 	if !errors.Is(stallErr, ErrTimeout) {
