@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -308,9 +309,11 @@ func (cs *controlServer) handle(conn net.Conn) {
 	ctx, cancel := context.WithCancel(cs.ctx)
 	defer cancel()
 	in := &remoteStdin{fw: fw, ctx: ctx, ch: make(chan []byte)}
+	var clientEnded atomic.Bool // interrupted, or hung up
 	go func() {
 		// The client's input and interrupt; a hang-up ends the command.
 		defer cancel()
+		defer clientEnded.Store(true)
 		for {
 			typ, payload, err := readFrame(br)
 			if err != nil {
@@ -337,6 +340,11 @@ func (cs *controlServer) handle(conn net.Conn) {
 		fmt.Fprintln(e.stderr, errorLine(err))
 	} else {
 		code = runForClient(e, args)
+	}
+	if cs.ctx.Err() != nil && !clientEnded.Load() {
+		// The serve's stop ended the command, as an interrupt would
+		// (a follow exits 0), not its user: say so.
+		fmt.Fprintf(e.stderr, "kappa: the serve (process %d) stopped, and ended the command\n", os.Getpid())
 	}
 	fw.write(frameExit, []byte{byte(code)})
 }

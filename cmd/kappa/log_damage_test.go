@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -79,4 +80,34 @@ func TestFollowGoesPastAMarkedDamagedEntry(t *testing.T) {
 		t.Fatalf("follow after SIGINT: %v, want exit status 1 for the skipped entry", err)
 	}
 	srv.interrupt()
+}
+
+// A serve that stops ends the commands running inside it as an interrupt
+// would, and says so: log -follow exits 0, with a line on standard error
+// naming the serve, so that its user can tell it from their own interrupt.
+func TestFollowSaysTheServeStopped(t *testing.T) {
+	dir := t.TempDir()
+	db := newDB(t, dir, "db")
+	mustRun(t, dir, "append", "-db", db, "one")
+	srv, _ := serve(t, dir, db)
+	cmd := kappaCmd(t, ctxT(t), dir, "log", "-follow", "-db", db)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	if !sc.Scan() || !strings.Contains(sc.Text(), "one") {
+		t.Fatalf("follow printed %q first, want the entry", sc.Text())
+	}
+	srv.interrupt()
+	for sc.Scan() {
+	}
+	if err := cmd.Wait(); err != nil || !strings.Contains(stderr.String(), "stopped, and ended the command") {
+		t.Fatalf("follow after its serve stopped: %v, stderr %q; want exit 0 and a line saying so", err, stderr.String())
+	}
 }

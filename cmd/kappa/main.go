@@ -113,8 +113,13 @@ var commands = []*command{
 // that run until interrupted and then shut down in order (serve, sync,
 // log -follow, demo). The first signal ends the context; a second one
 // kills the process as usual. Other commands leave the signals alone: what
-// they write is durable or not, whenever they are stopped.
+// they write is durable or not, whenever they are stopped. A command run
+// inside a serve leaves them to the serve: its client's interrupt, and the
+// serve's stop, end e.ctx.
 func (e *env) untilInterrupted() (context.Context, context.CancelFunc) {
+	if e.served != nil {
+		return context.WithCancel(e.ctx)
+	}
 	ctx, stop := signal.NotifyContext(e.ctx, os.Interrupt, syscall.SIGTERM)
 	context.AfterFunc(ctx, stop)
 	return ctx, stop

@@ -146,7 +146,8 @@ func TestFollowThroughServeShowsAnotherProcessAppend(t *testing.T) {
 		t.Errorf("follow printed more: %q", rest)
 	}
 
-	// A serve that stops ends the follows it runs, with status 0.
+	// A serve that stops ends the follows it runs, with status 0 (see
+	// TestFollowSaysTheServeStopped for what it says).
 	stays := start(t, dir, "log", "-follow", "-db", db)
 	stays.waitLine("later")
 	srv.interrupt()
