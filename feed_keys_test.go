@@ -85,11 +85,7 @@ func TestVerifyFindsAWriterKeyOfAnotherSeed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := c.Writer("w")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Append([]byte("a")); err != nil {
+	if _, err := mustWriter(t, c, "w").Append([]byte("a")); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Close(); err != nil {
@@ -124,10 +120,7 @@ func TestVerifyFindsAWriterKeyOfAnotherSeed(t *testing.T) {
 	if st.Problems != 1 || len(found) != 1 || !errors.As(found[0].Err, &ce) || ce.File != "feeds/0/key" || found[0].Name != "w" {
 		t.Fatalf("verify: %d problems, %v; want one, the key file of writer w", st.Problems, found)
 	}
-	w, err = c.Writer("w")
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := mustWriter(t, c, "w")
 	if _, err := w.Append([]byte("b")); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("append: %v, want ErrCorrupt", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -49,10 +50,13 @@ type swarmSession struct {
 	ended    time.Time
 	reported bool      // OnPeer was told it started, and will be told it ended
 	held     bool      // it holds a handshake token now (see tokenConn)
-	released bool      // its handshake is over: it takes no token again
 	tokenAt  time.Time // when it took its handshake token; zero while it holds none
 
 	evicted bool // ended for a newer connection (see handshakeGrace); under sw.mu
+
+	// released: its handshake is over, and it takes no token again. Set
+	// under mu, with held; read without it by every read of tokenConn.
+	released atomic.Bool
 }
 
 // acceptLoop accepts peers until the swarm closes. A connection past
@@ -181,7 +185,7 @@ func (ss *swarmSession) takeToken(ctx context.Context) bool {
 		select {
 		case sw.hs <- struct{}{}:
 			ss.mu.Lock()
-			if ss.released { // (ended meanwhile: see release)
+			if ss.released.Load() { // (ended meanwhile: see release)
 				ss.mu.Unlock()
 				<-sw.hs
 				return true
@@ -235,7 +239,8 @@ func (ss *swarmSession) run(conn net.Conn) error {
 func (ss *swarmSession) release() {
 	ss.mu.Lock()
 	held := ss.held
-	ss.released, ss.held, ss.tokenAt = true, false, time.Time{}
+	ss.released.Store(true)
+	ss.held, ss.tokenAt = false, time.Time{}
 	ss.mu.Unlock()
 	if held {
 		<-ss.sw.hs
@@ -255,11 +260,7 @@ func (ss *swarmSession) putToken() {
 }
 
 // handshaking reports whether ss's handshake still takes tokens.
-func (ss *swarmSession) handshaking() bool {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return !ss.released
-}
+func (ss *swarmSession) handshaking() bool { return !ss.released.Load() }
 
 // tokenConn is a swarm session's connection. Until the hellos went
 // through, a read gives the session's handshake token back while it waits

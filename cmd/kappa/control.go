@@ -313,10 +313,10 @@ func (cs *controlServer) handle(conn net.Conn) {
 	go func() {
 		// The client's input and interrupt; a hang-up ends the command.
 		defer cancel()
-		defer clientEnded.Store(true)
 		for {
 			typ, payload, err := readFrame(br)
 			if err != nil {
+				clientEnded.Store(true)
 				return
 			}
 			switch typ {
@@ -330,6 +330,7 @@ func (cs *controlServer) handle(conn net.Conn) {
 					return
 				}
 			case frameInterrupt:
+				clientEnded.Store(true)
 				return
 			}
 		}

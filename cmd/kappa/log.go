@@ -293,20 +293,16 @@ func (p *logPrinter) follow(ctx context.Context, peer string) error {
 				cancels = append(cancels, f.Subscribe(wake))
 			}
 			// Up to the first entry not held; past the damaged ones.
-			for start := next[f]; ; {
+			for start := next[f]; start < f.Len(); start = next[f] {
 				end := f.NextMissing(start)
-				if end == start && start < f.Len() {
-					end = p.pastDamaged(f, start)
-					if end == start {
+				if end == start {
+					if end = p.pastDamaged(f, start); end == start {
 						break // not held: followed once it is
 					}
 				} else if err := readEntries(ctx, f, start, end, p.printer(f), p.skip(f)); err != nil {
 					return readError(p.core, f, err)
 				}
-				if end == start {
-					break
-				}
-				start, next[f] = end, end
+				next[f] = end
 			}
 		}
 		if err := p.w.Flush(); err != nil {

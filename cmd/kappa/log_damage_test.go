@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -90,24 +89,12 @@ func TestFollowSaysTheServeStopped(t *testing.T) {
 	db := newDB(t, dir, "db")
 	mustRun(t, dir, "append", "-db", db, "one")
 	srv, _ := serve(t, dir, db)
-	cmd := kappaCmd(t, ctxT(t), dir, "log", "-follow", "-db", db)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stdout)
-	if !sc.Scan() || !strings.Contains(sc.Text(), "one") {
-		t.Fatalf("follow printed %q first, want the entry", sc.Text())
-	}
+	follow := start(t, dir, "log", "-follow", "-db", db)
+	follow.waitLine("one")
 	srv.interrupt()
-	for sc.Scan() {
+	for range follow.lines {
 	}
-	if err := cmd.Wait(); err != nil || !strings.Contains(stderr.String(), "stopped, and ended the command") {
-		t.Fatalf("follow after its serve stopped: %v, stderr %q; want exit 0 and a line saying so", err, stderr.String())
+	if err := follow.cmd.Wait(); err != nil || !strings.Contains(follow.stderr.String(), "stopped, and ended the command") {
+		t.Fatalf("follow after its serve stopped: %v, stderr %q; want exit 0 and a line saying so", err, follow.stderr.String())
 	}
 }

@@ -169,10 +169,11 @@ func newDB(t *testing.T, dir, name string, flags ...string) string {
 // process is a command running in the background, its standard output
 // read line by line.
 type process struct {
-	t     *testing.T
-	cmd   *exec.Cmd
-	lines chan string
-	ctx   context.Context
+	t      *testing.T
+	cmd    *exec.Cmd
+	lines  chan string
+	ctx    context.Context
+	stderr *bytes.Buffer // read it once the process ended
 }
 
 func start(t *testing.T, dir string, args ...string) *process {
@@ -183,12 +184,12 @@ func start(t *testing.T, dir string, args ...string) *process {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := new(bytes.Buffer)
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &process{t: t, cmd: cmd, lines: make(chan string, 1000), ctx: ctx}
+	p := &process{t: t, cmd: cmd, lines: make(chan string, 1000), ctx: ctx, stderr: stderr}
 	go func() {
 		defer close(p.lines)
 		sc := bufio.NewScanner(stdout)
