@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -387,9 +388,11 @@ func apiFixture(b *testing.B) string {
 // and 10 times JS kappa-core.
 func BenchmarkAPIAppendJSONBatch(b *testing.B) {
 	vals := apiValues(apiBatch)
-	for b.Loop() {
+	base := b.TempDir()
+	for i := 0; b.Loop(); i++ {
 		b.StopTimer()
-		c := apiOpen(b, b.TempDir(), false)
+		dir := filepath.Join(base, strconv.Itoa(i))
+		c := apiOpen(b, dir, false)
 		w, err := c.Writer("w")
 		if err != nil {
 			b.Fatal(err)
@@ -402,6 +405,11 @@ func BenchmarkAPIAppendJSONBatch(b *testing.B) {
 		}
 		b.StopTimer()
 		if err := c.Close(); err != nil {
+			b.Fatal(err)
+		}
+		// Removed at once, as the JS benchmark removes its directory:
+		// a run does not write beside the pages of all the runs before.
+		if err := os.RemoveAll(dir); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
