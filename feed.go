@@ -232,7 +232,7 @@ type writeScratch struct {
 
 	hasher         *leafHasher
 	hashers        []*leafHasher // one per group of a large append (see buildAppendWriteLocked)
-	ents           []buildEntry  // the entries of the append being built
+	offs, firsts   []uint64      // the entries and calls of the append being built
 	leaves         []storedNode  // their leaves
 	data, tree, ex []byte        // data and tree buffers
 	recent         recentNodes   // the writer's latest tree records

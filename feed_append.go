@@ -387,21 +387,27 @@ type appendBuild struct {
 // groups, a few per group.
 func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint64, roots []storedNode) (b appendBuild, ok bool) {
 	ws := f.scratchWriteLocked()
-	// Where each entry's block and record go: its block's prefix and
-	// value, and its offset in the feed's bytes.
-	ents := slices.Grow(ws.ents[:0], int(n))[:0]
-	off := byteLen
+	// Where each entry's block and record go: its offset in the feed's
+	// bytes, and the call it is from (firsts: the number of the first
+	// value of each call, then n). Entry k's block is its call's prefix,
+	// for the call's first value, and the value.
+	offs := slices.Grow(ws.offs[:0], int(n)+1)[:n+1]
+	firsts := slices.Grow(ws.firsts[:0], len(batch)+1)[:0]
+	off, k := byteLen, 0
 	for _, r := range batch {
+		firsts = append(firsts, uint64(k))
 		for i, v := range r.values {
-			prefix := noContext
+			offs[k] = off
+			off += uint64(len(noContext) + len(v))
 			if i == 0 && r.prefix != nil {
-				prefix = r.prefix
+				off += uint64(len(r.prefix) - len(noContext))
 			}
-			ents = append(ents, buildEntry{prefix: prefix, value: v, off: off, unchecked: r.unchecked})
-			off += uint64(len(prefix) + len(v))
+			k++
 		}
 	}
-	ws.ents = ents[:0]
+	offs[n] = off
+	firsts = append(firsts, n)
+	ws.offs, ws.firsts = offs[:0], firsts[:0]
 	data := slices.Grow(ws.data[:0], int(off-byteLen+n*dataFrame))[:off-byteLen+n*dataFrame]
 	ws.data = data[:0]
 
@@ -420,7 +426,7 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 	leaves := slices.Grow(ws.leaves[:0], int(n))[:n]
 	ws.leaves = leaves[:0]
 	g := groupBuild{
-		ents: ents, start: start, byteLen: byteLen, data: data, run: run, runStart: runStart, leaves: leaves,
+		batch: batch, firsts: firsts, offs: offs, start: start, byteLen: byteLen, data: data, run: run, runStart: runStart, leaves: leaves,
 		// Each leaf records the number of the signature record that will
 		// cover it; see checkTail.
 		ord: uint32((f.sigsEnd-headerSize)/sigRecordSize + 1),
@@ -505,21 +511,14 @@ const (
 // another core costs more than it saves.
 const minSharedBuild = 4 * subtreeLeaves
 
-// buildEntry is an entry of an append being built: its block, as its
-// prefix and value, its offset in the feed's bytes, and whether the value
-// is still to be checked.
-type buildEntry struct {
-	prefix, value []byte
-	off           uint64
-	unchecked     bool
-}
-
 // groupBuild is an append being built by groups (buildAppendWriteLocked):
-// its entries ents, from start (at byte byteLen), whose data records go in
+// the entries of the calls of batch, from start (at byte byteLen), whose data records go in
 // data and whose tree records go in run (from node runStart), and their
 // leaves (or a group's root, see build).
 type groupBuild struct {
-	ents      []buildEntry
+	batch     []*appendReq
+	firsts    []uint64 // the entry number of each call's first value, then n
+	offs      []uint64 // each entry's offset in the feed's bytes, then the end
 	start     uint64
 	byteLen   uint64
 	data, run []byte
@@ -541,22 +540,33 @@ func (g *groupBuild) build(h *leafHasher, from, to uint64) {
 	// and parents inside their groups, written here; the parents above
 	// their groups, written after; and parents not yet complete, zero.
 	clear(g.run[(2*(g.start+from)-g.runStart)*nodeSize : min(uint64(len(g.run)), (2*(g.start+to)-g.runStart)*nodeSize)])
+	// The call entry from is in: the last whose first value is at or
+	// before it.
+	j, _ := slices.BinarySearch(g.firsts, from+1)
+	j--
 	for k := from; k < to; k++ {
-		e := &g.ents[k]
-		if e.unchecked && g.enc.check(e.value) != nil {
+		for k >= g.firsts[j+1] {
+			j++
+		}
+		r := g.batch[j]
+		value, prefix := r.values[k-g.firsts[j]], noContext
+		if k == g.firsts[j] && r.prefix != nil {
+			prefix = r.prefix
+		}
+		if r.unchecked && g.enc.check(value) != nil {
 			g.failed.Store(true)
 			return
 		}
 		seq := g.start + k
-		at := (e.off - g.byteLen) + k*dataFrame
-		size := uint64(len(e.prefix) + len(e.value))
+		at := (g.offs[k] - g.byteLen) + k*dataFrame
+		size := g.offs[k+1] - g.offs[k]
 		rec := g.data[at : at+dataFrame+size]
 		binary.BigEndian.PutUint32(rec, uint32(size))
-		copy(rec[dataLenLen:], e.prefix)
-		copy(rec[dataLenLen+len(e.prefix):], e.value)
+		copy(rec[dataLenLen:], prefix)
+		copy(rec[dataLenLen+len(prefix):], value)
 		binary.BigEndian.PutUint32(rec[dataLenLen+size:], dataChecksum(seq, rec[:dataLenLen+size]))
 		// The leaf is over the block, as the record holds it.
-		leaf := storedNode{Node{Index: 2 * seq, Hash: h.sum(rec[dataLenLen : dataLenLen+size]), Size: size}, e.off}
+		leaf := storedNode{Node{Index: 2 * seq, Hash: h.sum(rec[dataLenLen : dataLenLen+size]), Size: size}, g.offs[k]}
 		encodeNodeOrd(g.run[(leaf.Index-g.runStart)*nodeSize:], &leaf, g.ord)
 		g.leaves[k] = leaf
 		if (seq+1)%subtreeLeaves == 0 && k+1 >= subtreeLeaves && k+1-subtreeLeaves >= from {
