@@ -267,6 +267,7 @@ type feedProgress struct {
 	gen   uint64
 
 	cwait *causalWait // causal: what the next entry waits on; guarded by Index.mu
+	waits []feedWait  // the Ready calls waiting for the feed; guarded by Index.mu
 }
 
 type span struct{ start, end uint64 }

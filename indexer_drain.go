@@ -176,7 +176,7 @@ func (d *drainer) pauseOrIdle(stop bool) bool {
 		return true // more work may have waited for the group
 	}
 	x.mu.Lock()
-	x.checkWaitersLocked("") // idle
+	x.checkAllWaitsLocked() // idle
 	x.changedLocked()
 	x.mu.Unlock()
 	return false
@@ -232,7 +232,7 @@ func (d *drainer) mapNext(b *batchRead) bool {
 		if len(d.group) == 0 {
 			x.endBatchesLocked()
 		}
-		x.checkWaitersLocked(b.p.key)
+		x.checkWaitsLocked(b.p)
 	}
 	full := len(d.group) >= x.groupLimitLocked() || d.groupBytes >= bytesAhead
 	x.mu.Unlock()

@@ -71,7 +71,7 @@ func (x *Index) commit(group []*mappedBatch) error {
 	}
 	for _, p := range feeds {
 		p.saved = p.spans
-		x.checkWaitersLocked(p.key)
+		x.checkWaitsLocked(p)
 	}
 	// In the same step as the waiters are released: a Ready that
 	// returned is followed by a Status without a batch in flight.

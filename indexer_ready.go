@@ -17,19 +17,48 @@ func (x *Index) Ready(ctx context.Context) error {
 		return err
 	}
 	present := presentNow(x.host.Feeds())
-	w := &readyWaiter{pending: make(map[string][]span, len(present)), done: make(chan struct{})}
-	for _, t := range present {
-		w.pending[t.key] = t.spans
-	}
+	w := &readyWaiter{done: make(chan struct{})}
 	x.mu.Lock()
 	x.waiters = append(x.waiters, w)
-	if x.loaded {
-		x.checkWaiterLocked(w, "")
+	for i, t := range present {
+		if len(t.spans) == 0 {
+			continue
+		}
+		// The view's feeds are in the host's order, as presentNow's.
+		var p *feedProgress
+		if i < len(x.feeds) && x.feeds[i].feed == t.feed {
+			p = x.feeds[i]
+		} else {
+			p = x.byKey[string(t.feed.Key())]
+		}
+		switch {
+		case p == nil:
+			// A feed the view is not told of yet: its wait moves to
+			// its progress when it is (see addFeeds).
+			if w.unmatched == nil {
+				w.unmatched = make(map[string][]span)
+			}
+			w.unmatched[string(t.feed.Key())] = t.spans
+		case x.loaded && x.readyForLocked(p, t.spans):
+			continue
+		default:
+			w.waitLocked(p, t.spans)
+			continue
+		}
+		w.left++
+	}
+	if w.left == 0 && x.loaded {
+		w.releaseLocked()
 	}
 	x.mu.Unlock()
 	defer func() {
 		x.mu.Lock()
 		x.waiters = slices.DeleteFunc(x.waiters, func(v *readyWaiter) bool { return v == w })
+		if !w.released {
+			for _, p := range w.on {
+				p.waits = slices.DeleteFunc(p.waits, func(fw feedWait) bool { return fw.w == w })
+			}
+		}
 		x.mu.Unlock()
 	}()
 	for {
@@ -57,75 +86,127 @@ func (x *Index) Ready(ctx context.Context) error {
 	}
 }
 
-// readyWaiter is a Ready call: the ranges, per feed, still to be indexed.
+// readyWaiter is a Ready call: the number of feeds it still waits for,
+// each in a feedWait on the feed's progress (on lists them), or in
+// unmatched, by key, for a feed the view is not told of yet.
 type readyWaiter struct {
-	pending  map[string][]span
-	done     chan struct{} // closed when pending is empty
-	released bool
+	left      int
+	on        []*feedProgress
+	unmatched map[string][]span
+	done      chan struct{} // closed when left is 0
+	released  bool
 }
 
-// checkWaiterLocked drops from w what is now indexed, for one feed key or,
-// with "", for all; a waiter with nothing left is released.
-func (x *Index) checkWaiterLocked(w *readyWaiter, key string) {
-	if w.released {
-		return
-	}
-	check := func(k string, spans []span) {
-		p := x.byKey[k]
-		if p == nil {
-			return
-		}
-		if x.causal {
-			if x.causalReadyLocked(p, spans) {
-				delete(w.pending, k)
-			}
-			return
-		}
-		if !p.broken {
-			// Entries found damaged are holes: Ready does not wait
-			// for them.
-			for _, s := range p.feed.withoutDamaged(spans) {
-				if !p.covers(s) {
-					return
-				}
-			}
-		}
-		delete(w.pending, k)
-	}
-	if key != "" {
-		if spans, ok := w.pending[key]; ok {
-			check(key, spans)
-		}
-	} else {
-		for k, spans := range w.pending {
-			check(k, spans)
-		}
-	}
-	if len(w.pending) == 0 {
-		w.released = true
-		close(w.done)
-	}
+// feedWait is a Ready call's wait for one feed: the ranges of its entries
+// still to be indexed. A feed's progress holds the waits on it (waits), so
+// that what a batch of the feed indexed is checked against them alone.
+type feedWait struct {
+	w     *readyWaiter
+	spans []span
 }
 
-func (x *Index) checkWaitersLocked(key string) {
+// waitLocked adds w's wait for spans of p's feed to p, and counts it.
+func (w *readyWaiter) waitLocked(p *feedProgress, spans []span) {
+	p.waits = append(p.waits, feedWait{w, spans})
+	w.on = append(w.on, p)
+	w.left++
+}
+
+// releaseLocked ends the wait of w: its Ready returns.
+func (w *readyWaiter) releaseLocked() {
+	w.released = true
+	close(w.done)
+}
+
+// readyForLocked reports whether the view has indexed what Ready waits for
+// of p's feed: the ranges spans, but for the entries found damaged, which
+// are holes, or none if the feed broke. For a causal view, see
+// causalReadyLocked.
+func (x *Index) readyForLocked(p *feedProgress, spans []span) bool {
+	if x.causal {
+		return x.causalReadyLocked(p, spans)
+	}
+	if p.broken {
+		return true
+	}
+	covered := true
+	for _, s := range spans {
+		if !p.covers(s) {
+			covered = false
+			break
+		}
+	}
+	if covered {
+		return true
+	}
+	for _, s := range p.feed.withoutDamaged(spans) {
+		if !p.covers(s) {
+			return false
+		}
+	}
+	return true
+}
+
+// checkWaitsLocked drops the waits on p for which p is now indexed far
+// enough, releasing each waiter with nothing left.
+func (x *Index) checkWaitsLocked(p *feedProgress) {
+	kept := p.waits[:0]
+	for _, fw := range p.waits {
+		if !x.readyForLocked(p, fw.spans) {
+			kept = append(kept, fw)
+			continue
+		}
+		if fw.w.left--; fw.w.left == 0 {
+			fw.w.releaseLocked()
+		}
+	}
+	clear(p.waits[len(kept):])
+	p.waits = kept
+}
+
+// checkAllWaitsLocked checks the waits of every waiter: when the view is
+// idle, as a feed found damaged or broken may leave nothing to index. A
+// waiter that came before the view loaded its progress is released here
+// if it waits for nothing.
+func (x *Index) checkAllWaitsLocked() {
 	for _, w := range x.waiters {
-		x.checkWaiterLocked(w, key)
+		for _, p := range w.on {
+			if len(p.waits) > 0 {
+				x.checkWaitsLocked(p)
+			}
+		}
+		if w.left == 0 && !w.released {
+			w.releaseLocked()
+		}
+	}
+}
+
+// matchWaitsLocked moves the waits for p's feed made before the view was
+// told of it onto p.
+func (x *Index) matchWaitsLocked(p *feedProgress) {
+	for _, w := range x.waiters {
+		if spans, ok := w.unmatched[p.key]; ok {
+			delete(w.unmatched, p.key)
+			w.left--
+			w.waitLocked(p, spans)
+		}
+	}
+	if x.loaded && len(p.waits) > 0 {
+		x.checkWaitsLocked(p)
 	}
 }
 
 type feedTarget struct {
-	key   string
+	feed  *Feed
 	spans []span
 }
 
-// presentNow lists, per feed, the ranges of entries present now.
+// presentNow lists, per feed, the ranges of entries present now; a feed
+// without any has an empty list.
 func presentNow(feeds []*Feed) []feedTarget {
-	out := make([]feedTarget, 0, len(feeds))
-	for _, f := range feeds {
-		t := feedTarget{key: string(f.Key()), spans: f.presentSpans(math.MaxUint64)}
-		if len(t.spans) > 0 {
-			out = append(out, t)
-		}
+	out := make([]feedTarget, len(feeds))
+	for i, f := range feeds {
+		out[i] = feedTarget{feed: f, spans: f.presentSpans(math.MaxUint64)}
 	}
 	return out
 }

@@ -167,6 +167,9 @@ func (x *Index) addFeeds(feeds []*Feed) {
 		p.cancel = f.subscribeFunc(func() { x.queue(p, true) })
 		x.feeds = append(x.feeds, p)
 		x.byKey[key] = p
+		if len(x.waiters) > 0 {
+			x.matchWaitsLocked(p)
+		}
 		if p.n < f.Downloaded() {
 			x.queue(p, false)
 			work = true

@@ -702,6 +702,46 @@ func TestReadyUnderSteadyAppends(t *testing.T) {
 	}
 }
 
+// A Ready that its context ends takes back what it waits for: the view
+// keeps no wait of it, and goes on to serve the next Ready.
+func TestReadyEndedByItsContextLeavesNoWait(t *testing.T) {
+	c := newCore(t, &Options{NoSync: true})
+	w := mustWriter(t, c, "w")
+	mustAppend(t, w, "a", "b", "c")
+	entered, gate := make(chan struct{}), make(chan struct{})
+	var mapped atomic.Int64
+	x := mustUse(t, c, "v", 1, viewFunc(func(es []Entry) error {
+		if mapped.Load() == 0 {
+			close(entered)
+		}
+		<-gate
+		mapped.Add(int64(len(es)))
+		return nil
+	}))
+	<-entered // the view has the feed, and maps its batch
+	for range 3 {
+		ctx, cancel := context.WithCancel(ctxT(t))
+		cancel()
+		if err := x.Ready(ctx); !errors.Is(err, context.Canceled) {
+			t.Fatalf("ready with its context ended: %v", err)
+		}
+	}
+	x.mu.Lock()
+	for _, p := range x.feeds {
+		if len(p.waits) > 0 {
+			t.Errorf("feed %x: %d waits left by ended Ready calls", p.feed.Key()[:4], len(p.waits))
+		}
+	}
+	x.mu.Unlock()
+	close(gate)
+	if err := x.Ready(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if n := mapped.Load(); n != 3 {
+		t.Fatalf("mapped %d entries, want 3", n)
+	}
+}
+
 // headsView is multifeed-index's kv test view: each entry names a key and
 // the entries it replaces; the heads of a key are the entries nothing
 // replaced yet.
