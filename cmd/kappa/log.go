@@ -11,7 +11,8 @@ import (
 	"io"
 	"os"
 	"strconv"
-	"sync/atomic"
+	"sync"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -41,7 +42,9 @@ a "kappa serve" runs on the database, log runs inside it (see kappa serve
 adds. Otherwise the database is locked while log runs, so new entries
 come from replication: -peer ADDR keeps a live session with "kappa serve"
 at ADDR meanwhile, dialling it again, with backoff, whenever the session
-ends; a line on standard error says when the peer goes and comes back.
+ends; a line on standard error says when the peer goes and comes back,
+and why a dial failed (the peer refused this database's key, or could
+not be reached), once for each new reason.
 -peer is refused when the database is being served: the serve replicates
 it (serve -peer ADDR). A replica's entries are printed in order: an entry
 waits for the ones before it.`,
@@ -244,6 +247,70 @@ func (p *logPrinter) text(value []byte) string {
 	return strconv.Quote(string(value))
 }
 
+// followPeer starts follow's swarm of one peer. A line on standard error
+// says when a session starts and ends, and when a dial fails (refused, or
+// the peer cannot be reached), once for each new reason: the swarm tells
+// of sessions as they go, and its status, looked at every second, of
+// dials that failed.
+func (p *logPrinter) followPeer(ctx context.Context, peer string) (*kappa.Swarm, error) {
+	lines := &lineWriter{w: p.stderr}
+	var mu sync.Mutex
+	sessions := 0 // started and not ended: a replaced one ends while the peer stays
+	said := ""    // the last reason printed
+	sw, err := p.core.Swarm(&kappa.SwarmOptions{Peers: []string{peer}, OnPeer: func(ps kappa.PeerStatus) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ps.State == kappa.PeerSyncing {
+			if sessions++; sessions == 1 {
+				lines.printf("kappa: peer %s connected", peer)
+			}
+			said = ""
+			return
+		}
+		sessions--
+		switch {
+		case sessions > 0:
+		case ctx.Err() != nil:
+		case ps.Err == nil:
+			lines.printf("kappa: peer %s said goodbye; dialling it again", peer)
+		default:
+			said = cleanMsg(ps.Err)
+			lines.printf("kappa: peer %s gone: %s; dialling it again", peer, said)
+		}
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("peer %s: %w", peer, err)
+	}
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			for _, ps := range sw.Peers() {
+				if ps.Source != "static" || ps.Err == nil || (ps.State != kappa.PeerBackingOff && ps.State != kappa.PeerFailed) {
+					continue
+				}
+				msg := cleanMsg(ps.Err)
+				mu.Lock()
+				if sessions == 0 && msg != said && ctx.Err() == nil {
+					said = msg
+					again := "dialling it again"
+					if wait := time.Until(ps.Retry).Round(time.Second); wait > 0 {
+						again += " in " + wait.String()
+					}
+					lines.printf("kappa: peer %s: %s; %s", peer, msg, again)
+				}
+				mu.Unlock()
+			}
+		}
+	}()
+	return sw, nil
+}
+
 // follow prints the entries of every feed, then new ones as they arrive,
 // until ctx ends. With peer set it also replicates live with peer, in a
 // swarm of that one peer: a session that ends is dialled again, with
@@ -252,28 +319,9 @@ func (p *logPrinter) follow(ctx context.Context, peer string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if peer != "" {
-		lines := &lineWriter{w: p.stderr}
-		// Sessions started and not ended: one that a newer session with
-		// the same node replaced ends while the peer stays connected.
-		var sessions atomic.Int32
-		sw, err := p.core.Swarm(&kappa.SwarmOptions{Peers: []string{peer}, OnPeer: func(ps kappa.PeerStatus) {
-			if ps.State == kappa.PeerSyncing {
-				if sessions.Add(1) == 1 {
-					lines.printf("kappa: peer %s connected", peer)
-				}
-				return
-			}
-			switch {
-			case sessions.Add(-1) > 0:
-			case ctx.Err() != nil:
-			case ps.Err == nil:
-				lines.printf("kappa: peer %s said goodbye; dialling it again", peer)
-			default:
-				lines.printf("kappa: peer %s gone: %s; dialling it again", peer, cleanMsg(ps.Err))
-			}
-		}})
+		sw, err := p.followPeer(ctx, peer)
 		if err != nil {
-			return fmt.Errorf("peer %s: %w", peer, err)
+			return err
 		}
 		defer sw.Close()
 	}

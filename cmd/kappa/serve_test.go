@@ -303,6 +303,22 @@ func TestFollowAndSwarmKeepGoingThroughARestart(t *testing.T) {
 	}
 }
 
+// A "log -follow -peer" whose peer refuses it (another shared key) says
+// so on standard error, rather than waiting in silence.
+func TestFollowSaysItsPeerRefusedIt(t *testing.T) {
+	dir := t.TempDir()
+	a := newDB(t, dir, "a")
+	b := newDB(t, dir, "b") // a key of its own
+	srvA, addrA := serveSwarm(t, dir, a)
+	follow, stderr := startWithStderr(t, dir, "log", "-follow", "-peer", addrA, "-db", b)
+	line := stderr.waitLine("kappa: peer " + addrA + ": ")
+	if !strings.Contains(line, "shared key") || !strings.Contains(line, "dialling it again") {
+		t.Errorf("the line about the refusal: %q", line)
+	}
+	follow.interrupt()
+	srvA.interrupt()
+}
+
 // lineReader is a stream read line by line.
 type lineReader struct {
 	t     *testing.T
