@@ -15,6 +15,16 @@ import (
 // second.
 func forkedDB(t *testing.T, dir, name string) (db string, key []byte) {
 	t.Helper()
+	db, key = forkPair(t, dir, name, true)
+	return db, key
+}
+
+// forkPair makes the three databases of forkedDB: a and b wrote the two
+// histories of feed x, and dir/name holds a's. With fetch, it fetched from
+// b too, and is forked. It returns dir/name's path and x's key; all three
+// are closed.
+func forkPair(t *testing.T, dir, name string, fetch bool) (db string, key []byte) {
+	t.Helper()
 	kp, err := kappa.NewKeyPair()
 	if err != nil {
 		t.Fatal(err)
@@ -55,14 +65,39 @@ func forkedDB(t *testing.T, dir, name string) (db string, key []byte) {
 		}
 	}
 	sync(a, c)
-	sync(c, b)
-	if f := c.Feed(kp.PublicKey); f == nil || !f.Forked() {
-		t.Fatal("the replica is not forked")
+	if fetch {
+		sync(c, b)
+		if f := c.Feed(kp.PublicKey); f == nil || !f.Forked() {
+			t.Fatal("the replica is not forked")
+		}
 	}
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
+	for _, x := range []*kappa.Core{a, b, c} {
+		if err := x.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return db, kp.PublicKey
+}
+
+// A sync that finds a feed forked says so: the feed is no longer
+// exchanged, which the summary's counts alone do not tell.
+func TestSyncSaysItFoundAFork(t *testing.T) {
+	dir := t.TempDir()
+	db, key := forkPair(t, dir, "c", false)
+	srv, addr := serveSwarm(t, dir, filepath.Join(dir, "b"))
+	defer srv.interrupt()
+	r := kappaRun(t, dir, "", "sync", "-db", db, addr)
+	if r.code != 0 {
+		t.Fatalf("sync: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	want := "feed " + shortKey(key) + " is forked"
+	if !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "kappa verify") {
+		t.Errorf("sync's standard error does not say %q:\n%s", want, r.stderr)
+	}
+	// A later sync has no such news: the fork was known before it.
+	if r := kappaRun(t, dir, "", "sync", "-db", db, addr); r.code != 0 || strings.Contains(r.stderr, want) {
+		t.Errorf("a later sync: exit %d, standard error:\n%s", r.code, r.stderr)
+	}
 }
 
 func TestFeedsAndVerifyReportAFork(t *testing.T) {

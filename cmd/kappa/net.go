@@ -246,7 +246,10 @@ have the same shared key (see kappa key and kappa init -key).
 Progress goes to standard error: a bar on a terminal, otherwise a line now
 and then once the peers have met. A summary goes to standard output. Sync
 adds at most -max-new-feeds feeds the database lacks; the summary says
-how many more the peer offered (a later sync adds them).
+how many more the peer offered (a later sync adds them). A feed the sync
+found forked (the peer holds a history its writer's key signed that
+contradicts this one) is named in a warning on standard error: it is kept
+as held and no longer exchanged (see kappa verify).
 
 Sync gives up when connecting takes longer than -timeout, or when nothing
 arrives from the peer for that long, the handshake included ("peer timed
@@ -282,9 +285,19 @@ so a -timeout under 5 s can end a session with a busy but live peer.`,
 			return err
 		}
 		defer core.Close()
+		forkedBefore := map[*kappa.Feed]bool{}
+		for _, f := range core.Feeds() {
+			forkedBefore[f] = f.Forked()
+		}
 		pr := newProgress(e.stderr, isTerminal(e.stderr))
 		err = dialReplicateWith(ctx, core, addr, &kappa.ReplicateOptions{Progress: pr.update, MaxNewFeeds: limit, Timeout: *timeout})
 		p := pr.stop()
+		for _, f := range core.Feeds() {
+			if f.Forked() && !forkedBefore[f] {
+				fmt.Fprintf(e.stderr, "kappa: warning: feed %s is forked: the peer sent a signed history that contradicts this one (its writer's key signed both); "+
+					"it is kept as held and no longer exchanged (kappa verify says more)\n", shortKey(f.Key()))
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("peer %s: %w", addr, err)
 		}
