@@ -69,7 +69,8 @@ ends when both sides hold what the other had; a "kappa log -follow -peer"
 (or a program calling Core.Replicate) one that goes on. Only peers that
 know the database's shared key get in.
 
-The first line printed is "listening on ADDR", then one line as each peer
+The first line printed is "listening on ADDR" (with -listen "", "not
+listening (-listen ""): dialling only"), then one line as each peer
 connects and one as its session ends, saying why: "the peer said goodbye"
 when it left in order (a sync that is done, a follower interrupted), or
 the error (a peer that vanished without a goodbye: "connection closed
@@ -93,7 +94,7 @@ made absolute), or DIR/.control-N/s where it is first created, is longer,
 serve fails, saying so.`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
-		listen := fl.String("listen", ":7654", "listen on `ADDR` (host:port; :7654 is every interface)")
+		listen := fl.String("listen", ":7654", "listen on `ADDR` (host:port; :7654 is every interface; \"\" listens nowhere, only dials)")
 		var peers peerList
 		fl.Var(&peers, "peer", "dial the peer at `ADDR` (host:port), and again whenever its session ends; repeat for more")
 		lan := fl.Bool("lan", true, "find peers on the local network, and be found (-lan=false: only -peer)")
@@ -141,9 +142,9 @@ serve fails, saying so.`,
 			return err
 		}
 		defer sw.Close()
-		addr := "(not listening)"
+		addr, first := "", "not listening (-listen \"\"): dialling only"
 		if a := sw.Addr(); a != nil {
-			addr = a.String()
+			addr, first = a.String(), "listening on "+a.String()
 		}
 		cs, err := startControl(ctx, core, sw, e.db, func() serveStatus {
 			lanMu.Lock()
@@ -153,7 +154,7 @@ serve fails, saying so.`,
 		if err != nil {
 			return err
 		}
-		out.first("listening on %s", addr)
+		out.first("%s", first)
 		<-ctx.Done()
 		cs.close()
 		err = sw.Close()

@@ -319,6 +319,26 @@ func TestFollowSaysItsPeerRefusedIt(t *testing.T) {
 	srvA.interrupt()
 }
 
+// serve -listen "" listens nowhere and only dials: its first line and its
+// status say so, rather than "listening on" an address it does not have.
+func TestServeThatOnlyDials(t *testing.T) {
+	dir := t.TempDir()
+	a := newDB(t, dir, "a")
+	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
+	b := newDB(t, dir, "b", "-key", key)
+	srvA, addrA := serveSwarm(t, dir, a)
+	srvB := start(t, dir, "serve", "-db", b, "-lan=false", "-listen", "", "-peer", addrA)
+	if line := srvB.waitLine(""); line != `not listening (-listen ""): dialling only` {
+		t.Errorf("first line: %q", line)
+	}
+	srvB.waitLine("peer " + addrA + " connected")
+	if out := mustRun(t, dir, "status", "-db", b); !strings.Contains(out, "serving: process ") || !strings.Contains(out, ", not listening\n") {
+		t.Errorf("status of a serve that only dials:\n%s", out)
+	}
+	srvB.interrupt()
+	srvA.interrupt()
+}
+
 // lineReader is a stream read line by line.
 type lineReader struct {
 	t     *testing.T

@@ -39,7 +39,11 @@ Without a serve running, status prints "not serving" and exits 0.`,
 			return &servedError{conn: conn, pid: pid}
 		}
 		st := e.served.status()
-		fmt.Fprintf(e.stdout, "serving: process %d, listening on %s\n", os.Getpid(), st.listen)
+		listening := "not listening"
+		if st.listen != "" {
+			listening = "listening on " + st.listen
+		}
+		fmt.Fprintf(e.stdout, "serving: process %d, %s\n", os.Getpid(), listening)
 		fmt.Fprintf(e.stdout, "LAN discovery: %s\n", st.lan)
 		peers := e.served.swarm.Peers()
 		if len(peers) == 0 {
