@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -337,6 +338,39 @@ func TestServeThatOnlyDials(t *testing.T) {
 	}
 	srvB.interrupt()
 	srvA.interrupt()
+}
+
+// status tells a control socket that does not take its command (as a
+// serve run by another user does: it closes the connection unanswered)
+// from no serve at all (no socket, or one a dead serve left behind).
+func TestStatusTellsARefusingSocketFromNoServe(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("the control socket is a unix socket")
+	}
+	dir := t.TempDir()
+	db := newDB(t, dir, "db")
+	l, err := net.Listen("unix", filepath.Join(db, "control"))
+	if err != nil {
+		t.Skip("no unix socket here:", err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	r := kappaRun(t, dir, "", "status", "-db", db)
+	if r.code != 1 || !strings.Contains(r.stderr, "did not take this user's command") || strings.Contains(r.stdout, "not serving") {
+		t.Errorf("status against a socket that refuses it: %+v", r)
+	}
+	l.Close() // the socket file stays, as after a serve that died
+	if out := mustRun(t, dir, "status", "-db", db); out != "not serving\n" {
+		t.Errorf("status against a dead serve's socket: %q", out)
+	}
 }
 
 // lineReader is a stream read line by line.

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"syscall"
 )
 
 // status
@@ -22,7 +25,10 @@ dialled), its node id, how many entries each side lacks while in session
 (behind: this node lacks; ahead: the peer lacks), the entries and bytes
 received and sent, when it is dialled again, and the last error.
 
-Without a serve running, status prints "not serving" and exits 0.`,
+Without a serve running, status prints "not serving" and exits 0. If the
+control socket is there but does not take the command (a serve run by
+another user takes commands only from its own), status says so and exits
+1.`,
 	run: func(e *env, c *command, args []string) error {
 		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
 			return err
@@ -32,9 +38,14 @@ Without a serve running, status prints "not serving" and exits 0.`,
 				return err
 			}
 			conn, pid, err := dialControl(e.db)
-			if err != nil {
+			switch {
+			case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED):
+				// No socket, or one a serve left behind.
 				fmt.Fprintln(e.stdout, "not serving")
 				return nil
+			case err != nil:
+				return fmt.Errorf("a serve may be running, but its control socket did not take this user's command "+
+					"(a serve takes commands only from its own user): %w", err)
 			}
 			return &servedError{conn: conn, pid: pid}
 		}
