@@ -443,11 +443,12 @@ var feedsCommand = &command{
 	args:     "[-db DIR]",
 	summary:  "list the feeds",
 	help: `
-Feeds lists every feed: its public key, the local writer's name (or "-" for
-a feed replicated from a peer), its length, the entries held here (a replica
-may lack some), the bytes of its blocks (values and causal contexts), and
-whether it is writable here;
-a forked feed (its writer's key signed two histories) is marked "forked".`,
+Feeds lists every feed: its public key, the local writer's name (or "-"
+for a feed replicated from a peer; a name that is "-", holds a space or
+starts with a quote is Go-quoted), its length, the entries held here (a
+replica may lack some), the bytes of its blocks (values and causal
+contexts), and whether it is writable here; a forked feed (its writer's
+key signed two histories) is marked "forked".`,
 	run: func(e *env, c *command, args []string) error {
 		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
 			return err
@@ -461,7 +462,7 @@ a forked feed (its writer's key signed two histories) is marked "forked".`,
 		fmt.Fprintln(tw, "KEY\tWRITER\tLENGTH\tHELD\tBYTES\tWRITABLE")
 		for _, f := range core.Feeds() {
 			name, ok := core.WriterName(f.Key())
-			if !ok {
+			if name = showName(name); !ok {
 				name = "-"
 			}
 			writable := "no"

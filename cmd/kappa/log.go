@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode"
@@ -26,7 +27,8 @@ var logCommand = &command{
 	help: `
 Log prints every entry held here, feed by feed in the order the feeds were
 added: the feed (the first 8 hex digits of its key), the local writer's name
-("-" for a feed that is not a local writer's: a replica), the sequence
+("-" for a feed that is not a local writer's: a replica; a name that is
+"-", holds a space or starts with a quote is Go-quoted), the sequence
 number and the value: in a json database a value that is valid JSON (and
 UTF-8) compacted; other values that are not plain text Go-quoted.
 
@@ -186,6 +188,17 @@ type jsonEntry struct {
 	ValueBase64 []byte          `json:"value_base64,omitempty"`
 }
 
+// showName is a local writer's name as log and feeds print it: as it is,
+// or Go-quoted if it could be read as something else: "-" (which stands
+// for a replica there), a name with a space (columns are split at
+// spaces), or one that starts with a quote.
+func showName(name string) string {
+	if name == "-" || strings.IndexFunc(name, unicode.IsSpace) >= 0 || strings.HasPrefix(name, `"`) {
+		return strconv.Quote(name)
+	}
+	return name
+}
+
 // printer returns a function that prints entries of f.
 func (p *logPrinter) printer(f *kappa.Feed) func(seq uint64, value []byte) error {
 	name, local := p.core.WriterName(f.Key())
@@ -193,9 +206,9 @@ func (p *logPrinter) printer(f *kappa.Feed) func(seq uint64, value []byte) error
 	full := hex.EncodeToString(f.Key())
 	return func(seq uint64, value []byte) error {
 		if !p.json {
-			who := name
-			if !local {
-				who = "-"
+			who := "-"
+			if local {
+				who = showName(name)
 			}
 			_, err := fmt.Fprintf(p.w, "%s  %-10s %5d  %s\n", short, who, seq, p.text(value))
 			return err

@@ -765,6 +765,27 @@ func TestLogTextQuotesWhatIsNotPlain(t *testing.T) {
 	}
 }
 
+// A local writer's name that could be read as something else in log's
+// and feeds' columns is quoted: "-" (a replica's mark there), a name with
+// a space, one that starts with a quote.
+func TestLogAndFeedsQuoteWriterNamesThatMislead(t *testing.T) {
+	dir := t.TempDir()
+	db := newDB(t, dir, "db")
+	for _, name := range []string{"-", "a b", `"x`, "bob"} {
+		mustRun(t, dir, "append", "-db", db, "-writer", name, "v")
+	}
+	logOut := mustRun(t, dir, "log", "-db", db)
+	feedsOut := mustRun(t, dir, "feeds", "-db", db)
+	for _, want := range []string{`  "-"  `, `  "a b"  `, `  "\"x"  `, "  bob  "} {
+		if !strings.Contains(logOut, strings.TrimRight(want, " ")+" ") {
+			t.Errorf("log lacks %q:\n%s", want, logOut)
+		}
+		if !strings.Contains(feedsOut, want) {
+			t.Errorf("feeds lacks %q:\n%s", want, feedsOut)
+		}
+	}
+}
+
 // A replica whose newest signature record is damaged loads, at the length
 // of the records before it (here none), and fetches the signature again
 // from peers: the commands warn of a loaded feed with damage, not of a
