@@ -311,8 +311,10 @@ var appendCommand = &command{
 	help: `
 Append appends each VALUE as one entry of the local writer NAME, creating
 the writer the first time. Without VALUEs it appends each line of standard
-input (without its line ending). Values must match the database's encoding;
-in a json database, for one:
+input (without its line ending), in batches of the lines that have arrived:
+a batch with a value that fails is not appended, and append stops there,
+the lines before it appended (the line append prints counts them).
+Values must match the database's encoding; in a json database, for one:
 
   kappa append 1 '"two"' '{"n": 3}'
 
@@ -370,15 +372,18 @@ append refuses it and appends nothing, so that a flag put after the values
 		} else {
 			err = appendLines(e.stdin, add)
 		}
+		if n > 0 {
+			// Also when a later batch of lines failed: those before it
+			// stay appended.
+			fmt.Fprintf(e.stdout, "appended %d %s to writer %q (feed %s, seq %d to %d)\n",
+				n, plural(n, "entry", "entries"), name, shortKey(w.Key()), first, first+uint64(n)-1)
+		}
 		if err != nil {
 			return err
 		}
 		if n == 0 {
 			fmt.Fprintln(e.stdout, "nothing to append")
-			return e.closeDB(core)
 		}
-		fmt.Fprintf(e.stdout, "appended %d %s to writer %q (feed %s, seq %d to %d)\n",
-			n, plural(n, "entry", "entries"), name, shortKey(w.Key()), first, first+uint64(n)-1)
 		return e.closeDB(core)
 	},
 }
@@ -415,7 +420,7 @@ func appendLines(r io.Reader, add func([][]byte) error) error {
 		end := err != nil
 		if len(batch) > 0 && (end || br.Buffered() == 0 || len(batch) >= maxBatch || size >= maxBatchBytes) {
 			if aerr := add(batch); aerr != nil {
-				return fmt.Errorf("standard input, lines %d to %d: %w", line-len(batch)+1, line, aerr)
+				return fmt.Errorf("standard input, lines %d to %d, not appended: %w", line-len(batch)+1, line, aerr)
 			}
 			batch, size = batch[:0], 0
 		}

@@ -674,6 +674,22 @@ func TestAppendLinesKeepsEveryLine(t *testing.T) {
 	}
 }
 
+// An append of standard input whose later batch of lines fails says how
+// many entries the batches before it appended, and which lines were not.
+func TestAppendLinesSaysWhatWasAppendedBeforeAFailure(t *testing.T) {
+	dir := t.TempDir()
+	db := newDB(t, dir, "db", "-encoding", "json")
+	// More lines than one batch takes, so the bad line is in the second.
+	in := strings.Repeat("1\n", 4096) + "{\n"
+	r := kappaRun(t, dir, in, "append", "-db", db)
+	if r.code != 1 || !strings.Contains(r.stdout, "appended 4096 entries") || !strings.Contains(r.stderr, "lines 4097 to 4097, not appended") {
+		t.Fatalf("append: %+v", r)
+	}
+	if got := entries(t, dir, db); len(got) != 4096 {
+		t.Errorf("%d entries held, want 4096", len(got))
+	}
+}
+
 func TestProgressLinesStartAfterTheHandshake(t *testing.T) {
 	var out bytes.Buffer
 	p := &progress{w: &out}
