@@ -512,9 +512,9 @@ const (
 const minSharedBuild = 4 * subtreeLeaves
 
 // groupBuild is an append being built by groups (buildAppendWriteLocked):
-// the entries of the calls of batch, from start (at byte byteLen), whose data records go in
-// data and whose tree records go in run (from node runStart), and their
-// leaves (or a group's root, see build).
+// the entries of the calls of batch, from start (at byte byteLen), whose
+// data records go in data and whose tree records go in run (from node
+// runStart), and their leaves (or a group's root, see build).
 type groupBuild struct {
 	batch     []*appendReq
 	firsts    []uint64 // the entry number of each call's first value, then n
