@@ -265,7 +265,10 @@ func (p *logPrinter) text(value []byte) string {
 // the peer cannot be reached), once for each new reason: the swarm tells
 // of sessions as they go, and its status, looked at every second, of
 // dials that failed.
-func (p *logPrinter) followPeer(ctx context.Context, peer string) (*kappa.Swarm, error) {
+func (p *logPrinter) followPeer(ctx context.Context, peer string) (stop func(), err error) {
+	// Ended by stop before the swarm closes: the sessions the close ends
+	// are no news, and the status is looked at no more.
+	ctx, cancel := context.WithCancel(ctx)
 	lines := &lineWriter{w: p.stderr}
 	var mu sync.Mutex
 	sessions := 0 // started and not ended: a replaced one ends while the peer stays
@@ -292,9 +295,12 @@ func (p *logPrinter) followPeer(ctx context.Context, peer string) (*kappa.Swarm,
 		}
 	}})
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("peer %s: %w", peer, err)
 	}
+	polled := make(chan struct{})
 	go func() {
+		defer close(polled)
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {
@@ -321,7 +327,11 @@ func (p *logPrinter) followPeer(ctx context.Context, peer string) (*kappa.Swarm,
 			}
 		}
 	}()
-	return sw, nil
+	return func() {
+		cancel()
+		<-polled
+		sw.Close()
+	}, nil
 }
 
 // follow prints the entries of every feed, then new ones as they arrive,
@@ -332,11 +342,11 @@ func (p *logPrinter) follow(ctx context.Context, peer string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if peer != "" {
-		sw, err := p.followPeer(ctx, peer)
+		stop, err := p.followPeer(ctx, peer)
 		if err != nil {
 			return err
 		}
-		defer sw.Close()
+		defer stop()
 	}
 	wake := make(chan struct{}, 1)
 	next := map[*kappa.Feed]uint64{} // the first entry of each feed not printed
