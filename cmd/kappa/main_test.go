@@ -166,6 +166,18 @@ func newDB(t *testing.T, dir, name string, flags ...string) string {
 	return db
 }
 
+// sharedDBs makes a database dir/NAME for each name, the first with a new
+// shared key and the others joined to it, and returns their paths.
+func sharedDBs(t *testing.T, dir string, names ...string) []string {
+	t.Helper()
+	dbs := []string{newDB(t, dir, names[0])}
+	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", dbs[0]))
+	for _, name := range names[1:] {
+		dbs = append(dbs, newDB(t, dir, name, "-key", key))
+	}
+	return dbs
+}
+
 // process is a command running in the background, its standard output
 // read line by line.
 type process struct {
@@ -365,10 +377,8 @@ func TestServeAndSyncEndWithTheSameEntries(t *testing.T) {
 
 func TestFollowPrintsEntriesThatReachTheServerLater(t *testing.T) {
 	dir := t.TempDir()
-	a := newDB(t, dir, "a")
-	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
-	b := newDB(t, dir, "b", "-key", key)
-	c := newDB(t, dir, "c", "-key", key)
+	dbs := sharedDBs(t, dir, "a", "b", "c")
+	a, b, c := dbs[0], dbs[1], dbs[2]
 	mustRun(t, dir, "append", "-db", a, "first")
 
 	srv, addr := serve(t, dir, a)

@@ -11,10 +11,8 @@ import (
 // goodbye; one that is killed vanishes, and is not "synced".
 func TestServeLogsWhyALiveSessionEnded(t *testing.T) {
 	dir := t.TempDir()
-	a := newDB(t, dir, "a")
-	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
-	b := newDB(t, dir, "b", "-key", key)
-	c := newDB(t, dir, "c", "-key", key)
+	dbs := sharedDBs(t, dir, "a", "b", "c")
+	a, b, c := dbs[0], dbs[1], dbs[2]
 	mustRun(t, dir, "append", "-db", a, "first")
 	srv, addr := serve(t, dir, a)
 
@@ -97,9 +95,8 @@ func TestServeSaysHowManyNewFeedsItDidNotAdd(t *testing.T) {
 // and b, empty, sharing a's key.
 func threeWritersAndAPeer(t *testing.T, dir string) (a, b string) {
 	t.Helper()
-	a = newDB(t, dir, "a")
-	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
-	b = newDB(t, dir, "b", "-key", key)
+	dbs := sharedDBs(t, dir, "a", "b")
+	a, b = dbs[0], dbs[1]
 	for _, w := range []string{"w1", "w2", "w3"} {
 		mustRun(t, dir, "append", "-db", a, "-writer", w, "x")
 	}

@@ -249,9 +249,8 @@ func TestSecondServeAndOtherCommandsAreRefused(t *testing.T) {
 // either appears in "log -follow" on the other, and status says synced.
 func TestTwoServesReplicateLive(t *testing.T) {
 	dir := t.TempDir()
-	a := newDB(t, dir, "a")
-	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
-	b := newDB(t, dir, "b", "-key", key)
+	dbs := sharedDBs(t, dir, "a", "b")
+	a, b := dbs[0], dbs[1]
 	srvA, addrA := serveSwarm(t, dir, a)
 	srvB, _ := serveSwarm(t, dir, b, "-peer", addrA)
 	srvB.waitLine("peer " + addrA + " connected")
@@ -276,10 +275,8 @@ func TestTwoServesReplicateLive(t *testing.T) {
 // get what it holds once it is back.
 func TestFollowAndSwarmKeepGoingThroughARestart(t *testing.T) {
 	dir := t.TempDir()
-	a := newDB(t, dir, "a")
-	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
-	b := newDB(t, dir, "b", "-key", key)
-	c := newDB(t, dir, "c", "-key", key)
+	dbs := sharedDBs(t, dir, "a", "b", "c")
+	a, b, c := dbs[0], dbs[1], dbs[2]
 	mustRun(t, dir, "append", "-db", a, "before")
 	srvA, addrA := serveSwarm(t, dir, a)
 	srvB, _ := serveSwarm(t, dir, b, "-peer", addrA)
@@ -324,9 +321,8 @@ func TestFollowSaysItsPeerRefusedIt(t *testing.T) {
 // status say so, rather than "listening on" an address it does not have.
 func TestServeThatOnlyDials(t *testing.T) {
 	dir := t.TempDir()
-	a := newDB(t, dir, "a")
-	key := strings.TrimSpace(mustRun(t, dir, "key", "-db", a))
-	b := newDB(t, dir, "b", "-key", key)
+	dbs := sharedDBs(t, dir, "a", "b")
+	a, b := dbs[0], dbs[1]
 	srvA, addrA := serveSwarm(t, dir, a)
 	srvB := start(t, dir, "serve", "-db", b, "-lan=false", "-listen", "", "-peer", addrA)
 	if line := srvB.waitLine(""); line != `not listening (-listen ""): dialling only` {
