@@ -345,7 +345,7 @@ append refuses it and appends nothing, so that a flag put after the values
 			// Check first, so that a bad value creates no writer.
 			for i, v := range values {
 				if err := checkValue(enc, v); err != nil {
-					return fmt.Errorf("value %d: %w", i+1, err)
+					return &badValue{i: i, err: err}
 				}
 			}
 			if w == nil {
@@ -400,6 +400,16 @@ func checkValue(enc kappa.Encoding, v []byte) error {
 	return nil
 }
 
+// badValue is the error of the i-th value of a batch, which fails the
+// database's encoding.
+type badValue struct {
+	i   int
+	err error
+}
+
+func (e *badValue) Error() string { return fmt.Sprintf("value %d: %v", e.i+1, e.err) }
+func (e *badValue) Unwrap() error { return e.err }
+
 // appendLines passes the lines of r to add in batches: whatever has
 // arrived, up to a bound, so that a pipe costs few signatures and a person
 // typing sees each line appended as it is entered.
@@ -420,7 +430,12 @@ func appendLines(r io.Reader, add func([][]byte) error) error {
 		end := err != nil
 		if len(batch) > 0 && (end || br.Buffered() == 0 || len(batch) >= maxBatch || size >= maxBatchBytes) {
 			if aerr := add(batch); aerr != nil {
-				return fmt.Errorf("standard input, lines %d to %d, not appended: %w", line-len(batch)+1, line, aerr)
+				first := line - len(batch) + 1
+				var bad *badValue
+				if errors.As(aerr, &bad) {
+					return fmt.Errorf("standard input, line %d (lines %d to %d not appended): %w", first+bad.i, first, line, bad.err)
+				}
+				return fmt.Errorf("standard input, lines %d to %d, not appended: %w", first, line, aerr)
 			}
 			batch, size = batch[:0], 0
 		}

@@ -45,8 +45,8 @@ adds. Otherwise the database is locked while log runs, so new entries
 come from replication: -peer ADDR keeps a live session with "kappa serve"
 at ADDR meanwhile, dialling it again, with backoff, whenever the session
 ends; a line on standard error says when the peer goes and comes back,
-and why a dial failed (the peer refused this database's key, or could
-not be reached), once for each new reason.
+and why dials fail (such as the peer refusing this database's key, or not
+being reachable): once a reason, until a session starts again.
 -peer is refused when the database is being served: the serve replicates
 it (serve -peer ADDR). A replica's entries are printed in order: an entry
 waits for the ones before it.`,
@@ -261,10 +261,9 @@ func (p *logPrinter) text(value []byte) string {
 }
 
 // followPeer starts follow's swarm of one peer. A line on standard error
-// says when a session starts and ends, and when a dial fails (refused, or
-// the peer cannot be reached), once for each new reason: the swarm tells
-// of sessions as they go, and its status, looked at every second, of
-// dials that failed.
+// says when a session starts and ends, and why dials fail, once a reason
+// until a session starts again: the swarm tells of sessions as they go,
+// and its status, looked at every second, of dials that failed.
 func (p *logPrinter) followPeer(ctx context.Context, peer string) (stop func(), err error) {
 	// Ended by stop before the swarm closes: the sessions the close ends
 	// are no news, and the status is looked at no more.

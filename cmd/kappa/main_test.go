@@ -692,7 +692,7 @@ func TestAppendLinesSaysWhatWasAppendedBeforeAFailure(t *testing.T) {
 	// More lines than one batch takes, so the bad line is in the second.
 	in := strings.Repeat("1\n", 4096) + "{\n"
 	r := kappaRun(t, dir, in, "append", "-db", db)
-	if r.code != 1 || !strings.Contains(r.stdout, "appended 4096 entries") || !strings.Contains(r.stderr, "lines 4097 to 4097, not appended") {
+	if r.code != 1 || !strings.Contains(r.stdout, "appended 4096 entries") || !strings.Contains(r.stderr, "line 4097 (lines 4097 to 4097 not appended): invalid value") {
 		t.Fatalf("append: %+v", r)
 	}
 	if got := entries(t, dir, db); len(got) != 4096 {

@@ -360,7 +360,7 @@ func TestStatusTellsARefusingSocketFromNoServe(t *testing.T) {
 		}
 	}()
 	r := kappaRun(t, dir, "", "status", "-db", db)
-	if r.code != 1 || !strings.Contains(r.stderr, "did not take this user's command") || strings.Contains(r.stdout, "not serving") {
+	if r.code != 1 || !strings.Contains(r.stderr, "control socket is there but did not answer") || strings.Contains(r.stdout, "not serving") {
 		t.Errorf("status against a socket that refuses it: %+v", r)
 	}
 	l.Close() // the socket file stays, as after a serve that died

@@ -26,9 +26,10 @@ dialled), its node id, how many entries each side lacks while in session
 received and sent, when it is dialled again, and the last error.
 
 Without a serve running, status prints "not serving" and exits 0. If the
-control socket is there but does not take the command (a serve run by
-another user takes commands only from its own), status says so and exits
-1.`,
+control socket is there but does not answer (a serve takes commands only
+from its own user, which root can reach and be refused by; or one that is
+stopping), status says so and exits 1. (Another user who is not root is
+refused the database directory itself.)`,
 	run: func(e *env, c *command, args []string) error {
 		if err := e.parseNoArgs(c, e.flags(c, true), args); err != nil {
 			return err
@@ -44,8 +45,8 @@ another user takes commands only from its own), status says so and exits
 				fmt.Fprintln(e.stdout, "not serving")
 				return nil
 			case err != nil:
-				return fmt.Errorf("a serve may be running, but its control socket did not take this user's command "+
-					"(a serve takes commands only from its own user): %w", err)
+				return fmt.Errorf("the control socket is there but did not answer "+
+					"(a serve takes commands only from its own user; one that is stopping answers none): %w", err)
 			}
 			return &servedError{conn: conn, pid: pid}
 		}
