@@ -355,12 +355,14 @@ func TestServeAndSyncEndWithTheSameEntries(t *testing.T) {
 			t.Errorf("sync's stderr has %q", line)
 		}
 	}
-	rest := srv.interrupt()
-	joined := strings.Join(rest, "\n")
-	for _, want := range []string{" connected", "ended: the peer said goodbye (received 2 blocks, sent 3)", "stopped"} {
-		if !strings.Contains(joined, want) {
-			t.Errorf("serve's output lacks %q:\n%s", want, joined)
-		}
+	// The serve tells of the session's end once it read the goodbye,
+	// which may come after sync exited: wait for it before stopping it.
+	srv.waitLine(" connected")
+	if line := srv.waitLine(" ended: "); !strings.Contains(line, "ended: the peer said goodbye (received 2 blocks, sent 3)") {
+		t.Errorf("serve's line for the session's end: %q", line)
+	}
+	if rest := srv.interrupt(); !slices.Contains(rest, "stopped") {
+		t.Errorf("serve's output after the interrupt lacks \"stopped\": %q", rest)
 	}
 
 	ea, eb := entries(t, dir, a), entries(t, dir, b)
