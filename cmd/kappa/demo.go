@@ -28,8 +28,9 @@ It prints both sums, replicates the two databases over a TCP connection on
 numbers. Last it verifies each database: every signature against its
 feed's tree and every entry against its hash.
 
-The databases go in a new temporary directory, or under DIR, and are
-removed at the end unless -keep is given.`,
+The databases go in a new temporary directory, or under DIR (created if
+missing), and are removed at the end, with the directories the demo
+created, unless -keep is given.`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, false)
 		dir := fl.String("dir", "", "create the databases under `DIR` instead of a temporary directory")
@@ -138,7 +139,8 @@ func runDemo(ctx context.Context, out io.Writer, dir string, keep bool) (err err
 }
 
 // demoDirs returns the directory the databases go in (a new temporary one
-// if dir is ""), and what to remove at the end. The databases must be new.
+// if dir is ""), and what to remove at the end: what the demo creates. The
+// databases must be new.
 func demoDirs(dir string) (string, []string, error) {
 	if dir == "" {
 		dir, err := os.MkdirTemp("", "kappa-demo-")
@@ -153,7 +155,17 @@ func demoDirs(dir string) (string, []string, error) {
 		}
 	}
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-		return dir, []string{dir}, nil
+		// The demo creates dir and its missing parents: the highest of
+		// them goes at the end.
+		top := filepath.Clean(dir)
+		for {
+			parent := filepath.Dir(top)
+			if _, err := os.Stat(parent); parent == top || !errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+			top = parent
+		}
+		return dir, []string{top}, nil
 	}
 	return dir, []string{filepath.Join(dir, "alice"), filepath.Join(dir, "bob")}, nil
 }
