@@ -214,6 +214,16 @@ func (p *feedProgress) covers(s span) bool {
 	return false
 }
 
+// coversAll reports whether p's saved progress covers every span of spans.
+func (p *feedProgress) coversAll(spans []span) bool {
+	for _, s := range spans {
+		if !p.covers(s) {
+			return false
+		}
+	}
+	return true
+}
+
 // with returns p's spans with s merged in, leaving p's as they are.
 func (p *feedProgress) with(s span) []span {
 	i, _ := slices.BinarySearchFunc(p.spans, s.start, func(a span, v uint64) int { return cmpU64(a.start, v) })

@@ -43,7 +43,6 @@ func (x *Index) Ready(ctx context.Context) error {
 			continue
 		default:
 			w.waitLocked(p, t.spans)
-			continue
 		}
 		w.left++
 	}
@@ -105,11 +104,10 @@ type feedWait struct {
 	spans []span
 }
 
-// waitLocked adds w's wait for spans of p's feed to p, and counts it.
+// waitLocked hangs w's wait for spans of p's feed on p.
 func (w *readyWaiter) waitLocked(p *feedProgress, spans []span) {
 	p.waits = append(p.waits, feedWait{w, spans})
 	w.on = append(w.on, p)
-	w.left++
 }
 
 // releaseLocked ends the wait of w: its Ready returns.
@@ -126,25 +124,9 @@ func (x *Index) readyForLocked(p *feedProgress, spans []span) bool {
 	if x.causal {
 		return x.causalReadyLocked(p, spans)
 	}
-	if p.broken {
-		return true
-	}
-	covered := true
-	for _, s := range spans {
-		if !p.covers(s) {
-			covered = false
-			break
-		}
-	}
-	if covered {
-		return true
-	}
-	for _, s := range p.feed.withoutDamaged(spans) {
-		if !p.covers(s) {
-			return false
-		}
-	}
-	return true
+	// The feed's lock is taken for its damage only when the spans are
+	// not all indexed.
+	return p.broken || p.coversAll(spans) || p.coversAll(p.feed.withoutDamaged(spans))
 }
 
 // checkWaitsLocked drops the waits on p for which p is now indexed far
@@ -187,7 +169,6 @@ func (x *Index) matchWaitsLocked(p *feedProgress) {
 	for _, w := range x.waiters {
 		if spans, ok := w.unmatched[p.key]; ok {
 			delete(w.unmatched, p.key)
-			w.left--
 			w.waitLocked(p, spans)
 		}
 	}

@@ -142,9 +142,9 @@ serve fails, saying so.`,
 			return err
 		}
 		defer sw.Close()
-		addr, first := "", "not listening (-listen \"\"): dialling only"
+		addr := "" // with -listen ""
 		if a := sw.Addr(); a != nil {
-			addr, first = a.String(), "listening on "+a.String()
+			addr = a.String()
 		}
 		cs, err := startControl(ctx, core, sw, e.db, func() serveStatus {
 			lanMu.Lock()
@@ -154,7 +154,11 @@ serve fails, saying so.`,
 		if err != nil {
 			return err
 		}
-		out.first("%s", first)
+		if addr == "" {
+			out.first(`not listening (-listen ""): dialling only`)
+		} else {
+			out.first("listening on %s", addr)
+		}
 		<-ctx.Done()
 		cs.close()
 		err = sw.Close()
