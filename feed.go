@@ -155,7 +155,10 @@ type Feed struct {
 // not used since does not hold it: it is read again from the files (see
 // signedNow and commitValuesWriteLocked).
 type signedState struct {
-	roots []storedNode // nil for a replica, which never appends
+	// roots are the roots of the signed tree, in the writer's write
+	// scratch: only appends read them, under writeMu. Nil for a replica,
+	// which never appends.
+	roots []storedNode
 	sig   []byte
 }
 
@@ -231,11 +234,14 @@ type writeScratch struct {
 	failed error              // a sync failed: the feed refuses further writes
 
 	hasher         *leafHasher
-	hashers        []*leafHasher // one per group of a large append (see buildAppendWriteLocked)
-	offs, firsts   []uint64      // the entries and calls of the append being built
-	leaves         []storedNode  // their leaves
-	data, tree, ex []byte        // data and tree buffers
-	recent         recentNodes   // the writer's latest tree records
+	hashers        []*leafHasher   // one per group of a large append (see buildAppendWriteLocked)
+	offs, firsts   []uint64        // the entries and calls of the append being built
+	leaves         []storedNode    // their leaves
+	data, tree, ex []byte          // data and tree buffers
+	recent         recentNodes     // the writer's latest tree records
+	roots          rootsHasher     // the hash of the writer's latest roots
+	rootLists      [2][]storedNode // the published roots and the next (see signedState)
+	group          groupBuild      // the append being built
 	sig            [sigRecordSize]byte
 }
 

@@ -2,6 +2,7 @@ package kappa
 
 import (
 	"cmp"
+	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -20,6 +21,9 @@ var errValueFailedCheck = errors.New("a value failed its check")
 type appendQueue struct {
 	mu   sync.Mutex
 	reqs []*appendReq
+	// spare is the list of a committed batch, for the next (guarded by
+	// the feed's writeMu).
+	spare []*appendReq
 }
 
 type appendReq struct {
@@ -82,9 +86,11 @@ func (f *Feed) Append(values ...[]byte) (uint64, error) {
 	if !req.done {
 		q.mu.Lock()
 		batch := q.reqs
-		q.reqs = nil
+		q.reqs, q.spare = q.spare, nil
 		q.mu.Unlock()
 		f.commitWriteLocked(batch)
+		clear(batch)
+		q.spare = batch[:0]
 	}
 	return req.seq, req.err
 }
@@ -249,6 +255,7 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	if err != nil {
 		return 0, f.opError("append", err)
 	}
+	ws := f.scratchWriteLocked()
 	var roots []storedNode
 	if signed != nil && signed.roots != nil {
 		roots = signed.roots
@@ -264,16 +271,6 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	if !ok {
 		return 0, errValueFailedCheck
 	}
-	// A failed write is undone (see abortWriteLocked): the new parents of older
-	// roots, below the signed tree's end, were absent before.
-	allEarly := b.early
-	undo := &writeUndo{length: start, byteLen: byteLen, nodes: func() []uint64 {
-		idx := make([]uint64, len(allEarly))
-		for i := range allEarly {
-			idx[i] = allEarly[i].Index
-		}
-		return idx
-	}}
 	// A small append with sync on is journaled: one sync, of the journal
 	// (see feed_journal.go).
 	journaled, err := f.journalsAppendWriteLocked(&b)
@@ -284,11 +281,10 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	if journaled {
 		f.journalBeginWriteLocked(uint64(f.sigsEnd-headerSize)/sigRecordSize+1, length, b.off)
 	}
-	hash := treeHash(b.newRoots)
-	sign := func() []byte { return signRoots(secret, hash, length) }
-	sig, pending, err := f.writeAppendWriteLocked(&b, start, byteLen, journaled, sign)
+	hash := ws.roots.hash(b.newRoots)
+	sig, pending, err := f.writeAppendWriteLocked(&b, start, byteLen, journaled, secret, hash, length)
 	if err != nil {
-		return 0, f.abortWriteLocked(undo, f.opError("append", err))
+		return 0, f.abortWriteLocked(appendUndo(start, byteLen, b.early), f.opError("append", err))
 	}
 	var work func() ([]byte, error)
 	if pending != nil {
@@ -296,12 +292,12 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 			if err := pending(); err != nil {
 				return nil, f.opError("append", err)
 			}
-			return sign(), nil
+			return signRoots(secret, hash, length), nil
 		}
 	}
 	sig, checked, plain, err := f.writeSigRecordWriteLocked(batch, start, length, b.off, sig, hash, work)
 	if err != nil {
-		return 0, f.abortWriteLocked(undo, err)
+		return 0, f.abortWriteLocked(appendUndo(start, byteLen, b.early), err)
 	}
 	if f.cfg.stored != nil { // before publishing: readers see it indexed
 		tellStored(f, batch, start)
@@ -314,6 +310,19 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	}
 	f.publishWriteLocked(length, b.off, b.newRoots, sig, nil)
 	return start, nil
+}
+
+// appendUndo is how a failed append from length start (byteLen bytes) is
+// undone (see abortWriteLocked): the new parents of older roots, early,
+// below the signed tree's end, were absent before.
+func appendUndo(start, byteLen uint64, early []storedNode) *writeUndo {
+	return &writeUndo{length: start, byteLen: byteLen, nodes: func() []uint64 {
+		idx := make([]uint64, len(early))
+		for i := range early {
+			idx[i] = early[i].Index
+		}
+		return idx
+	}}
 }
 
 // writeSigRecordWriteLocked writes the signature record of an append of
@@ -425,13 +434,15 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 	ws.tree = run[:0]
 	leaves := slices.Grow(ws.leaves[:0], int(n))[:n]
 	ws.leaves = leaves[:0]
-	g := groupBuild{
-		batch: batch, firsts: firsts, offs: offs, start: start, byteLen: byteLen, data: data, run: run, runStart: runStart, leaves: leaves,
-		// Each leaf records the number of the signature record that will
-		// cover it; see checkTail.
-		ord: uint32((f.sigsEnd-headerSize)/sigRecordSize + 1),
-		enc: f.cfg.enc,
-	}
+	g := &ws.group // in the scratch: helpers share it
+	g.batch, g.firsts, g.offs, g.start, g.byteLen = batch, firsts, offs, start, byteLen
+	g.data, g.run, g.runStart, g.leaves = data, run, runStart, leaves
+	// Each leaf records the number of the signature record that will
+	// cover it; see checkTail.
+	g.ord = uint32((f.sigsEnd-headerSize)/sigRecordSize + 1)
+	g.enc = f.cfg.enc
+	g.failed.Store(false)
+	defer func() { g.batch = nil }() // the calls' values are not kept
 	// Chunk c holds the entries of the c-th aligned group the append
 	// touches.
 	first := start - start%subtreeLeaves
@@ -454,7 +465,14 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 		return appendBuild{}, false
 	}
 
-	newRoots := append(make([]storedNode, 0, len(roots)+1), roots...)
+	// The new roots go in whichever of the scratch's two lists roots is not
+	// in: only appends, under writeMu, read a published list.
+	spare := &ws.rootLists[0]
+	if len(roots) > 0 && len(*spare) > 0 && &roots[0] == &(*spare)[0] {
+		spare = &ws.rootLists[1]
+	}
+	newRoots := append((*spare)[:0], roots...)
+	defer func() { *spare = newRoots }()
 	var early []storedNode
 	for k := uint64(0); k < n; {
 		seq := start + k
@@ -595,91 +613,107 @@ func buildGroup(group []storedNode, run []byte, runStart uint64) {
 
 // writeAppendWriteLocked writes an append that buildAppendWriteLocked
 // built at length start (byteLen bytes): the data records, then the tree
-// records, and remembers the tree records written; it returns what sign
-// returns. A large append that is not journaled writes its data and its
-// tree and signs on as many cores as there are (shareWork): the signature
-// is of the tree in memory, and is written only after both writes
-// succeeded. A failed write is returned as it is, for the caller to undo.
+// records, and remembers the tree records written; then it signs the new
+// length with secret (hash is its roots hash) and returns the signature.
+// A large append that is not journaled writes its data and its tree and
+// signs on as many cores as there are (shareWork): the signature is of
+// the tree in memory, and is written only after both writes succeeded. A
+// failed write is returned as it is, for the caller to undo.
 //
 // A journaled append's writes are added to its journal record, and
 // returned as pending, not made: they are made while the journal syncs
-// (see writeJournaledWriteLocked), and sign is not called.
-func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, journaled bool, sign func() []byte) (sig []byte, pending func() error, err error) {
+// (see writeJournaledWriteLocked), and it is not signed here.
+func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, journaled bool, secret ed25519.PrivateKey, hash [32]byte, length uint64) (sig []byte, pending func() error, err error) {
 	ws := f.scratchWriteLocked()
-	run, early := b.run, b.early
+	w := appendWrite{data: b.data, dataAt: dataPos(start, byteLen), run: b.run, treeStart: b.runStart, early: b.early}
 	// The parents of older roots lie before the run. If the nodes between
 	// the lowest of them and the run were written lately, they are known,
 	// and the run grows down to that parent: one write instead of several.
-	treeStart := b.runStart
-	if len(early) > 0 {
-		if ext, ok := ws.recent.extend(ws.ex[:0], early, b.runStart, run); ok {
+	if len(w.early) > 0 {
+		if ext, ok := ws.recent.extend(ws.ex[:0], w.early, b.runStart, w.run); ok {
 			ws.ex = ext[:0]
-			run, treeStart, early = ext, early[len(early)-1].Index, nil
+			w.run, w.treeStart, w.early = ext, w.early[len(w.early)-1].Index, nil
 		}
-	}
-	writeData := func() error {
-		_, err := f.fdata().WriteAt(b.data, dataPos(start, byteLen))
-		return err
-	}
-	writeTree := func() error {
-		if _, err := f.ftree().WriteAt(run, headerSize+int64(treeStart)*nodeSize); err != nil {
-			return err
-		}
-		var rec [nodeSize]byte
-		for i := range early {
-			encodeNode(rec[:], &early[i])
-			if _, err := f.ftree().WriteAt(rec[:], headerSize+int64(early[i].Index)*nodeSize); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	writeFiles := func() error {
-		if err := writeData(); err != nil {
-			return err
-		}
-		return writeTree()
 	}
 	switch {
 	case journaled:
-		pending = writeFiles
-	case len(b.data)+len(run) < minSharedWrite:
-		if err := writeFiles(); err != nil {
+		jw := w // only this case's copy escapes
+		pending = func() error { return f.writeFilesWriteLocked(&jw, true, true) }
+	case len(b.data)+len(w.run) < minSharedWrite:
+		if err := f.writeFilesWriteLocked(&w, true, true); err != nil {
 			return nil, nil, err
 		}
-		sig = sign()
+		sig = signRoots(secret, hash, length)
 	default:
 		var errs [2]error
+		var s []byte
+		sw := w // only this case's copy escapes
 		shareWork(3, 3, func(_, c int) {
 			switch c {
 			case 0:
-				errs[0] = writeData()
+				errs[0] = f.writeFilesWriteLocked(&sw, true, false)
 			case 1:
-				errs[1] = writeTree()
+				errs[1] = f.writeFilesWriteLocked(&sw, false, true)
 			default:
-				sig = sign()
+				s = signRoots(secret, hash, length)
 			}
 		})
 		if err := cmp.Or(errs[0], errs[1]); err != nil {
 			return nil, nil, err
 		}
+		sig = s
 	}
 	if journaled {
-		f.journalAddWriteLocked(jrnFileData, dataPos(start, byteLen), b.data)
-		f.journalAddWriteLocked(jrnFileTree, headerSize+int64(treeStart)*nodeSize, run)
+		f.journalAddWriteLocked(jrnFileData, w.dataAt, w.data)
+		f.journalAddWriteLocked(jrnFileTree, headerSize+int64(w.treeStart)*nodeSize, w.run)
 		var rec [nodeSize]byte
-		for i := range early {
-			encodeNode(rec[:], &early[i])
-			f.journalAddWriteLocked(jrnFileTree, headerSize+int64(early[i].Index)*nodeSize, rec[:])
+		for i := range w.early {
+			encodeNode(rec[:], &w.early[i])
+			f.journalAddWriteLocked(jrnFileTree, headerSize+int64(w.early[i].Index)*nodeSize, rec[:])
 		}
 	}
-	ws.recent.remember(treeStart, run)
-	for i := range early {
+	ws.recent.remember(w.treeStart, w.run)
+	for i := range w.early {
 		var rec [nodeSize]byte
-		encodeNode(rec[:], &early[i])
-		ws.recent.remember(early[i].Index, rec[:])
+		encodeNode(rec[:], &w.early[i])
+		ws.recent.remember(w.early[i].Index, rec[:])
 	}
 	return sig, pending, nil
+}
+
+// appendWrite is what an append writes to its files: its data records at
+// dataAt, its run of tree records from node treeStart, and the parents of
+// older roots before the run, one by one.
+type appendWrite struct {
+	data      []byte
+	dataAt    int64
+	run       []byte
+	treeStart uint64
+	early     []storedNode
+}
+
+// writeFilesWriteLocked makes the writes of w: to the data file if data
+// is set, to the tree file if tree is.
+func (f *Feed) writeFilesWriteLocked(w *appendWrite, data, tree bool) error {
+	if data {
+		if _, err := f.fdata().WriteAt(w.data, w.dataAt); err != nil {
+			return err
+		}
+	}
+	if !tree {
+		return nil
+	}
+	if _, err := f.ftree().WriteAt(w.run, headerSize+int64(w.treeStart)*nodeSize); err != nil {
+		return err
+	}
+	for i := range w.early {
+		var rec [nodeSize]byte
+		encodeNode(rec[:], &w.early[i])
+		if _, err := f.ftree().WriteAt(rec[:], headerSize+int64(w.early[i].Index)*nodeSize); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // minSharedWrite is the size of an append's data and tree records from

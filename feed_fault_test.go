@@ -225,6 +225,70 @@ func TestFailedSignatureWriteThenSmallerAppendLeavesFeedLoadable(t *testing.T) {
 	checkAfterFault(t, s.mem, "f/", acked, true, "10, failed 10, 1")
 }
 
+// An append that failed to write is undone; the next append, of other
+// values at the same place, signs the tree of the values it wrote, not of
+// those that failed (an append hashes only the roots that changed since
+// the last it hashed). Whether the feed syncs (small appends journaled) or
+// not.
+func TestAppendAfterAFailedOneSignsWhatItWrote(t *testing.T) {
+	for _, noSync := range []bool{false, true} {
+		for _, file := range []string{"data", "tree", "signatures"} {
+			for _, first := range []int{6, 7, 8} { // roots 2 (+1), 3 (+1, parents of older roots), 1 (+1)
+				t.Run(fmt.Sprintf("NoSync %v, %s write fails after %d", noSync, file, first), func(t *testing.T) {
+					s := newMemFaultStorage()
+					f, err := OpenFeed(s, "f/", &FeedOptions{NoSync: noSync})
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer f.Close()
+					want := make([][]byte, first)
+					for i := range want {
+						want[i] = faultValue(uint64(i))
+					}
+					if _, err := f.Append(want...); err != nil {
+						t.Fatal(err)
+					}
+					s.arm(file, "write")
+					if _, err := f.Append([]byte("failed")); !errors.Is(err, syscall.ENOSPC) {
+						t.Fatalf("append with the %s write failing: %v, want ENOSPC", file, err)
+					}
+					for i := range 3 {
+						v := []byte(fmt.Sprintf("written %d", i))
+						if _, err := f.Append(v); err != nil {
+							t.Fatal(err)
+						}
+						want = append(want, v)
+						length, sig := f.Signature()
+						if err := f.Verify(length, sig); err != nil {
+							t.Fatalf("after %d appends since the failure: %v", i+1, err)
+						}
+					}
+					if err := f.Close(); err != nil {
+						t.Fatal(err)
+					}
+					g, err := OpenFeed(s, "f/", &FeedOptions{OnRepair: func(r Repair) { t.Errorf("reopen repaired %v", r) }})
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer g.Close()
+					got, err := g.GetBatch(context.Background(), 0, g.Len())
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(got) != len(want) {
+						t.Fatalf("reopened with %d entries, want %d", len(got), len(want))
+					}
+					for i := range want {
+						if !bytes.Equal(got[i], want[i]) {
+							t.Fatalf("entry %d is %q, want %q", i, got[i], want[i])
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
 // A write or sync failing in any file of a writer, on Append: the append
 // fails, later appends succeed or are refused with the failure named, and
 // the feed reopens, now or after a crash, with every acknowledged entry.

@@ -2,6 +2,7 @@ package kappa
 
 import (
 	"crypto/sha256"
+	"encoding"
 	"encoding/binary"
 	"fmt"
 	"hash"
@@ -129,6 +130,66 @@ func treeHash(roots []storedNode) [32]byte {
 		n += 48
 	}
 	return sha256.Sum256(buf[:n])
+}
+
+// rootsHasher computes treeHash of a writer's roots, append after append,
+// hashing again only the roots that changed: an append changes the last
+// few, and a large tree has up to 64. It keeps the roots it hashed last
+// and the SHA-256 state after each; a root in common is one of the same
+// index, size and hash, so a roots hash never depends on what came before.
+type rootsHasher struct {
+	roots  []storedNode
+	states [][]byte // states[i]: the state after roots[:i+1]
+	rec    [48]byte
+	h      interface {
+		hash.Hash
+		encoding.BinaryAppender
+		encoding.BinaryUnmarshaler
+	}
+}
+
+// hash returns treeHash(roots).
+func (r *rootsHasher) hash(roots []storedNode) [32]byte {
+	if r.h == nil {
+		h, ok := sha256.New().(interface {
+			hash.Hash
+			encoding.BinaryAppender
+			encoding.BinaryUnmarshaler
+		})
+		if !ok {
+			return treeHash(roots)
+		}
+		r.h = h
+	}
+	k := 0
+	for k < len(roots) && k < len(r.roots) && roots[k].Node == r.roots[k].Node {
+		k++
+	}
+	rec := r.rec[:]
+	if k == 0 {
+		r.h.Reset()
+		rec[0] = rootType
+		r.h.Write(rec[:1])
+	} else if err := r.h.UnmarshalBinary(r.states[k-1]); err != nil {
+		r.roots = r.roots[:0]
+		return treeHash(roots)
+	}
+	r.roots = append(r.roots[:k], roots[k:]...)
+	for i := k; i < len(roots); i++ {
+		copy(rec[:32], roots[i].Hash[:])
+		binary.BigEndian.PutUint64(rec[32:], roots[i].Index)
+		binary.BigEndian.PutUint64(rec[40:], roots[i].Size)
+		r.h.Write(rec)
+		if i == len(r.states) {
+			r.states = append(r.states, nil)
+		}
+		var err error
+		if r.states[i], err = r.h.AppendBinary(r.states[i][:0]); err != nil {
+			r.roots = r.roots[:0]
+			return treeHash(roots)
+		}
+	}
+	return [32]byte(r.h.Sum(rec[:0]))
 }
 
 // MaxBlockSize is the largest value a feed accepts, as in hypercore. A
