@@ -465,15 +465,24 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 		return appendBuild{}, false
 	}
 
+	newRoots, early := ws.mergeRoots(roots, leaves, start, run, runStart)
+	return appendBuild{data: data, run: run, runStart: runStart, early: early, newRoots: newRoots, off: off}, true
+}
+
+// mergeRoots returns the roots of the tree after an append at length start
+// under roots, whose entries' leaves (or groups' roots, see
+// groupBuild.build) are leaves: the parents they complete are written into
+// run (from node runStart), or, for those before it, returned in early, in
+// decreasing index order.
+func (ws *writeScratch) mergeRoots(roots, leaves []storedNode, start uint64, run []byte, runStart uint64) (newRoots, early []storedNode) {
+	n := uint64(len(leaves))
 	// The new roots go in whichever of the scratch's two lists roots is not
 	// in: only appends, under writeMu, read a published list.
 	spare := &ws.rootLists[0]
 	if len(roots) > 0 && len(*spare) > 0 && &roots[0] == &(*spare)[0] {
 		spare = &ws.rootLists[1]
 	}
-	newRoots := append((*spare)[:0], roots...)
-	defer func() { *spare = newRoots }()
-	var early []storedNode
+	newRoots = append((*spare)[:0], roots...)
 	for k := uint64(0); k < n; {
 		seq := start + k
 		cur := leaves[k]
@@ -499,7 +508,8 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 		}
 		newRoots = append(newRoots, cur)
 	}
-	return appendBuild{data: data, run: run, runStart: runStart, early: early, newRoots: newRoots, off: off}, true
+	*spare = newRoots
+	return newRoots, early
 }
 
 // failChecksWriteLocked ends each unchecked call of batch that has a value
