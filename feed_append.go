@@ -623,8 +623,9 @@ func buildGroup(group []storedNode, run []byte, runStart uint64) {
 
 // writeAppendWriteLocked writes an append that buildAppendWriteLocked
 // built at length start (byteLen bytes): the data records, then the tree
-// records, and remembers the tree records written; then it signs the new
-// length with secret (hash is its roots hash) and returns the signature.
+// records, and remembers the tree records written; it signs the new
+// length with secret (hash is its roots hash) and returns the signature,
+// which is written only once the writes succeeded.
 // A large append that is not journaled writes its data and its tree and
 // signs on as many cores as there are (shareWork): the signature is of
 // the tree in memory, and is written only after both writes succeeded. A
@@ -650,10 +651,12 @@ func (f *Feed) writeAppendWriteLocked(b *appendBuild, start, byteLen uint64, jou
 		jw := w // only this case's copy escapes
 		pending = func() error { return f.writeFilesWriteLocked(&jw, true, true) }
 	case len(b.data)+len(w.run) < minSharedWrite:
+		// Signed first: right after the hashing, before the system calls
+		// (measured: 80.6 % of signing against 79.4 in eleven pairs).
+		sig = signRoots(secret, hash, length)
 		if err := f.writeFilesWriteLocked(&w, true, true); err != nil {
 			return nil, nil, err
 		}
-		sig = signRoots(secret, hash, length)
 	default:
 		var errs [2]error
 		var s []byte
