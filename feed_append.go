@@ -222,8 +222,8 @@ func (r *recentNodes) extend(dst []byte, early []storedNode, runStart uint64, ru
 
 // commitValuesWriteLocked writes the values of a batch as one append: it
 // builds the tree (buildAppendWriteLocked), writes the data and the nodes
-// (writeAppendWriteLocked), then signs the new length, writes the signature
-// record and publishes. It changes the published state only when every
+// and signs the new length (writeAppendWriteLocked), then writes the
+// signature record and publishes. It changes the published state only when every
 // write succeeded.
 func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	f.mu.RLock()
