@@ -120,16 +120,25 @@ func parentHash(left, right *Node) [32]byte {
 // uint64(size)); it is what a feed signs, together with its length.
 func treeHash(roots []storedNode) [32]byte {
 	// A tree has at most 64 roots: hash them from one buffer on the stack.
-	var buf [1 + 64*48]byte
+	var buf [1 + 64*rootRecordSize]byte
 	buf[0] = rootType
 	n := 1
 	for i := range roots {
-		copy(buf[n:], roots[i].Hash[:])
-		binary.BigEndian.PutUint64(buf[n+32:], roots[i].Index)
-		binary.BigEndian.PutUint64(buf[n+40:], roots[i].Size)
-		n += 48
+		putRootRecord(buf[n:], &roots[i].Node)
+		n += rootRecordSize
 	}
 	return sha256.Sum256(buf[:n])
+}
+
+// rootRecordSize is the size of a root's record in the roots hash.
+const rootRecordSize = 48
+
+// putRootRecord writes the record of root into dst: hash ‖ uint64(index)
+// ‖ uint64(size).
+func putRootRecord(dst []byte, root *Node) {
+	copy(dst[:32], root.Hash[:])
+	binary.BigEndian.PutUint64(dst[32:], root.Index)
+	binary.BigEndian.PutUint64(dst[40:], root.Size)
 }
 
 // rootsHasher computes treeHash of a writer's roots, append after append,
@@ -140,26 +149,22 @@ func treeHash(roots []storedNode) [32]byte {
 type rootsHasher struct {
 	roots  []storedNode
 	states [][]byte // states[i]: the state after roots[:i+1]
-	rec    [48]byte
-	h      interface {
-		hash.Hash
-		encoding.BinaryAppender
-		encoding.BinaryUnmarshaler
-	}
+	rec    [rootRecordSize]byte
+	h      stateHash
+}
+
+// stateHash is a hash whose state can be saved and restored, as
+// crypto/sha256's is.
+type stateHash interface {
+	hash.Hash
+	encoding.BinaryAppender
+	encoding.BinaryUnmarshaler
 }
 
 // hash returns treeHash(roots).
 func (r *rootsHasher) hash(roots []storedNode) [32]byte {
 	if r.h == nil {
-		h, ok := sha256.New().(interface {
-			hash.Hash
-			encoding.BinaryAppender
-			encoding.BinaryUnmarshaler
-		})
-		if !ok {
-			return treeHash(roots)
-		}
-		r.h = h
+		r.h = sha256.New().(stateHash) // as crypto/sha256 documents
 	}
 	k := 0
 	for k < len(roots) && k < len(r.roots) && roots[k].Node == r.roots[k].Node {
@@ -171,14 +176,12 @@ func (r *rootsHasher) hash(roots []storedNode) [32]byte {
 		rec[0] = rootType
 		r.h.Write(rec[:1])
 	} else if err := r.h.UnmarshalBinary(r.states[k-1]); err != nil {
-		r.roots = r.roots[:0]
+		r.roots = r.roots[:0] // not a state it saved: start again next time
 		return treeHash(roots)
 	}
 	r.roots = append(r.roots[:k], roots[k:]...)
 	for i := k; i < len(roots); i++ {
-		copy(rec[:32], roots[i].Hash[:])
-		binary.BigEndian.PutUint64(rec[32:], roots[i].Index)
-		binary.BigEndian.PutUint64(rec[40:], roots[i].Size)
+		putRootRecord(rec, &roots[i].Node)
 		r.h.Write(rec)
 		if i == len(r.states) {
 			r.states = append(r.states, nil)
