@@ -470,8 +470,8 @@ func (f *Feed) buildAppendWriteLocked(batch []*appendReq, start, n, byteLen uint
 }
 
 // mergeRoots returns the roots of the tree after an append at length start
-// under roots, whose entries' leaves (or groups' roots, see
-// groupBuild.build) are leaves: the parents they complete are written into
+// under roots, whose entries' leaves are leaves, each block's root in its
+// last slot (see groupBuild.build): the parents they complete are written into
 // run (from node runStart), or, for those before it, returned in early, in
 // decreasing index order.
 func (ws *writeScratch) mergeRoots(roots, leaves []storedNode, start uint64, run []byte, runStart uint64) (newRoots, early []storedNode) {
@@ -484,14 +484,10 @@ func (ws *writeScratch) mergeRoots(roots, leaves []storedNode, start uint64, run
 	}
 	newRoots = append((*spare)[:0], roots...)
 	for k := uint64(0); k < n; {
-		seq := start + k
-		cur := leaves[k]
-		k++
-		if seq%subtreeLeaves == 0 && k-1+subtreeLeaves <= n {
-			// The group's root, computed with it.
-			cur = leaves[k-1+subtreeLeaves-1]
-			k += subtreeLeaves - 1
-		}
+		// The root of the block from k, computed with it.
+		w := alignedBlock(start+k, start+n)
+		cur := leaves[k+w-1]
+		k += w
 		for len(newRoots) > 0 {
 			left := &newRoots[len(newRoots)-1]
 			if flatDepth(left.Index) != flatDepth(cur.Index) {
@@ -559,19 +555,21 @@ type groupBuild struct {
 
 // build checks the values of entries [from, to) of the append (a group's,
 // or the append's ends), writes their data records, and their leaves, with
-// ordinal ord, into run. In leaves it leaves each entry's leaf, except
-// where an aligned group of subtreeLeaves entries is whole: there it
-// computes the group's parents too, writes them into run, and leaves the
-// group's root in its last slot.
+// ordinal ord, into run. It splits [from, to) into aligned blocks (see
+// alignedBlock), computes each block's parents too, writes them into run,
+// and leaves in leaves each block's root in the block's last slot (a
+// block of one entry: its leaf).
 func (g *groupBuild) build(h *leafHasher, from, to uint64) {
 	// Nodes 2·(start+from) to 2·(start+to)−1 of run: the entries' leaves
-	// and parents inside their groups, written here; the parents above
-	// their groups, written after; and parents not yet complete, zero.
+	// and parents inside their blocks, written here; the parents above
+	// their blocks, written after; and parents not yet complete, zero.
 	clear(g.run[(2*(g.start+from)-g.runStart)*nodeSize : min(uint64(len(g.run)), (2*(g.start+to)-g.runStart)*nodeSize)])
 	// The call entry from is in: the last whose first value is at or
 	// before it.
 	j, _ := slices.BinarySearch(g.firsts, from+1)
 	j--
+	block := from // the first entry of the block k is in
+	blockEnd := block + alignedBlock(g.start+block, g.start+to)
 	for k := from; k < to; k++ {
 		for k >= g.firsts[j+1] {
 			j++
@@ -597,16 +595,36 @@ func (g *groupBuild) build(h *leafHasher, from, to uint64) {
 		leaf := storedNode{Node{Index: 2 * seq, Hash: h.sum(rec[dataLenLen : dataLenLen+size]), Size: size}, g.offs[k]}
 		encodeNodeOrd(g.run[(leaf.Index-g.runStart)*nodeSize:], &leaf, g.ord)
 		g.leaves[k] = leaf
-		if (seq+1)%subtreeLeaves == 0 && k+1 >= subtreeLeaves && k+1-subtreeLeaves >= from {
-			buildGroup(g.leaves[k+1-subtreeLeaves:k+1], g.run, g.runStart)
+		if k+1 == blockEnd {
+			buildBlock(g.leaves[block:blockEnd], g.run, g.runStart)
+			block = blockEnd
+			blockEnd = block + alignedBlock(g.start+block, g.start+to)
 		}
 	}
 }
 
-// buildGroup computes the parents of an aligned group of subtreeLeaves
-// leaves, writes them into run, and leaves the group's root in the group's
-// last slot.
-func buildGroup(group []storedNode, run []byte, runStart uint64) {
+// alignedBlock returns the size of the block of an append that begins at
+// entry seq, the append ending before entry end: the largest power of two,
+// up to subtreeLeaves, that divides seq and fits. An append's blocks are
+// the complete subtrees it adds that lie inside its aligned groups, so a
+// group's blocks are the same whether the append is built by groups or at
+// once. Their parents are computed with their leaves, on as many cores as
+// there are; only the parents above the blocks are left to mergeRoots.
+func alignedBlock(seq, end uint64) uint64 {
+	w := uint64(subtreeLeaves)
+	if seq != 0 {
+		w = min(w, seq&-seq)
+	}
+	for seq+w > end {
+		w /= 2
+	}
+	return w
+}
+
+// buildBlock computes the parents of an aligned block (a power of two of
+// at most subtreeLeaves leaves), writes them into run, and leaves the
+// block's root in the block's last slot.
+func buildBlock(group []storedNode, run []byte, runStart uint64) {
 	var level [subtreeLeaves / 2]storedNode
 	src := group
 	for width := len(group); width > 1; width /= 2 {
