@@ -415,6 +415,10 @@ type replayed struct {
 	size    int64 // its size
 	recs    []journalRecord
 	trailer bool // bytes past the last intact record (a torn one), or a short file
+	// blank is set when the file is shorter than its header or holds only
+	// zeros: its creation was torn by a crash (startJournal syncs it once
+	// its header and base record are written), and it holds no record.
+	blank bool
 	// damaged is set when the zeros past the last intact record are
 	// damaged (see decodeJournal): the records end there all the same.
 	damaged *CorruptError
@@ -465,7 +469,7 @@ func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid boo
 	r.size = size
 	name := f.name + fileJournal
 	if size < headerSize {
-		r.trailer = size > 0
+		r.trailer, r.blank = size > 0, size > 0
 		return r, false, nil
 	}
 	if size > jrnMaxFile {
@@ -474,6 +478,10 @@ func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid boo
 	buf := make([]byte, size)
 	if _, err := file.ReadAt(buf, 0); err != nil && err != io.EOF {
 		return r, false, err
+	}
+	if isZero(buf) {
+		r.trailer, r.blank = true, true
+		return r, false, nil
 	}
 	if r.recs, r.trailer, r.damaged, err = f.decodeJournal(buf); err != nil {
 		return r, false, err
@@ -690,6 +698,9 @@ func (f *Feed) startJournal(s Storage, prefix string, r replayed) (err error) {
 	why := "journal cut back to a base record after recovery: its tail was a record torn while being written"
 	if r.damaged != nil {
 		why = fmt.Sprintf("journal cut back to a base record after recovery: the bytes at offset %d, past its last intact record, were damage, not a torn write", r.damaged.Offset)
+	}
+	if r.blank {
+		why = "journal written anew after recovery: it was shorter than its header or only zeros, a creation torn by a crash"
 	}
 	if f.cfg.readOnly {
 		if r.trailer && !f.cfg.noSync { // what a writable open cuts, then preallocates

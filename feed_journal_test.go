@@ -521,3 +521,63 @@ func TestJournalDamageInItsZerosIsHealed(t *testing.T) {
 		})
 	}
 }
+
+// TestJournalTornAtCreationIsWrittenAnew: a journal whose creation a crash
+// tore (the file there, its bytes not: shorter than its header, or zeros
+// where its header and base record were to be) holds no record; the feed
+// loads with every entry, and the journal is written anew and reported as
+// a repair, by a writable and a read-only open alike.
+func TestJournalTornAtCreationIsWrittenAnew(t *testing.T) {
+	orig := filepath.Join(t.TempDir(), "db")
+	c, err := Open(orig, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := mustWriter(t, c, "w")
+	for i := range 5 {
+		mustAppend(t, w, fmt.Sprint("value ", i))
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{7, headerSize, 4096} {
+		t.Run(fmt.Sprint(size, " zeros"), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "db")
+			copyDir(t, orig, dir)
+			jpath := filepath.Join(dir, "feeds", "0", "journal")
+			if err := os.WriteFile(jpath, make([]byte, size), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, readOnly := range []bool{true, false} {
+				var repairs []Repair
+				c, err := Open(dir, &Options{ReadOnly: readOnly, OnRepair: func(r Repair) { repairs = append(repairs, r) }})
+				if err != nil {
+					t.Fatalf("read-only %v: %v", readOnly, err)
+				}
+				w := c.FindWriter("w")
+				if w == nil || w.Len() != 5 || len(c.Damaged()) != 0 {
+					t.Fatalf("read-only %v: writer %v, damage %v; want 5 entries and no damage", readOnly, w, c.Damaged())
+				}
+				repairs = slices.DeleteFunc(repairs, func(r Repair) bool { return strings.Contains(r.Reason, "permissions") })
+				if len(repairs) != 1 || repairs[0].File != "feeds/0/journal" || repairs[0].From != int64(size) || !strings.Contains(repairs[0].Reason, "creation torn") {
+					t.Errorf("read-only %v: repairs %v, want the journal written anew", readOnly, repairs)
+				}
+				if !readOnly {
+					mustAppend(t, w, "after")
+				}
+				if err := c.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var reported []string
+			c, err := Open(dir, &Options{OnError: func(err error) { reported = append(reported, err.Error()) }, OnRepair: func(r Repair) { reported = append(reported, r.String()) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if w := c.FindWriter("w"); w == nil || w.Len() != 6 || len(reported) != 0 {
+				t.Fatalf("reopened: writer %v, reported %q; want 6 entries and nothing", w, reported)
+			}
+		})
+	}
+}
