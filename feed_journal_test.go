@@ -2,6 +2,7 @@ package kappa
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -579,5 +580,63 @@ func TestJournalTornAtCreationIsWrittenAnew(t *testing.T) {
 				t.Fatalf("reopened: writer %v, reported %q; want 6 entries and nothing", w, reported)
 			}
 		})
+	}
+}
+
+// TestNewFeedIgnoresAJournalLeftInItsSlot: a crash while a slot past the
+// manifest's records was wiped can leave the files removed last (the
+// journal, fork evidence, old signatures) and nothing else. The next feed
+// added there must start from nothing: not replay another feed's journal.
+func TestNewFeedIgnoresAJournalLeftInItsSlot(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	c, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := mustWriter(t, c, "a")
+	for i := range 3 {
+		mustAppend(t, a, fmt.Sprint("a", i))
+	}
+	// The journal of a as it stands, with its append records.
+	jb, err := os.ReadFile(filepath.Join(dir, "feeds", "0", "journal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	slot1 := filepath.Join(dir, "feeds", "1")
+	if err := os.MkdirAll(slot1, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(slot1, "journal"), jb, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Writer("b")
+	if err != nil {
+		t.Fatalf("a writer in the slot of a stale journal: %v", err)
+	}
+	if b.Len() != 0 {
+		t.Fatalf("new writer has %d entries, want 0", b.Len())
+	}
+	mustAppend(t, b, "b0")
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if b := c.FindWriter("b"); b == nil || b.Len() != 1 || len(c.Damaged()) != 0 {
+		t.Fatalf("reopened: writer b %v, damage %v; want 1 entry, no damage", b, c.Damaged())
+	}
+	v, err := c.FindWriter("b").Get(context.Background(), 0)
+	if err != nil || string(v) != "b0" {
+		t.Fatalf("b's entry: %q, %v", v, err)
 	}
 }

@@ -260,11 +260,15 @@ func (c *Core) clearSlot(slot int) error {
 	} else if hasData {
 		return &CorruptError{File: feedPrefix(slot), Offset: 0, Reason: "a feed without a manifest record appeared in the next free slot"}
 	}
-	if !exists {
-		return nil // a slot nobody used: nothing to clear
-	}
 	prefix := feedPrefix(slot)
-	for _, name := range []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs, fileFork, fileJournal} {
+	names := []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs, fileFork, fileJournal}
+	if !exists {
+		// No feed's files, but perhaps those a crash left while the slot
+		// was wiped, which are removed last: a journal the feed added
+		// here would replay, another feed's (its tags refuse it).
+		names = names[5:]
+	}
+	for _, name := range names {
 		if err := c.store.Remove(prefix + name); err != nil {
 			return err
 		}
