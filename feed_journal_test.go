@@ -640,3 +640,89 @@ func TestNewFeedIgnoresAJournalLeftInItsSlot(t *testing.T) {
 		t.Fatalf("b's entry: %q, %v", v, err)
 	}
 }
+
+// TestJournalRecordTornInsideIsCut: a power loss can leave any of a
+// synced append's sectors unwritten, not only its last ones. A journal's
+// last record that fails its CRC, with only zeros after it and a whole
+// sector of zeros inside it where the append wrote bytes, is such a torn
+// write: the append was never acknowledged, and the feed loads without
+// it. The same record damaged without a zero sector is ErrCorrupt.
+func TestJournalRecordTornInsideIsCut(t *testing.T) {
+	orig := filepath.Join(t.TempDir(), "db")
+	c, err := Open(orig, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w := mustWriter(t, c, "w")
+	for i := range 3 {
+		mustAppend(t, w, fmt.Sprint("small ", i))
+	}
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1500) // 24,000 bytes, journaled
+	if _, err := w.Append(big); err != nil {
+		t.Fatal(err)
+	}
+	// The files as a crash would leave them, the journal unreset.
+	crashed := filepath.Join(t.TempDir(), "crashed")
+	copyDir(t, orig, crashed)
+	jpath := filepath.Join(crashed, "feeds", "0", "journal")
+	jb, err := os.ReadFile(jpath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last, lastSize int
+	for off := headerSize; !journalEnd(jb, off); {
+		_, n, err := decodeJournalRecord(jb[off:], int64(off), "")
+		if err != nil {
+			t.Fatalf("journal at %d: %v", off, err)
+		}
+		last, lastSize = off, n
+		off += n
+	}
+	if lastSize < len(big) {
+		t.Fatalf("the last journal record is %d bytes: want the big append's", lastSize)
+	}
+	sector := (last + lastSize/2) &^ (tornSector - 1) // a sector wholly inside the record
+	for _, tc := range []struct {
+		name   string
+		damage func(b []byte)
+		torn   bool
+	}{
+		{"a sector inside never landed", func(b []byte) { clear(b[sector : sector+tornSector]) }, true},
+		{"a byte inside flipped", func(b []byte) { b[sector+7] ^= 0x40 }, false},
+		{"a sector inside, less one byte, never landed", func(b []byte) { clear(b[sector+1 : sector+tornSector]) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "db")
+			copyDir(t, crashed, dir)
+			b := bytes.Clone(jb)
+			tc.damage(b)
+			if err := os.WriteFile(filepath.Join(dir, "feeds", "0", "journal"), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var repairs []Repair
+			c, err := Open(dir, &Options{OnRepair: func(r Repair) { repairs = append(repairs, r) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			w := c.FindWriter("w")
+			if !tc.torn {
+				if w != nil || len(c.Damaged()) != 1 || !errors.Is(c.Damaged()[0], ErrCorrupt) || !strings.Contains(c.Damaged()[0].Error(), fmt.Sprintf("journal at offset %d", last)) {
+					t.Fatalf("writer %v, damage %v; want the feed not loaded, the journal named at %d", w, c.Damaged(), last)
+				}
+				return
+			}
+			if w == nil || w.Len() != 3 || len(c.Damaged()) != 0 {
+				t.Fatalf("writer %v, damage %v; want the 3 acknowledged entries before the torn append, no damage", w, c.Damaged())
+			}
+			if !slices.ContainsFunc(repairs, func(r Repair) bool { return r.File == "feeds/0/journal" && strings.Contains(r.Reason, "torn") }) {
+				t.Errorf("repairs %v: want the journal's torn record cut", repairs)
+			}
+			mustAppend(t, w, "after")
+			if v, err := w.Get(context.Background(), 3); err != nil || string(v) != "after" {
+				t.Fatalf("entry 3: %q, %v", v, err)
+			}
+		})
+	}
+}

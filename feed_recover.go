@@ -11,8 +11,9 @@ import (
 // for the walk back over the records, and doc/FORMAT.md, "Recovery on
 // open", for the rule written down.
 
-// tornSector is the disk sector size assumed by sigRecordTorn: a write
-// that a power loss interrupts lands whole sectors, or none of one.
+// tornSector is the disk sector size assumed by sigRecordTorn and
+// journalTorn: a write that a power loss interrupts lands whole sectors,
+// or none of one.
 const tornSector = 512
 
 // damagedSig is a feed's newest signature record that fails its checksum

@@ -604,9 +604,11 @@ func journalEnd(b []byte, off int) bool { return isZero(b[off:]) }
 // journalTorn reports whether the unreadable record at off of a journal
 // whose bytes are b could be a write torn by a crash, rather than damage:
 // the file holds fewer than 4 bytes from off, or its size field names
-// more bytes than the file holds from off, or the last byte it names (of
-// its CRC) is zero and only zeros follow it: the end of the write did not
-// land (the bytes it overwrote were zeros, or past the end of the file).
+// more bytes than the file holds from off, or only zeros follow the
+// bytes it names and some of them are zeros a torn write explains: the
+// last (of its CRC: the end of the write did not land), or a whole
+// 512-byte sector of the file inside the record (a sector that did not
+// land, the others did). The bytes a record is written over are zeros.
 // Each record is synced before the next is written, so nothing but zeros
 // follows a torn one; a size field out of range is damage.
 func journalTorn(b []byte, off int) bool {
@@ -621,7 +623,19 @@ func journalTorn(b []byte, off int) bool {
 	if uint64(n) > uint64(len(rest)) {
 		return true
 	}
-	return rest[n-1] == 0 && isZero(rest[n:])
+	if !isZero(rest[n:]) {
+		return false
+	}
+	if rest[n-1] == 0 {
+		return true
+	}
+	end := off + int(n)
+	for s := (off + tornSector - 1) &^ (tornSector - 1); s+tornSector <= end; s += tornSector {
+		if isZero(b[s : s+tornSector]) {
+			return true
+		}
+	}
+	return false
 }
 
 // Bitfield page (1028 bytes at 16 + 1028·page): 1024 bytes of bits, bit i%8
