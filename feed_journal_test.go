@@ -472,54 +472,66 @@ func TestJournalDamageInItsZerosIsHealed(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "feeds", "0", "journal"), b, 0o600); err != nil {
 				t.Fatal(err)
 			}
+			if tc.healed {
+				checkJournalHealed(t, dir, int64(len(b)), "", fmt.Sprintf("journal at offset %d", end))
+				return
+			}
 			for _, readOnly := range []bool{true, false} {
-				var errs []error
-				var repairs []Repair
-				c, err := Open(dir, &Options{ReadOnly: readOnly, OnError: func(err error) { errs = append(errs, err) }, OnRepair: func(r Repair) { repairs = append(repairs, r) }})
+				c, err := Open(dir, &Options{ReadOnly: readOnly})
 				if err != nil {
 					t.Fatal(err)
 				}
-				w := c.FindWriter("w")
-				if !tc.healed {
-					if w != nil || len(c.Damaged()) != 1 || !strings.Contains(c.Damaged()[0].Error(), fmt.Sprintf("journal at offset %d", end)) {
-						t.Fatalf("read-only %v: writer %v, damage %v; want the feed not loaded, the journal named", readOnly, w, c.Damaged())
-					}
-					c.Close()
-					continue
+				if w := c.FindWriter("w"); w != nil || len(c.Damaged()) != 1 || !strings.Contains(c.Damaged()[0].Error(), fmt.Sprintf("journal at offset %d", end)) {
+					t.Fatalf("read-only %v: writer %v, damage %v; want the feed not loaded, the journal named", readOnly, w, c.Damaged())
 				}
-				if w == nil || w.Len() != 5 || len(c.Damaged()) != 0 {
-					t.Fatalf("read-only %v: writer %v, damage %v; want 5 entries and no listed damage", readOnly, w, c.Damaged())
-				}
-				want := fmt.Sprintf("journal at offset %d", end)
-				if len(errs) != 1 || !errors.Is(errs[0], ErrCorrupt) || !strings.Contains(errs[0].Error(), want) {
-					t.Errorf("read-only %v: OnError got %v, want one ErrCorrupt naming %q", readOnly, errs, want)
-				}
-				// (The copy's modes are tightened too: those repairs aside.)
-				repairs = slices.DeleteFunc(repairs, func(r Repair) bool { return strings.Contains(r.Reason, "permissions") })
-				if len(repairs) != 1 || repairs[0].File != "feeds/0/journal" || repairs[0].From != int64(len(b)) {
-					t.Errorf("read-only %v: repairs %v, want the journal's cut", readOnly, repairs)
-				}
-				if !readOnly {
-					mustAppend(t, w, "after")
-				}
-				if err := c.Close(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if !tc.healed {
-				return
-			}
-			// Healed: the next open finds nothing to report.
-			var reported []string
-			c, err := Open(dir, &Options{OnError: func(err error) { reported = append(reported, err.Error()) }, OnRepair: func(r Repair) { reported = append(reported, r.String()) }})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if w := c.FindWriter("w"); w == nil || w.Len() != 6 || len(reported) != 0 {
-				t.Fatalf("reopened: writer %v, reported %q; want 6 entries and nothing", w, reported)
+				c.Close()
 			}
 		})
+	}
+}
+
+// checkJournalHealed opens the database in dir read-only, then writable,
+// and checks each time that its writer "w" loads with its 5 entries and no
+// damage listed, that one repair of feeds/0/journal from size from is
+// reported, its reason holding reason, and, unless errWant is "", one
+// ErrCorrupt sent to OnError naming errWant. The writable open appends an
+// entry; the next open must find nothing to report.
+func checkJournalHealed(t *testing.T, dir string, from int64, reason, errWant string) {
+	t.Helper()
+	for _, readOnly := range []bool{true, false} {
+		var errs []error
+		var repairs []Repair
+		c, err := Open(dir, &Options{ReadOnly: readOnly, OnError: func(err error) { errs = append(errs, err) }, OnRepair: func(r Repair) { repairs = append(repairs, r) }})
+		if err != nil {
+			t.Fatalf("read-only %v: %v", readOnly, err)
+		}
+		w := c.FindWriter("w")
+		if w == nil || w.Len() != 5 || len(c.Damaged()) != 0 {
+			t.Fatalf("read-only %v: writer %v, damage %v; want 5 entries and no listed damage", readOnly, w, c.Damaged())
+		}
+		if errWant == "" && len(errs) != 0 || errWant != "" && (len(errs) != 1 || !errors.Is(errs[0], ErrCorrupt) || !strings.Contains(errs[0].Error(), errWant)) {
+			t.Errorf("read-only %v: OnError got %v, want one ErrCorrupt naming %q (none if empty)", readOnly, errs, errWant)
+		}
+		// (A copy's modes are tightened too: those repairs aside.)
+		repairs = slices.DeleteFunc(repairs, func(r Repair) bool { return strings.Contains(r.Reason, "permissions") })
+		if len(repairs) != 1 || repairs[0].File != "feeds/0/journal" || repairs[0].From != from || !strings.Contains(repairs[0].Reason, reason) {
+			t.Errorf("read-only %v: repairs %v, want the journal's, from %d bytes, saying %q", readOnly, repairs, from, reason)
+		}
+		if !readOnly {
+			mustAppend(t, w, "after")
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var reported []string
+	c, err := Open(dir, &Options{OnError: func(err error) { reported = append(reported, err.Error()) }, OnRepair: func(r Repair) { reported = append(reported, r.String()) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if w := c.FindWriter("w"); w == nil || w.Len() != 6 || len(reported) != 0 {
+		t.Fatalf("reopened: writer %v, reported %q; want 6 entries and nothing", w, reported)
 	}
 }
 
@@ -549,36 +561,7 @@ func TestJournalTornAtCreationIsWrittenAnew(t *testing.T) {
 			if err := os.WriteFile(jpath, make([]byte, size), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			for _, readOnly := range []bool{true, false} {
-				var repairs []Repair
-				c, err := Open(dir, &Options{ReadOnly: readOnly, OnRepair: func(r Repair) { repairs = append(repairs, r) }})
-				if err != nil {
-					t.Fatalf("read-only %v: %v", readOnly, err)
-				}
-				w := c.FindWriter("w")
-				if w == nil || w.Len() != 5 || len(c.Damaged()) != 0 {
-					t.Fatalf("read-only %v: writer %v, damage %v; want 5 entries and no damage", readOnly, w, c.Damaged())
-				}
-				repairs = slices.DeleteFunc(repairs, func(r Repair) bool { return strings.Contains(r.Reason, "permissions") })
-				if len(repairs) != 1 || repairs[0].File != "feeds/0/journal" || repairs[0].From != int64(size) || !strings.Contains(repairs[0].Reason, "creation torn") {
-					t.Errorf("read-only %v: repairs %v, want the journal written anew", readOnly, repairs)
-				}
-				if !readOnly {
-					mustAppend(t, w, "after")
-				}
-				if err := c.Close(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			var reported []string
-			c, err := Open(dir, &Options{OnError: func(err error) { reported = append(reported, err.Error()) }, OnRepair: func(r Repair) { reported = append(reported, r.String()) }})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if w := c.FindWriter("w"); w == nil || w.Len() != 6 || len(reported) != 0 {
-				t.Fatalf("reopened: writer %v, reported %q; want 6 entries and nothing", w, reported)
-			}
+			checkJournalHealed(t, dir, int64(size), "creation torn", "")
 		})
 	}
 }
