@@ -441,8 +441,8 @@ func (r *replayed) durable() uint64 {
 // and signatures are synced, and the signature records past the last one
 // the journal accounts for are cut: their appends' journal records did
 // not land, so they were never acknowledged. A record that is not whole
-// and is followed by more bytes (but for damage in the zeros past the
-// records, below), or one that is whole but not one this package writes,
+// where no torn write explains it (see journalTorn; but for damage in the
+// zeros past the records, below), or one that is whole but not one this package writes,
 // is ErrCorrupt naming the journal and its offset; so is a signatures file
 // shorter than the journal accounts for.
 //
@@ -529,9 +529,8 @@ func (f *Feed) replayJournal(s Storage, prefix string) (r replayed, overlaid boo
 // five zeros at its offset show. No record this package wrote has a zero
 // size field and kind, and one damaged byte cannot clear both: so no
 // acknowledged append is there, and the zeros past the records only were
-// hit. Any other record not whole and followed by more bytes, or a record
-// whole but not one this package writes or not following the one before,
-// is ErrCorrupt.
+// hit. Any other record not whole, or a record whole but not one this
+// package writes or not following the one before, is ErrCorrupt.
 func (f *Feed) decodeJournal(buf []byte) (recs []journalRecord, trailer bool, damaged *CorruptError, err error) {
 	name := f.name + fileJournal
 	if hdr := encodeHeader(magicJournal, 0); !bytes.Equal(buf[:headerSize], hdr[:]) {
@@ -550,7 +549,7 @@ func (f *Feed) decodeJournal(buf []byte) (recs []journalRecord, trailer bool, da
 			if len(recs) > 0 && isZero(buf[off:min(off+jrnBegun, len(buf))]) {
 				return recs, true, &CorruptError{File: name, Offset: int64(off), Reason: "bytes that are not zero past the journal's last record, where no record was begun: damage, not a torn write"}, nil
 			}
-			return nil, false, nil, &CorruptError{File: name, Offset: int64(off), Reason: "a journal record that is not whole is followed by more bytes: damage, not a torn write"}
+			return nil, false, nil, &CorruptError{File: name, Offset: int64(off), Reason: "a journal record that is not whole (its size field out of range, or its CRC failing) where no torn write explains it: damage"}
 		}
 		if err != nil {
 			return nil, false, nil, err
