@@ -55,7 +55,9 @@ var (
 	ErrOutOfRange = errors.New("kappa: sequence out of range")
 
 	// ErrFull is returned by Append when the feed would exceed the largest
-	// length or byte size the format can address.
+	// length or byte size the format can address (2^56 entries, 2^62
+	// bytes), and by Put for a proof of a length past 2^56: valid in the
+	// protocol (up to 2^60), but past what a feed's files can address.
 	ErrFull = errors.New("kappa: feed is full")
 
 	// ErrNotAvailable is returned by Proof when a replica holds the entries

@@ -248,7 +248,7 @@ func (f *Feed) commitValuesWriteLocked(batch []*appendReq) (uint64, error) {
 	if n == 0 {
 		return start, nil
 	}
-	if start+n > maxTreeLength || byteLen+size > maxTreeBytes {
+	if start+n > maxStoredLength || byteLen+size > maxTreeBytes {
 		return 0, f.opError(fmt.Sprintf("append %d entries at %d", n, start), ErrFull)
 	}
 	secret, err := f.secretKeyWriteLocked()

@@ -79,6 +79,10 @@ func (f *Feed) Put(p *Proof) error {
 	if p.Signature != nil && !verifyRoots(f.key, treeHash(t.roots), p.Length, p.Signature) {
 		return f.opError(fmt.Sprintf("put at length %d", p.Length), ErrBadSignature)
 	}
+	if p.Length > maxStoredLength {
+		// Valid, but past what this feed's files can address.
+		return f.opError(fmt.Sprintf("put at length %d", p.Length), fmt.Errorf("%w: a length over 2^56, where a tree node's file offset would pass 63 bits", ErrFull))
+	}
 	// Damaged entries and tree records that this Put rewrote from its
 	// verified copy are reported healed once the locks are released.
 	var healed []uint64

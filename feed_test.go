@@ -3,6 +3,9 @@ package kappa
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -1001,4 +1004,55 @@ func TestAppendAfterDamageSinceOpenFails(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPutPastWhatFilesAddressIsErrFull: a signed proof of a length the
+// protocol allows (up to 2^60) but past 2^56, where a tree node's place in
+// its file would not fit a file offset, is refused with ErrFull (not a
+// peer's fault: no ErrVerify) and writes nothing.
+func TestPutPastWhatFilesAddressIsErrFull(t *testing.T) {
+	pub, sec, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, length := range []uint64{maxStoredLength + 1, 1 << 57, 3 << 57, maxTreeLength} {
+		t.Run(fmt.Sprint(length), func(t *testing.T) {
+			p := longProof(t, sec, length)
+			s := NewMemStorage()
+			r := newFeed(t, s, &FeedOptions{Key: pub})
+			before := map[string]int{}
+			for _, n := range s.names() {
+				before[n] = len(mustFileBytes(t, s, n))
+			}
+			if err := r.Put(p); !errors.Is(err, ErrFull) || errors.Is(err, ErrVerify) {
+				t.Fatalf("put at length %d: %v, want ErrFull and no ErrVerify", length, err)
+			}
+			for n, size := range before {
+				if b := mustFileBytes(t, s, n); len(b) != size {
+					t.Errorf("refused put changed %s", n)
+				}
+			}
+			if r.Len() != 0 || r.Has(0) {
+				t.Fatalf("refused put changed the replica: len %d", r.Len())
+			}
+		})
+	}
+}
+
+// longProof returns the proof of entry 0 of a feed of length entries,
+// signed with sec: the entry's block and, beside it, made-up subtrees of
+// one byte an entry.
+func longProof(t testing.TB, sec ed25519.PrivateKey, length uint64) *Proof {
+	t.Helper()
+	p := &Proof{Blocks: [][]byte{{0, 'x'}}, Length: length}
+	for _, i := range proofIndexes(nil, 0, 1, length) {
+		lo, hi := flatBlocks(i)
+		p.Nodes = append(p.Nodes, Node{Index: i, Hash: sha256.Sum256(binary.BigEndian.AppendUint64(nil, i)), Size: hi - lo})
+	}
+	tree, err := proofTree(p, newLeafHasher(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Signature = signRoots(sec, treeHash(tree.roots), length)
+	return p
 }

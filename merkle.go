@@ -22,6 +22,14 @@ const maxTreeLength = 1 << 60
 // maxTreeBytes bounds the sum of the sizes in a tree, for the same reason.
 const maxTreeBytes = 1 << 62
 
+// maxStoredLength bounds the length of a feed this package stores: past
+// it, a tree node's place in its file (16 + 56·index, index < 2·length)
+// would not fit the int64 of a file offset. (With it, a data record's
+// place, 16 + bytes + 8·seq, fits too.) Proofs may name lengths up to
+// maxTreeLength; Put refuses those past this one with ErrFull, as Append
+// does an append past it.
+const maxStoredLength = 1 << 56
+
 func flatDepth(i uint64) uint { return uint(bits.TrailingZeros64(^i)) }
 
 func flatOffset(i uint64) uint64 { return i >> (flatDepth(i) + 1) }

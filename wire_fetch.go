@@ -280,7 +280,10 @@ func (s *session) storedAnswer(res storeResult) error {
 		s.storing = slices.Delete(s.storing, k, k+1)
 	}
 	switch {
-	case errors.Is(res.err, ErrForked):
+	case errors.Is(res.err, ErrForked), errors.Is(res.err, ErrFull):
+		// A fork, or a feed longer than this side's files can address
+		// (a length past 2^56, which its writer signed): not exchanged
+		// further; the session goes on with the others.
 		s.isolate(r.pf, res.err)
 		return nil
 	case r.known > 0 && res.unsignedAt == r.known && errors.Is(res.err, ErrVerify):
@@ -304,10 +307,10 @@ func (s *session) storedAnswer(res storeResult) error {
 }
 
 // isolate stops exchanging pf's feed in this session, after storing an
-// answer showed a fork (err): nothing more is requested of it, answers in
-// flight are dropped, and the session goes on with the other feeds. A fork
-// with evidence marked the feed, and its Core reported it; one without is
-// reported here.
+// answer showed a fork or a length this side cannot store (err): nothing
+// more is requested of it, answers in flight are dropped, and the session
+// goes on with the other feeds. A fork with evidence marked the feed, and
+// its Core reported it; anything else is reported here.
 func (s *session) isolate(pf *peerFeed, err error) {
 	for _, q := range s.peersOf[pf.local] {
 		q.cut, q.want = true, nil

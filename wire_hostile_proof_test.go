@@ -1,9 +1,11 @@
 package kappa
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -266,6 +268,55 @@ func TestHostileFloodOfUnrequestedData(t *testing.T) {
 				t.Fatalf("the replica has length %d, holds %d", ff.x.Len(), ff.x.Downloaded())
 			}
 			recovers(t, kind, ff.src, ff.honest)
+		})
+	}
+}
+
+// TestHostileFeedLongerThanFilesAddress: the hostile side offers a feed of
+// its own whose key signed a length past 2^56: valid in the protocol (up
+// to 2^60), past what this side's files can address. Its answer is
+// refused (ErrFull), reported, and the session goes on without that feed
+// and ends cleanly; nothing of it is stored.
+func TestHostileFeedLongerThanFilesAddress(t *testing.T) {
+	for _, kind := range connKinds {
+		t.Run(kind, func(t *testing.T) {
+			var mu sync.Mutex
+			var reported []error
+			_, honest := sharedPair(t, &Options{OnError: func(err error) {
+				mu.Lock()
+				reported = append(reported, err)
+				mu.Unlock()
+			}})
+			pub, sec, err := ed25519.GenerateKey(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const length = 1 << 57
+			h := meetHostile(t, kind, honest, nil)
+			r := h.offer(pub, haveMsg(0, length, span{0, 1}))
+			if r != (wireRequest{0, 0, 1, 0}) {
+				t.Fatalf("request %+v", r)
+			}
+			h.drain()
+			if err := h.send(encodeData(r.id, longProof(t, sec, length)), doneMessage{}.encode()); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-h.drained; err != nil {
+				t.Fatalf("the honest side did not end with close_notify: %v", err)
+			}
+			h.tls.CloseWrite()
+			if err := h.result(); err != nil {
+				t.Fatalf("the honest side: %v, want nil", err)
+			}
+			h.raw.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			if len(reported) != 1 || !errors.Is(reported[0], ErrFull) {
+				t.Fatalf("reported %v, want one ErrFull", reported)
+			}
+			if f := honest.Feed(pub); f == nil || f.Len() != 0 || f.Has(0) {
+				t.Fatalf("the feed: %v, want an empty replica", f)
+			}
 		})
 	}
 }
