@@ -94,7 +94,7 @@ var (
 	// ErrUnauthorized ends a replication session whose peer could not
 	// prove that it knows the database's shared key (or that refused this
 	// side's proof).
-	ErrUnauthorized = errors.New("kappa: peer does not know the shared key")
+	ErrUnauthorized = errors.New("kappa: the peer's shared key is not this database's")
 
 	// ErrVersion ends a replication session with a peer whose protocol
 	// major version differs.

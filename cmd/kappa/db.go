@@ -36,7 +36,7 @@ func checkDB(dir string) error {
 	if err := checkNotFile(dir); err != nil {
 		return err
 	}
-	none := fmt.Errorf("no database in %s (kappa init -db %s creates one)", dir, dir)
+	none := fmt.Errorf("no database in %s (kappa init -db %s creates one in a new or empty directory)", dir, dir)
 	f, err := os.Open(filepath.Join(dir, dbFile))
 	switch {
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
@@ -204,7 +204,10 @@ joins an existing database instead: the new one has the same shared key
 that it is not in the command line, which other users of the machine can
 read (kappa key -db PEER | kappa init -key -). The value encoding is fixed
 at creation: every appended value must be JSON, UTF-8 text, or any bytes
-(binary, the default).`,
+(binary, the default). The key does not carry it: a database joined with
+-key gets the -encoding given here, so give the one the peer's database
+has ("kappa stat" there prints it); the peers' own checks differ
+otherwise.`,
 	run: func(e *env, c *command, args []string) error {
 		fl := e.flags(c, true)
 		keyHex := fl.String("key", "", "join the database with this shared `HEX` key (64 hex digits; - reads it from standard input)")
@@ -242,7 +245,16 @@ at creation: every appended value must be JSON, UTF-8 text, or any bytes
 		created := false
 		switch entries, err := os.ReadDir(e.db); {
 		case errors.Is(err, fs.ErrNotExist):
-			created = true
+			// Made here, so that a failed open removes only a directory
+			// this command made.
+			if err := os.MkdirAll(filepath.Dir(e.db), 0o700); err != nil {
+				return err
+			}
+			if err := os.Mkdir(e.db, 0o700); err == nil {
+				created = true
+			} else if !errors.Is(err, fs.ErrExist) {
+				return err
+			}
 		case err != nil:
 			return err
 		case len(entries) > 0:
@@ -251,7 +263,10 @@ at creation: every appended value must be JSON, UTF-8 text, or any bytes
 		core, err := kappa.Open(e.db, &kappa.Options{ValueEncoding: enc, SharedKey: key})
 		if err != nil {
 			if created {
-				os.RemoveAll(e.db)
+				// Only while it is empty: another init may have made a
+				// database in it meanwhile, which is not this one's to
+				// remove.
+				os.Remove(e.db)
 			}
 			return err
 		}
@@ -344,6 +359,9 @@ append refuses it and appends nothing, so that a flag put after the values
 		add := func(values [][]byte) error {
 			// Check first, so that a bad value creates no writer.
 			for i, v := range values {
+				if len(v) > kappa.MaxBlockSize {
+					return &badValue{i: i, err: fmt.Errorf("%w: %d bytes, over %d", kappa.ErrBlockTooLarge, len(v), kappa.MaxBlockSize)}
+				}
 				if err := checkValue(enc, v); err != nil {
 					return &badValue{i: i, err: err}
 				}
@@ -419,7 +437,17 @@ func appendLines(r io.Reader, add func([][]byte) error) error {
 	var batch [][]byte
 	size, line := 0, 0
 	for {
-		b, err := br.ReadBytes('\n')
+		b, err := readLine(br, kappa.MaxBlockSize+len("\r\n"))
+		if errors.Is(err, errLineTooLong) {
+			// Refused before the rest of it is read: a line is held
+			// whole, and standard input may not end (/dev/zero).
+			if len(batch) > 0 {
+				if aerr := add(batch); aerr != nil {
+					return linesErr(aerr, line-len(batch)+1, line)
+				}
+			}
+			return fmt.Errorf("standard input, line %d: %w: over %d bytes", line+1, kappa.ErrBlockTooLarge, kappa.MaxBlockSize)
+		}
 		if len(b) > 0 {
 			line++
 			b = bytes.TrimSuffix(b, []byte("\n"))
@@ -430,12 +458,7 @@ func appendLines(r io.Reader, add func([][]byte) error) error {
 		end := err != nil
 		if len(batch) > 0 && (end || br.Buffered() == 0 || len(batch) >= maxBatch || size >= maxBatchBytes) {
 			if aerr := add(batch); aerr != nil {
-				first := line - len(batch) + 1
-				var bad *badValue
-				if errors.As(aerr, &bad) {
-					return fmt.Errorf("standard input, line %d (lines %d to %d not appended): %w", first+bad.i, first, line, bad.err)
-				}
-				return fmt.Errorf("standard input, lines %d to %d, not appended: %w", first, line, aerr)
+				return linesErr(aerr, line-len(batch)+1, line)
 			}
 			batch, size = batch[:0], 0
 		}
@@ -444,6 +467,36 @@ func appendLines(r io.Reader, add func([][]byte) error) error {
 		}
 		if err != nil {
 			return fmt.Errorf("standard input: %w", err)
+		}
+	}
+}
+
+// linesErr is the error of a batch of lines first to last that add
+// refused.
+func linesErr(err error, first, last int) error {
+	var bad *badValue
+	if errors.As(err, &bad) {
+		return fmt.Errorf("standard input, line %d (lines %d to %d not appended): %w", first+bad.i, first, last, bad.err)
+	}
+	return fmt.Errorf("standard input, lines %d to %d, not appended: %w", first, last, err)
+}
+
+// errLineTooLong is readLine's error for a line longer than its bound.
+var errLineTooLong = errors.New("line too long")
+
+// readLine reads a line of br, its newline included, as ReadBytes('\n')
+// does, but returns errLineTooLong, having read no more than a buffer
+// past max, once the line passes max bytes.
+func readLine(br *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(line)+len(frag) > max {
+			return nil, errLineTooLong
+		}
+		line = append(line, frag...)
+		if err != bufio.ErrBufferFull {
+			return line, err
 		}
 	}
 }

@@ -149,6 +149,9 @@ func demoDirs(dir string) (string, []string, error) {
 		}
 		return dir, []string{dir}, nil
 	}
+	if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
+		return "", nil, fmt.Errorf("%s is not a directory: -dir wants the directory the demo's databases go in", dir)
+	}
 	for _, name := range []string{"alice", "bob"} {
 		if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, fs.ErrNotExist) {
 			return "", nil, fmt.Errorf("%s already exists: demo makes new databases", filepath.Join(dir, name))

@@ -37,10 +37,11 @@
 // protocol). verify, sync and a second serve fail, saying the database is
 // being served by process N. A socket left by a serve that was killed is
 // ignored by the commands (they only try it when the database is locked)
-// and replaced by the next serve. Serve fails, saying so, if DIR/control
+// and replaced by the next serve. A socket address holds a path of at
+// most 103 bytes: on Linux a longer DIR/control is bound and dialled
+// through /proc/self/fd; elsewhere serve fails, saying so, if DIR/control
 // (tried as given, then absolute) or DIR/.control-N/s, where it is first
-// created, is longer than 103 bytes, the most a socket address holds
-// everywhere.
+// created, is longer.
 //
 // Serve runs a swarm (Core.Swarm): it listens (-listen, default :7654),
 // dials its -peer addresses and, with -lan, the peers it finds on the
@@ -182,7 +183,7 @@ func (e *env) dispatch(args []string) error {
 	}
 	name, args := top.Arg(0), top.Args()[1:]
 	if name == "help" {
-		if len(args) == 0 {
+		if len(args) == 0 || args[0] == "help" { // kappa help help
 			e.usage()
 			return nil
 		}

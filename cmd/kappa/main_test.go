@@ -940,3 +940,81 @@ func TestInitReadsTheKeyFromStandardInput(t *testing.T) {
 		}
 	}
 }
+
+// A value over kappa.MaxBlockSize on standard input is named by its line,
+// like a value the encoding refuses, and creates no writer.
+func TestAppendOfAValueTooLargeNamesItsLine(t *testing.T) {
+	dir := t.TempDir()
+	db := newDB(t, dir, "db")
+	in := "a\nb\n" + strings.Repeat("z", kappa.MaxBlockSize+1) + "\nc\n"
+	r := kappaRun(t, dir, in, "append", "-db", db, "-writer", "big")
+	if r.code != 1 || !strings.Contains(r.stderr, "line 3 (lines 1 to ") || !strings.Contains(r.stderr, "block too large") {
+		t.Fatalf("append: code %d, stderr %q", r.code, r.stderr)
+	}
+	if out := mustRun(t, dir, "feeds", "-db", db); strings.Contains(out, "big") {
+		t.Errorf("a writer was made for values never appended:\n%s", out)
+	}
+}
+
+// A line past the limit is refused without reading the rest of it:
+// standard input may be endless.
+func TestAppendLinesStopsReadingALineTooLong(t *testing.T) {
+	// (Endless but for a bound, so that a reader that takes lines whole
+	// fails this test rather than running out of memory.)
+	endless := &countingReader{r: io.LimitReader(zeroReader{}, 4*kappa.MaxBlockSize)}
+	var got [][]byte
+	err := appendLines(io.MultiReader(strings.NewReader("x\ny\n"), endless), func(values [][]byte) error {
+		got = append(got, values...)
+		return nil
+	})
+	if !errors.Is(err, kappa.ErrBlockTooLarge) || !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("error %v, want ErrBlockTooLarge naming line 3", err)
+	}
+	if len(got) != 2 {
+		t.Errorf("%d lines appended, want the 2 before", len(got))
+	}
+	if endless.n > kappa.MaxBlockSize+1<<20 {
+		t.Errorf("read %d bytes of the long line, want little more than %d", endless.n, kappa.MaxBlockSize)
+	}
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// Small command lines an audit found answered wrongly: "help help" is the
+// usage, a -listen that is no host:port is a usage error (2), and a -dir
+// that is a file is named as one.
+func TestCommandLinesAnsweredRightly(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db := newDB(t, dir, "db")
+	for _, c := range []struct {
+		args []string
+		code int
+		out  string // in standard output or error
+	}{
+		{[]string{"help", "help"}, 0, "init"},
+		{[]string{"serve", "-db", db, "-listen", "abc"}, 2, `-listen "abc": want host:port`},
+		{[]string{"demo", "-dir", file}, 1, "is not a directory"},
+	} {
+		r := kappaRun(t, dir, "", c.args...)
+		if r.code != c.code || !strings.Contains(r.stdout+r.stderr, c.out) {
+			t.Errorf("kappa %s: code %d, output %q; want code %d and %q", strings.Join(c.args, " "), r.code, r.stdout+r.stderr, c.code, c.out)
+		}
+	}
+}

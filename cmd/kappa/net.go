@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -101,6 +102,11 @@ serve fails, saying so.`,
 		maxNew := maxNewFeedsFlag(fl)
 		if err := e.parseNoArgs(c, fl, args); err != nil {
 			return err
+		}
+		if *listen != "" {
+			if _, _, err := net.SplitHostPort(*listen); err != nil {
+				return usagef("-listen %q: want host:port (:7654 for every interface), or \"\"", *listen)
+			}
 		}
 		limit, err := newFeedsLimit(*maxNew)
 		if err != nil {
@@ -304,6 +310,10 @@ so a -timeout under 5 s can end a session with a busy but live peer.`,
 			}
 		}
 		if err != nil {
+			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+				// What was stored is kept.
+				return fmt.Errorf("peer %s: interrupted: the sync ended before it was complete", addr)
+			}
 			return fmt.Errorf("peer %s: %w", addr, err)
 		}
 		var entries uint64
