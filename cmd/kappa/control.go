@@ -392,7 +392,7 @@ func (r *remoteStdin) Read(p []byte) (int, error) {
 		case b := <-r.ch:
 			r.buf, r.eof = b, b == nil
 		case <-r.ctx.Done():
-			return 0, errors.New("the command was interrupted")
+			return 0, errInterrupted
 		}
 	}
 	if len(r.buf) == 0 && r.eof {

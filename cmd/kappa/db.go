@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"unicode/utf8"
@@ -329,6 +330,8 @@ the writer the first time. Without VALUEs it appends each line of standard
 input (without its line ending), in batches of the lines that have arrived:
 a batch with a value that fails is not appended, and append stops there,
 the lines before it appended (the line append prints counts them).
+Interrupted (Ctrl-C), it appends no more lines, says so and exits with
+status 1; the lines appended before stay, counted the same way.
 Values must match the database's encoding; in a json database, for one:
 
   kappa append 1 '"two"' '{"n": 3}'
@@ -388,7 +391,7 @@ append refuses it and appends nothing, so that a flag put after the values
 			}
 			err = add(values)
 		} else {
-			err = appendLines(e.stdin, add)
+			err = e.appendInput(add)
 		}
 		if n > 0 {
 			// Also when a later batch of lines failed: those before it
@@ -405,6 +408,43 @@ append refuses it and appends nothing, so that a flag put after the values
 		return e.closeDB(core)
 	},
 }
+
+// appendInput appends the lines of standard input with add (see
+// appendLines) until they end or the command is interrupted (SIGINT or
+// SIGTERM, or its client's interrupt inside a serve): then it waits for
+// the batch being appended, appends no more, and says so; the batches
+// before it stay appended and are counted, as they are inside a serve.
+func (e *env) appendInput(add func([][]byte) error) error {
+	ctx, stop := e.untilInterrupted()
+	defer stop()
+	var mu sync.Mutex // held while a batch is appended
+	interrupted := false
+	done := make(chan error, 1)
+	go func() {
+		done <- appendLines(e.stdin, func(values [][]byte) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if interrupted {
+				return errInterrupted
+			}
+			return add(values)
+		})
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		mu.Lock()
+		interrupted = true
+		mu.Unlock()
+		// Standard input may stay blocked: the process ends without it.
+		return fmt.Errorf("standard input: %w", errInterrupted)
+	}
+}
+
+// errInterrupted is how a command that reads its input ends when it is
+// interrupted; a command run inside a serve says the same (control.go).
+var errInterrupted = errors.New("the command was interrupted")
 
 // checkValue checks v against the database's encoding as Append does, so
 // that a bad value is found before anything is written.

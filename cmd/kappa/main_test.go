@@ -1018,3 +1018,52 @@ func TestCommandLinesAnsweredRightly(t *testing.T) {
 		}
 	}
 }
+
+// An append of standard input that is interrupted says so and counts what
+// it appended, as it does inside a serve: it is not killed by the signal
+// with nothing said.
+func TestAppendOfStandardInputInterrupted(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no SIGINT to send on Windows")
+	}
+	dir := t.TempDir()
+	db := newDB(t, dir, "db")
+	ctx := ctxT(t)
+	cmd := kappaCmd(t, ctx, dir, "append", "-db", db)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	if _, err := io.WriteString(stdin, "one\n"); err != nil {
+		t.Fatal(err)
+	}
+	// The line is appended once the writer's signature record is there.
+	sigs := filepath.Join(db, "feeds", "0", "signatures")
+	for {
+		if fi, err := os.Stat(sigs); err == nil && fi.Size() > 16 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the line was never appended; stderr %q", stderr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 1 || !strings.Contains(stdout.String(), "appended 1 entry") || !strings.Contains(stderr.String(), "standard input: the command was interrupted") {
+		t.Fatalf("after SIGINT: %v; stdout %q, stderr %q; want status 1, the entry counted, and why", err, stdout.String(), stderr.String())
+	}
+	if got := entries(t, dir, db); len(got) != 1 {
+		t.Errorf("%d entries held, want 1", len(got))
+	}
+}
