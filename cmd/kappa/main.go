@@ -112,8 +112,8 @@ var commands = []*command{
 
 // untilInterrupted returns e.ctx, ended by SIGINT or SIGTERM, for commands
 // that run until interrupted and then shut down in order (serve, sync,
-// log -follow, demo, append of standard input). The first signal ends the context; a second one
-// kills the process as usual. Other commands leave the signals alone: what
+// log -follow, demo, append of standard input). The first signal ends the
+// context; a second one kills the process as usual. Other commands leave the signals alone: what
 // they write is durable or not, whenever they are stopped. A command run
 // inside a serve leaves them to the serve: its client's interrupt, and the
 // serve's stop, end e.ctx.
