@@ -430,18 +430,7 @@ func FuzzJournalRecord(f *testing.F) {
 // where the next record would begin could be a record's size field or
 // kind, and is ErrCorrupt as before: the feed is listed as damaged.
 func TestJournalDamageInItsZerosIsHealed(t *testing.T) {
-	orig := filepath.Join(t.TempDir(), "db")
-	c, err := Open(orig, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := mustWriter(t, c, "w")
-	for i := range 5 {
-		mustAppend(t, w, fmt.Sprint("value ", i))
-	}
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
-	}
+	orig := journaledDB(t, 5)
 	jb, err := os.ReadFile(filepath.Join(orig, "feeds", "0", "journal"))
 	if err != nil {
 		t.Fatal(err)
@@ -541,18 +530,7 @@ func checkJournalHealed(t *testing.T, dir string, from int64, reason, errWant st
 // loads with every entry, and the journal is written anew and reported as
 // a repair, by a writable and a read-only open alike.
 func TestJournalTornAtCreationIsWrittenAnew(t *testing.T) {
-	orig := filepath.Join(t.TempDir(), "db")
-	c, err := Open(orig, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := mustWriter(t, c, "w")
-	for i := range 5 {
-		mustAppend(t, w, fmt.Sprint("value ", i))
-	}
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
-	}
+	orig := journaledDB(t, 5)
 	for _, size := range []int{7, headerSize, 4096} {
 		t.Run(fmt.Sprint(size, " zeros"), func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "db")
@@ -632,15 +610,8 @@ func TestNewFeedIgnoresAJournalLeftInItsSlot(t *testing.T) {
 // it. The same record damaged without a zero sector is ErrCorrupt.
 func TestJournalRecordTornInsideIsCut(t *testing.T) {
 	orig := filepath.Join(t.TempDir(), "db")
-	c, err := Open(orig, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, w := openJournaled(t, orig, 3)
 	defer c.Close()
-	w := mustWriter(t, c, "w")
-	for i := range 3 {
-		mustAppend(t, w, fmt.Sprint("small ", i))
-	}
 	big := bytes.Repeat([]byte("0123456789abcdef"), 1500) // 24,000 bytes, journaled
 	if _, err := w.Append(big); err != nil {
 		t.Fatal(err)
@@ -708,4 +679,30 @@ func TestJournalRecordTornInsideIsCut(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openJournaled opens a new database in dir, synced, and appends n values
+// to its writer "w", one per call: each is journaled.
+func openJournaled(t *testing.T, dir string, n int) (*Core, *Feed) {
+	t.Helper()
+	c, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := mustWriter(t, c, "w")
+	for i := range n {
+		mustAppend(t, w, fmt.Sprint("value ", i))
+	}
+	return c, w
+}
+
+// journaledDB returns a closed database made by openJournaled.
+func journaledDB(t *testing.T, n int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "db")
+	c, _ := openJournaled(t, dir, n)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
