@@ -597,14 +597,15 @@ func (g *groupBuild) build(h *leafHasher, from, to uint64) {
 		g.leaves[k] = leaf
 		if k+1 == blockEnd {
 			buildBlock(g.leaves[block:blockEnd], g.run, g.runStart)
-			block = blockEnd
-			blockEnd = block + alignedBlock(g.start+block, g.start+to)
+			if block = blockEnd; block < to {
+				blockEnd = block + alignedBlock(g.start+block, g.start+to)
+			}
 		}
 	}
 }
 
 // alignedBlock returns the size of the block of an append that begins at
-// entry seq, the append ending before entry end: the largest power of two,
+// entry seq, the append ending before entry end (seq < end): the largest power of two,
 // up to subtreeLeaves, that divides seq and fits. An append's blocks are
 // the complete subtrees it adds that lie inside its aligned groups, so a
 // group's blocks are the same whether the append is built by groups or at
