@@ -493,7 +493,7 @@ func (ws *writeScratch) mergeRoots(roots, leaves []storedNode, start uint64, run
 			if flatDepth(left.Index) != flatDepth(cur.Index) {
 				break
 			}
-			p := storedNode{Node{Index: flatParent(cur.Index), Hash: parentHash(&left.Node, &cur.Node), Size: left.Size + cur.Size}, left.Offset}
+			p := storedNode{Node{Index: flatParent(cur.Index), Hash: ws.hasher.parent(&left.Node, &cur.Node), Size: left.Size + cur.Size}, left.Offset}
 			if p.Index >= runStart {
 				encodeNode(run[(p.Index-runStart)*nodeSize:], &p)
 			} else {
@@ -596,7 +596,7 @@ func (g *groupBuild) build(h *leafHasher, from, to uint64) {
 		encodeNodeOrd(g.run[(leaf.Index-g.runStart)*nodeSize:], &leaf, g.ord)
 		g.leaves[k] = leaf
 		if k+1 == blockEnd {
-			buildBlock(g.leaves[block:blockEnd], g.run, g.runStart)
+			buildBlock(h, g.leaves[block:blockEnd], g.run, g.runStart)
 			if block = blockEnd; block < to {
 				blockEnd = block + alignedBlock(g.start+block, g.start+to)
 			}
@@ -625,13 +625,13 @@ func alignedBlock(seq, end uint64) uint64 {
 // buildBlock computes the parents of an aligned block (a power of two of
 // at most subtreeLeaves leaves), writes them into run, and leaves the
 // block's root in the block's last slot.
-func buildBlock(group []storedNode, run []byte, runStart uint64) {
+func buildBlock(h *leafHasher, group []storedNode, run []byte, runStart uint64) {
 	var level [subtreeLeaves / 2]storedNode
 	src := group
 	for width := len(group); width > 1; width /= 2 {
 		for i := 0; i < width/2; i++ {
 			l, r := &src[2*i], &src[2*i+1]
-			p := storedNode{Node{Index: flatParent(l.Index), Hash: parentHash(&l.Node, &r.Node), Size: l.Size + r.Size}, l.Offset}
+			p := storedNode{Node{Index: flatParent(l.Index), Hash: h.parent(&l.Node, &r.Node), Size: l.Size + r.Size}, l.Offset}
 			encodeNode(run[(p.Index-runStart)*nodeSize:], &p)
 			level[i] = p
 		}

@@ -196,7 +196,7 @@ func (f *Feed) resignLength(bad *damagedSig, length uint64, roots []storedNode) 
 				if flatDepth(left.Index) != flatDepth(cur.Index) {
 					break
 				}
-				p := storedNode{Node{Index: flatParent(cur.Index), Hash: parentHash(&left.Node, &cur.Node), Size: left.Size + cur.Size}, left.Offset}
+				p := storedNode{Node{Index: flatParent(cur.Index), Hash: h.parent(&left.Node, &cur.Node), Size: left.Size + cur.Size}, left.Offset}
 				stored, err := f.readNode(p.Index)
 				if err != nil && !errors.Is(err, errNoNode) {
 					return 0, nil, err

@@ -96,24 +96,6 @@ const (
 	rootType   = 2
 )
 
-// leafHasher computes leaf hashes, SHA-256(0x00 ‖ uint64(len(data)) ‖
-// data), reusing its digest and scratch space, so it does not allocate.
-type leafHasher struct {
-	h   hash.Hash
-	buf [9 + sha256.Size]byte
-}
-
-func newLeafHasher() *leafHasher { return &leafHasher{h: sha256.New()} }
-
-func (l *leafHasher) sum(data []byte) [32]byte {
-	l.buf[0] = leafType
-	binary.BigEndian.PutUint64(l.buf[1:9], uint64(len(data)))
-	l.h.Reset()
-	l.h.Write(l.buf[:9])
-	l.h.Write(data)
-	return [32]byte(l.h.Sum(l.buf[9:9]))
-}
-
 // parentHash is SHA-256(0x01 ‖ uint64(size) ‖ left.Hash ‖ right.Hash).
 func parentHash(left, right *Node) [32]byte {
 	var buf [73]byte
@@ -350,7 +332,7 @@ func (w *proofWalker) node(i, off uint64) (Node, error) {
 		if left.Size+right.Size > maxTreeBytes {
 			return Node{}, fmt.Errorf("%w: node %d claims too many bytes", ErrBadProof, i)
 		}
-		n := Node{Index: i, Hash: parentHash(&left, &right), Size: left.Size + right.Size}
+		n := Node{Index: i, Hash: w.h.parent(&left, &right), Size: left.Size + right.Size}
 		w.out = append(w.out, storedNode{n, off})
 		return n, nil
 	}

@@ -1,6 +1,8 @@
 package kappa
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"slices"
 	"testing"
 )
@@ -73,6 +75,48 @@ func TestProofIndexesCoverTheTree(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// The tree's hashes, computed with the message padded by leafHasher, are
+// SHA-256 of the messages FORMAT.md gives, at every length around a
+// block's edge and past the scratch space, and so is the plain way the
+// hasher falls back to.
+func TestTreeHashesAreSHA256OfTheirMessages(t *testing.T) {
+	if !paddedSum() {
+		t.Error("this Go's saved SHA-256 state is not laid out as leafHasher reads it: every hash is computed the plain way")
+	}
+	h := newLeafHasher()
+	data := make([]byte, 4<<10)
+	for i := range data {
+		data[i] = byte(i*31 + i>>8)
+	}
+	lengths := []int{len(data), 1<<10 + 7}
+	for n := 0; n <= 600; n++ {
+		lengths = append(lengths, n)
+	}
+	for _, n := range lengths {
+		msg := binary.BigEndian.AppendUint64([]byte{leafType}, uint64(n))
+		want := sha256.Sum256(append(msg, data[:n]...))
+		if got := h.sum(data[:n]); got != want {
+			t.Fatalf("leaf of %d bytes: %x, want %x", n, got, want)
+		}
+		if got := h.plainSum(data[:n]); got != want {
+			t.Fatalf("leaf of %d bytes, plain: %x, want %x", n, got, want)
+		}
+	}
+	for i := 0; i < 100; i++ {
+		left := Node{Index: uint64(i), Size: uint64(i) << 40, Hash: sha256.Sum256([]byte{byte(i)})}
+		right := Node{Index: uint64(i) + 2, Size: uint64(i*i) + 3, Hash: sha256.Sum256([]byte{byte(i), 1})}
+		msg := binary.BigEndian.AppendUint64([]byte{parentType}, left.Size+right.Size)
+		msg = append(append(msg, left.Hash[:]...), right.Hash[:]...)
+		want := sha256.Sum256(msg)
+		if got := h.parent(&left, &right); got != want {
+			t.Fatalf("parent %d: %x, want %x", i, got, want)
+		}
+		if got := parentHash(&left, &right); got != want {
+			t.Fatalf("parent %d, plain: %x, want %x", i, got, want)
 		}
 	}
 }
