@@ -235,7 +235,7 @@ type writeScratch struct {
 
 	hasher         *leafHasher
 	hashers        []*leafHasher   // one per group of a large append (see buildAppendWriteLocked)
-	offs, firsts   []uint64        // the entries and calls of the append being built
+	starts, firsts []uint64        // the groups and calls of the append being built
 	leaves         []storedNode    // their leaves
 	data, tree, ex []byte          // data and tree buffers
 	recent         recentNodes     // the writer's latest tree records
