@@ -577,6 +577,7 @@ func (g *groupBuild) build(h *leafHasher, from, to, off uint64) {
 	j--
 	block := from // the first entry of the block k is in
 	blockEnd := block + alignedBlock(g.start+block, g.start+to)
+	var first []byte // the block of the first entry of a pair (see below)
 	for k := from; k < to; k++ {
 		for k >= g.firsts[j+1] {
 			j++
@@ -598,11 +599,24 @@ func (g *groupBuild) build(h *leafHasher, from, to, off uint64) {
 		copy(rec[dataLenLen:], prefix)
 		copy(rec[dataLenLen+len(prefix):], value)
 		binary.BigEndian.PutUint32(rec[dataLenLen+size:], dataChecksum(seq, rec[:dataLenLen+size]))
-		// The leaf is over the block, as the record holds it.
-		leaf := storedNode{Node{Index: 2 * seq, Hash: h.sum(rec[dataLenLen : dataLenLen+size]), Size: size}, off}
+		// The leaf is over the block, as the record holds it. A block of
+		// two or more entries has an even number of them: they are hashed
+		// in pairs, two at once (sum2).
+		data := rec[dataLenLen : dataLenLen+size]
+		g.leaves[k] = storedNode{Node{Index: 2 * seq, Size: size}, off}
 		off += size
-		encodeNodeOrd(g.run[(leaf.Index-g.runStart)*nodeSize:], &leaf, g.ord)
-		g.leaves[k] = leaf
+		switch {
+		case (k-block)%2 == 0 && k+1 < blockEnd:
+			first = data
+			continue
+		case (k-block)%2 == 1:
+			prev := &g.leaves[k-1]
+			prev.Hash, g.leaves[k].Hash = h.sum2(first, data)
+			encodeNodeOrd(g.run[(prev.Index-g.runStart)*nodeSize:], prev, g.ord)
+		default:
+			g.leaves[k].Hash = h.sum(data)
+		}
+		encodeNodeOrd(g.run[(g.leaves[k].Index-g.runStart)*nodeSize:], &g.leaves[k], g.ord)
 		if k+1 == blockEnd {
 			buildBlock(h, g.leaves[block:blockEnd], g.run, g.runStart)
 			if above := (2*(g.start+blockEnd) - 1 - g.runStart) * nodeSize; above < uint64(len(g.run)) {
@@ -639,10 +653,24 @@ func alignedBlock(seq, end uint64) uint64 {
 func buildBlock(h *leafHasher, group []storedNode, run []byte, runStart uint64) {
 	var level [subtreeLeaves / 2]storedNode
 	src := group
+	parentOf := func(l, r *storedNode) storedNode {
+		return storedNode{Node{Index: flatParent(l.Index), Size: l.Size + r.Size}, l.Offset}
+	}
 	for width := len(group); width > 1; width /= 2 {
-		for i := 0; i < width/2; i++ {
+		// Parents two at once (parent2), and the last alone.
+		i := 0
+		for ; i+1 < width/2; i += 2 {
+			l0, r0, l1, r1 := &src[2*i], &src[2*i+1], &src[2*i+2], &src[2*i+3]
+			p0, p1 := parentOf(l0, r0), parentOf(l1, r1)
+			p0.Hash, p1.Hash = h.parent2(&l0.Node, &r0.Node, &l1.Node, &r1.Node)
+			encodeNode(run[(p0.Index-runStart)*nodeSize:], &p0)
+			encodeNode(run[(p1.Index-runStart)*nodeSize:], &p1)
+			level[i], level[i+1] = p0, p1
+		}
+		if i < width/2 {
 			l, r := &src[2*i], &src[2*i+1]
-			p := storedNode{Node{Index: flatParent(l.Index), Hash: h.parent(&l.Node, &r.Node), Size: l.Size + r.Size}, l.Offset}
+			p := parentOf(l, r)
+			p.Hash = h.parent(&l.Node, &r.Node)
 			encodeNode(run[(p.Index-runStart)*nodeSize:], &p)
 			level[i] = p
 		}

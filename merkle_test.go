@@ -87,6 +87,9 @@ func TestTreeHashesAreSHA256OfTheirMessages(t *testing.T) {
 	if !paddedSum() {
 		t.Error("this Go's saved SHA-256 state is not laid out as leafHasher reads it: every hash is computed the plain way")
 	}
+	if haveSHA2() && !twoLanes() {
+		t.Error("the CPU has the SHA extensions, but sha256Blocks2 failed its check: pairs of hashes are computed one after the other")
+	}
 	h := newLeafHasher()
 	data := make([]byte, 4<<10)
 	for i := range data {
@@ -96,14 +99,26 @@ func TestTreeHashesAreSHA256OfTheirMessages(t *testing.T) {
 	for n := 0; n <= 600; n++ {
 		lengths = append(lengths, n)
 	}
-	for _, n := range lengths {
-		msg := binary.BigEndian.AppendUint64([]byte{leafType}, uint64(n))
-		want := sha256.Sum256(append(msg, data[:n]...))
+	leaf := func(d []byte) [32]byte {
+		msg := binary.BigEndian.AppendUint64([]byte{leafType}, uint64(len(d)))
+		return sha256.Sum256(append(msg, d...))
+	}
+	for i, n := range lengths {
+		want := leaf(data[:n])
 		if got := h.sum(data[:n]); got != want {
 			t.Fatalf("leaf of %d bytes: %x, want %x", n, got, want)
 		}
 		if got := h.plainSum(data[:n]); got != want {
 			t.Fatalf("leaf of %d bytes, plain: %x, want %x", n, got, want)
+		}
+		// Two at once: of the same length, other bytes; of the next
+		// length; and of the one before in the list.
+		for _, m := range []int{n, min(n+1, len(data)), lengths[max(i-1, 0)]} {
+			other := data[len(data)-m:]
+			ga, gb := h.sum2(data[:n], other)
+			if wb := leaf(other); ga != want || gb != wb {
+				t.Fatalf("leaves of %d and %d bytes at once: %x, %x, want %x, %x", n, m, ga, gb, want, wb)
+			}
 		}
 	}
 	for i := 0; i < 100; i++ {
@@ -117,6 +132,10 @@ func TestTreeHashesAreSHA256OfTheirMessages(t *testing.T) {
 		}
 		if got := parentHash(&left, &right); got != want {
 			t.Fatalf("parent %d, plain: %x, want %x", i, got, want)
+		}
+		swapped := parentHash(&right, &left)
+		if g0, g1 := h.parent2(&left, &right, &right, &left); g0 != want || g1 != swapped {
+			t.Fatalf("parents %d at once: %x, %x, want %x, %x", i, g0, g1, want, swapped)
 		}
 	}
 }
