@@ -19,6 +19,10 @@ import (
 // of a saved state is crypto/sha256's own, not a documented one: paddedSum
 // checks it against sha256.Sum256 once, and if it ever differs every hash
 // is computed the plain way.
+//
+// sum2 and parent2 hash two messages at once where the CPU has the SHA
+// extensions (sha256Blocks2, checked once too: twoLanes); an append's
+// build hashes its leaves and parents in pairs with them.
 type leafHasher struct {
 	h     stateHash
 	buf   [3 * sha256.BlockSize]byte // a message's first and last blocks
