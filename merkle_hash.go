@@ -210,19 +210,15 @@ func (l *leafHasher) plainSum(data []byte) [32]byte {
 // compares each with sha256.Sum256.
 var paddedSum = sync.OnceValue(func() bool {
 	h := sha256.New().(stateHash)
-	msg := make([]byte, 3*sha256.BlockSize)
-	for i := range msg {
-		msg[i] = byte(i*7 + 1)
-	}
+	var msg [3 * sha256.BlockSize]byte
 	for n := 0; n <= 2*sha256.BlockSize; n++ {
-		end := (n + 1 + 8 + sha256.BlockSize - 1) &^ (sha256.BlockSize - 1)
-		padded := append(msg[:n:n], 0x80)
-		padded = append(padded, make([]byte, end-n-1-8)...)
-		padded = binary.BigEndian.AppendUint64(padded, uint64(n)*8)
-		h.Reset()
-		h.Write(padded)
-		st, err := h.AppendBinary(nil)
+		for i := range n {
+			msg[i] = byte(i*7 + n)
+		}
 		want := sha256.Sum256(msg[:n])
+		h.Reset()
+		h.Write(msg[:padBlocks(msg[:], n, uint64(n))])
+		st, err := h.AppendBinary(nil)
 		if err != nil || len(st) != savedStateSize || !bytes.Equal(st[4:4+sha256.Size], want[:]) {
 			return false
 		}
