@@ -261,12 +261,14 @@ func (c *Core) clearSlot(slot int) error {
 		return &CorruptError{File: feedPrefix(slot), Offset: 0, Reason: "a feed without a manifest record appeared in the next free slot"}
 	}
 	prefix := feedPrefix(slot)
-	names := []string{fileKey, fileData, fileTree, fileSignatures, fileBitfield, fileOlderSigs, fileFork, fileJournal}
-	if !exists {
-		// No feed's files, but perhaps those a crash left while the slot
-		// was wiped, which are removed last: a journal the feed added
-		// here would replay, another feed's (its tags refuse it).
-		names = names[5:]
+	// Removed last, so a crash while the slot is wiped may leave them
+	// alone. They go even from a slot with no other file: a journal left
+	// there would be replayed by the new feed, and is another feed's (its
+	// tags refuse it).
+	last := []string{fileOlderSigs, fileFork, fileJournal}
+	names := last
+	if exists {
+		names = append([]string{fileKey, fileData, fileTree, fileSignatures, fileBitfield}, last...)
 	}
 	for _, name := range names {
 		if err := c.store.Remove(prefix + name); err != nil {
